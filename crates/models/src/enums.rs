@@ -1,0 +1,229 @@
+//! The closed vocabularies of Madre: modes, risk levels, statuses, step types
+//! and the VX11 modules. All serialise exactly as SPEC §3 names them.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::ValidationError;
+
+/// How Madre is talking to a session: general orchestration or audio work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Mode {
+    /// General orchestration of the VX11 system (the default).
+    #[default]
+    Madre,
+    /// Audio engineering: requests go to Shub.
+    AudioEngineer,
+}
+
+/// How dangerous an intent is; MED and HIGH need a human confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RiskLevel {
+    /// Read-only or harmless; runs at once.
+    Low,
+    /// Disruptive but recoverable (restart, update); needs an operator's confirmation.
+    Med,
+    /// Destructive (delete, stop, migrate); needs an admin's confirmation.
+    High,
+}
+
+/// Lifecycle state shared by plans and steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// Created, not started yet.
+    Pending,
+    /// Executing now.
+    Running,
+    /// Paused until something outside happens (a confirmation, the spawner).
+    Waiting,
+    /// Finished successfully.
+    Done,
+    /// Finished with a failure.
+    Error,
+    /// Stopped before finishing (by a person, a deadline or an expiry).
+    Cancelled,
+}
+
+/// What one step of a plan does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StepType {
+    /// Probe the `/health` of the targeted modules (answered by Madre itself).
+    SystemHealthcheck,
+    /// Wait for a human confirmation token before the rest of the plan.
+    AwaitConfirmation,
+    /// Ask Switch which engine should answer.
+    CallSwitch,
+    /// Execute the prompt with Hermes.
+    CallHermes,
+    /// Hand a parallel batch to Hormiguero.
+    CallHormigueroTask,
+    /// Ask Manifestator for drift.
+    CallManifestator,
+    /// Run an audio task on Shub.
+    CallShub,
+    /// Send a control action to any module.
+    CallModule,
+    /// Queue a long-running daughter task for the spawner.
+    SpawnerRequest,
+    /// Do nothing (disabled module, help text).
+    Noop,
+}
+
+/// A VX11 service Madre knows by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Module {
+    /// Madre itself.
+    Madre,
+    /// The edge gateway.
+    TentaculoLink,
+    /// The engine router.
+    Switch,
+    /// The executor.
+    Hermes,
+    /// The parallel task swarm.
+    Hormiguero,
+    /// Drift detection.
+    Manifestator,
+    /// The MCP bridge.
+    Mcp,
+    /// Audio engine (Shub-Niggurath).
+    Shub,
+    /// Long-running daughter process launcher.
+    Spawner,
+}
+
+macro_rules! text_names {
+    ($ty:ty, $what:literal, { $($variant:path => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The canonical name, as it appears in JSON and in the database.
+            pub const fn as_str(self) -> &'static str {
+                match self { $($variant => $name),+ }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = ValidationError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($name => Ok($variant),)+
+                    _ => Err(ValidationError::new($what, format!("unknown value {s:?}"))),
+                }
+            }
+        }
+    };
+}
+
+text_names!(Mode, "mode", { Mode::Madre => "MADRE", Mode::AudioEngineer => "AUDIO_ENGINEER" });
+text_names!(RiskLevel, "risk", { RiskLevel::Low => "LOW", RiskLevel::Med => "MED", RiskLevel::High => "HIGH" });
+text_names!(Status, "status", {
+    Status::Pending => "PENDING", Status::Running => "RUNNING", Status::Waiting => "WAITING",
+    Status::Done => "DONE", Status::Error => "ERROR", Status::Cancelled => "CANCELLED",
+});
+text_names!(StepType, "type", {
+    StepType::SystemHealthcheck => "SYSTEM_HEALTHCHECK",
+    StepType::AwaitConfirmation => "AWAIT_CONFIRMATION",
+    StepType::CallSwitch => "CALL_SWITCH",
+    StepType::CallHermes => "CALL_HERMES",
+    StepType::CallHormigueroTask => "CALL_HORMIGUERO_TASK",
+    StepType::CallManifestator => "CALL_MANIFESTATOR",
+    StepType::CallShub => "CALL_SHUB",
+    StepType::CallModule => "CALL_MODULE",
+    StepType::SpawnerRequest => "SPAWNER_REQUEST",
+    StepType::Noop => "NOOP",
+});
+text_names!(Module, "module", {
+    Module::Madre => "madre", Module::TentaculoLink => "tentaculo_link", Module::Switch => "switch",
+    Module::Hermes => "hermes", Module::Hormiguero => "hormiguero", Module::Manifestator => "manifestator",
+    Module::Mcp => "mcp", Module::Shub => "shub", Module::Spawner => "spawner",
+});
+
+impl Status {
+    /// True when nothing will happen to this plan or step any more.
+    pub const fn is_terminal(self) -> bool {
+        matches!(self, Status::Done | Status::Error | Status::Cancelled)
+    }
+}
+
+impl RiskLevel {
+    /// MED and HIGH need a human confirmation before anything runs.
+    pub const fn requires_confirmation(self) -> bool {
+        !matches!(self, RiskLevel::Low)
+    }
+}
+
+impl StepType {
+    /// The module this kind of step talks to, when it is fixed by the type.
+    pub const fn module(self) -> Option<Module> {
+        match self {
+            StepType::CallSwitch => Some(Module::Switch),
+            StepType::CallHermes => Some(Module::Hermes),
+            StepType::CallHormigueroTask => Some(Module::Hormiguero),
+            StepType::CallManifestator => Some(Module::Manifestator),
+            StepType::CallShub => Some(Module::Shub),
+            StepType::SpawnerRequest => Some(Module::Spawner),
+            StepType::SystemHealthcheck
+            | StepType::AwaitConfirmation
+            | StepType::CallModule
+            | StepType::Noop => None,
+        }
+    }
+}
+
+impl Module {
+    /// Every module, Madre first.
+    pub const ALL: [Module; 9] = [
+        Module::Madre,
+        Module::TentaculoLink,
+        Module::Switch,
+        Module::Hermes,
+        Module::Hormiguero,
+        Module::Manifestator,
+        Module::Mcp,
+        Module::Shub,
+        Module::Spawner,
+    ];
+
+    /// The modules Madre delegates to over HTTP (every one but Madre).
+    pub const REMOTE: [Module; 8] = [
+        Module::TentaculoLink,
+        Module::Switch,
+        Module::Hermes,
+        Module::Hormiguero,
+        Module::Manifestator,
+        Module::Mcp,
+        Module::Shub,
+        Module::Spawner,
+    ];
+
+    /// The default local port of the module (SPEC §2); Madre is 8001.
+    pub const fn default_port(self) -> u16 {
+        match self {
+            Module::TentaculoLink => 8000,
+            Module::Madre => 8001,
+            Module::Switch => 8002,
+            Module::Hermes => 8003,
+            Module::Hormiguero => 8004,
+            Module::Manifestator => 8005,
+            Module::Mcp => 8006,
+            Module::Shub => 8007,
+            Module::Spawner => 8008,
+        }
+    }
+
+    /// The name used in `VX11_<NAME>_URL` environment variables.
+    pub fn env_name(self) -> String {
+        self.as_str().to_ascii_uppercase()
+    }
+}

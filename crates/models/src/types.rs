@@ -1,0 +1,786 @@
+//! The data Madre reasons about (DSL, intent, plan, step) and the request and
+//! response bodies of its HTTP API. Field names are the JSON names of SPEC §3.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use uuid::Uuid;
+
+use crate::validate::{MAX_TASK_NAME_CHARS, Message, SessionId, ValidationError, Word};
+use crate::{Mode, Module, RiskLevel, Status, StepType};
+
+/// Writes `<redacted>` in place of a secret in `Debug` output.
+struct Redacted<'a>(&'a Option<String>);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(_) => f.write_str("Some(<redacted>)"),
+            None => f.write_str("None"),
+        }
+    }
+}
+
+/// What a piece of text asks for, in Madre's small domain language.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dsl {
+    /// `system`, `audio` or `general`.
+    pub domain: String,
+    /// The action family (`delete`, `restart`, `status`, `chat`, …).
+    pub action: String,
+    /// Extracted parameters (`key=value` pairs, counted nouns, flags, the message).
+    pub parameters: Map<String, Value>,
+    /// VX11 modules the text mentions.
+    pub targets: Vec<Module>,
+    /// How sure the parser is (0.9 destructive, 0.3 other fallback parses).
+    pub confidence: f32,
+    /// The text the DSL came from.
+    pub original_text: String,
+    /// Machine-readable remarks (`destructive_intent_detected`, …).
+    pub warnings: Vec<String>,
+}
+
+impl Dsl {
+    /// True when `parameters[name]` is the boolean `true`.
+    pub fn flag(&self, name: &str) -> bool {
+        self.parameters.get(name) == Some(&Value::Bool(true))
+    }
+}
+
+/// A classified request: the DSL plus its risk, bound to a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    /// Unique id of this intent.
+    pub intent_id: Uuid,
+    /// The conversation it belongs to.
+    pub session_id: SessionId,
+    /// The mode the session was in when the intent was made.
+    pub mode: Mode,
+    /// What was asked.
+    pub dsl: Dsl,
+    /// The highest risk among its targets.
+    pub risk: RiskLevel,
+    /// True for MED and HIGH.
+    pub requires_confirmation: bool,
+    /// The modules it touches (copied from the DSL, or given by the caller).
+    pub targets: Vec<Module>,
+    /// When Madre received it.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One unit of work in a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Unique id; also the `Idempotency-Key` sent when the step is retried.
+    pub step_id: Uuid,
+    /// What the step does.
+    #[serde(rename = "type")]
+    pub step_type: StepType,
+    /// The step's input (request body, targets, …).
+    pub payload: Value,
+    /// A blocking step must finish before anything after it starts.
+    pub blocking: bool,
+    /// An optional step's failure is only a warning.
+    pub optional: bool,
+    /// Where the step is in its lifecycle.
+    pub status: Status,
+    /// How many times it was started.
+    pub attempts: u32,
+    /// The module's answer, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the step was created.
+    pub created_at: DateTime<Utc>,
+    /// When the step last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Step {
+    /// A new PENDING step that was never attempted.
+    pub fn new(step_id: Uuid, step_type: StepType, payload: Value, now: DateTime<Utc>) -> Self {
+        Self {
+            step_id,
+            step_type,
+            payload,
+            blocking: true,
+            optional: false,
+            status: Status::Pending,
+            attempts: 0,
+            result: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The module this step talks to: fixed by its type, or named in the
+    /// payload's `module` field (CALL_MODULE, NOOP); Madre otherwise.
+    pub fn module(&self) -> Module {
+        self.step_type
+            .module()
+            .or_else(|| {
+                self.payload
+                    .get("module")
+                    .and_then(Value::as_str)
+                    .and_then(|m| m.parse().ok())
+            })
+            .unwrap_or(Module::Madre)
+    }
+}
+
+/// An ordered list of steps carrying out one intent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Unique id of the plan.
+    pub plan_id: Uuid,
+    /// The intent it carries out.
+    pub intent_id: Uuid,
+    /// The conversation it belongs to.
+    pub session_id: SessionId,
+    /// Overall state.
+    pub status: Status,
+    /// Mode the plan was made in.
+    pub mode: Mode,
+    /// Steps in execution order.
+    pub steps: Vec<Step>,
+    /// Remarks gathered while planning and running (`hermes_disabled`, …).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Machine-readable reason the plan ended ERROR or CANCELLED (`timeout`, `denied`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the plan was made.
+    pub created_at: DateTime<Utc>,
+    /// When the plan last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One executed step, as reported to the caller of `/madre/chat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionSummary {
+    /// The step's id.
+    pub step_id: Uuid,
+    /// The step's type.
+    #[serde(rename = "type")]
+    pub step_type: StepType,
+    /// The module it talked to.
+    pub module: Module,
+    /// Its final status.
+    pub status: Status,
+    /// The module's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<&Step> for ActionSummary {
+    fn from(step: &Step) -> Self {
+        Self {
+            step_id: step.step_id,
+            step_type: step.step_type,
+            module: step.module(),
+            status: step.status,
+            result: step.result.clone(),
+            error: step.error.clone(),
+        }
+    }
+}
+
+/// Body of `POST /madre/chat`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRequest {
+    /// What the person wrote (1..=8000 characters, not blank).
+    pub message: String,
+    /// Conversation to continue; a new one is created when absent.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Free-form context; `context.mode` ("MADRE"/"AUDIO_ENGINEER") forces the mode.
+    #[serde(default)]
+    pub context: Option<Map<String, Value>>,
+}
+
+impl fmt::Debug for ChatRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatRequest")
+            .field("message_chars", &self.message.chars().count())
+            .field("session_id", &self.session_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A chat request whose fields passed every rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatCommand {
+    /// The message.
+    pub message: Message,
+    /// The session to continue, when one was named.
+    pub session_id: Option<SessionId>,
+    /// The mode forced by `context.mode`, when given.
+    pub mode: Option<Mode>,
+}
+
+impl ChatRequest {
+    /// Checks every field; the error names the first field that is wrong.
+    pub fn validate(self) -> Result<ChatCommand, ValidationError> {
+        validate_chat("message", self.message, self.session_id, self.context.as_ref())
+    }
+}
+
+fn validate_chat(
+    message_field: &'static str,
+    message: String,
+    session_id: Option<String>,
+    context: Option<&Map<String, Value>>,
+) -> Result<ChatCommand, ValidationError> {
+    let message = Message::parse(message_field, message)?;
+    let session_id = session_id.map(SessionId::parse).transpose()?;
+    let mode = match context.and_then(|c| c.get("mode")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(
+            s.parse::<Mode>()
+                .map_err(|_| ValidationError::new("context.mode", "must be \"MADRE\" or \"AUDIO_ENGINEER\""))?,
+        ),
+        Some(_) => {
+            return Err(ValidationError::new(
+                "context.mode",
+                "must be \"MADRE\" or \"AUDIO_ENGINEER\"",
+            ));
+        }
+    };
+    Ok(ChatCommand {
+        message,
+        session_id,
+        mode,
+    })
+}
+
+/// Answer of `POST /madre/chat`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    /// Text to show the person.
+    pub response: String,
+    /// The conversation (new or continued).
+    pub session_id: SessionId,
+    /// The logged intent.
+    pub intent_id: Uuid,
+    /// The plan made for it.
+    pub plan_id: Uuid,
+    /// DONE, WAITING (confirmation needed), ERROR (failed, timed out, denied) or RUNNING.
+    pub status: Status,
+    /// The session's mode after this message.
+    pub mode: Mode,
+    /// The intent's risk.
+    pub risk: RiskLevel,
+    /// Remarks (`destructive_intent_detected`, `switch_unavailable`, `denied`, …).
+    pub warnings: Vec<String>,
+    /// Modules the intent touches.
+    pub targets: Vec<Module>,
+    /// The executed steps.
+    pub actions: Vec<ActionSummary>,
+    /// Token to confirm the plan; only while it waits for a confirmation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_token: Option<String>,
+    /// When that token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_expires_at: Option<DateTime<Utc>>,
+}
+
+impl fmt::Debug for ChatResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatResponse")
+            .field("session_id", &self.session_id)
+            .field("intent_id", &self.intent_id)
+            .field("plan_id", &self.plan_id)
+            .field("status", &self.status)
+            .field("risk", &self.risk)
+            .field("warnings", &self.warnings)
+            .field("confirm_token", &Redacted(&self.confirm_token))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Body of `POST /madre/control`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlRequest {
+    /// The module (or other target) to act on.
+    pub target: String,
+    /// What to do to it.
+    pub action: String,
+    /// Extra parameters passed to the module.
+    #[serde(default)]
+    pub params: Option<Value>,
+    /// The token of an earlier `pending_confirmation` answer.
+    #[serde(default)]
+    pub confirm_token: Option<String>,
+}
+
+impl fmt::Debug for ControlRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlRequest")
+            .field("target", &self.target)
+            .field("action", &self.action)
+            .field("params", &self.params)
+            .field("confirm_token", &Redacted(&self.confirm_token))
+            .finish()
+    }
+}
+
+/// A control request whose fields passed every rule.
+#[derive(Clone, PartialEq)]
+pub struct ControlCommand {
+    /// The target word, lower-cased.
+    pub target: Word,
+    /// The action word, lower-cased.
+    pub action: Word,
+    /// Parameters (an object; `{}` when none were given).
+    pub params: Value,
+    /// The presented confirmation token, if any.
+    pub confirm_token: Option<String>,
+}
+
+impl fmt::Debug for ControlCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlCommand")
+            .field("target", &self.target)
+            .field("action", &self.action)
+            .field("confirm_token", &Redacted(&self.confirm_token))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlRequest {
+    /// Checks every field; the error names the first field that is wrong.
+    pub fn validate(self) -> Result<ControlCommand, ValidationError> {
+        let target = Word::parse("target", &self.target)?;
+        let action = Word::parse("action", &self.action)?;
+        let params = object_or_empty("params", self.params)?;
+        let confirm_token = match self.confirm_token {
+            Some(t) if t.is_empty() || t.len() > 256 => {
+                return Err(ValidationError::new("confirm_token", "must be 1..=256 characters"));
+            }
+            other => other,
+        };
+        Ok(ControlCommand {
+            target,
+            action,
+            params,
+            confirm_token,
+        })
+    }
+}
+
+fn object_or_empty(field: &'static str, value: Option<Value>) -> Result<Value, ValidationError> {
+    match value {
+        None | Some(Value::Null) => Ok(Value::Object(Map::new())),
+        Some(v @ Value::Object(_)) => Ok(v),
+        Some(_) => Err(ValidationError::new(field, "must be a JSON object")),
+    }
+}
+
+/// Whether a control request ran, waits for a confirmation, or was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlStatus {
+    /// Executed (or executing).
+    Accepted,
+    /// Needs the returned confirmation token.
+    PendingConfirmation,
+    /// Refused by the deny rule; nothing was called.
+    Denied,
+}
+
+/// Answer of `POST /madre/control`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlResponse {
+    /// The outcome.
+    pub status: ControlStatus,
+    /// Id of the audit action recorded for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<i64>,
+    /// Token to confirm, when pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_token: Option<String>,
+    /// When that token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_expires_at: Option<DateTime<Utc>>,
+    /// Why it was denied or what happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The plan carrying out the action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<Uuid>,
+    /// The module's answer, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+}
+
+impl fmt::Debug for ControlResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlResponse")
+            .field("status", &self.status)
+            .field("plan_id", &self.plan_id)
+            .field("reason", &self.reason)
+            .field("confirm_token", &Redacted(&self.confirm_token))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Body of the v6 `POST /task`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    /// A human name for the task.
+    pub name: String,
+    /// The module to call.
+    pub module: String,
+    /// The action to ask of it.
+    pub action: String,
+    /// Parameters for the module.
+    #[serde(default)]
+    pub payload: Option<Value>,
+}
+
+/// A v6 task request whose fields passed every rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskCommand {
+    /// The task name (1..=200 characters, not blank).
+    pub name: String,
+    /// The module to call (a remote VX11 module).
+    pub module: Module,
+    /// The action word.
+    pub action: Word,
+    /// Parameters (an object).
+    pub payload: Value,
+}
+
+impl TaskRequest {
+    /// Checks every field; the error names the first field that is wrong.
+    pub fn validate(self) -> Result<TaskCommand, ValidationError> {
+        let name = self.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > MAX_TASK_NAME_CHARS {
+            return Err(ValidationError::new(
+                "name",
+                format!("must be 1..={MAX_TASK_NAME_CHARS} characters and not blank"),
+            ));
+        }
+        let module: Module = self
+            .module
+            .trim()
+            .to_lowercase()
+            .parse()
+            .map_err(|_| ValidationError::new("module", "must name a VX11 module"))?;
+        let action = Word::parse("action", &self.action)?;
+        let payload = object_or_empty("payload", self.payload)?;
+        Ok(TaskCommand {
+            name,
+            module,
+            action,
+            payload,
+        })
+    }
+}
+
+/// Answer of the v6 `POST /task` (HTTP 202).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAccepted {
+    /// Id to poll with `GET /tasks/{id}`.
+    pub task_id: Uuid,
+    /// Its status now.
+    pub status: Status,
+    /// The action's risk.
+    pub risk: RiskLevel,
+    /// Token to confirm a MED/HIGH task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_token: Option<String>,
+}
+
+impl fmt::Debug for TaskAccepted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskAccepted")
+            .field("task_id", &self.task_id)
+            .field("status", &self.status)
+            .field("risk", &self.risk)
+            .field("confirm_token", &Redacted(&self.confirm_token))
+            .finish()
+    }
+}
+
+/// Overall health of Madre.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Every enabled module answers.
+    Ok,
+    /// Madre works, but some enabled module does not answer.
+    Degraded,
+}
+
+/// What the last probe saw of a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DepState {
+    /// Answered 200 to `/health`.
+    Up,
+    /// Did not answer, or not with 200.
+    Down,
+    /// Turned off by configuration.
+    Disabled,
+    /// Not probed yet.
+    Unknown,
+}
+
+/// Answer of `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// Always `madre`.
+    pub module: String,
+    /// ok or degraded.
+    pub status: HealthStatus,
+    /// Madre's version.
+    pub version: String,
+    /// The time of the answer.
+    pub time: DateTime<Utc>,
+    /// The last probe of each module.
+    pub deps: BTreeMap<Module, DepState>,
+}
+
+/// One line of `GET /madre/plans`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanSummary {
+    /// The plan.
+    pub plan_id: Uuid,
+    /// Its intent, for chat plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent_id: Option<Uuid>,
+    /// Its session, for chat plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// A short name (`chat`, the task name, `control:shub:restart`).
+    pub name: String,
+    /// Module it mainly addresses.
+    pub module: String,
+    /// Action it carries out.
+    pub action: String,
+    /// Its state.
+    pub status: Status,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A page of plans, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanPage {
+    /// The plans of this page.
+    pub plans: Vec<PlanSummary>,
+    /// Pass back as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A row of the append-only audit trail (`madre_actions`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditAction {
+    /// Row id.
+    pub id: i64,
+    /// The module acted on.
+    pub module: String,
+    /// What was done.
+    pub action: String,
+    /// Why (or the outcome).
+    pub reason: String,
+    /// Who asked.
+    pub principal: String,
+    /// The plan it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<Uuid>,
+    /// When it was recorded.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Answer of `GET /madre/plans/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanDetail {
+    /// The plan with its steps.
+    pub plan: Plan,
+    /// The intent it carries out, for chat plans.
+    pub intent: Option<Intent>,
+    /// The audit rows of this plan, oldest first.
+    pub actions: Vec<AuditAction>,
+}
+
+/// Body of `POST /madre/plans/{id}/confirm`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {
+    /// The token returned with the WAITING answer.
+    pub confirm_token: String,
+}
+
+impl fmt::Debug for ConfirmRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConfirmRequest { confirm_token: <redacted> }")
+    }
+}
+
+/// Answer of a successful confirmation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfirmResponse {
+    /// Always `confirmed`.
+    pub status: String,
+    /// The plan that was resumed.
+    pub plan_id: Uuid,
+    /// Its status after running (RUNNING when it outlived the request).
+    pub plan_status: Status,
+}
+
+/// Answer of `POST /madre/plans/{id}/cancel` and `POST /tasks/{id}/cancel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelResponse {
+    /// The plan.
+    pub plan_id: Uuid,
+    /// Its status now (CANCELLED).
+    pub plan_status: Status,
+}
+
+/// Body of the v6 `POST /chat`: `user_message` or `message`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatV6Request {
+    /// The message (v6 name).
+    #[serde(default)]
+    pub user_message: Option<String>,
+    /// The message (v7 name, accepted too).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Conversation to continue.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Free-form context, as in v7.
+    #[serde(default)]
+    pub context: Option<Map<String, Value>>,
+}
+
+impl fmt::Debug for ChatV6Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatV6Request")
+            .field("session_id", &self.session_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatV6Request {
+    /// Checks every field; either message name is accepted, `user_message` first.
+    pub fn validate(self) -> Result<ChatCommand, ValidationError> {
+        let text = self.user_message.or(self.message).ok_or_else(|| {
+            ValidationError::new("user_message", "is required (or `message`)")
+        })?;
+        validate_chat("user_message", text, self.session_id, self.context.as_ref())
+    }
+}
+
+/// One delegated action in a v6 chat answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionTaken {
+    /// The module called.
+    pub module: String,
+    /// The step type.
+    pub action: String,
+    /// Its answer, or its error.
+    pub result: Value,
+}
+
+/// `ok` or `error` in v6 answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum V6Status {
+    /// Done (or waiting for a confirmation).
+    Ok,
+    /// Failed, timed out or denied.
+    Error,
+}
+
+/// Answer of the v6 `POST /chat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatV6Response {
+    /// The conversation.
+    pub session_id: SessionId,
+    /// Text to show the person.
+    pub response: String,
+    /// The plan (v6 called it a task).
+    pub task_id: Uuid,
+    /// What was delegated.
+    pub actions_taken: Vec<ActionTaken>,
+    /// ok or error.
+    pub status: V6Status,
+    /// Time of the answer.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// A v6 task as returned by `GET /tasks/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// The task (plan) id.
+    pub task_id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// The module it calls.
+    pub module: String,
+    /// The action.
+    pub action: String,
+    /// Its state.
+    pub status: Status,
+    /// The module's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A page of v6 tasks, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskPage {
+    /// The tasks of this page.
+    pub tasks: Vec<TaskView>,
+    /// Pass back as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Body of the v6 `POST /control` (Madre's own control).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfControlRequest {
+    /// `status` or `restart`.
+    pub action: String,
+    /// Confirmation for `restart` (MED).
+    #[serde(default)]
+    pub confirm_token: Option<String>,
+}
+
+/// The JSON error shape of every failed request (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code (`unauthorized`, `invalid_field`, …).
+    pub error: String,
+    /// Human sentence.
+    pub detail: String,
+    /// The request's id, also in the `X-Request-Id` header.
+    pub request_id: String,
+}
