@@ -1,1 +1,228 @@
-//! placeholder while scaffolding
+//! Madre's durable state in one SQLite file: the append-only intent log and
+//! audit trail, plans and their steps, confirmations, sessions and their
+//! history, module policies, and the daughter-task queue a spawner claims
+//! work from.
+//!
+//! Callers use typed methods only; all SQL stays inside this crate.
+//!
+//! # Writes and reads
+//! Every write goes to one writer thread that owns a dedicated connection.
+//! It takes whatever writes are waiting, runs each inside its own savepoint
+//! of a single `BEGIN IMMEDIATE` transaction, commits once, and only then
+//! answers each caller (group commit): concurrent writers share a commit
+//! instead of queueing on SQLite's lock, and a failing write rolls back only
+//! itself. Reads use a pool of connections (WAL lets them run beside the
+//! writer).
+//!
+//! # Blocking
+//! Reads are blocking. From async code, use
+//! [`Db::run_blocking`], which moves the work to Tokio's blocking pool and
+//! carries the current tracing span along. Every write method returns a
+//! [`Write`]: `.await` it from async code (no thread is held while the
+//! writer works) or call `.wait()` from blocking code.
+
+mod audit;
+mod confirmations;
+mod error;
+mod idempotency;
+mod intents;
+mod plans;
+mod queue;
+mod retention;
+mod schema;
+mod sessions;
+mod time;
+mod writer;
+
+pub use audit::NewAction;
+pub use confirmations::{
+    CONFIRMATION_EXPIRED, CONFIRMATION_VOID, ConfirmationRow, ConsumeOutcome, NewConfirmation,
+};
+pub use error::DbError;
+pub use idempotency::{ModulePolicy, StoredResponse};
+pub use intents::{IntentLogRow, NewIntentLog};
+pub use plans::{
+    NewPlanRecord, PlanFilter, PlanKind, PlanMeta, PlanUpdate, StepUpdate, StoredPlan,
+};
+pub use queue::{DaughterStatus, DaughterTask, NewDaughterTask};
+pub use retention::{CleanupReport, RetentionPolicy};
+pub use schema::{SCHEMA_VERSION, migrate_to};
+pub use sessions::{HistoryMessage, SessionRow};
+pub use writer::Write;
+
+use r2d2::Pool;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a connection waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read connections in the pool.
+const READ_POOL_SIZE: u32 = 8;
+
+/// Handle to Madre's database; cheap to clone and share between threads.
+#[derive(Clone)]
+pub struct Db {
+    readers: Pool<SqliteConnectionManager>,
+    writer: writer::WriterHandle,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Applies the per-connection settings of SPEC §8.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`, creates its
+    /// directory with mode 0700 and the file with mode 0600, and applies any
+    /// pending migration. Refuses a file that is not a Madre database or
+    /// whose schema is newer than this code.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dir(dir)?;
+        }
+        let mut conn = open_new_private(path)?;
+        // Refuse foreign files before any setting could write to them.
+        schema::check_owner(&conn, path)?;
+        set_private_mode(path)?;
+        configure(&conn).map_err(|e| DbError::open(path, e))?;
+        schema::migrate(&mut conn, path)?;
+
+        let manager =
+            SqliteConnectionManager::file(path).with_init(|c: &mut Connection| configure(c));
+        let readers = Pool::builder()
+            .max_size(READ_POOL_SIZE)
+            .min_idle(Some(1))
+            .build(manager)
+            .map_err(DbError::Pool)?;
+        let writer = writer::WriterHandle::start(conn)?;
+        Ok(Self {
+            readers,
+            writer,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a read connection.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let conn = self.readers.get().map_err(DbError::Pool)?;
+        f(&conn)
+    }
+
+    /// Queues `f` to run inside the writer's transaction.
+    pub(crate) fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Write<T> {
+        self.writer.submit(f)
+    }
+
+    /// Runs blocking database work on Tokio's blocking pool, inside the
+    /// caller's tracing span. Use it for reads and for batches of calls from
+    /// async code.
+    pub async fn run_blocking<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, DbError> + Send + 'static,
+    {
+        let db = self.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&db)))
+            .await
+            .map_err(|e| DbError::Internal(format!("blocking task failed: {e}")))?
+    }
+
+    /// `PRAGMA integrity_check`: `Ok(())` when SQLite reports `ok`.
+    pub fn integrity_check(&self) -> Result<(), DbError> {
+        self.read(|conn| {
+            let verdict: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            if verdict == "ok" {
+                Ok(())
+            } else {
+                Err(DbError::Corrupt(verdict))
+            }
+        })
+    }
+
+    /// Size of the database file plus its WAL, in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        [&self.path, &wal]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> Result<(), DbError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| DbError::io(dir, e))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| DbError::io(dir, e))
+}
+
+/// Opens the file, creating it with mode 0600 when it does not exist.
+fn open_new_private(path: &Path) -> Result<Connection, DbError> {
+    #[cfg(unix)]
+    if !path.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| DbError::io(path, e))?;
+    }
+    Connection::open(path).map_err(|e| DbError::open(path, e))
+}
+
+#[cfg(unix)]
+fn set_private_mode(path: &Path) -> Result<(), DbError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| DbError::io(path, e))
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> Result<(), DbError> {
+    std::fs::create_dir_all(dir).map_err(|e| DbError::io(dir, e))
+}
+
+#[cfg(not(unix))]
+fn set_private_mode(_path: &Path) -> Result<(), DbError> {
+    Ok(())
+}

@@ -227,3 +227,49 @@ impl Module {
         self.as_str().to_ascii_uppercase()
     }
 }
+
+/// A set of modules (e.g. the enabled ones), copied by value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModuleSet(u16);
+
+impl ModuleSet {
+    const fn bit(module: Module) -> u16 {
+        1 << (module as u16)
+    }
+
+    /// The empty set.
+    pub const fn empty() -> Self {
+        Self(0)
+    }
+
+    /// Every module.
+    pub fn all() -> Self {
+        Module::ALL.into_iter().collect()
+    }
+
+    /// True when `module` is in the set.
+    pub const fn contains(self, module: Module) -> bool {
+        self.0 & Self::bit(module) != 0
+    }
+
+    /// The set with `module` added.
+    pub const fn with(self, module: Module) -> Self {
+        Self(self.0 | Self::bit(module))
+    }
+
+    /// The set with `module` removed.
+    pub const fn without(self, module: Module) -> Self {
+        Self(self.0 & !Self::bit(module))
+    }
+
+    /// The members, in the order of [`Module::ALL`].
+    pub fn iter(self) -> impl Iterator<Item = Module> {
+        Module::ALL.into_iter().filter(move |m| self.contains(*m))
+    }
+}
+
+impl FromIterator<Module> for ModuleSet {
+    fn from_iter<I: IntoIterator<Item = Module>>(iter: I) -> Self {
+        iter.into_iter().fold(Self::empty(), Self::with)
+    }
+}

@@ -11,7 +11,7 @@ mod enums;
 mod types;
 mod validate;
 
-pub use enums::{Mode, Module, RiskLevel, Status, StepType};
+pub use enums::{Mode, Module, ModuleSet, RiskLevel, Status, StepType};
 pub use types::*;
 pub use validate::{
     MAX_MESSAGE_CHARS, MAX_SESSION_ID_CHARS, MAX_TASK_NAME_CHARS, MAX_WORD_CHARS, Message,

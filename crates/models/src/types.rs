@@ -230,7 +230,12 @@ pub struct ChatCommand {
 impl ChatRequest {
     /// Checks every field; the error names the first field that is wrong.
     pub fn validate(self) -> Result<ChatCommand, ValidationError> {
-        validate_chat("message", self.message, self.session_id, self.context.as_ref())
+        validate_chat(
+            "message",
+            self.message,
+            self.session_id,
+            self.context.as_ref(),
+        )
     }
 }
 
@@ -244,10 +249,9 @@ fn validate_chat(
     let session_id = session_id.map(SessionId::parse).transpose()?;
     let mode = match context.and_then(|c| c.get("mode")) {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(
-            s.parse::<Mode>()
-                .map_err(|_| ValidationError::new("context.mode", "must be \"MADRE\" or \"AUDIO_ENGINEER\""))?,
-        ),
+        Some(Value::String(s)) => Some(s.parse::<Mode>().map_err(|_| {
+            ValidationError::new("context.mode", "must be \"MADRE\" or \"AUDIO_ENGINEER\"")
+        })?),
         Some(_) => {
             return Err(ValidationError::new(
                 "context.mode",
@@ -365,7 +369,10 @@ impl ControlRequest {
         let params = object_or_empty("params", self.params)?;
         let confirm_token = match self.confirm_token {
             Some(t) if t.is_empty() || t.len() > 256 => {
-                return Err(ValidationError::new("confirm_token", "must be 1..=256 characters"));
+                return Err(ValidationError::new(
+                    "confirm_token",
+                    "must be 1..=256 characters",
+                ));
             }
             other => other,
         };
@@ -684,9 +691,10 @@ impl fmt::Debug for ChatV6Request {
 impl ChatV6Request {
     /// Checks every field; either message name is accepted, `user_message` first.
     pub fn validate(self) -> Result<ChatCommand, ValidationError> {
-        let text = self.user_message.or(self.message).ok_or_else(|| {
-            ValidationError::new("user_message", "is required (or `message`)")
-        })?;
+        let text = self
+            .user_message
+            .or(self.message)
+            .ok_or_else(|| ValidationError::new("user_message", "is required (or `message`)"))?;
         validate_chat("user_message", text, self.session_id, self.context.as_ref())
     }
 }

@@ -8,7 +8,12 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 fn keys(value: &Value) -> Vec<String> {
-    let mut keys: Vec<String> = value.as_object().expect("an object").keys().cloned().collect();
+    let mut keys: Vec<String> = value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect();
     keys.sort();
     keys
 }
@@ -38,7 +43,12 @@ fn sample_dsl() -> Dsl {
 }
 
 fn sample_step() -> Step {
-    Step::new(Uuid::new_v4(), StepType::CallShub, json!({"task_id": "t"}), now())
+    Step::new(
+        Uuid::new_v4(),
+        StepType::CallShub,
+        json!({"task_id": "t"}),
+        now(),
+    )
 }
 
 fn sample_plan() -> Plan {
@@ -89,7 +99,14 @@ fn enums_serialise_in_screaming_case_exactly_as_named() {
 
 #[test]
 fn enum_text_names_agree_with_serde_and_parse_back() {
-    for status in [Status::Pending, Status::Running, Status::Waiting, Status::Done, Status::Error, Status::Cancelled] {
+    for status in [
+        Status::Pending,
+        Status::Running,
+        Status::Waiting,
+        Status::Done,
+        Status::Error,
+        Status::Cancelled,
+    ] {
         assert_eq!(json!(status), json!(status.as_str()));
         assert_eq!(status.as_str().parse::<Status>().unwrap(), status);
     }
@@ -112,7 +129,18 @@ fn risk_levels_order_and_confirmation_rule() {
 fn dsl_intent_step_plan_have_exactly_the_documented_fields_and_round_trip() {
     let dsl = sample_dsl();
     let v = serde_json::to_value(&dsl).unwrap();
-    assert_eq!(keys(&v), sorted(&["domain", "action", "parameters", "targets", "confidence", "original_text", "warnings"]));
+    assert_eq!(
+        keys(&v),
+        sorted(&[
+            "domain",
+            "action",
+            "parameters",
+            "targets",
+            "confidence",
+            "original_text",
+            "warnings"
+        ])
+    );
     assert_eq!(serde_json::from_value::<Dsl>(v).unwrap(), dsl);
 
     let intent = Intent {
@@ -126,13 +154,38 @@ fn dsl_intent_step_plan_have_exactly_the_documented_fields_and_round_trip() {
         created_at: now(),
     };
     let v = serde_json::to_value(&intent).unwrap();
-    assert_eq!(keys(&v), sorted(&["intent_id", "session_id", "mode", "dsl", "risk", "requires_confirmation", "targets", "created_at"]));
+    assert_eq!(
+        keys(&v),
+        sorted(&[
+            "intent_id",
+            "session_id",
+            "mode",
+            "dsl",
+            "risk",
+            "requires_confirmation",
+            "targets",
+            "created_at"
+        ])
+    );
     assert_eq!(v["created_at"], json!("2026-11-22T10:00:00Z"));
     assert_eq!(serde_json::from_value::<Intent>(v).unwrap(), intent);
 
     let mut step = sample_step();
     let v = serde_json::to_value(&step).unwrap();
-    assert_eq!(keys(&v), sorted(&["step_id", "type", "payload", "blocking", "optional", "status", "attempts", "created_at", "updated_at"]));
+    assert_eq!(
+        keys(&v),
+        sorted(&[
+            "step_id",
+            "type",
+            "payload",
+            "blocking",
+            "optional",
+            "status",
+            "attempts",
+            "created_at",
+            "updated_at"
+        ])
+    );
     step.result = Some(json!({"reply": "ok"}));
     step.error = Some("boom".into());
     let v = serde_json::to_value(&step).unwrap();
@@ -141,7 +194,20 @@ fn dsl_intent_step_plan_have_exactly_the_documented_fields_and_round_trip() {
 
     let plan = sample_plan();
     let v = serde_json::to_value(&plan).unwrap();
-    assert_eq!(keys(&v), sorted(&["plan_id", "intent_id", "session_id", "status", "mode", "steps", "warnings", "created_at", "updated_at"]));
+    assert_eq!(
+        keys(&v),
+        sorted(&[
+            "plan_id",
+            "intent_id",
+            "session_id",
+            "status",
+            "mode",
+            "steps",
+            "warnings",
+            "created_at",
+            "updated_at"
+        ])
+    );
     assert_eq!(serde_json::from_value::<Plan>(v).unwrap(), plan);
 }
 
@@ -158,12 +224,29 @@ fn chat_response_carries_the_confirm_token_only_when_set() {
         warnings: vec![],
         targets: vec![],
         actions: vec![ActionSummary::from(&sample_step())],
-    confirm_token: None,
+        confirm_token: None,
         confirm_expires_at: None,
     };
     let v = serde_json::to_value(&response).unwrap();
-    assert_eq!(keys(&v), sorted(&["response", "session_id", "intent_id", "plan_id", "status", "mode", "risk", "warnings", "targets", "actions"]));
-    assert_eq!(keys(&v["actions"][0]), sorted(&["step_id", "type", "module", "status"]));
+    assert_eq!(
+        keys(&v),
+        sorted(&[
+            "response",
+            "session_id",
+            "intent_id",
+            "plan_id",
+            "status",
+            "mode",
+            "risk",
+            "warnings",
+            "targets",
+            "actions"
+        ])
+    );
+    assert_eq!(
+        keys(&v["actions"][0]),
+        sorted(&["step_id", "type", "module", "status"])
+    );
     assert_eq!(v["actions"][0]["module"], json!("shub"));
 
     response.status = Status::Waiting;
@@ -172,7 +255,10 @@ fn chat_response_carries_the_confirm_token_only_when_set() {
     let v = serde_json::to_value(&response).unwrap();
     assert_eq!(v["confirm_token"], json!("secret-token-value"));
     assert!(v.get("confirm_expires_at").is_some());
-    assert!(!format!("{response:?}").contains("secret-token-value"), "Debug must not print the token");
+    assert!(
+        !format!("{response:?}").contains("secret-token-value"),
+        "Debug must not print the token"
+    );
     assert_eq!(serde_json::from_value::<ChatResponse>(v).unwrap(), response);
 }
 
@@ -189,38 +275,82 @@ fn control_task_health_and_error_shapes() {
     };
     let v = serde_json::to_value(&control).unwrap();
     assert_eq!(v["status"], json!("pending_confirmation"));
-    assert_eq!(keys(&v), sorted(&["status", "confirm_token", "confirm_expires_at", "plan_id"]));
+    assert_eq!(
+        keys(&v),
+        sorted(&["status", "confirm_token", "confirm_expires_at", "plan_id"])
+    );
     assert_eq!(json!(ControlStatus::Denied), json!("denied"));
 
-    let accepted = TaskAccepted { task_id: Uuid::new_v4(), status: Status::Pending, risk: RiskLevel::Low, confirm_token: None };
-    assert_eq!(keys(&json!(accepted)), sorted(&["task_id", "status", "risk"]));
+    let accepted = TaskAccepted {
+        task_id: Uuid::new_v4(),
+        status: Status::Pending,
+        risk: RiskLevel::Low,
+        confirm_token: None,
+    };
+    assert_eq!(
+        keys(&json!(accepted)),
+        sorted(&["task_id", "status", "risk"])
+    );
 
     let mut deps = BTreeMap::new();
     deps.insert(Module::Switch, DepState::Up);
     deps.insert(Module::Shub, DepState::Disabled);
-    let health = HealthResponse { module: "madre".into(), status: HealthStatus::Degraded, version: "0.1.0".into(), time: now(), deps };
+    let health = HealthResponse {
+        module: "madre".into(),
+        status: HealthStatus::Degraded,
+        version: "0.1.0".into(),
+        time: now(),
+        deps,
+    };
     let v = json!(health);
-    assert_eq!(keys(&v), sorted(&["module", "status", "version", "time", "deps"]));
+    assert_eq!(
+        keys(&v),
+        sorted(&["module", "status", "version", "time", "deps"])
+    );
     assert_eq!(v["deps"], json!({"switch": "up", "shub": "disabled"}));
     assert_eq!(v["status"], json!("degraded"));
 
-    let err = ErrorBody { error: "unauthorized".into(), detail: "missing token".into(), request_id: "r".into() };
-    assert_eq!(keys(&json!(err)), sorted(&["error", "detail", "request_id"]));
+    let err = ErrorBody {
+        error: "unauthorized".into(),
+        detail: "missing token".into(),
+        request_id: "r".into(),
+    };
+    assert_eq!(
+        keys(&json!(err)),
+        sorted(&["error", "detail", "request_id"])
+    );
 
     let v6 = ChatV6Response {
         session_id: SessionId::parse("s".into()).unwrap(),
         response: "hi".into(),
         task_id: Uuid::new_v4(),
-        actions_taken: vec![ActionTaken { module: "hermes".into(), action: "CALL_HERMES".into(), result: json!("hi") }],
+        actions_taken: vec![ActionTaken {
+            module: "hermes".into(),
+            action: "CALL_HERMES".into(),
+            result: json!("hi"),
+        }],
         status: V6Status::Ok,
         timestamp: now(),
     };
-    assert_eq!(keys(&json!(v6)), sorted(&["session_id", "response", "task_id", "actions_taken", "status", "timestamp"]));
+    assert_eq!(
+        keys(&json!(v6)),
+        sorted(&[
+            "session_id",
+            "response",
+            "task_id",
+            "actions_taken",
+            "status",
+            "timestamp"
+        ])
+    );
 }
 
 #[test]
 fn chat_request_validation_names_the_field() {
-    let ok: ChatRequest = serde_json::from_value(json!({"message": "hello", "session_id": "abc-1", "context": {"mode": "AUDIO_ENGINEER"}})).unwrap();
+    let ok: ChatRequest = serde_json::from_value(
+        json!({"message": "hello", "session_id": "abc-1", "context": {"mode": "AUDIO_ENGINEER"}}),
+    )
+    .unwrap();
     let cmd = ok.validate().unwrap();
     assert_eq!(cmd.message.as_str(), "hello");
     assert_eq!(cmd.session_id.unwrap().as_str(), "abc-1");
@@ -234,15 +364,28 @@ fn chat_request_validation_names_the_field() {
     };
     check(json!({"message": ""}), "message");
     check(json!({"message": "   \n\t"}), "message");
-    check(json!({"message": "a".repeat(MAX_MESSAGE_CHARS + 1)}), "message");
+    check(
+        json!({"message": "a".repeat(MAX_MESSAGE_CHARS + 1)}),
+        "message",
+    );
     check(json!({"message": "hi", "session_id": ""}), "session_id");
     check(json!({"message": "hi", "session_id": "a b"}), "session_id");
-    check(json!({"message": "hi", "session_id": "x".repeat(129)}), "session_id");
-    check(json!({"message": "hi", "context": {"mode": "LOUD"}}), "context.mode");
-    check(json!({"message": "hi", "context": {"mode": 3}}), "context.mode");
+    check(
+        json!({"message": "hi", "session_id": "x".repeat(129)}),
+        "session_id",
+    );
+    check(
+        json!({"message": "hi", "context": {"mode": "LOUD"}}),
+        "context.mode",
+    );
+    check(
+        json!({"message": "hi", "context": {"mode": 3}}),
+        "context.mode",
+    );
 
     // exactly 8000 characters (multi-byte) is accepted
-    let long: ChatRequest = serde_json::from_value(json!({"message": "é".repeat(MAX_MESSAGE_CHARS)})).unwrap();
+    let long: ChatRequest =
+        serde_json::from_value(json!({"message": "é".repeat(MAX_MESSAGE_CHARS)})).unwrap();
     assert!(long.validate().is_ok());
     // unknown fields are refused at decoding time
     assert!(serde_json::from_value::<ChatRequest>(json!({"message": "hi", "extra": 1})).is_err());
@@ -250,23 +393,106 @@ fn chat_request_validation_names_the_field() {
 
 #[test]
 fn control_and_task_validation_names_the_field() {
-    let cmd = ControlRequest { target: " Shub ".into(), action: "RESTART".into(), params: None, confirm_token: None }.validate().unwrap();
-    assert_eq!((cmd.target.as_str(), cmd.action.as_str()), ("shub", "restart"));
+    let cmd = ControlRequest {
+        target: " Shub ".into(),
+        action: "RESTART".into(),
+        params: None,
+        confirm_token: None,
+    }
+    .validate()
+    .unwrap();
+    assert_eq!(
+        (cmd.target.as_str(), cmd.action.as_str()),
+        ("shub", "restart")
+    );
     assert_eq!(cmd.params, json!({}));
 
-    let bad = |req: ControlRequest, field: &str| assert_eq!(req.validate().unwrap_err().field, field);
-    bad(ControlRequest { target: "".into(), action: "status".into(), params: None, confirm_token: None }, "target");
-    bad(ControlRequest { target: "shub".into(), action: "rm -rf".into(), params: None, confirm_token: None }, "action");
-    bad(ControlRequest { target: "shub".into(), action: "status".into(), params: Some(json!([1])), confirm_token: None }, "params");
-    bad(ControlRequest { target: "shub".into(), action: "status".into(), params: None, confirm_token: Some(String::new()) }, "confirm_token");
+    let bad =
+        |req: ControlRequest, field: &str| assert_eq!(req.validate().unwrap_err().field, field);
+    bad(
+        ControlRequest {
+            target: "".into(),
+            action: "status".into(),
+            params: None,
+            confirm_token: None,
+        },
+        "target",
+    );
+    bad(
+        ControlRequest {
+            target: "shub".into(),
+            action: "rm -rf".into(),
+            params: None,
+            confirm_token: None,
+        },
+        "action",
+    );
+    bad(
+        ControlRequest {
+            target: "shub".into(),
+            action: "status".into(),
+            params: Some(json!([1])),
+            confirm_token: None,
+        },
+        "params",
+    );
+    bad(
+        ControlRequest {
+            target: "shub".into(),
+            action: "status".into(),
+            params: None,
+            confirm_token: Some(String::new()),
+        },
+        "confirm_token",
+    );
 
-    let task = TaskRequest { name: "nightly".into(), module: "HERMES".into(), action: "run".into(), payload: Some(json!({"a": 1})) }.validate().unwrap();
+    let task = TaskRequest {
+        name: "nightly".into(),
+        module: "HERMES".into(),
+        action: "run".into(),
+        payload: Some(json!({"a": 1})),
+    }
+    .validate()
+    .unwrap();
     assert_eq!(task.module, Module::Hermes);
-    let bad_task = |req: TaskRequest, field: &str| assert_eq!(req.validate().unwrap_err().field, field);
-    bad_task(TaskRequest { name: " ".into(), module: "hermes".into(), action: "run".into(), payload: None }, "name");
-    bad_task(TaskRequest { name: "n".into(), module: "storage".into(), action: "run".into(), payload: None }, "module");
-    bad_task(TaskRequest { name: "n".into(), module: "hermes".into(), action: "".into(), payload: None }, "action");
-    bad_task(TaskRequest { name: "n".into(), module: "hermes".into(), action: "run".into(), payload: Some(json!("x")) }, "payload");
+    let bad_task =
+        |req: TaskRequest, field: &str| assert_eq!(req.validate().unwrap_err().field, field);
+    bad_task(
+        TaskRequest {
+            name: " ".into(),
+            module: "hermes".into(),
+            action: "run".into(),
+            payload: None,
+        },
+        "name",
+    );
+    bad_task(
+        TaskRequest {
+            name: "n".into(),
+            module: "storage".into(),
+            action: "run".into(),
+            payload: None,
+        },
+        "module",
+    );
+    bad_task(
+        TaskRequest {
+            name: "n".into(),
+            module: "hermes".into(),
+            action: "".into(),
+            payload: None,
+        },
+        "action",
+    );
+    bad_task(
+        TaskRequest {
+            name: "n".into(),
+            module: "hermes".into(),
+            action: "run".into(),
+            payload: Some(json!("x")),
+        },
+        "payload",
+    );
 }
 
 #[test]
@@ -281,19 +507,52 @@ fn v6_chat_accepts_either_message_name() {
 
 #[test]
 fn secrets_never_show_in_debug_output() {
-    let control = ControlRequest { target: "shub".into(), action: "restart".into(), params: None, confirm_token: Some("TOPSECRET".into()) };
+    let control = ControlRequest {
+        target: "shub".into(),
+        action: "restart".into(),
+        params: None,
+        confirm_token: Some("TOPSECRET".into()),
+    };
     assert!(!format!("{control:?}").contains("TOPSECRET"));
     assert!(!format!("{:?}", control.validate().unwrap()).contains("TOPSECRET"));
-    let confirm = ConfirmRequest { confirm_token: "TOPSECRET".into() };
+    let confirm = ConfirmRequest {
+        confirm_token: "TOPSECRET".into(),
+    };
     assert!(!format!("{confirm:?}").contains("TOPSECRET"));
 }
 
 #[test]
 fn step_module_comes_from_type_or_payload() {
-    let s = Step::new(Uuid::new_v4(), StepType::CallModule, json!({"module": "mcp"}), now());
+    let s = Step::new(
+        Uuid::new_v4(),
+        StepType::CallModule,
+        json!({"module": "mcp"}),
+        now(),
+    );
     assert_eq!(s.module(), Module::Mcp);
-    let s = Step::new(Uuid::new_v4(), StepType::SystemHealthcheck, json!({}), now());
+    let s = Step::new(
+        Uuid::new_v4(),
+        StepType::SystemHealthcheck,
+        json!({}),
+        now(),
+    );
     assert_eq!(s.module(), Module::Madre);
     assert_eq!(Module::TentaculoLink.env_name(), "TENTACULO_LINK");
     assert_eq!(Module::Spawner.default_port(), 8008);
+}
+
+#[test]
+fn module_sets() {
+    let all = ModuleSet::all();
+    assert!(Module::ALL.iter().all(|m| all.contains(*m)));
+    let some = all.without(Module::Shub).without(Module::Mcp);
+    assert!(!some.contains(Module::Shub) && some.contains(Module::Hermes));
+    assert_eq!(some.iter().count(), 7);
+    assert_eq!(
+        ModuleSet::empty()
+            .with(Module::Switch)
+            .iter()
+            .collect::<Vec<_>>(),
+        vec![Module::Switch]
+    );
 }

@@ -95,7 +95,12 @@ fn key_value(token: &str) -> Option<(&str, Value)> {
             .parse::<i64>()
             .map(|n| Value::Number(n.into()))
             .ok()
-            .or_else(|| raw.parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number))
+            .or_else(|| {
+                raw.parse::<f64>()
+                    .ok()
+                    .and_then(Number::from_f64)
+                    .map(Value::Number)
+            })
             .unwrap_or_else(|| Value::String(raw.to_owned())),
     };
     Some((key, value))

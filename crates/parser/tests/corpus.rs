@@ -121,9 +121,17 @@ const CORPUS: &[(&str, &str, &str)] = &[
 
 fn check(text: &str, action: &str, domain: &str) -> Dsl {
     let dsl = parse(text);
-    assert_eq!((dsl.action.as_str(), dsl.domain.as_str()), (action, domain), "for {text:?}");
+    assert_eq!(
+        (dsl.action.as_str(), dsl.domain.as_str()),
+        (action, domain),
+        "for {text:?}"
+    );
     let destructive = action == "delete";
-    assert_eq!(dsl.warnings.contains(&DESTRUCTIVE_WARNING.to_owned()), destructive, "for {text:?}");
+    assert_eq!(
+        dsl.warnings.contains(&DESTRUCTIVE_WARNING.to_owned()),
+        destructive,
+        "for {text:?}"
+    );
     if destructive {
         assert!(dsl.confidence >= 0.9, "for {text:?}");
     } else {
@@ -148,9 +156,16 @@ fn the_originals_expectations_hold() {
     assert_eq!(mix.domain, "audio");
     assert!(mix.confidence < 0.5);
     assert_eq!(mix.parameters["stems"], json!(3));
-    for text in ["delete all data", "destroy the database", "remove all files"] {
+    for text in [
+        "delete all data",
+        "destroy the database",
+        "remove all files",
+    ] {
         let dsl = parse(text);
-        assert_eq!((dsl.domain.as_str(), dsl.action.as_str()), ("system", "delete"));
+        assert_eq!(
+            (dsl.domain.as_str(), dsl.action.as_str()),
+            ("system", "delete")
+        );
         assert!(dsl.confidence >= 0.9);
         assert_eq!(dsl.warnings, vec![DESTRUCTIVE_WARNING]);
     }
@@ -162,11 +177,23 @@ fn targets_are_module_names_only_in_order_of_mention() {
         ("delete all data", &[]),
         ("remove all files", &[]),
         ("restart the switch", &[Module::Switch]),
-        ("ask hermes and then switch", &[Module::Hermes, Module::Switch]),
+        (
+            "ask hermes and then switch",
+            &[Module::Hermes, Module::Switch],
+        ),
         ("stop tentaculo_link", &[Module::TentaculoLink]),
         ("stop the tentáculo link", &[Module::TentaculoLink]),
         ("render on shubniggurath and shub", &[Module::Shub]),
-        ("madre, status of mcp, spawner, manifestator, hormiguero", &[Module::Madre, Module::Mcp, Module::Spawner, Module::Manifestator, Module::Hormiguero]),
+        (
+            "madre, status of mcp, spawner, manifestator, hormiguero",
+            &[
+                Module::Madre,
+                Module::Mcp,
+                Module::Spawner,
+                Module::Manifestator,
+                Module::Hormiguero,
+            ],
+        ),
         ("switches and hermeses", &[]),
         ("HERMES!!!", &[Module::Hermes]),
     ];
@@ -177,7 +204,9 @@ fn targets_are_module_names_only_in_order_of_mention() {
 
 #[test]
 fn parameters_key_values_quotes_and_counted_nouns() {
-    let p = madre_parser::parameters_of(r#"run job=nightly retries=3 dry=true ratio=0.5 with 2 workers named "alpha beta" and "gamma""#);
+    let p = madre_parser::parameters_of(
+        r#"run job=nightly retries=3 dry=true ratio=0.5 with 2 workers named "alpha beta" and "gamma""#,
+    );
     assert_eq!(p["job"], json!("nightly"));
     assert_eq!(p["retries"], json!(3));
     assert_eq!(p["dry"], json!(true));
@@ -216,10 +245,20 @@ fn mode_explicit_wins_then_audio_then_sticky_session_mode() {
     let audio = parse("mix these 3 stems");
     let plain = parse("hello");
     assert_eq!(select_mode(None, &audio, Mode::Madre), Mode::AudioEngineer);
-    assert_eq!(select_mode(None, &plain, Mode::AudioEngineer), Mode::AudioEngineer, "sticky");
+    assert_eq!(
+        select_mode(None, &plain, Mode::AudioEngineer),
+        Mode::AudioEngineer,
+        "sticky"
+    );
     assert_eq!(select_mode(None, &plain, Mode::Madre), Mode::Madre);
-    assert_eq!(select_mode(Some(Mode::Madre), &audio, Mode::AudioEngineer), Mode::Madre);
-    assert_eq!(select_mode(Some(Mode::AudioEngineer), &plain, Mode::Madre), Mode::AudioEngineer);
+    assert_eq!(
+        select_mode(Some(Mode::Madre), &audio, Mode::AudioEngineer),
+        Mode::Madre
+    );
+    assert_eq!(
+        select_mode(Some(Mode::AudioEngineer), &plain, Mode::Madre),
+        Mode::AudioEngineer
+    );
 }
 
 #[test]

@@ -1,1 +1,18 @@
-//! placeholder while scaffolding
+//! Madre's approval gate: how risky an intent is, whether it is refused
+//! outright, who may confirm it, and the single-use confirmation tokens.
+//!
+//! Everything here is pure (no clock, no I/O) except [`ConfirmToken::generate`],
+//! which reads the operating system's CSPRNG, and the `load` helpers that
+//! read a file. Time is always passed in, so the token rules are testable as
+//! plain functions over a stored [`ConfirmationRecord`].
+
+mod confirm;
+mod risk;
+mod roles;
+
+pub use confirm::{
+    ConfirmToken, ConfirmationRecord, MAX_FAILED_ATTEMPTS, TokenHash, TokenHashError, Verdict,
+    check_confirmation,
+};
+pub use risk::{Assessment, Decision, PolicyError, RiskTables};
+pub use roles::{Principal, Principals, PrincipalsError, Role};

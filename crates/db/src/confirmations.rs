@@ -1,0 +1,216 @@
+//! Pending confirmations: only the token's SHA-256 is stored. Consuming is a
+//! single conditional UPDATE, so two concurrent confirmations of one plan can
+//! never both succeed, even from two processes.
+
+use chrono::{DateTime, Utc};
+use madre_models::RiskLevel;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::audit::{NewAction, insert_action};
+use crate::plans::{PlanUpdate, apply_plan_update, cancel_in};
+use crate::time::{Ts, ts};
+use crate::{Db, DbError, Write};
+
+/// A confirmation to store with its plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewConfirmation {
+    /// Hex SHA-256 of the issued token (never the token).
+    pub token_sha256: String,
+    /// The plan's risk, which decides who may confirm.
+    pub risk: RiskLevel,
+    /// When the token stops being valid.
+    pub expires_at: DateTime<Utc>,
+    /// Who asked for the plan.
+    pub principal: String,
+}
+
+/// A stored confirmation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfirmationRow {
+    /// The plan it gates.
+    pub plan_id: Uuid,
+    /// Hex SHA-256 of the token.
+    pub token_sha256: String,
+    /// The plan's risk.
+    pub risk: RiskLevel,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+    /// When it was consumed.
+    pub used_at: Option<DateTime<Utc>>,
+    /// Wrong tries so far.
+    pub failed_attempts: u32,
+    /// Who asked for the plan.
+    pub principal: String,
+    /// Who confirmed it.
+    pub confirmed_by: Option<String>,
+    /// `confirmed`, `confirmation_expired`, `confirmation_void`, a cancel reason, or `None` while pending.
+    pub outcome: Option<String>,
+}
+
+/// What an attempt to consume a confirmation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeOutcome {
+    /// Consumed now; the gate step is DONE and the plan RUNNING.
+    Consumed,
+    /// Nothing pending matched (already used, void, expired, wrong hash, or
+    /// another confirmation won the race).
+    NotPending,
+}
+
+pub(crate) fn insert_confirmation(
+    conn: &Connection,
+    plan_id: Uuid,
+    c: &NewConfirmation,
+) -> Result<(), DbError> {
+    conn.prepare_cached(
+        "INSERT INTO confirmations (plan_id, token_sha256, risk, expires_at, principal)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        plan_id.to_string(),
+        c.token_sha256,
+        c.risk.as_str(),
+        ts(c.expires_at),
+        c.principal
+    ])?;
+    Ok(())
+}
+
+/// Cancel reason of a plan whose confirmation expired.
+pub const CONFIRMATION_EXPIRED: &str = "confirmation_expired";
+/// Cancel reason of a plan whose confirmation had too many wrong tries.
+pub const CONFIRMATION_VOID: &str = "confirmation_void";
+
+impl Db {
+    /// The confirmation of a plan.
+    pub fn confirmation(&self, plan_id: Uuid) -> Result<Option<ConfirmationRow>, DbError> {
+        self.read(|conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT token_sha256, risk, expires_at, used_at, failed_attempts, principal,
+                            confirmed_by, outcome
+                     FROM confirmations WHERE plan_id = ?1",
+                )?
+                .query_row([plan_id.to_string()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Ts>(2)?,
+                        r.get::<_, Option<Ts>>(3)?,
+                        r.get::<_, u32>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                    ))
+                })
+                .optional()?;
+            row.map(
+                |(hash, risk, expires, used, failed, principal, by, outcome)| {
+                    Ok(ConfirmationRow {
+                        plan_id,
+                        token_sha256: hash,
+                        risk: risk
+                            .parse()
+                            .map_err(|_| DbError::InvalidData(format!("unknown risk {risk:?}")))?,
+                        expires_at: expires.0,
+                        used_at: used.map(|t| t.0),
+                        failed_attempts: failed,
+                        principal,
+                        confirmed_by: by,
+                        outcome,
+                    })
+                },
+            )
+            .transpose()
+        })
+    }
+
+    /// Consumes the pending confirmation of `plan_id` if `token_sha256`
+    /// matches, it is unused, not void and not expired at `at`: marks it
+    /// used by `by`, the waiting gate step DONE and the plan RUNNING, and
+    /// appends `action`, all in one transaction.
+    pub fn consume_confirmation(
+        &self,
+        plan_id: Uuid,
+        token_sha256: String,
+        by: String,
+        action: Option<NewAction>,
+        at: DateTime<Utc>,
+    ) -> Write<ConsumeOutcome> {
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE confirmations SET used_at = ?3, confirmed_by = ?4, outcome = 'confirmed'
+                     WHERE plan_id = ?1 AND token_sha256 = ?2 AND used_at IS NULL
+                       AND outcome IS NULL AND expires_at > ?3",
+                )?
+                .execute(params![plan_id.to_string(), token_sha256, ts(at), by])?;
+            if changed != 1 {
+                return Ok(ConsumeOutcome::NotPending);
+            }
+            conn.prepare_cached(
+                "UPDATE plan_steps SET status = 'DONE', result_json = ?2, finished_at = ?3, updated_at = ?3
+                 WHERE plan_id = ?1 AND type = 'AWAIT_CONFIRMATION' AND status = 'WAITING'",
+            )?
+            .execute(params![
+                plan_id.to_string(),
+                json!({ "confirmed_by": by }).to_string(),
+                ts(at)
+            ])?;
+            apply_plan_update(
+                conn,
+                plan_id,
+                &PlanUpdate {
+                    status: Some(madre_models::Status::Running),
+                    ..PlanUpdate::default()
+                },
+                at,
+            )?;
+            if let Some(action) = &action {
+                insert_action(conn, action)?;
+            }
+            Ok(ConsumeOutcome::Consumed)
+        })
+    }
+
+    /// Counts a wrong token for a pending confirmation and answers the new
+    /// count; at `void_after` wrong tries the confirmation is void and the
+    /// plan CANCELLED (`confirmation_void`) in the same transaction.
+    pub fn record_failed_confirmation(
+        &self,
+        plan_id: Uuid,
+        void_after: u32,
+        at: DateTime<Utc>,
+    ) -> Write<u32> {
+        self.write(move |conn| {
+            let attempts: Option<u32> = conn
+                .prepare_cached(
+                    "UPDATE confirmations SET failed_attempts = failed_attempts + 1
+                     WHERE plan_id = ?1 AND used_at IS NULL AND outcome IS NULL
+                     RETURNING failed_attempts",
+                )?
+                .query_row([plan_id.to_string()], |r| r.get(0))
+                .optional()?;
+            let Some(attempts) = attempts else {
+                return Err(DbError::Conflict(format!(
+                    "plan {plan_id} has no pending confirmation"
+                )));
+            };
+            if attempts >= void_after {
+                cancel_in(conn, plan_id, CONFIRMATION_VOID, at)?;
+            }
+            Ok(attempts)
+        })
+    }
+
+    /// Ends a pending confirmation that expired: the plan is CANCELLED with
+    /// reason `confirmation_expired` (kept apart from a human cancel).
+    pub fn expire_confirmation(&self, plan_id: Uuid, at: DateTime<Utc>) -> Write<()> {
+        self.write(move |conn| {
+            cancel_in(conn, plan_id, CONFIRMATION_EXPIRED, at)?;
+            Ok(())
+        })
+    }
+}

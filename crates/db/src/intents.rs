@@ -1,0 +1,145 @@
+//! The append-only intent log: a row is written before anything is decided
+//! and closed once with the outcome.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::time::{Ts, ts};
+use crate::{Db, DbError, Write};
+
+/// A request as Madre received it. The payload must never hold a token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewIntentLog {
+    /// The intent id.
+    pub id: Uuid,
+    /// Where it came from (`chat`, `chat_v6`, `control`, `task`).
+    pub source: String,
+    /// Who sent it.
+    pub principal: String,
+    /// The request body, with secrets removed.
+    pub payload: Value,
+    /// When it arrived.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored intent-log row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntentLogRow {
+    /// The intent id.
+    pub id: Uuid,
+    /// Where it came from.
+    pub source: String,
+    /// Who sent it.
+    pub principal: String,
+    /// The request body.
+    pub payload: Value,
+    /// When it arrived.
+    pub created_at: DateTime<Utc>,
+    /// When Madre finished with it; `None` while open.
+    pub processed_by_madre_at: Option<DateTime<Utc>>,
+    /// The outcome (`DONE`, `WAITING`, `denied`…).
+    pub result_status: Option<String>,
+    /// Free remarks.
+    pub notes: Option<String>,
+}
+
+impl Db {
+    /// Appends a row to the intent log.
+    pub fn log_intent(&self, entry: NewIntentLog) -> Write<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO intents_log (id, source, principal, payload_json, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                entry.id.to_string(),
+                entry.source,
+                entry.principal,
+                serde_json::to_string(&entry.payload)?,
+                ts(entry.created_at),
+            ])?;
+            Ok(())
+        })
+    }
+
+    /// Closes an open intent-log row with its outcome. A row closes once:
+    /// closing it again is a conflict.
+    pub fn close_intent(
+        &self,
+        id: Uuid,
+        result_status: &str,
+        notes: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Write<()> {
+        let result_status = result_status.to_owned();
+        let notes = notes.map(str::to_owned);
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE intents_log SET processed_by_madre_at = ?2, result_status = ?3, notes = ?4
+                     WHERE id = ?1 AND processed_by_madre_at IS NULL",
+                )?
+                .execute(params![id.to_string(), ts(at), result_status, notes])?;
+            if changed == 1 {
+                return Ok(());
+            }
+            let exists: bool = conn
+                .prepare_cached("SELECT 1 FROM intents_log WHERE id = ?1")?
+                .exists([id.to_string()])?;
+            if exists {
+                Err(DbError::Conflict(format!("intent {id} is already closed")))
+            } else {
+                Err(DbError::not_found("intent", id))
+            }
+        })
+    }
+
+    /// The intent-log row of `id`.
+    pub fn intent_log(&self, id: Uuid) -> Result<Option<IntentLogRow>, DbError> {
+        self.read(|conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT source, principal, payload_json, created_at, processed_by_madre_at,
+                            result_status, notes
+                     FROM intents_log WHERE id = ?1",
+                )?
+                .query_row([id.to_string()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Ts>(3)?,
+                        r.get::<_, Option<Ts>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                    ))
+                })
+                .optional()?;
+            row.map(
+                |(source, principal, payload, created, processed, result_status, notes)| {
+                    Ok(IntentLogRow {
+                        id,
+                        source,
+                        principal,
+                        payload: serde_json::from_str(&payload)?,
+                        created_at: created.0,
+                        processed_by_madre_at: processed.map(|t| t.0),
+                        result_status,
+                        notes,
+                    })
+                },
+            )
+            .transpose()
+        })
+    }
+
+    /// How many intents were ever logged.
+    pub fn count_intents(&self) -> Result<u64, DbError> {
+        self.read(|conn| {
+            let n: i64 = conn.query_row("SELECT count(*) FROM intents_log", [], |r| r.get(0))?;
+            Ok(n as u64)
+        })
+    }
+}

@@ -1,0 +1,250 @@
+//! Numbered migrations tracked by `PRAGMA user_version`, each applied in
+//! its own transaction. A Madre database is recognised by its
+//! `application_id`.
+
+use rusqlite::{Connection, TransactionBehavior};
+use std::path::Path;
+
+use crate::DbError;
+
+/// `PRAGMA application_id` of a Madre database ("MADR").
+const APPLICATION_ID: i64 = 0x4D41_4452;
+
+/// The migrations, in order; migration `n` (1-based) brings the schema to version `n`.
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
+
+/// The schema version this code creates and understands.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`SCHEMA_VERSION`], refusing foreign or newer files.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
+    migrate_to(conn, path, SCHEMA_VERSION)
+}
+
+/// Fails unless the file is empty or a Madre database of a known version.
+pub(crate) fn check_owner(conn: &Connection, path: &Path) -> Result<i64, DbError> {
+    let not_madre = || DbError::NotMadreDatabase {
+        path: path.display().to_string(),
+    };
+    // A file that is not SQLite at all fails on the first read.
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|_| not_madre())?;
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|_| not_madre())?;
+    if version == 0 {
+        let objects: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
+            [],
+            |r| r.get(0),
+        )?;
+        if objects > 0 || (app_id != 0 && app_id != APPLICATION_ID) {
+            return Err(not_madre());
+        }
+    } else if app_id != APPLICATION_ID {
+        return Err(not_madre());
+    }
+    if version > SCHEMA_VERSION {
+        return Err(DbError::SchemaTooNew {
+            path: path.display().to_string(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(version)
+}
+
+/// Applies migrations up to `target` only; exposed for tests of upgrades.
+#[doc(hidden)]
+pub fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Result<(), DbError> {
+    let version = check_owner(conn, path)?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().take(target as usize) {
+        let number = index as i64 + 1;
+        if number <= version {
+            continue;
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!(
+            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {number};"
+        ))?;
+        tx.commit()?;
+        tracing::info!(version = number, "database migrated");
+    }
+    Ok(())
+}
+
+const MIGRATION_1: &str = r#"
+CREATE TABLE intents_log (
+    id                    TEXT PRIMARY KEY,
+    source                TEXT NOT NULL,
+    principal             TEXT NOT NULL,
+    payload_json          TEXT NOT NULL,
+    created_at            TEXT NOT NULL,
+    processed_by_madre_at TEXT,
+    result_status         TEXT,
+    notes                 TEXT
+);
+CREATE TRIGGER intents_log_no_delete BEFORE DELETE ON intents_log
+BEGIN SELECT RAISE(ABORT, 'intents_log is append-only: rows cannot be deleted'); END;
+CREATE TRIGGER intents_log_close_once BEFORE UPDATE ON intents_log
+WHEN OLD.processed_by_madre_at IS NOT NULL
+  OR NEW.processed_by_madre_at IS NULL
+  OR NEW.id IS NOT OLD.id
+  OR NEW.source IS NOT OLD.source
+  OR NEW.principal IS NOT OLD.principal
+  OR NEW.payload_json IS NOT OLD.payload_json
+  OR NEW.created_at IS NOT OLD.created_at
+BEGIN SELECT RAISE(ABORT, 'intents_log is append-only: a row can only be closed, once'); END;
+
+CREATE TABLE madre_actions (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    module     TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    principal  TEXT NOT NULL,
+    plan_id    TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX madre_actions_by_plan ON madre_actions (plan_id, id);
+CREATE TRIGGER madre_actions_no_update BEFORE UPDATE ON madre_actions
+BEGIN SELECT RAISE(ABORT, 'madre_actions is append-only: rows cannot be changed'); END;
+CREATE TRIGGER madre_actions_no_delete BEFORE DELETE ON madre_actions
+BEGIN SELECT RAISE(ABORT, 'madre_actions is append-only: rows cannot be deleted'); END;
+
+CREATE TABLE tasks (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid          TEXT NOT NULL UNIQUE,
+    name          TEXT NOT NULL,
+    module        TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    result        TEXT,
+    error         TEXT,
+    kind          TEXT NOT NULL,
+    intent_id     TEXT,
+    session_id    TEXT,
+    mode          TEXT NOT NULL,
+    principal     TEXT NOT NULL,
+    warnings_json TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX tasks_by_status ON tasks (status, id);
+CREATE INDEX tasks_by_session ON tasks (session_id, id);
+CREATE INDEX tasks_by_kind ON tasks (kind, id);
+
+CREATE TABLE plan_steps (
+    plan_id      TEXT NOT NULL REFERENCES tasks (uuid),
+    idx          INTEGER NOT NULL,
+    step_id      TEXT NOT NULL UNIQUE,
+    type         TEXT NOT NULL,
+    payload_json TEXT NOT NULL,
+    blocking     INTEGER NOT NULL,
+    optional     INTEGER NOT NULL,
+    status       TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    result_json  TEXT,
+    error        TEXT,
+    started_at   TEXT,
+    finished_at  TEXT,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    PRIMARY KEY (plan_id, idx)
+) WITHOUT ROWID;
+
+CREATE TABLE context (
+    task_id    TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    scope      TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX context_by_task ON context (task_id, key);
+
+CREATE TABLE confirmations (
+    plan_id         TEXT PRIMARY KEY REFERENCES tasks (uuid),
+    token_sha256    TEXT NOT NULL,
+    risk            TEXT NOT NULL,
+    expires_at      TEXT NOT NULL,
+    used_at         TEXT,
+    failed_attempts INTEGER NOT NULL DEFAULT 0,
+    principal       TEXT NOT NULL,
+    confirmed_by    TEXT,
+    outcome         TEXT
+);
+CREATE INDEX confirmations_open ON confirmations (expires_at) WHERE outcome IS NULL;
+
+CREATE TABLE sessions (
+    session_id       TEXT PRIMARY KEY,
+    mode             TEXT NOT NULL,
+    created_at       TEXT NOT NULL,
+    last_activity_at TEXT NOT NULL,
+    closed_at        TEXT
+);
+CREATE INDEX sessions_open ON sessions (last_activity_at) WHERE closed_at IS NULL;
+
+CREATE TABLE madre_context (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    content    TEXT NOT NULL,
+    intent_id  TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX madre_context_by_session ON madre_context (session_id, id);
+
+CREATE TABLE daughter_tasks (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    intent_id     TEXT,
+    source        TEXT NOT NULL,
+    priority      INTEGER NOT NULL DEFAULT 0,
+    status        TEXT NOT NULL,
+    task_type     TEXT NOT NULL,
+    description   TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    finished_at   TEXT,
+    max_retries   INTEGER NOT NULL DEFAULT 0,
+    current_retry INTEGER NOT NULL DEFAULT 0,
+    metadata_json TEXT NOT NULL DEFAULT '{}',
+    plan_json     TEXT,
+    plan_id       TEXT,
+    step_id       TEXT,
+    claimed_by    TEXT,
+    heartbeat_at  TEXT,
+    result_json   TEXT,
+    error         TEXT
+);
+CREATE INDEX daughter_tasks_queue ON daughter_tasks (status, priority DESC, id);
+
+CREATE TABLE madre_spawns (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    daughter_task_id INTEGER NOT NULL REFERENCES daughter_tasks (id),
+    pid              INTEGER,
+    status           TEXT NOT NULL,
+    created_at       TEXT NOT NULL,
+    finished_at      TEXT
+);
+CREATE INDEX madre_spawns_finished ON madre_spawns (finished_at);
+
+CREATE TABLE madre_policies (
+    module             TEXT PRIMARY KEY,
+    error_threshold    INTEGER NOT NULL,
+    idle_seconds       INTEGER NOT NULL,
+    enable_autosuspend INTEGER NOT NULL
+);
+"#;
+
+const MIGRATION_2: &str = r#"
+CREATE TABLE idempotency_keys (
+    principal     TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    request_hash  TEXT NOT NULL,
+    status_code   INTEGER NOT NULL,
+    response_json TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (principal, key)
+) WITHOUT ROWID;
+"#;

@@ -1,0 +1,1089 @@
+//! madre-db against real temporary database files.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use madre_db::*;
+use madre_models::{Mode, Plan, RiskLevel, SessionId, Status, Step, StepType};
+use rusqlite::Connection;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use uuid::Uuid;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap()
+}
+
+struct TestDb {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    db: Db,
+}
+
+fn open() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join("vx11.db");
+    let db = Db::open(&path).unwrap();
+    TestDb {
+        _dir: dir,
+        path,
+        db,
+    }
+}
+
+fn plan_with(steps: &[(StepType, Status)], session: &str, at: DateTime<Utc>) -> Plan {
+    Plan {
+        plan_id: Uuid::new_v4(),
+        intent_id: Uuid::new_v4(),
+        session_id: SessionId::parse(session.into()).unwrap(),
+        status: if steps.iter().any(|s| s.1 == Status::Waiting) {
+            Status::Waiting
+        } else {
+            Status::Pending
+        },
+        mode: Mode::Madre,
+        steps: steps
+            .iter()
+            .map(|(ty, status)| {
+                let mut s = Step::new(Uuid::new_v4(), *ty, json!({"prompt": "hi"}), at);
+                s.status = *status;
+                s
+            })
+            .collect(),
+        warnings: vec![],
+        error: None,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn record(plan: Plan) -> NewPlanRecord {
+    NewPlanRecord {
+        meta: PlanMeta {
+            kind: PlanKind::Chat,
+            name: "chat".into(),
+            module: "hermes".into(),
+            action: "chat".into(),
+            principal: "admin".into(),
+        },
+        plan,
+        intent: None,
+        confirmation: None,
+        actions: vec![],
+    }
+}
+
+fn chat_plan(db: &Db, session: &str) -> Plan {
+    let plan = plan_with(
+        &[
+            (StepType::CallSwitch, Status::Pending),
+            (StepType::CallHermes, Status::Pending),
+        ],
+        session,
+        t0(),
+    );
+    db.insert_plan(record(plan.clone())).wait().unwrap();
+    plan
+}
+
+#[cfg(unix)]
+#[test]
+fn open_creates_private_files_with_the_documented_settings() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = open();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&t.path), 0o600);
+    assert_eq!(mode(t.path.parent().unwrap()), 0o700);
+    let conn = Connection::open(&t.path).unwrap();
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    t.db.integrity_check().unwrap();
+    // reopening is idempotent
+    drop(t.db);
+    Db::open(&t.path).unwrap();
+}
+
+#[test]
+fn foreign_and_newer_files_are_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(
+        &garbage,
+        b"this is not sqlite at all, just some text padding it out.......",
+    )
+    .unwrap();
+    let before = std::fs::read(&garbage).unwrap();
+    assert!(matches!(
+        Db::open(&garbage),
+        Err(DbError::NotMadreDatabase { .. })
+    ));
+    assert_eq!(std::fs::read(&garbage).unwrap(), before);
+
+    let other = dir.path().join("other.db");
+    Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE customers (id INTEGER);")
+        .unwrap();
+    let err = Db::open(&other).unwrap_err();
+    assert!(matches!(err, DbError::NotMadreDatabase { .. }), "{err}");
+    assert!(err.to_string().contains("not a Madre database"));
+    let conn = Connection::open(&other).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 0, "untouched");
+
+    let newer = dir.path().join("newer.db");
+    drop(Db::open(&newer).unwrap());
+    Connection::open(&newer)
+        .unwrap()
+        .execute_batch(&format!("PRAGMA user_version = {};", SCHEMA_VERSION + 1))
+        .unwrap();
+    let err = Db::open(&newer).unwrap_err();
+    assert!(
+        matches!(err, DbError::SchemaTooNew { found, .. } if found == SCHEMA_VERSION + 1),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_database_made_by_migration_1_is_upgraded_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, &path, 1).unwrap();
+        conn.execute(
+            "INSERT INTO intents_log (id, source, principal, payload_json, created_at) VALUES ('x', 'chat', 'a', '{}', '2026')",
+            [],
+        )
+        .unwrap();
+        let has_idem: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'idempotency_keys'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(has_idem, 0);
+    }
+    let db = Db::open(&path).unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+    assert_eq!(db.count_intents().unwrap(), 1);
+    db.store_idempotent_response(
+        "a",
+        "k",
+        StoredResponse {
+            request_hash: "h".into(),
+            status_code: 200,
+            body: json!({}),
+        },
+        t0(),
+    )
+    .wait()
+    .unwrap();
+}
+
+#[test]
+fn intent_log_is_append_only_and_closes_once() {
+    let t = open();
+    let id = Uuid::new_v4();
+    t.db.log_intent(NewIntentLog {
+        id,
+        source: "chat".into(),
+        principal: "alice".into(),
+        payload: json!({"message": "hi"}),
+        created_at: t0(),
+    })
+    .wait()
+    .unwrap();
+    let row = t.db.intent_log(id).unwrap().unwrap();
+    assert_eq!(
+        (row.principal.as_str(), row.processed_by_madre_at),
+        ("alice", None)
+    );
+
+    t.db.close_intent(id, "DONE", Some("ok"), t0())
+        .wait()
+        .unwrap();
+    let row = t.db.intent_log(id).unwrap().unwrap();
+    assert_eq!(row.result_status.as_deref(), Some("DONE"));
+    assert!(matches!(
+        t.db.close_intent(id, "ERROR", None, t0()).wait(),
+        Err(DbError::Conflict(_))
+    ));
+    assert!(
+        t.db.close_intent(Uuid::new_v4(), "DONE", None, t0())
+            .wait()
+            .unwrap_err()
+            .is_not_found()
+    );
+
+    // A plain connection cannot delete or rewrite the trail either.
+    let conn = Connection::open(&t.path).unwrap();
+    let err = conn.execute("DELETE FROM intents_log", []).unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    assert!(
+        conn.execute("UPDATE intents_log SET payload_json = '{}'", [])
+            .is_err()
+    );
+    assert!(
+        conn.execute(
+            "UPDATE intents_log SET result_status = 'X', processed_by_madre_at = 'now'",
+            []
+        )
+        .is_err()
+    );
+
+    let action_id =
+        t.db.record_action(NewAction {
+            module: "hermes".into(),
+            action: "CALL_HERMES".into(),
+            reason: "ok".into(),
+            principal: "alice".into(),
+            plan_id: None,
+            created_at: t0(),
+        })
+        .wait()
+        .unwrap();
+    assert!(
+        conn.execute("UPDATE madre_actions SET reason = 'forged'", [])
+            .is_err()
+    );
+    assert!(
+        conn.execute("DELETE FROM madre_actions WHERE id = ?1", [action_id])
+            .is_err()
+    );
+    assert!(
+        conn.execute("DROP TRIGGER madre_actions_no_delete", [])
+            .is_ok(),
+        "only a schema change could, which is not an API"
+    );
+    assert_eq!(t.db.count_intents().unwrap(), 1);
+}
+
+#[test]
+fn plans_round_trip_with_context_confirmation_and_audit() {
+    let t = open();
+    let plan = plan_with(
+        &[
+            (StepType::AwaitConfirmation, Status::Waiting),
+            (StepType::CallSwitch, Status::Pending),
+        ],
+        "s-1",
+        t0(),
+    );
+    let mut rec = record(plan.clone());
+    rec.confirmation = Some(NewConfirmation {
+        token_sha256: "ab".repeat(32),
+        risk: RiskLevel::High,
+        expires_at: t0() + Duration::minutes(10),
+        principal: "alice".into(),
+    });
+    rec.actions = vec![NewAction {
+        module: "madre".into(),
+        action: "plan_created".into(),
+        reason: "waiting".into(),
+        principal: "alice".into(),
+        plan_id: Some(plan.plan_id),
+        created_at: t0(),
+    }];
+    t.db.insert_plan(rec).wait().unwrap();
+
+    let stored = t.db.plan(plan.plan_id).unwrap().unwrap();
+    assert_eq!(stored.plan, plan);
+    assert_eq!(stored.meta.principal, "admin");
+    let keys: Vec<String> =
+        t.db.context_of(plan.plan_id)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+    assert_eq!(keys, vec!["mode", "session_id"]);
+    assert_eq!(
+        t.db.actions_for_plan(plan.plan_id).unwrap()[0].principal,
+        "alice"
+    );
+    let c = t.db.confirmation(plan.plan_id).unwrap().unwrap();
+    assert_eq!(
+        (c.risk, c.failed_attempts, c.used_at),
+        (RiskLevel::High, 0, None)
+    );
+    assert!(t.db.plan(Uuid::new_v4()).unwrap().is_none());
+}
+
+#[test]
+fn step_transitions_count_attempts_and_finished_steps_are_final() {
+    let t = open();
+    let plan = chat_plan(&t.db, "s");
+    let at = t0() + Duration::seconds(1);
+    let run = StepUpdate {
+        status: Status::Running,
+        result: None,
+        error: None,
+        at,
+    };
+    t.db.update_step(plan.plan_id, 0, run.clone())
+        .wait()
+        .unwrap();
+    t.db.update_step(plan.plan_id, 0, run.clone())
+        .wait()
+        .unwrap(); // a retry
+    t.db.update_step(
+        plan.plan_id,
+        0,
+        StepUpdate {
+            status: Status::Done,
+            result: Some(json!({"engine": "gpt"})),
+            error: None,
+            at,
+        },
+    )
+    .wait()
+    .unwrap();
+    let err =
+        t.db.update_step(plan.plan_id, 0, run.clone())
+            .wait()
+            .unwrap_err();
+    assert!(matches!(err, DbError::Conflict(_)), "{err}");
+    assert!(
+        t.db.update_step(plan.plan_id, 9, run)
+            .wait()
+            .unwrap_err()
+            .is_not_found()
+    );
+
+    let stored = t.db.plan(plan.plan_id).unwrap().unwrap().plan;
+    assert_eq!(stored.steps[0].attempts, 2);
+    assert_eq!(stored.steps[0].status, Status::Done);
+    assert_eq!(stored.steps[0].result, Some(json!({"engine": "gpt"})));
+
+    // finishing the plan cancels what did not run, and the plan is then final
+    t.db.finish_plan(
+        plan.plan_id,
+        PlanUpdate {
+            status: Some(Status::Error),
+            error: Some("timeout".into()),
+            ..Default::default()
+        },
+        at,
+    )
+    .wait()
+    .unwrap();
+    let stored = t.db.plan(plan.plan_id).unwrap().unwrap().plan;
+    assert_eq!(
+        (stored.status, stored.error.as_deref()),
+        (Status::Error, Some("timeout"))
+    );
+    assert_eq!(stored.steps[1].status, Status::Cancelled);
+    assert!(matches!(
+        t.db.cancel_plan(plan.plan_id, "cancelled", None, at).wait(),
+        Err(DbError::Conflict(_))
+    ));
+}
+
+#[test]
+fn confirmations_are_consumed_once_even_under_concurrency() {
+    let t = open();
+    let plan = plan_with(
+        &[
+            (StepType::AwaitConfirmation, Status::Waiting),
+            (StepType::CallHermes, Status::Pending),
+        ],
+        "s",
+        t0(),
+    );
+    let hash = "cd".repeat(32);
+    let mut rec = record(plan.clone());
+    rec.confirmation = Some(NewConfirmation {
+        token_sha256: hash.clone(),
+        risk: RiskLevel::Med,
+        expires_at: t0() + Duration::minutes(10),
+        principal: "alice".into(),
+    });
+    t.db.insert_plan(rec).wait().unwrap();
+
+    assert_eq!(
+        t.db.consume_confirmation(plan.plan_id, "ee".repeat(32), "bob".into(), None, t0())
+            .wait()
+            .unwrap(),
+        ConsumeOutcome::NotPending
+    );
+    let db = Arc::new(t.db.clone());
+    let outcomes: Vec<ConsumeOutcome> = (0..8)
+        .map(|_| {
+            let (db, hash) = (db.clone(), hash.clone());
+            std::thread::spawn(move || {
+                db.consume_confirmation(plan.plan_id, hash, "bob".into(), None, t0())
+                    .wait()
+                    .unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == ConsumeOutcome::Consumed)
+            .count(),
+        1
+    );
+    let stored = t.db.plan(plan.plan_id).unwrap().unwrap().plan;
+    assert_eq!(
+        (stored.status, stored.steps[0].status),
+        (Status::Running, Status::Done)
+    );
+    let c = t.db.confirmation(plan.plan_id).unwrap().unwrap();
+    assert_eq!(
+        (c.confirmed_by.as_deref(), c.outcome.as_deref()),
+        (Some("bob"), Some("confirmed"))
+    );
+}
+
+#[test]
+fn five_wrong_tries_void_the_confirmation_and_expiry_cancels() {
+    let t = open();
+    let mk = |t: &TestDb| {
+        let plan = plan_with(&[(StepType::AwaitConfirmation, Status::Waiting)], "s", t0());
+        let mut rec = record(plan.clone());
+        rec.confirmation = Some(NewConfirmation {
+            token_sha256: "ab".repeat(32),
+            risk: RiskLevel::High,
+            expires_at: t0() + Duration::minutes(10),
+            principal: "a".into(),
+        });
+        t.db.insert_plan(rec).wait().unwrap();
+        plan.plan_id
+    };
+    let id = mk(&t);
+    for n in 1..=5 {
+        assert_eq!(
+            t.db.record_failed_confirmation(id, 5, t0()).wait().unwrap(),
+            n
+        );
+    }
+    let stored = t.db.plan(id).unwrap().unwrap().plan;
+    assert_eq!(
+        (stored.status, stored.error.as_deref()),
+        (Status::Cancelled, Some(CONFIRMATION_VOID))
+    );
+    assert!(t.db.record_failed_confirmation(id, 5, t0()).wait().is_err());
+    assert_eq!(
+        t.db.consume_confirmation(id, "ab".repeat(32), "x".into(), None, t0())
+            .wait()
+            .unwrap(),
+        ConsumeOutcome::NotPending
+    );
+
+    let id = mk(&t);
+    assert_eq!(
+        t.db.consume_confirmation(
+            id,
+            "ab".repeat(32),
+            "x".into(),
+            None,
+            t0() + Duration::minutes(11)
+        )
+        .wait()
+        .unwrap(),
+        ConsumeOutcome::NotPending,
+        "expired tokens are not consumed"
+    );
+    t.db.expire_confirmation(id, t0() + Duration::minutes(11))
+        .wait()
+        .unwrap();
+    let stored = t.db.plan(id).unwrap().unwrap().plan;
+    assert_eq!(
+        (stored.status, stored.error.as_deref()),
+        (Status::Cancelled, Some(CONFIRMATION_EXPIRED))
+    );
+    assert_eq!(
+        t.db.confirmation(id).unwrap().unwrap().outcome.as_deref(),
+        Some(CONFIRMATION_EXPIRED)
+    );
+}
+
+#[test]
+fn sessions_keep_their_mode_and_a_capped_history() {
+    let t = open();
+    for i in 0..120 {
+        t.db.record_turn(
+            "s-1".into(),
+            Mode::AudioEngineer,
+            None,
+            vec![("user".into(), format!("m{i}"))],
+            100,
+            t0() + Duration::seconds(i),
+        )
+        .wait()
+        .unwrap();
+    }
+    let s = t.db.session("s-1").unwrap().unwrap();
+    assert_eq!(s.mode, Mode::AudioEngineer);
+    assert_eq!(s.created_at, t0());
+    let history = t.db.history("s-1", 1000).unwrap();
+    assert_eq!(history.len(), 100);
+    assert_eq!(
+        (history[0].content.as_str(), history[99].content.as_str()),
+        ("m20", "m119")
+    );
+    assert_eq!(
+        t.db.history("s-1", 3)
+            .unwrap()
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>(),
+        vec!["m117", "m118", "m119"]
+    );
+    assert!(t.db.session("nope").unwrap().is_none());
+}
+
+#[test]
+fn keyset_pagination_has_no_duplicates_or_gaps_while_rows_are_inserted() {
+    let t = open();
+    let mut expected: Vec<Uuid> = (0..250)
+        .map(|i| chat_plan(&t.db, if i % 2 == 0 { "even" } else { "odd" }).plan_id)
+        .collect();
+    expected.reverse(); // newest first
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut late = 0;
+    loop {
+        // new chats arrive between pages; they are newer and never shift a page
+        chat_plan(&t.db, "late");
+        late += 1;
+        let (page, next) =
+            t.db.list_plans(
+                &PlanFilter {
+                    session_id: None,
+                    ..Default::default()
+                },
+                20,
+                cursor,
+            )
+            .unwrap();
+        seen.extend(page.iter().map(|p| p.plan_id));
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let late_first = seen.iter().position(|id| expected.contains(id)).unwrap();
+    assert_eq!(
+        &seen[late_first..],
+        &expected[..],
+        "every original plan once, in order"
+    );
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), seen.len());
+
+    let (odd, next) =
+        t.db.list_plans(
+            &PlanFilter {
+                session_id: Some("odd".into()),
+                ..Default::default()
+            },
+            200,
+            None,
+        )
+        .unwrap();
+    assert_eq!((odd.len(), next), (125, None));
+    let (done, _) =
+        t.db.list_plans(
+            &PlanFilter {
+                status: Some(Status::Done),
+                ..Default::default()
+            },
+            10,
+            None,
+        )
+        .unwrap();
+    assert!(done.is_empty());
+    let counts = t.db.plan_counts().unwrap();
+    assert_eq!(counts, vec![(Status::Pending, 250 + late)]);
+}
+
+fn daughter(priority: i64) -> NewDaughterTask {
+    NewDaughterTask {
+        source: "madre".into(),
+        priority,
+        task_type: "render".into(),
+        description: "d".into(),
+        metadata: json!({}),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn four_workers_claim_2000_tasks_each_exactly_once() {
+    let t = open();
+    for i in 0..2000 {
+        let _ = t.db.enqueue_daughter_task(daughter(i % 3), t0());
+    }
+    // the last enqueue's commit implies all earlier ones
+    t.db.enqueue_daughter_task(daughter(-1), t0())
+        .wait()
+        .unwrap();
+    let db = Arc::new(t.db.clone());
+    let handles: Vec<_> = (0..4)
+        .map(|w| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                while let Some(task) = db
+                    .claim_next_daughter_task(&format!("w{w}"), t0())
+                    .wait()
+                    .unwrap()
+                {
+                    assert_eq!(task.claimed_by.as_deref(), Some(format!("w{w}").as_str()));
+                    mine.push((task.id, task.priority));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        let mine = h.join().unwrap();
+        // each worker sees priorities in non-increasing order
+        assert!(mine.windows(2).all(|w| w[0].1 >= w[1].1));
+        all.extend(mine.into_iter().map(|(id, _)| id));
+    }
+    assert_eq!(all.len(), 2001);
+    assert_eq!(
+        all.iter().collect::<HashSet<_>>().len(),
+        2001,
+        "no task claimed twice"
+    );
+}
+
+#[test]
+fn completing_or_failing_a_task_settles_its_plan_step() {
+    let t = open();
+    let plan = plan_with(&[(StepType::SpawnerRequest, Status::Waiting)], "s", t0());
+    t.db.insert_plan(record(plan.clone())).wait().unwrap();
+    let mut task = daughter(0);
+    task.plan_id = Some(plan.plan_id);
+    task.step_id = Some(plan.steps[0].step_id);
+    let id = t.db.enqueue_daughter_task(task, t0()).wait().unwrap();
+    let claimed =
+        t.db.claim_next_daughter_task("w1", t0())
+            .wait()
+            .unwrap()
+            .unwrap();
+    assert_eq!(claimed.id, id);
+    assert!(t.db.heartbeat(id, "w1", t0()).wait().unwrap());
+    assert!(!t.db.heartbeat(id, "w2", t0()).wait().unwrap());
+    assert!(matches!(
+        t.db.complete_daughter_task(id, "w2", json!({}), t0())
+            .wait(),
+        Err(DbError::Conflict(_))
+    ));
+    t.db.complete_daughter_task(id, "w1", json!({"rendered": true}), t0())
+        .wait()
+        .unwrap();
+    let stored = t.db.plan(plan.plan_id).unwrap().unwrap();
+    assert_eq!(
+        (stored.plan.status, stored.plan.steps[0].status),
+        (Status::Done, Status::Done)
+    );
+    assert_eq!(stored.plan.steps[0].result, Some(json!({"rendered": true})));
+    assert_eq!(
+        t.db.daughter_task(id).unwrap().unwrap().status,
+        DaughterStatus::Completed
+    );
+
+    // fail: retried up to max_retries, then failed with the plan in ERROR
+    let plan = plan_with(&[(StepType::SpawnerRequest, Status::Waiting)], "s", t0());
+    t.db.insert_plan(record(plan.clone())).wait().unwrap();
+    let mut task = daughter(0);
+    task.max_retries = 1;
+    task.plan_id = Some(plan.plan_id);
+    task.step_id = Some(plan.steps[0].step_id);
+    let id = t.db.enqueue_daughter_task(task, t0()).wait().unwrap();
+    t.db.claim_next_daughter_task("w1", t0())
+        .wait()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        t.db.fail_daughter_task(id, "w1", "oom", t0())
+            .wait()
+            .unwrap(),
+        DaughterStatus::Queued
+    );
+    let again =
+        t.db.claim_next_daughter_task("w2", t0())
+            .wait()
+            .unwrap()
+            .unwrap();
+    assert_eq!((again.id, again.current_retry), (id, 1));
+    assert_eq!(
+        t.db.fail_daughter_task(id, "w2", "oom", t0())
+            .wait()
+            .unwrap(),
+        DaughterStatus::Failed
+    );
+    let stored = t.db.plan(plan.plan_id).unwrap().unwrap().plan;
+    assert_eq!(
+        (stored.status, stored.steps[0].status),
+        (Status::Error, Status::Error)
+    );
+
+    // stale claims go back to the queue
+    let id =
+        t.db.enqueue_daughter_task(daughter(0), t0())
+            .wait()
+            .unwrap();
+    t.db.claim_next_daughter_task("w1", t0())
+        .wait()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        t.db.expire_stale_claims(t0() - Duration::seconds(1))
+            .wait()
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        t.db.expire_stale_claims(t0() + Duration::seconds(61))
+            .wait()
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        t.db.claim_next_daughter_task("w3", t0())
+            .wait()
+            .unwrap()
+            .unwrap()
+            .id,
+        id
+    );
+}
+
+#[test]
+fn cleanup_applies_retention_and_never_touches_the_audit_trail() {
+    let t = open();
+    let policy = RetentionPolicy {
+        session_idle: Duration::hours(1),
+        history_max: 3,
+        spawn_retention: Duration::hours(1),
+        stale_claim_after: Duration::minutes(5),
+    };
+    let old = t0() - Duration::hours(2);
+    t.db.record_turn(
+        "idle".into(),
+        Mode::Madre,
+        None,
+        (0..5).map(|i| ("user".into(), format!("{i}"))).collect(),
+        100,
+        old,
+    )
+    .wait()
+    .unwrap();
+    t.db.record_turn(
+        "busy".into(),
+        Mode::Madre,
+        None,
+        vec![("user".into(), "x".into())],
+        100,
+        t0(),
+    )
+    .wait()
+    .unwrap();
+    let task = t.db.enqueue_daughter_task(daughter(0), old).wait().unwrap();
+    let spawn = t.db.record_spawn(task, Some(42), old).wait().unwrap();
+    t.db.finish_spawn(spawn, DaughterStatus::Completed, old)
+        .wait()
+        .unwrap();
+    t.db.log_intent(NewIntentLog {
+        id: Uuid::new_v4(),
+        source: "chat".into(),
+        principal: "a".into(),
+        payload: json!({}),
+        created_at: old,
+    })
+    .wait()
+    .unwrap();
+    let waiting = plan_with(&[(StepType::AwaitConfirmation, Status::Waiting)], "s", old);
+    let mut rec = record(waiting.clone());
+    rec.confirmation = Some(NewConfirmation {
+        token_sha256: "ab".repeat(32),
+        risk: RiskLevel::High,
+        expires_at: old + Duration::minutes(10),
+        principal: "a".into(),
+    });
+    t.db.insert_plan(rec).wait().unwrap();
+
+    let report = t.db.cleanup(policy, t0()).wait().unwrap();
+    assert_eq!(report.sessions_closed, 1);
+    assert_eq!(report.messages_trimmed, 2);
+    assert_eq!(report.spawns_deleted, 1);
+    assert_eq!(report.confirmations_expired, vec![waiting.plan_id]);
+    assert!(t.db.session("idle").unwrap().unwrap().closed_at.is_some());
+    assert!(t.db.session("busy").unwrap().unwrap().closed_at.is_none());
+    assert_eq!(t.db.count_intents().unwrap(), 1);
+    assert_eq!(
+        t.db.plan(waiting.plan_id)
+            .unwrap()
+            .unwrap()
+            .plan
+            .error
+            .as_deref(),
+        Some(CONFIRMATION_EXPIRED)
+    );
+    // a second pass finds nothing more to do
+    let again = t.db.cleanup(policy, t0()).wait().unwrap();
+    assert_eq!(again, CleanupReport::default());
+}
+
+#[test]
+fn hostile_strings_and_large_payloads_are_stored_verbatim() {
+    let t = open();
+    let nasty = [
+        "'; DROP TABLE tasks; --",
+        "\"quoted\" and 'single' and `back`",
+        "nul\0inside",
+        "Robert'); DELETE FROM intents_log;--",
+        "🎉 ñ 中文 \u{202e}rtl",
+    ];
+    for (i, text) in nasty.iter().enumerate() {
+        let id = Uuid::new_v4();
+        t.db.log_intent(NewIntentLog {
+            id,
+            source: text.to_string(),
+            principal: text.to_string(),
+            payload: json!({"m": text, "i": i}),
+            created_at: t0(),
+        })
+        .wait()
+        .unwrap();
+        let row = t.db.intent_log(id).unwrap().unwrap();
+        assert_eq!(row.source, *text);
+        assert_eq!(row.payload["m"], json!(text));
+        t.db.record_turn(
+            text.to_string(),
+            Mode::Madre,
+            None,
+            vec![("user".into(), text.to_string())],
+            100,
+            t0(),
+        )
+        .wait()
+        .unwrap();
+        assert_eq!(t.db.history(text, 10).unwrap()[0].content, *text);
+    }
+    let big = "x".repeat(1 << 20);
+    let id = Uuid::new_v4();
+    t.db.log_intent(NewIntentLog {
+        id,
+        source: "chat".into(),
+        principal: "a".into(),
+        payload: json!({ "big": big }),
+        created_at: t0(),
+    })
+    .wait()
+    .unwrap();
+    assert_eq!(
+        t.db.intent_log(id).unwrap().unwrap().payload["big"]
+            .as_str()
+            .unwrap()
+            .len(),
+        1 << 20
+    );
+    // a failed write rolls back only itself: its neighbours in the same batch commit
+    let dup = Uuid::new_v4();
+    let first = t.db.log_intent(NewIntentLog {
+        id: dup,
+        source: "a".into(),
+        principal: "a".into(),
+        payload: Value::Null,
+        created_at: t0(),
+    });
+    let second = t.db.log_intent(NewIntentLog {
+        id: dup,
+        source: "b".into(),
+        principal: "a".into(),
+        payload: Value::Null,
+        created_at: t0(),
+    });
+    let third_id = Uuid::new_v4();
+    let third = t.db.log_intent(NewIntentLog {
+        id: third_id,
+        source: "c".into(),
+        principal: "a".into(),
+        payload: Value::Null,
+        created_at: t0(),
+    });
+    assert!(first.wait().is_ok());
+    assert!(matches!(second.wait(), Err(DbError::Sqlite(_))));
+    assert!(third.wait().is_ok());
+    assert_eq!(t.db.intent_log(dup).unwrap().unwrap().source, "a");
+    t.db.integrity_check().unwrap();
+}
+
+#[test]
+fn module_policies_and_idempotent_responses() {
+    let t = open();
+    t.db.set_module_policy(ModulePolicy {
+        module: "shub".into(),
+        error_threshold: 3,
+        idle_seconds: 600,
+        enable_autosuspend: true,
+    })
+    .wait()
+    .unwrap();
+    t.db.set_module_policy(ModulePolicy {
+        module: "shub".into(),
+        error_threshold: 5,
+        idle_seconds: 60,
+        enable_autosuspend: false,
+    })
+    .wait()
+    .unwrap();
+    assert_eq!(
+        t.db.module_policies().unwrap(),
+        vec![ModulePolicy {
+            module: "shub".into(),
+            error_threshold: 5,
+            idle_seconds: 60,
+            enable_autosuspend: false
+        }]
+    );
+
+    let stored = StoredResponse {
+        request_hash: "h1".into(),
+        status_code: 200,
+        body: json!({"ok": 1}),
+    };
+    assert!(
+        t.db.store_idempotent_response("alice", "k1", stored.clone(), t0())
+            .wait()
+            .unwrap()
+    );
+    assert!(
+        !t.db
+            .store_idempotent_response(
+                "alice",
+                "k1",
+                StoredResponse {
+                    request_hash: "h2".into(),
+                    ..stored.clone()
+                },
+                t0()
+            )
+            .wait()
+            .unwrap()
+    );
+    assert_eq!(
+        t.db.idempotent_response("alice", "k1").unwrap(),
+        Some(stored)
+    );
+    assert_eq!(t.db.idempotent_response("bob", "k1").unwrap(), None);
+}
+
+#[tokio::test]
+async fn writes_can_be_awaited_and_reads_run_off_the_executor() {
+    let t = open();
+    let id = Uuid::new_v4();
+    t.db.log_intent(NewIntentLog {
+        id,
+        source: "chat".into(),
+        principal: "a".into(),
+        payload: json!({}),
+        created_at: t0(),
+    })
+    .await
+    .unwrap();
+    let row =
+        t.db.run_blocking(move |db| db.intent_log(id))
+            .await
+            .unwrap();
+    assert!(row.is_some());
+}
+
+const CRASH_CHILD_ENV: &str = "MADRE_DB_CRASH_CHILD";
+
+/// Not a test on its own: the body of the child process of the crash test.
+#[test]
+fn crash_child_writer() {
+    let Ok(path) = std::env::var(CRASH_CHILD_ENV) else {
+        return;
+    };
+    use std::io::Write as _;
+    let db = Db::open(Path::new(&path)).unwrap();
+    let mut out = std::io::stdout().lock();
+    for i in 0..1_000_000u64 {
+        let id = Uuid::new_v4();
+        db.log_intent(NewIntentLog {
+            id,
+            source: "crash".into(),
+            principal: "child".into(),
+            payload: json!({"i": i}),
+            created_at: Utc::now(),
+        })
+        .wait()
+        .unwrap();
+        writeln!(out, "COMMITTED {id}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn sigkill_mid_write_loses_nothing_that_was_reported_committed() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.db");
+    let mut committed = Vec::new();
+    for _round in 0..3 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut this_round = 0;
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if let Some(id) = line.strip_prefix("COMMITTED ") {
+                committed.push(Uuid::parse_str(id).unwrap());
+                this_round += 1;
+                if this_round == 300 {
+                    child.kill().unwrap(); // SIGKILL, mid-loop
+                    break;
+                }
+            }
+        }
+        child.wait().unwrap();
+        assert_eq!(this_round, 300, "the child wrote before it was killed");
+    }
+    let db = Db::open(&path).unwrap();
+    db.integrity_check().unwrap();
+    for id in &committed {
+        assert!(
+            db.intent_log(*id).unwrap().is_some(),
+            "committed intent {id} lost"
+        );
+    }
+    assert!(db.count_intents().unwrap() >= committed.len() as u64);
+}
