@@ -1,1 +1,281 @@
-//! stubs
+//! Stand-ins for the eight VX11 modules Madre delegates to (switch, hermes,
+//! hormiguero, manifestator, mcp, shub, spawner, tentaculo_link).
+//!
+//! One process serves every module, **each on its own port**, so Madre is
+//! configured exactly as in production (`VX11_<MODULE>_URL`). Each module
+//! answers the endpoints of SPEC §7 and `GET /health`. Faults are injected
+//! per module through an admin endpoint on that module's port:
+//!
+//! - `PUT /__stub/behaviour` with a [`Behaviour`] (latency, error status,
+//!   fail-the-first-N, hang, garbage or oversized bodies);
+//! - `GET /__stub/stats` answers [`Stats`] (calls, in-flight peak, the
+//!   `Idempotency-Key`s seen);
+//! - `POST /__stub/reset` clears both.
+//!
+//! These are test and demo helpers, clearly not the real modules: their
+//! answers only echo what they were asked.
+
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use madre_models::Module;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How a module misbehaves; the default is a prompt, healthy answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Behaviour {
+    /// Delay before every answer, in milliseconds.
+    pub latency_ms: u64,
+    /// Answer every call with this HTTP status (e.g. 500, 400).
+    pub error_status: Option<u16>,
+    /// Answer the first N calls with 503, then normally.
+    pub fail_first: u32,
+    /// Never answer (until the client gives up).
+    pub hang: bool,
+    /// Answer 200 with a body that is not JSON.
+    pub garbage: bool,
+    /// Answer 200 with a JSON body this many bytes long.
+    pub body_bytes: Option<usize>,
+}
+
+/// What a module has seen since the last reset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Calls to module endpoints (health and admin excluded).
+    pub calls: u64,
+    /// Calls being answered right now.
+    pub in_flight: u64,
+    /// The most calls answered at once.
+    pub peak_in_flight: u64,
+    /// `Idempotency-Key` headers received, in order.
+    pub idempotency_keys: Vec<String>,
+    /// `X-VX11-Token` values were present on every call.
+    pub all_calls_had_token: bool,
+}
+
+#[derive(Debug, Default)]
+struct ModuleState {
+    behaviour: Behaviour,
+    stats: Stats,
+    failures_served: u32,
+}
+
+#[derive(Default)]
+struct Shared {
+    by_port: HashMap<u16, Module>,
+    modules: Mutex<HashMap<Module, ModuleState>>,
+}
+
+impl Shared {
+    fn module_of(&self, req: &HttpRequest) -> Module {
+        let port = req.app_config().local_addr().port();
+        self.by_port.get(&port).copied().unwrap_or(Module::Hermes)
+    }
+
+    fn with<T>(&self, module: Module, f: impl FnOnce(&mut ModuleState) -> T) -> T {
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        f(modules.entry(module).or_default())
+    }
+}
+
+/// The running stand-ins.
+pub struct StubServer {
+    addresses: HashMap<Module, SocketAddr>,
+    handle: ServerHandle,
+}
+
+impl StubServer {
+    /// Starts every module on `host`, at `port_of(module)` (0 picks a free
+    /// port), on the current actix/Tokio runtime.
+    pub fn start(host: &str, port_of: impl Fn(Module) -> u16) -> std::io::Result<Self> {
+        let mut listeners = Vec::new();
+        let mut shared = Shared::default();
+        let mut addresses = HashMap::new();
+        for module in Module::REMOTE {
+            let listener = TcpListener::bind((host, port_of(module)))?;
+            let addr = listener.local_addr()?;
+            shared.by_port.insert(addr.port(), module);
+            addresses.insert(module, addr);
+            listeners.push(listener);
+        }
+        let shared = web::Data::new(shared);
+        let mut server = HttpServer::new({
+            let shared = shared.clone();
+            move || {
+                App::new()
+                    .app_data(shared.clone())
+                    .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                    .route("/health", web::get().to(health))
+                    .route("/__stub/behaviour", web::put().to(set_behaviour))
+                    .route("/__stub/stats", web::get().to(stats))
+                    .route("/__stub/reset", web::post().to(reset))
+                    .default_service(web::to(module_call))
+            }
+        })
+        .workers(2)
+        .shutdown_timeout(1);
+        for listener in listeners {
+            server = server.listen(listener)?;
+        }
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        Ok(Self { addresses, handle })
+    }
+
+    /// The address of `module`.
+    pub fn addr(&self, module: Module) -> SocketAddr {
+        self.addresses[&module]
+    }
+
+    /// The base URL of `module` (`http://127.0.0.1:PORT`).
+    pub fn url(&self, module: Module) -> String {
+        format!("http://{}", self.addr(module))
+    }
+
+    /// Stops the server, waiting for in-flight answers.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+    }
+}
+
+async fn health(shared: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
+    let module = shared.module_of(&req);
+    HttpResponse::Ok().json(json!({"status": "ok", "module": module}))
+}
+
+async fn set_behaviour(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+    body: web::Json<Behaviour>,
+) -> HttpResponse {
+    let module = shared.module_of(&req);
+    shared.with(module, |s| {
+        s.behaviour = body.into_inner();
+        s.failures_served = 0;
+    });
+    HttpResponse::NoContent().finish()
+}
+
+async fn stats(shared: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
+    let module = shared.module_of(&req);
+    HttpResponse::Ok().json(shared.with(module, |s| s.stats.clone()))
+}
+
+async fn reset(shared: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
+    let module = shared.module_of(&req);
+    shared.with(module, |s| *s = ModuleState::default());
+    HttpResponse::NoContent().finish()
+}
+
+/// Decrements the in-flight count when the answer is done (or abandoned).
+struct InFlight(web::Data<Shared>, Module);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.with(self.1, |s| s.stats.in_flight -= 1);
+    }
+}
+
+async fn module_call(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let module = shared.module_of(&req);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (behaviour, fail_now) = shared.with(module, |s| {
+        let stats = &mut s.stats;
+        stats.all_calls_had_token =
+            (stats.calls == 0 || stats.all_calls_had_token) && header("x-vx11-token").is_some();
+        stats.calls += 1;
+        stats.in_flight += 1;
+        stats.peak_in_flight = stats.peak_in_flight.max(stats.in_flight);
+        if let Some(key) = header("idempotency-key") {
+            stats.idempotency_keys.push(key);
+        }
+        let fail_now = s.failures_served < s.behaviour.fail_first;
+        if fail_now {
+            s.failures_served += 1;
+        }
+        (s.behaviour.clone(), fail_now)
+    });
+    let _in_flight = InFlight(shared.clone(), module);
+
+    if behaviour.hang {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    if behaviour.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+    }
+    if fail_now {
+        return HttpResponse::ServiceUnavailable().json(json!({"error": "injected failure"}));
+    }
+    if let Some(status) = behaviour.error_status {
+        let status = actix_web::http::StatusCode::from_u16(status)
+            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+        return HttpResponse::build(status).json(json!({"error": "injected error"}));
+    }
+    if behaviour.garbage {
+        return HttpResponse::Ok()
+            .content_type("application/json")
+            .body("<html>this is not json");
+    }
+    if let Some(n) = behaviour.body_bytes {
+        let filler = "x".repeat(n.saturating_sub(12));
+        return HttpResponse::Ok().json(json!({ "reply": filler }));
+    }
+
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let prompt = request.get("prompt").and_then(Value::as_str).unwrap_or("");
+    let path = req.path();
+    let answer = match (module, path) {
+        (Module::Switch, "/switch/route-v5") => json!({
+            "engine": "stub-engine",
+            "model": "stub-engine",
+            "reason": "vx11-stubs always picks stub-engine",
+        }),
+        (Module::Hermes, "/hermes/execute") => {
+            let engine = request
+                .pointer("/metadata/engine")
+                .and_then(Value::as_str)
+                .unwrap_or("none");
+            json!({ "reply": format!("[hermes stub via {engine}] {prompt}"), "engine": engine })
+        }
+        (Module::Hormiguero, "/hormiguero/task") => {
+            let tasks = request
+                .get("tasks")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            json!({ "status": "accepted", "reply": format!("[hormiguero stub] {tasks} task(s) run in parallel") })
+        }
+        (Module::Manifestator, "/drift") => {
+            json!({ "drift": [], "reply": "[manifestator stub] no drift" })
+        }
+        (Module::Shub, "/shub/execute") => {
+            let task = request.get("task_id").cloned().unwrap_or(Value::Null);
+            json!({ "status": "done", "task_id": task, "reply": "[shub stub] audio task done" })
+        }
+        (_, "/control") => json!({
+            "status": "ok",
+            "module": module,
+            "action": request.get("action").cloned().unwrap_or(Value::Null),
+            "reply": format!("[{module} stub] control accepted"),
+        }),
+        _ => {
+            return HttpResponse::NotFound()
+                .json(json!({"error": "unknown endpoint", "path": path}));
+        }
+    };
+    HttpResponse::Ok().json(answer)
+}

@@ -6,20 +6,21 @@
 //! Callers use typed methods only; all SQL stays inside this crate.
 //!
 //! # Writes and reads
-//! Every write goes to one writer thread that owns a dedicated connection.
-//! It takes whatever writes are waiting, runs each inside its own savepoint
-//! of a single `BEGIN IMMEDIATE` transaction, commits once, and only then
-//! answers each caller (group commit): concurrent writers share a commit
-//! instead of queueing on SQLite's lock, and a failing write rolls back only
-//! itself. Reads use a pool of connections (WAL lets them run beside the
-//! writer).
+//! Every write goes through one dedicated writer connection. A writer
+//! queues its work and takes that connection's lock; the lock holder runs
+//! every queued write, each inside its own savepoint of a single
+//! `BEGIN IMMEDIATE` transaction, commits once, and only then answers each
+//! caller (group commit by flat combining): concurrent writers share a
+//! commit instead of queueing on SQLite's lock, a failing write rolls back
+//! only itself, and a lone writer pays no thread hand-off. Reads use a pool
+//! of connections (WAL lets them run beside the writer).
 //!
 //! # Blocking
 //! Reads are blocking. From async code, use
 //! [`Db::run_blocking`], which moves the work to Tokio's blocking pool and
 //! carries the current tracing span along. Every write method returns a
-//! [`Write`]: `.await` it from async code (no thread is held while the
-//! writer works) or call `.wait()` from blocking code.
+//! [`Write`]: call `.wait()` from blocking code, or `.await` it from async
+//! code, which runs it on the blocking pool.
 
 mod audit;
 mod confirmations;
@@ -54,6 +55,7 @@ use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a connection waits for another process's lock before failing.
@@ -65,7 +67,7 @@ const READ_POOL_SIZE: u32 = 8;
 #[derive(Clone)]
 pub struct Db {
     readers: Pool<SqliteConnectionManager>,
-    writer: writer::WriterHandle,
+    writer: Arc<writer::Writer>,
     path: PathBuf,
 }
 
@@ -84,7 +86,8 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          PRAGMA foreign_keys = ON;
-         PRAGMA temp_store = MEMORY;",
+         PRAGMA temp_store = MEMORY;
+         PRAGMA wal_autocheckpoint = 4000;",
     )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
@@ -113,7 +116,7 @@ impl Db {
             .min_idle(Some(1))
             .build(manager)
             .map_err(DbError::Pool)?;
-        let writer = writer::WriterHandle::start(conn)?;
+        let writer = writer::Writer::new(conn);
         Ok(Self {
             readers,
             writer,

@@ -361,9 +361,8 @@ pub(crate) fn cancel_in(
     Ok(status)
 }
 
-fn step_from_row(
-    r: &Row<'_>,
-) -> rusqlite::Result<(
+/// A `plan_steps` row before its text columns are parsed.
+type RawStep = (
     String,
     String,
     String,
@@ -375,7 +374,9 @@ fn step_from_row(
     Option<String>,
     Ts,
     Ts,
-)> {
+);
+
+fn step_from_row(r: &Row<'_>) -> rusqlite::Result<RawStep> {
     Ok((
         r.get(0)?,
         r.get(1)?,

@@ -1,0 +1,140 @@
+//! "Chat transactions per second": the writes one chat costs Madre — an
+//! intent-log row; a plan with 4 steps, 3 context rows and 2 audit rows; 4
+//! step updates; the close — with 1 writer and with 4 concurrent writers.
+#![allow(missing_docs)]
+
+use chrono::Utc;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use madre_db::*;
+use madre_models::{Intent, Mode, Plan, RiskLevel, SessionId, Status, Step, StepType};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+fn one_chat(db: &Db) {
+    let now = Utc::now();
+    let session = SessionId::parse("bench".into()).unwrap();
+    let intent_id = Uuid::new_v4();
+    db.log_intent(NewIntentLog {
+        id: intent_id,
+        source: "chat".into(),
+        principal: "bench".into(),
+        payload: json!({"message": "hello there"}),
+        created_at: now,
+    })
+    .wait()
+    .unwrap();
+    let steps = [
+        StepType::CallSwitch,
+        StepType::CallHermes,
+        StepType::Noop,
+        StepType::Noop,
+    ]
+    .into_iter()
+    .map(|ty| Step::new(Uuid::new_v4(), ty, json!({"prompt": "hello there"}), now))
+    .collect();
+    let plan = Plan {
+        plan_id: Uuid::new_v4(),
+        intent_id,
+        session_id: session.clone(),
+        status: Status::Pending,
+        mode: Mode::Madre,
+        steps,
+        warnings: vec![],
+        error: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let plan_id = plan.plan_id;
+    let intent = Intent {
+        intent_id,
+        session_id: session,
+        mode: Mode::Madre,
+        dsl: madre_models::Dsl {
+            domain: "general".into(),
+            action: "chat".into(),
+            parameters: Default::default(),
+            targets: vec![],
+            confidence: 0.3,
+            original_text: "hello there".into(),
+            warnings: vec![],
+        },
+        risk: RiskLevel::Low,
+        requires_confirmation: false,
+        targets: vec![],
+        created_at: now,
+    };
+    let action = |what: &str| NewAction {
+        module: "madre".into(),
+        action: what.into(),
+        reason: "bench".into(),
+        principal: "bench".into(),
+        plan_id: Some(plan_id),
+        created_at: now,
+    };
+    db.insert_plan(NewPlanRecord {
+        plan,
+        meta: PlanMeta {
+            kind: PlanKind::Chat,
+            name: "chat".into(),
+            module: "hermes".into(),
+            action: "chat".into(),
+            principal: "bench".into(),
+        },
+        intent: Some(intent),
+        confirmation: None,
+        actions: vec![action("plan_created"), action("plan_started")],
+    })
+    .wait()
+    .unwrap();
+    for idx in 0..4 {
+        db.update_step(
+            plan_id,
+            idx,
+            StepUpdate {
+                status: Status::Done,
+                result: Some(json!({"reply": "hi"})),
+                error: None,
+                at: now,
+            },
+        )
+        .wait()
+        .unwrap();
+    }
+    db.close_intent(intent_id, "DONE", None, now)
+        .wait()
+        .unwrap();
+}
+
+fn chat_transactions(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("bench.db")).unwrap();
+    let mut group = c.benchmark_group("db");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(8));
+    group.bench_function("chat_tx_1_writer", |b| b.iter(|| one_chat(&db)));
+
+    let db = Arc::new(db);
+    group.bench_function("chat_tx_4_writers", |b| {
+        b.iter_custom(|iters| {
+            let per_thread = iters.div_ceil(4);
+            let start = Instant::now();
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let db = db.clone();
+                    std::thread::spawn(move || (0..per_thread).for_each(|_| one_chat(&db)))
+                })
+                .collect();
+            threads.into_iter().for_each(|t| t.join().unwrap());
+            // time per chat as if one at a time: the wall clock of the batch
+            start
+                .elapsed()
+                .mul_f64(iters as f64 / (per_thread * 4) as f64)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, chat_transactions);
+criterion_main!(benches);
