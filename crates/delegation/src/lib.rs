@@ -1,1 +1,416 @@
-//! placeholder while scaffolding
+//! Madre's HTTP client to the other VX11 modules: where each module lives
+//! ([`Registry`]), how each step type is called ([`request_for_step`]), the
+//! retry rule, and the health probes that feed a shared up/down table.
+//!
+//! Calls use awc, which runs on actix's per-thread runtimes: each worker
+//! thread keeps one client (and its connection pool) for the whole process,
+//! never one per call. The retry rule of SPEC §7: a module that does not
+//! answer (connect error, timeout, 5xx) is tried exactly once more, with the
+//! step's `Idempotency-Key`; a 4xx is final.
+
+mod registry;
+
+pub use registry::{ConfigError, DEFAULT_CALL_TIMEOUT, Registry};
+
+use futures_util::future::join_all;
+use madre_models::{DepState, Module, Step, StepType};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Largest module answer Madre reads; a longer one is an error.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// Timeout of one health probe.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a call to a module failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DelegationError {
+    /// The module is turned off by configuration.
+    #[error("{0} is disabled")]
+    Disabled(Module),
+    /// No connection could be made (after the retry).
+    #[error("{module} unreachable after {attempts} attempt(s): {detail}")]
+    Unreachable {
+        /// The module.
+        module: Module,
+        /// Attempts made.
+        attempts: u32,
+        /// The connect error.
+        detail: String,
+    },
+    /// No answer within the call timeout (after the retry).
+    #[error("{module} did not answer within {timeout_ms} ms ({attempts} attempt(s))")]
+    Timeout {
+        /// The module.
+        module: Module,
+        /// Attempts made.
+        attempts: u32,
+        /// The per-call timeout.
+        timeout_ms: u64,
+    },
+    /// The module answered with an error status (4xx at once, 5xx after the retry).
+    #[error("{module} answered HTTP {status} ({attempts} attempt(s))")]
+    Status {
+        /// The module.
+        module: Module,
+        /// Attempts made.
+        attempts: u32,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The answer was not JSON.
+    #[error("{module} answered something that is not JSON: {detail}")]
+    InvalidBody {
+        /// The module.
+        module: Module,
+        /// The parse error.
+        detail: String,
+    },
+    /// The answer exceeded [`MAX_RESPONSE_BYTES`].
+    #[error("{module} answered more than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge {
+        /// The module.
+        module: Module,
+    },
+}
+
+impl DelegationError {
+    /// A short machine-readable code (`timeout`, `unreachable`, `http_500`…).
+    pub fn code(&self) -> String {
+        match self {
+            DelegationError::Disabled(m) => format!("{m}_disabled"),
+            DelegationError::Unreachable { .. } => "unreachable".into(),
+            DelegationError::Timeout { .. } => "timeout".into(),
+            DelegationError::Status { status, .. } => format!("http_{status}"),
+            DelegationError::InvalidBody { .. } => "invalid_body".into(),
+            DelegationError::TooLarge { .. } => "body_too_large".into(),
+        }
+    }
+}
+
+/// HTTP method of a module call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET, no body.
+    Get,
+    /// POST with a JSON body.
+    Post,
+}
+
+/// One call to a module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleRequest {
+    /// The module called.
+    pub module: Module,
+    /// GET or POST.
+    pub method: Method,
+    /// Path under the module's base URL.
+    pub path: String,
+    /// JSON body for POST.
+    pub body: Option<Value>,
+    /// Sent as `Idempotency-Key` on the retry, and on the first attempt
+    /// when `resumed` (the step was interrupted before).
+    pub idempotency_key: Uuid,
+    /// True when the step is being resumed after a crash.
+    pub resumed: bool,
+    /// Sent as `X-Request-Id`.
+    pub request_id: String,
+}
+
+/// A successful call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallOutcome {
+    /// The JSON answer.
+    pub body: Value,
+    /// Attempts it took (1 or 2).
+    pub attempts: u32,
+}
+
+/// The HTTP call a step makes (SPEC §7), or `None` for steps Madre handles
+/// itself (healthcheck, confirmation, spawner queue, NOOP). `engine` is
+/// Switch's choice, passed to Hermes.
+pub fn request_for_step(
+    step: &Step,
+    engine: Option<&str>,
+    request_id: &str,
+    resumed: bool,
+) -> Option<ModuleRequest> {
+    let payload = &step.payload;
+    let (module, method, path, body) = match step.step_type {
+        StepType::CallSwitch => (
+            Module::Switch,
+            Method::Post,
+            "/switch/route-v5".to_owned(),
+            Some(payload.clone()),
+        ),
+        StepType::CallHermes => {
+            let mut body = payload.clone();
+            if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("engine".into(), json!(engine.unwrap_or("default")));
+            }
+            (
+                Module::Hermes,
+                Method::Post,
+                "/hermes/execute".to_owned(),
+                Some(body),
+            )
+        }
+        StepType::CallHormigueroTask => (
+            Module::Hormiguero,
+            Method::Post,
+            "/hormiguero/task".to_owned(),
+            Some(payload.clone()),
+        ),
+        StepType::CallManifestator => {
+            (Module::Manifestator, Method::Get, "/drift".to_owned(), None)
+        }
+        StepType::CallShub => (
+            Module::Shub,
+            Method::Post,
+            "/shub/execute".to_owned(),
+            Some(payload.clone()),
+        ),
+        StepType::CallModule => {
+            let module = step.module();
+            let body = json!({
+                "action": payload.get("action").cloned().unwrap_or(Value::Null),
+                "params": payload.get("params").cloned().unwrap_or_else(|| json!({})),
+                "task_id": payload.get("task_id").cloned().unwrap_or(Value::Null),
+            });
+            (module, Method::Post, "/control".to_owned(), Some(body))
+        }
+        StepType::SystemHealthcheck
+        | StepType::AwaitConfirmation
+        | StepType::SpawnerRequest
+        | StepType::Noop => return None,
+    };
+    Some(ModuleRequest {
+        module,
+        method,
+        path,
+        body,
+        idempotency_key: step.step_id,
+        resumed,
+        request_id: request_id.to_owned(),
+    })
+}
+
+/// The engine Switch chose: its `engine` field, else `model`.
+pub fn engine_from_switch(answer: &Value) -> Option<String> {
+    answer
+        .get("engine")
+        .or_else(|| answer.get("model"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// The text to show from a module's answer: `reply`, else `response`, else
+/// `result` when it is a string.
+pub fn reply_text(answer: &Value) -> Option<String> {
+    ["reply", "response", "result"]
+        .iter()
+        .find_map(|k| answer.get(*k).and_then(Value::as_str))
+        .map(str::to_owned)
+}
+
+thread_local! {
+    /// One client per worker thread, kept for the life of the thread.
+    static CLIENT: awc::Client = awc::Client::builder()
+        .disable_timeout()
+        .connector(awc::Connector::new().limit(512))
+        .finish();
+}
+
+fn client() -> awc::Client {
+    CLIENT.with(Clone::clone)
+}
+
+enum Attempt {
+    Done(Value),
+    /// Worth one more try.
+    Retry(DelegationError),
+    Final(DelegationError),
+}
+
+/// Calls modules according to a [`Registry`]. Cheap to clone; use it from
+/// any actix (or Tokio current-thread) runtime.
+#[derive(Clone, Debug)]
+pub struct Delegator {
+    registry: Arc<Registry>,
+}
+
+impl Delegator {
+    /// A delegator for these modules.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+
+    /// The registry in use.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Makes the call, retrying once on connect error, timeout or 5xx.
+    pub async fn call(&self, request: &ModuleRequest) -> Result<CallOutcome, DelegationError> {
+        if !self.registry.enabled().contains(request.module) {
+            return Err(DelegationError::Disabled(request.module));
+        }
+        let first = self.attempt(request, request.resumed, 1).await;
+        let retry = match first {
+            Attempt::Done(body) => return Ok(CallOutcome { body, attempts: 1 }),
+            Attempt::Final(e) => return Err(e),
+            Attempt::Retry(e) => e,
+        };
+        tracing::warn!(module = %request.module, error = %retry, "module call failed; retrying once");
+        match self.attempt(request, true, 2).await {
+            Attempt::Done(body) => Ok(CallOutcome { body, attempts: 2 }),
+            Attempt::Final(e) | Attempt::Retry(e) => Err(e),
+        }
+    }
+
+    async fn attempt(&self, request: &ModuleRequest, with_key: bool, attempts: u32) -> Attempt {
+        let module = request.module;
+        let url = format!("{}{}", self.registry.url(module), request.path);
+        let client = client();
+        let mut builder = match request.method {
+            Method::Get => client.get(&url),
+            Method::Post => client.post(&url),
+        }
+        .insert_header((
+            "X-VX11-Token",
+            self.registry.outbound_token().expose_secret(),
+        ))
+        .insert_header(("X-Request-Id", request.request_id.as_str()));
+        if with_key {
+            builder =
+                builder.insert_header(("Idempotency-Key", request.idempotency_key.to_string()));
+        }
+        let timeout = self.registry.call_timeout();
+        let exchange = async {
+            let mut response = match &request.body {
+                Some(body) => builder.send_json(body).await,
+                None => builder.send().await,
+            }
+            .map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let bytes = response.body().limit(MAX_RESPONSE_BYTES).await;
+            Ok::<_, String>((status, bytes))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Attempt::Retry(DelegationError::Timeout {
+                module,
+                attempts,
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+            Ok(Err(detail)) => Attempt::Retry(DelegationError::Unreachable {
+                module,
+                attempts,
+                detail,
+            }),
+            Ok(Ok((status, bytes))) => {
+                if status >= 500 {
+                    return Attempt::Retry(DelegationError::Status {
+                        module,
+                        attempts,
+                        status,
+                    });
+                }
+                if status >= 400 {
+                    return Attempt::Final(DelegationError::Status {
+                        module,
+                        attempts,
+                        status,
+                    });
+                }
+                let bytes = match bytes {
+                    Ok(bytes) => bytes,
+                    Err(awc::error::PayloadError::Overflow) => {
+                        return Attempt::Final(DelegationError::TooLarge { module });
+                    }
+                    Err(e) => {
+                        return Attempt::Retry(DelegationError::Unreachable {
+                            module,
+                            attempts,
+                            detail: e.to_string(),
+                        });
+                    }
+                };
+                if bytes.is_empty() {
+                    return Attempt::Done(Value::Null);
+                }
+                match serde_json::from_slice(&bytes) {
+                    Ok(body) => Attempt::Done(body),
+                    Err(e) => Attempt::Final(DelegationError::InvalidBody {
+                        module,
+                        detail: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Probes `GET /health` of each of `modules` concurrently; 200 is up.
+    /// Disabled modules are reported disabled without a call.
+    pub async fn probe(&self, modules: &[Module], timeout: Duration) -> BTreeMap<Module, DepState> {
+        let checks = modules.iter().map(|&module| async move {
+            if !self.registry.enabled().contains(module) {
+                return (module, DepState::Disabled);
+            }
+            let url = format!("{}/health", self.registry.url(module));
+            let request = client()
+                .get(url)
+                .insert_header((
+                    "X-VX11-Token",
+                    self.registry.outbound_token().expose_secret(),
+                ))
+                .send();
+            let state = match tokio::time::timeout(timeout, request).await {
+                Ok(Ok(response)) if response.status().as_u16() == 200 => DepState::Up,
+                _ => DepState::Down,
+            };
+            (module, state)
+        });
+        join_all(checks).await.into_iter().collect()
+    }
+}
+
+/// The last probe of every module, shared between the background prober
+/// and whoever answers `/health`. Reading never waits on a module.
+#[derive(Clone, Debug, Default)]
+pub struct HealthTable(Arc<RwLock<BTreeMap<Module, DepState>>>);
+
+impl HealthTable {
+    /// A table with every remote module `unknown` (or `disabled`).
+    pub fn new(registry: &Registry) -> Self {
+        let table = Module::REMOTE
+            .iter()
+            .map(|&m| {
+                (
+                    m,
+                    if registry.enabled().contains(m) {
+                        DepState::Unknown
+                    } else {
+                        DepState::Disabled
+                    },
+                )
+            })
+            .collect();
+        Self(Arc::new(RwLock::new(table)))
+    }
+
+    /// Records a probe's findings.
+    pub fn update(&self, states: BTreeMap<Module, DepState>) {
+        let mut table = self.0.write().unwrap_or_else(|p| p.into_inner());
+        table.extend(states);
+    }
+
+    /// The current states.
+    pub fn snapshot(&self) -> BTreeMap<Module, DepState> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
