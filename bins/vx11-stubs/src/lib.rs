@@ -138,6 +138,33 @@ impl StubServer {
         format!("http://{}", self.addr(module))
     }
 
+    /// Sets how `module` behaves from now on (through its admin endpoint).
+    pub async fn behave(&self, module: Module, behaviour: &Behaviour) -> Result<(), String> {
+        let response = awc::Client::default()
+            .put(format!("{}/__stub/behaviour", self.url(module)))
+            .send_json(behaviour)
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.status().as_u16() {
+            204 => Ok(()),
+            status => Err(format!(
+                "setting the behaviour of {module} answered {status}"
+            )),
+        }
+    }
+
+    /// What `module` has seen since its last reset.
+    pub async fn stats(&self, module: Module) -> Result<Stats, String> {
+        awc::Client::default()
+            .get(format!("{}/__stub/stats", self.url(module)))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Stops the server, waiting for in-flight answers.
     pub async fn stop(self) {
         self.handle.stop(true).await;

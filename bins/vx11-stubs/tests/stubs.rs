@@ -2,7 +2,7 @@
 
 use madre_models::Module;
 use serde_json::{Value, json};
-use vx11_stubs::{Behaviour, Stats, StubServer};
+use vx11_stubs::{Behaviour, StubServer};
 
 async fn post(url: String, body: Value) -> (u16, Vec<u8>) {
     let client = awc::Client::default();
@@ -16,26 +16,6 @@ async fn post(url: String, body: Value) -> (u16, Vec<u8>) {
         res.status().as_u16(),
         res.body().limit(1 << 24).await.unwrap().to_vec(),
     )
-}
-
-async fn stats(stubs: &StubServer, module: Module) -> Stats {
-    awc::Client::default()
-        .get(format!("{}/__stub/stats", stubs.url(module)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn behave(stubs: &StubServer, module: Module, b: &Behaviour) {
-    let res = awc::Client::default()
-        .put(format!("{}/__stub/behaviour", stubs.url(module)))
-        .send_json(b)
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 204);
 }
 
 #[actix_rt::test]
@@ -85,7 +65,7 @@ async fn every_module_answers_its_endpoints_on_its_own_port() {
     assert_eq!(status, 200);
     let (status, _) = post(format!("{}/nope", stubs.url(Module::Mcp)), json!({})).await;
     assert_eq!(status, 404);
-    let s = stats(&stubs, Module::Mcp).await;
+    let s = stubs.stats(Module::Mcp).await.unwrap();
     assert_eq!((s.calls, s.all_calls_had_token), (2, true));
     stubs.stop().await;
 }
@@ -94,48 +74,52 @@ async fn every_module_answers_its_endpoints_on_its_own_port() {
 async fn faults_are_injected_per_module() {
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let hermes = format!("{}/hermes/execute", stubs.url(Module::Hermes));
-    behave(
-        &stubs,
-        Module::Hermes,
-        &Behaviour {
-            fail_first: 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                fail_first: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(post(hermes.clone(), json!({})).await.0, 503);
     assert_eq!(post(hermes.clone(), json!({})).await.0, 200);
-    behave(
-        &stubs,
-        Module::Hermes,
-        &Behaviour {
-            error_status: Some(400),
-            ..Default::default()
-        },
-    )
-    .await;
+    stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                error_status: Some(400),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(post(hermes.clone(), json!({})).await.0, 400);
-    behave(
-        &stubs,
-        Module::Hermes,
-        &Behaviour {
-            garbage: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                garbage: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let (status, body) = post(hermes.clone(), json!({})).await;
     assert_eq!(status, 200);
     assert!(serde_json::from_slice::<Value>(&body).is_err());
-    behave(
-        &stubs,
-        Module::Hermes,
-        &Behaviour {
-            body_bytes: Some(2 << 20),
-            ..Default::default()
-        },
-    )
-    .await;
+    stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                body_bytes: Some(2 << 20),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert!(post(hermes.clone(), json!({})).await.1.len() >= 2 << 20);
     // other modules are unaffected
     assert_eq!(
@@ -147,6 +131,6 @@ async fn faults_are_injected_per_module() {
         .0,
         200
     );
-    assert_eq!(stats(&stubs, Module::Hermes).await.calls, 5);
+    assert_eq!(stubs.stats(Module::Hermes).await.unwrap().calls, 5);
     stubs.stop().await;
 }

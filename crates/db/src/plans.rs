@@ -377,19 +377,7 @@ type RawStep = (
 );
 
 fn step_from_row(r: &Row<'_>) -> rusqlite::Result<RawStep> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-        r.get(10)?,
-    ))
+    r.try_into()
 }
 
 fn load_steps(conn: &Connection, plan_id: &str) -> Result<Vec<Step>, DbError> {
@@ -584,24 +572,7 @@ impl Db {
                             principal, warnings_json, created_at, updated_at, result
                      FROM tasks WHERE uuid = ?1",
                 )?
-                .query_row([&id], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                        r.get(9)?,
-                        r.get(10)?,
-                        r.get(11)?,
-                        r.get(12)?,
-                        r.get(13)?,
-                    ))
-                })
+                .query_row([&id], |r| r.try_into())
                 .optional()?;
             let Some((
                 kind,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-use vx11_stubs::{Behaviour, Stats, StubServer};
+use vx11_stubs::{Behaviour, StubServer};
 
 fn delegator(stubs: &StubServer, timeout_ms: u64, disabled: &[Module]) -> Delegator {
     let urls: BTreeMap<Module, String> =
@@ -20,25 +20,6 @@ fn delegator(stubs: &StubServer, timeout_ms: u64, disabled: &[Module]) -> Delega
         SecretString::from("out-token"),
         Duration::from_millis(timeout_ms),
     )))
-}
-
-async fn behave(stubs: &StubServer, module: Module, b: Behaviour) {
-    awc::Client::default()
-        .put(format!("{}/__stub/behaviour", stubs.url(module)))
-        .send_json(&b)
-        .await
-        .unwrap();
-}
-
-async fn stats(stubs: &StubServer, module: Module) -> Stats {
-    awc::Client::default()
-        .get(format!("{}/__stub/stats", stubs.url(module)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 fn hermes_step() -> Step {
@@ -61,7 +42,7 @@ async fn a_healthy_call_is_made_once_with_the_token_and_the_engine() {
     let out = d.call(&request(&hermes_step(), false)).await.unwrap();
     assert_eq!(out.attempts, 1);
     assert_eq!(reply_text(&out.body).unwrap(), "[hermes stub via e1] hello");
-    let s = stats(&stubs, Module::Hermes).await;
+    let s = stubs.stats(Module::Hermes).await.unwrap();
     assert_eq!((s.calls, s.all_calls_had_token), (1, true));
     assert!(
         s.idempotency_keys.is_empty(),
@@ -89,32 +70,34 @@ async fn a_healthy_call_is_made_once_with_the_token_and_the_engine() {
 async fn one_5xx_is_retried_once_with_the_idempotency_key() {
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let d = delegator(&stubs, 2000, &[]);
-    behave(
-        &stubs,
-        Module::Hermes,
-        Behaviour {
-            fail_first: 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                fail_first: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let step = hermes_step();
     let out = d.call(&request(&step, false)).await.unwrap();
     assert_eq!(out.attempts, 2);
-    let s = stats(&stubs, Module::Hermes).await;
+    let s = stubs.stats(Module::Hermes).await.unwrap();
     assert_eq!(s.calls, 2);
     assert_eq!(s.idempotency_keys, vec![step.step_id.to_string()]);
 
-    behave(
-        &stubs,
-        Module::Hermes,
-        Behaviour {
-            error_status: Some(500),
-            ..Default::default()
-        },
-    )
-    .await;
-    let before = stats(&stubs, Module::Hermes).await.calls;
+    stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                error_status: Some(500),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let before = stubs.stats(Module::Hermes).await.unwrap().calls;
     let err = d.call(&request(&step, false)).await.unwrap_err();
     assert_eq!(
         err,
@@ -125,25 +108,26 @@ async fn one_5xx_is_retried_once_with_the_idempotency_key() {
         }
     );
     assert_eq!(
-        stats(&stubs, Module::Hermes).await.calls - before,
+        stubs.stats(Module::Hermes).await.unwrap().calls - before,
         2,
         "always 500: exactly 2 calls"
     );
 
-    behave(
-        &stubs,
-        Module::Hermes,
-        Behaviour {
-            error_status: Some(400),
-            ..Default::default()
-        },
-    )
-    .await;
-    let before = stats(&stubs, Module::Hermes).await.calls;
+    stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                error_status: Some(400),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let before = stubs.stats(Module::Hermes).await.unwrap().calls;
     let err = d.call(&request(&step, false)).await.unwrap_err();
     assert_eq!(err.code(), "http_400");
     assert_eq!(
-        stats(&stubs, Module::Hermes).await.calls - before,
+        stubs.stats(Module::Hermes).await.unwrap().calls - before,
         1,
         "4xx is not retried"
     );
@@ -157,7 +141,7 @@ async fn resumed_steps_send_the_key_on_the_first_attempt() {
     let step = hermes_step();
     d.call(&request(&step, true)).await.unwrap();
     assert_eq!(
-        stats(&stubs, Module::Hermes).await.idempotency_keys,
+        stubs.stats(Module::Hermes).await.unwrap().idempotency_keys,
         vec![step.step_id.to_string()]
     );
     stubs.stop().await;
@@ -167,15 +151,16 @@ async fn resumed_steps_send_the_key_on_the_first_attempt() {
 async fn hanging_refusing_garbage_and_oversized_modules_fail_with_typed_errors() {
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let d = delegator(&stubs, 300, &[]);
-    behave(
-        &stubs,
-        Module::Hermes,
-        Behaviour {
-            hang: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                hang: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let started = Instant::now();
     let err = d.call(&request(&hermes_step(), false)).await.unwrap_err();
     assert!(
@@ -195,27 +180,29 @@ async fn hanging_refusing_garbage_and_oversized_modules_fail_with_typed_errors()
         started.elapsed()
     );
 
-    behave(
-        &stubs,
-        Module::Hermes,
-        Behaviour {
-            garbage: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                garbage: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let err = d.call(&request(&hermes_step(), false)).await.unwrap_err();
     assert!(matches!(err, DelegationError::InvalidBody { .. }), "{err}");
 
-    behave(
-        &stubs,
-        Module::Hermes,
-        Behaviour {
-            body_bytes: Some(2 << 20),
-            ..Default::default()
-        },
-    )
-    .await;
+    stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                body_bytes: Some(2 << 20),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let err = d.call(&request(&hermes_step(), false)).await.unwrap_err();
     assert_eq!(
         err,
@@ -264,7 +251,7 @@ async fn disabled_modules_are_never_called_and_probe_as_disabled() {
         d.call(&request(&hermes_step(), false)).await.unwrap_err(),
         DelegationError::Disabled(Module::Hermes)
     );
-    assert_eq!(stats(&stubs, Module::Hermes).await.calls, 0);
+    assert_eq!(stubs.stats(Module::Hermes).await.unwrap().calls, 0);
     let states = d.probe(&Module::REMOTE, PROBE_TIMEOUT).await;
     assert_eq!(states[&Module::Hermes], DepState::Disabled);
     assert!(
