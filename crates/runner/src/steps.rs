@@ -1,0 +1,140 @@
+//! What each step type does when it runs.
+
+use chrono::Utc;
+use madre_db::NewDaughterTask;
+use madre_delegation::{PROBE_TIMEOUT, reply_text, request_for_step};
+use madre_models::{DepState, Module, Plan, StepType};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use crate::Inner;
+
+/// How a step ended.
+pub(crate) enum StepOutcome {
+    /// Finished; `retried` when the module needed the one retry.
+    Done { result: Value, retried: bool },
+    /// Failed with a machine code and a human message.
+    Failed { code: String, message: String },
+    /// Waits for something outside (the spawner).
+    Waiting { result: Value },
+}
+
+/// The text a step's result offers the user, if any.
+pub(crate) fn reply_of(result: &Value) -> Option<String> {
+    reply_text(result)
+}
+
+fn modules_in(payload: &Value, key: &str) -> Vec<Module> {
+    payload
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(Value::as_str)
+                .filter_map(|m| m.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) async fn run_step(
+    inner: &Inner,
+    plan: &Plan,
+    idx: usize,
+    engine: Option<&str>,
+    request_id: &str,
+    resumed: bool,
+) -> StepOutcome {
+    let step = &plan.steps[idx];
+    match step.step_type {
+        StepType::SystemHealthcheck => {
+            let targets = modules_in(&step.payload, "targets");
+            let mut deps: BTreeMap<Module, DepState> =
+                inner.delegator.probe(&targets, PROBE_TIMEOUT).await;
+            for module in modules_in(&step.payload, "disabled") {
+                deps.insert(module, DepState::Disabled);
+            }
+            let summary = deps
+                .iter()
+                .map(|(m, s)| format!("{m}: {}", json!(s).as_str().unwrap_or("unknown")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            StepOutcome::Done {
+                result: json!({ "deps": deps, "reply": format!("Module health: {summary}") }),
+                retried: false,
+            }
+        }
+        StepType::Noop => {
+            let mut result = step.payload.clone();
+            if let Some(list) = step.payload.get("capabilities").and_then(Value::as_array) {
+                let lines: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+                result["reply"] = json!(format!("I can help with:\n- {}", lines.join("\n- ")));
+            }
+            StepOutcome::Done {
+                result,
+                retried: false,
+            }
+        }
+        StepType::AwaitConfirmation => StepOutcome::Waiting {
+            result: json!({ "waiting_for": "confirmation" }),
+        },
+        StepType::SpawnerRequest => {
+            let payload = &step.payload;
+            let task = NewDaughterTask {
+                intent_id: Some(plan.intent_id),
+                source: "madre".into(),
+                priority: payload.get("priority").and_then(Value::as_i64).unwrap_or(0),
+                task_type: payload
+                    .get("task_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("task")
+                    .into(),
+                description: payload
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .into(),
+                max_retries: 2,
+                metadata: json!({ "session_id": plan.session_id }),
+                plan_json: None,
+                plan_id: Some(plan.plan_id),
+                step_id: Some(step.step_id),
+            };
+            match inner.db.enqueue_daughter_task(task, Utc::now()).await {
+                Ok(id) => StepOutcome::Waiting {
+                    result: json!({
+                        "daughter_task_id": id,
+                        "reply": format!("Queued background task {id} for the spawner"),
+                    }),
+                },
+                Err(e) => StepOutcome::Failed {
+                    code: "storage".into(),
+                    message: e.to_string(),
+                },
+            }
+        }
+        StepType::CallSwitch
+        | StepType::CallHermes
+        | StepType::CallHormigueroTask
+        | StepType::CallManifestator
+        | StepType::CallShub
+        | StepType::CallModule => {
+            let Some(request) = request_for_step(step, engine, request_id, resumed) else {
+                return StepOutcome::Failed {
+                    code: "bad_step".into(),
+                    message: "step has no module call".into(),
+                };
+            };
+            match inner.delegator.call(&request).await {
+                Ok(outcome) => StepOutcome::Done {
+                    result: outcome.body,
+                    retried: outcome.attempts > 1,
+                },
+                Err(e) => StepOutcome::Failed {
+                    code: e.code(),
+                    message: e.to_string(),
+                },
+            }
+        }
+    }
+}

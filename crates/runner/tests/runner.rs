@@ -1,0 +1,591 @@
+//! The runner over real HTTP (vx11-stubs) and a real SQLite file.
+
+use chrono::Utc;
+use madre_db::{Db, NewPlanRecord, PlanKind, PlanMeta, StepUpdate, StoredPlan};
+use madre_delegation::{Delegator, Registry};
+use madre_models::{Intent, Mode, Module, ModuleSet, SessionId, Status, StepType};
+use madre_planner::{Origin, PlanRequest};
+use madre_policy::RiskTables;
+use madre_runner::*;
+use secrecy::SecretString;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+use vx11_stubs::{Behaviour, StubServer};
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    db: Db,
+    stubs: StubServer,
+    runner: Runner,
+}
+
+struct Setup {
+    config: RunnerConfig,
+    call_timeout_ms: u64,
+    switch_url: Option<String>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            config: RunnerConfig::default(),
+            call_timeout_ms: 2000,
+            switch_url: None,
+        }
+    }
+}
+
+fn opts() -> RunOptions {
+    RunOptions {
+        request_id: "test".into(),
+        principal: "tester".into(),
+        resumed: false,
+    }
+}
+
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+impl Harness {
+    fn new(setup: Setup) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("madre.db")).unwrap();
+        let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
+        let mut urls: BTreeMap<Module, String> =
+            Module::REMOTE.iter().map(|&m| (m, stubs.url(m))).collect();
+        if let Some(url) = setup.switch_url {
+            urls.insert(Module::Switch, url);
+        }
+        let registry = Registry::new(
+            urls,
+            &[],
+            SecretString::from("t"),
+            Duration::from_millis(setup.call_timeout_ms),
+        );
+        let runner = Runner::new(
+            db.clone(),
+            Delegator::new(std::sync::Arc::new(registry)),
+            setup.config,
+        );
+        Self {
+            _dir: dir,
+            db,
+            stubs,
+            runner,
+        }
+    }
+
+    /// Parses, classifies and plans `text` as the server would, and stores
+    /// the plan. Confirmation gates are left for the test to open.
+    async fn plan(&self, text: &str, mode: Mode) -> Uuid {
+        let dsl = madre_parser::parse(text);
+        let assessment = RiskTables::default().assess(&dsl);
+        let intent = Intent {
+            intent_id: Uuid::new_v4(),
+            session_id: SessionId::parse("s-1".into()).unwrap(),
+            mode,
+            risk: assessment.risk(),
+            requires_confirmation: assessment.requires_confirmation(),
+            targets: dsl.targets.clone(),
+            dsl,
+            created_at: Utc::now(),
+        };
+        let request = PlanRequest {
+            intent: &intent,
+            origin: Origin::Chat,
+            denied: false,
+            enabled: ModuleSet::all(),
+            now: intent.created_at,
+        };
+        let plan = madre_planner::plan(&request, Uuid::new_v4);
+        let plan_id = plan.plan_id;
+        let meta = PlanMeta {
+            kind: PlanKind::Chat,
+            name: "chat".into(),
+            module: "hermes".into(),
+            action: intent.dsl.action.clone(),
+            principal: "tester".into(),
+        };
+        self.db
+            .insert_plan(NewPlanRecord {
+                plan,
+                meta,
+                intent: Some(intent),
+                confirmation: None,
+                actions: vec![],
+            })
+            .await
+            .unwrap();
+        plan_id
+    }
+
+    async fn run(&self, text: &str) -> StoredPlan {
+        let id = self.plan(text, Mode::Madre).await;
+        self.runner.run(id, opts()).await.unwrap()
+    }
+
+    async fn behave(&self, module: Module, behaviour: Behaviour) {
+        self.stubs.behave(module, &behaviour).await.unwrap();
+    }
+
+    async fn calls(&self, module: Module) -> u64 {
+        self.stubs.stats(module).await.unwrap().calls
+    }
+}
+
+fn reply(stored: &StoredPlan) -> String {
+    stored
+        .result
+        .as_ref()
+        .and_then(|r| r["reply"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[actix_rt::test]
+async fn a_low_chat_runs_switch_then_hermes_with_the_chosen_engine() {
+    let h = Harness::new(Setup::default());
+    let done = h.run("hello there").await;
+    assert_eq!(done.plan.status, Status::Done);
+    assert!(
+        done.plan
+            .steps
+            .iter()
+            .all(|s| s.status == Status::Done && s.attempts == 1)
+    );
+    assert_eq!(reply(&done), "[hermes stub via stub-engine] hello there");
+    assert_eq!(
+        (h.calls(Module::Switch).await, h.calls(Module::Hermes).await),
+        (1, 1)
+    );
+}
+
+#[actix_rt::test]
+async fn one_failure_is_retried_and_counted_as_an_attempt() {
+    let h = Harness::new(Setup::default());
+    h.behave(
+        Module::Hermes,
+        Behaviour {
+            fail_first: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let done = h.run("hello").await;
+    assert_eq!(done.plan.status, Status::Done);
+    assert_eq!(done.plan.steps[1].attempts, 2);
+    assert_eq!(h.calls(Module::Hermes).await, 2);
+}
+
+#[actix_rt::test]
+async fn a_required_step_that_keeps_failing_makes_the_plan_error() {
+    let h = Harness::new(Setup::default());
+    h.behave(
+        Module::Hermes,
+        Behaviour {
+            error_status: Some(500),
+            ..Default::default()
+        },
+    )
+    .await;
+    let failed = h.run("hello").await;
+    assert_eq!(
+        (failed.plan.status, failed.plan.error.as_deref()),
+        (Status::Error, Some("http_500"))
+    );
+    assert_eq!(
+        failed.plan.steps[0].status,
+        Status::Done,
+        "earlier steps are not undone"
+    );
+    assert_eq!(failed.plan.steps[1].status, Status::Error);
+    assert!(
+        reply(&failed).starts_with("Plan failed: hermes answered HTTP 500"),
+        "{}",
+        reply(&failed)
+    );
+    assert_eq!(h.calls(Module::Hermes).await, 2);
+
+    h.behave(
+        Module::Hermes,
+        Behaviour {
+            error_status: Some(400),
+            ..Default::default()
+        },
+    )
+    .await;
+    let failed = h.run("hello").await;
+    assert_eq!(failed.plan.error.as_deref(), Some("http_400"));
+    assert_eq!(h.calls(Module::Hermes).await, 3, "a 400 is not retried");
+
+    h.behave(
+        Module::Hermes,
+        Behaviour {
+            garbage: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let failed = h.run("hello").await;
+    assert_eq!(failed.plan.error.as_deref(), Some("invalid_body"));
+}
+
+#[actix_rt::test]
+async fn switch_down_falls_back_to_the_default_engine_with_a_warning() {
+    let h = Harness::new(Setup {
+        switch_url: Some(closed_port_url()),
+        ..Default::default()
+    });
+    let done = h.run("hello").await;
+    assert_eq!(done.plan.status, Status::Done);
+    assert_eq!(done.plan.steps[0].status, Status::Error);
+    assert_eq!(done.plan.warnings, vec![SWITCH_UNAVAILABLE]);
+    assert_eq!(reply(&done), "[hermes stub via default] hello");
+}
+
+#[actix_rt::test]
+async fn a_hanging_module_fails_its_step_within_the_call_timeout() {
+    let h = Harness::new(Setup {
+        call_timeout_ms: 300,
+        ..Default::default()
+    });
+    h.behave(
+        Module::Hermes,
+        Behaviour {
+            hang: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let failed = h.run("hello").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (failed.plan.status, failed.plan.error.as_deref()),
+        (Status::Error, Some("timeout"))
+    );
+    assert!(
+        failed.plan.steps[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("did not answer within 300 ms")
+    );
+}
+
+#[actix_rt::test]
+async fn the_plan_deadline_abandons_the_running_step_and_cancels_the_rest() {
+    let config = RunnerConfig {
+        task_timeout: Duration::from_secs(2),
+        ..RunnerConfig::default()
+    };
+    let h = Harness::new(Setup {
+        config,
+        call_timeout_ms: 5000,
+        ..Default::default()
+    });
+    h.behave(
+        Module::Switch,
+        Behaviour {
+            latency_ms: 1500,
+            ..Default::default()
+        },
+    )
+    .await;
+    h.behave(
+        Module::Hermes,
+        Behaviour {
+            latency_ms: 1500,
+            ..Default::default()
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let failed = h.run("hello").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (failed.plan.status, failed.plan.error.as_deref()),
+        (Status::Error, Some(TIMEOUT))
+    );
+    assert_eq!(failed.plan.steps[0].status, Status::Done);
+    assert_eq!(
+        failed.plan.steps[1].status,
+        Status::Error,
+        "the running step is abandoned"
+    );
+    assert_eq!(reply(&failed), "Plan timed out after 2 s");
+
+    // three steps: the one after the abandoned step is cancelled
+    let h2 = Harness::new(Setup {
+        config,
+        ..Default::default()
+    });
+    h2.behave(
+        Module::Hermes,
+        Behaviour {
+            latency_ms: 2500,
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = h2.plan("restart the switch", Mode::Madre).await; // gate, switch, hermes
+    open_gate(&h2.db, id).await;
+    let failed = h2.runner.run(id, opts()).await.unwrap();
+    let statuses: Vec<Status> = failed.plan.steps.iter().map(|s| s.status).collect();
+    assert_eq!(statuses, vec![Status::Done, Status::Done, Status::Error]);
+}
+
+async fn open_gate(db: &Db, plan_id: Uuid) {
+    let now = Utc::now();
+    db.update_step(
+        plan_id,
+        0,
+        StepUpdate {
+            status: Status::Done,
+            result: Some(json!({"confirmed_by": "test"})),
+            error: None,
+            at: now,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[actix_rt::test]
+async fn thirty_plans_at_once_never_exceed_ten_in_flight() {
+    let h = Harness::new(Setup::default());
+    h.behave(
+        Module::Hermes,
+        Behaviour {
+            latency_ms: 300,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut runs = Vec::new();
+    for _ in 0..30 {
+        let id = h.plan("hello", Mode::Madre).await;
+        runs.push(h.runner.start(id, opts()).unwrap());
+    }
+    assert!(
+        h.runner.queued() > 0,
+        "plans wait for a slot rather than being refused"
+    );
+    for run in runs {
+        assert_eq!(run.finished().await.unwrap().plan.status, Status::Done);
+    }
+    let stats = h.stubs.stats(Module::Hermes).await.unwrap();
+    assert_eq!(stats.calls, 30);
+    assert!(stats.peak_in_flight <= 10, "peak {}", stats.peak_in_flight);
+    assert!(stats.peak_in_flight >= 2, "plans did run concurrently");
+    assert_eq!((h.runner.running(), h.runner.queued()), (0, 0));
+}
+
+#[actix_rt::test]
+async fn past_the_queue_bound_plans_are_refused() {
+    let config = RunnerConfig {
+        max_concurrent: 1,
+        max_queued: 1,
+        ..RunnerConfig::default()
+    };
+    let h = Harness::new(Setup {
+        config,
+        ..Default::default()
+    });
+    h.behave(
+        Module::Hermes,
+        Behaviour {
+            latency_ms: 300,
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = h
+        .runner
+        .start(h.plan("one", Mode::Madre).await, opts())
+        .unwrap();
+    let b = h
+        .runner
+        .start(h.plan("two", Mode::Madre).await, opts())
+        .unwrap();
+    let refused = h.runner.start(h.plan("three", Mode::Madre).await, opts());
+    assert!(matches!(refused, Err(RunnerError::QueueFull { queued: 1 })));
+    assert_eq!(a.finished().await.unwrap().plan.status, Status::Done);
+    assert_eq!(b.finished().await.unwrap().plan.status, Status::Done);
+}
+
+#[actix_rt::test]
+async fn an_interrupted_plan_is_resumed_with_the_idempotency_key() {
+    let h = Harness::new(Setup::default());
+    let id = h.plan("hello", Mode::Madre).await;
+    let now = Utc::now();
+    // what a crash mid-call leaves behind: Switch done, Hermes running
+    h.db.update_step(
+        id,
+        0,
+        StepUpdate {
+            status: Status::Running,
+            result: None,
+            error: None,
+            at: now,
+        },
+    )
+    .await
+    .unwrap();
+    h.db.update_step(
+        id,
+        0,
+        StepUpdate {
+            status: Status::Done,
+            result: Some(json!({"engine": "engine-before-crash"})),
+            error: None,
+            at: now,
+        },
+    )
+    .await
+    .unwrap();
+    h.db.update_plan(
+        id,
+        madre_db::PlanUpdate {
+            status: Some(Status::Running),
+            ..Default::default()
+        },
+        Some((
+            1,
+            StepUpdate {
+                status: Status::Running,
+                result: None,
+                error: None,
+                at: now,
+            },
+        )),
+        now,
+    )
+    .await
+    .unwrap();
+    let hermes_step = h.db.plan(id).unwrap().unwrap().plan.steps[1].step_id;
+
+    // a fresh runner on the same database
+    let runner = Runner::new(
+        h.db.clone(),
+        Delegator::new(std::sync::Arc::new(Registry::new(
+            Module::REMOTE
+                .iter()
+                .map(|&m| (m, h.stubs.url(m)))
+                .collect(),
+            &[],
+            SecretString::from("t"),
+            Duration::from_secs(2),
+        ))),
+        RunnerConfig::default(),
+    );
+    let runs = runner.resume_interrupted("resume").await.unwrap();
+    assert_eq!(runs.len(), 1);
+    let done = runs.into_iter().next().unwrap().finished().await.unwrap();
+    assert_eq!(done.plan.status, Status::Done);
+    assert_eq!(reply(&done), "[hermes stub via engine-before-crash] hello");
+    assert_eq!(
+        h.calls(Module::Switch).await,
+        0,
+        "finished steps never run twice"
+    );
+    let stats = h.stubs.stats(Module::Hermes).await.unwrap();
+    assert_eq!(stats.idempotency_keys, vec![hermes_step.to_string()]);
+    assert_eq!(done.plan.steps[1].attempts, 2);
+}
+
+#[actix_rt::test]
+async fn waiting_plans_are_not_run_and_cancel_stops_a_running_plan() {
+    let h = Harness::new(Setup::default());
+    let waiting = h.plan("delete all data", Mode::Madre).await;
+    let stored = h.runner.run(waiting, opts()).await.unwrap();
+    assert_eq!(stored.plan.status, Status::Waiting);
+    assert_eq!(h.calls(Module::Switch).await, 0);
+
+    h.behave(
+        Module::Hermes,
+        Behaviour {
+            hang: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = h.plan("hello", Mode::Madre).await;
+    let run = h.runner.start(id, opts()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.stubs.stats(Module::Hermes).await.unwrap().in_flight == 0 {
+        assert!(Instant::now() < deadline, "hermes was never called");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        h.runner.cancel(id, "cancelled", "tester").await.unwrap(),
+        Status::Running
+    );
+    let cancelled = run.finished().await.unwrap();
+    assert_eq!(
+        (cancelled.plan.status, cancelled.plan.error.as_deref()),
+        (Status::Cancelled, Some("cancelled"))
+    );
+    assert_eq!(cancelled.plan.steps[1].status, Status::Cancelled);
+    assert!(matches!(
+        h.runner.cancel(id, "again", "tester").await,
+        Err(RunnerError::Db(_))
+    ));
+}
+
+#[actix_rt::test]
+async fn spawner_requests_wait_for_the_queue_and_finish_the_plan() {
+    let h = Harness::new(Setup::default());
+    let stored = h.run("run the import in the background").await;
+    assert_eq!(stored.plan.status, Status::Waiting);
+    assert_eq!(stored.plan.steps[0].status, Status::Waiting);
+    let task =
+        h.db.claim_next_daughter_task("spawner-1", Utc::now())
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(task.plan_id, Some(stored.plan.plan_id));
+    h.db.complete_daughter_task(
+        task.id,
+        "spawner-1",
+        json!({"reply": "imported"}),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let done = h.db.plan(stored.plan.plan_id).unwrap().unwrap();
+    assert_eq!(done.plan.status, Status::Done);
+}
+
+#[actix_rt::test]
+async fn healthchecks_help_and_audio_are_answered() {
+    let h = Harness::new(Setup::default());
+    let status = h.run("status").await;
+    assert_eq!(status.plan.status, Status::Done);
+    assert_eq!(
+        status.plan.steps[0].result.as_ref().unwrap()["deps"]["hermes"],
+        json!("up")
+    );
+    assert!(reply(&status).starts_with("Module health: "));
+
+    let help = h.run("help").await;
+    assert!(reply(&help).starts_with("I can help with:"));
+
+    let id = h.plan("mix these 3 stems", Mode::AudioEngineer).await;
+    let audio = h.runner.run(id, opts()).await.unwrap();
+    assert_eq!(audio.plan.steps[0].step_type, StepType::CallShub);
+    assert_eq!(reply(&audio), "[shub stub] audio task done");
+    assert_eq!(h.calls(Module::Shub).await, 1);
+}
