@@ -127,6 +127,21 @@ impl Db {
         })
     }
 
+    /// The plan whose still-pending confirmation has this token hash.
+    pub fn plan_for_pending_token(&self, token_sha256: &str) -> Result<Option<Uuid>, DbError> {
+        self.read(|conn| {
+            let id: Option<String> = conn
+                .prepare_cached(
+                    "SELECT plan_id FROM confirmations
+                     WHERE token_sha256 = ?1 AND outcome IS NULL AND used_at IS NULL",
+                )?
+                .query_row([token_sha256], |r| r.get(0))
+                .optional()?;
+            id.map(|id| Uuid::parse_str(&id).map_err(|e| DbError::InvalidData(e.to_string())))
+                .transpose()
+        })
+    }
+
     /// Consumes the pending confirmation of `plan_id` if `token_sha256`
     /// matches, it is unused, not void and not expired at `at`: marks it
     /// used by `by`, the waiting gate step DONE and the plan RUNNING, and

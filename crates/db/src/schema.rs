@@ -247,4 +247,5 @@ CREATE TABLE idempotency_keys (
     created_at    TEXT NOT NULL,
     PRIMARY KEY (principal, key)
 ) WITHOUT ROWID;
+CREATE INDEX confirmations_by_token ON confirmations (token_sha256) WHERE outcome IS NULL;
 "#;

@@ -1,0 +1,233 @@
+//! Building and running the server: storage, policy, principals, the runner,
+//! the HTTP app and its background loops.
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use madre_db::{Db, RetentionPolicy};
+use madre_delegation::{Delegator, HealthTable, PROBE_TIMEOUT};
+use madre_models::Module;
+use madre_policy::{Principals, RiskTables, Role};
+use madre_runner::{Runner, RunnerConfig};
+use std::net::TcpListener;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::config::Settings;
+use crate::error::{ApiError, json_error};
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::{request_id, routes};
+
+/// Why Madre could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened.
+    #[error("database: {0}")]
+    Db(#[from] madre_db::DbError),
+    /// The policy file is invalid.
+    #[error("MADRE_POLICY_FILE: {0}")]
+    Policy(#[from] madre_policy::PolicyError),
+    /// The principals file is invalid.
+    #[error("MADRE_TOKENS_FILE: {0}")]
+    Principals(#[from] madre_policy::PrincipalsError),
+    /// The listen address could not be bound.
+    #[error("MADRE_BIND {bind}: {source}")]
+    Bind {
+        /// The address.
+        bind: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A built server, bound but not yet running.
+pub struct Application {
+    server: Server,
+    port: u16,
+    state: web::Data<AppState>,
+}
+
+fn load_tables(settings: &Settings) -> Result<RiskTables, madre_policy::PolicyError> {
+    match &settings.policy_file {
+        Some(path) => RiskTables::load(path),
+        None => Ok(RiskTables::default()),
+    }
+}
+
+/// `POST /control restart`: reloads the policy file and probes at once.
+pub fn reload(state: &AppState) -> Result<(), ApiError> {
+    let tables = load_tables(&state.settings)
+        .map_err(|e| ApiError::Conflict(format!("policy file not reloaded: {e}")))?;
+    *state.tables.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tables);
+    tracing::info!("policy reloaded");
+    Ok(())
+}
+
+impl Application {
+    /// Opens storage, reads policy and principals, and binds the listener
+    /// (`MADRE_BIND`; port 0 picks a free port).
+    pub fn build(settings: Settings) -> Result<Self, StartError> {
+        let db = Db::open(&settings.db_path)?;
+        let tables = load_tables(&settings)?;
+        let mut principals =
+            Principals::new().with_token("admin", Role::Admin, &settings.api_token);
+        if let Some(path) = &settings.tokens_file {
+            principals = principals.with_file(path)?;
+        }
+        let delegator = Delegator::new(Arc::new(settings.registry.clone()));
+        let runner = Runner::new(
+            db.clone(),
+            delegator.clone(),
+            RunnerConfig {
+                max_concurrent: settings.max_concurrent_tasks,
+                max_queued: settings.max_queued_tasks,
+                task_timeout: Duration::from_secs(settings.task_timeout_s),
+            },
+        );
+        let health = HealthTable::new(&settings.registry);
+        let listener = TcpListener::bind(&settings.bind).map_err(|source| StartError::Bind {
+            bind: settings.bind.clone(),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                bind: settings.bind.clone(),
+                source,
+            })?
+            .port();
+        let max_body = settings.max_body_bytes;
+        let state = web::Data::new(AppState {
+            settings,
+            db,
+            runner,
+            delegator,
+            health,
+            principals,
+            tables: RwLock::new(Arc::new(tables)),
+            metrics: Metrics::default(),
+            started_at: Instant::now(),
+        });
+
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            let metrics_state = app_state.clone();
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(max_body)
+                        .error_handler(move |err, _| json_error(err, max_body).into()),
+                )
+                .app_data(web::PayloadConfig::new(max_body))
+                .app_data(
+                    web::QueryConfig::default()
+                        .error_handler(|err, _| ApiError::InvalidField(err.to_string()).into()),
+                )
+                .app_data(
+                    web::PathConfig::default()
+                        .error_handler(|err, _| ApiError::NotFound(err.to_string()).into()),
+                )
+                .wrap_fn(move |req, srv| {
+                    let started = Instant::now();
+                    let metrics = metrics_state.clone();
+                    let call = actix_web::dev::Service::call(srv, req);
+                    async move {
+                        let response = call.await?;
+                        let route = response
+                            .request()
+                            .match_pattern()
+                            .unwrap_or_else(|| "unmatched".into());
+                        metrics.metrics.observe(
+                            &route,
+                            response.status().as_u16(),
+                            started.elapsed(),
+                        );
+                        Ok(response)
+                    }
+                })
+                .wrap_fn(request_id::tag)
+                .route("/health", web::get().to(routes::health))
+                .route("/metrics", web::get().to(routes::metrics))
+                .route("/madre/chat", web::post().to(routes::chat))
+                .route("/madre/control", web::post().to(routes::control))
+                .route("/madre/plans", web::get().to(routes::list_plans))
+                .route("/madre/plans/{id}", web::get().to(routes::get_plan))
+                .route("/madre/plans/{id}/confirm", web::post().to(routes::confirm))
+                .route("/madre/plans/{id}/cancel", web::post().to(routes::cancel))
+                .route("/chat", web::post().to(routes::chat_v6))
+                .route("/task", web::post().to(routes::task))
+                .route("/tasks", web::get().to(routes::list_tasks))
+                .route("/tasks/{id}", web::get().to(routes::get_task))
+                .route("/tasks/{id}/cancel", web::post().to(routes::cancel))
+                .route("/control", web::post().to(routes::self_control))
+                .default_service(web::to(routes::not_found))
+        })
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .shutdown_timeout(10)
+        .listen(listener)
+        .map_err(|source| StartError::Bind {
+            bind: "listener".into(),
+            source,
+        })?
+        .run();
+        Ok(Self {
+            server,
+            port,
+            state,
+        })
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Resumes interrupted plans, starts the background loops and serves
+    /// until SIGTERM/SIGINT (or the server is stopped).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let state = self.state.clone();
+        match state.runner.resume_interrupted("startup").await {
+            Ok(runs) if !runs.is_empty() => {
+                tracing::info!(plans = runs.len(), "resumed interrupted plans")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "could not resume interrupted plans"),
+        }
+        let probe = actix_rt::spawn(probe_loop(state.clone()));
+        let cleanup = actix_rt::spawn(cleanup_loop(state.clone()));
+        let result = self.server.await;
+        probe.abort();
+        cleanup.abort();
+        tracing::info!("madre stopped");
+        result
+    }
+}
+
+async fn probe_loop(state: web::Data<AppState>) {
+    let mut tick = tokio::time::interval(state.settings.probe_interval);
+    loop {
+        tick.tick().await;
+        let states = state.delegator.probe(&Module::REMOTE, PROBE_TIMEOUT).await;
+        state.health.update(states);
+    }
+}
+
+async fn cleanup_loop(state: web::Data<AppState>) {
+    let settings = &state.settings;
+    let policy = RetentionPolicy {
+        session_idle: chrono::Duration::seconds(settings.session_idle_s as i64),
+        history_max: settings.history_max,
+        spawn_retention: chrono::Duration::seconds(settings.spawn_retention_s as i64),
+        stale_claim_after: chrono::Duration::minutes(5),
+    };
+    let mut tick = tokio::time::interval(settings.cleanup_interval);
+    loop {
+        tick.tick().await;
+        match state.db.cleanup(policy, chrono::Utc::now()).await {
+            Ok(report) => tracing::debug!(?report, "cleanup pass"),
+            Err(e) => tracing::error!(error = %e, "cleanup pass failed"),
+        }
+    }
+}

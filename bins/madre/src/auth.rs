@@ -1,0 +1,53 @@
+//! `X-VX11-Token` authentication: the [`Caller`] extractor answers 401 for a
+//! missing or unknown token; handlers then check the role they need.
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, web};
+use madre_policy::{Principal, Role};
+use std::future::{Ready, ready};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl Caller {
+    /// Fails with 403 unless the caller's role is at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.0.role.at_least(role) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this needs the {} role; {} has {}",
+                role.as_str(),
+                self.0.name,
+                self.0.role.as_str()
+            )))
+        }
+    }
+
+    /// The principal's name, for the audit trail.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>();
+        let token = req
+            .headers()
+            .get("x-vx11-token")
+            .and_then(|v| v.to_str().ok());
+        let principal = match (state, token) {
+            (Some(state), Some(token)) => state.principals.authenticate(token).cloned(),
+            _ => None,
+        };
+        ready(principal.map(Caller).ok_or(ApiError::Unauthorized))
+    }
+}

@@ -1,0 +1,269 @@
+//! Settings from the environment, or a TOML file named by `MADRE_CONFIG`
+//! with the same keys (the environment wins). A bad value stops the start
+//! with a message naming the variable.
+
+use madre_delegation::{ConfigError, Registry};
+use secrecy::SecretString;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything Madre reads at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address (`MADRE_BIND`); port 0 picks a free port.
+    pub bind: String,
+    /// Data directory (`MADRE_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// SQLite file (`MADRE_DB_PATH`).
+    pub db_path: PathBuf,
+    /// The API token (`VX11_TOKEN`, or generated into `$MADRE_DATA_DIR/token`).
+    pub api_token: SecretString,
+    /// Where a generated token was written, to tell the operator.
+    pub generated_token_file: Option<PathBuf>,
+    /// Optional principals file (`MADRE_TOKENS_FILE`).
+    pub tokens_file: Option<PathBuf>,
+    /// Optional risk-table override (`MADRE_POLICY_FILE`).
+    pub policy_file: Option<PathBuf>,
+    /// The modules (URLs, disabled, outbound token, call timeout).
+    pub registry: Registry,
+    /// Whole-plan deadline (`MADRE_TASK_TIMEOUT_S`).
+    pub task_timeout_s: u64,
+    /// Plans executing at once (`MADRE_MAX_CONCURRENT_TASKS`).
+    pub max_concurrent_tasks: usize,
+    /// Plans waiting for a slot (`MADRE_MAX_QUEUED_TASKS`).
+    pub max_queued_tasks: usize,
+    /// Confirmation token lifetime (`MADRE_CONFIRM_TTL_S`).
+    pub confirm_ttl_s: u64,
+    /// Idle time before a session closes (`MADRE_SESSION_IDLE_S`).
+    pub session_idle_s: u64,
+    /// Messages kept per session (`MADRE_HISTORY_MAX`).
+    pub history_max: u32,
+    /// Retention of finished spawn records (`MADRE_SPAWN_RETENTION_S`).
+    pub spawn_retention_s: u64,
+    /// Request body limit (`MADRE_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Health probe period (`MADRE_PROBE_INTERVAL_S`, default 10).
+    pub probe_interval: Duration,
+    /// Cleanup period (`MADRE_CLEANUP_INTERVAL_S`, default 60).
+    pub cleanup_interval: Duration,
+    /// Logs as JSON lines on stderr (`MADRE_LOG_FORMAT=json`).
+    pub log_json: bool,
+}
+
+fn bad(variable: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable: variable.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Looks a variable up by name.
+type Lookup = Box<dyn Fn(&str) -> Option<String>>;
+
+/// Reads variables from the environment first, then from the config file.
+struct Source {
+    file: HashMap<String, String>,
+    env: Lookup,
+}
+
+impl Source {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.env)(name)
+            .or_else(|| self.file.get(name).cloned())
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    fn number<T>(&self, name: &str, default: T, min: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(text) => match text.trim().parse::<T>() {
+                Ok(n) if n >= min => Ok(n),
+                _ => Err(bad(
+                    name,
+                    format!("{text:?} is not a whole number of at least {min}"),
+                )),
+            },
+        }
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        bad(
+            "MADRE_CONFIG",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        bad(
+            "MADRE_CONFIG",
+            format!("{} is not valid TOML: {e}", path.display()),
+        )
+    })?;
+    let mut values = HashMap::new();
+    for (key, value) in table {
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(bad(
+                    &key,
+                    format!(
+                        "in {}: {other:?} is not a string, number or boolean",
+                        path.display()
+                    ),
+                ));
+            }
+        };
+        values.insert(key.to_uppercase(), text);
+    }
+    Ok(values)
+}
+
+impl Settings {
+    /// Reads the process environment (and `MADRE_CONFIG`).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `var` (tests pass their own map).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String> + 'static) -> Result<Self, ConfigError> {
+        let file = match var("MADRE_CONFIG") {
+            Some(path) => read_config_file(Path::new(&path))?,
+            None => HashMap::new(),
+        };
+        let source = Source {
+            file,
+            env: Box::new(var),
+        };
+
+        let bind = source
+            .get("MADRE_BIND")
+            .unwrap_or_else(|| "127.0.0.1:8001".into());
+        if bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "MADRE_BIND",
+                format!("{bind:?} is not an address like 127.0.0.1:8001"),
+            ));
+        }
+        let data_dir = PathBuf::from(
+            source
+                .get("MADRE_DATA_DIR")
+                .unwrap_or_else(|| "./data".into()),
+        );
+        let db_path = source
+            .get("MADRE_DB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("vx11.db"));
+        let (api_token, generated_token_file) = match source.get("VX11_TOKEN") {
+            Some(token) => (SecretString::from(token), None),
+            None => {
+                let (token, path) = load_or_generate_token(&data_dir)?;
+                (token, Some(path))
+            }
+        };
+        let registry = Registry::from_vars(|name| source.get(name), &api_token)?;
+        let log_json = match source.get("MADRE_LOG_FORMAT").as_deref() {
+            None | Some("pretty") | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(bad(
+                    "MADRE_LOG_FORMAT",
+                    format!("{other:?} is not \"pretty\" or \"json\""),
+                ));
+            }
+        };
+        Ok(Self {
+            bind,
+            db_path,
+            api_token,
+            generated_token_file,
+            tokens_file: source.get("MADRE_TOKENS_FILE").map(PathBuf::from),
+            policy_file: source.get("MADRE_POLICY_FILE").map(PathBuf::from),
+            registry,
+            task_timeout_s: source.number("MADRE_TASK_TIMEOUT_S", 120, 1)?,
+            max_concurrent_tasks: source.number("MADRE_MAX_CONCURRENT_TASKS", 10, 1)?,
+            max_queued_tasks: source.number("MADRE_MAX_QUEUED_TASKS", 1000, 0)?,
+            confirm_ttl_s: source.number("MADRE_CONFIRM_TTL_S", 600, 1)?,
+            session_idle_s: source.number("MADRE_SESSION_IDLE_S", 3600, 1)?,
+            history_max: source.number("MADRE_HISTORY_MAX", 100, 1)?,
+            spawn_retention_s: source.number("MADRE_SPAWN_RETENTION_S", 3600, 0)?,
+            max_body_bytes: source.number("MADRE_MAX_BODY_BYTES", 65536, 256)?,
+            probe_interval: Duration::from_secs(source.number("MADRE_PROBE_INTERVAL_S", 10, 1)?),
+            cleanup_interval: Duration::from_secs(source.number(
+                "MADRE_CLEANUP_INTERVAL_S",
+                60,
+                1,
+            )?),
+            log_json,
+            data_dir,
+        })
+    }
+}
+
+/// The token in `$data_dir/token`, created (mode 0600) when missing.
+fn load_or_generate_token(data_dir: &Path) -> Result<(SecretString, PathBuf), ConfigError> {
+    let path = data_dir.join("token");
+    let fail = |e: std::io::Error| {
+        bad(
+            "VX11_TOKEN",
+            format!("unset, and {} cannot be used: {e}", path.display()),
+        )
+    };
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let token = text.trim().to_owned();
+        if !token.is_empty() {
+            return Ok((SecretString::from(token), path));
+        }
+    }
+    create_private_dir(data_dir).map_err(fail)?;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        bad(
+            "VX11_TOKEN",
+            format!("unset, and no randomness to generate one: {e}"),
+        )
+    })?;
+    let token = hex::encode(bytes);
+    write_private_file(&path, token.as_bytes()).map_err(fail)?;
+    Ok((SecretString::from(token), path))
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(unix)]
+fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+#[cfg(not(unix))]
+fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}

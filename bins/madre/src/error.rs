@@ -1,0 +1,162 @@
+//! The JSON error shape of SPEC §9 and the mapping from every failure to
+//! its status code. A 500 never shows its cause to the caller; the cause is
+//! logged with the request id.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use madre_db::DbError;
+use madre_models::{ErrorBody, ValidationError};
+use madre_runner::RunnerError;
+
+use crate::request_id;
+
+/// A request that failed, with the status it answers.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not valid JSON.
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// 401: no token, or an unknown one.
+    #[error("a valid X-VX11-Token header is required")]
+    Unauthorized,
+    /// 403: the caller's role is too low, or the action is denied.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 403: a wrong confirmation token.
+    #[error("wrong confirmation token ({attempts} of {max} attempts used){}", if *.void { "; the confirmation is void and the plan was cancelled" } else { "" })]
+    WrongConfirmToken {
+        /// Wrong tries so far.
+        attempts: u32,
+        /// Tries allowed.
+        max: u32,
+        /// True when this try voided the confirmation.
+        void: bool,
+    },
+    /// 404: no such id.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the target is not in a state that allows the request.
+    #[error("{0}")]
+    Conflict(String),
+    /// 410: the confirmation expired.
+    #[error("the confirmation token expired; the plan was cancelled (confirmation_expired)")]
+    ConfirmationExpired,
+    /// 413: the body is larger than `MADRE_MAX_BODY_BYTES`.
+    #[error("the body is larger than the {0} bytes allowed")]
+    PayloadTooLarge(usize),
+    /// 415: the body is not `application/json`.
+    #[error("the body must be sent as Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// 422: a field broke its rule.
+    #[error("{0}")]
+    InvalidField(String),
+    /// 422: an Idempotency-Key reused with a different body.
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
+    /// 503: the plan queue is full.
+    #[error("Madre is at capacity ({0} plans waiting); retry later")]
+    QueueFull(usize),
+    /// 500: anything else; the detail is logged, never returned.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::InvalidField(e.to_string())
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::NotFound { what, id } => ApiError::NotFound(format!("{what} {id} not found")),
+            DbError::Conflict(reason) => ApiError::Conflict(reason),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<RunnerError> for ApiError {
+    fn from(e: RunnerError) -> Self {
+        match e {
+            RunnerError::QueueFull { queued } => ApiError::QueueFull(queued),
+            RunnerError::NotFound(id) => ApiError::NotFound(format!("plan {id} not found")),
+            RunnerError::Db(db) => db.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::WrongConfirmToken { .. } => "invalid_confirm_token",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::ConfirmationExpired => "confirmation_expired",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::InvalidField(_) => "invalid_field",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::QueueFull(_) => "queue_full",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::WrongConfirmToken { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::ConfirmationExpired => StatusCode::GONE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::InvalidField(_) | ApiError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let request_id = request_id::current();
+        let detail = match self {
+            ApiError::Internal(cause) => {
+                tracing::error!(%request_id, %cause, "internal error");
+                "Madre could not complete the request; it was logged with this request id"
+                    .to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::QueueFull(_) = self {
+            response.insert_header(("Retry-After", "1"));
+        }
+        response.json(ErrorBody {
+            error: self.code().to_owned(),
+            detail,
+            request_id,
+        })
+    }
+}
+
+/// Maps a JSON body extraction failure to 400/413/415/422.
+pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match err {
+        E::ContentType => ApiError::UnsupportedMediaType,
+        E::Overflow { .. } | E::OverflowKnownLength { .. } => ApiError::PayloadTooLarge(limit),
+        E::Deserialize(e) if e.is_data() => ApiError::InvalidField(e.to_string()),
+        E::Deserialize(e) => ApiError::MalformedJson(e.to_string()),
+        other => ApiError::MalformedJson(other.to_string()),
+    }
+}

@@ -1,0 +1,18 @@
+//! Madre's server: a thin actix-web layer over the Madre crates. The binary
+//! (`main.rs`) only reads settings, installs logging and runs
+//! [`Application`]; tests build an `Application` on port 0.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod request_id;
+pub mod routes;
+pub mod service;
+pub mod state;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Settings;

@@ -1,0 +1,523 @@
+//! The HTTP handlers: decode, authorise, call [`crate::service`], encode.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::Utc;
+use madre_db::{PlanFilter, PlanKind, StoredResponse};
+use madre_models::{
+    ActionTaken, CancelResponse, ChatRequest, ChatV6Request, ChatV6Response, ConfirmResponse,
+    ControlRequest, DepState, HealthResponse, HealthStatus, PlanDetail, PlanPage,
+    SelfControlRequest, Status, TaskAccepted, TaskPage, TaskRequest, TaskView, V6Status, Word,
+};
+use madre_policy::Role;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::fmt::Write as _;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::request_id::RequestId;
+use crate::service;
+use crate::state::AppState;
+
+type Data = web::Data<AppState>;
+
+fn request_id(req: &HttpRequest) -> String {
+    use actix_web::HttpMessage;
+    req.extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default()
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("plan {raw:?} not found")))
+}
+
+/// Replays the stored answer of a retried request, or runs `f` and stores
+/// its answer, when the request carries an `Idempotency-Key`.
+async fn idempotent<F, Fut>(
+    state: &AppState,
+    caller: &Caller,
+    req: &HttpRequest,
+    body: &Value,
+    f: F,
+) -> Result<HttpResponse, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(u16, Value), ApiError>>,
+{
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(key) = key else {
+        let (status, body) = f().await?;
+        return Ok(json_response(status, &body));
+    };
+    if key.is_empty() || key.len() > 200 {
+        return Err(ApiError::InvalidField(
+            "invalid field `Idempotency-Key`: must be 1..=200 characters".into(),
+        ));
+    }
+    let hash = hex::encode(Sha256::digest(
+        format!("{} {}", req.path(), body).as_bytes(),
+    ));
+    let (principal, lookup_key) = (caller.name().to_owned(), key.clone());
+    if let Some(stored) = state
+        .db
+        .run_blocking(move |db| db.idempotent_response(&principal, &lookup_key))
+        .await?
+    {
+        if stored.request_hash != hash {
+            return Err(ApiError::IdempotencyKeyReused);
+        }
+        return Ok(json_response(stored.status_code, &stored.body));
+    }
+    let (status, answer) = f().await?;
+    let stored = StoredResponse {
+        request_hash: hash,
+        status_code: status,
+        body: answer.clone(),
+    };
+    state
+        .db
+        .store_idempotent_response(caller.name(), &key, stored, Utc::now())
+        .await?;
+    Ok(json_response(status, &answer))
+}
+
+fn json_response(status: u16, body: &Value) -> HttpResponse {
+    let status =
+        actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
+    HttpResponse::build(status).json(body)
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(value).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// `GET /health`: from the background probe table; never waits on a module.
+pub async fn health(state: Data) -> HttpResponse {
+    let deps = state.health.snapshot();
+    let degraded = deps.values().any(|s| *s == DepState::Down);
+    HttpResponse::Ok().json(HealthResponse {
+        module: "madre".into(),
+        status: if degraded {
+            HealthStatus::Degraded
+        } else {
+            HealthStatus::Ok
+        },
+        version: env!("CARGO_PKG_VERSION").into(),
+        time: Utc::now(),
+        deps,
+    })
+}
+
+/// `POST /madre/chat`.
+pub async fn chat(
+    state: Data,
+    caller: Caller,
+    req: HttpRequest,
+    body: web::Json<ChatRequest>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let raw = to_value(&*body)?;
+    let command = body.into_inner().validate()?;
+    let rid = request_id(&req);
+    idempotent(&state, &caller, &req, &raw, || async {
+        let response = service::chat(&state, &caller, command, "chat", &rid).await?;
+        Ok((200, to_value(&response)?))
+    })
+    .await
+}
+
+/// `POST /chat` (v6).
+pub async fn chat_v6(
+    state: Data,
+    caller: Caller,
+    req: HttpRequest,
+    body: web::Json<ChatV6Request>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let raw = to_value(&*body)?;
+    let command = body.into_inner().validate()?;
+    let rid = request_id(&req);
+    idempotent(&state, &caller, &req, &raw, || async {
+        let r = service::chat(&state, &caller, command, "chat_v6", &rid).await?;
+        let actions_taken = r
+            .actions
+            .iter()
+            .map(|a| ActionTaken {
+                module: a.module.as_str().into(),
+                action: a.step_type.as_str().into(),
+                result: a
+                    .result
+                    .clone()
+                    .or_else(|| a.error.clone().map(Value::String))
+                    .unwrap_or(Value::Null),
+            })
+            .collect();
+        let v6 = ChatV6Response {
+            session_id: r.session_id,
+            response: r.response,
+            task_id: r.plan_id,
+            actions_taken,
+            status: if r.status == Status::Error {
+                V6Status::Error
+            } else {
+                V6Status::Ok
+            },
+            timestamp: Utc::now(),
+        };
+        Ok((200, to_value(&v6)?))
+    })
+    .await
+}
+
+/// `POST /madre/control`.
+pub async fn control(
+    state: Data,
+    caller: Caller,
+    req: HttpRequest,
+    body: web::Json<ControlRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let command = body.into_inner().validate()?;
+    let (response, _) = service::control(
+        &state,
+        &caller,
+        command,
+        PlanKind::Control,
+        None,
+        &request_id(&req),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(response))
+}
+
+/// `POST /task` (v6): 202, runs in the background.
+pub async fn task(
+    state: Data,
+    caller: Caller,
+    req: HttpRequest,
+    body: web::Json<TaskRequest>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let raw = to_value(&*body)?;
+    let task = body.into_inner().validate()?;
+    let rid = request_id(&req);
+    idempotent(&state, &caller, &req, &raw, || async {
+        let command = madre_models::ControlCommand {
+            target: Word::parse("module", task.module.as_str())?,
+            action: task.action.clone(),
+            params: task.payload.clone(),
+            confirm_token: None,
+        };
+        let (response, stored) = service::control(
+            &state,
+            &caller,
+            command,
+            PlanKind::Task,
+            Some(task.name.clone()),
+            &rid,
+        )
+        .await?;
+        let risk = state
+            .tables()
+            .classify(task.module.as_str(), task.action.as_str());
+        let risk = match risk {
+            madre_policy::Decision::Risk(r) => r,
+            madre_policy::Decision::Deny => {
+                return Err(ApiError::Forbidden(format!(
+                    "\"{}\" on {} is never allowed",
+                    task.action, task.module
+                )));
+            }
+        };
+        let (task_id, status) = match (&stored, response.plan_id) {
+            (Some(s), _) => (s.plan.plan_id, s.plan.status),
+            (None, Some(id)) => (id, Status::Waiting),
+            (None, None) => return Err(ApiError::Internal("task accepted without a plan".into())),
+        };
+        let accepted = TaskAccepted {
+            task_id,
+            status,
+            risk,
+            confirm_token: response.confirm_token,
+        };
+        Ok((202, to_value(&accepted)?))
+    })
+    .await
+}
+
+/// Query of the list endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    session_id: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+fn list_args(q: &ListQuery) -> Result<(PlanFilter, u32, Option<i64>), ApiError> {
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| s.to_uppercase().parse::<Status>())
+        .transpose()
+        .map_err(|_| {
+            ApiError::InvalidField(
+                "invalid field `status`: one of PENDING, RUNNING, WAITING, DONE, ERROR, CANCELLED"
+                    .into(),
+            )
+        })?;
+    let limit = match q.limit.as_deref() {
+        None => 20,
+        Some(text) => match text.parse::<u32>() {
+            Ok(n) if (1..=200).contains(&n) => n,
+            _ => {
+                return Err(ApiError::InvalidField(
+                    "invalid field `limit`: a whole number from 1 to 200".into(),
+                ));
+            }
+        },
+    };
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| c.parse::<i64>().ok().filter(|n| *n > 0))
+        .map(|c| {
+            c.ok_or_else(|| {
+                ApiError::InvalidField(
+                    "invalid field `cursor`: pass back the next_cursor of a previous page".into(),
+                )
+            })
+        })
+        .transpose()?;
+    Ok((
+        PlanFilter {
+            status,
+            session_id: q.session_id.clone(),
+            kind: None,
+        },
+        limit,
+        cursor,
+    ))
+}
+
+/// `GET /madre/plans`.
+pub async fn list_plans(
+    state: Data,
+    caller: Caller,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let (filter, limit, cursor) = list_args(&query)?;
+    let (plans, next) = state
+        .db
+        .run_blocking(move |db| db.list_plans(&filter, limit, cursor))
+        .await?;
+    Ok(HttpResponse::Ok().json(PlanPage {
+        plans,
+        next_cursor: next.map(|n| n.to_string()),
+    }))
+}
+
+/// `GET /tasks` (v6).
+pub async fn list_tasks(
+    state: Data,
+    caller: Caller,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let (mut filter, limit, cursor) = list_args(&query)?;
+    filter.kind = Some(PlanKind::Task);
+    let (tasks, next) = state
+        .db
+        .run_blocking(move |db| db.list_tasks(&filter, limit, cursor))
+        .await?;
+    Ok(HttpResponse::Ok().json(TaskPage {
+        tasks,
+        next_cursor: next.map(|n| n.to_string()),
+    }))
+}
+
+/// `GET /madre/plans/{id}`.
+pub async fn get_plan(
+    state: Data,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let plan_id = parse_id(&path)?;
+    let stored = service::load_plan(&state, plan_id).await?;
+    let actions = state
+        .db
+        .run_blocking(move |db| db.actions_for_plan(plan_id))
+        .await?;
+    Ok(HttpResponse::Ok().json(PlanDetail {
+        plan: stored.plan,
+        intent: stored.intent,
+        actions,
+    }))
+}
+
+/// `GET /tasks/{id}` (v6).
+pub async fn get_task(
+    state: Data,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let stored = service::load_plan(&state, parse_id(&path)?).await?;
+    Ok(HttpResponse::Ok().json(TaskView {
+        task_id: stored.plan.plan_id,
+        name: stored.meta.name.clone(),
+        module: stored.meta.module.clone(),
+        action: stored.meta.action.clone(),
+        status: stored.plan.status,
+        result: stored.result.clone(),
+        error: stored.plan.error.clone(),
+        created_at: stored.plan.created_at,
+        updated_at: stored.plan.updated_at,
+    }))
+}
+
+/// Query accepted by the confirm endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmQuery {
+    confirm_token: Option<String>,
+}
+
+/// `POST /madre/plans/{id}/confirm`: token in the JSON body or the query.
+pub async fn confirm(
+    state: Data,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ConfirmQuery>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let plan_id = parse_id(&path)?;
+    let token = if body.is_empty() {
+        query.into_inner().confirm_token
+    } else {
+        let parsed: madre_models::ConfirmRequest = serde_json::from_slice(&body).map_err(|e| {
+            if e.is_data() {
+                ApiError::InvalidField(e.to_string())
+            } else {
+                ApiError::MalformedJson(e.to_string())
+            }
+        })?;
+        Some(parsed.confirm_token)
+    };
+    let token = token
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .ok_or_else(|| {
+            ApiError::InvalidField(
+                "invalid field `confirm_token`: required (body or query), 1..=256 characters"
+                    .into(),
+            )
+        })?;
+    let confirmed = service::confirm(&state, &caller, plan_id, &token, &request_id(&req)).await?;
+    let status = confirmed.plan.plan.status;
+    let body = ConfirmResponse {
+        status: "confirmed".into(),
+        plan_id,
+        plan_status: status,
+    };
+    Ok(if matches!(status, Status::Running | Status::Pending) {
+        HttpResponse::Accepted().json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    })
+}
+
+/// `POST /madre/plans/{id}/cancel` and `POST /tasks/{id}/cancel`.
+pub async fn cancel(
+    state: Data,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let plan_id = parse_id(&path)?;
+    service::load_plan(&state, plan_id).await?;
+    state
+        .runner
+        .cancel(plan_id, "cancelled", caller.name())
+        .await?;
+    Ok(HttpResponse::Ok().json(CancelResponse {
+        plan_id,
+        plan_status: Status::Cancelled,
+    }))
+}
+
+/// `POST /control` (v6): Madre's own status (viewer) or restart (admin, MED).
+pub async fn self_control(
+    state: Data,
+    caller: Caller,
+    body: web::Json<SelfControlRequest>,
+) -> Result<HttpResponse, ApiError> {
+    match body.action.trim().to_lowercase().as_str() {
+        "status" => {
+            caller.require(Role::Viewer)?;
+            Ok(HttpResponse::Ok()
+                .json(json!({ "status": "ok", "result": service::own_status(&state) })))
+        }
+        "restart" => {
+            caller.require(Role::Admin)?;
+            crate::app::reload(&state)?;
+            Ok(HttpResponse::Ok()
+                .json(json!({ "status": "restarted", "result": service::own_status(&state) })))
+        }
+        _ => Err(ApiError::InvalidField(
+            "invalid field `action`: \"status\" or \"restart\"".into(),
+        )),
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(state: Data, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let counts = state.db.run_blocking(|db| db.plan_counts()).await?;
+    let mut out = String::new();
+    state.metrics.render_requests(&mut out);
+    out.push_str("# HELP madre_plans Plans by status.\n# TYPE madre_plans gauge\n");
+    for (status, n) in counts {
+        let _ = writeln!(out, "madre_plans{{status=\"{status}\"}} {n}");
+    }
+    out.push_str("# HELP madre_module_up 1 when the module's last probe answered.\n# TYPE madre_module_up gauge\n");
+    for (module, dep) in state.health.snapshot() {
+        let _ = writeln!(
+            out,
+            "madre_module_up{{module=\"{module}\"}} {}",
+            u8::from(dep == DepState::Up)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP madre_queue_depth Plans waiting for a slot.\n# TYPE madre_queue_depth gauge\nmadre_queue_depth {}",
+        state.runner.queued()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP madre_plans_executing Plans executing now.\n# TYPE madre_plans_executing gauge\nmadre_plans_executing {}",
+        state.runner.running()
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out))
+}
+
+/// Unknown routes: JSON 404.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route {} {}",
+        req.method(),
+        req.path()
+    )))
+}
