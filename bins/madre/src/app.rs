@@ -184,6 +184,11 @@ impl Application {
         self.port
     }
 
+    /// A handle to stop the server (graceful, as on SIGTERM).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
     /// Resumes interrupted plans, starts the background loops and serves
     /// until SIGTERM/SIGINT (or the server is stopped).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

@@ -1,0 +1,1 @@
+//! End-to-end tests of Madre live in `e2e.rs`; this library is empty.
