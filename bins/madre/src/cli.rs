@@ -51,7 +51,8 @@ pub enum Command {
         /// The plan id.
         id: String,
         /// The confirm_token from the WAITING answer.
-        token: String,
+        #[arg(value_name = "CONFIRM_TOKEN")]
+        confirm_token: String,
     },
     /// Cancel a waiting or running plan.
     Cancel {
@@ -86,10 +87,10 @@ pub async fn run_client(url: Option<String>, token: Option<String>, command: Com
             ("GET", path, None)
         }
         Command::Plan { id } => ("GET", format!("/madre/plans/{id}"), None),
-        Command::Confirm { id, token } => (
+        Command::Confirm { id, confirm_token } => (
             "POST",
             format!("/madre/plans/{id}/confirm"),
-            Some(json!({ "confirm_token": token })),
+            Some(json!({ "confirm_token": confirm_token })),
         ),
         Command::Cancel { id } => ("POST", format!("/madre/plans/{id}/cancel"), None),
         Command::Health => ("GET", "/health".to_owned(), None),

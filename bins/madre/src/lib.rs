@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod request_id;
 pub mod routes;
 pub mod service;

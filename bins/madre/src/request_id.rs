@@ -5,6 +5,7 @@
 use actix_web::HttpMessage;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
+use tracing::Instrument;
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -50,9 +51,21 @@ where
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
     let call = srv.call(req);
     async move {
-        let mut response = REQUEST_ID.scope(id.clone(), call).await?;
+        let started = std::time::Instant::now();
+        let mut response = REQUEST_ID
+            .scope(id.clone(), call)
+            .instrument(span.clone())
+            .await?;
+        span.in_scope(|| {
+            tracing::info!(
+                status = response.status().as_u16(),
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request answered"
+            );
+        });
         if let Ok(value) = HeaderValue::from_str(&id) {
             response
                 .headers_mut()

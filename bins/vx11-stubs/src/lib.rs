@@ -91,7 +91,9 @@ pub struct StubServer {
 
 impl StubServer {
     /// Starts every module on `host`, at `port_of(module)` (0 picks a free
-    /// port), on the current actix/Tokio runtime.
+    /// port). The server is driven by the current actix runtime, so keep
+    /// that runtime's thread free (no blocking calls on it) while the stubs
+    /// must answer.
     pub fn start(host: &str, port_of: impl Fn(Module) -> u16) -> std::io::Result<Self> {
         let mut listeners = Vec::new();
         let mut shared = Shared::default();

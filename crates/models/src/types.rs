@@ -24,6 +24,7 @@ impl fmt::Debug for Redacted<'_> {
 }
 
 /// What a piece of text asks for, in Madre's small domain language.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dsl {
     /// `system`, `audio` or `general`.
@@ -31,6 +32,7 @@ pub struct Dsl {
     /// The action family (`delete`, `restart`, `status`, `chat`, …).
     pub action: String,
     /// Extracted parameters (`key=value` pairs, counted nouns, flags, the message).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub parameters: Map<String, Value>,
     /// VX11 modules the text mentions.
     pub targets: Vec<Module>,
@@ -50,6 +52,7 @@ impl Dsl {
 }
 
 /// A classified request: the DSL plus its risk, bound to a session.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Intent {
     /// Unique id of this intent.
@@ -71,6 +74,7 @@ pub struct Intent {
 }
 
 /// One unit of work in a plan.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     /// Unique id; also the `Idempotency-Key` sent when the step is retried.
@@ -134,6 +138,7 @@ impl Step {
 }
 
 /// An ordered list of steps carrying out one intent.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// Unique id of the plan.
@@ -161,6 +166,7 @@ pub struct Plan {
 }
 
 /// One executed step, as reported to the caller of `/madre/chat`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionSummary {
     /// The step's id.
@@ -194,6 +200,7 @@ impl From<&Step> for ActionSummary {
 }
 
 /// Body of `POST /madre/chat`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatRequest {
@@ -204,6 +211,7 @@ pub struct ChatRequest {
     pub session_id: Option<String>,
     /// Free-form context; `context.mode` ("MADRE"/"AUDIO_ENGINEER") forces the mode.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub context: Option<Map<String, Value>>,
 }
 
@@ -267,6 +275,7 @@ fn validate_chat(
 }
 
 /// Answer of `POST /madre/chat`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatResponse {
     /// Text to show the person.
@@ -312,6 +321,7 @@ impl fmt::Debug for ChatResponse {
 }
 
 /// Body of `POST /madre/control`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlRequest {
@@ -394,6 +404,7 @@ fn object_or_empty(field: &'static str, value: Option<Value>) -> Result<Value, V
 }
 
 /// Whether a control request ran, waits for a confirmation, or was refused.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlStatus {
@@ -406,6 +417,7 @@ pub enum ControlStatus {
 }
 
 /// Answer of `POST /madre/control`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ControlResponse {
     /// The outcome.
@@ -442,6 +454,7 @@ impl fmt::Debug for ControlResponse {
 }
 
 /// Body of the v6 `POST /task`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
@@ -497,6 +510,7 @@ impl TaskRequest {
 }
 
 /// Answer of the v6 `POST /task` (HTTP 202).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskAccepted {
     /// Id to poll with `GET /tasks/{id}`.
@@ -522,6 +536,7 @@ impl fmt::Debug for TaskAccepted {
 }
 
 /// Overall health of Madre.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
@@ -532,6 +547,7 @@ pub enum HealthStatus {
 }
 
 /// What the last probe saw of a module.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DepState {
@@ -546,6 +562,7 @@ pub enum DepState {
 }
 
 /// Answer of `GET /health`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthResponse {
     /// Always `madre`.
@@ -557,10 +574,12 @@ pub struct HealthResponse {
     /// The time of the answer.
     pub time: DateTime<Utc>,
     /// The last probe of each module.
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, DepState>))]
     pub deps: BTreeMap<Module, DepState>,
 }
 
 /// One line of `GET /madre/plans`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanSummary {
     /// The plan.
@@ -589,6 +608,7 @@ pub struct PlanSummary {
 }
 
 /// A page of plans, newest first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanPage {
     /// The plans of this page.
@@ -598,6 +618,7 @@ pub struct PlanPage {
 }
 
 /// A row of the append-only audit trail (`madre_actions`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditAction {
     /// Row id.
@@ -618,6 +639,7 @@ pub struct AuditAction {
 }
 
 /// Answer of `GET /madre/plans/{id}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanDetail {
     /// The plan with its steps.
@@ -629,6 +651,7 @@ pub struct PlanDetail {
 }
 
 /// Body of `POST /madre/plans/{id}/confirm`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmRequest {
@@ -643,6 +666,7 @@ impl fmt::Debug for ConfirmRequest {
 }
 
 /// Answer of a successful confirmation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfirmResponse {
     /// Always `confirmed`.
@@ -654,6 +678,7 @@ pub struct ConfirmResponse {
 }
 
 /// Answer of `POST /madre/plans/{id}/cancel` and `POST /tasks/{id}/cancel`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CancelResponse {
     /// The plan.
@@ -663,6 +688,7 @@ pub struct CancelResponse {
 }
 
 /// Body of the v6 `POST /chat`: `user_message` or `message`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatV6Request {
@@ -677,6 +703,7 @@ pub struct ChatV6Request {
     pub session_id: Option<String>,
     /// Free-form context, as in v7.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub context: Option<Map<String, Value>>,
 }
 
@@ -700,6 +727,7 @@ impl ChatV6Request {
 }
 
 /// One delegated action in a v6 chat answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionTaken {
     /// The module called.
@@ -711,6 +739,7 @@ pub struct ActionTaken {
 }
 
 /// `ok` or `error` in v6 answers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum V6Status {
@@ -721,6 +750,7 @@ pub enum V6Status {
 }
 
 /// Answer of the v6 `POST /chat`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatV6Response {
     /// The conversation.
@@ -738,6 +768,7 @@ pub struct ChatV6Response {
 }
 
 /// A v6 task as returned by `GET /tasks/{id}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskView {
     /// The task (plan) id.
@@ -763,6 +794,7 @@ pub struct TaskView {
 }
 
 /// A page of v6 tasks, newest first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskPage {
     /// The tasks of this page.
@@ -772,6 +804,7 @@ pub struct TaskPage {
 }
 
 /// Body of the v6 `POST /control` (Madre's own control).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelfControlRequest {
@@ -783,6 +816,7 @@ pub struct SelfControlRequest {
 }
 
 /// The JSON error shape of every failed request (SPEC §9).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Machine-readable code (`unauthorized`, `invalid_field`, …).

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, oneshot};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use steps::StepOutcome;
@@ -399,10 +400,26 @@ async fn drive(
         };
         inner.db.update_step(plan_id, idx, started).await?;
 
+        let span = tracing::info_span!(
+            "step",
+            %plan_id,
+            session_id = %plan.session_id,
+            idx,
+            step_type = %step.step_type,
+            module = %step.module(),
+        );
+        let started_at = std::time::Instant::now();
         let outcome = tokio::select! {
-            outcome = steps::run_step(inner, &plan, idx, engine.as_deref(), &options.request_id, resumed) => outcome,
+            outcome = steps::run_step(inner, &plan, idx, engine.as_deref(), &options.request_id, resumed).instrument(span.clone()) => outcome,
             _ = signal.notify.notified() => return Ok(()),
         };
+        span.in_scope(|| {
+            tracing::info!(
+                latency_ms = started_at.elapsed().as_secs_f64() * 1000.0,
+                outcome = outcome.label(),
+                "step finished"
+            );
+        });
         let now = Utc::now();
         match outcome {
             StepOutcome::Done { result, retried } => {

@@ -19,6 +19,17 @@ pub(crate) enum StepOutcome {
     Waiting { result: Value },
 }
 
+impl StepOutcome {
+    /// A word for logs.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            StepOutcome::Done { .. } => "done",
+            StepOutcome::Failed { .. } => "failed",
+            StepOutcome::Waiting { .. } => "waiting",
+        }
+    }
+}
+
 /// The text a step's result offers the user, if any.
 pub(crate) fn reply_of(result: &Value) -> Option<String> {
     reply_text(result)
