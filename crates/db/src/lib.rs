@@ -23,6 +23,7 @@
 //! code, which runs it on the blocking pool.
 
 mod audit;
+mod checkpoint;
 mod confirmations;
 mod error;
 mod idempotency;
@@ -68,6 +69,7 @@ const READ_POOL_SIZE: u32 = 8;
 pub struct Db {
     readers: Pool<SqliteConnectionManager>,
     writer: Arc<writer::Writer>,
+    _checkpointer: Arc<checkpoint::Checkpointer>,
     path: PathBuf,
 }
 
@@ -87,7 +89,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
          PRAGMA synchronous = NORMAL;
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
-         PRAGMA wal_autocheckpoint = 4000;",
+         PRAGMA journal_size_limit = 67108864;",
     )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
@@ -116,10 +118,17 @@ impl Db {
             .min_idle(Some(1))
             .build(manager)
             .map_err(DbError::Pool)?;
+        // The writer never checkpoints; a background thread does.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+        let checkpoint_conn = Connection::open(path).map_err(|e| DbError::open(path, e))?;
+        configure(&checkpoint_conn).map_err(|e| DbError::open(path, e))?;
+        let checkpointer = checkpoint::Checkpointer::start(checkpoint_conn)
+            .map_err(|e| DbError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
         let writer = writer::Writer::new(conn);
         Ok(Self {
             readers,
             writer,
+            _checkpointer: Arc::new(checkpointer),
             path: path.to_owned(),
         })
     }
