@@ -63,6 +63,14 @@ pub fn reload(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A resource serving one method; the others answer 405 with `Allow`
+/// rather than falling through to the app's 404.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: actix_web::HttpRequest| async move {
+        routes::method_not_allowed(&req, allow)
+    }))
+}
+
 impl Application {
     /// Opens storage, reads policy and principals, and binds the listener
     /// (`MADRE_BIND`; port 0 picks a free port).
@@ -147,21 +155,35 @@ impl Application {
                     }
                 })
                 .wrap_fn(request_id::tag)
-                .route("/health", web::get().to(routes::health))
-                .route("/metrics", web::get().to(routes::metrics))
-                .route("/madre/chat", web::post().to(routes::chat))
-                .route("/madre/control", web::post().to(routes::control))
-                .route("/madre/plans", web::get().to(routes::list_plans))
-                .route("/madre/plans/{id}", web::get().to(routes::get_plan))
-                .route("/madre/plans/{id}/confirm", web::post().to(routes::confirm))
-                .route("/madre/plans/{id}/cancel", web::post().to(routes::cancel))
-                .route("/chat", web::post().to(routes::chat_v6))
-                .route("/task", web::post().to(routes::task))
-                .route("/tasks", web::get().to(routes::list_tasks))
-                .route("/tasks/{id}", web::get().to(routes::get_task))
-                .route("/tasks/{id}/cancel", web::post().to(routes::task_cancel))
-                .route("/openapi.json", web::get().to(crate::openapi::openapi_json))
-                .route("/control", web::post().to(routes::self_control))
+                .service(resource("/health", "GET").route(web::get().to(routes::health)))
+                .service(resource("/metrics", "GET").route(web::get().to(routes::metrics)))
+                .service(resource("/madre/chat", "POST").route(web::post().to(routes::chat)))
+                .service(resource("/madre/control", "POST").route(web::post().to(routes::control)))
+                .service(resource("/madre/plans", "GET").route(web::get().to(routes::list_plans)))
+                .service(
+                    resource("/madre/plans/{id}", "GET").route(web::get().to(routes::get_plan)),
+                )
+                .service(
+                    resource("/madre/plans/{id}/confirm", "POST")
+                        .route(web::post().to(routes::confirm)),
+                )
+                .service(
+                    resource("/madre/plans/{id}/cancel", "POST")
+                        .route(web::post().to(routes::cancel)),
+                )
+                .service(resource("/chat", "POST").route(web::post().to(routes::chat_v6)))
+                .service(resource("/task", "POST").route(web::post().to(routes::task)))
+                .service(resource("/tasks", "GET").route(web::get().to(routes::list_tasks)))
+                .service(resource("/tasks/{id}", "GET").route(web::get().to(routes::get_task)))
+                .service(
+                    resource("/tasks/{id}/cancel", "POST")
+                        .route(web::post().to(routes::task_cancel)),
+                )
+                .service(
+                    resource("/openapi.json", "GET")
+                        .route(web::get().to(crate::openapi::openapi_json)),
+                )
+                .service(resource("/control", "POST").route(web::post().to(routes::self_control)))
                 .default_service(web::to(routes::not_found))
         })
         .client_request_timeout(Duration::from_secs(5))

@@ -35,6 +35,9 @@ pub enum ApiError {
     /// 404: no such id.
     #[error("{0}")]
     NotFound(String),
+    /// 405: the path exists, the method does not.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 409: the target is not in a state that allows the request.
     #[error("{0}")]
     Conflict(String),
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::WrongConfirmToken { .. } => "invalid_confirm_token",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::ConfirmationExpired => "confirmation_expired",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -115,6 +119,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::WrongConfirmToken { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::ConfirmationExpired => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -49,20 +49,24 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(u16, Value), ApiError>>,
 {
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let Some(key) = key else {
+    let Some(raw_key) = req.headers().get("idempotency-key") else {
         let (status, body) = f().await?;
         return Ok(json_response(status, &body));
     };
-    if key.is_empty() || key.len() > 200 {
+    // Visible ASCII, inner spaces allowed: exactly the published pattern.
+    let bytes = raw_key.as_bytes();
+    let visible = |b: &u8| (b'!'..=b'~').contains(b);
+    let well_formed = !bytes.is_empty()
+        && bytes.len() <= 200
+        && bytes.first().is_some_and(visible)
+        && bytes.last().is_some_and(visible)
+        && bytes.iter().all(|b| (b' '..=b'~').contains(b));
+    if !well_formed {
         return Err(ApiError::InvalidField(
-            "invalid field `Idempotency-Key`: must be 1..=200 characters".into(),
+            "invalid field `Idempotency-Key`: 1..=200 visible ASCII characters (inner spaces allowed)".into(),
         ));
     }
+    let key = String::from_utf8_lossy(bytes).into_owned();
     let hash = hex::encode(Sha256::digest(
         format!("{} {}", req.path(), body).as_bytes(),
     ));
@@ -119,7 +123,7 @@ pub async fn health(state: Data) -> HttpResponse {
 }
 
 /// `POST /madre/chat`.
-#[utoipa::path(post, path = "/madre/chat", tag = "v7", request_body = ChatRequest, params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer of a retried request")), security(("api_token" = [])), responses((status = 200, description = "DONE, WAITING (with confirm_token) or ERROR", body = ChatResponse), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
+#[utoipa::path(post, path = "/madre/chat", tag = "v7", request_body = ChatRequest, params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]{0,198}[!-~])?$", description = "Replays the first answer of a retried request")), security(("api_token" = [])), responses((status = 200, description = "DONE, WAITING (with confirm_token) or ERROR", body = ChatResponse), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
 pub async fn chat(
     state: Data,
     caller: Caller,
@@ -138,7 +142,7 @@ pub async fn chat(
 }
 
 /// `POST /chat` (v6).
-#[utoipa::path(post, path = "/chat", tag = "v6", request_body = ChatV6Request, params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer of a retried request")), security(("api_token" = [])), responses((status = 200, description = "v6 chat answer", body = ChatV6Response), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
+#[utoipa::path(post, path = "/chat", tag = "v6", request_body = ChatV6Request, params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]{0,198}[!-~])?$", description = "Replays the first answer of a retried request")), security(("api_token" = [])), responses((status = 200, description = "v6 chat answer", body = ChatV6Response), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
 pub async fn chat_v6(
     state: Data,
     caller: Caller,
@@ -203,7 +207,7 @@ pub async fn control(
 }
 
 /// `POST /task` (v6): 202, runs in the background.
-#[utoipa::path(post, path = "/task", tag = "v6", request_body = TaskRequest, params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer of a retried request")), security(("api_token" = [])), responses((status = 202, description = "Accepted; poll /tasks/{id}", body = TaskAccepted), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
+#[utoipa::path(post, path = "/task", tag = "v6", request_body = TaskRequest, params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]{0,198}[!-~])?$", description = "Replays the first answer of a retried request")), security(("api_token" = [])), responses((status = 202, description = "Accepted; poll /tasks/{id}", body = TaskAccepted), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
 pub async fn task(
     state: Data,
     caller: Caller,
@@ -272,7 +276,7 @@ fn list_args(q: &ListQuery) -> Result<(PlanFilter, u32, Option<i64>), ApiError> 
     let status = q
         .status
         .as_deref()
-        .map(|s| s.to_uppercase().parse::<Status>())
+        .map(|s| s.parse::<Status>())
         .transpose()
         .map_err(|_| {
             ApiError::InvalidField(
@@ -282,8 +286,12 @@ fn list_args(q: &ListQuery) -> Result<(PlanFilter, u32, Option<i64>), ApiError> 
         })?;
     let limit = match q.limit.as_deref() {
         None => 20,
-        Some(text) => match text.parse::<u32>() {
-            Ok(n) if (1..=200).contains(&n) => n,
+        Some(text) => match text
+            .parse::<u32>()
+            .ok()
+            .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
+        {
+            Some(n) if (1..=200).contains(&n) => n,
             _ => {
                 return Err(ApiError::InvalidField(
                     "invalid field `limit`: a whole number from 1 to 200".into(),
@@ -294,7 +302,13 @@ fn list_args(q: &ListQuery) -> Result<(PlanFilter, u32, Option<i64>), ApiError> 
     let cursor = q
         .cursor
         .as_deref()
-        .map(|c| c.parse::<i64>().ok().filter(|n| *n > 0))
+        .map(|c| {
+            let digits = !c.is_empty()
+                && c.len() <= 18
+                && !c.starts_with('0')
+                && c.bytes().all(|b| b.is_ascii_digit());
+            c.parse::<i64>().ok().filter(|_| digits)
+        })
         .map(|c| {
             c.ok_or_else(|| {
                 ApiError::InvalidField(
@@ -303,10 +317,16 @@ fn list_args(q: &ListQuery) -> Result<(PlanFilter, u32, Option<i64>), ApiError> 
             })
         })
         .transpose()?;
+    let session_id = q
+        .session_id
+        .clone()
+        .map(madre_models::SessionId::parse)
+        .transpose()?
+        .map(String::from);
     Ok((
         PlanFilter {
             status,
-            session_id: q.session_id.clone(),
+            session_id,
             kind: None,
         },
         limit,
@@ -315,7 +335,7 @@ fn list_args(q: &ListQuery) -> Result<(PlanFilter, u32, Option<i64>), ApiError> 
 }
 
 /// `GET /madre/plans`.
-#[utoipa::path(get, path = "/madre/plans", tag = "v7", params(("status" = Option<String>, Query, description = "PENDING, RUNNING, WAITING, DONE, ERROR or CANCELLED"), ("session_id" = Option<String>, Query, description = "Only this session"), ("limit" = Option<u32>, Query, description = "1..=200, default 20"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), security(("api_token" = [])), responses((status = 200, description = "Newest first", body = PlanPage), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 422, description = "Bad limit, cursor or status", body = ErrorBody)))]
+#[utoipa::path(get, path = "/madre/plans", tag = "v7", params(("status" = Option<Status>, Query, description = "Only plans in this status"), ("session_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "Only this session"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size, default 20"), ("cursor" = Option<String>, Query, pattern = "^[1-9][0-9]{0,17}$", description = "next_cursor of the previous page")), security(("api_token" = [])), responses((status = 200, description = "Newest first", body = PlanPage), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 422, description = "Bad limit, cursor or status", body = ErrorBody)))]
 pub async fn list_plans(
     state: Data,
     caller: Caller,
@@ -334,7 +354,7 @@ pub async fn list_plans(
 }
 
 /// `GET /tasks` (v6).
-#[utoipa::path(get, path = "/tasks", tag = "v6", params(("status" = Option<String>, Query, description = "PENDING, RUNNING, WAITING, DONE, ERROR or CANCELLED"), ("session_id" = Option<String>, Query, description = "Only this session"), ("limit" = Option<u32>, Query, description = "1..=200, default 20"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), security(("api_token" = [])), responses((status = 200, description = "Newest first", body = TaskPage), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 422, description = "Bad limit, cursor or status", body = ErrorBody)))]
+#[utoipa::path(get, path = "/tasks", tag = "v6", params(("status" = Option<Status>, Query, description = "Only plans in this status"), ("session_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "Only this session"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size, default 20"), ("cursor" = Option<String>, Query, pattern = "^[1-9][0-9]{0,17}$", description = "next_cursor of the previous page")), security(("api_token" = [])), responses((status = 200, description = "Newest first", body = TaskPage), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 422, description = "Bad limit, cursor or status", body = ErrorBody)))]
 pub async fn list_tasks(
     state: Data,
     caller: Caller,
@@ -404,7 +424,7 @@ pub struct ConfirmQuery {
 }
 
 /// `POST /madre/plans/{id}/confirm`: token in the JSON body or the query.
-#[utoipa::path(post, path = "/madre/plans/{id}/confirm", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)"), ("confirm_token" = Option<String>, Query, description = "The token, when not in the body")), request_body(content = Option<ConfirmRequest>, description = "The token, when not in the query"), security(("api_token" = [])), responses((status = 200, description = "Confirmed and run", body = ConfirmResponse), (status = 202, description = "Confirmed, still running", body = ConfirmResponse), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Not waiting", body = ErrorBody), (status = 410, description = "Expired", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
+#[utoipa::path(post, path = "/madre/plans/{id}/confirm", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)")), request_body(content = ConfirmRequest, description = "The token (a `confirm_token` query parameter is accepted instead of a body)"), security(("api_token" = [])), responses((status = 200, description = "Confirmed and run", body = ConfirmResponse), (status = 202, description = "Confirmed, still running", body = ConfirmResponse), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Not waiting", body = ErrorBody), (status = 410, description = "Expired", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
 pub async fn confirm(
     state: Data,
     caller: Caller,
@@ -485,7 +505,7 @@ pub async fn self_control(
     caller: Caller,
     body: web::Json<SelfControlRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    match body.action.trim().to_lowercase().as_str() {
+    match body.action.as_str() {
         "status" => {
             caller.require(Role::Viewer)?;
             Ok(HttpResponse::Ok()
@@ -535,6 +555,22 @@ pub async fn metrics(state: Data, caller: Caller) -> Result<HttpResponse, ApiErr
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out))
+}
+
+/// A known path with a method it does not serve: JSON 405 with `Allow`.
+pub fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> HttpResponse {
+    use actix_web::ResponseError;
+    let error = ApiError::MethodNotAllowed(format!(
+        "{} is not served on {}; use {allow}",
+        req.method(),
+        req.path()
+    ));
+    let mut response = error.error_response();
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static(allow),
+    );
+    response
 }
 
 /// Unknown routes: JSON 404.

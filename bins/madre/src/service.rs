@@ -490,18 +490,25 @@ pub async fn control(
     };
     if target == "madre" {
         caller.require(Role::Admin)?;
-        if action != "status" {
-            return Err(ApiError::InvalidField(
-                "invalid field `action`: madre accepts status here; use POST /control for restart"
-                    .into(),
-            ));
-        }
+        let (status, reason) = match action {
+            "status" => (ControlStatus::Accepted, None),
+            "restart" | "reload" => {
+                crate::app::reload(state)?;
+                (ControlStatus::Accepted, Some("policy reloaded".to_owned()))
+            }
+            other => (
+                ControlStatus::Denied,
+                Some(format!(
+                    "madre supports status and restart, not \"{other}\""
+                )),
+            ),
+        };
         let response = ControlResponse {
-            status: ControlStatus::Accepted,
+            status,
             action_id: None,
             confirm_token: None,
             confirm_expires_at: None,
-            reason: None,
+            reason,
             plan_id: None,
             result: Some(own_status(state)),
         };

@@ -8,6 +8,8 @@
 //! never re-checks a field.
 
 mod enums;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod types;
 mod validate;
 
@@ -15,5 +17,5 @@ pub use enums::{Mode, Module, ModuleSet, RiskLevel, Status, StepType};
 pub use types::*;
 pub use validate::{
     MAX_MESSAGE_CHARS, MAX_SESSION_ID_CHARS, MAX_TASK_NAME_CHARS, MAX_WORD_CHARS, Message,
-    SessionId, ValidationError, Word,
+    SessionId, ValidationError, Word, is_blank,
 };

@@ -205,13 +205,22 @@ impl From<&Step> for ActionSummary {
 #[serde(deny_unknown_fields)]
 pub struct ChatRequest {
     /// What the person wrote (1..=8000 characters, not blank).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 8000,
+            pattern = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
+    )]
     pub message: String,
     /// Conversation to continue; a new one is created when absent.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._:-]{1,128}$"))]
     pub session_id: Option<String>,
     /// Free-form context; `context.mode` ("MADRE"/"AUDIO_ENGINEER") forces the mode.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::ChatContext>))]
     pub context: Option<Map<String, Value>>,
 }
 
@@ -325,15 +334,19 @@ impl fmt::Debug for ChatResponse {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlRequest {
-    /// The module (or other target) to act on.
+    /// The module to act on (`madre` for Madre itself).
+    #[cfg_attr(feature = "openapi", schema(value_type = Module))]
     pub target: String,
-    /// What to do to it.
+    /// What to do to it (a lower-case word).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9_-]{1,64}$"))]
     pub action: String,
     /// Extra parameters passed to the module.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub params: Option<Value>,
     /// The token of an earlier `pending_confirmation` answer.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub confirm_token: Option<String>,
 }
 
@@ -458,14 +471,25 @@ impl fmt::Debug for ControlResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
-    /// A human name for the task.
+    /// A human name for the task (1..=200 characters, not blank).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 200,
+            pattern = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
+    )]
     pub name: String,
-    /// The module to call.
+    /// The module to call (any but Madre itself).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::RemoteModule))]
     pub module: String,
-    /// The action to ask of it.
+    /// The action to ask of it (a lower-case word).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9_-]{1,64}$"))]
     pub action: String,
     /// Parameters for the module.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub payload: Option<Value>,
 }
 
@@ -485,8 +509,8 @@ pub struct TaskCommand {
 impl TaskRequest {
     /// Checks every field; the error names the first field that is wrong.
     pub fn validate(self) -> Result<TaskCommand, ValidationError> {
-        let name = self.name.trim().to_owned();
-        if name.is_empty() || name.chars().count() > MAX_TASK_NAME_CHARS {
+        let name = self.name;
+        if crate::validate::is_blank(&name) || name.chars().count() > MAX_TASK_NAME_CHARS {
             return Err(ValidationError::new(
                 "name",
                 format!("must be 1..={MAX_TASK_NAME_CHARS} characters and not blank"),
@@ -494,10 +518,12 @@ impl TaskRequest {
         }
         let module: Module = self
             .module
-            .trim()
-            .to_lowercase()
             .parse()
-            .map_err(|_| ValidationError::new("module", "must name a VX11 module"))?;
+            .ok()
+            .filter(|m| *m != Module::Madre)
+            .ok_or_else(|| {
+                ValidationError::new("module", "must name a VX11 module Madre delegates to")
+            })?;
         let action = Word::parse("action", &self.action)?;
         let payload = object_or_empty("payload", self.payload)?;
         Ok(TaskCommand {
@@ -656,6 +682,7 @@ pub struct PlanDetail {
 #[serde(deny_unknown_fields)]
 pub struct ConfirmRequest {
     /// The token returned with the WAITING answer.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub confirm_token: String,
 }
 
@@ -688,14 +715,13 @@ pub struct CancelResponse {
 }
 
 /// Body of the v6 `POST /chat`: `user_message` or `message`.
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatV6Request {
-    /// The message (v6 name).
+    /// The message (v6 name; `message` is accepted in its place).
     #[serde(default)]
     pub user_message: Option<String>,
-    /// The message (v7 name, accepted too).
+    /// The message under its v7 name, used when `user_message` is absent.
     #[serde(default)]
     pub message: Option<String>,
     /// Conversation to continue.
@@ -703,7 +729,6 @@ pub struct ChatV6Request {
     pub session_id: Option<String>,
     /// Free-form context, as in v7.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub context: Option<Map<String, Value>>,
 }
 
@@ -718,6 +743,10 @@ impl fmt::Debug for ChatV6Request {
 impl ChatV6Request {
     /// Checks every field; either message name is accepted, `user_message` first.
     pub fn validate(self) -> Result<ChatCommand, ValidationError> {
+        if let (Some(_), Some(alias)) = (&self.user_message, &self.message) {
+            // Both given: both must be valid, as the published schema says.
+            Message::parse("message", alias.clone())?;
+        }
         let text = self
             .user_message
             .or(self.message)
@@ -808,11 +837,9 @@ pub struct TaskPage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelfControlRequest {
-    /// `status` or `restart`.
+    /// `status` (viewer) or `restart` (admin: reloads the policy file).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(status|restart)$"))]
     pub action: String,
-    /// Confirmation for `restart` (MED).
-    #[serde(default)]
-    pub confirm_token: Option<String>,
 }
 
 /// The JSON error shape of every failed request (SPEC §9).

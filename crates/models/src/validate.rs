@@ -34,6 +34,12 @@ pub const MAX_WORD_CHARS: usize = 64;
 /// Longest task name accepted by the v6 `/task` endpoint.
 pub const MAX_TASK_NAME_CHARS: usize = 200;
 
+/// True when `text` has no character outside Unicode `White_Space` (the
+/// published schema states the same rule as an explicit character class).
+pub fn is_blank(text: &str) -> bool {
+    text.chars().all(char::is_whitespace)
+}
+
 /// A chat message: 1..=8000 characters and not only white space.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,7 +49,7 @@ pub struct Message(String);
 impl Message {
     /// Checks the length and blankness rules for the field named `field`.
     pub fn parse(field: &'static str, text: String) -> Result<Self, ValidationError> {
-        if text.trim().is_empty() {
+        if is_blank(&text) {
             return Err(ValidationError::new(field, "must not be empty or blank"));
         }
         let chars = text.chars().count();
@@ -119,26 +125,28 @@ impl fmt::Display for SessionId {
 }
 
 /// A lower-case word naming an action or a target (`restart`, `shub`):
-/// 1..=64 characters of `a-z 0-9 _ -`, case-folded on parse.
+/// exactly 1..=64 characters of `a-z 0-9 _ -` (nothing is trimmed or
+/// case-folded, so the published schema and the server agree).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Word(String);
 
 impl Word {
-    /// Lower-cases and checks `text` for the field named `field`.
+    /// Checks `text` for the field named `field`.
     pub fn parse(field: &'static str, text: &str) -> Result<Self, ValidationError> {
-        let lower = text.trim().to_lowercase();
-        let ok_len = !lower.is_empty() && lower.chars().count() <= MAX_WORD_CHARS;
-        let ok_chars = lower
+        let ok_len = !text.is_empty() && text.len() <= MAX_WORD_CHARS;
+        let ok_chars = text
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
         if ok_len && ok_chars {
-            Ok(Self(lower))
+            Ok(Self(text.to_owned()))
         } else {
             Err(ValidationError::new(
                 field,
-                format!("must be one word of 1..={MAX_WORD_CHARS} letters, digits, '_' or '-'"),
+                format!(
+                    "must be one word of 1..={MAX_WORD_CHARS} lower-case letters, digits, '_' or '-'"
+                ),
             ))
         }
     }

@@ -394,8 +394,8 @@ fn chat_request_validation_names_the_field() {
 #[test]
 fn control_and_task_validation_names_the_field() {
     let cmd = ControlRequest {
-        target: " Shub ".into(),
-        action: "RESTART".into(),
+        target: "shub".into(),
+        action: "restart".into(),
         params: None,
         confirm_token: None,
     }
@@ -448,7 +448,7 @@ fn control_and_task_validation_names_the_field() {
 
     let task = TaskRequest {
         name: "nightly".into(),
-        module: "HERMES".into(),
+        module: "hermes".into(),
         action: "run".into(),
         payload: Some(json!({"a": 1})),
     }
@@ -555,4 +555,56 @@ fn module_sets() {
             .collect::<Vec<_>>(),
         vec![Module::Switch]
     );
+}
+
+#[test]
+fn words_modules_and_names_are_exact_nothing_is_trimmed_or_folded() {
+    let control = |target: &str, action: &str| {
+        ControlRequest {
+            target: target.into(),
+            action: action.into(),
+            params: None,
+            confirm_token: None,
+        }
+        .validate()
+    };
+    assert_eq!(control(" shub", "status").unwrap_err().field, "target");
+    assert_eq!(control("shub", "RESTART").unwrap_err().field, "action");
+    assert_eq!(
+        control("shub", "re\u{212A}start").unwrap_err().field,
+        "action",
+        "no Unicode case folding"
+    );
+    let task = |name: &str, module: &str| {
+        TaskRequest {
+            name: name.into(),
+            module: module.into(),
+            action: "run".into(),
+            payload: None,
+        }
+        .validate()
+    };
+    assert_eq!(task("n", "HERMES").unwrap_err().field, "module");
+    // blank is every character Unicode White_Space, as the schema's class says
+    assert_eq!(
+        task("\u{3000}\u{85}\u{2028}", "hermes").unwrap_err().field,
+        "name"
+    );
+    assert!(
+        task("\u{feff}", "hermes").is_ok(),
+        "U+FEFF is not White_Space"
+    );
+    assert!(is_blank(
+        " \t\n\u{a0}\u{1680}\u{2000}\u{200a}\u{202f}\u{205f}\u{3000}\u{b}\u{c}\u{d}\u{85}\u{2029}"
+    ));
+}
+
+#[test]
+fn v6_chat_with_both_names_needs_both_valid() {
+    let both: ChatV6Request =
+        serde_json::from_value(json!({"user_message": "hola", "message": "\u{c}"})).unwrap();
+    assert_eq!(both.validate().unwrap_err().field, "message");
+    let both: ChatV6Request =
+        serde_json::from_value(json!({"user_message": "hola", "message": "hi"})).unwrap();
+    assert_eq!(both.validate().unwrap().message.as_str(), "hola");
 }
