@@ -1,9 +1,11 @@
-//! Writes with group commit by flat combining: a writer queues its job, then
-//! takes the writer connection's lock and runs every queued job (its own and
-//! any that arrived meanwhile) in one `BEGIN IMMEDIATE` transaction, each in
-//! a savepoint, and commits once. Under contention one thread commits for
-//! many; alone, a write costs one commit and no thread hand-off (which costs
-//! several commits' worth on small virtual machines).
+//! Writes with group commit by flat combining: a writer queues its job and,
+//! when the writer connection is free, becomes the combiner: it runs every
+//! queued job (its own and any that arrived meanwhile) in one
+//! `BEGIN IMMEDIATE` transaction, each in a savepoint, commits once, and
+//! repeats while jobs keep arriving. A writer that finds the connection busy
+//! waits for its answer instead of queueing on the lock, so concurrent
+//! writes share commits. Alone, a write costs one commit and no thread
+//! hand-off (which costs several commits' worth on small virtual machines).
 
 use rusqlite::Connection;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -102,36 +104,54 @@ impl Writer {
         }
     }
 
-    /// Runs every queued job in one transaction. Whoever queued a job and
-    /// then returns from here is sure it ran: either this call ran it, or a
-    /// previous holder of the connection lock did before releasing it.
-    fn run_queued(&self) {
-        let conn = lock(&self.conn);
-        let mut batch = std::mem::take(&mut *lock(&self.queue));
-        if batch.is_empty() {
-            return;
-        }
-        let commit = match conn.execute_batch("BEGIN IMMEDIATE") {
-            Err(e) => Err(e.to_string()),
-            Ok(()) => {
-                for job in &mut batch {
-                    job.run(&conn);
+    /// Commits queued jobs until none is left, if no other thread is doing
+    /// so already. A thread that finds the connection busy leaves its job
+    /// queued and returns: the combiner holding the connection drains the
+    /// queue again before it lets go, and checks it once more after letting
+    /// go, so no job is stranded. Jobs that queue up while a commit is in
+    /// flight go into the next commit together (group commit).
+    fn combine(&self) {
+        loop {
+            let conn = match self.conn.try_lock() {
+                Ok(conn) => conn,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let batch = std::mem::take(&mut *lock(&self.queue));
+                if batch.is_empty() {
+                    break;
                 }
-                conn.execute_batch("COMMIT").map_err(|e| {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    e.to_string()
-                })
+                commit_batch(&conn, batch);
             }
-        };
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, writes = batch.len(), "database commit failed");
+            drop(conn);
+            if lock(&self.queue).is_empty() {
+                return;
+            }
         }
-        // Answer while still holding the connection: a caller whose job ran
-        // here may be waiting for this lock and must find its answer ready.
-        for job in batch {
-            job.finish(commit.clone());
+    }
+}
+
+/// Runs `batch` in one transaction, each job in its own savepoint, and
+/// answers every job once the commit is known.
+fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) {
+    let commit = match conn.execute_batch("BEGIN IMMEDIATE") {
+        Err(e) => Err(e.to_string()),
+        Ok(()) => {
+            for job in &mut batch {
+                job.run(conn);
+            }
+            conn.execute_batch("COMMIT").map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                e.to_string()
+            })
         }
-        drop(conn);
+    };
+    if let Err(e) = &commit {
+        tracing::error!(error = %e, writes = batch.len(), "database commit failed");
+    }
+    for job in batch {
+        job.finish(commit.clone());
     }
 }
 
@@ -152,10 +172,12 @@ impl<T> Write<T> {
         if let Some(job) = self.job.take() {
             lock(&self.writer.queue).push(job);
         }
-        self.writer.run_queued();
+        self.writer.combine();
+        // Either this thread committed the job, or the combiner that held
+        // the connection will: wait for its answer.
         self.answer
-            .try_recv()
-            .map_err(|_| DbError::Internal("a queued write did not run".into()))?
+            .blocking_recv()
+            .map_err(|_| DbError::Internal("a queued write was dropped".into()))?
     }
 }
 
