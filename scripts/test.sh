@@ -11,3 +11,4 @@ fi
 
 cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc
+./scripts/fuzz-api.sh

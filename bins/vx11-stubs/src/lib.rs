@@ -87,6 +87,7 @@ impl Shared {
 pub struct StubServer {
     addresses: HashMap<Module, SocketAddr>,
     handle: ServerHandle,
+    task: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl StubServer {
@@ -126,8 +127,12 @@ impl StubServer {
         }
         let server = server.run();
         let handle = server.handle();
-        actix_web::rt::spawn(server);
-        Ok(Self { addresses, handle })
+        let task = actix_web::rt::spawn(server);
+        Ok(Self {
+            addresses,
+            handle,
+            task,
+        })
     }
 
     /// The address of `module`.
@@ -165,6 +170,13 @@ impl StubServer {
             .json()
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Serves until the server stops (SIGTERM or SIGINT, handled by actix).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task
+            .await
+            .map_err(|e| std::io::Error::other(format!("stub server task failed: {e}")))?
     }
 
     /// Stops the server, waiting for in-flight answers.

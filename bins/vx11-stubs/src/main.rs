@@ -25,7 +25,6 @@ async fn main() -> std::io::Result<()> {
     for module in Module::REMOTE {
         eprintln!("vx11-stubs: {module:<15} {}", stubs.url(module));
     }
-    tokio::signal::ctrl_c().await?;
-    stubs.stop().await;
-    Ok(())
+    // actix stops the server on SIGTERM or SIGINT.
+    stubs.wait().await
 }
