@@ -7,7 +7,9 @@ use unicode_normalization::char::is_combining_mark;
 use crate::lexicon::Phrase;
 
 /// The folded words of a text: lower case, accents removed, split on
-/// anything that is not a letter, a digit or `_`.
+/// anything that is not a letter or a digit. `_` splits too, so
+/// `delete_all_data` is seen as the destructive request it is
+/// (`tentaculo_link` is matched as the phrase `tentaculo link`).
 pub(crate) struct Words {
     words: Vec<String>,
 }
@@ -17,7 +19,7 @@ impl Words {
         let lower: String = text.chars().flat_map(char::to_lowercase).collect();
         let folded: String = lower.nfd().filter(|c| !is_combining_mark(*c)).collect();
         let words = folded
-            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .split(|c: char| !c.is_alphanumeric())
             .filter(|w| !w.is_empty())
             .map(str::to_owned)
             .collect();

@@ -21,6 +21,7 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("erase my history", "delete", "system"),
     ("DELETE EVERYTHING NOW!!!", "delete", "system"),
     ("Please, delete: the cache.", "delete", "system"),
+    ("run delete_all_data now", "delete", "system"),
     ("don't delete anything", "delete", "system"),
     ("restart and then delete the cache", "delete", "system"),
     ("delete the stems of the mix", "delete", "system"),
