@@ -194,13 +194,18 @@ impl Runner {
         self.start(plan_id, options)?.finished().await
     }
 
-    /// Starts every plan left RUNNING by an earlier process (WAITING plans
-    /// keep waiting); answers their ids and runs.
+    /// Starts every plan an earlier process left RUNNING, or stored but
+    /// never started (PENDING: accepted work is not dropped by a crash);
+    /// WAITING plans keep waiting. Answers their runs.
     pub async fn resume_interrupted(&self, request_id: &str) -> Result<Vec<PlanRun>, RunnerError> {
         let ids = self
             .inner
             .db
-            .run_blocking(|db| db.plan_ids_with_status(Status::Running))
+            .run_blocking(|db| {
+                let mut ids = db.plan_ids_with_status(Status::Running)?;
+                ids.extend(db.plan_ids_with_status(Status::Pending)?);
+                Ok(ids)
+            })
             .await?;
         let mut runs = Vec::new();
         for plan_id in ids {

@@ -491,15 +491,21 @@ async fn an_interrupted_plan_is_resumed_with_the_idempotency_key() {
         ))),
         RunnerConfig::default(),
     );
+    // and a plan that was stored but never started before the crash
+    let never_started = h.plan("hello again", Mode::Madre).await;
     let runs = runner.resume_interrupted("resume").await.unwrap();
-    assert_eq!(runs.len(), 1);
+    assert_eq!(runs.len(), 2);
+    let mut runs: Vec<_> = runs.into_iter().collect();
+    let second = runs.pop().unwrap();
+    assert_eq!(second.plan_id(), never_started);
+    assert_eq!(second.finished().await.unwrap().plan.status, Status::Done);
     let done = runs.into_iter().next().unwrap().finished().await.unwrap();
     assert_eq!(done.plan.status, Status::Done);
     assert_eq!(reply(&done), "[hermes stub via engine-before-crash] hello");
     assert_eq!(
         h.calls(Module::Switch).await,
-        0,
-        "finished steps never run twice"
+        1,
+        "only the never-started plan calls Switch: finished steps never run twice"
     );
     let stats = h.stubs.stats(Module::Hermes).await.unwrap();
     assert_eq!(stats.idempotency_keys, vec![hermes_step.to_string()]);
