@@ -1098,3 +1098,33 @@ async fn the_openapi_document_describes_every_endpoint() {
     }
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn each_principal_has_a_rate_limit_and_health_is_exempt() {
+    let app = spawn_app_with(&[("MADRE_RATE_LIMIT_PER_S", "3")]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(app.send("GET", "/madre/plans", Some(VIEWER), None).await);
+    }
+    let limited: Vec<&Reply> = statuses.iter().filter(|r| r.status == 429).collect();
+    assert!(
+        !limited.is_empty(),
+        "6 requests at once exceed 3 per second"
+    );
+    assert_eq!(
+        statuses.iter().filter(|r| r.status == 200).count() + limited.len(),
+        6
+    );
+    assert_eq!(s(&limited[0].body["error"]), "rate_limited");
+    // another principal has its own budget; /health needs none
+    assert_eq!(
+        app.send("GET", "/madre/plans", Some(OPERATOR), None)
+            .await
+            .status,
+        200
+    );
+    for _ in 0..10 {
+        assert_eq!(app.send("GET", "/health", None, None).await.status, 200);
+    }
+    app.stop().await;
+}

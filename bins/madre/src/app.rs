@@ -105,6 +105,7 @@ impl Application {
             })?
             .port();
         let max_body = settings.max_body_bytes;
+        let rate_limit_per_s = settings.rate_limit_per_s;
         let state = web::Data::new(AppState {
             settings,
             db,
@@ -113,6 +114,7 @@ impl Application {
             health,
             principals,
             tables: RwLock::new(Arc::new(tables)),
+            rate_limiter: crate::rate_limit::RateLimiter::new(rate_limit_per_s),
             metrics: Metrics::default(),
             started_at: Instant::now(),
         });

@@ -48,6 +48,18 @@ impl FromRequest for Caller {
             (Some(state), Some(token)) => state.principals.authenticate(token).cloned(),
             _ => None,
         };
-        ready(principal.map(Caller).ok_or(ApiError::Unauthorized))
+        let Some(principal) = principal else {
+            return ready(Err(ApiError::Unauthorized));
+        };
+        let limited = state
+            .map(|s| {
+                s.rate_limiter
+                    .check(&principal.name, std::time::Instant::now())
+            })
+            .unwrap_or(Ok(()));
+        ready(match limited {
+            Ok(()) => Ok(Caller(principal)),
+            Err(wait) => Err(ApiError::TooManyRequests(wait)),
+        })
     }
 }

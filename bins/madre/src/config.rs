@@ -47,6 +47,8 @@ pub struct Settings {
     pub probe_interval: Duration,
     /// Cleanup period (`MADRE_CLEANUP_INTERVAL_S`, default 60).
     pub cleanup_interval: Duration,
+    /// Requests per second allowed per principal (`MADRE_RATE_LIMIT_PER_S`, 0 = unlimited).
+    pub rate_limit_per_s: u32,
     /// Logs as JSON lines on stderr (`MADRE_LOG_FORMAT=json`).
     pub log_json: bool,
 }
@@ -200,6 +202,7 @@ impl Settings {
                 60,
                 1,
             )?),
+            rate_limit_per_s: source.number("MADRE_RATE_LIMIT_PER_S", 0, 0)?,
             log_json,
             data_dir,
         })

@@ -56,6 +56,9 @@ pub enum ApiError {
     /// 422: an Idempotency-Key reused with a different body.
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
+    /// 429: the principal's rate limit is spent; retry after the duration.
+    #[error("rate limit reached; retry in {} ms", .0.as_millis())]
+    TooManyRequests(std::time::Duration),
     /// 503: the plan queue is full.
     #[error("Madre is at capacity ({0} plans waiting); retry later")]
     QueueFull(usize),
@@ -106,6 +109,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::InvalidField(_) => "invalid_field",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::TooManyRequests(_) => "rate_limited",
             ApiError::QueueFull(_) => "queue_full",
             ApiError::Internal(_) => "internal_error",
         }
@@ -127,6 +131,7 @@ impl ResponseError for ApiError {
             ApiError::InvalidField(_) | ApiError::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -143,8 +148,15 @@ impl ResponseError for ApiError {
             other => other.to_string(),
         };
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::QueueFull(_) = self {
-            response.insert_header(("Retry-After", "1"));
+        match self {
+            ApiError::QueueFull(_) => {
+                response.insert_header(("Retry-After", "1"));
+            }
+            ApiError::TooManyRequests(wait) => {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                response.insert_header(("Retry-After", seconds.max(1).to_string()));
+            }
+            _ => {}
         }
         response.json(ErrorBody {
             error: self.code().to_owned(),

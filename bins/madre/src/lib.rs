@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
 pub mod service;

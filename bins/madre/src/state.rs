@@ -26,6 +26,8 @@ pub struct AppState {
     pub principals: Principals,
     /// Current risk tables (reloaded by a restart).
     pub tables: RwLock<Arc<RiskTables>>,
+    /// Per-principal request budget.
+    pub rate_limiter: crate::rate_limit::RateLimiter,
     /// Request counters.
     pub metrics: Metrics,
     /// When the server started.
