@@ -19,15 +19,6 @@ fi
 
 cargo build --quiet -p madre -p vx11-stubs
 
-# Free ports: stubs at default ports + OFFSET, madre at 8001 + OFFSET.
-for _ in $(seq 1 20); do
-    OFFSET=$(( 20000 + (RANDOM % 20000) ))
-    busy=0
-    for p in 8000 8001 8002 8003 8004 8005 8006 8007 8008; do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$((p + OFFSET))") 2>/dev/null; then busy=1; break; fi
-    done
-    [ "$busy" = 0 ] && break
-done
 WORK=$(mktemp -d)
 cleanup() {
     [ -n "${MADRE_PID:-}" ] && kill "$MADRE_PID" 2>/dev/null || true
@@ -36,30 +27,55 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-target/debug/vx11-stubs --port-offset "$OFFSET" >"$WORK/stubs.log" 2>&1 &
-STUBS_PID=$!
 TOKEN=fuzz-$RANDOM-$RANDOM
-env MADRE_BIND="127.0.0.1:$((8001 + OFFSET))" MADRE_DATA_DIR="$WORK/data" VX11_TOKEN="$TOKEN" RUST_LOG=warn \
-    VX11_TENTACULO_LINK_URL="http://127.0.0.1:$((8000 + OFFSET))" \
-    VX11_SWITCH_URL="http://127.0.0.1:$((8002 + OFFSET))" \
-    VX11_HERMES_URL="http://127.0.0.1:$((8003 + OFFSET))" \
-    VX11_HORMIGUERO_URL="http://127.0.0.1:$((8004 + OFFSET))" \
-    VX11_MANIFESTATOR_URL="http://127.0.0.1:$((8005 + OFFSET))" \
-    VX11_MCP_URL="http://127.0.0.1:$((8006 + OFFSET))" \
-    VX11_SHUB_URL="http://127.0.0.1:$((8007 + OFFSET))" \
-    VX11_SPAWNER_URL="http://127.0.0.1:$((8008 + OFFSET))" \
-    target/debug/madre serve >"$WORK/madre.log" 2>&1 &
-MADRE_PID=$!
-BASE="http://127.0.0.1:$((8001 + OFFSET))"
-for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$((8001 + OFFSET))") 2>/dev/null; then break; fi
-    sleep 0.1
+
+# Starts vx11-stubs at the default ports + OFFSET and madre at 8001 + OFFSET,
+# with OFFSET chosen below the kernel's ephemeral port range (32768+) so no
+# outgoing connection can take a port between the check and the bind.
+start_servers() {
+    OFFSET=$(( 12000 + (RANDOM % 12000) ))
+    for p in 8000 8001 8002 8003 8004 8005 8006 8007 8008; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$((p + OFFSET))") 2>/dev/null; then return 1; fi
+    done
+    target/debug/vx11-stubs --port-offset "$OFFSET" >"$WORK/stubs.log" 2>&1 &
+    STUBS_PID=$!
+    env MADRE_BIND="127.0.0.1:$((8001 + OFFSET))" MADRE_DATA_DIR="$WORK/data-$OFFSET" VX11_TOKEN="$TOKEN" RUST_LOG=warn \
+        VX11_TENTACULO_LINK_URL="http://127.0.0.1:$((8000 + OFFSET))" \
+        VX11_SWITCH_URL="http://127.0.0.1:$((8002 + OFFSET))" \
+        VX11_HERMES_URL="http://127.0.0.1:$((8003 + OFFSET))" \
+        VX11_HORMIGUERO_URL="http://127.0.0.1:$((8004 + OFFSET))" \
+        VX11_MANIFESTATOR_URL="http://127.0.0.1:$((8005 + OFFSET))" \
+        VX11_MCP_URL="http://127.0.0.1:$((8006 + OFFSET))" \
+        VX11_SHUB_URL="http://127.0.0.1:$((8007 + OFFSET))" \
+        VX11_SPAWNER_URL="http://127.0.0.1:$((8008 + OFFSET))" \
+        target/debug/madre serve >"$WORK/madre.log" 2>&1 &
+    MADRE_PID=$!
+    BASE="http://127.0.0.1:$((8001 + OFFSET))"
+    for _ in $(seq 1 300); do
+        if ! kill -0 "$MADRE_PID" 2>/dev/null || ! kill -0 "$STUBS_PID" 2>/dev/null; then
+            echo "fuzz-api: a server exited at start (offset $OFFSET):" >&2
+            cat "$WORK/madre.log" "$WORK/stubs.log" >&2
+            kill "$MADRE_PID" "$STUBS_PID" 2>/dev/null || true
+            wait "$MADRE_PID" "$STUBS_PID" 2>/dev/null || true
+            return 1
+        fi
+        if curl -fsS "$BASE/health" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "fuzz-api: madre did not answer /health within 30 s" >&2
+    return 1
+}
+
+started=0
+for attempt in 1 2 3; do
+    if start_servers; then started=1; break; fi
+    echo "fuzz-api: start attempt $attempt failed; retrying" >&2
 done
+[ "$started" = 1 ] || { echo "fuzz-api: could not start the servers" >&2; exit 1; }
 
 status=0
 timeout 600 "$VENV/bin/schemathesis" --config-file scripts/schemathesis.toml run "$BASE/openapi.json" \
-    -H "X-VX11-Token: $TOKEN" --checks all --max-examples "$EXAMPLES" --request-timeout 20 \
+    -H "X-VX11-Token: $TOKEN" --checks all --max-examples "$EXAMPLES" --request-timeout 20 --wait-for-schema 30 \
     --generation-deterministic || status=$?
 if grep -qi "panicked" "$WORK/madre.log"; then
     echo "fuzz-api: madre panicked during the run:" >&2

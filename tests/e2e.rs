@@ -1128,3 +1128,284 @@ async fn each_principal_has_a_rate_limit_and_health_is_exempt() {
     }
     app.stop().await;
 }
+
+/// One fault and what a plan must do about it.
+struct Fault {
+    name: &'static str,
+    behaviour: Behaviour,
+    /// Calls the module sees (1, or 2 with the one retry).
+    calls: u64,
+    /// Error code of a required step that fails, `None` when the call succeeds.
+    code: Option<&'static str>,
+}
+
+fn faults() -> Vec<Fault> {
+    let b = Behaviour::default;
+    vec![
+        Fault {
+            name: "500",
+            behaviour: Behaviour {
+                error_status: Some(500),
+                ..b()
+            },
+            calls: 2,
+            code: Some("http_500"),
+        },
+        Fault {
+            name: "503 then OK",
+            behaviour: Behaviour {
+                fail_first: 1,
+                ..b()
+            },
+            calls: 2,
+            code: None,
+        },
+        Fault {
+            name: "slower than the call timeout",
+            behaviour: Behaviour {
+                latency_ms: 800,
+                ..b()
+            },
+            calls: 2,
+            code: Some("timeout"),
+        },
+        Fault {
+            name: "hanging",
+            behaviour: Behaviour { hang: true, ..b() },
+            calls: 2,
+            code: Some("timeout"),
+        },
+        Fault {
+            name: "garbage body",
+            behaviour: Behaviour {
+                garbage: true,
+                ..b()
+            },
+            calls: 1,
+            code: Some("invalid_body"),
+        },
+        Fault {
+            name: "10 MiB body",
+            behaviour: Behaviour {
+                body_bytes: Some(10 << 20),
+                ..b()
+            },
+            calls: 1,
+            code: Some("body_too_large"),
+        },
+        Fault {
+            name: "connection reset",
+            behaviour: Behaviour { reset: true, ..b() },
+            calls: 2,
+            code: Some("unreachable"),
+        },
+    ]
+}
+
+async fn timed_chat(app: &TestApp, message: &str) -> Reply {
+    let started = std::time::Instant::now();
+    let r = app.chat(OPERATOR, message).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r
+}
+
+#[actix_rt::test]
+async fn fault_matrix_required_optional_and_audio_modules() {
+    let app = spawn_app_with(&[("MADRE_CALL_TIMEOUT_MS", "300")]).await;
+    for fault in faults() {
+        for module in [Module::Hermes, Module::Switch, Module::Shub] {
+            app.stubs.behave(module, &fault.behaviour).await.unwrap();
+            let before = app.calls(module).await;
+            let message = if module == Module::Shub {
+                "render the track"
+            } else {
+                "hello"
+            };
+            let r = if fault.behaviour.hang {
+                // /health keeps answering while a module hangs
+                let (chat, health) = futures_util::future::join(timed_chat(&app, message), async {
+                    actix_rt::time::sleep(Duration::from_millis(50)).await;
+                    let started = std::time::Instant::now();
+                    let h = app.send("GET", "/health", None, None).await;
+                    (h.status, started.elapsed())
+                })
+                .await;
+                assert_eq!(health.0, 200);
+                assert!(
+                    health.1 < Duration::from_secs(1),
+                    "/health took {:?} during a hang",
+                    health.1
+                );
+                chat
+            } else {
+                timed_chat(&app, message).await
+            };
+            let cell = format!("{module} × {}", fault.name);
+            assert_eq!(
+                app.calls(module).await - before,
+                fault.calls,
+                "{cell}: calls"
+            );
+            let plan = s(&r.body["plan_id"]).to_owned();
+            let detail = app
+                .send("GET", &format!("/madre/plans/{plan}"), Some(VIEWER), None)
+                .await;
+            let (status, error) = (s(&r.body["status"]), s(&detail.body["plan"]["error"]));
+            match (module, fault.code) {
+                (_, None) => assert_eq!(status, "DONE", "{cell}"),
+                (Module::Switch, Some(_)) => {
+                    assert_eq!(status, "DONE", "{cell}: Switch is optional");
+                    assert!(
+                        r.body["warnings"]
+                            .as_array()
+                            .unwrap()
+                            .contains(&json!("switch_unavailable")),
+                        "{cell}"
+                    );
+                    assert_eq!(
+                        s(&r.body["response"]),
+                        "[hermes stub via default] hello",
+                        "{cell}"
+                    );
+                }
+                (_, Some(code)) => {
+                    assert_eq!((status, error), ("ERROR", code), "{cell}");
+                    assert!(
+                        s(&r.body["response"]).starts_with("Plan failed: "),
+                        "{cell}: {}",
+                        r.body
+                    );
+                }
+            }
+            app.stubs
+                .behave(module, &Behaviour::default())
+                .await
+                .unwrap();
+        }
+    }
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn fault_matrix_modules_that_are_down() {
+    for (module, message) in [
+        (Module::Hermes, "hello"),
+        (Module::Switch, "hello"),
+        (Module::Shub, "render the track"),
+    ] {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let var = format!("VX11_{}_URL", module.env_name());
+        let app = spawn_app_with(&[
+            (var.as_str(), url.as_str()),
+            ("MADRE_CALL_TIMEOUT_MS", "300"),
+        ])
+        .await;
+        let r = timed_chat(&app, message).await;
+        if module == Module::Switch {
+            assert_eq!(s(&r.body["status"]), "DONE");
+            assert!(
+                r.body["warnings"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("switch_unavailable"))
+            );
+        } else {
+            let plan = s(&r.body["plan_id"]).to_owned();
+            let detail = app
+                .send("GET", &format!("/madre/plans/{plan}"), Some(VIEWER), None)
+                .await;
+            assert_eq!(
+                (s(&r.body["status"]), s(&detail.body["plan"]["error"])),
+                ("ERROR", "unreachable"),
+                "{module} down"
+            );
+        }
+        app.stop().await;
+    }
+}
+
+/// Anonymous resident memory (heap and stacks) of this process, in KiB: what
+/// a leak grows. File-backed pages (code faulted in as new paths run, the
+/// SQLite WAL index) are left out.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[actix_rt::test]
+async fn ten_thousand_requests_against_faulty_modules_keep_memory_bounded() {
+    let app = std::rc::Rc::new(spawn_app_with(&[("MADRE_CALL_TIMEOUT_MS", "300")]).await);
+    app.stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                error_status: Some(500),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    app.stubs
+        .behave(
+            Module::Switch,
+            &Behaviour {
+                garbage: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    async fn burst(app: &std::rc::Rc<TestApp>, total: usize) {
+        let workers: Vec<_> = (0..16)
+            .map(|_| {
+                let app = app.clone();
+                actix_rt::spawn(async move {
+                    for _ in 0..total / 16 {
+                        let r = app
+                            .send(
+                                "POST",
+                                "/madre/chat",
+                                Some(OPERATOR),
+                                Some(json!({"message": "hello"})),
+                            )
+                            .await;
+                        assert_eq!(r.status, 200);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+    // Warm-up until the pools, SQLite caches and allocator arenas have grown
+    // to their working size.
+    burst(&app, 3_200).await;
+    let before = rss_kib();
+    burst(&app, 10_000).await;
+    let after = rss_kib();
+    eprintln!("anonymous RSS: {before} KiB after warm-up, {after} KiB after 10,000 more requests");
+    assert!(before > 0);
+    // Bounded caches (SQLite's 1 MiB per connection, allocator arenas) still
+    // fill during this window: measured growth is 40-50 % here, levelling off
+    // near 28 MiB over 40,000 requests (docs/reliability.md). A leak of
+    // 1.5 KiB per request would double the starting size.
+    assert!(
+        after <= before * 2,
+        "anonymous RSS grew from {before} KiB to {after} KiB"
+    );
+    let metrics = app.send("GET", "/metrics", Some(VIEWER), None).await;
+    assert!(s(&metrics.body).contains("madre_plans{status=\"ERROR\"} 13200"));
+    app.stop().await;
+}

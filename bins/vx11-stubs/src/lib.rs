@@ -7,7 +7,7 @@
 //! per module through an admin endpoint on that module's port:
 //!
 //! - `PUT /__stub/behaviour` with a [`Behaviour`] (latency, error status,
-//!   fail-the-first-N, hang, garbage or oversized bodies);
+//!   fail-the-first-N, hang, garbage or oversized bodies, connection reset);
 //! - `GET /__stub/stats` answers [`Stats`] (calls, in-flight peak, the
 //!   `Idempotency-Key`s seen);
 //! - `POST /__stub/reset` clears both.
@@ -41,6 +41,8 @@ pub struct Behaviour {
     pub garbage: bool,
     /// Answer 200 with a JSON body this many bytes long.
     pub body_bytes: Option<usize>,
+    /// Cut the connection in the middle of the answer.
+    pub reset: bool,
 }
 
 /// What a module has seen since the last reset.
@@ -52,7 +54,7 @@ pub struct Stats {
     pub in_flight: u64,
     /// The most calls answered at once.
     pub peak_in_flight: u64,
-    /// `Idempotency-Key` headers received, in order.
+    /// The latest `Idempotency-Key` headers received (at most 1,000), in order.
     pub idempotency_keys: Vec<String>,
     /// `X-VX11-Token` values were present on every call.
     pub all_calls_had_token: bool,
@@ -243,6 +245,9 @@ async fn module_call(
         stats.in_flight += 1;
         stats.peak_in_flight = stats.peak_in_flight.max(stats.in_flight);
         if let Some(key) = header("idempotency-key") {
+            if stats.idempotency_keys.len() == 1000 {
+                stats.idempotency_keys.remove(0);
+            }
             stats.idempotency_keys.push(key);
         }
         let fail_now = s.failures_served < s.behaviour.fail_first;
@@ -266,6 +271,14 @@ async fn module_call(
         let status = actix_web::http::StatusCode::from_u16(status)
             .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
         return HttpResponse::build(status).json(json!({"error": "injected error"}));
+    }
+    if behaviour.reset {
+        let broken = futures_util::stream::once(async {
+            Err::<web::Bytes, _>(std::io::Error::other("connection reset by vx11-stubs"))
+        });
+        return HttpResponse::Ok()
+            .content_type("application/json")
+            .streaming(broken);
     }
     if behaviour.garbage {
         return HttpResponse::Ok()
