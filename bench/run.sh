@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# HTTP load benchmark of madre against vx11-stubs (zero added latency), with
+# wrk (installed from Debian when missing). Release binaries, a fresh data
+# directory, 127.0.0.1 only, every run bounded by BENCH_SECONDS.
+# Writes bench/out/results.tsv and prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+CONCURRENCIES=${BENCH_CONCURRENCY:-"1 16 64 256"}
+SEED_PLANS=${BENCH_SEED_PLANS:-100000}
+OFFSET=${BENCH_PORT_OFFSET:-14000}
+
+if ! command -v wrk >/dev/null || ! command -v sqlite3 >/dev/null; then
+    echo "bench: installing wrk and sqlite3 (Debian)" >&2
+    apt-get update -qq && apt-get install -y -qq wrk sqlite3 >/dev/null
+fi
+cargo build --release --quiet -p madre -p vx11-stubs
+
+OUT=bench/out
+WORK=$(mktemp -d)
+mkdir -p "$OUT"
+: > "$OUT/results.tsv"
+export VX11_TOKEN=bench-$RANDOM-$RANDOM
+BASE="http://127.0.0.1:$((8001 + OFFSET))"
+
+stop() { [ -n "${1:-}" ] && kill "$1" 2>/dev/null && wait "$1" 2>/dev/null || true; }
+cleanup() { stop "${MADRE_PID:-}"; stop "${STUBS_PID:-}"; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+target/release/vx11-stubs --port-offset "$OFFSET" >"$WORK/stubs.log" 2>&1 &
+STUBS_PID=$!
+
+start_madre() {
+    env MADRE_BIND="127.0.0.1:$((8001 + OFFSET))" MADRE_DATA_DIR="$WORK/data" RUST_LOG=warn \
+        VX11_TENTACULO_LINK_URL="http://127.0.0.1:$((8000 + OFFSET))" \
+        VX11_SWITCH_URL="http://127.0.0.1:$((8002 + OFFSET))" \
+        VX11_HERMES_URL="http://127.0.0.1:$((8003 + OFFSET))" \
+        VX11_HORMIGUERO_URL="http://127.0.0.1:$((8004 + OFFSET))" \
+        VX11_MANIFESTATOR_URL="http://127.0.0.1:$((8005 + OFFSET))" \
+        VX11_MCP_URL="http://127.0.0.1:$((8006 + OFFSET))" \
+        VX11_SHUB_URL="http://127.0.0.1:$((8007 + OFFSET))" \
+        VX11_SPAWNER_URL="http://127.0.0.1:$((8008 + OFFSET))" \
+        target/release/madre serve >>"$WORK/madre.log" 2>&1 &
+    MADRE_PID=$!
+    for _ in $(seq 1 300); do
+        curl -fsS "$BASE/health" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "bench: madre did not start" >&2; cat "$WORK/madre.log" >&2; exit 1
+}
+
+peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$MADRE_PID/status"; }
+hermes_peak() {
+    curl -fsS "http://127.0.0.1:$((8003 + OFFSET))/__stub/stats" | sed -E 's/.*"peak_in_flight":([0-9]+).*/\1/'
+}
+
+# scenario script path; one madre process per scenario so its peak RSS is its own
+run_scenario() {
+    local name=$1 script=$2 path=$3
+    start_madre
+    curl -fsS -X POST "http://127.0.0.1:$((8003 + OFFSET))/__stub/reset" >/dev/null
+    for c in $CONCURRENCIES; do
+        local threads=$(( c < 2 ? 1 : 2 ))
+        local line
+        line=$(wrk -t"$threads" -c"$c" -d"${SECONDS_PER_RUN}s" --timeout 10s -s "$script" "$BASE$path" | grep '^RESULT')
+        printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$c" "$line" "$(peak_rss_mib)" "$(hermes_peak)" | tee -a "$OUT/results.tsv"
+    done
+    stop "$MADRE_PID"; MADRE_PID=
+}
+
+run_scenario ceiling bench/ceiling.lua /health
+run_scenario chat-low bench/chat_low.lua /madre/chat
+run_scenario chat-mixed bench/chat_mixed.lua /madre/chat
+
+# plans-read needs a large table: top it up to SEED_PLANS with real chats.
+start_madre
+have=$(sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM tasks" 2>/dev/null || echo 0)
+while [ "$have" -lt "$SEED_PLANS" ]; do
+    # Chats run at several hundred per second here: seed in bounded slices.
+    left=$((SEED_PLANS - have))
+    slice=$(( left / 400 + 1 )); [ "$slice" -gt 120 ] && slice=120
+    echo "bench: seeding about $left more plans through the API (${slice}s)" >&2
+    wrk -t2 -c64 -d"${slice}s" --timeout 10s -s bench/seed.lua "$BASE/madre/chat" >/dev/null
+    have=$(sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM tasks")
+done
+stop "$MADRE_PID"; MADRE_PID=
+PLANS=$(sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM tasks" 2>/dev/null || echo "?")
+run_scenario "plans-read ($PLANS plans)" bench/plans_read.lua "/madre/plans?limit=20"
+
+echo
+echo "| scenario | concurrency | requests/s | p50 ms | p99 ms | p99.9 ms | errors | madre peak RSS MiB | hermes in-flight peak |"
+echo "|---|---|---|---|---|---|---|---|---|"
+while IFS=$'\t' read -r name c line rss peak; do
+    rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$line")
+    p50=$(sed -E 's/.*p50_ms=([0-9.]+).*/\1/' <<<"$line")
+    p99=$(sed -E 's/.*p99_ms=([0-9.]+).*/\1/' <<<"$line")
+    p999=$(sed -E 's/.*p999_ms=([0-9.]+).*/\1/' <<<"$line")
+    errors=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line")
+    echo "| $name | $c | $rps | $p50 | $p99 | $p999 | $errors | $rss | $peak |"
+done <"$OUT/results.tsv"
