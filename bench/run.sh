@@ -5,6 +5,8 @@
 # Writes bench/out/results.tsv and prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/stub-urls.sh
+. scripts/stub-urls.sh
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 CONCURRENCIES=${BENCH_CONCURRENCY:-"1 16 64 256"}
@@ -33,14 +35,7 @@ STUBS_PID=$!
 
 start_madre() {
     env MADRE_BIND="127.0.0.1:$((8001 + OFFSET))" MADRE_DATA_DIR="$WORK/data" RUST_LOG=warn \
-        VX11_TENTACULO_LINK_URL="http://127.0.0.1:$((8000 + OFFSET))" \
-        VX11_SWITCH_URL="http://127.0.0.1:$((8002 + OFFSET))" \
-        VX11_HERMES_URL="http://127.0.0.1:$((8003 + OFFSET))" \
-        VX11_HORMIGUERO_URL="http://127.0.0.1:$((8004 + OFFSET))" \
-        VX11_MANIFESTATOR_URL="http://127.0.0.1:$((8005 + OFFSET))" \
-        VX11_MCP_URL="http://127.0.0.1:$((8006 + OFFSET))" \
-        VX11_SHUB_URL="http://127.0.0.1:$((8007 + OFFSET))" \
-        VX11_SPAWNER_URL="http://127.0.0.1:$((8008 + OFFSET))" \
+        $(vx11_stub_urls "$OFFSET") \
         target/release/madre serve >>"$WORK/madre.log" 2>&1 &
     MADRE_PID=$!
     for _ in $(seq 1 300); do

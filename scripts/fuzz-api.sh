@@ -6,6 +6,8 @@
 # and what the server accepts. Part of scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/stub-urls.sh
+. scripts/stub-urls.sh
 
 SCHEMATHESIS_VERSION=4.32.5
 EXAMPLES=${FUZZ_MAX_EXAMPLES:-40}
@@ -40,14 +42,7 @@ start_servers() {
     target/debug/vx11-stubs --port-offset "$OFFSET" >"$WORK/stubs.log" 2>&1 &
     STUBS_PID=$!
     env MADRE_BIND="127.0.0.1:$((8001 + OFFSET))" MADRE_DATA_DIR="$WORK/data-$OFFSET" VX11_TOKEN="$TOKEN" RUST_LOG=warn \
-        VX11_TENTACULO_LINK_URL="http://127.0.0.1:$((8000 + OFFSET))" \
-        VX11_SWITCH_URL="http://127.0.0.1:$((8002 + OFFSET))" \
-        VX11_HERMES_URL="http://127.0.0.1:$((8003 + OFFSET))" \
-        VX11_HORMIGUERO_URL="http://127.0.0.1:$((8004 + OFFSET))" \
-        VX11_MANIFESTATOR_URL="http://127.0.0.1:$((8005 + OFFSET))" \
-        VX11_MCP_URL="http://127.0.0.1:$((8006 + OFFSET))" \
-        VX11_SHUB_URL="http://127.0.0.1:$((8007 + OFFSET))" \
-        VX11_SPAWNER_URL="http://127.0.0.1:$((8008 + OFFSET))" \
+        $(vx11_stub_urls "$OFFSET") \
         target/debug/madre serve >"$WORK/madre.log" 2>&1 &
     MADRE_PID=$!
     BASE="http://127.0.0.1:$((8001 + OFFSET))"

@@ -24,6 +24,39 @@ use crate::state::AppState;
 
 type Data = web::Data<AppState>;
 
+/// The answers of every authenticated operation when the caller is refused.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum AuthErrors {
+    /// No or bad `X-VX11-Token`.
+    #[response(status = 401, description = "No or bad X-VX11-Token")]
+    Unauthorized(ErrorBody),
+    /// The caller's role is too low.
+    #[response(status = 403, description = "Role too low")]
+    Forbidden(ErrorBody),
+    /// The caller's rate limit is spent.
+    #[response(status = 429, description = "Rate limit reached (Retry-After)")]
+    RateLimited(ErrorBody),
+}
+
+/// The answers of every operation with a JSON body that cannot be used.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum BodyErrors {
+    /// Not JSON.
+    #[response(status = 400, description = "Malformed JSON")]
+    Malformed(ErrorBody),
+    /// Over the body limit.
+    #[response(status = 413, description = "Body too large")]
+    TooLarge(ErrorBody),
+    /// Not sent as application/json.
+    #[response(status = 415, description = "Not JSON")]
+    NotJson(ErrorBody),
+    /// A field broke its rule.
+    #[response(status = 422, description = "Invalid field")]
+    Invalid(ErrorBody),
+}
+
 fn request_id(req: &HttpRequest) -> String {
     use actix_web::HttpMessage;
     req.extensions()
@@ -123,7 +156,7 @@ pub async fn health(state: Data) -> HttpResponse {
 }
 
 /// `POST /madre/chat`.
-#[utoipa::path(post, path = "/madre/chat", tag = "v7", request_body = ChatRequest, params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]{0,198}[!-~])?$", description = "Replays the first answer of a retried request")), security(("api_token" = [])), responses((status = 200, description = "DONE, WAITING (with confirm_token) or ERROR", body = ChatResponse), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
+#[utoipa::path(post, path = "/madre/chat", tag = "v7", request_body = ChatRequest, params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]{0,198}[!-~])?$", description = "Replays the first answer of a retried request")), security(("api_token" = [])), responses((status = 200, description = "DONE, WAITING (with confirm_token) or ERROR", body = ChatResponse), AuthErrors, BodyErrors, (status = 503, description = "Queue full", body = ErrorBody)))]
 pub async fn chat(
     state: Data,
     caller: Caller,
@@ -142,7 +175,7 @@ pub async fn chat(
 }
 
 /// `POST /chat` (v6).
-#[utoipa::path(post, path = "/chat", tag = "v6", request_body = ChatV6Request, params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]{0,198}[!-~])?$", description = "Replays the first answer of a retried request")), security(("api_token" = [])), responses((status = 200, description = "v6 chat answer", body = ChatV6Response), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
+#[utoipa::path(post, path = "/chat", tag = "v6", request_body = ChatV6Request, params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]{0,198}[!-~])?$", description = "Replays the first answer of a retried request")), security(("api_token" = [])), responses((status = 200, description = "v6 chat answer", body = ChatV6Response), AuthErrors, BodyErrors, (status = 503, description = "Queue full", body = ErrorBody)))]
 pub async fn chat_v6(
     state: Data,
     caller: Caller,
@@ -186,7 +219,7 @@ pub async fn chat_v6(
 }
 
 /// `POST /madre/control`.
-#[utoipa::path(post, path = "/madre/control", tag = "v7", request_body = ControlRequest, security(("api_token" = [])), responses((status = 200, description = "accepted, pending_confirmation or denied", body = ControlResponse), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 404, description = "Unknown plan", body = ErrorBody), (status = 409, description = "Wrong state", body = ErrorBody), (status = 410, description = "Confirmation expired", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
+#[utoipa::path(post, path = "/madre/control", tag = "v7", request_body = ControlRequest, security(("api_token" = [])), responses((status = 200, description = "accepted, pending_confirmation or denied", body = ControlResponse), AuthErrors, BodyErrors, (status = 404, description = "Unknown plan", body = ErrorBody), (status = 409, description = "Wrong state", body = ErrorBody), (status = 410, description = "Confirmation expired", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
 pub async fn control(
     state: Data,
     caller: Caller,
@@ -207,7 +240,7 @@ pub async fn control(
 }
 
 /// `POST /task` (v6): 202, runs in the background.
-#[utoipa::path(post, path = "/task", tag = "v6", request_body = TaskRequest, params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]{0,198}[!-~])?$", description = "Replays the first answer of a retried request")), security(("api_token" = [])), responses((status = 202, description = "Accepted; poll /tasks/{id}", body = TaskAccepted), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
+#[utoipa::path(post, path = "/task", tag = "v6", request_body = TaskRequest, params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]{0,198}[!-~])?$", description = "Replays the first answer of a retried request")), security(("api_token" = [])), responses((status = 202, description = "Accepted; poll /tasks/{id}", body = TaskAccepted), AuthErrors, BodyErrors, (status = 503, description = "Queue full", body = ErrorBody)))]
 pub async fn task(
     state: Data,
     caller: Caller,
@@ -335,7 +368,7 @@ fn list_args(q: &ListQuery) -> Result<(PlanFilter, u32, Option<i64>), ApiError> 
 }
 
 /// `GET /madre/plans`.
-#[utoipa::path(get, path = "/madre/plans", tag = "v7", params(("status" = Option<Status>, Query, description = "Only plans in this status"), ("session_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "Only this session"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size, default 20"), ("cursor" = Option<String>, Query, pattern = "^[1-9][0-9]{0,17}$", description = "next_cursor of the previous page")), security(("api_token" = [])), responses((status = 200, description = "Newest first", body = PlanPage), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody), (status = 422, description = "Bad limit, cursor or status", body = ErrorBody)))]
+#[utoipa::path(get, path = "/madre/plans", tag = "v7", params(("status" = Option<Status>, Query, description = "Only plans in this status"), ("session_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "Only this session"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size, default 20"), ("cursor" = Option<String>, Query, pattern = "^[1-9][0-9]{0,17}$", description = "next_cursor of the previous page")), security(("api_token" = [])), responses((status = 200, description = "Newest first", body = PlanPage), AuthErrors, (status = 422, description = "Bad limit, cursor or status", body = ErrorBody)))]
 pub async fn list_plans(
     state: Data,
     caller: Caller,
@@ -354,7 +387,7 @@ pub async fn list_plans(
 }
 
 /// `GET /tasks` (v6).
-#[utoipa::path(get, path = "/tasks", tag = "v6", params(("status" = Option<Status>, Query, description = "Only plans in this status"), ("session_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "Only this session"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size, default 20"), ("cursor" = Option<String>, Query, pattern = "^[1-9][0-9]{0,17}$", description = "next_cursor of the previous page")), security(("api_token" = [])), responses((status = 200, description = "Newest first", body = TaskPage), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody), (status = 422, description = "Bad limit, cursor or status", body = ErrorBody)))]
+#[utoipa::path(get, path = "/tasks", tag = "v6", params(("status" = Option<Status>, Query, description = "Only plans in this status"), ("session_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "Only this session"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size, default 20"), ("cursor" = Option<String>, Query, pattern = "^[1-9][0-9]{0,17}$", description = "next_cursor of the previous page")), security(("api_token" = [])), responses((status = 200, description = "Newest first", body = TaskPage), AuthErrors, (status = 422, description = "Bad limit, cursor or status", body = ErrorBody)))]
 pub async fn list_tasks(
     state: Data,
     caller: Caller,
@@ -374,7 +407,7 @@ pub async fn list_tasks(
 }
 
 /// `GET /madre/plans/{id}`.
-#[utoipa::path(get, path = "/madre/plans/{id}", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "The plan, its intent and audit rows", body = PlanDetail), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
+#[utoipa::path(get, path = "/madre/plans/{id}", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "The plan, its intent and audit rows", body = PlanDetail), AuthErrors, (status = 404, description = "Unknown id", body = ErrorBody)))]
 pub async fn get_plan(
     state: Data,
     caller: Caller,
@@ -395,7 +428,7 @@ pub async fn get_plan(
 }
 
 /// `GET /tasks/{id}` (v6).
-#[utoipa::path(get, path = "/tasks/{id}", tag = "v6", params(("id" = String, Path, description = "Plan id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "The task", body = TaskView), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
+#[utoipa::path(get, path = "/tasks/{id}", tag = "v6", params(("id" = String, Path, description = "Plan id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "The task", body = TaskView), AuthErrors, (status = 404, description = "Unknown id", body = ErrorBody)))]
 pub async fn get_task(
     state: Data,
     caller: Caller,
@@ -424,7 +457,7 @@ pub struct ConfirmQuery {
 }
 
 /// `POST /madre/plans/{id}/confirm`: token in the JSON body or the query.
-#[utoipa::path(post, path = "/madre/plans/{id}/confirm", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)")), request_body(content = ConfirmRequest, description = "The token (a `confirm_token` query parameter is accepted instead of a body)"), security(("api_token" = [])), responses((status = 200, description = "Confirmed and run", body = ConfirmResponse), (status = 202, description = "Confirmed, still running", body = ConfirmResponse), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Not waiting", body = ErrorBody), (status = 410, description = "Expired", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
+#[utoipa::path(post, path = "/madre/plans/{id}/confirm", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)")), request_body(content = ConfirmRequest, description = "The token (a `confirm_token` query parameter is accepted instead of a body)"), security(("api_token" = [])), responses((status = 200, description = "Confirmed and run", body = ConfirmResponse), (status = 202, description = "Confirmed, still running", body = ConfirmResponse), AuthErrors, BodyErrors, (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Not waiting", body = ErrorBody), (status = 410, description = "Expired", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
 pub async fn confirm(
     state: Data,
     caller: Caller,
@@ -469,7 +502,7 @@ pub async fn confirm(
 }
 
 /// `POST /madre/plans/{id}/cancel` and `POST /tasks/{id}/cancel`.
-#[utoipa::path(post, path = "/madre/plans/{id}/cancel", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "Cancelled", body = CancelResponse), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)))]
+#[utoipa::path(post, path = "/madre/plans/{id}/cancel", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "Cancelled", body = CancelResponse), AuthErrors, (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)))]
 pub async fn cancel(
     state: Data,
     caller: Caller,
@@ -489,7 +522,7 @@ pub async fn cancel(
 }
 
 /// `POST /tasks/{id}/cancel` (v6): as the v7 cancel.
-#[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "v6", params(("id" = String, Path, description = "Task id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "Cancelled", body = CancelResponse), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)))]
+#[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "v6", params(("id" = String, Path, description = "Task id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "Cancelled", body = CancelResponse), AuthErrors, (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)))]
 pub async fn task_cancel(
     state: Data,
     caller: Caller,
@@ -499,7 +532,7 @@ pub async fn task_cancel(
 }
 
 /// `POST /control` (v6): Madre's own status (viewer) or restart (admin, MED).
-#[utoipa::path(post, path = "/control", tag = "v6", request_body = SelfControlRequest, security(("api_token" = [])), responses((status = 200, description = "Madre status, or restarted", body = Object), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid field", body = ErrorBody), (status = 409, description = "Policy file could not be reloaded", body = ErrorBody)))]
+#[utoipa::path(post, path = "/control", tag = "v6", request_body = SelfControlRequest, security(("api_token" = [])), responses((status = 200, description = "Madre status, or restarted", body = Object), AuthErrors, BodyErrors, (status = 409, description = "Policy file could not be reloaded", body = ErrorBody)))]
 pub async fn self_control(
     state: Data,
     caller: Caller,
@@ -524,7 +557,7 @@ pub async fn self_control(
 }
 
 /// `GET /metrics`.
-#[utoipa::path(get, path = "/metrics", tag = "v7", security(("api_token" = [])), responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain"), (status = 401, description = "No or bad X-VX11-Token", body = ErrorBody), (status = 403, description = "Role too low", body = ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = ErrorBody)))]
+#[utoipa::path(get, path = "/metrics", tag = "v7", security(("api_token" = [])), responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain"), AuthErrors))]
 pub async fn metrics(state: Data, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let counts = state.db.run_blocking(|db| db.plan_counts()).await?;

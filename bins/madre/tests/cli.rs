@@ -1,21 +1,14 @@
 //! The real `madre` binary: serve with a generated token, the CLI client
 //! subcommands against it, graceful stop on SIGTERM.
 
-use madre_models::Module;
 use serde_json::Value;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 use vx11_stubs::StubServer;
 
-const BIN: &str = env!("CARGO_BIN_EXE_madre");
+mod common;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{BIN, free_port, spawn_madre, wait_listening};
 
 struct Server {
     child: Child,
@@ -29,27 +22,14 @@ impl Drop for Server {
     }
 }
 
-fn serve(data: &std::path::Path, stubs: &StubServer) -> Server {
+async fn serve(data: &std::path::Path, stubs: &StubServer) -> Server {
     let port = free_port();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .env_remove("VX11_TOKEN")
-        .env("MADRE_BIND", format!("127.0.0.1:{port}"))
-        .env("MADRE_DATA_DIR", data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for module in Module::REMOTE {
-        cmd.env(format!("VX11_{}_URL", module.env_name()), stubs.url(module));
+    let child = spawn_madre(data, port, stubs, None);
+    wait_listening(port).await;
+    Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
     }
-    let child = cmd.spawn().unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "madre did not start listening");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    Server { child, url }
 }
 
 /// Runs the CLI off the test's runtime thread, which also serves the stubs.
@@ -74,7 +54,7 @@ async fn the_binary_serves_and_the_cli_drives_a_confirmation_round_trip() {
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = serve(&data, &stubs);
+    let mut server = serve(&data, &stubs).await;
 
     // VX11_TOKEN unset: a token was generated into a 0600 file
     let token_file = data.join("token");

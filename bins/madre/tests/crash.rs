@@ -7,43 +7,22 @@
 use madre_models::Module;
 use serde_json::{Value, json};
 use std::cell::RefCell;
-use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use vx11_stubs::{Behaviour, StubServer};
 
-const BIN: &str = env!("CARGO_BIN_EXE_madre");
+mod common;
+
+use common::{free_port, spawn_madre, wait_listening};
+
 const TOKEN: &str = "crash-test-token";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(data: &std::path::Path, port: u16, stubs: &StubServer) -> Child {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .env("VX11_TOKEN", TOKEN)
-        .env("MADRE_BIND", format!("127.0.0.1:{port}"))
-        .env("MADRE_DATA_DIR", data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for module in Module::REMOTE {
-        cmd.env(format!("VX11_{}_URL", module.env_name()), stubs.url(module));
-    }
-    cmd.spawn().unwrap()
+fn start(data: &std::path::Path, port: u16, stubs: &StubServer) -> std::process::Child {
+    spawn_madre(data, port, stubs, Some(TOKEN))
 }
 
 async fn wait_ready(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "madre did not come up");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listening(port).await;
 }
 
 fn client() -> awc::Client {

@@ -1,0 +1,57 @@
+//! Helpers shared by the tests that run the real `madre` binary.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use madre_models::Module;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vx11_stubs::StubServer;
+
+/// The binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_madre");
+
+/// A port nothing listens on right now.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `madre serve` on `port` with its data in `data`, talking to
+/// `stubs`; with `token` as VX11_TOKEN, or generating one when `None`.
+pub(crate) fn spawn_madre(
+    data: &Path,
+    port: u16,
+    stubs: &StubServer,
+    token: Option<&str>,
+) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .env_remove("VX11_TOKEN")
+        .env("MADRE_BIND", format!("127.0.0.1:{port}"))
+        .env("MADRE_DATA_DIR", data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(token) = token {
+        cmd.env("VX11_TOKEN", token);
+    }
+    for module in Module::REMOTE {
+        cmd.env(format!("VX11_{}_URL", module.env_name()), stubs.url(module));
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Waits (bounded) until something accepts connections on `port`.
+pub(crate) async fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "madre did not start listening on {port}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
