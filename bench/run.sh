@@ -12,6 +12,8 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 CONCURRENCIES=${BENCH_CONCURRENCY:-"1 16 64 256"}
 SEED_PLANS=${BENCH_SEED_PLANS:-100000}
 OFFSET=${BENCH_PORT_OFFSET:-14000}
+SCENARIOS=${BENCH_SCENARIOS:-"ceiling chat-low chat-mixed plans-read"}
+MADRE_BIN=${MADRE_BIN:-target/release/madre}   # another build, to compare two versions
 
 if ! command -v wrk >/dev/null || ! command -v sqlite3 >/dev/null; then
     echo "bench: installing wrk and sqlite3 (Debian)" >&2
@@ -36,7 +38,7 @@ STUBS_PID=$!
 start_madre() {
     env MADRE_BIND="127.0.0.1:$((8001 + OFFSET))" MADRE_DATA_DIR="$WORK/data" RUST_LOG=warn \
         $(vx11_stub_urls "$OFFSET") \
-        target/release/madre serve >>"$WORK/madre.log" 2>&1 &
+        "$MADRE_BIN" serve >>"$WORK/madre.log" 2>&1 &
     MADRE_PID=$!
     for _ in $(seq 1 300); do
         curl -fsS "$BASE/health" >/dev/null 2>&1 && return 0
@@ -64,9 +66,11 @@ run_scenario() {
     stop "$MADRE_PID"; MADRE_PID=
 }
 
-run_scenario ceiling bench/ceiling.lua /health
-run_scenario chat-low bench/chat_low.lua /madre/chat
-run_scenario chat-mixed bench/chat_mixed.lua /madre/chat
+wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+wants ceiling && run_scenario ceiling bench/ceiling.lua /health
+wants chat-low && run_scenario chat-low bench/chat_low.lua /madre/chat
+wants chat-mixed && run_scenario chat-mixed bench/chat_mixed.lua /madre/chat
+if wants plans-read; then
 
 # plans-read needs a large table: top it up to SEED_PLANS with real chats.
 start_madre
@@ -82,6 +86,7 @@ done
 stop "$MADRE_PID"; MADRE_PID=
 PLANS=$(sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM tasks" 2>/dev/null || echo "?")
 run_scenario "plans-read ($PLANS plans)" bench/plans_read.lua "/madre/plans?limit=20"
+fi
 
 echo
 echo "| scenario | concurrency | requests/s | p50 ms | p99 ms | p99.9 ms | errors | madre peak RSS MiB | hermes in-flight peak |"

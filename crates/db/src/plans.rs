@@ -486,6 +486,36 @@ impl Db {
         })
     }
 
+    /// Applies several step changes and, optionally, a plan change in one
+    /// transaction; with `finish`, also cancels every step left unfinished
+    /// (as [`Db::finish_plan`]). The runner uses it to commit a finished
+    /// step together with the next step's start, or with the plan's end.
+    pub fn update_plan_and_steps(
+        &self,
+        plan_id: Uuid,
+        steps: Vec<(usize, StepUpdate)>,
+        plan: Option<PlanUpdate>,
+        finish: bool,
+        at: DateTime<Utc>,
+    ) -> Write<()> {
+        self.write(move |conn| {
+            for (idx, update) in &steps {
+                apply_step_update(conn, plan_id, *idx, update)?;
+            }
+            if let Some(update) = &plan {
+                apply_plan_update(conn, plan_id, update, at)?;
+            }
+            if finish {
+                conn.prepare_cached(
+                    "UPDATE plan_steps SET status = 'CANCELLED', finished_at = ?2, updated_at = ?2
+                     WHERE plan_id = ?1 AND status NOT IN ('DONE','ERROR','CANCELLED')",
+                )?
+                .execute(params![plan_id.to_string(), ts(at)])?;
+            }
+            Ok(())
+        })
+    }
+
     /// Ends a plan: sets its final status and cancels every step that did
     /// not finish (the steps after a timeout, say).
     pub fn finish_plan(&self, plan_id: Uuid, update: PlanUpdate, at: DateTime<Utc>) -> Write<()> {

@@ -357,16 +357,12 @@ async fn drive(
     if gate_waiting {
         return Ok(());
     }
-    if plan.status != Status::Running {
-        let update = PlanUpdate {
-            status: Some(Status::Running),
-            ..PlanUpdate::default()
-        };
-        inner
-            .db
-            .update_plan(plan_id, update, None, Utc::now())
-            .await?;
-    }
+    // State changes are committed at the latest before the next step
+    // starts: a finished step's update is carried into the transaction that
+    // marks the next step RUNNING (or ends the plan), and the plan's own
+    // RUNNING mark goes with its first step. Half the commits, same rule.
+    let mut mark_running = plan.status != Status::Running;
+    let mut carry: Vec<(usize, StepUpdate)> = Vec::new();
 
     let mut engine: Option<String> = None;
     let mut warnings: Vec<String> = Vec::new();
@@ -393,7 +389,16 @@ async fn drive(
                 continue;
             }
             Status::Error | Status::Cancelled => continue,
-            Status::Waiting => return Ok(()),
+            Status::Waiting => {
+                if !carry.is_empty() {
+                    let writes = std::mem::take(&mut carry);
+                    inner
+                        .db
+                        .update_plan_and_steps(plan_id, writes, None, false, Utc::now())
+                        .await?;
+                }
+                return Ok(());
+            }
             Status::Pending | Status::Running => {}
         }
         let resumed = options.resumed && step.status == Status::Running;
@@ -403,7 +408,17 @@ async fn drive(
             error: None,
             at: Utc::now(),
         };
-        inner.db.update_step(plan_id, idx, started).await?;
+        let mut writes = std::mem::take(&mut carry);
+        writes.push((idx, started));
+        let plan_update = mark_running.then(|| PlanUpdate {
+            status: Some(Status::Running),
+            ..PlanUpdate::default()
+        });
+        mark_running = false;
+        inner
+            .db
+            .update_plan_and_steps(plan_id, writes, plan_update, false, Utc::now())
+            .await?;
 
         let span = tracing::info_span!(
             "step",
@@ -436,7 +451,7 @@ async fn drive(
                         error: None,
                         at: now,
                     };
-                    inner.db.update_step(plan_id, idx, again).await?;
+                    carry.push((idx, again));
                 }
                 if step.step_type == StepType::CallSwitch {
                     engine = madre_delegation::engine_from_switch(&result);
@@ -451,7 +466,7 @@ async fn drive(
                     error: None,
                     at: now,
                 };
-                inner.db.update_step(plan_id, idx, update).await?;
+                carry.push((idx, update));
             }
             StepOutcome::Failed { code, message } => {
                 tracing::warn!(%plan_id, step = idx, %code, %message, "step failed");
@@ -461,7 +476,7 @@ async fn drive(
                     error: Some(message.clone()),
                     at: now,
                 };
-                inner.db.update_step(plan_id, idx, update).await?;
+                carry.push((idx, update));
                 if step.optional {
                     warnings.push(if step.step_type == StepType::CallSwitch {
                         SWITCH_UNAVAILABLE.to_owned()
@@ -485,9 +500,11 @@ async fn drive(
                     add_warnings: warnings,
                     ..PlanUpdate::default()
                 };
+                let mut writes = std::mem::take(&mut carry);
+                writes.push((idx, update));
                 inner
                     .db
-                    .update_plan(plan_id, plan_update, Some((idx, update)), now)
+                    .update_plan_and_steps(plan_id, writes, Some(plan_update), false, now)
                     .await?;
                 return Ok(());
             }
@@ -506,6 +523,9 @@ async fn drive(
         result: Some(json!({ "reply": text })),
         add_warnings: warnings,
     };
-    inner.db.finish_plan(plan_id, update, Utc::now()).await?;
+    inner
+        .db
+        .update_plan_and_steps(plan_id, carry, Some(update), true, Utc::now())
+        .await?;
     Ok(())
 }
