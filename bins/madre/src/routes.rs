@@ -69,20 +69,33 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("plan {raw:?} not found")))
 }
 
+/// The request body as JSON, for the idempotency hash; only computed when
+/// the request carries an `Idempotency-Key` (no copy on the common path).
+fn idempotency_body<T: serde::Serialize>(
+    req: &HttpRequest,
+    body: &T,
+) -> Result<Option<Value>, ApiError> {
+    if req.headers().contains_key("idempotency-key") {
+        to_value(body).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 /// Replays the stored answer of a retried request, or runs `f` and stores
 /// its answer, when the request carries an `Idempotency-Key`.
 async fn idempotent<F, Fut>(
     state: &AppState,
     caller: &Caller,
     req: &HttpRequest,
-    body: &Value,
+    body: Option<Value>,
     f: F,
 ) -> Result<HttpResponse, ApiError>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(u16, Value), ApiError>>,
 {
-    let Some(raw_key) = req.headers().get("idempotency-key") else {
+    let (Some(raw_key), Some(body)) = (req.headers().get("idempotency-key"), body) else {
         let (status, body) = f().await?;
         return Ok(json_response(status, &body));
     };
@@ -164,10 +177,10 @@ pub async fn chat(
     body: web::Json<ChatRequest>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Operator)?;
-    let raw = to_value(&*body)?;
+    let raw = idempotency_body(&req, &*body)?;
     let command = body.into_inner().validate()?;
     let rid = request_id(&req);
-    idempotent(&state, &caller, &req, &raw, || async {
+    idempotent(&state, &caller, &req, raw, || async {
         let response = service::chat(&state, &caller, command, "chat", &rid).await?;
         Ok((200, to_value(&response)?))
     })
@@ -183,10 +196,10 @@ pub async fn chat_v6(
     body: web::Json<ChatV6Request>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Operator)?;
-    let raw = to_value(&*body)?;
+    let raw = idempotency_body(&req, &*body)?;
     let command = body.into_inner().validate()?;
     let rid = request_id(&req);
-    idempotent(&state, &caller, &req, &raw, || async {
+    idempotent(&state, &caller, &req, raw, || async {
         let r = service::chat(&state, &caller, command, "chat_v6", &rid).await?;
         let actions_taken = r
             .actions
@@ -248,10 +261,10 @@ pub async fn task(
     body: web::Json<TaskRequest>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Operator)?;
-    let raw = to_value(&*body)?;
+    let raw = idempotency_body(&req, &*body)?;
     let task = body.into_inner().validate()?;
     let rid = request_id(&req);
-    idempotent(&state, &caller, &req, &raw, || async {
+    idempotent(&state, &caller, &req, raw, || async {
         let command = madre_models::ControlCommand {
             target: Word::parse("module", task.module.as_str())?,
             action: task.action.clone(),

@@ -17,14 +17,6 @@ use common::{free_port, spawn_madre, wait_listening};
 
 const TOKEN: &str = "crash-test-token";
 
-fn start(data: &std::path::Path, port: u16, stubs: &StubServer) -> std::process::Child {
-    spawn_madre(data, port, stubs, Some(TOKEN))
-}
-
-async fn wait_ready(port: u16) {
-    wait_listening(port).await;
-}
-
 fn client() -> awc::Client {
     awc::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -79,8 +71,8 @@ async fn three_sigkills_mid_load_lose_nothing_acknowledged() {
 
     for round in 0..3 {
         let port = free_port();
-        let mut child = start(&data, port, &stubs);
-        wait_ready(port).await;
+        let mut child = spawn_madre(&data, port, &stubs, Some(TOKEN));
+        wait_listening(port).await;
         let base = format!("http://127.0.0.1:{port}");
         let mut senders = Vec::new();
         for worker in 0..8 {
@@ -114,8 +106,8 @@ async fn three_sigkills_mid_load_lose_nothing_acknowledged() {
     }
 
     let port = free_port();
-    let mut child = start(&data, port, &stubs);
-    wait_ready(port).await;
+    let mut child = spawn_madre(&data, port, &stubs, Some(TOKEN));
+    wait_listening(port).await;
     let base = format!("http://127.0.0.1:{port}");
     // the resume finishes every plan that was left RUNNING
     let deadline = Instant::now() + Duration::from_secs(30);

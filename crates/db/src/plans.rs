@@ -197,32 +197,21 @@ fn insert_record(conn: &Connection, record: &NewPlanRecord) -> Result<(), DbErro
             ts(step.updated_at),
         ])?;
     }
-    if let Some(intent) = &record.intent {
-        insert_context(
-            conn,
-            &plan_id,
-            "intent",
-            &serde_json::to_string(intent)?,
-            "plan",
-            plan.created_at,
-        )?;
+    let intent_json = record
+        .intent
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()?;
+    let rows = [
+        ("intent", intent_json.as_deref(), "plan"),
+        ("mode", Some(plan.mode.as_str()), "plan"),
+        ("session_id", Some(plan.session_id.as_str()), "session"),
+    ];
+    for (key, value, scope) in rows {
+        if let Some(value) = value {
+            insert_context(conn, &plan_id, key, value, scope, plan.created_at)?;
+        }
     }
-    insert_context(
-        conn,
-        &plan_id,
-        "mode",
-        plan.mode.as_str(),
-        "plan",
-        plan.created_at,
-    )?;
-    insert_context(
-        conn,
-        &plan_id,
-        "session_id",
-        plan.session_id.as_str(),
-        "session",
-        plan.created_at,
-    )?;
     if let Some(confirmation) = &record.confirmation {
         insert_confirmation(conn, plan.plan_id, confirmation)?;
     }

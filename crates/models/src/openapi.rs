@@ -8,7 +8,7 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
-use crate::{ChatV6Request, Mode};
+use crate::{ChatV6Request, Mode, Module};
 
 /// Not only Unicode `White_Space`: the "not blank" rule, as a JSON Schema pattern.
 pub(crate) const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
@@ -21,28 +21,20 @@ pub struct ChatContext {
     pub mode: Option<Mode>,
 }
 
-/// The modules a v6 task may call (every one but Madre).
-#[derive(ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum RemoteModule {
-    /// The edge gateway.
-    TentaculoLink,
-    /// The engine router.
-    Switch,
-    /// The executor.
-    Hermes,
-    /// The parallel task swarm.
-    Hormiguero,
-    /// Drift detection.
-    Manifestator,
-    /// The MCP bridge.
-    Mcp,
-    /// Audio engine.
-    Shub,
-    /// Daughter process launcher.
-    Spawner,
+/// The modules a v6 task may call: [`Module::REMOTE`] (every one but Madre).
+pub struct RemoteModule;
+
+impl PartialSchema for RemoteModule {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Module::REMOTE.iter().map(|m| m.as_str())))
+            .description(Some("A VX11 module Madre delegates to"))
+            .into()
+    }
 }
+
+impl ToSchema for RemoteModule {}
 
 fn text(nullable: bool) -> ObjectBuilder {
     let ty = if nullable {
