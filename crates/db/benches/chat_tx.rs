@@ -1,6 +1,8 @@
 //! "Chat transactions per second": the writes one chat costs Madre — an
 //! intent-log row; a plan with 4 steps, 3 context rows and 2 audit rows; 4
-//! step updates; the close — with 1 writer and with 4 concurrent writers.
+//! step updates; the close — with 1 writer and with 4 concurrent writers,
+//! committed two ways: as one transaction (`Write::and`), and as seven
+//! commits, one per write (the finest-grained way a runner could commit).
 #![allow(missing_docs)]
 
 use chrono::Utc;
@@ -12,19 +14,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-fn one_chat(db: &Db) {
+/// How the writes of one chat are committed.
+#[derive(Clone, Copy)]
+enum Commits {
+    /// All in one transaction.
+    One,
+    /// Each write its own commit.
+    Seven,
+}
+
+fn one_chat(db: &Db, commits: Commits) {
     let now = Utc::now();
     let session = SessionId::parse("bench".into()).unwrap();
     let intent_id = Uuid::new_v4();
-    db.log_intent(NewIntentLog {
+    let log = db.log_intent(NewIntentLog {
         id: intent_id,
         source: "chat".into(),
         principal: "bench".into(),
         payload: json!({"message": "hello there"}),
         created_at: now,
-    })
-    .wait()
-    .unwrap();
+    });
     let steps = [
         StepType::CallSwitch,
         StepType::CallHermes,
@@ -73,7 +82,7 @@ fn one_chat(db: &Db) {
         plan_id: Some(plan_id),
         created_at: now,
     };
-    db.insert_plan(NewPlanRecord {
+    let insert = db.insert_plan(NewPlanRecord {
         plan,
         meta: PlanMeta {
             kind: PlanKind::Chat,
@@ -85,10 +94,8 @@ fn one_chat(db: &Db) {
         intent: Some(intent),
         confirmation: None,
         actions: vec![action("plan_created"), action("plan_started")],
-    })
-    .wait()
-    .unwrap();
-    for idx in 0..4 {
+    });
+    let step = |idx| {
         db.update_step(
             plan_id,
             idx,
@@ -99,40 +106,58 @@ fn one_chat(db: &Db) {
                 at: now,
             },
         )
-        .wait()
-        .unwrap();
+    };
+    let close = db.close_intent(intent_id, "DONE", None, now);
+    match commits {
+        Commits::One => {
+            log.and(insert)
+                .and(step(0))
+                .and(step(1))
+                .and(step(2))
+                .and(step(3))
+                .and(close)
+                .wait()
+                .unwrap();
+        }
+        Commits::Seven => {
+            log.wait().unwrap();
+            insert.wait().unwrap();
+            (0..4).for_each(|idx| step(idx).wait().unwrap());
+            close.wait().unwrap();
+        }
     }
-    db.close_intent(intent_id, "DONE", None, now)
-        .wait()
-        .unwrap();
 }
 
 fn chat_transactions(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(&dir.path().join("bench.db")).unwrap();
+    let db = Arc::new(Db::open(&dir.path().join("bench.db")).unwrap());
     let mut group = c.benchmark_group("db");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(8));
-    group.bench_function("chat_tx_1_writer", |b| b.iter(|| one_chat(&db)));
-
-    let db = Arc::new(db);
-    group.bench_function("chat_tx_4_writers", |b| {
-        b.iter_custom(|iters| {
-            let per_thread = iters.div_ceil(4);
-            let start = Instant::now();
-            let threads: Vec<_> = (0..4)
-                .map(|_| {
-                    let db = db.clone();
-                    std::thread::spawn(move || (0..per_thread).for_each(|_| one_chat(&db)))
-                })
-                .collect();
-            threads.into_iter().for_each(|t| t.join().unwrap());
-            // time per chat as if one at a time: the wall clock of the batch
-            start
-                .elapsed()
-                .mul_f64(iters as f64 / (per_thread * 4) as f64)
-        })
-    });
+    for (name, commits) in [("one_tx", Commits::One), ("7_commits", Commits::Seven)] {
+        group.bench_function(format!("chat_{name}_1_writer"), |b| {
+            b.iter(|| one_chat(&db, commits))
+        });
+        group.bench_function(format!("chat_{name}_4_writers"), |b| {
+            b.iter_custom(|iters| {
+                let per_thread = iters.div_ceil(4);
+                let start = Instant::now();
+                let threads: Vec<_> = (0..4)
+                    .map(|_| {
+                        let db = db.clone();
+                        std::thread::spawn(move || {
+                            (0..per_thread).for_each(|_| one_chat(&db, commits))
+                        })
+                    })
+                    .collect();
+                threads.into_iter().for_each(|t| t.join().unwrap());
+                // time per chat as if one at a time: the wall clock of the batch
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per_thread * 4) as f64)
+            })
+        });
+    }
     group.finish();
 }
 

@@ -15,8 +15,11 @@ use tokio::sync::oneshot;
 use crate::DbError;
 
 trait Job: Send {
-    /// Runs the write inside a savepoint of the open transaction.
-    fn run(&mut self, conn: &Connection);
+    /// Runs the write inside the open transaction; inside a savepoint of
+    /// it when `savepoint` is set (other writes share the transaction).
+    fn run(&mut self, conn: &Connection, savepoint: bool);
+    /// Whether the write failed (so a lone write's transaction rolls back).
+    fn failed(&self) -> bool;
     /// Sends the outcome, or the commit's failure, to the caller.
     fn finish(self: Box<Self>, commit: Result<(), String>);
 }
@@ -32,25 +35,21 @@ where
     T: Send,
     F: FnOnce(&Connection) -> Result<T, DbError> + Send,
 {
-    fn run(&mut self, conn: &Connection) {
+    fn run(&mut self, conn: &Connection, savepoint: bool) {
         let Some(work) = self.work.take() else { return };
-        let outcome = match conn.execute_batch("SAVEPOINT job") {
-            Err(e) => Err(DbError::from(e)),
-            Ok(()) => {
-                let result = catch_unwind(AssertUnwindSafe(|| work(conn)))
-                    .unwrap_or_else(|_| Err(DbError::Internal("a database write panicked".into())));
-                let end = if result.is_ok() {
-                    conn.execute_batch("RELEASE job")
-                } else {
-                    conn.execute_batch("ROLLBACK TO job; RELEASE job")
-                };
-                match end {
-                    Ok(()) => result,
-                    Err(e) => Err(DbError::from(e)),
-                }
-            }
+        let run = || {
+            catch_unwind(AssertUnwindSafe(|| work(conn)))
+                .unwrap_or_else(|_| Err(DbError::Internal("a database write panicked".into())))
         };
-        self.outcome = Some(outcome);
+        self.outcome = Some(if savepoint {
+            in_savepoint(conn, run)
+        } else {
+            run()
+        });
+    }
+
+    fn failed(&self) -> bool {
+        matches!(self.outcome, Some(Err(_)))
     }
 
     fn finish(self: Box<Self>, commit: Result<(), String>) {
@@ -104,6 +103,14 @@ impl Writer {
         }
     }
 
+    /// Runs `f` on the writer connection between transactions, then commits
+    /// whatever queued up meanwhile (writers that found the connection busy
+    /// left their jobs for the holder).
+    pub(crate) fn with_connection(&self, f: impl FnOnce(&Connection)) {
+        f(&lock(&self.conn));
+        self.combine();
+    }
+
     /// Commits queued jobs until none is left, if no other thread is doing
     /// so already. A thread that finds the connection busy leaves its job
     /// queued and returns: the combiner holding the connection drains the
@@ -132,16 +139,44 @@ impl Writer {
     }
 }
 
-/// Runs `batch` in one transaction, each job in its own savepoint, and
-/// answers every job once the commit is known.
+/// Runs `sql` (a transaction-control statement) through the statement cache.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// Runs `work` inside a savepoint, rolling back to it when `work` fails.
+fn in_savepoint<T>(
+    conn: &Connection,
+    work: impl FnOnce() -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    control(conn, "SAVEPOINT job")?;
+    let result = work();
+    let end = if result.is_ok() {
+        control(conn, "RELEASE job")
+    } else {
+        control(conn, "ROLLBACK TO job").and_then(|()| control(conn, "RELEASE job"))
+    };
+    end.map_err(DbError::from).and(result)
+}
+
+/// Runs `batch` in one transaction and answers every job once the commit is
+/// known. Each job of a shared batch runs in its own savepoint, so a failure
+/// undoes only itself; a lone job needs none: its failure rolls back the
+/// whole transaction.
 fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) {
-    let commit = match conn.execute_batch("BEGIN IMMEDIATE") {
+    let shared = batch.len() > 1;
+    let commit = match control(conn, "BEGIN IMMEDIATE") {
         Err(e) => Err(e.to_string()),
         Ok(()) => {
             for job in &mut batch {
-                job.run(conn);
+                job.run(conn, shared);
             }
-            conn.execute_batch("COMMIT").map_err(|e| {
+            let end = if !shared && batch[0].failed() {
+                "ROLLBACK"
+            } else {
+                "COMMIT"
+            };
+            control(conn, end).map_err(|e| {
                 let _ = conn.execute_batch("ROLLBACK");
                 e.to_string()
             })
@@ -163,6 +198,43 @@ pub struct Write<T> {
     writer: Arc<Writer>,
     job: Option<Box<dyn Job>>,
     answer: oneshot::Receiver<Result<T, DbError>>,
+}
+
+impl<T: Send + 'static> Write<T> {
+    /// Joins two writes into one that commits both or neither, in a single
+    /// transaction: use it for writes that belong together (a plan's last
+    /// step with the close of its intent) and to save commits. Both must be
+    /// writes of the same database.
+    pub fn and<U: Send + 'static>(self, other: Write<U>) -> Write<(T, U)> {
+        let writer = Arc::clone(&self.writer);
+        let same = Arc::ptr_eq(&self.writer, &other.writer);
+        writer.submit(move |conn| {
+            if !same {
+                return Err(DbError::Internal(
+                    "writes of two databases cannot share a transaction".into(),
+                ));
+            }
+            let first = self.run_inline(conn)?;
+            let second = other.run_inline(conn)?;
+            Ok((first, second))
+        })
+    }
+
+    /// Runs this write's work directly, inside a job that is already
+    /// running, and answers its outcome.
+    fn run_inline(mut self, conn: &Connection) -> Result<T, DbError> {
+        let mut job = self
+            .job
+            .take()
+            .ok_or_else(|| DbError::Internal("a write ran twice".into()))?;
+        job.run(conn, false);
+        // Hands the outcome to this write's own answer channel; the joined
+        // write's commit decides whether it stands.
+        job.finish(Ok(()));
+        self.answer
+            .try_recv()
+            .map_err(|_| DbError::Internal("a joined write gave no answer".into()))?
+    }
 }
 
 impl<T> Write<T> {
