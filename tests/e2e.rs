@@ -1331,6 +1331,106 @@ async fn fault_matrix_modules_that_are_down() {
     }
 }
 
+/// How a fault-matrix cell reaches a module that no plain chat calls.
+#[derive(Clone, Copy)]
+enum Via {
+    /// A chat message whose plan calls the module.
+    Chat(&'static str),
+    /// A LOW `/madre/control` action: CALL_MODULE on the module.
+    Control,
+}
+
+/// Sends the request of a cell; answers its plan id, within 5 s.
+async fn reach(app: &TestApp, module: Module, via: Via) -> String {
+    match via {
+        Via::Chat(message) => s(&timed_chat(app, message).await.body["plan_id"]).to_owned(),
+        Via::Control => {
+            let started = std::time::Instant::now();
+            let r = app
+                .send(
+                    "POST",
+                    "/madre/control",
+                    Some(OPERATOR),
+                    Some(json!({"target": module.as_str(), "action": "status"})),
+                )
+                .await;
+            assert!(started.elapsed() < Duration::from_secs(5));
+            assert_eq!(r.status, 200, "{}", r.body);
+            s(&r.body["plan_id"]).to_owned()
+        }
+    }
+}
+
+/// The modules not on the chat path of the matrix above, and how to reach them.
+const OTHER_MODULES: [(Module, Via); 4] = [
+    (Module::Manifestator, Via::Chat("look for drift")),
+    (
+        Module::Hormiguero,
+        Via::Chat("summarize the logs in parallel"),
+    ),
+    (Module::Mcp, Via::Control),
+    (Module::Spawner, Via::Control),
+];
+
+#[actix_rt::test]
+async fn fault_matrix_every_other_module() {
+    let app = spawn_app_with(&[("MADRE_CALL_TIMEOUT_MS", "300")]).await;
+    for fault in faults() {
+        for (module, via) in OTHER_MODULES {
+            app.stubs.behave(module, &fault.behaviour).await.unwrap();
+            let before = app.calls(module).await;
+            let plan = reach(&app, module, via).await;
+            let cell = format!("{module} × {}", fault.name);
+            assert_eq!(
+                app.calls(module).await - before,
+                fault.calls,
+                "{cell}: calls"
+            );
+            let detail = app
+                .send("GET", &format!("/madre/plans/{plan}"), Some(VIEWER), None)
+                .await;
+            let outcome = (
+                s(&detail.body["plan"]["status"]),
+                s(&detail.body["plan"]["error"]),
+            );
+            match fault.code {
+                None => assert_eq!(outcome.0, "DONE", "{cell}: {}", detail.body),
+                Some(code) => assert_eq!(outcome, ("ERROR", code), "{cell}"),
+            }
+            app.stubs
+                .behave(module, &Behaviour::default())
+                .await
+                .unwrap();
+        }
+    }
+    // Down: nothing listens where the module should be.
+    for (module, via) in OTHER_MODULES {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let var = format!("VX11_{}_URL", module.env_name());
+        let down = spawn_app_with(&[
+            (var.as_str(), url.as_str()),
+            ("MADRE_CALL_TIMEOUT_MS", "300"),
+        ])
+        .await;
+        let plan = reach(&down, module, via).await;
+        let detail = down
+            .send("GET", &format!("/madre/plans/{plan}"), Some(VIEWER), None)
+            .await;
+        assert_eq!(
+            (
+                s(&detail.body["plan"]["status"]),
+                s(&detail.body["plan"]["error"])
+            ),
+            ("ERROR", "unreachable"),
+            "{module} down"
+        );
+        down.stop().await;
+    }
+    app.stop().await;
+}
+
 /// Anonymous resident memory (heap and stacks) of this process, in KiB: what
 /// a leak grows. File-backed pages (code faulted in as new paths run, the
 /// SQLite WAL index) are left out.
