@@ -1,6 +1,6 @@
-//! WAL checkpoints off the write path: the writer connection never
-//! checkpoints itself (`wal_autocheckpoint = 0`); this thread does, every
-//! interval, in two phases:
+//! WAL checkpoints off the write path: this thread folds the WAL into the
+//! database every interval, in two phases (the writer connection only
+//! checkpoints itself when this thread falls far behind):
 //!
 //! 1. a PASSIVE checkpoint on its own connection, beside the writer: it
 //!    copies most of the WAL into the database file without blocking anyone;

@@ -64,6 +64,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Page cache of the writer connection, in KiB (readers keep 256 KiB each:
 /// they read a few index pages per query, and the OS caches the file).
 const WRITER_CACHE_KIB: u32 = 2 * 1024;
+/// WAL length (frames of 4 KiB) at which the writer checkpoints itself.
+const WRITER_CHECKPOINT_FRAMES: u32 = 8192;
 /// Read connections in the pool.
 const READ_POOL_SIZE: u32 = 8;
 
@@ -122,10 +124,14 @@ impl Db {
             .min_idle(Some(1))
             .build(manager)
             .map_err(DbError::Pool)?;
-        // The writer never checkpoints; a background thread does. It keeps
-        // a larger page cache than readers: every write walks the indexes.
+        // A background thread checkpoints; the writer only does when that
+        // thread falls behind and the WAL passes WRITER_CHECKPOINT_FRAMES,
+        // which throttles writers instead of letting the WAL grow. The
+        // writer keeps a larger page cache than readers: every write walks
+        // the indexes.
         conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -{WRITER_CACHE_KIB};"
+            "PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_FRAMES};
+             PRAGMA cache_size = -{WRITER_CACHE_KIB};"
         ))?;
         let checkpoint_conn = Connection::open(path).map_err(|e| DbError::open(path, e))?;
         configure(&checkpoint_conn).map_err(|e| DbError::open(path, e))?;
