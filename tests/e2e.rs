@@ -1139,6 +1139,28 @@ struct Fault {
     code: Option<&'static str>,
 }
 
+/// Counts panics anywhere in this test process (nextest gives each test
+/// its own), so a fault test can prove none happened: a panic in a handler
+/// or a runner task may not fail a request, but it must never happen.
+fn count_panics() -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        default(info);
+    }));
+    count
+}
+
+fn assert_no_panic(count: &std::sync::atomic::AtomicUsize) {
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "something panicked"
+    );
+}
+
 fn faults() -> Vec<Fault> {
     let b = Behaviour::default;
     vec![
@@ -1216,6 +1238,7 @@ async fn timed_chat(app: &TestApp, message: &str) -> Reply {
 
 #[actix_rt::test]
 async fn fault_matrix_required_optional_and_audio_modules() {
+    let panics = count_panics();
     let app = spawn_app_with(&[("MADRE_CALL_TIMEOUT_MS", "300")]).await;
     for fault in faults() {
         for module in [Module::Hermes, Module::Switch, Module::Shub] {
@@ -1289,10 +1312,12 @@ async fn fault_matrix_required_optional_and_audio_modules() {
         }
     }
     app.stop().await;
+    assert_no_panic(&panics);
 }
 
 #[actix_rt::test]
 async fn fault_matrix_modules_that_are_down() {
+    let panics = count_panics();
     for (module, message) in [
         (Module::Hermes, "hello"),
         (Module::Switch, "hello"),
@@ -1329,6 +1354,7 @@ async fn fault_matrix_modules_that_are_down() {
         }
         app.stop().await;
     }
+    assert_no_panic(&panics);
 }
 
 /// How a fault-matrix cell reaches a module that no plain chat calls.
@@ -1374,6 +1400,7 @@ const OTHER_MODULES: [(Module, Via); 4] = [
 
 #[actix_rt::test]
 async fn fault_matrix_every_other_module() {
+    let panics = count_panics();
     let app = spawn_app_with(&[("MADRE_CALL_TIMEOUT_MS", "300")]).await;
     for fault in faults() {
         for (module, via) in OTHER_MODULES {
@@ -1429,6 +1456,7 @@ async fn fault_matrix_every_other_module() {
         down.stop().await;
     }
     app.stop().await;
+    assert_no_panic(&panics);
 }
 
 /// Anonymous resident memory (heap and stacks) of this process, in KiB: what
@@ -1445,6 +1473,7 @@ fn rss_kib() -> u64 {
 
 #[actix_rt::test]
 async fn ten_thousand_requests_against_faulty_modules_keep_memory_bounded() {
+    let panics = count_panics();
     let app = std::rc::Rc::new(spawn_app_with(&[("MADRE_CALL_TIMEOUT_MS", "300")]).await);
     app.stubs
         .behave(
@@ -1506,6 +1535,7 @@ async fn ten_thousand_requests_against_faulty_modules_keep_memory_bounded() {
     let metrics = app.send("GET", "/metrics", Some(VIEWER), None).await;
     assert!(s(&metrics.body).contains("madre_plans{status=\"ERROR\"} 19600"));
     app.stop().await;
+    assert_no_panic(&panics);
 }
 
 /// Raw HTTP/1.1 over a plain socket, for clients no HTTP library would be:
