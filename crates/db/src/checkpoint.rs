@@ -20,11 +20,14 @@ use std::time::Duration;
 
 use crate::writer::Writer;
 
-/// How often the WAL is folded back into the database file.
-const INTERVAL: Duration = Duration::from_millis(250);
-/// A WAL longer than this (in frames, 16 MiB of 4 KiB pages) is folded
-/// again at once instead of after the interval.
-const LONG_WAL_FRAMES: i64 = 4096;
+/// How often the WAL is looked at while writes come in.
+const BUSY_INTERVAL: Duration = Duration::from_millis(20);
+/// How often it is looked at when the last look found it empty.
+const IDLE_INTERVAL: Duration = Duration::from_millis(250);
+/// WAL length (frames of 4 KiB) from which phase 2 runs, so that the next
+/// write starts the WAL again; shorter WALs are only copied (phase 1),
+/// which never holds the writer up.
+const REWIND_FRAMES: i64 = 1024;
 
 /// Stops the checkpoint thread when the last database handle is dropped.
 pub(crate) struct Checkpointer {
@@ -63,7 +66,7 @@ fn checkpoint(conn: &Connection) -> i64 {
 /// frames before the fold.
 fn fold(conn: &Connection, writer: &Writer) -> i64 {
     let frames = checkpoint(conn);
-    if frames > 0 {
+    if frames >= REWIND_FRAMES {
         writer.with_connection(|writer_conn| {
             checkpoint(writer_conn);
         });
@@ -74,7 +77,7 @@ fn fold(conn: &Connection, writer: &Writer) -> i64 {
 fn run(conn: Connection, writer: &Writer, stop: &(Mutex<bool>, Condvar)) {
     let (lock, cvar) = stop;
     let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
-    let mut pause = INTERVAL;
+    let mut pause = IDLE_INTERVAL;
     while !*stopped {
         let (guard, _) = cvar
             .wait_timeout(stopped, pause)
@@ -83,15 +86,18 @@ fn run(conn: Connection, writer: &Writer, stop: &(Mutex<bool>, Condvar)) {
         if !*stopped {
             drop(stopped);
             let frames = fold(&conn, writer);
-            pause = if frames > LONG_WAL_FRAMES {
-                Duration::ZERO
+            pause = if frames > 0 {
+                BUSY_INTERVAL
             } else {
-                INTERVAL
+                IDLE_INTERVAL
             };
             stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
         }
     }
     drop(stopped);
     // A last fold on the way out keeps the WAL small for the next start.
-    fold(&conn, writer);
+    checkpoint(&conn);
+    writer.with_connection(|writer_conn| {
+        checkpoint(writer_conn);
+    });
 }

@@ -1,15 +1,17 @@
 //! Writes with group commit by flat combining: a writer queues its job and,
-//! when the writer connection is free, becomes the combiner: it runs every
-//! queued job (its own and any that arrived meanwhile) in one
-//! `BEGIN IMMEDIATE` transaction, each in a savepoint, commits once, and
-//! repeats while jobs keep arriving. A writer that finds the connection busy
-//! waits for its answer instead of queueing on the lock, so concurrent
-//! writes share commits. Alone, a write costs one commit and no thread
-//! hand-off (which costs several commits' worth on small virtual machines).
+//! when the writer connection is free, takes the turn: it runs every queued
+//! job (its own and any that arrived meanwhile) in one `BEGIN IMMEDIATE`
+//! transaction, each in a savepoint, commits once, and hands the turn on.
+//! A writer that finds the connection busy waits; when the turn ends it
+//! either has its answer or takes the next turn with everything queued
+//! since, so concurrent writes share commits. Alone, a write costs one
+//! commit and no thread hand-off (which costs several commits' worth on
+//! small virtual machines). Each turn commits one batch, so no caller is
+//! kept committing others' writes under steady load.
 
 use rusqlite::Connection;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use crate::DbError;
@@ -65,10 +67,19 @@ where
     }
 }
 
-/// The writer connection and the jobs waiting for it.
+/// The writer connection, the jobs waiting for it, and whose turn it is.
 pub(crate) struct Writer {
-    queue: Mutex<Vec<Box<dyn Job>>>,
+    state: Mutex<State>,
+    /// Signalled whenever a turn ends: answers may be ready, and the
+    /// connection is free for the next combiner.
+    turn_ended: Condvar,
     conn: Mutex<Connection>,
+}
+
+/// Jobs queued for the next commit, and whether someone holds the turn.
+struct State {
+    queue: Vec<Box<dyn Job>>,
+    busy: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,7 +91,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Writer {
     pub(crate) fn new(conn: Connection) -> Arc<Self> {
         Arc::new(Self {
-            queue: Mutex::new(Vec::new()),
+            state: Mutex::new(State {
+                queue: Vec::new(),
+                busy: false,
+            }),
+            turn_ended: Condvar::new(),
             conn: Mutex::new(conn),
         })
     }
@@ -103,38 +118,62 @@ impl Writer {
         }
     }
 
-    /// Runs `f` on the writer connection between transactions, then commits
-    /// whatever queued up meanwhile (writers that found the connection busy
-    /// left their jobs for the holder).
+    /// Runs `f` on the writer connection between transactions (the
+    /// checkpoint thread's short fold), holding the turn meanwhile.
     pub(crate) fn with_connection(&self, f: impl FnOnce(&Connection)) {
+        let mut state = lock(&self.state);
+        while state.busy {
+            state = self
+                .turn_ended
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        state.busy = true;
+        drop(state);
         f(&lock(&self.conn));
-        self.combine();
+        self.end_turn();
     }
 
-    /// Commits queued jobs until none is left, if no other thread is doing
-    /// so already. A thread that finds the connection busy leaves its job
-    /// queued and returns: the combiner holding the connection drains the
-    /// queue again before it lets go, and checks it once more after letting
-    /// go, so no job is stranded. Jobs that queue up while a commit is in
-    /// flight go into the next commit together (group commit).
-    fn combine(&self) {
+    /// Hands the turn on and wakes every waiter: some have their answer,
+    /// one of the others takes the turn.
+    fn end_turn(&self) {
+        lock(&self.state).busy = false;
+        self.turn_ended.notify_all();
+    }
+
+    /// Queues `job` and returns once `answered` says its answer is ready.
+    /// A waiter whose job is still queued when the connection is free takes
+    /// the turn: it commits everything queued so far, in one transaction,
+    /// then hands the turn on. Jobs that queue up during a commit go into
+    /// the next one together (group commit); a lone writer commits its own
+    /// job at once, with no thread hand-off; and no caller ever commits more
+    /// than one batch for others, so none is held up under steady load.
+    fn run(&self, job: Box<dyn Job>, mut answered: impl FnMut() -> bool) {
+        let mut state = lock(&self.state);
+        state.queue.push(job);
         loop {
-            let conn = match self.conn.try_lock() {
-                Ok(conn) => conn,
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => return,
-            };
-            loop {
-                let batch = std::mem::take(&mut *lock(&self.queue));
-                if batch.is_empty() {
-                    break;
+            while state.busy {
+                state = self
+                    .turn_ended
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner());
+                if answered() {
+                    return;
                 }
-                commit_batch(&conn, batch);
             }
-            drop(conn);
-            if lock(&self.queue).is_empty() {
+            if answered() {
                 return;
             }
+            // The connection is free and this job (at least) is queued.
+            state.busy = true;
+            let batch = std::mem::take(&mut state.queue);
+            drop(state);
+            commit_batch(&lock(&self.conn), batch);
+            self.end_turn();
+            if answered() {
+                return;
+            }
+            state = lock(&self.state);
         }
     }
 }
@@ -242,14 +281,19 @@ impl<T> Write<T> {
     /// once committed. Blocks the calling thread.
     pub fn wait(mut self) -> Result<T, DbError> {
         if let Some(job) = self.job.take() {
-            lock(&self.writer.queue).push(job);
+            let mut ready = None;
+            let answer = &mut self.answer;
+            self.writer.run(job, || {
+                if ready.is_none() {
+                    ready = answer.try_recv().ok();
+                }
+                ready.is_some()
+            });
+            if let Some(outcome) = ready {
+                return outcome;
+            }
         }
-        self.writer.combine();
-        // Either this thread committed the job, or the combiner that held
-        // the connection will: wait for its answer.
-        self.answer
-            .blocking_recv()
-            .map_err(|_| DbError::Internal("a queued write was dropped".into()))?
+        Err(DbError::Internal("a queued write was dropped".into()))
     }
 }
 
