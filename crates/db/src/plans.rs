@@ -408,35 +408,41 @@ fn load_steps(conn: &Connection, plan_id: &str) -> Result<Vec<Step>, DbError> {
     Ok(steps)
 }
 
-const SUMMARY_COLUMNS: &str = "id, uuid, intent_id, session_id, name, module, action, status, error, created_at, updated_at, result";
+const SUMMARY_COLUMNS: &str =
+    "id, uuid, intent_id, session_id, name, module, action, status, error, created_at, updated_at";
 
 struct SummaryRow {
     id: i64,
     summary: PlanSummary,
+    /// The plan's result, when the listing asked for it (v6 tasks).
     result: Option<String>,
 }
 
-fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<Result<SummaryRow, DbError>> {
-    let uuid: String = r.get(1)?;
-    let intent: Option<String> = r.get(2)?;
-    let status: String = r.get(7)?;
+/// A listing row; reads `result` (column 11) only when it was selected.
+/// Ids and the status are parsed from borrowed text, without copies.
+fn summary_from_row(
+    r: &Row<'_>,
+    with_result: bool,
+) -> rusqlite::Result<Result<SummaryRow, DbError>> {
+    let text = |i| r.get_ref(i).and_then(|v| Ok(v.as_str_or_null()?));
+    let (uuid, intent, status) = (text(1)?, text(2)?, text(7)?);
     let id: i64 = r.get(0)?;
     let session_id: Option<String> = r.get(3)?;
     let (name, module, action): (String, String, String) = (r.get(4)?, r.get(5)?, r.get(6)?);
     let error: Option<String> = r.get(8)?;
     let (created, updated): (Ts, Ts) = (r.get(9)?, r.get(10)?);
-    let result: Option<String> = r.get(11)?;
+    let result: Option<String> = if with_result { r.get(11)? } else { None };
     Ok((|| {
         Ok(SummaryRow {
             id,
             summary: PlanSummary {
-                plan_id: parse_uuid(&uuid)?,
-                intent_id: intent.as_deref().map(parse_uuid).transpose()?,
+                plan_id: parse_uuid(uuid.unwrap_or_default())?,
+                intent_id: intent.map(parse_uuid).transpose()?,
                 session_id,
                 name,
                 module,
                 action,
-                status: parse_enum(&status, "status")?,
+                status: parse_enum(status.unwrap_or_default(), "status")?,
                 error,
                 created_at: created.0,
                 updated_at: updated.0,
@@ -657,9 +663,11 @@ impl Db {
         filter: &PlanFilter,
         limit: u32,
         cursor: Option<i64>,
+        with_result: bool,
     ) -> Result<(Vec<SummaryRow>, Option<i64>), DbError> {
         self.read(|conn| {
-            let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM tasks WHERE 1 = 1");
+            let extra = if with_result { ", result" } else { "" };
+            let mut sql = format!("SELECT {SUMMARY_COLUMNS}{extra} FROM tasks WHERE 1 = 1");
             let mut args: Vec<Box<dyn ToSql>> = Vec::new();
             if let Some(status) = filter.status {
                 sql.push_str(" AND status = ?");
@@ -682,7 +690,7 @@ impl Db {
             let mut stmt = conn.prepare_cached(&sql)?;
             let params: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
             let mut rows = Vec::new();
-            for row in stmt.query_map(params.as_slice(), summary_from_row)? {
+            for row in stmt.query_map(params.as_slice(), |r| summary_from_row(r, with_result))? {
                 rows.push(row??);
             }
             let next = if rows.len() > limit as usize {
@@ -703,7 +711,7 @@ impl Db {
         limit: u32,
         cursor: Option<i64>,
     ) -> Result<(Vec<PlanSummary>, Option<i64>), DbError> {
-        let (rows, next) = self.page(filter, limit, cursor)?;
+        let (rows, next) = self.page(filter, limit, cursor, false)?;
         Ok((rows.into_iter().map(|r| r.summary).collect(), next))
     }
 
@@ -714,7 +722,7 @@ impl Db {
         limit: u32,
         cursor: Option<i64>,
     ) -> Result<(Vec<TaskView>, Option<i64>), DbError> {
-        let (rows, next) = self.page(filter, limit, cursor)?;
+        let (rows, next) = self.page(filter, limit, cursor, true)?;
         let tasks = rows
             .into_iter()
             .map(|r| {
