@@ -293,25 +293,23 @@ pub async fn chat(
         ("user".to_owned(), command.message.as_str().to_owned()),
         ("assistant".to_owned(), response.clone()),
     ];
-    state
-        .db
-        .record_turn(
-            session_id.as_str().to_owned(),
-            mode,
-            Some(intent_id),
-            messages,
-            state.settings.history_max,
-            Utc::now(),
-        )
-        .await?;
     let closing = if assessment.is_denied() {
         "denied".to_owned()
     } else {
         status.as_str().to_owned()
     };
-    state
-        .db
-        .close_intent(intent_id, &closing, None, Utc::now())
+    // The turn and the intent's close commit together: one commit, and the
+    // history never shows a turn whose intent is still open.
+    let now = Utc::now();
+    let turn = state.db.record_turn(
+        session_id.as_str().to_owned(),
+        mode,
+        Some(intent_id),
+        messages,
+        state.settings.history_max,
+        now,
+    );
+    turn.and(state.db.close_intent(intent_id, &closing, None, now))
         .await?;
 
     Ok(ChatResponse {
