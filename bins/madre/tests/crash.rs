@@ -161,6 +161,10 @@ async fn three_sigkills_mid_load_lose_nothing_acknowledged() {
         }
     }
     assert!(confirmed > 0);
+    eprintln!(
+        "{} acknowledged across 3 SIGKILLs, all readable; {confirmed} WAITING plans confirmed to DONE",
+        acked.len()
+    );
     child.kill().unwrap();
     let _ = child.wait();
 
