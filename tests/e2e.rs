@@ -1315,6 +1315,20 @@ async fn fault_matrix_required_optional_and_audio_modules() {
     assert_no_panic(&panics);
 }
 
+/// A server whose `module` URL points at a port nothing listens on, with a
+/// 300 ms call timeout.
+async fn spawn_app_with_module_down(module: Module) -> TestApp {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let var = format!("VX11_{}_URL", module.env_name());
+    spawn_app_with(&[
+        (var.as_str(), url.as_str()),
+        ("MADRE_CALL_TIMEOUT_MS", "300"),
+    ])
+    .await
+}
+
 #[actix_rt::test]
 async fn fault_matrix_modules_that_are_down() {
     let panics = count_panics();
@@ -1323,15 +1337,7 @@ async fn fault_matrix_modules_that_are_down() {
         (Module::Switch, "hello"),
         (Module::Shub, "render the track"),
     ] {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", closed.local_addr().unwrap());
-        drop(closed);
-        let var = format!("VX11_{}_URL", module.env_name());
-        let app = spawn_app_with(&[
-            (var.as_str(), url.as_str()),
-            ("MADRE_CALL_TIMEOUT_MS", "300"),
-        ])
-        .await;
+        let app = spawn_app_with_module_down(module).await;
         let r = timed_chat(&app, message).await;
         if module == Module::Switch {
             assert_eq!(s(&r.body["status"]), "DONE");
@@ -1432,15 +1438,7 @@ async fn fault_matrix_every_other_module() {
     }
     // Down: nothing listens where the module should be.
     for (module, via) in OTHER_MODULES {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", closed.local_addr().unwrap());
-        drop(closed);
-        let var = format!("VX11_{}_URL", module.env_name());
-        let down = spawn_app_with(&[
-            (var.as_str(), url.as_str()),
-            ("MADRE_CALL_TIMEOUT_MS", "300"),
-        ])
-        .await;
+        let down = spawn_app_with_module_down(module).await;
         let plan = reach(&down, module, via).await;
         let detail = down
             .send("GET", &format!("/madre/plans/{plan}"), Some(VIEWER), None)
@@ -1501,14 +1499,7 @@ async fn ten_thousand_requests_against_faulty_modules_keep_memory_bounded() {
                 let app = app.clone();
                 actix_rt::spawn(async move {
                     for _ in 0..total / 16 {
-                        let r = app
-                            .send(
-                                "POST",
-                                "/madre/chat",
-                                Some(OPERATOR),
-                                Some(json!({"message": "hello"})),
-                            )
-                            .await;
+                        let r = app.chat(OPERATOR, "hello").await;
                         assert_eq!(r.status, 200);
                     }
                 })
@@ -1618,14 +1609,7 @@ async fn slow_clients_are_cut_without_starving_the_others() {
     for _ in 0..10 {
         let health = app.send("GET", "/health", None, None).await;
         assert_eq!(health.status, 200);
-        let chat = app
-            .send(
-                "POST",
-                "/madre/chat",
-                Some(OPERATOR),
-                Some(json!({"message": "hello"})),
-            )
-            .await;
+        let chat = app.chat(OPERATOR, "hello").await;
         assert_eq!((chat.status, s(&chat.body["status"])), (200, "DONE"));
     }
     for client in slow {
