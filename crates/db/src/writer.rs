@@ -130,8 +130,8 @@ impl Writer {
         }
         state.busy = true;
         drop(state);
+        let _turn = Turn(self);
         f(&lock(&self.conn));
-        self.end_turn();
     }
 
     /// Hands the turn on and wakes every waiter: some have their answer,
@@ -168,13 +168,25 @@ impl Writer {
             state.busy = true;
             let batch = std::mem::take(&mut state.queue);
             drop(state);
-            commit_batch(&lock(&self.conn), batch);
-            self.end_turn();
+            {
+                let _turn = Turn(self);
+                commit_batch(&lock(&self.conn), batch);
+            }
             if answered() {
                 return;
             }
             state = lock(&self.state);
         }
+    }
+}
+
+/// A held turn; ends it when dropped, even by a panic, so the writer is
+/// never left busy with nobody holding it.
+struct Turn<'a>(&'a Writer);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.end_turn();
     }
 }
 
