@@ -12,18 +12,18 @@ use std::net::TcpListener;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::config::Settings;
+use crate::error::{ApiError, json_error};
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::{request_id, routes};
+
 /// Blocking threads each HTTP worker may run database work on. Reads queue
 /// for 8 pooled connections and writes for one writer anyway; a few busy
 /// threads taking the next job beat many that sleep and wake for each
 /// request (context switches were about 15 % of madre's CPU when listing
 /// plans under load).
 const BLOCKING_THREADS_PER_WORKER: usize = 2;
-
-use crate::config::Settings;
-use crate::error::{ApiError, json_error};
-use crate::metrics::Metrics;
-use crate::state::AppState;
-use crate::{request_id, routes};
 
 /// Why Madre could not start.
 #[derive(Debug, thiserror::Error)]
