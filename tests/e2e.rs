@@ -1576,6 +1576,37 @@ mod raw {
         ))
     }
 
+    /// Sends a complete head announcing a 1,000-byte body, then the body one
+    /// byte per `pace`; answers when the server answered or cut the
+    /// connection, and what it said (`None` if neither within `limit`).
+    pub(super) fn slow_body(
+        base: &str,
+        head: &str,
+        pace: Duration,
+        limit: Duration,
+    ) -> Option<(Duration, String)> {
+        let mut stream = connect(base);
+        stream.set_read_timeout(Some(pace)).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        while started.elapsed() < limit {
+            if stream.write_all(b" ").is_err() {
+                return Some((started.elapsed(), String::new()));
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => return Some((started.elapsed(), String::new())),
+                Ok(n) => {
+                    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    return Some((started.elapsed(), answer));
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return Some((started.elapsed(), String::new())),
+            }
+        }
+        None
+    }
+
     /// Sends `request` whole and reads until the server closes or `limit`
     /// passes; a reset counts as the end of the answer.
     pub(super) fn exchange(base: &str, request: &[u8], limit: Duration) -> String {
@@ -1629,6 +1660,55 @@ async fn slow_clients_are_cut_without_starving_the_others() {
         );
     }
     assert_eq!(app.send("GET", "/health", None, None).await.status, 200);
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn slow_bodies_get_408_without_starving_the_others() {
+    let app = std::rc::Rc::new(spawn_app().await);
+    // JSON bodies (chat) and the raw body of a confirmation.
+    let head = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-VX11-Token: {OPERATOR}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        )
+    };
+    let confirm = format!("/madre/plans/{}/confirm", uuid::Uuid::new_v4());
+    let slow: Vec<_> = (0..8)
+        .map(|i| {
+            let path = if i % 2 == 0 {
+                "/madre/chat"
+            } else {
+                confirm.as_str()
+            };
+            let (base, head) = (app.base.clone(), head(path));
+            std::thread::spawn(move || {
+                raw::slow_body(
+                    &base,
+                    &head,
+                    Duration::from_millis(200),
+                    Duration::from_secs(60),
+                )
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        let chat = app.chat(OPERATOR, "hello").await;
+        assert_eq!((chat.status, s(&chat.body["status"])), (200, "DONE"));
+    }
+    for client in slow {
+        let cut = actix_web::rt::task::spawn_blocking(move || client.join().unwrap())
+            .await
+            .unwrap();
+        let (after, answer) = cut.expect("a slow body was never cut");
+        eprintln!("slow body cut after {after:?}: {:?}", answer.lines().next());
+        // The body deadline is 10 s; generous margin.
+        assert!(after < Duration::from_secs(40), "cut only after {after:?}");
+        assert_eq!(raw::status(&answer), Some(408), "{answer}");
+        assert!(answer.contains("\"request_timeout\""), "{answer}");
+    }
+    // Nothing of theirs was logged as an intent: only the 10 real chats.
+    let plans = app.send("GET", "/madre/plans", Some(VIEWER), None).await;
+    assert_eq!(plans.body["plans"].as_array().map(Vec::len), Some(10));
     app.stop().await;
 }
 

@@ -164,6 +164,10 @@ impl Application {
                     }
                 })
                 .wrap_fn(request_id::tag)
+                .wrap_fn(|mut req, srv| {
+                    crate::body_deadline::limit(&mut req);
+                    actix_web::dev::Service::call(srv, req)
+                })
                 .service(resource("/health", "GET").route(web::get().to(routes::health)))
                 .service(resource("/metrics", "GET").route(web::get().to(routes::metrics)))
                 .service(resource("/madre/chat", "POST").route(web::post().to(routes::chat)))

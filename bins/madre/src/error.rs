@@ -38,6 +38,9 @@ pub enum ApiError {
     /// 405: the path exists, the method does not.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 408: the request body did not arrive within its deadline.
+    #[error("{0}")]
+    BodyTimeout(String),
     /// 409: the target is not in a state that allows the request.
     #[error("{0}")]
     Conflict(String),
@@ -103,6 +106,7 @@ impl ApiError {
             ApiError::WrongConfirmToken { .. } => "invalid_confirm_token",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::Conflict(_) => "conflict",
             ApiError::ConfirmationExpired => "confirmation_expired",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -124,6 +128,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) | ApiError::WrongConfirmToken { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::ConfirmationExpired => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -171,6 +176,9 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> ApiE
     use actix_web::error::JsonPayloadError as E;
     match err {
         E::ContentType => ApiError::UnsupportedMediaType,
+        E::Payload(e) if crate::body_deadline::is_timeout(&e) => {
+            ApiError::BodyTimeout(e.to_string())
+        }
         E::Overflow { .. } | E::OverflowKnownLength { .. } => ApiError::PayloadTooLarge(limit),
         E::Deserialize(e) if e.is_data() => ApiError::InvalidField(e.to_string()),
         E::Deserialize(e) => ApiError::MalformedJson(e.to_string()),

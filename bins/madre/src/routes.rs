@@ -46,6 +46,9 @@ enum BodyErrors {
     /// Not JSON.
     #[response(status = 400, description = "Malformed JSON")]
     Malformed(ErrorBody),
+    /// The body did not arrive in time.
+    #[response(status = 408, description = "Body not sent within 10 s")]
+    TooSlow(ErrorBody),
     /// Over the body limit.
     #[response(status = 413, description = "Body too large")]
     TooLarge(ErrorBody),
@@ -55,6 +58,25 @@ enum BodyErrors {
     /// A field broke its rule.
     #[response(status = 422, description = "Invalid field")]
     Invalid(ErrorBody),
+}
+
+/// Reads a raw body of at most `limit` bytes, with the errors of the JSON
+/// shape (413 over the limit, 408 when it arrives too slowly).
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| match e {
+            e if crate::body_deadline::is_timeout(&e) => ApiError::BodyTimeout(e.to_string()),
+            actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge(limit),
+            e => ApiError::MalformedJson(e.to_string()),
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn request_id(req: &HttpRequest) -> String {
@@ -477,9 +499,10 @@ pub async fn confirm(
     req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<ConfirmQuery>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let plan_id = parse_id(&path)?;
+    let body = read_body(payload, state.settings.max_body_bytes).await?;
     let token = if body.is_empty() {
         query.into_inner().confirm_token
     } else {
