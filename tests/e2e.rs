@@ -166,6 +166,21 @@ impl TestApp {
         .await
     }
 
+    /// The stored plan's status and error code (empty when none).
+    async fn plan_outcome(&self, plan_id: &str) -> (String, String) {
+        let detail = self
+            .send(
+                "GET",
+                &format!("/madre/plans/{plan_id}"),
+                Some(VIEWER),
+                None,
+            )
+            .await;
+        assert_eq!(detail.status, 200, "plan {plan_id}: {}", detail.body);
+        let field = |name: &str| s(&detail.body["plan"][name]).to_owned();
+        (field("status"), field("error"))
+    }
+
     async fn confirm(&self, token: &str, plan_id: &str, confirm_token: &str) -> Reply {
         self.send(
             "POST",
@@ -506,15 +521,9 @@ async fn confirmation_failures() {
         );
     }
     assert_eq!(app.confirm(ADMIN, &plan, &token).await.status, 409);
-    let detail = app
-        .send("GET", &format!("/madre/plans/{plan}"), Some(ADMIN), None)
-        .await;
     assert_eq!(
-        (
-            s(&detail.body["plan"]["status"]),
-            s(&detail.body["plan"]["error"])
-        ),
-        ("CANCELLED", "confirmation_void")
+        app.plan_outcome(&plan).await,
+        ("CANCELLED".into(), "confirmation_void".into())
     );
 
     // an expired token: 410, and the plan ends CANCELLED confirmation_expired
@@ -529,15 +538,9 @@ async fn confirmation_failures() {
         (c.status, s(&c.body["error"])),
         (410, "confirmation_expired")
     );
-    let detail = app
-        .send("GET", &format!("/madre/plans/{plan}"), Some(ADMIN), None)
-        .await;
     assert_eq!(
-        (
-            s(&detail.body["plan"]["status"]),
-            s(&detail.body["plan"]["error"])
-        ),
-        ("CANCELLED", "confirmation_expired")
+        app.plan_outcome(&plan).await,
+        ("CANCELLED".into(), "confirmation_expired".into())
     );
 
     // a cancelled plan cannot be confirmed; a done plan cannot be cancelled
@@ -1011,11 +1014,8 @@ async fn a_failing_module_is_reported_not_crashed() {
     let r = app.chat(OPERATOR, "hello").await;
     assert_eq!((r.status, s(&r.body["status"])), (200, "ERROR"));
     assert!(s(&r.body["response"]).contains("HTTP 500"), "{}", r.body);
-    let plan = s(&r.body["plan_id"]).to_owned();
-    let detail = app
-        .send("GET", &format!("/madre/plans/{plan}"), Some(VIEWER), None)
-        .await;
-    assert_eq!(s(&detail.body["plan"]["error"]), "http_500");
+    let (_, error) = app.plan_outcome(s(&r.body["plan_id"])).await;
+    assert_eq!(error, "http_500");
     let metrics = app.send("GET", "/metrics", Some(VIEWER), None).await;
     let text = s(&metrics.body).to_owned();
     assert!(text.contains("madre_http_requests_total{route=\"/madre/chat\",status=\"200\"}"));
@@ -1274,11 +1274,8 @@ async fn fault_matrix_required_optional_and_audio_modules() {
                 fault.calls,
                 "{cell}: calls"
             );
-            let plan = s(&r.body["plan_id"]).to_owned();
-            let detail = app
-                .send("GET", &format!("/madre/plans/{plan}"), Some(VIEWER), None)
-                .await;
-            let (status, error) = (s(&r.body["status"]), s(&detail.body["plan"]["error"]));
+            let (_, error) = app.plan_outcome(s(&r.body["plan_id"])).await;
+            let (status, error) = (s(&r.body["status"]), error.as_str());
             match (module, fault.code) {
                 (_, None) => assert_eq!(status, "DONE", "{cell}"),
                 (Module::Switch, Some(_)) => {
@@ -1348,12 +1345,9 @@ async fn fault_matrix_modules_that_are_down() {
                     .contains(&json!("switch_unavailable"))
             );
         } else {
-            let plan = s(&r.body["plan_id"]).to_owned();
-            let detail = app
-                .send("GET", &format!("/madre/plans/{plan}"), Some(VIEWER), None)
-                .await;
+            let (_, error) = app.plan_outcome(s(&r.body["plan_id"])).await;
             assert_eq!(
-                (s(&r.body["status"]), s(&detail.body["plan"]["error"])),
+                (s(&r.body["status"]), error.as_str()),
                 ("ERROR", "unreachable"),
                 "{module} down"
             );
@@ -1419,16 +1413,12 @@ async fn fault_matrix_every_other_module() {
                 fault.calls,
                 "{cell}: calls"
             );
-            let detail = app
-                .send("GET", &format!("/madre/plans/{plan}"), Some(VIEWER), None)
-                .await;
-            let outcome = (
-                s(&detail.body["plan"]["status"]),
-                s(&detail.body["plan"]["error"]),
-            );
+            let (status, error) = app.plan_outcome(&plan).await;
             match fault.code {
-                None => assert_eq!(outcome.0, "DONE", "{cell}: {}", detail.body),
-                Some(code) => assert_eq!(outcome, ("ERROR", code), "{cell}"),
+                None => assert_eq!(status, "DONE", "{cell}: {error}"),
+                Some(code) => {
+                    assert_eq!((status.as_str(), error.as_str()), ("ERROR", code), "{cell}")
+                }
             }
             app.stubs
                 .behave(module, &Behaviour::default())
@@ -1440,15 +1430,9 @@ async fn fault_matrix_every_other_module() {
     for (module, via) in OTHER_MODULES {
         let down = spawn_app_with_module_down(module).await;
         let plan = reach(&down, module, via).await;
-        let detail = down
-            .send("GET", &format!("/madre/plans/{plan}"), Some(VIEWER), None)
-            .await;
         assert_eq!(
-            (
-                s(&detail.body["plan"]["status"]),
-                s(&detail.body["plan"]["error"])
-            ),
-            ("ERROR", "unreachable"),
+            down.plan_outcome(&plan).await,
+            ("ERROR".into(), "unreachable".into()),
             "{module} down"
         );
         down.stop().await;
