@@ -171,14 +171,23 @@ impl ResponseError for ApiError {
     }
 }
 
-/// Maps a JSON body extraction failure to 400/413/415/422.
+/// Maps a failure to read a request body to 408 (too slow), 413 (over
+/// `limit`) or 400.
+pub fn payload_error(err: actix_web::error::PayloadError, limit: usize) -> ApiError {
+    use actix_web::error::PayloadError as P;
+    match err {
+        e if crate::body_deadline::is_timeout(&e) => ApiError::BodyTimeout(e.to_string()),
+        P::Overflow => ApiError::PayloadTooLarge(limit),
+        e => ApiError::MalformedJson(e.to_string()),
+    }
+}
+
+/// Maps a JSON body extraction failure to 400/408/413/415/422.
 pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
     use actix_web::error::JsonPayloadError as E;
     match err {
         E::ContentType => ApiError::UnsupportedMediaType,
-        E::Payload(e) if crate::body_deadline::is_timeout(&e) => {
-            ApiError::BodyTimeout(e.to_string())
-        }
+        E::Payload(e) => payload_error(e, limit),
         E::Overflow { .. } | E::OverflowKnownLength { .. } => ApiError::PayloadTooLarge(limit),
         E::Deserialize(e) if e.is_data() => ApiError::InvalidField(e.to_string()),
         E::Deserialize(e) => ApiError::MalformedJson(e.to_string()),

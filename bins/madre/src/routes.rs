@@ -66,11 +66,7 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes
     use futures_util::StreamExt;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| match e {
-            e if crate::body_deadline::is_timeout(&e) => ApiError::BodyTimeout(e.to_string()),
-            actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge(limit),
-            e => ApiError::MalformedJson(e.to_string()),
-        })?;
+        let chunk = chunk.map_err(|e| crate::error::payload_error(e, limit))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }
