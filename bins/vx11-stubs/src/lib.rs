@@ -7,23 +7,34 @@
 //! per module through an admin endpoint on that module's port:
 //!
 //! - `PUT /__stub/behaviour` with a [`Behaviour`] (latency, error status,
-//!   fail-the-first-N, hang, garbage or oversized bodies, connection reset);
+//!   fail-the-first-N, hang, garbage or oversized bodies, connection reset,
+//!   and the `intent` Switch's `route-v5` answers with, for SPEC §4a);
 //! - `GET /__stub/stats` answers [`Stats`] (calls, in-flight peak, the
-//!   `Idempotency-Key`s seen);
+//!   `Idempotency-Key`s seen, connections accepted, the latest bodies);
 //! - `POST /__stub/reset` clears both.
+//!
+//! [`StubServer`] runs the stand-ins on a thread of their own (an actix
+//! system), so they answer whatever runtime the test or the caller uses:
+//! actix, a current-thread Tokio runtime or a multi-threaded one, and even a
+//! thread that blocks. [`StubServer::behave`] and [`StubServer::stats`]
+//! reach the same state directly, without HTTP.
 //!
 //! These are test and demo helpers, clearly not the real modules: their
 //! answers only echo what they were asked.
 
-use actix_web::dev::ServerHandle;
+use actix_web::dev::{Extensions, ServerHandle};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use madre_models::Module;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::any::Any;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Mutex;
 use std::time::Duration;
+
+/// How many request bodies [`Stats::bodies`] keeps per module.
+pub const KEPT_BODIES: usize = 32;
 
 /// How a module misbehaves; the default is a prompt, healthy answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +54,12 @@ pub struct Behaviour {
     pub body_bytes: Option<usize>,
     /// Cut the connection in the middle of the answer.
     pub reset: bool,
+    /// Switch only: `POST /switch/route-v5` answers this value as `intent`,
+    /// beside `engine` (SPEC §4a). Any JSON is sent as given, so a test can
+    /// also hand Madre an invalid intent, e.g.
+    /// `{"domain": "system", "action": "status", "targets": ["hermes"],
+    /// "parameters": {}, "confidence": 0.95}`.
+    pub intent: Option<Value>,
 }
 
 /// What a module has seen since the last reset.
@@ -58,6 +75,20 @@ pub struct Stats {
     pub idempotency_keys: Vec<String>,
     /// `X-VX11-Token` values were present on every call.
     pub all_calls_had_token: bool,
+    /// TCP connections accepted on this module's port (any path), so a test
+    /// can tell whether a client reuses its connections.
+    pub connections: u64,
+    /// The latest request bodies of module endpoints (at most
+    /// [`KEPT_BODIES`]), oldest first; a body that is not JSON is `null`.
+    pub bodies: Vec<Value>,
+}
+
+impl Stats {
+    /// The body of the latest call to a module endpoint, e.g. what Madre
+    /// sent to Switch's `route-v5`.
+    pub fn last_body(&self) -> Option<&Value> {
+        self.bodies.last()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -75,7 +106,10 @@ struct Shared {
 
 impl Shared {
     fn module_of(&self, req: &HttpRequest) -> Module {
-        let port = req.app_config().local_addr().port();
+        self.module_at(req.app_config().local_addr().port())
+    }
+
+    fn module_at(&self, port: u16) -> Module {
         self.by_port.get(&port).copied().unwrap_or(Module::Hermes)
     }
 
@@ -83,20 +117,32 @@ impl Shared {
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         f(modules.entry(module).or_default())
     }
+
+    /// Counts a new connection; actix calls it once per accepted socket.
+    fn on_connect(&self, connection: &dyn Any) {
+        let port = connection
+            .downcast_ref::<actix_web::rt::net::TcpStream>()
+            .and_then(|tcp| tcp.local_addr().ok())
+            .map(|addr| addr.port());
+        if let Some(port) = port {
+            self.with(self.module_at(port), |s| s.stats.connections += 1);
+        }
+    }
 }
 
-/// The running stand-ins.
+/// The running stand-ins, served by a thread of their own until
+/// [`StubServer::stop`] (or until dropped, which stops them without waiting).
 pub struct StubServer {
     addresses: HashMap<Module, SocketAddr>,
+    shared: web::Data<Shared>,
     handle: ServerHandle,
-    task: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+    finished: Option<tokio::sync::oneshot::Receiver<std::io::Result<()>>>,
 }
 
 impl StubServer {
     /// Starts every module on `host`, at `port_of(module)` (0 picks a free
-    /// port). The server is driven by the current actix runtime, so keep
-    /// that runtime's thread free (no blocking calls on it) while the stubs
-    /// must answer.
+    /// port), on a new thread running its own actix system: callable from
+    /// any runtime, or from none. Returns once every port is listening.
     pub fn start(host: &str, port_of: impl Fn(Module) -> u16) -> std::io::Result<Self> {
         let mut listeners = Vec::new();
         let mut shared = Shared::default();
@@ -109,31 +155,33 @@ impl StubServer {
             listeners.push(listener);
         }
         let shared = web::Data::new(shared);
-        let mut server = HttpServer::new({
-            let shared = shared.clone();
-            move || {
-                App::new()
-                    .app_data(shared.clone())
-                    .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
-                    .route("/health", web::get().to(health))
-                    .route("/__stub/behaviour", web::put().to(set_behaviour))
-                    .route("/__stub/stats", web::get().to(stats))
-                    .route("/__stub/reset", web::post().to(reset))
-                    .default_service(web::to(module_call))
-            }
-        })
-        .workers(2)
-        .shutdown_timeout(1);
-        for listener in listeners {
-            server = server.listen(listener)?;
-        }
-        let server = server.run();
-        let handle = server.handle();
-        let task = actix_web::rt::spawn(server);
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (finished_tx, finished) = tokio::sync::oneshot::channel();
+        let for_thread = shared.clone();
+        std::thread::Builder::new()
+            .name("vx11-stubs".into())
+            .spawn(move || {
+                let outcome = actix_web::rt::System::new().block_on(async move {
+                    let server = match serve(listeners, for_thread) {
+                        Ok(server) => server,
+                        Err(e) => {
+                            let _ = handle_tx.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    let _ = handle_tx.send(Ok(server.handle()));
+                    server.await
+                });
+                let _ = finished_tx.send(outcome);
+            })?;
+        let handle = handle_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the vx11-stubs thread ended before serving"))??;
         Ok(Self {
             addresses,
+            shared,
             handle,
-            task,
+            finished: Some(finished),
         })
     }
 
@@ -147,44 +195,75 @@ impl StubServer {
         format!("http://{}", self.addr(module))
     }
 
-    /// Sets how `module` behaves from now on (through its admin endpoint).
+    /// Sets how `module` behaves from now on, as `PUT /__stub/behaviour`
+    /// would (it also restarts the `fail_first` count). Never fails; the
+    /// `Result` is kept for callers written against the HTTP version.
     pub async fn behave(&self, module: Module, behaviour: &Behaviour) -> Result<(), String> {
-        let response = awc::Client::default()
-            .put(format!("{}/__stub/behaviour", self.url(module)))
-            .send_json(behaviour)
-            .await
-            .map_err(|e| e.to_string())?;
-        match response.status().as_u16() {
-            204 => Ok(()),
-            status => Err(format!(
-                "setting the behaviour of {module} answered {status}"
-            )),
-        }
+        self.shared.with(module, |s| {
+            s.behaviour = behaviour.clone();
+            s.failures_served = 0;
+        });
+        Ok(())
     }
 
-    /// What `module` has seen since its last reset.
+    /// What `module` has seen since its last reset, as `GET /__stub/stats`
+    /// answers. Never fails; see [`StubServer::behave`].
     pub async fn stats(&self, module: Module) -> Result<Stats, String> {
-        awc::Client::default()
-            .get(format!("{}/__stub/stats", self.url(module)))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())
+        Ok(self.shared.with(module, |s| s.stats.clone()))
     }
 
     /// Serves until the server stops (SIGTERM or SIGINT, handled by actix).
-    pub async fn wait(self) -> std::io::Result<()> {
-        self.task
-            .await
-            .map_err(|e| std::io::Error::other(format!("stub server task failed: {e}")))?
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        match self.finished.take() {
+            Some(finished) => finished
+                .await
+                .map_err(|_| std::io::Error::other("the vx11-stubs thread panicked"))?,
+            None => Ok(()),
+        }
     }
 
-    /// Stops the server, waiting for in-flight answers.
-    pub async fn stop(self) {
+    /// Stops the server, waiting for in-flight answers and for its thread.
+    pub async fn stop(mut self) {
         self.handle.stop(true).await;
+        if let Some(finished) = self.finished.take() {
+            let _ = finished.await;
+        }
     }
+}
+
+impl Drop for StubServer {
+    /// A server neither stopped nor awaited (a test that panicked) is told
+    /// to stop at once, so its thread and ports do not outlive it.
+    fn drop(&mut self) {
+        if self.finished.is_some() {
+            // `stop` sends its command before the future is polled.
+            drop(self.handle.stop(false));
+        }
+    }
+}
+
+fn serve(
+    listeners: Vec<TcpListener>,
+    shared: web::Data<Shared>,
+) -> std::io::Result<actix_web::dev::Server> {
+    let counter = shared.clone();
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(shared.clone())
+            .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+            .route("/health", web::get().to(health))
+            .route("/__stub/behaviour", web::put().to(set_behaviour))
+            .route("/__stub/stats", web::get().to(stats))
+            .route("/__stub/reset", web::post().to(reset))
+            .default_service(web::to(module_call))
+    })
+    .on_connect(move |connection, _: &mut Extensions| counter.on_connect(connection))
+    .workers(2)
+    .shutdown_timeout(1);
+    for listener in listeners {
+        server = server.listen(listener)?;
+    }
+    Ok(server.run())
 }
 
 async fn health(shared: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
@@ -221,7 +300,10 @@ struct InFlight(web::Data<Shared>, Module);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.with(self.1, |s| s.stats.in_flight -= 1);
+        // saturating: a reset while the call was answered zeroed the count
+        self.0.with(self.1, |s| {
+            s.stats.in_flight = s.stats.in_flight.saturating_sub(1)
+        });
     }
 }
 
@@ -237,8 +319,13 @@ async fn module_call(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let (behaviour, fail_now) = shared.with(module, |s| {
         let stats = &mut s.stats;
+        if stats.bodies.len() == KEPT_BODIES {
+            stats.bodies.remove(0);
+        }
+        stats.bodies.push(request.clone());
         stats.all_calls_had_token =
             (stats.calls == 0 || stats.all_calls_had_token) && header("x-vx11-token").is_some();
         stats.calls += 1;
@@ -290,15 +377,20 @@ async fn module_call(
         return HttpResponse::Ok().json(json!({ "reply": filler }));
     }
 
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let prompt = request.get("prompt").and_then(Value::as_str).unwrap_or("");
     let path = req.path();
     let answer = match (module, path) {
-        (Module::Switch, "/switch/route-v5") => json!({
-            "engine": "stub-engine",
-            "model": "stub-engine",
-            "reason": "vx11-stubs always picks stub-engine",
-        }),
+        (Module::Switch, "/switch/route-v5") => {
+            let mut answer = json!({
+                "engine": "stub-engine",
+                "model": "stub-engine",
+                "reason": "vx11-stubs always picks stub-engine",
+            });
+            if let Some(intent) = behaviour.intent {
+                answer["intent"] = intent;
+            }
+            answer
+        }
         (Module::Hermes, "/hermes/execute") => {
             let engine = request
                 .pointer("/metadata/engine")

@@ -17,7 +17,8 @@ struct Args {
     port_offset: u16,
 }
 
-#[actix_web::main]
+// The stubs serve from a thread of their own; this runtime only waits.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let offset = args.port_offset;

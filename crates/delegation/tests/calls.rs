@@ -1,5 +1,7 @@
 //! Delegation over real HTTP against vx11-stubs: the retry rule, timeouts,
-//! bad answers, idempotency keys and health probes.
+//! bad answers, idempotency keys and health probes; and against a plain
+//! HTTP/1.1 server that is not actix: connection reuse. Everything runs on
+//! plain Tokio runtimes, multi-threaded ones included.
 
 use chrono::Utc;
 use madre_delegation::*;
@@ -35,7 +37,7 @@ fn request(step: &Step, resumed: bool) -> ModuleRequest {
     request_for_step(step, Some("e1"), "req-1", resumed).unwrap()
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn a_healthy_call_is_made_once_with_the_token_and_the_engine() {
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let d = delegator(&stubs, 2000, &[]);
@@ -66,7 +68,7 @@ async fn a_healthy_call_is_made_once_with_the_token_and_the_engine() {
     stubs.stop().await;
 }
 
-#[actix_rt::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_5xx_is_retried_once_with_the_idempotency_key() {
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let d = delegator(&stubs, 2000, &[]);
@@ -134,7 +136,7 @@ async fn one_5xx_is_retried_once_with_the_idempotency_key() {
     stubs.stop().await;
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn resumed_steps_send_the_key_on_the_first_attempt() {
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let d = delegator(&stubs, 2000, &[]);
@@ -147,7 +149,7 @@ async fn resumed_steps_send_the_key_on_the_first_attempt() {
     stubs.stop().await;
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn hanging_refusing_garbage_and_oversized_modules_fail_with_typed_errors() {
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let d = delegator(&stubs, 300, &[]);
@@ -243,7 +245,7 @@ async fn hanging_refusing_garbage_and_oversized_modules_fail_with_typed_errors()
     stubs.stop().await;
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn disabled_modules_are_never_called_and_probe_as_disabled() {
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let d = delegator(&stubs, 2000, &[Module::Hermes]);
@@ -382,4 +384,226 @@ fn registry_reads_configuration_and_names_bad_variables() {
         assert_eq!(err.variable, var);
         assert!(err.to_string().contains(var));
     }
+}
+
+/// Compile-time proof that the delegator can be shared across threads and
+/// that its futures can be spawned on a multi-threaded runtime.
+fn assert_send<T: Send>(value: T) -> T {
+    value
+}
+
+fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
+
+#[test]
+fn the_delegator_and_its_futures_are_send() {
+    assert_shareable::<Delegator>();
+    assert_shareable::<HealthTable>();
+    let d = Delegator::new(std::sync::Arc::new(Registry::new(
+        BTreeMap::new(),
+        &[],
+        SecretString::from("t"),
+        Duration::from_millis(10),
+    )));
+    let step = hermes_step();
+    let request = request(&step, false);
+    // Built, checked, and dropped unpolled: only the types matter here.
+    drop(assert_send(d.call(&request)));
+    drop(assert_send(d.probe(&[Module::Hermes], PROBE_TIMEOUT)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_run_on_a_multi_thread_runtime_from_spawned_tasks() {
+    let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
+    let d = delegator(&stubs, 2000, &[]);
+    // tokio::spawn requires Send futures; each task may move between workers.
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let mut step = hermes_step();
+                step.payload["prompt"] = json!(format!("hello {i}"));
+                let out = d.call(&request(&step, false)).await.unwrap();
+                let probe = d.probe(&[Module::Switch], PROBE_TIMEOUT).await;
+                (reply_text(&out.body).unwrap(), probe[&Module::Switch])
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (reply, switch) = task.await.unwrap();
+        assert_eq!(reply, format!("[hermes stub via e1] hello {i}"));
+        assert_eq!(switch, DepState::Up);
+    }
+    assert_eq!(stubs.stats(Module::Hermes).await.unwrap().calls, 16);
+    stubs.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_is_abandoned_and_the_client_carries_on() {
+    use std::sync::atomic::Ordering;
+    let server = KeepAliveServer::start();
+    let urls: BTreeMap<Module, String> =
+        Module::REMOTE.iter().map(|&m| (m, server.url())).collect();
+    let d = Delegator::new(std::sync::Arc::new(Registry::new(
+        urls,
+        &[],
+        SecretString::from("t"),
+        Duration::from_secs(30),
+    )));
+    let mut hanging = request(&hermes_step(), false);
+    hanging.path = "/hang".into();
+    let call = d.call(&hanging);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), call)
+            .await
+            .is_err(),
+        "the hanging module made the caller give up"
+    );
+    // Dropping the call's future closed its connection on the client thread,
+    // long before the 30 s call timeout.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.closed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned call kept its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = d.call(&request(&hermes_step(), false)).await.unwrap();
+    assert_eq!(out.attempts, 1);
+}
+
+/// A minimal HTTP/1.1 keep-alive server on `std::net` (not actix): answers
+/// every request with a small JSON body and `Content-Length`, keeps each
+/// connection open until the client closes it, and counts the connections
+/// it accepted. `/hang` is never answered: the server waits for the client
+/// to close that connection, and counts it in `closed`.
+struct KeepAliveServer {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl KeepAliveServer {
+    fn start() -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (count, served, hung_up) = (accepted.clone(), requests.clone(), closed.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                let (served, hung_up) = (served.clone(), hung_up.clone());
+                std::thread::spawn(move || Self::serve(stream, &served, &hung_up));
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            requests,
+            closed,
+        }
+    }
+
+    fn serve(
+        stream: std::net::TcpStream,
+        served: &std::sync::atomic::AtomicUsize,
+        hung_up: &std::sync::atomic::AtomicUsize,
+    ) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        loop {
+            let mut request_line = String::new();
+            match reader.read_line(&mut request_line) {
+                Ok(0) | Err(_) => return, // the client closed the connection
+                Ok(_) => {}
+            }
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if request_line.starts_with("POST /hang ") {
+                // no answer; a read returns only when the client closes
+                let mut rest = Vec::new();
+                let _ = reader.read_to_end(&mut rest);
+                hung_up.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+            let answer = if request_line.starts_with("GET /health ") {
+                r#"{"status":"ok"}"#.to_owned()
+            } else {
+                json!({"reply": "plain http/1.1", "engine": "plain"}).to_string()
+            };
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            if writer.write_all(response.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_calls_reuse_one_connection_to_a_plain_keep_alive_server() {
+    use std::sync::atomic::Ordering;
+    let server = KeepAliveServer::start();
+    let urls: BTreeMap<Module, String> =
+        Module::REMOTE.iter().map(|&m| (m, server.url())).collect();
+    let d = Delegator::new(std::sync::Arc::new(Registry::new(
+        urls,
+        &[],
+        SecretString::from("t"),
+        Duration::from_millis(2000),
+    )));
+    for i in 0..8 {
+        let out = d.call(&request(&hermes_step(), false)).await.unwrap();
+        assert_eq!(reply_text(&out.body).as_deref(), Some("plain http/1.1"));
+        assert_eq!(out.attempts, 1);
+        // a probe between calls reads its answer too, so it reuses it as well
+        if i % 3 == 0 {
+            let states = d.probe(&[Module::Hermes], PROBE_TIMEOUT).await;
+            assert_eq!(states[&Module::Hermes], DepState::Up);
+        }
+    }
+    // a call from another task (on whichever worker) still finds it idle
+    let other = d.clone();
+    tokio::spawn(async move { other.call(&request(&hermes_step(), false)).await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(server.requests.load(Ordering::SeqCst), 8 + 3 + 1);
+    assert_eq!(
+        server.accepted.load(Ordering::SeqCst),
+        1,
+        "8 sequential calls and 3 probes use exactly one connection"
+    );
 }
