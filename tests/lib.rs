@@ -1,1 +1,1 @@
-//! End-to-end tests of Madre live in `e2e.rs`; this library is empty.
+//! End-to-end tests of Madre live in `api/` (one test binary, a module per area); this library is empty.

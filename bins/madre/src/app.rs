@@ -1,19 +1,20 @@
-//! Building and running the server: storage, policy, principals, the runner,
-//! the HTTP app and its background loops.
+//! Building and running the server: Madre (storage, policy, runner,
+//! modules, from `madre-flows`), the principals, the HTTP app, and the
+//! background loops the library runs.
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
-use madre_db::{Db, RetentionPolicy};
-use madre_delegation::{Delegator, HealthTable, PROBE_TIMEOUT};
-use madre_models::Module;
+use madre_db::Db;
+use madre_delegation::Delegator;
+use madre_flows::{Madre, MadreConfig, Parts, Reload};
 use madre_policy::{Principals, RiskTables, Role};
 use madre_runner::{Runner, RunnerConfig};
 use std::net::TcpListener;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
-use crate::error::{ApiError, json_error};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::{request_id, routes};
@@ -61,13 +62,40 @@ fn load_tables(settings: &Settings) -> Result<RiskTables, madre_policy::PolicyEr
     }
 }
 
-/// `POST /control restart`: reloads the policy file and probes at once.
-pub fn reload(state: &AppState) -> Result<(), ApiError> {
-    let tables = load_tables(&state.settings)
-        .map_err(|e| ApiError::Conflict(format!("policy file not reloaded: {e}")))?;
-    *state.tables.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tables);
-    tracing::info!("policy reloaded");
-    Ok(())
+fn load_principals(settings: &Settings) -> Result<Principals, madre_policy::PrincipalsError> {
+    let principals = Principals::new().with_token("admin", Role::Admin, &settings.api_token);
+    match &settings.tokens_file {
+        Some(path) => principals.with_file(path),
+        None => Ok(principals),
+    }
+}
+
+/// The settings of `settings` that the flows read, and a restart reloads.
+fn flow_config(settings: &Settings) -> MadreConfig {
+    MadreConfig {
+        confirm_ttl_s: settings.confirm_ttl_s,
+        task_timeout_s: settings.task_timeout_s,
+        history_max: settings.history_max,
+        session_idle_s: settings.session_idle_s,
+        spawn_retention_s: settings.spawn_retention_s,
+        idempotency_ttl_s: settings.idempotency_ttl_s,
+        probe_interval: settings.probe_interval,
+        cleanup_interval: settings.cleanup_interval,
+        policy_file: settings.policy_file.clone(),
+    }
+}
+
+/// What a confirmed restart re-reads: the settings from the same sources
+/// as at start (environment, `MADRE_CONFIG`), then the policy and
+/// principals files they name. Settings that need a new process (listen
+/// address, database, module URLs, runner limits) keep their start values.
+fn reload(settings: &Settings) -> Result<Reload, String> {
+    let fresh = settings.reread().map_err(|e| e.to_string())?;
+    Ok(Reload {
+        tables: load_tables(&fresh).map_err(|e| format!("MADRE_POLICY_FILE: {e}"))?,
+        principals: load_principals(&fresh).map_err(|e| format!("MADRE_TOKENS_FILE: {e}"))?,
+        config: flow_config(&fresh),
+    })
 }
 
 /// A resource serving one method; the others answer 405 with `Allow`
@@ -84,11 +112,7 @@ impl Application {
     pub fn build(settings: Settings) -> Result<Self, StartError> {
         let db = Db::open(&settings.db_path)?;
         let tables = load_tables(&settings)?;
-        let mut principals =
-            Principals::new().with_token("admin", Role::Admin, &settings.api_token);
-        if let Some(path) = &settings.tokens_file {
-            principals = principals.with_file(path)?;
-        }
+        let principals = load_principals(&settings)?;
         let delegator = Delegator::new(Arc::new(settings.registry.clone()));
         let runner = Runner::new(
             db.clone(),
@@ -99,7 +123,6 @@ impl Application {
                 task_timeout: Duration::from_secs(settings.task_timeout_s),
             },
         );
-        let health = HealthTable::new(&settings.registry);
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartError::Bind {
             bind: settings.bind.clone(),
             source,
@@ -113,17 +136,21 @@ impl Application {
             .port();
         let max_body = settings.max_body_bytes;
         let rate_limit_per_s = settings.rate_limit_per_s;
-        let state = web::Data::new(AppState {
-            settings,
+        let for_reload = settings.clone();
+        let madre = Madre::new(Parts {
             db,
             runner,
             delegator,
-            health,
+            tables,
             principals,
-            tables: RwLock::new(Arc::new(tables)),
+            config: flow_config(&settings),
+            reloader: Some(Box::new(move || reload(&for_reload))),
+        });
+        let state = web::Data::new(AppState {
+            settings,
+            madre,
             rate_limiter: crate::rate_limit::RateLimiter::new(rate_limit_per_s),
             metrics: Metrics::default(),
-            started_at: Instant::now(),
         });
 
         let app_state = state.clone();
@@ -131,11 +158,6 @@ impl Application {
             let metrics_state = app_state.clone();
             App::new()
                 .app_data(app_state.clone())
-                .app_data(
-                    web::JsonConfig::default()
-                        .limit(max_body)
-                        .error_handler(move |err, _| json_error(err, max_body).into()),
-                )
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(
                     web::QueryConfig::default()
@@ -229,47 +251,20 @@ impl Application {
     /// Resumes interrupted plans, starts the background loops and serves
     /// until SIGTERM/SIGINT (or the server is stopped).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let state = self.state.clone();
-        match state.runner.resume_interrupted("startup").await {
-            Ok(runs) if !runs.is_empty() => {
-                tracing::info!(plans = runs.len(), "resumed interrupted plans")
-            }
-            Ok(_) => {}
+        let madre = self.state.madre.clone();
+        match madre.start_up().await {
+            Ok(report) => tracing::info!(
+                plans_resumed = report.plans_resumed,
+                intents_closed = report.intents_closed,
+                reservations_freed = report.reservations_freed,
+                "started up"
+            ),
             Err(e) => tracing::error!(error = %e, "could not resume interrupted plans"),
         }
-        let probe = actix_rt::spawn(probe_loop(state.clone()));
-        let cleanup = actix_rt::spawn(cleanup_loop(state.clone()));
+        madre.start_background();
         let result = self.server.await;
-        probe.abort();
-        cleanup.abort();
+        madre.stop_background();
         tracing::info!("madre stopped");
         result
-    }
-}
-
-async fn probe_loop(state: web::Data<AppState>) {
-    let mut tick = tokio::time::interval(state.settings.probe_interval);
-    loop {
-        tick.tick().await;
-        let states = state.delegator.probe(&Module::REMOTE, PROBE_TIMEOUT).await;
-        state.health.update(states);
-    }
-}
-
-async fn cleanup_loop(state: web::Data<AppState>) {
-    let settings = &state.settings;
-    let policy = RetentionPolicy {
-        session_idle: chrono::Duration::seconds(settings.session_idle_s as i64),
-        history_max: settings.history_max,
-        spawn_retention: chrono::Duration::seconds(settings.spawn_retention_s as i64),
-        stale_claim_after: chrono::Duration::minutes(5),
-    };
-    let mut tick = tokio::time::interval(settings.cleanup_interval);
-    loop {
-        tick.tick().await;
-        match state.db.cleanup(policy, chrono::Utc::now()).await {
-            Ok(report) => tracing::debug!(?report, "cleanup pass"),
-            Err(e) => tracing::error!(error = %e, "cleanup pass failed"),
-        }
     }
 }

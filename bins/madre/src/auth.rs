@@ -45,7 +45,7 @@ impl FromRequest for Caller {
             .get("x-vx11-token")
             .and_then(|v| v.to_str().ok());
         let principal = match (state, token) {
-            (Some(state), Some(token)) => state.principals.authenticate(token).cloned(),
+            (Some(state), Some(token)) => state.madre.authenticate(token),
             _ => None,
         };
         let Some(principal) = principal else {

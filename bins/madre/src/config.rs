@@ -6,6 +6,7 @@ use madre_delegation::{ConfigError, Registry};
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything Madre reads at start.
@@ -41,6 +42,8 @@ pub struct Settings {
     pub history_max: u32,
     /// Retention of finished spawn records (`MADRE_SPAWN_RETENTION_S`).
     pub spawn_retention_s: u64,
+    /// Lifetime of stored `Idempotency-Key` answers (`MADRE_IDEMPOTENCY_TTL_S`).
+    pub idempotency_ttl_s: u64,
     /// Request body limit (`MADRE_MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
     /// Health probe period (`MADRE_PROBE_INTERVAL_S`, default 10).
@@ -51,7 +54,14 @@ pub struct Settings {
     pub rate_limit_per_s: u32,
     /// Logs as JSON lines on stderr (`MADRE_LOG_FORMAT=json`).
     pub log_json: bool,
+    /// The tracing filter (`RUST_LOG`, default `info`), checked at start.
+    pub log_filter: String,
+    /// Where these settings came from (for [`Settings::reread`]).
+    pub origin: Origin,
 }
+
+/// A day, in seconds: the unit of most upper bounds.
+const DAY_S: u64 = 86_400;
 
 fn bad(variable: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -61,7 +71,18 @@ fn bad(variable: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Looks a variable up by name.
-type Lookup = Box<dyn Fn(&str) -> Option<String>>;
+type Lookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Where the settings were read from, kept so a restart reads them again
+/// from the same place.
+#[derive(Clone)]
+pub struct Origin(Lookup);
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Origin(..)")
+    }
+}
 
 /// Reads variables from the environment first, then from the config file.
 struct Source {
@@ -76,21 +97,60 @@ impl Source {
             .filter(|v| !v.trim().is_empty())
     }
 
-    fn number<T>(&self, name: &str, default: T, min: T) -> Result<T, ConfigError>
+    /// A whole number in `min..=max`, or `default` when unset. Every limit
+    /// has an upper bound, so no value can overflow a clock or a counter
+    /// later: `u64::MAX` seconds is refused here, naming the variable.
+    fn number<T>(&self, name: &str, default: T, min: T, max: T) -> Result<T, ConfigError>
     where
         T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
     {
         match self.get(name) {
             None => Ok(default),
             Some(text) => match text.trim().parse::<T>() {
-                Ok(n) if n >= min => Ok(n),
+                Ok(n) if n >= min && n <= max => Ok(n),
                 _ => Err(bad(
                     name,
-                    format!("{text:?} is not a whole number of at least {min}"),
+                    format!("{text:?} is not a whole number from {min} to {max}"),
                 )),
             },
         }
     }
+}
+
+/// Every key Madre reads, as accepted in the `MADRE_CONFIG` file.
+const KNOWN_KEYS: &[&str] = &[
+    "MADRE_BIND",
+    "MADRE_DATA_DIR",
+    "MADRE_DB_PATH",
+    "VX11_TOKEN",
+    "MADRE_TOKENS_FILE",
+    "VX11_OUTBOUND_TOKEN",
+    "MADRE_DISABLED_MODULES",
+    "MADRE_CALL_TIMEOUT_MS",
+    "MADRE_TASK_TIMEOUT_S",
+    "MADRE_MAX_CONCURRENT_TASKS",
+    "MADRE_MAX_QUEUED_TASKS",
+    "MADRE_CONFIRM_TTL_S",
+    "MADRE_SESSION_IDLE_S",
+    "MADRE_HISTORY_MAX",
+    "MADRE_SPAWN_RETENTION_S",
+    "MADRE_IDEMPOTENCY_TTL_S",
+    "MADRE_MAX_BODY_BYTES",
+    "MADRE_POLICY_FILE",
+    "MADRE_PROBE_INTERVAL_S",
+    "MADRE_CLEANUP_INTERVAL_S",
+    "MADRE_RATE_LIMIT_PER_S",
+    "MADRE_LOG_FORMAT",
+    "MADRE_SWITCH_INTENT",
+    "RUST_LOG",
+];
+
+/// Whether `key` names a setting: one of [`KNOWN_KEYS`] or a module's URL.
+fn is_known_key(key: &str) -> bool {
+    KNOWN_KEYS.contains(&key)
+        || madre_models::Module::REMOTE
+            .iter()
+            .any(|m| key == format!("VX11_{}_URL", m.env_name()))
 }
 
 fn read_config_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
@@ -122,7 +182,17 @@ fn read_config_file(path: &Path) -> Result<HashMap<String, String>, ConfigError>
                 ));
             }
         };
-        values.insert(key.to_uppercase(), text);
+        let key = key.to_uppercase();
+        if !is_known_key(&key) {
+            return Err(bad(
+                &key,
+                format!(
+                    "in {}: unknown key (a typo?); see SPEC §2 for the settings",
+                    path.display()
+                ),
+            ));
+        }
+        values.insert(key, text);
     }
     Ok(values)
 }
@@ -133,15 +203,27 @@ impl Settings {
         Self::from_vars(|name| std::env::var(name).ok())
     }
 
+    /// Reads the settings again from where they first came from (the
+    /// environment or the test's map, and the `MADRE_CONFIG` file).
+    pub fn reread(&self) -> Result<Self, ConfigError> {
+        Self::from_lookup(self.origin.0.clone())
+    }
+
     /// Reads settings through `var` (tests pass their own map).
-    pub fn from_vars(var: impl Fn(&str) -> Option<String> + 'static) -> Result<Self, ConfigError> {
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Result<Self, ConfigError> {
+        Self::from_lookup(Arc::new(var))
+    }
+
+    fn from_lookup(var: Lookup) -> Result<Self, ConfigError> {
         let file = match var("MADRE_CONFIG") {
             Some(path) => read_config_file(Path::new(&path))?,
             None => HashMap::new(),
         };
         let source = Source {
             file,
-            env: Box::new(var),
+            env: var.clone(),
         };
 
         let bind = source
@@ -170,6 +252,13 @@ impl Settings {
             }
         };
         let registry = Registry::from_vars(|name| source.get(name), &api_token)?;
+        let log_filter = source.get("RUST_LOG").unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
+            return Err(bad(
+                "RUST_LOG",
+                format!("{log_filter:?} is not a tracing filter: {e}"),
+            ));
+        }
         let log_json = match source.get("MADRE_LOG_FORMAT").as_deref() {
             None | Some("pretty") | Some("text") => false,
             Some("json") => true,
@@ -188,23 +277,32 @@ impl Settings {
             tokens_file: source.get("MADRE_TOKENS_FILE").map(PathBuf::from),
             policy_file: source.get("MADRE_POLICY_FILE").map(PathBuf::from),
             registry,
-            task_timeout_s: source.number("MADRE_TASK_TIMEOUT_S", 120, 1)?,
-            max_concurrent_tasks: source.number("MADRE_MAX_CONCURRENT_TASKS", 10, 1)?,
-            max_queued_tasks: source.number("MADRE_MAX_QUEUED_TASKS", 1000, 0)?,
-            confirm_ttl_s: source.number("MADRE_CONFIRM_TTL_S", 600, 1)?,
-            session_idle_s: source.number("MADRE_SESSION_IDLE_S", 3600, 1)?,
-            history_max: source.number("MADRE_HISTORY_MAX", 100, 1)?,
-            spawn_retention_s: source.number("MADRE_SPAWN_RETENTION_S", 3600, 0)?,
-            max_body_bytes: source.number("MADRE_MAX_BODY_BYTES", 65536, 256)?,
-            probe_interval: Duration::from_secs(source.number("MADRE_PROBE_INTERVAL_S", 10, 1)?),
+            task_timeout_s: source.number("MADRE_TASK_TIMEOUT_S", 120, 1, DAY_S)?,
+            max_concurrent_tasks: source.number("MADRE_MAX_CONCURRENT_TASKS", 10, 1, 10_000)?,
+            max_queued_tasks: source.number("MADRE_MAX_QUEUED_TASKS", 1000, 0, 1_000_000)?,
+            confirm_ttl_s: source.number("MADRE_CONFIRM_TTL_S", 600, 1, 7 * DAY_S)?,
+            session_idle_s: source.number("MADRE_SESSION_IDLE_S", 3600, 1, 365 * DAY_S)?,
+            history_max: source.number("MADRE_HISTORY_MAX", 100, 1, 100_000)?,
+            spawn_retention_s: source.number("MADRE_SPAWN_RETENTION_S", 3600, 0, 365 * DAY_S)?,
+            idempotency_ttl_s: source.number("MADRE_IDEMPOTENCY_TTL_S", 86_400, 1, 365 * DAY_S)?,
+            max_body_bytes: source.number("MADRE_MAX_BODY_BYTES", 65536, 256, 64 << 20)?,
+            probe_interval: Duration::from_secs(source.number(
+                "MADRE_PROBE_INTERVAL_S",
+                10,
+                1,
+                3600,
+            )?),
             cleanup_interval: Duration::from_secs(source.number(
                 "MADRE_CLEANUP_INTERVAL_S",
                 60,
                 1,
+                DAY_S,
             )?),
-            rate_limit_per_s: source.number("MADRE_RATE_LIMIT_PER_S", 0, 0)?,
+            rate_limit_per_s: source.number("MADRE_RATE_LIMIT_PER_S", 0, 0, 1_000_000)?,
             log_json,
+            log_filter,
             data_dir,
+            origin: Origin(var),
         })
     }
 }
@@ -269,4 +367,93 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir();
+        let mut map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        map.entry("VX11_TOKEN".into()).or_insert_with(|| "t".into());
+        map.entry("MADRE_DATA_DIR".into())
+            .or_insert_with(|| dir.display().to_string());
+        Settings::from_vars(move |name| map.get(name).cloned())
+    }
+
+    /// Every number at its extremes: below the range, the bounds, one past
+    /// the upper bound, `u64::MAX`, negative, text. Out-of-range values stop
+    /// the start naming the variable; no value can reach a clock unbounded.
+    #[test]
+    fn every_number_has_bounds_and_extremes_are_refused_by_name() {
+        let table: &[(&str, u64, u64)] = &[
+            ("MADRE_TASK_TIMEOUT_S", 1, DAY_S),
+            ("MADRE_MAX_CONCURRENT_TASKS", 1, 10_000),
+            ("MADRE_MAX_QUEUED_TASKS", 0, 1_000_000),
+            ("MADRE_CONFIRM_TTL_S", 1, 7 * DAY_S),
+            ("MADRE_SESSION_IDLE_S", 1, 365 * DAY_S),
+            ("MADRE_HISTORY_MAX", 1, 100_000),
+            ("MADRE_SPAWN_RETENTION_S", 0, 365 * DAY_S),
+            ("MADRE_IDEMPOTENCY_TTL_S", 1, 365 * DAY_S),
+            ("MADRE_MAX_BODY_BYTES", 256, 64 << 20),
+            ("MADRE_PROBE_INTERVAL_S", 1, 3600),
+            ("MADRE_CLEANUP_INTERVAL_S", 1, DAY_S),
+            ("MADRE_RATE_LIMIT_PER_S", 0, 1_000_000),
+        ];
+        for &(name, min, max) in table {
+            for good in [min, max] {
+                assert!(
+                    settings(&[(name, &good.to_string())]).is_ok(),
+                    "{name}={good} is in range"
+                );
+            }
+            let mut bad_values = vec![
+                (max + 1).to_string(),
+                u64::MAX.to_string(),
+                "-1".to_owned(),
+                "ten".to_owned(),
+                "1.5".to_owned(),
+            ];
+            if min > 0 {
+                bad_values.push((min - 1).to_string());
+            }
+            for bad in bad_values {
+                let err = settings(&[(name, &bad)]).unwrap_err();
+                assert_eq!(err.variable, name, "{name}={bad}");
+                assert!(err.to_string().contains(name), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_config_file_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("madre.toml");
+        std::fs::write(
+            &file,
+            "MADRE_TASK_TIMEOUT_S = 30\nMADRE_TASK_TIMOUT_S = 60\n",
+        )
+        .unwrap();
+        let err = settings(&[("MADRE_CONFIG", file.to_str().unwrap())]).unwrap_err();
+        assert_eq!(err.variable, "MADRE_TASK_TIMOUT_S");
+        assert!(err.to_string().contains("unknown key"), "{err}");
+        std::fs::write(
+            &file,
+            "madre_task_timeout_s = 30\nvx11_hermes_url = \"http://127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        let ok = settings(&[("MADRE_CONFIG", file.to_str().unwrap())]).unwrap();
+        assert_eq!(ok.task_timeout_s, 30);
+    }
+
+    #[test]
+    fn an_invalid_rust_log_stops_the_start_naming_it() {
+        let err = settings(&[("RUST_LOG", "info,[=")]).unwrap_err();
+        assert_eq!(err.variable, "RUST_LOG");
+        assert!(settings(&[("RUST_LOG", "madre=debug,warn")]).is_ok());
+    }
 }

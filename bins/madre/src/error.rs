@@ -4,9 +4,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use madre_db::DbError;
+use madre_flows::FlowError;
 use madre_models::{ErrorBody, ValidationError};
-use madre_runner::RunnerError;
 
 use crate::request_id;
 
@@ -56,6 +55,9 @@ pub enum ApiError {
     /// 422: a field broke its rule.
     #[error("{0}")]
     InvalidField(String),
+    /// 409: another request with this Idempotency-Key is still running.
+    #[error("a request with this Idempotency-Key is still running; retry later to get its answer")]
+    IdempotencyInProgress,
     /// 422: an Idempotency-Key reused with a different body.
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
@@ -76,24 +78,36 @@ impl From<ValidationError> for ApiError {
     }
 }
 
-impl From<DbError> for ApiError {
-    fn from(e: DbError) -> Self {
+impl From<FlowError> for ApiError {
+    fn from(e: FlowError) -> Self {
         match e {
-            DbError::NotFound { what, id } => ApiError::NotFound(format!("{what} {id} not found")),
-            DbError::Conflict(reason) => ApiError::Conflict(reason),
-            other => ApiError::Internal(other.to_string()),
+            FlowError::Forbidden(reason) => ApiError::Forbidden(reason),
+            FlowError::WrongConfirmToken {
+                attempts,
+                max,
+                void,
+            } => ApiError::WrongConfirmToken {
+                attempts,
+                max,
+                void,
+            },
+            FlowError::NotFound(what) => ApiError::NotFound(what),
+            FlowError::Conflict(reason) | FlowError::Reload(reason) => ApiError::Conflict(reason),
+            FlowError::ConfirmationExpired => ApiError::ConfirmationExpired,
+            FlowError::InvalidField(reason) => ApiError::InvalidField(reason),
+            FlowError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            FlowError::IdempotencyInProgress => ApiError::IdempotencyInProgress,
+            FlowError::QueueFull(queued) => ApiError::QueueFull(queued),
+            e @ (FlowError::Storage(_) | FlowError::Internal(_)) => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }
 
-impl From<RunnerError> for ApiError {
-    fn from(e: RunnerError) -> Self {
-        match e {
-            RunnerError::QueueFull { queued } => ApiError::QueueFull(queued),
-            RunnerError::NotFound(id) => ApiError::NotFound(format!("plan {id} not found")),
-            RunnerError::Db(db) => db.into(),
-            other => ApiError::Internal(other.to_string()),
-        }
+impl From<madre_db::DbError> for ApiError {
+    fn from(e: madre_db::DbError) -> Self {
+        FlowError::from(e).into()
     }
 }
 
@@ -113,6 +127,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::InvalidField(_) => "invalid_field",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::IdempotencyInProgress => "idempotency_in_progress",
             ApiError::TooManyRequests(_) => "rate_limited",
             ApiError::QueueFull(_) => "queue_full",
             ApiError::Internal(_) => "internal_error",
@@ -129,7 +144,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::IdempotencyInProgress => StatusCode::CONFLICT,
             ApiError::ConfirmationExpired => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -179,18 +194,5 @@ pub fn payload_error(err: actix_web::error::PayloadError, limit: usize) -> ApiEr
         e if crate::body_deadline::is_timeout(&e) => ApiError::BodyTimeout(e.to_string()),
         P::Overflow => ApiError::PayloadTooLarge(limit),
         e => ApiError::MalformedJson(e.to_string()),
-    }
-}
-
-/// Maps a JSON body extraction failure to 400/408/413/415/422.
-pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
-    use actix_web::error::JsonPayloadError as E;
-    match err {
-        E::ContentType => ApiError::UnsupportedMediaType,
-        E::Payload(e) => payload_error(e, limit),
-        E::Overflow { .. } | E::OverflowKnownLength { .. } => ApiError::PayloadTooLarge(limit),
-        E::Deserialize(e) if e.is_data() => ApiError::InvalidField(e.to_string()),
-        E::Deserialize(e) => ApiError::MalformedJson(e.to_string()),
-        other => ApiError::MalformedJson(other.to_string()),
     }
 }

@@ -10,7 +10,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         None | Some(Command::Serve) => serve().await,
-        Some(command) => madre::cli::run_client(cli.url, cli.token, command).await,
+        Some(command) => madre::cli::run_client(cli.client, command).await,
     };
     ExitCode::from(code as u8)
 }

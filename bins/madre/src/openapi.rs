@@ -46,8 +46,12 @@ impl Modify for TokenHeader {
     }
 }
 
-/// `GET /openapi.json` (public, like `/health`).
-#[utoipa::path(get, path = "/openapi.json", tag = "v7", responses((status = 200, description = "This document", body = Object)))]
-pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+/// `GET /openapi.json` (any role: like every endpoint but `/health`, it
+/// needs the token).
+#[utoipa::path(get, path = "/openapi.json", tag = "v7", security(("api_token" = [])), responses((status = 200, description = "This document", body = Object), (status = 401, description = "No or bad X-VX11-Token", body = madre_models::ErrorBody), (status = 429, description = "Rate limit reached (Retry-After)", body = madre_models::ErrorBody)))]
+pub async fn openapi_json(
+    caller: crate::auth::Caller,
+) -> Result<HttpResponse, crate::error::ApiError> {
+    caller.require(madre_policy::Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(ApiDoc::openapi()))
 }

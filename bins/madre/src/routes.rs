@@ -1,13 +1,15 @@
-//! The HTTP handlers: decode, authorise, call [`crate::service`], encode.
+//! The HTTP handlers: decode, authenticate, call the flows of
+//! `madre-flows`, encode.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
-use madre_db::{PlanFilter, PlanKind, StoredResponse};
+use madre_db::{PlanFilter, PlanKind};
+use madre_flows::{Answer, IdempotencyKey};
 use madre_models::{
     ActionTaken, CancelResponse, ChatRequest, ChatResponse, ChatV6Request, ChatV6Response,
     ConfirmRequest, ConfirmResponse, ControlRequest, ControlResponse, DepState, ErrorBody,
     HealthResponse, HealthStatus, PlanDetail, PlanPage, SelfControlRequest, Status, TaskAccepted,
-    TaskPage, TaskRequest, TaskView, V6Status, Word,
+    TaskPage, TaskRequest, TaskView, V6Status,
 };
 use madre_policy::Role;
 use serde::Deserialize;
@@ -18,8 +20,8 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::request_id::RequestId;
-use crate::service;
 use crate::state::AppState;
 
 type Data = web::Data<AppState>;
@@ -62,7 +64,11 @@ enum BodyErrors {
 
 /// Reads a raw body of at most `limit` bytes, with the errors of the JSON
 /// shape (413 over the limit, 408 when it arrives too slowly).
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+pub(crate) async fn read_body(
+    mut payload: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>
+    + Unpin,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
     use futures_util::StreamExt;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
@@ -87,35 +93,15 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("plan {raw:?} not found")))
 }
 
-/// The request body as JSON, for the idempotency hash; only computed when
-/// the request carries an `Idempotency-Key` (no copy on the common path).
-fn idempotency_body<T: serde::Serialize>(
+/// The request's `Idempotency-Key` with the hash of what it asks (path
+/// and body), checked against the published pattern; `None` without the
+/// header (and then the body is not copied).
+fn idempotency_key<T: serde::Serialize>(
     req: &HttpRequest,
     body: &T,
-) -> Result<Option<Value>, ApiError> {
-    if req.headers().contains_key("idempotency-key") {
-        to_value(body).map(Some)
-    } else {
-        Ok(None)
-    }
-}
-
-/// Replays the stored answer of a retried request, or runs `f` and stores
-/// its answer, when the request carries an `Idempotency-Key`.
-async fn idempotent<F, Fut>(
-    state: &AppState,
-    caller: &Caller,
-    req: &HttpRequest,
-    body: Option<Value>,
-    f: F,
-) -> Result<HttpResponse, ApiError>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<(u16, Value), ApiError>>,
-{
-    let (Some(raw_key), Some(body)) = (req.headers().get("idempotency-key"), body) else {
-        let (status, body) = f().await?;
-        return Ok(json_response(status, &body));
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(raw_key) = req.headers().get("idempotency-key") else {
+        return Ok(None);
     };
     // Visible ASCII, inner spaces allowed: exactly the published pattern.
     let bytes = raw_key.as_bytes();
@@ -130,38 +116,33 @@ where
             "invalid field `Idempotency-Key`: 1..=200 visible ASCII characters (inner spaces allowed)".into(),
         ));
     }
-    let key = String::from_utf8_lossy(bytes).into_owned();
-    let hash = hex::encode(Sha256::digest(
+    let body = to_value(body)?;
+    let request_hash = hex::encode(Sha256::digest(
         format!("{} {}", req.path(), body).as_bytes(),
     ));
-    let (principal, lookup_key) = (caller.name().to_owned(), key.clone());
-    if let Some(stored) = state
-        .db
-        .run_blocking(move |db| db.idempotent_response(&principal, &lookup_key))
-        .await?
-    {
-        if stored.request_hash != hash {
-            return Err(ApiError::IdempotencyKeyReused);
-        }
-        return Ok(json_response(stored.status_code, &stored.body));
-    }
-    let (status, answer) = f().await?;
-    let stored = StoredResponse {
-        request_hash: hash,
-        status_code: status,
-        body: answer.clone(),
-    };
-    state
-        .db
-        .store_idempotent_response(caller.name(), &key, stored, Utc::now())
-        .await?;
-    Ok(json_response(status, &answer))
+    Ok(Some(IdempotencyKey {
+        key: String::from_utf8_lossy(bytes).into_owned(),
+        request_hash,
+    }))
 }
 
-fn json_response(status: u16, body: &Value) -> HttpResponse {
-    let status =
-        actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
-    HttpResponse::build(status).json(body)
+fn json_response(answer: &Answer) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(answer.status)
+        .unwrap_or(actix_web::http::StatusCode::OK);
+    HttpResponse::build(status).json(&answer.body)
+}
+
+fn answer<T: serde::Serialize>(
+    status: u16,
+    body: &T,
+    plan_id: Option<Uuid>,
+) -> Result<Answer, madre_flows::FlowError> {
+    Ok(Answer {
+        status,
+        body: serde_json::to_value(body)
+            .map_err(|e| madre_flows::FlowError::Internal(e.to_string()))?,
+        plan_id,
+    })
 }
 
 fn to_value<T: serde::Serialize>(value: &T) -> Result<Value, ApiError> {
@@ -171,7 +152,7 @@ fn to_value<T: serde::Serialize>(value: &T) -> Result<Value, ApiError> {
 /// `GET /health`: from the background probe table; never waits on a module.
 #[utoipa::path(get, path = "/health", tag = "v7", responses((status = 200, description = "Madre and the last probe of each module", body = HealthResponse)))]
 pub async fn health(state: Data) -> HttpResponse {
-    let deps = state.health.snapshot();
+    let deps = state.madre.health().snapshot();
     let degraded = deps.values().any(|s| *s == DepState::Down);
     HttpResponse::Ok().json(HealthResponse {
         module: "madre".into(),
@@ -192,17 +173,20 @@ pub async fn chat(
     state: Data,
     caller: Caller,
     req: HttpRequest,
-    body: web::Json<ChatRequest>,
+    body: Json<ChatRequest>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Operator)?;
-    let raw = idempotency_body(&req, &*body)?;
+    let key = idempotency_key(&req, &*body)?;
     let command = body.into_inner().validate()?;
     let rid = request_id(&req);
-    idempotent(&state, &caller, &req, raw, || async {
-        let response = service::chat(&state, &caller, command, "chat", &rid).await?;
-        Ok((200, to_value(&response)?))
-    })
-    .await
+    let madre = &state.madre;
+    let reply = madre
+        .once(&caller.0, key, || async {
+            let r = madre.chat(&caller.0, command, "chat", &rid).await?;
+            answer(200, &r, Some(r.plan_id))
+        })
+        .await?;
+    Ok(json_response(&reply))
 }
 
 /// `POST /chat` (v6).
@@ -211,42 +195,45 @@ pub async fn chat_v6(
     state: Data,
     caller: Caller,
     req: HttpRequest,
-    body: web::Json<ChatV6Request>,
+    body: Json<ChatV6Request>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Operator)?;
-    let raw = idempotency_body(&req, &*body)?;
+    let key = idempotency_key(&req, &*body)?;
     let command = body.into_inner().validate()?;
     let rid = request_id(&req);
-    idempotent(&state, &caller, &req, raw, || async {
-        let r = service::chat(&state, &caller, command, "chat_v6", &rid).await?;
-        let actions_taken = r
-            .actions
-            .iter()
-            .map(|a| ActionTaken {
-                module: a.module.as_str().into(),
-                action: a.step_type.as_str().into(),
-                result: a
-                    .result
-                    .clone()
-                    .or_else(|| a.error.clone().map(Value::String))
-                    .unwrap_or(Value::Null),
-            })
-            .collect();
-        let v6 = ChatV6Response {
-            session_id: r.session_id,
-            response: r.response,
-            task_id: r.plan_id,
-            actions_taken,
-            status: if r.status == Status::Error {
-                V6Status::Error
-            } else {
-                V6Status::Ok
-            },
-            timestamp: Utc::now(),
-        };
-        Ok((200, to_value(&v6)?))
-    })
-    .await
+    let madre = &state.madre;
+    let reply = madre
+        .once(&caller.0, key, || async {
+            let r = madre.chat(&caller.0, command, "chat_v6", &rid).await?;
+            let actions_taken = r
+                .actions
+                .iter()
+                .map(|a| ActionTaken {
+                    module: a.module.as_str().into(),
+                    action: a.step_type.as_str().into(),
+                    result: a
+                        .result
+                        .clone()
+                        .or_else(|| a.error.clone().map(Value::String))
+                        .unwrap_or(Value::Null),
+                })
+                .collect();
+            let v6 = ChatV6Response {
+                session_id: r.session_id,
+                response: r.response,
+                task_id: r.plan_id,
+                actions_taken,
+                status: if r.status == Status::Error {
+                    V6Status::Error
+                } else {
+                    V6Status::Ok
+                },
+                timestamp: Utc::now(),
+            };
+            answer(200, &v6, Some(r.plan_id))
+        })
+        .await?;
+    Ok(json_response(&reply))
 }
 
 /// `POST /madre/control`.
@@ -255,19 +242,14 @@ pub async fn control(
     state: Data,
     caller: Caller,
     req: HttpRequest,
-    body: web::Json<ControlRequest>,
+    body: Json<ControlRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let command = body.into_inner().validate()?;
-    let (response, _) = service::control(
-        &state,
-        &caller,
-        command,
-        PlanKind::Control,
-        None,
-        &request_id(&req),
-    )
-    .await?;
-    Ok(HttpResponse::Ok().json(response))
+    let outcome = state
+        .madre
+        .control(&caller.0, command, &request_id(&req))
+        .await?;
+    Ok(HttpResponse::Ok().json(outcome.response))
 }
 
 /// `POST /task` (v6): 202, runs in the background.
@@ -276,54 +258,20 @@ pub async fn task(
     state: Data,
     caller: Caller,
     req: HttpRequest,
-    body: web::Json<TaskRequest>,
+    body: Json<TaskRequest>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Operator)?;
-    let raw = idempotency_body(&req, &*body)?;
+    let key = idempotency_key(&req, &*body)?;
     let task = body.into_inner().validate()?;
     let rid = request_id(&req);
-    idempotent(&state, &caller, &req, raw, || async {
-        let command = madre_models::ControlCommand {
-            target: Word::parse("module", task.module.as_str())?,
-            action: task.action.clone(),
-            params: task.payload.clone(),
-            confirm_token: None,
-        };
-        let (response, stored) = service::control(
-            &state,
-            &caller,
-            command,
-            PlanKind::Task,
-            Some(task.name.clone()),
-            &rid,
-        )
+    let madre = &state.madre;
+    let reply = madre
+        .once(&caller.0, key, || async {
+            let accepted: TaskAccepted = madre.task(&caller.0, task, &rid).await?;
+            answer(202, &accepted, Some(accepted.task_id))
+        })
         .await?;
-        let risk = state
-            .tables()
-            .classify(task.module.as_str(), task.action.as_str());
-        let risk = match risk {
-            madre_policy::Decision::Risk(r) => r,
-            madre_policy::Decision::Deny => {
-                return Err(ApiError::Forbidden(format!(
-                    "\"{}\" on {} is never allowed",
-                    task.action, task.module
-                )));
-            }
-        };
-        let (task_id, status) = match (&stored, response.plan_id) {
-            (Some(s), _) => (s.plan.plan_id, s.plan.status),
-            (None, Some(id)) => (id, Status::Waiting),
-            (None, None) => return Err(ApiError::Internal("task accepted without a plan".into())),
-        };
-        let accepted = TaskAccepted {
-            task_id,
-            status,
-            risk,
-            confirm_token: response.confirm_token,
-        };
-        Ok((202, to_value(&accepted)?))
-    })
-    .await
+    Ok(json_response(&reply))
 }
 
 /// Query of the list endpoints.
@@ -408,7 +356,8 @@ pub async fn list_plans(
     caller.require(Role::Viewer)?;
     let (filter, limit, cursor) = list_args(&query)?;
     let (plans, next) = state
-        .db
+        .madre
+        .db()
         .run_blocking(move |db| db.list_plans(&filter, limit, cursor))
         .await?;
     Ok(HttpResponse::Ok().json(PlanPage {
@@ -428,7 +377,8 @@ pub async fn list_tasks(
     let (mut filter, limit, cursor) = list_args(&query)?;
     filter.kind = Some(PlanKind::Task);
     let (tasks, next) = state
-        .db
+        .madre
+        .db()
         .run_blocking(move |db| db.list_tasks(&filter, limit, cursor))
         .await?;
     Ok(HttpResponse::Ok().json(TaskPage {
@@ -445,17 +395,8 @@ pub async fn get_plan(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
-    let plan_id = parse_id(&path)?;
-    let stored = service::load_plan(&state, plan_id).await?;
-    let actions = state
-        .db
-        .run_blocking(move |db| db.actions_for_plan(plan_id))
-        .await?;
-    Ok(HttpResponse::Ok().json(PlanDetail {
-        plan: stored.plan,
-        intent: stored.intent,
-        actions,
-    }))
+    let detail: PlanDetail = state.madre.plan_detail(parse_id(&path)?).await?;
+    Ok(HttpResponse::Ok().json(detail))
 }
 
 /// `GET /tasks/{id}` (v6).
@@ -466,7 +407,7 @@ pub async fn get_task(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
-    let stored = service::load_plan(&state, parse_id(&path)?).await?;
+    let stored = state.madre.load_plan(parse_id(&path)?).await?;
     Ok(HttpResponse::Ok().json(TaskView {
         task_id: stored.plan.plan_id,
         name: stored.meta.name.clone(),
@@ -501,14 +442,10 @@ pub async fn confirm(
     let body = read_body(payload, state.settings.max_body_bytes).await?;
     let token = if body.is_empty() {
         query.into_inner().confirm_token
+    } else if !crate::json::is_json(&req) {
+        return Err(ApiError::UnsupportedMediaType);
     } else {
-        let parsed: madre_models::ConfirmRequest = serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                ApiError::InvalidField(e.to_string())
-            } else {
-                ApiError::MalformedJson(e.to_string())
-            }
-        })?;
+        let parsed: madre_models::ConfirmRequest = crate::json::decode(&body)?;
         Some(parsed.confirm_token)
     };
     let token = token
@@ -519,7 +456,10 @@ pub async fn confirm(
                     .into(),
             )
         })?;
-    let confirmed = service::confirm(&state, &caller, plan_id, &token, &request_id(&req)).await?;
+    let confirmed = state
+        .madre
+        .confirm(&caller.0, plan_id, &token, &request_id(&req))
+        .await?;
     let status = confirmed.plan.plan.status;
     let body = ConfirmResponse {
         status: "confirmed".into(),
@@ -540,16 +480,11 @@ pub async fn cancel(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(Role::Operator)?;
     let plan_id = parse_id(&path)?;
-    service::load_plan(&state, plan_id).await?;
-    state
-        .runner
-        .cancel(plan_id, "cancelled", caller.name())
-        .await?;
+    let plan_status = state.madre.cancel(&caller.0, plan_id).await?;
     Ok(HttpResponse::Ok().json(CancelResponse {
         plan_id,
-        plan_status: Status::Cancelled,
+        plan_status,
     }))
 }
 
@@ -564,23 +499,34 @@ pub async fn task_cancel(
 }
 
 /// `POST /control` (v6): Madre's own status (viewer) or restart (admin, MED).
-#[utoipa::path(post, path = "/control", tag = "v6", request_body = SelfControlRequest, security(("api_token" = [])), responses((status = 200, description = "Madre status, or restarted", body = Object), AuthErrors, BodyErrors, (status = 409, description = "Policy file could not be reloaded", body = ErrorBody)))]
+#[utoipa::path(post, path = "/control", tag = "v6", request_body = SelfControlRequest, security(("api_token" = [])), responses((status = 200, description = "Madre status; a restart answers pending_confirmation with a token, and runs once re-posted with it", body = Object), AuthErrors, BodyErrors, (status = 409, description = "Not waiting, or a file could not be reloaded", body = ErrorBody), (status = 410, description = "Confirmation expired", body = ErrorBody)))]
 pub async fn self_control(
     state: Data,
     caller: Caller,
-    body: web::Json<SelfControlRequest>,
+    req: HttpRequest,
+    body: Json<SelfControlRequest>,
 ) -> Result<HttpResponse, ApiError> {
     match body.action.as_str() {
         "status" => {
             caller.require(Role::Viewer)?;
             Ok(HttpResponse::Ok()
-                .json(json!({ "status": "ok", "result": service::own_status(&state) })))
+                .json(json!({ "status": "ok", "result": state.madre.own_status() })))
         }
         "restart" => {
             caller.require(Role::Admin)?;
-            crate::app::reload(&state)?;
-            Ok(HttpResponse::Ok()
-                .json(json!({ "status": "restarted", "result": service::own_status(&state) })))
+            let body = body.into_inner();
+            let command = ControlRequest {
+                target: "madre".into(),
+                action: "restart".into(),
+                params: None,
+                confirm_token: body.confirm_token,
+            }
+            .validate()?;
+            let outcome = state
+                .madre
+                .control(&caller.0, command, &request_id(&req))
+                .await?;
+            Ok(HttpResponse::Ok().json(outcome.response))
         }
         _ => Err(ApiError::InvalidField(
             "invalid field `action`: \"status\" or \"restart\"".into(),
@@ -592,7 +538,8 @@ pub async fn self_control(
 #[utoipa::path(get, path = "/metrics", tag = "v7", security(("api_token" = [])), responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain"), AuthErrors))]
 pub async fn metrics(state: Data, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
-    let counts = state.db.run_blocking(|db| db.plan_counts()).await?;
+    let madre = &state.madre;
+    let counts = madre.db().run_blocking(|db| db.plan_counts()).await?;
     let mut out = String::new();
     state.metrics.render_requests(&mut out);
     out.push_str("# HELP madre_plans Plans by status.\n# TYPE madre_plans gauge\n");
@@ -600,7 +547,7 @@ pub async fn metrics(state: Data, caller: Caller) -> Result<HttpResponse, ApiErr
         let _ = writeln!(out, "madre_plans{{status=\"{status}\"}} {n}");
     }
     out.push_str("# HELP madre_module_up 1 when the module's last probe answered.\n# TYPE madre_module_up gauge\n");
-    for (module, dep) in state.health.snapshot() {
+    for (module, dep) in madre.health().snapshot() {
         let _ = writeln!(
             out,
             "madre_module_up{{module=\"{module}\"}} {}",
@@ -610,12 +557,12 @@ pub async fn metrics(state: Data, caller: Caller) -> Result<HttpResponse, ApiErr
     let _ = writeln!(
         out,
         "# HELP madre_queue_depth Plans waiting for a slot.\n# TYPE madre_queue_depth gauge\nmadre_queue_depth {}",
-        state.runner.queued()
+        madre.runner().queued()
     );
     let _ = writeln!(
         out,
         "# HELP madre_plans_executing Plans executing now.\n# TYPE madre_plans_executing gauge\nmadre_plans_executing {}",
-        state.runner.running()
+        madre.runner().running()
     );
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

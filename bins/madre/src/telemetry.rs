@@ -10,13 +10,15 @@ use crate::config::Settings;
 
 /// Installs the global subscriber; keep the guard alive to flush the files.
 pub fn init(settings: &Settings) -> Option<WorkerGuard> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Checked when the settings were read: an invalid RUST_LOG stops the start.
+    let filter =
+        EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let dir = settings
         .data_dir
         .join("forensic")
         .join("madre")
         .join("logs");
-    let (file_layer, guard) = match std::fs::create_dir_all(&dir) {
+    let (file_layer, guard) = match create_private_dirs(&dir) {
         Ok(()) => {
             let appender = tracing_appender::rolling::daily(&dir, "madre.jsonl");
             let (writer, guard) = tracing_appender::non_blocking(appender);
@@ -42,4 +44,22 @@ pub fn init(settings: &Settings) -> Option<WorkerGuard> {
         .with(file_layer)
         .try_init();
     guard
+}
+
+/// Creates `dir` and its missing parents with mode 0700 (forensic logs are
+/// for the operator only), and sets 0700 on `dir` if it existed.
+fn create_private_dirs(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
 }

@@ -1,6 +1,8 @@
 //! The real `madre` binary: serve with a generated token, the CLI client
-//! subcommands against it, graceful stop on SIGTERM.
+//! subcommands against it (the API's JSON with `--json`, the human output by
+//! default, snapshotted in `snapshots/`), graceful stop on SIGTERM.
 
+use expect_test::{ExpectFile, expect_file};
 use serde_json::Value;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -84,11 +86,11 @@ async fn the_binary_serves_and_the_cli_drives_a_confirmation_round_trip() {
         );
     }
 
-    let health = cli(&server, &token, &["health"]).await;
+    let health = cli(&server, &token, &["health", "--json"]).await;
     assert!(health.status.success());
     assert_eq!(json_of(&health)["module"], "madre");
 
-    let chat = cli(&server, &token, &["chat", "hello from the cli"]).await;
+    let chat = cli(&server, &token, &["--json", "chat", "hello from the cli"]).await;
     assert!(
         chat.status.success(),
         "{}",
@@ -103,27 +105,37 @@ async fn the_binary_serves_and_the_cli_drives_a_confirmation_round_trip() {
         &cli(
             &server,
             &token,
-            &["chat", "delete all data", "--session", "cli-1"],
+            &["chat", "delete all data", "--session", "cli-1", "--json"],
         )
         .await,
     );
     assert_eq!(waiting["status"], "WAITING");
     let plan = waiting["plan_id"].as_str().unwrap().to_owned();
     let confirm_token = waiting["confirm_token"].as_str().unwrap().to_owned();
-    let confirmed = cli(&server, &token, &["confirm", &plan, &confirm_token]).await;
+    let confirmed = cli(
+        &server,
+        &token,
+        &["confirm", &plan, &confirm_token, "--output", "json"],
+    )
+    .await;
     assert!(
         confirmed.status.success(),
         "{}",
         String::from_utf8_lossy(&confirmed.stderr)
     );
     assert_eq!(json_of(&confirmed)["plan_status"], "DONE");
-    let shown = json_of(&cli(&server, &token, &["plan", &plan]).await);
+    let shown = json_of(&cli(&server, &token, &["plan", &plan, "-o", "json"]).await);
     assert_eq!(shown["plan"]["status"], "DONE");
-    let listed = json_of(&cli(&server, &token, &["plans", "--status", "DONE"]).await);
+    let listed = json_of(&cli(&server, &token, &["plans", "--status", "DONE", "--json"]).await);
     assert_eq!(listed["plans"].as_array().unwrap().len(), 2);
 
     // failures exit non-zero with the reason on stderr
-    let again = cli(&server, &token, &["confirm", &plan, &confirm_token]).await;
+    let again = cli(
+        &server,
+        &token,
+        &["confirm", &plan, &confirm_token, "--json"],
+    )
+    .await;
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("409"));
     let wrong = cli(&server, "not-the-token", &["plans"]).await;
@@ -153,8 +165,17 @@ async fn the_binary_serves_and_the_cli_drives_a_confirmation_round_trip() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    // the forensic log directory exists and holds no token
+    // the forensic log directory exists, is the operator's alone (0700),
+    // and holds no token
     let logs = data.join("forensic").join("madre").join("logs");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [&logs, &data.join("forensic")] {
+            let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
+    }
     for entry in std::fs::read_dir(&logs).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         assert!(!text.contains(&token) && !text.contains(&confirm_token));
@@ -174,4 +195,221 @@ fn a_bad_setting_stops_the_start_naming_the_variable() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("MADRE_MAX_CONCURRENT_TASKS"));
+}
+
+/// Runs the CLI and answers its stdout, failing the test on a non-zero exit.
+async fn human(server: &Server, token: &str, args: &[&str]) -> String {
+    let out = cli(server, token, args).await;
+    assert!(
+        out.status.success(),
+        "madre {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The output with what changes from run to run replaced: ids, tokens,
+/// times, ages and durations, and runs of spaces (their widths vary with
+/// the ages) as one. The unit tests of `cli::render` pin the exact layout.
+fn normalise(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets {
+        text = text.replace(secret, "<token>");
+    }
+    text.lines()
+        .map(|line| {
+            replace_uuids(line)
+                .split_whitespace()
+                .map(normalise_word)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn replace_uuids(line: &str) -> String {
+    let is_uuid = |s: &[u8]| {
+        s.len() == 36
+            && s.iter().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => *b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            })
+    };
+    let bytes = line.as_bytes();
+    let (mut out, mut i) = (String::new(), 0);
+    while i < bytes.len() {
+        if bytes.len() - i >= 36 && is_uuid(&bytes[i..i + 36]) {
+            out.push_str("<uuid>");
+            i += 36;
+        } else {
+            let c = line[i..].chars().next().unwrap();
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+fn normalise_word(word: &str) -> String {
+    let core = word.trim_matches(|c| matches!(c, '(' | ')' | ',' | ':'));
+    let (start, end) = match word.find(core) {
+        Some(start) if !core.is_empty() => (start, start + core.len()),
+        _ => return word.to_owned(),
+    };
+    let core = core.trim_start_matches('+');
+    let is_short_id = core.len() == 8 && core.bytes().all(|b| b.is_ascii_hexdigit());
+    let is_span = core.starts_with(|c: char| c.is_ascii_digit())
+        && core.ends_with(['s', 'm', 'h', 'd'])
+        && core
+            .chars()
+            .all(|c| c.is_ascii_digit() || "., smhd".contains(c));
+    let is_time = core.len() == 20 && core.as_bytes()[10] == b'T' && core.ends_with('Z');
+    let replaced = if is_short_id {
+        "<id>"
+    } else if is_span {
+        "<span>"
+    } else if is_time {
+        "<time>"
+    } else {
+        return word.to_owned();
+    };
+    format!("{}{replaced}{}", &word[..start], &word[end..])
+}
+
+fn check(actual: &str, secrets: &[&str], expected: ExpectFile) {
+    expected.assert_eq(&normalise(actual, secrets));
+}
+
+#[actix_rt::test]
+async fn the_cli_prints_for_people_unless_asked_for_json() {
+    let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = serve(&data, &stubs).await;
+    let token = std::fs::read_to_string(data.join("token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let token = token.as_str();
+
+    // the first probe of the modules runs as Madre starts; wait for it
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = json_of(&cli(&server, token, &["health", "--json"]).await);
+        let deps = health["deps"].as_object().unwrap();
+        let mut modules = deps.iter().filter(|(name, _)| *name != "db");
+        if !deps.is_empty() && modules.all(|(_, state)| state == "up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "modules not up: {health}");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = human(&server, token, &["health"]).await;
+    let version = format!("madre {}:", env!("CARGO_PKG_VERSION"));
+    check(
+        &health.replacen(&version, "madre <version>:", 1),
+        &[],
+        expect_file!["snapshots/health.txt"],
+    );
+
+    let done = human(&server, token, &["chat", "hello from the cli"]).await;
+    check(&done, &[], expect_file!["snapshots/chat_done.txt"]);
+
+    // the WAITING line ends with the command to run; run exactly that
+    let waiting = human(
+        &server,
+        token,
+        &["chat", "delete all data", "--session", "cli-2"],
+    )
+    .await;
+    let status_line = waiting.lines().last().unwrap();
+    let command = status_line.split(": madre ").nth(1).expect(status_line);
+    let words: Vec<&str> = command.split(' ').collect();
+    let [_, plan_id, confirm_token] = words[..] else {
+        panic!("not a confirm command: {command}");
+    };
+    assert_eq!(words[0], "confirm");
+    check(
+        &waiting,
+        &[confirm_token],
+        expect_file!["snapshots/chat_waiting.txt"],
+    );
+    let confirmed = human(&server, token, &words).await;
+    check(&confirmed, &[], expect_file!["snapshots/confirm.txt"]);
+
+    // the short id of the tables is enough to name a plan
+    let short = &plan_id[..8];
+    let shown = human(&server, token, &["plan", short]).await;
+    assert!(
+        shown.starts_with(&format!("plan      {plan_id}\n")),
+        "{shown}"
+    );
+    // the journal is the server's newest addition: shown when sent, and
+    // left out of the snapshot so that it can grow on its own
+    let detail = json_of(&cli(&server, token, &["plan", plan_id, "--json"]).await);
+    let has_journal = detail["events"].as_array().is_some_and(|e| !e.is_empty());
+    assert_eq!(shown.contains("\njournal\n"), has_journal, "{shown}");
+    let shown = shown.split("\njournal\n").next().unwrap();
+    check(shown, &[], expect_file!["snapshots/plan.txt"]);
+
+    let restart = human(&server, token, &["chat", "restart the switch"]).await;
+    let restart_id = restart
+        .split("madre confirm ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .expect(&restart);
+    let cancelled = human(&server, token, &["cancel", &restart_id[..8]]).await;
+    check(&cancelled, &[], expect_file!["snapshots/cancel.txt"]);
+
+    let listed = human(&server, token, &["plans"]).await;
+    check(&listed, &[], expect_file!["snapshots/plans.txt"]);
+    let first_page = human(&server, token, &["plans", "--limit", "2"]).await;
+    assert_eq!(first_page.lines().count(), 4, "{first_page}");
+    assert!(first_page.contains("\nmore plans: add --all, or --cursor "));
+    let every_page = human(&server, token, &["plans", "--limit", "2", "--all"]).await;
+    assert_eq!(every_page, listed);
+    let all_json = json_of(
+        &cli(
+            &server,
+            token,
+            &["plans", "--limit", "1", "--all", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(all_json["plans"].as_array().unwrap().len(), 3);
+    assert_eq!(all_json["next_cursor"], Value::Null);
+    let waiting_only = human(&server, token, &["plans", "--status", "WAITING"]).await;
+    assert_eq!(waiting_only, "no plans\n");
+
+    // failures: one line on stderr, exit code 1
+    let again = cli(&server, token, &["cancel", restart_id]).await;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(again.stdout.is_empty());
+    check(
+        &String::from_utf8(again.stderr).unwrap(),
+        &[],
+        expect_file!["snapshots/cancel_again.stderr"],
+    );
+    let unknown = cli(&server, token, &["plan", "ffffffff"]).await;
+    assert_eq!(unknown.status.code(), Some(1));
+    check(
+        &String::from_utf8(unknown.stderr).unwrap(),
+        &[],
+        expect_file!["snapshots/plan_unknown.stderr"],
+    );
+    let unreachable = Command::new(BIN)
+        .args([
+            "--url",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "health",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unreachable.stderr)
+            .starts_with("madre: cannot reach http://127.0.0.1:")
+    );
 }

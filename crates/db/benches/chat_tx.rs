@@ -1,6 +1,7 @@
 //! "Chat transactions per second": the writes one chat costs Madre — an
 //! intent-log row; a plan with 4 steps, 3 context rows and 2 audit rows; 4
-//! step updates; the close — with 1 writer and with 4 concurrent writers,
+//! steps started and finished through the journal (the last ending the
+//! plan); the close — with 1 writer and with 4 concurrent writers,
 //! committed two ways: as one transaction (`Write::and`), and as seven
 //! commits, one per write (the finest-grained way a runner could commit).
 #![allow(missing_docs)]
@@ -95,17 +96,24 @@ fn one_chat(db: &Db, commits: Commits) {
         confirmation: None,
         actions: vec![action("plan_created"), action("plan_started")],
     });
-    let step = |idx| {
-        db.update_step(
-            plan_id,
-            idx,
-            StepUpdate {
-                status: Status::Done,
-                result: Some(json!({"reply": "hi"})),
-                error: None,
-                at: now,
-            },
-        )
+    // Each step starts and finishes through the journal; the last one ends
+    // the plan with it.
+    let step = |idx: usize| {
+        let mut events = vec![
+            PlanEvent::new(Event::StepStarted { step: idx }, now),
+            PlanEvent::new(
+                Event::StepFinished {
+                    step: idx,
+                    status: Status::Done,
+                },
+                now,
+            )
+            .result(json!({"reply": "hi"})),
+        ];
+        if idx == 3 {
+            events.push(PlanEvent::finished(Status::Done, None, now));
+        }
+        db.apply_events(plan_id, events, None)
     };
     let close = db.close_intent(intent_id, "DONE", None, now);
     match commits {
@@ -122,7 +130,9 @@ fn one_chat(db: &Db, commits: Commits) {
         Commits::Seven => {
             log.wait().unwrap();
             insert.wait().unwrap();
-            (0..4).for_each(|idx| step(idx).wait().unwrap());
+            (0..4).for_each(|idx| {
+                step(idx).wait().unwrap();
+            });
             close.wait().unwrap();
         }
     }

@@ -9,9 +9,11 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::audit::{NewAction, insert_action};
-use crate::plans::{PlanUpdate, apply_plan_update, cancel_in};
+use crate::journal::{self, PlanEvent};
 use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
+use madre_lifecycle::Event;
+use madre_models::Status;
 
 /// A confirmation to store with its plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +54,8 @@ pub struct ConfirmationRow {
 /// What an attempt to consume a confirmation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumeOutcome {
-    /// Consumed now; the gate step is DONE and the plan RUNNING.
+    /// Consumed now; the gate step is DONE and the plan RUNNING (event
+    /// `plan_confirmed`).
     Consumed,
     /// Nothing pending matched (already used, void, expired, wrong hash, or
     /// another confirmation won the race).
@@ -76,6 +79,11 @@ pub(crate) fn insert_confirmation(
         c.principal
     ])?;
     Ok(())
+}
+
+/// The journal event of an expired confirmation.
+pub(crate) fn expired(at: DateTime<Utc>) -> PlanEvent {
+    PlanEvent::new(Event::PlanExpired, at).error(CONFIRMATION_EXPIRED)
 }
 
 /// Cancel reason of a plan whose confirmation expired.
@@ -154,6 +162,7 @@ impl Db {
         action: Option<NewAction>,
         at: DateTime<Utc>,
     ) -> Write<ConsumeOutcome> {
+        let replica = self.replica.clone();
         self.write(move |conn| {
             let changed = conn
                 .prepare_cached(
@@ -165,24 +174,10 @@ impl Db {
             if changed != 1 {
                 return Ok(ConsumeOutcome::NotPending);
             }
-            conn.prepare_cached(
-                "UPDATE plan_steps SET status = 'DONE', result_json = ?2, finished_at = ?3, updated_at = ?3
-                 WHERE plan_id = ?1 AND type = 'AWAIT_CONFIRMATION' AND status = 'WAITING'",
-            )?
-            .execute(params![
-                plan_id.to_string(),
-                json!({ "confirmed_by": by }).to_string(),
-                ts(at)
-            ])?;
-            apply_plan_update(
-                conn,
-                plan_id,
-                &PlanUpdate {
-                    status: Some(madre_models::Status::Running),
-                    ..PlanUpdate::default()
-                },
-                at,
-            )?;
+            let confirmed = PlanEvent::new(Event::PlanConfirmed, at)
+                .result(json!({ "confirmed_by": by }))
+                .by(by.clone());
+            journal::append(conn, plan_id, &[confirmed], &replica)?;
             if let Some(action) = &action {
                 insert_action(conn, action)?;
             }
@@ -199,6 +194,7 @@ impl Db {
         void_after: u32,
         at: DateTime<Utc>,
     ) -> Write<u32> {
+        let replica = self.replica.clone();
         self.write(move |conn| {
             let attempts: Option<u32> = conn
                 .prepare_cached(
@@ -214,7 +210,8 @@ impl Db {
                 )));
             };
             if attempts >= void_after {
-                cancel_in(conn, plan_id, CONFIRMATION_VOID, at)?;
+                let void = PlanEvent::finished(Status::Cancelled, Some(CONFIRMATION_VOID), at);
+                journal::append(conn, plan_id, &[void], &replica)?;
             }
             Ok(attempts)
         })
@@ -223,9 +220,32 @@ impl Db {
     /// Ends a pending confirmation that expired: the plan is CANCELLED with
     /// reason `confirmation_expired` (kept apart from a human cancel).
     pub fn expire_confirmation(&self, plan_id: Uuid, at: DateTime<Utc>) -> Write<()> {
+        let replica = self.replica.clone();
         self.write(move |conn| {
-            cancel_in(conn, plan_id, CONFIRMATION_EXPIRED, at)?;
+            journal::append(conn, plan_id, &[expired(at)], &replica)?;
             Ok(())
+        })
+    }
+
+    /// Gives a still-pending confirmation a new token hash (the old token
+    /// stops working) and a new expiry; false when nothing was pending.
+    /// Used when a lost WAITING answer is replayed for its `Idempotency-Key`:
+    /// stored answers never keep a token, so the replay carries a fresh one.
+    pub fn reissue_confirmation(
+        &self,
+        plan_id: Uuid,
+        token_sha256: String,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Write<bool> {
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE confirmations SET token_sha256 = ?2, expires_at = ?3
+                     WHERE plan_id = ?1 AND used_at IS NULL AND outcome IS NULL AND expires_at > ?4",
+                )?
+                .execute(params![plan_id.to_string(), token_sha256, ts(expires_at), ts(at)])?;
+            Ok(n == 1)
         })
     }
 }

@@ -3,11 +3,13 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::time::ts;
 use crate::{Db, DbError, Write};
 
-/// A response remembered for a key.
+/// A response remembered for a key. It never holds a confirmation token:
+/// [`Db::store_idempotent_response`] strips `confirm_token` before writing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredResponse {
     /// Hash of the request body, to tell a replay from a different request.
@@ -16,6 +18,23 @@ pub struct StoredResponse {
     pub status_code: u16,
     /// Body of the first answer.
     pub body: Value,
+    /// The plan the answer is about, so a replay can hand out a fresh token
+    /// while the plan still waits.
+    pub plan_id: Option<Uuid>,
+}
+
+/// What reserving an `Idempotency-Key` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reservation {
+    /// The key is new and now reserved for this request: run the work,
+    /// then store its answer (or release the key if it failed).
+    Reserved,
+    /// The work already ran: replay this answer.
+    Done(StoredResponse),
+    /// Another request with this key is still running.
+    InProgress,
+    /// The key was used for a different request.
+    Mismatch,
 }
 
 /// Per-module settings of `madre_policies`.
@@ -31,56 +50,141 @@ pub struct ModulePolicy {
     pub enable_autosuspend: bool,
 }
 
+fn lookup(
+    conn: &rusqlite::Connection,
+    principal: &str,
+    key: &str,
+    request_hash: &str,
+) -> Result<Reservation, DbError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT request_hash, status_code, response_json, plan_id FROM idempotency_keys
+             WHERE principal = ?1 AND key = ?2",
+        )?
+        .query_row(params![principal, key], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<u16>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((hash, status, body, plan_id)) = row else {
+        // Released or expired between the insert and this read.
+        return Ok(Reservation::InProgress);
+    };
+    if hash != request_hash {
+        return Ok(Reservation::Mismatch);
+    }
+    match (status, body) {
+        (Some(status_code), Some(body)) => Ok(Reservation::Done(StoredResponse {
+            request_hash: hash,
+            status_code,
+            body: serde_json::from_str(&body)?,
+            plan_id: plan_id
+                .as_deref()
+                .map(Uuid::parse_str)
+                .transpose()
+                .map_err(|e| DbError::InvalidData(e.to_string()))?,
+        })),
+        _ => Ok(Reservation::InProgress),
+    }
+}
+
 impl Db {
-    /// The answer stored for (`principal`, `key`).
-    pub fn idempotent_response(
+    /// Reserves (`principal`, `key`) for a request whose body hashes to
+    /// `request_hash`, or says why not. The insert comes first, so of
+    /// concurrent requests with one key exactly one gets
+    /// [`Reservation::Reserved`] and runs.
+    pub fn reserve_idempotency_key(
         &self,
         principal: &str,
         key: &str,
-    ) -> Result<Option<StoredResponse>, DbError> {
-        self.read(|conn| {
-            let row = conn
+        request_hash: &str,
+        at: DateTime<Utc>,
+    ) -> Write<Reservation> {
+        let (principal, key, hash) = (
+            principal.to_owned(),
+            key.to_owned(),
+            request_hash.to_owned(),
+        );
+        self.write(move |conn| {
+            let inserted = conn
                 .prepare_cached(
-                    "SELECT request_hash, status_code, response_json FROM idempotency_keys
-                     WHERE principal = ?1 AND key = ?2",
+                    "INSERT INTO idempotency_keys (principal, key, request_hash, created_at)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (principal, key) DO NOTHING",
                 )?
-                .query_row(params![principal, key], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, u16>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .optional()?;
-            row.map(|(request_hash, status_code, body)| {
-                Ok(StoredResponse {
-                    request_hash,
-                    status_code,
-                    body: serde_json::from_str(&body)?,
-                })
-            })
-            .transpose()
+                .execute(params![principal, key, hash, ts(at)])?;
+            if inserted == 1 {
+                return Ok(Reservation::Reserved);
+            }
+            lookup(conn, &principal, &key, &hash)
         })
     }
 
-    /// Remembers the answer for (`principal`, `key`); false when one was
-    /// already stored (the first one stays).
+    /// What a replay of (`principal`, `key`) with `request_hash` would get
+    /// now, read without writing.
+    pub fn idempotency_key(
+        &self,
+        principal: &str,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<Reservation, DbError> {
+        self.read(|conn| lookup(conn, principal, key, request_hash))
+    }
+
+    /// Stores the answer of a reserved key; a `confirm_token` in the body is
+    /// dropped first. False when the key was not reserved (it expired or
+    /// was released meanwhile).
     pub fn store_idempotent_response(
         &self,
         principal: &str,
         key: &str,
-        response: StoredResponse,
-        at: DateTime<Utc>,
+        mut response: StoredResponse,
     ) -> Write<bool> {
         let (principal, key) = (principal.to_owned(), key.to_owned());
+        if let Some(body) = response.body.as_object_mut() {
+            body.remove("confirm_token");
+        }
         self.write(move |conn| {
             let n = conn
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO idempotency_keys (principal, key, request_hash, status_code, response_json, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "UPDATE idempotency_keys SET status_code = ?3, response_json = ?4, plan_id = ?5
+                     WHERE principal = ?1 AND key = ?2 AND request_hash = ?6 AND response_json IS NULL",
                 )?
-                .execute(params![principal, key, response.request_hash, response.status_code, serde_json::to_string(&response.body)?, ts(at)])?;
+                .execute(params![
+                    principal,
+                    key,
+                    response.status_code,
+                    serde_json::to_string(&response.body)?,
+                    response.plan_id.map(|p| p.to_string()),
+                    response.request_hash,
+                ])?;
             Ok(n == 1)
+        })
+    }
+
+    /// Frees a reserved key whose work failed, so a retry runs it again.
+    pub fn release_idempotency_key(&self, principal: &str, key: &str) -> Write<()> {
+        let (principal, key) = (principal.to_owned(), key.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "DELETE FROM idempotency_keys WHERE principal = ?1 AND key = ?2 AND response_json IS NULL",
+            )?
+            .execute(params![principal, key])?;
+            Ok(())
+        })
+    }
+
+    /// Frees every reservation still without an answer: at start-up, the
+    /// process that held them is gone. Answers how many.
+    pub fn release_abandoned_idempotency_keys(&self) -> Write<u64> {
+        self.write(|conn| {
+            let n = conn
+                .prepare_cached("DELETE FROM idempotency_keys WHERE response_json IS NULL")?
+                .execute([])?;
+            Ok(n as u64)
         })
     }
 

@@ -96,6 +96,40 @@ impl Db {
         })
     }
 
+    /// Closes every intent-log row still open that was opened before
+    /// `before`, with `result_status` (e.g. `interrupted`): at start-up, the
+    /// requests of a process that crashed will never close their own.
+    /// Answers how many.
+    pub fn close_abandoned_intents(
+        &self,
+        before: DateTime<Utc>,
+        result_status: &str,
+        at: DateTime<Utc>,
+    ) -> Write<u64> {
+        let result_status = result_status.to_owned();
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE intents_log SET processed_by_madre_at = ?2, result_status = ?3
+                     WHERE processed_by_madre_at IS NULL AND created_at < ?1",
+                )?
+                .execute(params![ts(before), ts(at), result_status])?;
+            Ok(n as u64)
+        })
+    }
+
+    /// How many intent-log rows are still open.
+    pub fn count_open_intents(&self) -> Result<u64, DbError> {
+        self.read(|conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM intents_log WHERE processed_by_madre_at IS NULL",
+                )?
+                .query_row([], |r| r.get(0))?;
+            Ok(n as u64)
+        })
+    }
+
     /// The intent-log row of `id`.
     pub fn intent_log(&self, id: Uuid) -> Result<Option<IntentLogRow>, DbError> {
         self.read(|conn| {

@@ -28,6 +28,7 @@ mod confirmations;
 mod error;
 mod idempotency;
 mod intents;
+mod journal;
 mod plans;
 mod queue;
 mod retention;
@@ -41,11 +42,11 @@ pub use confirmations::{
     CONFIRMATION_EXPIRED, CONFIRMATION_VOID, ConfirmationRow, ConsumeOutcome, NewConfirmation,
 };
 pub use error::DbError;
-pub use idempotency::{ModulePolicy, StoredResponse};
+pub use idempotency::{ModulePolicy, Reservation, StoredResponse};
 pub use intents::{IntentLogRow, NewIntentLog};
-pub use plans::{
-    NewPlanRecord, PlanFilter, PlanKind, PlanMeta, PlanUpdate, StepUpdate, StoredPlan,
-};
+pub use journal::PlanEvent;
+pub use madre_lifecycle::{Conflict, Event, PlanState, StepState};
+pub use plans::{NewPlanRecord, PlanFilter, PlanKind, PlanMeta, StoredPlan};
 pub use queue::{DaughterStatus, DaughterTask, NewDaughterTask};
 pub use retention::{CleanupReport, RetentionPolicy};
 pub use schema::{SCHEMA_VERSION, migrate_to};
@@ -77,6 +78,8 @@ pub struct Db {
     writer: Arc<writer::Writer>,
     _checkpointer: Arc<checkpoint::Checkpointer>,
     path: PathBuf,
+    /// Written in the journal's `replica` column (SPEC §16).
+    replica: Arc<str>,
 }
 
 impl std::fmt::Debug for Db {
@@ -151,7 +154,15 @@ impl Db {
             writer,
             _checkpointer: Arc::new(checkpointer),
             path: path.to_owned(),
+            replica: default_replica().into(),
         })
+    }
+
+    /// The same database, writing `replica` as this process's name in the
+    /// journal (default `<hostname>-<pid>`).
+    pub fn with_replica(mut self, replica: &str) -> Self {
+        self.replica = replica.into();
+        self
     }
 
     /// The database file.
@@ -212,6 +223,16 @@ impl Db {
             .map(|m| m.len())
             .sum()
     }
+}
+
+/// `<hostname>-<pid>`, the default name of this process in the journal.
+fn default_replica() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(unix)]

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::audit::{NewAction, insert_action};
 use crate::confirmations::{NewConfirmation, insert_confirmation};
+use crate::journal;
 use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
 
@@ -87,33 +88,6 @@ pub struct NewPlanRecord {
     pub actions: Vec<NewAction>,
 }
 
-/// A change of one step's state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepUpdate {
-    /// The new status; RUNNING counts an attempt and sets `started_at`,
-    /// terminal statuses set `finished_at`.
-    pub status: Status,
-    /// The module's answer.
-    pub result: Option<Value>,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// When.
-    pub at: DateTime<Utc>,
-}
-
-/// A change of a plan's state.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct PlanUpdate {
-    /// The new status, if it changes.
-    pub status: Option<Status>,
-    /// Machine-readable reason for ERROR/CANCELLED.
-    pub error: Option<String>,
-    /// The overall result.
-    pub result: Option<Value>,
-    /// Warnings to add (kept unique).
-    pub add_warnings: Vec<String>,
-}
-
 /// Filters for listing plans; `None` matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlanFilter {
@@ -149,7 +123,7 @@ fn insert_context(
     Ok(())
 }
 
-fn insert_record(conn: &Connection, record: &NewPlanRecord) -> Result<(), DbError> {
+fn insert_record(conn: &Connection, record: &NewPlanRecord, replica: &str) -> Result<(), DbError> {
     let plan = &record.plan;
     let plan_id = plan.plan_id.to_string();
     conn.prepare_cached(
@@ -162,9 +136,9 @@ fn insert_record(conn: &Connection, record: &NewPlanRecord) -> Result<(), DbErro
         record.meta.name,
         record.meta.module,
         record.meta.action,
-        plan.status.as_str(),
+        Status::Pending.as_str(),
         ts(plan.created_at),
-        plan.error,
+        Option::<String>::None,
         record.meta.kind.as_str(),
         plan.intent_id.to_string(),
         plan.session_id.as_str(),
@@ -172,6 +146,7 @@ fn insert_record(conn: &Connection, record: &NewPlanRecord) -> Result<(), DbErro
         record.meta.principal,
         serde_json::to_string(&plan.warnings)?,
     ])?;
+    let task_id = conn.last_insert_rowid();
     let mut insert_step = conn.prepare_cached(
         "INSERT INTO plan_steps (plan_id, idx, step_id, type, payload_json, blocking, optional,
                                  status, attempts, result_json, error, created_at, updated_at)
@@ -186,13 +161,10 @@ fn insert_record(conn: &Connection, record: &NewPlanRecord) -> Result<(), DbErro
             serde_json::to_string(&step.payload)?,
             step.blocking,
             step.optional,
-            step.status.as_str(),
-            step.attempts,
-            step.result
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()?,
-            step.error,
+            Status::Pending.as_str(),
+            0,
+            Option::<String>::None,
+            Option::<String>::None,
             ts(step.created_at),
             ts(step.updated_at),
         ])?;
@@ -218,137 +190,12 @@ fn insert_record(conn: &Connection, record: &NewPlanRecord) -> Result<(), DbErro
     for action in &record.actions {
         insert_action(conn, action)?;
     }
-    Ok(())
+    journal::created(conn, record, task_id, replica)
 }
 
-/// Changes a step unless it already finished.
-pub(crate) fn apply_step_update(
-    conn: &Connection,
-    plan_id: Uuid,
-    idx: usize,
-    update: &StepUpdate,
-) -> Result<(), DbError> {
-    let started = update.status == Status::Running;
-    let changed = conn
-        .prepare_cached(
-            "UPDATE plan_steps SET
-                status = ?3,
-                attempts = attempts + ?4,
-                started_at = CASE WHEN ?4 = 1 THEN ?7 ELSE started_at END,
-                finished_at = CASE WHEN ?3 IN ('DONE','ERROR','CANCELLED') THEN ?7 ELSE finished_at END,
-                result_json = COALESCE(?5, result_json),
-                error = COALESCE(?6, error),
-                updated_at = ?7
-             WHERE plan_id = ?1 AND idx = ?2 AND status NOT IN ('DONE','ERROR','CANCELLED')",
-        )?
-        .execute(params![
-            plan_id.to_string(),
-            idx as i64,
-            update.status.as_str(),
-            started as i64,
-            update.result.as_ref().map(serde_json::to_string).transpose()?,
-            update.error,
-            ts(update.at),
-        ])?;
-    if changed == 1 {
-        Ok(())
-    } else {
-        let exists = conn
-            .prepare_cached("SELECT 1 FROM plan_steps WHERE plan_id = ?1 AND idx = ?2")?
-            .exists(params![plan_id.to_string(), idx as i64])?;
-        if exists {
-            Err(DbError::Conflict(format!(
-                "step {idx} of plan {plan_id} already finished"
-            )))
-        } else {
-            Err(DbError::not_found("step", format!("{plan_id}/{idx}")))
-        }
-    }
-}
-
-/// Changes a plan unless it already finished.
-pub(crate) fn apply_plan_update(
-    conn: &Connection,
-    plan_id: Uuid,
-    update: &PlanUpdate,
-    at: DateTime<Utc>,
-) -> Result<(), DbError> {
-    let id = plan_id.to_string();
-    let current: Option<(String, String)> = conn
-        .prepare_cached("SELECT status, warnings_json FROM tasks WHERE uuid = ?1")?
-        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((status, warnings_json)) = current else {
-        return Err(DbError::not_found("plan", plan_id));
-    };
-    let status: Status = parse_enum(&status, "status")?;
-    if status.is_terminal() {
-        return Err(DbError::Conflict(format!(
-            "plan {plan_id} already finished ({status})"
-        )));
-    }
-    let mut warnings: Vec<String> = serde_json::from_str(&warnings_json)?;
-    for w in &update.add_warnings {
-        if !warnings.contains(w) {
-            warnings.push(w.clone());
-        }
-    }
-    conn.prepare_cached(
-        "UPDATE tasks SET status = ?2, error = COALESCE(?3, error), result = COALESCE(?4, result),
-                          warnings_json = ?5, updated_at = ?6
-         WHERE uuid = ?1",
-    )?
-    .execute(params![
-        id,
-        update.status.unwrap_or(status).as_str(),
-        update.error,
-        update
-            .result
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()?,
-        serde_json::to_string(&warnings)?,
-        ts(at),
-    ])?;
-    Ok(())
-}
-
-/// Cancels a plan and every unfinished step; answers the status it had.
-pub(crate) fn cancel_in(
-    conn: &Connection,
-    plan_id: Uuid,
-    reason: &str,
-    at: DateTime<Utc>,
-) -> Result<Status, DbError> {
-    let id = plan_id.to_string();
-    let status: Option<String> = conn
-        .prepare_cached("SELECT status FROM tasks WHERE uuid = ?1")?
-        .query_row([&id], |r| r.get(0))
-        .optional()?;
-    let status: Status = match status {
-        None => return Err(DbError::not_found("plan", plan_id)),
-        Some(s) => parse_enum(&s, "status")?,
-    };
-    if status.is_terminal() {
-        return Err(DbError::Conflict(format!(
-            "plan {plan_id} already finished ({status})"
-        )));
-    }
-    conn.prepare_cached(
-        "UPDATE tasks SET status = 'CANCELLED', error = ?2, updated_at = ?3 WHERE uuid = ?1",
-    )?
-    .execute(params![id, reason, ts(at)])?;
-    conn.prepare_cached(
-        "UPDATE plan_steps SET status = 'CANCELLED', finished_at = ?2, updated_at = ?2
-         WHERE plan_id = ?1 AND status NOT IN ('DONE','ERROR','CANCELLED')",
-    )?
-    .execute(params![id, ts(at)])?;
-    conn.prepare_cached(
-        "UPDATE confirmations SET outcome = ?2 WHERE plan_id = ?1 AND outcome IS NULL",
-    )?
-    .execute(params![id, reason])?;
-    Ok(status)
-}
+/// Plans per status, from the counters triggers keep (SPEC §9 `/metrics`).
+pub(crate) const PLAN_COUNTS: &str =
+    "SELECT status, n FROM plan_status_counts WHERE n > 0 ORDER BY status";
 
 /// A `plan_steps` row before its text columns are parsed.
 type RawStep = (
@@ -456,93 +303,8 @@ impl Db {
     /// Stores a new plan with its steps, context rows (intent, mode,
     /// session), optional confirmation and audit rows, atomically.
     pub fn insert_plan(&self, record: NewPlanRecord) -> Write<()> {
-        self.write(move |conn| insert_record(conn, &record))
-    }
-
-    /// Changes one step's state; a finished step cannot change (conflict).
-    pub fn update_step(&self, plan_id: Uuid, idx: usize, update: StepUpdate) -> Write<()> {
-        self.write(move |conn| apply_step_update(conn, plan_id, idx, &update))
-    }
-
-    /// Changes a plan's state and, in the same transaction, optionally one
-    /// step's; a finished plan cannot change (conflict).
-    pub fn update_plan(
-        &self,
-        plan_id: Uuid,
-        update: PlanUpdate,
-        step: Option<(usize, StepUpdate)>,
-        at: DateTime<Utc>,
-    ) -> Write<()> {
-        self.write(move |conn| {
-            if let Some((idx, step_update)) = &step {
-                apply_step_update(conn, plan_id, *idx, step_update)?;
-            }
-            apply_plan_update(conn, plan_id, &update, at)
-        })
-    }
-
-    /// Applies several step changes and, optionally, a plan change in one
-    /// transaction; with `finish`, also cancels every step left unfinished
-    /// (as [`Db::finish_plan`]). The runner uses it to commit a finished
-    /// step together with the next step's start, or with the plan's end.
-    pub fn update_plan_and_steps(
-        &self,
-        plan_id: Uuid,
-        steps: Vec<(usize, StepUpdate)>,
-        plan: Option<PlanUpdate>,
-        finish: bool,
-        at: DateTime<Utc>,
-    ) -> Write<()> {
-        self.write(move |conn| {
-            for (idx, update) in &steps {
-                apply_step_update(conn, plan_id, *idx, update)?;
-            }
-            if let Some(update) = &plan {
-                apply_plan_update(conn, plan_id, update, at)?;
-            }
-            if finish {
-                conn.prepare_cached(
-                    "UPDATE plan_steps SET status = 'CANCELLED', finished_at = ?2, updated_at = ?2
-                     WHERE plan_id = ?1 AND status NOT IN ('DONE','ERROR','CANCELLED')",
-                )?
-                .execute(params![plan_id.to_string(), ts(at)])?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Ends a plan: sets its final status and cancels every step that did
-    /// not finish (the steps after a timeout, say).
-    pub fn finish_plan(&self, plan_id: Uuid, update: PlanUpdate, at: DateTime<Utc>) -> Write<()> {
-        self.write(move |conn| {
-            apply_plan_update(conn, plan_id, &update, at)?;
-            conn.prepare_cached(
-                "UPDATE plan_steps SET status = 'CANCELLED', finished_at = ?2, updated_at = ?2
-                 WHERE plan_id = ?1 AND status NOT IN ('DONE','ERROR','CANCELLED')",
-            )?
-            .execute(params![plan_id.to_string(), ts(at)])?;
-            Ok(())
-        })
-    }
-
-    /// Cancels a plan that has not finished, with every unfinished step and
-    /// its pending confirmation; answers the status it had. Appends `action`
-    /// to the audit trail in the same transaction.
-    pub fn cancel_plan(
-        &self,
-        plan_id: Uuid,
-        reason: &str,
-        action: Option<NewAction>,
-        at: DateTime<Utc>,
-    ) -> Write<Status> {
-        let reason = reason.to_owned();
-        self.write(move |conn| {
-            let previous = cancel_in(conn, plan_id, &reason, at)?;
-            if let Some(action) = &action {
-                insert_action(conn, action)?;
-            }
-            Ok(previous)
-        })
+        let replica = self.replica.clone();
+        self.write(move |conn| insert_record(conn, &record, &replica))
     }
 
     /// Adds a context row to a plan.
@@ -752,11 +514,11 @@ impl Db {
         })
     }
 
-    /// How many plans are in each status.
+    /// How many plans are in each status, from counters the database keeps
+    /// current on every change (no scan of the plans).
     pub fn plan_counts(&self) -> Result<Vec<(Status, u64)>, DbError> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT status, count(*) FROM tasks GROUP BY status")?;
+            let mut stmt = conn.prepare_cached(PLAN_COUNTS)?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             rows.map(|row| {
                 let (status, n) = row?;

@@ -7,9 +7,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::plans::{PlanUpdate, StepUpdate, apply_plan_update, apply_step_update};
+use crate::journal::{self, PlanEvent};
 use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
+use madre_lifecycle::Event;
 use madre_models::Status;
 
 /// Where a daughter task is.
@@ -230,8 +231,18 @@ fn held_task(conn: &Connection, id: i64, worker: &str) -> Result<DaughterTask, D
     Ok(task)
 }
 
-/// Moves the waiting plan step, and the plan once every step has finished.
-fn settle_plan(conn: &Connection, task: &DaughterTask, step: StepUpdate) -> Result<(), DbError> {
+/// Finishes the waiting plan step through the journal, and the plan with
+/// it when no step is left open or the step failed. A plan that ended
+/// meanwhile (cancelled, say) is left as it is.
+fn settle_plan(
+    conn: &Connection,
+    task: &DaughterTask,
+    status: Status,
+    result: Option<Value>,
+    error: Option<String>,
+    at: DateTime<Utc>,
+    replica: &str,
+) -> Result<(), DbError> {
     let (Some(plan_id), Some(step_id)) = (task.plan_id, task.step_id) else {
         return Ok(());
     };
@@ -244,38 +255,49 @@ fn settle_plan(conn: &Connection, task: &DaughterTask, step: StepUpdate) -> Resu
     let Some(idx) = idx else {
         return Err(DbError::not_found("plan step", step_id));
     };
-    let idx = idx as usize;
-    let at = step.at;
-    let failed = step.status == Status::Error;
-    match apply_step_update(conn, plan_id, idx, &step) {
-        // The plan was cancelled meanwhile: the task's outcome changes nothing.
+    let mut finished = PlanEvent::new(
+        Event::StepFinished {
+            step: idx as usize,
+            status,
+        },
+        at,
+    );
+    finished.result = result.clone();
+    finished.error = error;
+    let state = match journal::append(conn, plan_id, &[finished], replica) {
+        // The plan ended meanwhile: the task's outcome changes nothing.
         Err(DbError::Conflict(_)) => return Ok(()),
         other => other?,
-    }
-    let open: i64 = conn
-        .prepare_cached(
-            "SELECT count(*) FROM plan_steps WHERE plan_id = ?1 AND status NOT IN ('DONE','ERROR','CANCELLED')",
-        )?
-        .query_row([plan_id.to_string()], |r| r.get(0))?;
-    if open == 0 || failed {
-        let update = PlanUpdate {
-            status: Some(if failed { Status::Error } else { Status::Done }),
-            error: failed.then(|| "spawner_task_failed".to_owned()),
-            result: step.result.clone(),
-            add_warnings: Vec::new(),
-        };
-        match apply_plan_update(conn, plan_id, &update, at) {
-            Err(DbError::Conflict(_)) => {}
-            other => other?,
-        }
+    };
+    let failed = status == Status::Error;
+    let open = state.steps.iter().any(|s| !s.status.is_terminal());
+    if !open || failed {
+        let mut end = PlanEvent::finished(
+            if failed { Status::Error } else { Status::Done },
+            failed.then_some("spawner_task_failed"),
+            at,
+        );
+        end.result = result;
+        journal::append(conn, plan_id, &[end], replica)?;
     }
     Ok(())
 }
 
 impl Db {
-    /// Queues a daughter task; answers its id.
+    /// Queues a daughter task; answers its id. A task for a plan step is
+    /// queued once: asking again for the same step (a resumed plan) answers
+    /// the task already queued.
     pub fn enqueue_daughter_task(&self, task: NewDaughterTask, at: DateTime<Utc>) -> Write<i64> {
         self.write(move |conn| {
+            if let Some(step_id) = task.step_id {
+                let existing: Option<i64> = conn
+                    .prepare_cached("SELECT id FROM daughter_tasks WHERE step_id = ?1")?
+                    .query_row([step_id.to_string()], |r| r.get(0))
+                    .optional()?;
+                if let Some(id) = existing {
+                    return Ok(id);
+                }
+            }
             conn.prepare_cached(
                 "INSERT INTO daughter_tasks (intent_id, source, priority, status, task_type, description,
                      created_at, updated_at, max_retries, metadata_json, plan_json, plan_id, step_id)
@@ -345,6 +367,7 @@ impl Db {
         at: DateTime<Utc>,
     ) -> Write<()> {
         let worker = worker.to_owned();
+        let replica = self.replica.clone();
         self.write(move |conn| {
             let task = held_task(conn, id, &worker)?;
             conn.prepare_cached(
@@ -352,7 +375,7 @@ impl Db {
                  WHERE id = ?1",
             )?
             .execute(params![id, ts(at), serde_json::to_string(&result)?])?;
-            settle_plan(conn, &task, StepUpdate { status: Status::Done, result: Some(result), error: None, at })
+            settle_plan(conn, &task, Status::Done, Some(result), None, at, &replica)
         })
     }
 
@@ -367,6 +390,7 @@ impl Db {
         at: DateTime<Utc>,
     ) -> Write<DaughterStatus> {
         let (worker, error) = (worker.to_owned(), error.to_owned());
+        let replica = self.replica.clone();
         self.write(move |conn| {
             let task = held_task(conn, id, &worker)?;
             if task.current_retry < task.max_retries {
@@ -383,7 +407,7 @@ impl Db {
                  WHERE id = ?1",
             )?
             .execute(params![id, error, ts(at)])?;
-            settle_plan(conn, &task, StepUpdate { status: Status::Error, result: None, error: Some(error), at })?;
+            settle_plan(conn, &task, Status::Error, None, Some(error), at, &replica)?;
             Ok(DaughterStatus::Failed)
         })
     }

@@ -5,8 +5,8 @@ use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
-use crate::confirmations::CONFIRMATION_EXPIRED;
-use crate::plans::cancel_in;
+use crate::confirmations::{CONFIRMATION_EXPIRED, expired};
+use crate::journal;
 use crate::sessions::trim_session;
 use crate::time::ts;
 use crate::{Db, DbError, Write};
@@ -22,6 +22,11 @@ pub struct RetentionPolicy {
     pub spawn_retention: Duration,
     /// Claims without a heartbeat for this long go back to the queue.
     pub stale_claim_after: Duration,
+    /// Stored `Idempotency-Key` answers older than this are deleted.
+    pub idempotency_ttl: Duration,
+    /// Sessions active within this window are checked against the history
+    /// cap (at least the interval between two passes).
+    pub active_window: Duration,
 }
 
 /// What one cleanup pass did.
@@ -37,15 +42,24 @@ pub struct CleanupReport {
     pub confirmations_expired: Vec<Uuid>,
     /// Stale claims put back in the queue.
     pub claims_expired: u64,
+    /// Stored idempotent answers past their lifetime, deleted.
+    pub idempotency_keys_deleted: u64,
 }
 
+// The statements of a cleanup pass. Each finds its rows through an index,
+// never by scanning history (checked by `every_background_query_uses_an_index`).
+const EXPIRE_CLAIMS: &str = "UPDATE daughter_tasks SET status = 'queued', claimed_by = NULL, heartbeat_at = NULL WHERE status = 'running' AND heartbeat_at < ?1";
+const ACTIVE_SESSIONS: &str =
+    "SELECT session_id FROM sessions WHERE closed_at IS NULL AND last_activity_at >= ?1";
+const CLOSE_IDLE_SESSIONS: &str =
+    "UPDATE sessions SET closed_at = ?1 WHERE closed_at IS NULL AND last_activity_at < ?2";
+const DELETE_OLD_SPAWNS: &str =
+    "DELETE FROM madre_spawns WHERE status IN ('completed','failed') AND finished_at < ?1";
+const LAPSED_CONFIRMATIONS: &str = "SELECT plan_id FROM confirmations WHERE outcome IS NULL AND used_at IS NULL AND expires_at <= ?1";
+const DELETE_OLD_IDEMPOTENCY_KEYS: &str = "DELETE FROM idempotency_keys WHERE created_at < ?1";
+
 pub(crate) fn expire_claims_in(conn: &Connection, before: DateTime<Utc>) -> Result<u64, DbError> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE daughter_tasks SET status = 'queued', claimed_by = NULL, heartbeat_at = NULL
-             WHERE status = 'running' AND heartbeat_at < ?1",
-        )?
-        .execute([ts(before)])?;
+    let n = conn.prepare_cached(EXPIRE_CLAIMS)?.execute([ts(before)])?;
     Ok(n as u64)
 }
 
@@ -53,41 +67,39 @@ fn cleanup_in(
     conn: &Connection,
     policy: &RetentionPolicy,
     now: DateTime<Utc>,
+    replica: &str,
 ) -> Result<CleanupReport, DbError> {
+    // Only sessions active since the last pass can have grown past the cap
+    // (the sessions_open index bounds the search; no scan of the history).
+    let active: Vec<String> = conn
+        .prepare_cached(ACTIVE_SESSIONS)?
+        .query_map([ts(now - policy.active_window)], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut messages_trimmed = 0;
+    for session in active {
+        messages_trimmed += trim_session(conn, &session, policy.history_max)?;
+    }
+
     let mut report = CleanupReport {
         sessions_closed: conn
-            .prepare_cached(
-                "UPDATE sessions SET closed_at = ?1 WHERE closed_at IS NULL AND last_activity_at < ?2",
-            )?
-            .execute(params![ts(now), ts(now - policy.session_idle)])? as u64,
+            .prepare_cached(CLOSE_IDLE_SESSIONS)?
+            .execute(params![ts(now), ts(now - policy.session_idle)])?
+            as u64,
+        messages_trimmed,
         ..CleanupReport::default()
     };
 
-    let crowded: Vec<String> = conn
-        .prepare_cached(
-            "SELECT session_id FROM madre_context GROUP BY session_id HAVING count(*) > ?1",
-        )?
-        .query_map([policy.history_max], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for session in crowded {
-        report.messages_trimmed += trim_session(conn, &session, policy.history_max)?;
-    }
-
     report.spawns_deleted = conn
-        .prepare_cached(
-            "DELETE FROM madre_spawns WHERE status IN ('completed','failed') AND finished_at < ?1",
-        )?
+        .prepare_cached(DELETE_OLD_SPAWNS)?
         .execute([ts(now - policy.spawn_retention)])? as u64;
 
-    let expired: Vec<String> = conn
-        .prepare_cached(
-            "SELECT plan_id FROM confirmations WHERE outcome IS NULL AND used_at IS NULL AND expires_at <= ?1",
-        )?
+    let lapsed: Vec<String> = conn
+        .prepare_cached(LAPSED_CONFIRMATIONS)?
         .query_map([ts(now)], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    for plan in expired {
+    for plan in lapsed {
         let plan_id = Uuid::parse_str(&plan).map_err(|e| DbError::InvalidData(e.to_string()))?;
-        match cancel_in(conn, plan_id, CONFIRMATION_EXPIRED, now) {
+        match journal::append(conn, plan_id, &[expired(now)], replica) {
             Ok(_) => report.confirmations_expired.push(plan_id),
             // The plan ended some other way; just close the confirmation.
             Err(DbError::Conflict(_)) => {
@@ -99,12 +111,73 @@ fn cleanup_in(
     }
 
     report.claims_expired = expire_claims_in(conn, now - policy.stale_claim_after)?;
+    report.idempotency_keys_deleted = conn
+        .prepare_cached(DELETE_OLD_IDEMPOTENCY_KEYS)?
+        .execute([ts(now - policy.idempotency_ttl)])? as u64;
     Ok(report)
 }
 
 impl Db {
     /// One cleanup pass, in one transaction.
     pub fn cleanup(&self, policy: RetentionPolicy, now: DateTime<Utc>) -> Write<CleanupReport> {
-        self.write(move |conn| cleanup_in(conn, &policy, now))
+        let replica = self.replica.clone();
+        self.write(move |conn| cleanup_in(conn, &policy, now, &replica))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/metrics` and every cleanup statement find their rows through an
+    /// index: none scans a table that grows with history.
+    #[test]
+    fn every_background_query_uses_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("vx11.db")).unwrap();
+        let growing = [
+            "tasks",
+            "plan_steps",
+            "plan_events",
+            "intents_log",
+            "madre_context",
+            "madre_actions",
+            "idempotency_keys",
+            "daughter_tasks",
+            "confirmations",
+            "sessions",
+            "madre_spawns",
+        ];
+        let statements = [
+            EXPIRE_CLAIMS,
+            ACTIVE_SESSIONS,
+            CLOSE_IDLE_SESSIONS,
+            DELETE_OLD_SPAWNS,
+            LAPSED_CONFIRMATIONS,
+            DELETE_OLD_IDEMPOTENCY_KEYS,
+            crate::sessions::TRIM_SESSION,
+            crate::plans::PLAN_COUNTS,
+        ];
+        db.read(|conn| {
+            for sql in statements {
+                let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let params = stmt.parameter_count();
+                let values: Vec<String> = (0..params).map(|_| "x".to_owned()).collect();
+                let plan: Vec<String> = stmt
+                    .query_map(rusqlite::params_from_iter(values.iter()), |r| r.get(3))?
+                    .collect::<Result<_, _>>()?;
+                for line in &plan {
+                    for table in growing {
+                        assert!(
+                            !(line.starts_with("SCAN")
+                                && line.split_whitespace().nth(1) == Some(table)),
+                            "{sql}\n scans {table}: {plan:?}"
+                        );
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
     }
 }

@@ -11,7 +11,7 @@ use crate::DbError;
 const APPLICATION_ID: i64 = 0x4D41_4452;
 
 /// The migrations, in order; migration `n` (1-based) brings the schema to version `n`.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
 
 /// The schema version this code creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -59,6 +59,7 @@ pub(crate) fn check_owner(conn: &Connection, path: &Path) -> Result<i64, DbError
 #[doc(hidden)]
 pub fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Result<(), DbError> {
     let version = check_owner(conn, path)?;
+    let mut migrated = false;
     for (index, sql) in MIGRATIONS.iter().enumerate().take(target as usize) {
         let number = index as i64 + 1;
         if number <= version {
@@ -71,6 +72,12 @@ pub fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Result<(),
         ))?;
         tx.commit()?;
         tracing::info!(version = number, "database migrated");
+        migrated = true;
+    }
+    if migrated {
+        // Fold the migration into the file at once: pages it zeroed (old
+        // rows that held secrets) replace their old versions on disk now.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     }
     Ok(())
 }
@@ -248,4 +255,87 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (principal, key)
 ) WITHOUT ROWID;
 CREATE INDEX confirmations_by_token ON confirmations (token_sha256) WHERE outcome IS NULL;
+"#;
+
+/// The plan journal, counters for `/metrics`, idempotency reservations and
+/// the indexes that keep cleanup from scanning history.
+const MIGRATION_3: &str = r#"
+CREATE TABLE plan_events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id      INTEGER NOT NULL,
+    plan_id      TEXT NOT NULL,
+    session_id   TEXT,
+    type         TEXT NOT NULL,
+    step_id      TEXT,
+    payload_json TEXT NOT NULL,
+    principal    TEXT,
+    replica      TEXT NOT NULL,
+    created_at   TEXT NOT NULL
+);
+CREATE INDEX plan_events_by_plan ON plan_events (task_id, seq);
+CREATE TRIGGER plan_events_no_update BEFORE UPDATE ON plan_events
+BEGIN SELECT RAISE(ABORT, 'plan_events is append-only: rows cannot be changed'); END;
+CREATE TRIGGER plan_events_no_delete BEFORE DELETE ON plan_events
+BEGIN SELECT RAISE(ABORT, 'plan_events is append-only: rows cannot be deleted'); END;
+
+-- Plans made before the journal get a synthesized history: their creation
+-- and, for finished ones, their end, marked as synthesized.
+INSERT INTO plan_events (task_id, plan_id, session_id, type, payload_json, principal, replica, created_at)
+SELECT id, uuid, session_id, 'plan_created', json_object('status', 'PENDING', 'synthesized', json('true')),
+       principal, 'migration-3', created_at
+FROM tasks ORDER BY id;
+INSERT INTO plan_events (task_id, plan_id, session_id, type, payload_json, principal, replica, created_at)
+SELECT id, uuid, session_id,
+       CASE status WHEN 'WAITING' THEN 'plan_waiting' ELSE 'plan_finished' END,
+       json_object('status', status, 'reason', error, 'synthesized', json('true')),
+       NULL, 'migration-3', updated_at
+FROM tasks WHERE status IN ('WAITING', 'DONE', 'ERROR', 'CANCELLED') ORDER BY id;
+
+CREATE TABLE plan_status_counts (
+    status TEXT PRIMARY KEY,
+    n      INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO plan_status_counts (status, n) SELECT status, count(*) FROM tasks GROUP BY status;
+CREATE TRIGGER tasks_count_insert AFTER INSERT ON tasks
+BEGIN
+    INSERT INTO plan_status_counts (status, n) VALUES (NEW.status, 1)
+    ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER tasks_count_update AFTER UPDATE OF status ON tasks
+WHEN NEW.status IS NOT OLD.status
+BEGIN
+    UPDATE plan_status_counts SET n = n - 1 WHERE status = OLD.status;
+    INSERT INTO plan_status_counts (status, n) VALUES (NEW.status, 1)
+    ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER tasks_count_delete AFTER DELETE ON tasks
+BEGIN
+    UPDATE plan_status_counts SET n = n - 1 WHERE status = OLD.status;
+END;
+
+-- A key is reserved before its work runs (no answer yet), and answers are
+-- stored without confirmation tokens: the old rows lose theirs here.
+CREATE TABLE idempotency_keys_v3 (
+    principal     TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    request_hash  TEXT NOT NULL,
+    status_code   INTEGER,
+    response_json TEXT,
+    plan_id       TEXT,
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (principal, key)
+) WITHOUT ROWID;
+PRAGMA secure_delete = ON;
+INSERT INTO idempotency_keys_v3
+SELECT principal, key, request_hash, status_code,
+       json_remove(response_json, '$.confirm_token'),
+       json_extract(response_json, '$.plan_id'), created_at
+FROM idempotency_keys;
+DROP TABLE idempotency_keys;
+PRAGMA secure_delete = OFF;
+ALTER TABLE idempotency_keys_v3 RENAME TO idempotency_keys;
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+
+CREATE INDEX intents_log_open ON intents_log (created_at) WHERE processed_by_madre_at IS NULL;
+CREATE INDEX daughter_tasks_by_step ON daughter_tasks (step_id) WHERE step_id IS NOT NULL;
 "#;

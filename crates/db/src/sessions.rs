@@ -36,12 +36,12 @@ pub struct HistoryMessage {
     pub created_at: DateTime<Utc>,
 }
 
+/// Drops all but the newest `?2` messages of session `?1`.
+pub(crate) const TRIM_SESSION: &str = "DELETE FROM madre_context WHERE session_id = ?1 AND id NOT IN (SELECT id FROM madre_context WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2)";
+
 pub(crate) fn trim_session(conn: &Connection, session_id: &str, keep: u32) -> Result<u64, DbError> {
     let n = conn
-        .prepare_cached(
-            "DELETE FROM madre_context WHERE session_id = ?1 AND id NOT IN
-               (SELECT id FROM madre_context WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2)",
-        )?
+        .prepare_cached(TRIM_SESSION)?
         .execute(params![session_id, keep])?;
     Ok(n as u64)
 }

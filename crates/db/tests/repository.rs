@@ -188,11 +188,81 @@ fn a_database_made_by_migration_1_is_upgraded_with_its_data() {
             request_hash: "h".into(),
             status_code: 200,
             body: json!({}),
+            plan_id: None,
         },
-        t0(),
     )
     .wait()
     .unwrap();
+}
+
+/// Migration 3 gives plans made before the journal a synthesized history,
+/// starts the status counters from the existing plans, and strips the
+/// confirmation tokens stored answers held in clear.
+#[test]
+fn a_database_made_by_migration_2_gets_a_journal_and_loses_its_clear_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    let token = "clear-token-abcdefghijklmnopqrstuvwxyz";
+    let (done, waiting) = (Uuid::new_v4(), Uuid::new_v4());
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, &path, 2).unwrap();
+        for (id, status, error) in [(done, "DONE", None), (waiting, "WAITING", None::<&str>)] {
+            conn.execute(
+                "INSERT INTO tasks (uuid, name, module, action, status, created_at, updated_at, error,
+                                    kind, session_id, mode, principal)
+                 VALUES (?1, 'chat', 'madre', 'chat', ?2, '2026-11-01T00:00:00.000000Z',
+                         '2026-11-01T00:00:01.000000Z', ?3, 'chat', 's', 'MADRE', 'alice')",
+                rusqlite::params![id.to_string(), status, error],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO idempotency_keys VALUES ('alice', 'k', 'h', 200, ?1, '2026-11-01T00:00:00.000000Z')",
+            [json!({"status": "WAITING", "plan_id": waiting, "confirm_token": token}).to_string()],
+        )
+        .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    let history = |id| -> Vec<(String, Option<Status>)> {
+        db.plan_events(id)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.event_type, e.status))
+            .collect()
+    };
+    assert_eq!(
+        history(done),
+        [
+            ("plan_created".to_owned(), Some(Status::Pending)),
+            ("plan_finished".to_owned(), Some(Status::Done))
+        ]
+    );
+    assert_eq!(
+        history(waiting),
+        [
+            ("plan_created".to_owned(), Some(Status::Pending)),
+            ("plan_waiting".to_owned(), Some(Status::Waiting))
+        ]
+    );
+    assert_eq!(
+        db.plan_counts().unwrap(),
+        [(Status::Done, 1), (Status::Waiting, 1)]
+    );
+    let Reservation::Done(stored) = db.idempotency_key("alice", "k", "h").unwrap() else {
+        panic!("the stored answer survives the migration");
+    };
+    assert_eq!(stored.body.get("confirm_token"), None);
+    assert_eq!(stored.plan_id, Some(waiting));
+    drop(db);
+    let bytes = std::fs::read(&path).unwrap();
+    let wal = std::fs::read(dir.path().join("v2.db-wal")).unwrap_or_default();
+    for file in [&bytes, &wal] {
+        assert!(
+            !file.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the old token is gone from the file and its WAL"
+        );
+    }
 }
 
 #[test]
@@ -323,61 +393,60 @@ fn plans_round_trip_with_context_confirmation_and_audit() {
     assert!(t.db.plan(Uuid::new_v4()).unwrap().is_none());
 }
 
+fn started(step: usize, at: DateTime<Utc>) -> PlanEvent {
+    PlanEvent::new(Event::StepStarted { step }, at)
+}
+
+fn finished(step: usize, status: Status, at: DateTime<Utc>) -> PlanEvent {
+    PlanEvent::new(Event::StepFinished { step, status }, at)
+}
+
 #[test]
 fn step_transitions_count_attempts_and_finished_steps_are_final() {
     let t = open();
     let plan = chat_plan(&t.db, "s");
     let at = t0() + Duration::seconds(1);
-    let run = StepUpdate {
-        status: Status::Running,
-        result: None,
-        error: None,
-        at,
-    };
-    t.db.update_step(plan.plan_id, 0, run.clone())
+    t.db.apply_events(plan.plan_id, vec![started(0, at)], None)
         .wait()
         .unwrap();
-    t.db.update_step(plan.plan_id, 0, run.clone())
+    t.db.apply_events(plan.plan_id, vec![started(0, at)], None)
         .wait()
         .unwrap(); // a retry
-    t.db.update_step(
+    t.db.apply_events(
         plan.plan_id,
-        0,
-        StepUpdate {
-            status: Status::Done,
-            result: Some(json!({"engine": "gpt"})),
-            error: None,
-            at,
-        },
+        vec![finished(0, Status::Done, at).result(json!({"engine": "gpt"}))],
+        None,
     )
     .wait()
     .unwrap();
     let err =
-        t.db.update_step(plan.plan_id, 0, run.clone())
+        t.db.apply_events(plan.plan_id, vec![started(0, at)], None)
             .wait()
             .unwrap_err();
     assert!(matches!(err, DbError::Conflict(_)), "{err}");
+    assert!(matches!(
+        t.db.apply_events(plan.plan_id, vec![started(9, at)], None)
+            .wait(),
+        Err(DbError::Conflict(_))
+    ));
     assert!(
-        t.db.update_step(plan.plan_id, 9, run)
+        t.db.apply_events(Uuid::new_v4(), vec![started(0, at)], None)
             .wait()
             .unwrap_err()
             .is_not_found()
     );
 
     let stored = t.db.plan(plan.plan_id).unwrap().unwrap().plan;
+    assert_eq!(stored.status, Status::Running);
     assert_eq!(stored.steps[0].attempts, 2);
     assert_eq!(stored.steps[0].status, Status::Done);
     assert_eq!(stored.steps[0].result, Some(json!({"engine": "gpt"})));
 
     // finishing the plan cancels what did not run, and the plan is then final
-    t.db.finish_plan(
+    t.db.apply_events(
         plan.plan_id,
-        PlanUpdate {
-            status: Some(Status::Error),
-            error: Some("timeout".into()),
-            ..Default::default()
-        },
-        at,
+        vec![PlanEvent::finished(Status::Error, Some("timeout"), at)],
+        None,
     )
     .wait()
     .unwrap();
@@ -388,9 +457,71 @@ fn step_transitions_count_attempts_and_finished_steps_are_final() {
     );
     assert_eq!(stored.steps[1].status, Status::Cancelled);
     assert!(matches!(
-        t.db.cancel_plan(plan.plan_id, "cancelled", None, at).wait(),
+        t.db.apply_events(
+            plan.plan_id,
+            vec![PlanEvent::finished(
+                Status::Cancelled,
+                Some("cancelled"),
+                at
+            )],
+            None
+        )
+        .wait(),
         Err(DbError::Conflict(_))
     ));
+    let types: Vec<String> =
+        t.db.plan_events(plan.plan_id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect();
+    assert_eq!(
+        types,
+        [
+            "plan_created",
+            "step_started",
+            "step_started",
+            "step_finished",
+            "plan_finished"
+        ],
+        "refused events leave no trace"
+    );
+}
+
+/// A journal append that fails rolls its state changes back with it: the
+/// second event of a batch is illegal, so the first one's change is gone.
+#[test]
+fn a_refused_event_rolls_back_the_whole_batch() {
+    let t = open();
+    let plan = chat_plan(&t.db, "s");
+    let at = t0();
+    let batch = vec![started(0, at), finished(1, Status::Done, at)];
+    assert!(matches!(
+        t.db.apply_events(plan.plan_id, batch, None).wait(),
+        Err(DbError::Conflict(_))
+    ));
+    let stored = t.db.plan(plan.plan_id).unwrap().unwrap().plan;
+    assert_eq!(stored.status, Status::Pending);
+    assert_eq!(stored.steps[0].status, Status::Pending);
+    assert_eq!(stored.steps[0].attempts, 0);
+    assert_eq!(t.db.plan_events(plan.plan_id).unwrap().len(), 1);
+}
+
+/// The journal is append-only, like the audit trail: the database itself
+/// refuses UPDATE and DELETE.
+#[test]
+fn the_journal_refuses_update_and_delete() {
+    let t = open();
+    let plan = chat_plan(&t.db, "s");
+    let conn = Connection::open(&t.path).unwrap();
+    for sql in [
+        "UPDATE plan_events SET type = 'plan_finished'",
+        "DELETE FROM plan_events",
+    ] {
+        let err = conn.execute(sql, []).unwrap_err().to_string();
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
+    assert_eq!(t.db.plan_events(plan.plan_id).unwrap().len(), 1);
 }
 
 #[test]
@@ -671,11 +802,22 @@ fn four_workers_claim_2000_tasks_each_exactly_once() {
     );
 }
 
+/// A plan whose spawner request waits, as the runner leaves it.
+fn spawner_waiting(db: &Db) -> Plan {
+    let plan = plan_with(&[(StepType::SpawnerRequest, Status::Pending)], "s", t0());
+    db.insert_plan(record(plan.clone())).wait().unwrap();
+    let events = vec![
+        PlanEvent::new(Event::StepStarted { step: 0 }, t0()),
+        PlanEvent::new(Event::PlanWaiting { step: 0 }, t0()),
+    ];
+    db.apply_events(plan.plan_id, events, None).wait().unwrap();
+    plan
+}
+
 #[test]
 fn completing_or_failing_a_task_settles_its_plan_step() {
     let t = open();
-    let plan = plan_with(&[(StepType::SpawnerRequest, Status::Waiting)], "s", t0());
-    t.db.insert_plan(record(plan.clone())).wait().unwrap();
+    let plan = spawner_waiting(&t.db);
     let mut task = daughter(0);
     task.plan_id = Some(plan.plan_id);
     task.step_id = Some(plan.steps[0].step_id);
@@ -708,8 +850,7 @@ fn completing_or_failing_a_task_settles_its_plan_step() {
     );
 
     // fail: retried up to max_retries, then failed with the plan in ERROR
-    let plan = plan_with(&[(StepType::SpawnerRequest, Status::Waiting)], "s", t0());
-    t.db.insert_plan(record(plan.clone())).wait().unwrap();
+    let plan = spawner_waiting(&t.db);
     let mut task = daughter(0);
     task.max_retries = 1;
     task.plan_id = Some(plan.plan_id);
@@ -782,6 +923,8 @@ fn cleanup_applies_retention_and_never_touches_the_audit_trail() {
         history_max: 3,
         spawn_retention: Duration::hours(1),
         stale_claim_after: Duration::minutes(5),
+        idempotency_ttl: Duration::hours(24),
+        active_window: Duration::hours(3),
     };
     let old = t0() - Duration::hours(2);
     t.db.record_turn(
@@ -978,35 +1121,58 @@ fn module_policies_and_idempotent_responses() {
         }]
     );
 
-    let stored = StoredResponse {
+    // The first request reserves the key; a duplicate sees it in progress.
+    let reserve = |who: &str, key: &str, hash: &str| {
+        t.db.reserve_idempotency_key(who, key, hash, t0())
+            .wait()
+            .unwrap()
+    };
+    assert_eq!(reserve("alice", "k1", "h1"), Reservation::Reserved);
+    assert_eq!(reserve("alice", "k1", "h1"), Reservation::InProgress);
+    assert_eq!(reserve("alice", "k1", "h2"), Reservation::Mismatch);
+    assert_eq!(
+        reserve("bob", "k1", "h1"),
+        Reservation::Reserved,
+        "keys are per principal"
+    );
+
+    // Its answer is stored without the confirmation token, then replayed.
+    let plan_id = Uuid::new_v4();
+    let answer = StoredResponse {
         request_hash: "h1".into(),
         status_code: 200,
-        body: json!({"ok": 1}),
+        body: json!({"status": "WAITING", "confirm_token": "secret-token-value", "plan_id": plan_id}),
+        plan_id: Some(plan_id),
     };
     assert!(
-        t.db.store_idempotent_response("alice", "k1", stored.clone(), t0())
+        t.db.store_idempotent_response("alice", "k1", answer.clone())
             .wait()
             .unwrap()
     );
+    let Reservation::Done(replayed) = reserve("alice", "k1", "h1") else {
+        panic!("the stored answer is replayed");
+    };
+    assert_eq!(
+        replayed.body,
+        json!({"status": "WAITING", "plan_id": plan_id})
+    );
+    assert_eq!(replayed.plan_id, Some(plan_id));
     assert!(
         !t.db
-            .store_idempotent_response(
-                "alice",
-                "k1",
-                StoredResponse {
-                    request_hash: "h2".into(),
-                    ..stored.clone()
-                },
-                t0()
-            )
+            .store_idempotent_response("alice", "k1", answer)
             .wait()
-            .unwrap()
+            .unwrap(),
+        "the first answer stays"
     );
+
+    // A failed request frees its key; a restart frees every orphan.
+    t.db.release_idempotency_key("bob", "k1").wait().unwrap();
+    assert_eq!(reserve("bob", "k1", "h9"), Reservation::Reserved);
+    assert_eq!(t.db.release_abandoned_idempotency_keys().wait().unwrap(), 1);
     assert_eq!(
-        t.db.idempotent_response("alice", "k1").unwrap(),
-        Some(stored)
+        t.db.idempotency_key("alice", "k1", "h1").unwrap(),
+        Reservation::Done(replayed)
     );
-    assert_eq!(t.db.idempotent_response("bob", "k1").unwrap(), None);
 }
 
 #[tokio::test]
@@ -1133,21 +1299,9 @@ fn joined_writes_commit_together_or_not_at_all() {
     let undone = entry.id;
     let failed =
         t.db.log_intent(entry)
-            .and(t.db.update_step(
-                plan_id,
-                9,
-                StepUpdate {
-                    status: Status::Done,
-                    result: None,
-                    error: None,
-                    at: t0(),
-                },
-            ))
+            .and(t.db.apply_events(plan_id, vec![finished(9, Status::Done, t0())], None))
             .wait();
-    assert!(
-        matches!(failed, Err(DbError::NotFound { .. })),
-        "{failed:?}"
-    );
+    assert!(matches!(failed, Err(DbError::Conflict(_))), "{failed:?}");
     assert!(t.db.intent_log(undone).unwrap().is_none());
     assert_eq!(t.db.count_intents().unwrap(), 1);
 

@@ -338,7 +338,7 @@ pub struct ControlRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = Module))]
     pub target: String,
     /// What to do to it (a lower-case word).
-    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9_-]{1,64}$"))]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_-]{1,64}$"))]
     pub action: String,
     /// Extra parameters passed to the module.
     #[serde(default)]
@@ -485,7 +485,7 @@ pub struct TaskRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::RemoteModule))]
     pub module: String,
     /// The action to ask of it (a lower-case word).
-    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9_-]{1,64}$"))]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_-]{1,64}$"))]
     pub action: String,
     /// Parameters for the module.
     #[serde(default)]
@@ -518,6 +518,7 @@ impl TaskRequest {
         }
         let module: Module = self
             .module
+            .to_ascii_lowercase()
             .parse()
             .ok()
             .filter(|m| *m != Module::Madre)
@@ -674,6 +675,46 @@ pub struct PlanDetail {
     pub intent: Option<Intent>,
     /// The audit rows of this plan, oldest first.
     pub actions: Vec<AuditAction>,
+    /// The plan's journal: every change of its state, in order (SPEC §8).
+    #[serde(default)]
+    pub events: Vec<JournalEvent>,
+}
+
+/// One event of the plan journal (SPEC §8, §14): a change of a plan's or a
+/// step's state, numbered by `seq`, which only grows.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEvent {
+    /// Position in the journal; later events have higher numbers.
+    pub seq: i64,
+    /// The plan.
+    pub plan_id: Uuid,
+    /// The plan's session.
+    pub session_id: Option<String>,
+    /// `plan_created`, `plan_waiting`, `approval_recorded`, `plan_confirmed`,
+    /// `plan_rejected`, `plan_expired`, `step_started`, `step_finished`,
+    /// `plan_finished` or `plan_taken_over`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The step, for step events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<Uuid>,
+    /// The step's type, for step events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_type: Option<StepType>,
+    /// The status the event leads to (the step's for step events, else the plan's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// Who caused it, when a person did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// Why, for endings and failures (`timeout`, `cancelled`, `confirmation_expired`…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The replica that wrote it.
+    pub replica: String,
+    /// When.
+    pub at: DateTime<Utc>,
 }
 
 /// Body of `POST /madre/plans/{id}/confirm`.
@@ -834,12 +875,30 @@ pub struct TaskPage {
 
 /// Body of the v6 `POST /control` (Madre's own control).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelfControlRequest {
-    /// `status` (viewer) or `restart` (admin: reloads the policy file).
+    /// `status` (viewer) or `restart` (admin, MED risk: answered
+    /// `pending_confirmation` with a token; re-posted with the token, it
+    /// reloads the policy, principals and settings and restarts the
+    /// background loops).
     #[cfg_attr(feature = "openapi", schema(pattern = "^(status|restart)$"))]
     pub action: String,
+    /// The token a `pending_confirmation` answer gave, to confirm a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_token: Option<String>,
+}
+
+impl fmt::Debug for SelfControlRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SelfControlRequest")
+            .field("action", &self.action)
+            .field(
+                "confirm_token",
+                &self.confirm_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// The JSON error shape of every failed request (SPEC §9).

@@ -133,20 +133,21 @@ impl fmt::Display for SessionId {
 pub struct Word(String);
 
 impl Word {
-    /// Checks `text` for the field named `field`.
+    /// Checks `text` for the field named `field`, folding its case first:
+    /// words are classified lower-cased (SPEC §5), so `MADRE`/`Terminate`
+    /// is the same request as `madre`/`terminate`, never a way around it.
     pub fn parse(field: &'static str, text: &str) -> Result<Self, ValidationError> {
+        let text = text.to_ascii_lowercase();
         let ok_len = !text.is_empty() && text.len() <= MAX_WORD_CHARS;
         let ok_chars = text
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
         if ok_len && ok_chars {
-            Ok(Self(text.to_owned()))
+            Ok(Self(text))
         } else {
             Err(ValidationError::new(
                 field,
-                format!(
-                    "must be one word of 1..={MAX_WORD_CHARS} lower-case letters, digits, '_' or '-'"
-                ),
+                format!("must be one word of 1..={MAX_WORD_CHARS} letters, digits, '_' or '-'"),
             ))
         }
     }

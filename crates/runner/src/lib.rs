@@ -3,8 +3,11 @@
 //! executing at once, a bounded queue of plans waiting for a slot, and a
 //! deadline for each whole plan.
 //!
-//! Plans are executed on the current actix/Tokio arbiter (the HTTP client is
-//! per-thread), so call [`Runner::start`] from inside an actix runtime.
+//! Plans are executed as Tokio tasks, on any Tokio runtime (the
+//! multi-threaded one included); no actix runtime is needed. Every state
+//! change goes through the plan journal ([`Db::apply_events`]), whose state
+//! machine refuses what is not legal: a step never starts on a plan that
+//! was cancelled meanwhile.
 //!
 //! Step semantics (SPEC §7): a failed step does not undo earlier ones and
 //! does not stop later ones; an optional step's failure is a warning
@@ -17,15 +20,15 @@
 mod steps;
 
 use chrono::Utc;
-use madre_db::{Db, DbError, NewAction, PlanUpdate, StepUpdate, StoredPlan};
+use madre_db::{Db, DbError, Event, NewAction, PlanEvent, StoredPlan};
 use madre_delegation::Delegator;
 use madre_models::{Module, Status, StepType};
 use serde_json::json;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -110,10 +113,9 @@ impl PlanRun {
     }
 }
 
-struct CancelSignal {
-    cancelled: AtomicBool,
-    notify: Notify,
-}
+/// Tells a plan's execution it was cancelled. A `watch` keeps the value, so
+/// a cancel sent before the execution starts waiting is never lost.
+type CancelSignal = watch::Sender<bool>;
 
 struct Inner {
     db: Db,
@@ -122,6 +124,26 @@ struct Inner {
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
     active: Mutex<HashMap<Uuid, Arc<CancelSignal>>>,
+    /// Stored plans that must run but found every place taken (resumed or
+    /// confirmed plans): they take the next free slot.
+    deferred: Mutex<VecDeque<(Uuid, RunOptions)>>,
+    /// What a CALL_MODULE step addressed to Madre itself runs.
+    own_actions: std::sync::OnceLock<Arc<dyn OwnActions>>,
+}
+
+/// Madre's own actions (`restart`…), run by a CALL_MODULE step whose module
+/// is `madre`: such a step is answered in-process, never over HTTP. The
+/// embedding service installs them with [`Runner::set_own_actions`].
+pub trait OwnActions: Send + Sync {
+    /// Runs `action` with `params`; answers the step's result, or why it
+    /// failed.
+    fn run(
+        &self,
+        action: &str,
+        params: &serde_json::Value,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send + '_>,
+    >;
 }
 
 /// Executes plans; cheap to clone.
@@ -141,8 +163,16 @@ impl Runner {
                 config,
                 queued: AtomicUsize::new(0),
                 active: Mutex::new(HashMap::new()),
+                deferred: Mutex::new(VecDeque::new()),
+                own_actions: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Installs what CALL_MODULE steps addressed to Madre run; only the
+    /// first call counts. Without it, such a step fails `no_own_actions`.
+    pub fn set_own_actions(&self, actions: Arc<dyn OwnActions>) {
+        let _ = self.inner.own_actions.set(actions);
     }
 
     /// Plans waiting for a slot now.
@@ -171,8 +201,8 @@ impl Runner {
             }
         };
         let (tx, done) = oneshot::channel();
-        actix_rt::spawn(async move {
-            let _permit = match permit {
+        spawn(async move {
+            let permit = match permit {
                 Some(permit) => permit,
                 None => {
                     let permit = inner.slots.clone().acquire_owned().await;
@@ -185,8 +215,43 @@ impl Runner {
             };
             let outcome = execute(&inner, plan_id, &options).await;
             let _ = tx.send(outcome);
+            run_deferred(&inner, permit).await;
         });
         Ok(PlanRun { plan_id, done })
+    }
+
+    /// Runs a stored plan that must not be refused (it was confirmed, or
+    /// is resumed): now or in the queue when there is room, else as soon as
+    /// a slot frees, however many wait. Answers its run when it got a place
+    /// now, `None` when it was deferred.
+    pub fn admit(&self, plan_id: Uuid, options: RunOptions) -> Option<PlanRun> {
+        match self.start(plan_id, options.clone()) {
+            Ok(run) => Some(run),
+            Err(_) => {
+                self.inner
+                    .deferred
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back((plan_id, options));
+                tracing::info!(%plan_id, "every place is taken: the plan runs when a slot frees");
+                // Every slot may have freed between the refusal and the
+                // push: then nobody would pick the plan up.
+                if let Ok(permit) = self.inner.slots.clone().try_acquire_owned() {
+                    let inner = self.inner.clone();
+                    spawn(async move { run_deferred(&inner, permit).await });
+                }
+                None
+            }
+        }
+    }
+
+    /// Plans deferred by [`Runner::admit`] and not started yet.
+    pub fn deferred(&self) -> usize {
+        self.inner
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Starts and waits for the plan.
@@ -196,7 +261,8 @@ impl Runner {
 
     /// Starts every plan an earlier process left RUNNING, or stored but
     /// never started (PENDING: accepted work is not dropped by a crash);
-    /// WAITING plans keep waiting. Answers their runs.
+    /// WAITING plans keep waiting. Answers the runs that got a place at
+    /// once; the others are deferred ([`Runner::admit`]).
     pub async fn resume_interrupted(&self, request_id: &str) -> Result<Vec<PlanRun>, RunnerError> {
         let ids = self
             .inner
@@ -215,13 +281,16 @@ impl Runner {
                 principal: "madre".into(),
                 resumed: true,
             };
-            runs.push(self.start(plan_id, options)?);
+            // Never give up on a backlog: what finds no place now is
+            // deferred and runs as slots free.
+            runs.extend(self.admit(plan_id, options));
         }
         Ok(runs)
     }
 
-    /// Cancels a WAITING or RUNNING plan (a step in flight is abandoned);
-    /// answers the status it had. Finished plans are a conflict.
+    /// Cancels a PENDING, WAITING or RUNNING plan (a step in flight is
+    /// abandoned) and audits who did; answers the status it has now
+    /// (CANCELLED). A finished plan is a conflict ([`DbError::Conflict`]).
     pub async fn cancel(
         &self,
         plan_id: Uuid,
@@ -237,17 +306,42 @@ impl Runner {
             plan_id: Some(plan_id),
             created_at: now,
         };
-        let previous = self
+        let cancel = PlanEvent::finished(Status::Cancelled, Some(reason), now).by(principal);
+        let after = self
             .inner
             .db
-            .cancel_plan(plan_id, reason, Some(action), now)
+            .apply_events(plan_id, vec![cancel], Some(action))
             .await?;
+        // Committed first, signalled second: a step not yet started is
+        // refused by the journal, a step in flight sees the signal.
         if let Some(signal) = self.inner.active_signal(plan_id) {
-            signal.cancelled.store(true, Ordering::Release);
-            signal.notify.notify_waiters();
+            signal.send_replace(true);
         }
-        Ok(previous)
+        Ok(after.status)
     }
+}
+
+/// Spawns a plan's execution on the current Tokio runtime, whichever kind.
+fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(future: F) {
+    tokio::spawn(future);
+}
+
+/// Runs plans deferred by [`Runner::admit`] on a slot that just freed.
+async fn run_deferred(inner: &Arc<Inner>, permit: OwnedSemaphorePermit) {
+    loop {
+        let next = inner
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        let Some((plan_id, options)) = next else {
+            break;
+        };
+        if let Err(e) = execute(inner, plan_id, &options).await {
+            tracing::error!(%plan_id, error = %e, "deferred plan failed to run");
+        }
+    }
+    drop(permit);
 }
 
 impl Inner {
@@ -274,10 +368,7 @@ async fn execute(
     plan_id: Uuid,
     options: &RunOptions,
 ) -> Result<StoredPlan, RunnerError> {
-    let signal = Arc::new(CancelSignal {
-        cancelled: AtomicBool::new(false),
-        notify: Notify::new(),
-    });
+    let signal = Arc::new(CancelSignal::new(false));
     inner
         .active
         .lock()
@@ -309,32 +400,37 @@ async fn time_out(inner: &Inner, plan_id: Uuid, deadline: Duration) -> Result<()
     tracing::warn!(%plan_id, deadline_s = deadline.as_secs_f64(), "plan deadline passed");
     let stored = inner.load(plan_id).await?;
     let now = Utc::now();
-    for (idx, step) in stored.plan.steps.iter().enumerate() {
-        if step.status == Status::Running {
-            let update = StepUpdate {
-                status: Status::Error,
-                result: None,
-                error: Some(format!(
-                    "{TIMEOUT}: abandoned when the plan deadline of {} s passed",
-                    deadline.as_secs()
-                )),
-                at: now,
-            };
-            ignore_conflict(inner.db.update_step(plan_id, idx, update).await)?;
-        }
-    }
-    let update = PlanUpdate {
-        status: Some(Status::Error),
-        error: Some(TIMEOUT.into()),
-        result: Some(json!({ "reply": format!("Plan timed out after {} s", deadline.as_secs()) })),
-        add_warnings: vec![TIMEOUT.into()],
-    };
-    ignore_conflict(inner.db.finish_plan(plan_id, update, now).await)
+    let mut events: Vec<PlanEvent> = stored
+        .plan
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, step)| step.status == Status::Running)
+        .map(|(idx, _)| {
+            PlanEvent::new(
+                Event::StepFinished {
+                    step: idx,
+                    status: Status::Error,
+                },
+                now,
+            )
+            .error(format!(
+                "{TIMEOUT}: abandoned when the plan deadline of {} s passed",
+                deadline.as_secs()
+            ))
+        })
+        .collect();
+    events.push(
+        PlanEvent::finished(Status::Error, Some(TIMEOUT), now)
+            .result(json!({ "reply": format!("Plan timed out after {} s", deadline.as_secs()) }))
+            .warnings(vec![TIMEOUT.into()]),
+    );
+    ignore_conflict(inner.db.apply_events(plan_id, events, None).await)
 }
 
-fn ignore_conflict(result: Result<(), DbError>) -> Result<(), RunnerError> {
+fn ignore_conflict<T>(result: Result<T, DbError>) -> Result<(), RunnerError> {
     match result {
-        Ok(()) | Err(DbError::Conflict(_)) => Ok(()),
+        Ok(_) | Err(DbError::Conflict(_)) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -358,20 +454,19 @@ async fn drive(
         return Ok(());
     }
     // State changes are committed at the latest before the next step
-    // starts: a finished step's update is carried into the transaction that
-    // marks the next step RUNNING (or ends the plan), and the plan's own
-    // RUNNING mark goes with its first step. Half the commits, same rule.
-    let mut mark_running = plan.status != Status::Running;
-    let mut carry: Vec<(usize, StepUpdate)> = Vec::new();
+    // starts: a finished step's event is carried into the transaction that
+    // starts the next step (or ends the plan). Half the commits, same rule.
+    let mut carry: Vec<PlanEvent> = Vec::new();
 
     let mut engine: Option<String> = None;
     let mut warnings: Vec<String> = Vec::new();
     let mut failure: Option<String> = None;
     let mut reply: Option<String> = None;
     let mut done = 0usize;
+    let mut cancelled = signal.subscribe();
 
     for (idx, step) in plan.steps.iter().enumerate() {
-        if signal.cancelled.load(Ordering::Acquire) {
+        if *cancelled.borrow() {
             return Ok(());
         }
         match step.status {
@@ -391,10 +486,9 @@ async fn drive(
             Status::Error | Status::Cancelled => continue,
             Status::Waiting => {
                 if !carry.is_empty() {
-                    let writes = std::mem::take(&mut carry);
                     inner
                         .db
-                        .update_plan_and_steps(plan_id, writes, None, false, Utc::now())
+                        .apply_events(plan_id, std::mem::take(&mut carry), None)
                         .await?;
                 }
                 return Ok(());
@@ -402,22 +496,10 @@ async fn drive(
             Status::Pending | Status::Running => {}
         }
         let resumed = options.resumed && step.status == Status::Running;
-        let started = StepUpdate {
-            status: Status::Running,
-            result: None,
-            error: None,
-            at: Utc::now(),
-        };
-        let mut writes = std::mem::take(&mut carry);
-        writes.push((idx, started));
-        let plan_update = mark_running.then(|| PlanUpdate {
-            status: Some(Status::Running),
-            ..PlanUpdate::default()
-        });
-        mark_running = false;
+        carry.push(PlanEvent::new(Event::StepStarted { step: idx }, Utc::now()));
         inner
             .db
-            .update_plan_and_steps(plan_id, writes, plan_update, false, Utc::now())
+            .apply_events(plan_id, std::mem::take(&mut carry), None)
             .await?;
 
         let span = tracing::info_span!(
@@ -431,7 +513,7 @@ async fn drive(
         let started_at = std::time::Instant::now();
         let outcome = tokio::select! {
             outcome = steps::run_step(inner, &plan, idx, engine.as_deref(), &options.request_id, resumed).instrument(span.clone()) => outcome,
-            _ = signal.notify.notified() => return Ok(()),
+            _ = cancelled.wait_for(|c| *c) => return Ok(()),
         };
         span.in_scope(|| {
             tracing::info!(
@@ -445,13 +527,7 @@ async fn drive(
             StepOutcome::Done { result, retried } => {
                 if retried {
                     // Count the retry as an attempt of its own.
-                    let again = StepUpdate {
-                        status: Status::Running,
-                        result: None,
-                        error: None,
-                        at: now,
-                    };
-                    carry.push((idx, again));
+                    carry.push(PlanEvent::new(Event::StepStarted { step: idx }, now));
                 }
                 if step.step_type == StepType::CallSwitch {
                     engine = madre_delegation::engine_from_switch(&result);
@@ -460,23 +536,19 @@ async fn drive(
                     reply = Some(text);
                 }
                 done += 1;
-                let update = StepUpdate {
+                let finished = Event::StepFinished {
+                    step: idx,
                     status: Status::Done,
-                    result: Some(result),
-                    error: None,
-                    at: now,
                 };
-                carry.push((idx, update));
+                carry.push(PlanEvent::new(finished, now).result(result));
             }
             StepOutcome::Failed { code, message } => {
                 tracing::warn!(%plan_id, step = idx, %code, %message, "step failed");
-                let update = StepUpdate {
+                let finished = Event::StepFinished {
+                    step: idx,
                     status: Status::Error,
-                    result: None,
-                    error: Some(message.clone()),
-                    at: now,
                 };
-                carry.push((idx, update));
+                carry.push(PlanEvent::new(finished, now).error(message.clone()));
                 if step.optional {
                     warnings.push(if step.step_type == StepType::CallSwitch {
                         SWITCH_UNAVAILABLE.to_owned()
@@ -489,22 +561,13 @@ async fn drive(
                 }
             }
             StepOutcome::Waiting { result } => {
-                let update = StepUpdate {
-                    status: Status::Waiting,
-                    result: Some(result),
-                    error: None,
-                    at: now,
-                };
-                let plan_update = PlanUpdate {
-                    status: Some(Status::Waiting),
-                    add_warnings: warnings,
-                    ..PlanUpdate::default()
-                };
-                let mut writes = std::mem::take(&mut carry);
-                writes.push((idx, update));
+                let waiting = PlanEvent::new(Event::PlanWaiting { step: idx }, now)
+                    .result(result)
+                    .warnings(warnings);
+                carry.push(waiting);
                 inner
                     .db
-                    .update_plan_and_steps(plan_id, writes, Some(plan_update), false, now)
+                    .apply_events(plan_id, std::mem::take(&mut carry), None)
                     .await?;
                 return Ok(());
             }
@@ -517,15 +580,11 @@ async fn drive(
         Status::Done
     };
     let text = reply.unwrap_or_else(|| format!("Plan executed: {done} steps DONE"));
-    let update = PlanUpdate {
-        status: Some(status),
-        error: failure,
-        result: Some(json!({ "reply": text })),
-        add_warnings: warnings,
-    };
-    inner
-        .db
-        .update_plan_and_steps(plan_id, carry, Some(update), true, Utc::now())
-        .await?;
+    carry.push(
+        PlanEvent::finished(status, failure.as_deref(), Utc::now())
+            .result(json!({ "reply": text }))
+            .warnings(warnings),
+    );
+    inner.db.apply_events(plan_id, carry, None).await?;
     Ok(())
 }

@@ -124,6 +124,30 @@ pub(crate) async fn run_step(
                 },
             }
         }
+        StepType::CallModule if step.module() == Module::Madre => {
+            let Some(actions) = inner.own_actions.get() else {
+                return StepOutcome::Failed {
+                    code: "no_own_actions".into(),
+                    message: "this Madre runs no actions of its own".into(),
+                };
+            };
+            let action = step
+                .payload
+                .get("action")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let params = step.payload.get("params").cloned().unwrap_or(Value::Null);
+            match actions.run(action, &params).await {
+                Ok(result) => StepOutcome::Done {
+                    result,
+                    retried: false,
+                },
+                Err(message) => StepOutcome::Failed {
+                    code: "madre_action_failed".into(),
+                    message,
+                },
+            }
+        }
         StepType::CallSwitch
         | StepType::CallHermes
         | StepType::CallHormigueroTask

@@ -1,7 +1,7 @@
 //! The runner over real HTTP (vx11-stubs) and a real SQLite file.
 
 use chrono::Utc;
-use madre_db::{Db, NewPlanRecord, PlanKind, PlanMeta, StepUpdate, StoredPlan};
+use madre_db::{Db, Event, NewPlanRecord, PlanEvent, PlanKind, PlanMeta, StoredPlan};
 use madre_delegation::{Delegator, Registry};
 use madre_models::{Intent, Mode, Module, ModuleSet, SessionId, Status, StepType};
 use madre_planner::{Origin, PlanRequest};
@@ -146,7 +146,7 @@ fn reply(stored: &StoredPlan) -> String {
         .to_owned()
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn a_low_chat_runs_switch_then_hermes_with_the_chosen_engine() {
     let h = Harness::new(Setup::default());
     let done = h.run("hello there").await;
@@ -164,7 +164,7 @@ async fn a_low_chat_runs_switch_then_hermes_with_the_chosen_engine() {
     );
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn one_failure_is_retried_and_counted_as_an_attempt() {
     let h = Harness::new(Setup::default());
     h.behave(
@@ -181,7 +181,7 @@ async fn one_failure_is_retried_and_counted_as_an_attempt() {
     assert_eq!(h.calls(Module::Hermes).await, 2);
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn a_required_step_that_keeps_failing_makes_the_plan_error() {
     let h = Harness::new(Setup::default());
     h.behave(
@@ -234,7 +234,7 @@ async fn a_required_step_that_keeps_failing_makes_the_plan_error() {
     assert_eq!(failed.plan.error.as_deref(), Some("invalid_body"));
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn switch_down_falls_back_to_the_default_engine_with_a_warning() {
     let h = Harness::new(Setup {
         switch_url: Some(closed_port_url()),
@@ -247,7 +247,7 @@ async fn switch_down_falls_back_to_the_default_engine_with_a_warning() {
     assert_eq!(reply(&done), "[hermes stub via default] hello");
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn a_hanging_module_fails_its_step_within_the_call_timeout() {
     let h = Harness::new(Setup {
         call_timeout_ms: 300,
@@ -281,7 +281,7 @@ async fn a_hanging_module_fails_its_step_within_the_call_timeout() {
     );
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn the_plan_deadline_abandons_the_running_step_and_cancels_the_rest() {
     let config = RunnerConfig {
         task_timeout: Duration::from_secs(2),
@@ -348,22 +348,15 @@ async fn the_plan_deadline_abandons_the_running_step_and_cancels_the_rest() {
 }
 
 async fn open_gate(db: &Db, plan_id: Uuid) {
-    let now = Utc::now();
-    db.update_step(
-        plan_id,
-        0,
-        StepUpdate {
-            status: Status::Done,
-            result: Some(json!({"confirmed_by": "test"})),
-            error: None,
-            at: now,
-        },
-    )
-    .await
-    .unwrap();
+    let confirmed = PlanEvent::new(Event::PlanConfirmed, Utc::now())
+        .result(json!({"confirmed_by": "test"}))
+        .by("test");
+    db.apply_events(plan_id, vec![confirmed], None)
+        .await
+        .unwrap();
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn thirty_plans_at_once_never_exceed_ten_in_flight() {
     let h = Harness::new(Setup::default());
     h.behave(
@@ -393,7 +386,7 @@ async fn thirty_plans_at_once_never_exceed_ten_in_flight() {
     assert_eq!((h.runner.running(), h.runner.queued()), (0, 0));
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn past_the_queue_bound_plans_are_refused() {
     let config = RunnerConfig {
         max_concurrent: 1,
@@ -426,55 +419,25 @@ async fn past_the_queue_bound_plans_are_refused() {
     assert_eq!(b.finished().await.unwrap().plan.status, Status::Done);
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn an_interrupted_plan_is_resumed_with_the_idempotency_key() {
     let h = Harness::new(Setup::default());
     let id = h.plan("hello", Mode::Madre).await;
     let now = Utc::now();
     // what a crash mid-call leaves behind: Switch done, Hermes running
-    h.db.update_step(
-        id,
-        0,
-        StepUpdate {
-            status: Status::Running,
-            result: None,
-            error: None,
-            at: now,
-        },
-    )
-    .await
-    .unwrap();
-    h.db.update_step(
-        id,
-        0,
-        StepUpdate {
-            status: Status::Done,
-            result: Some(json!({"engine": "engine-before-crash"})),
-            error: None,
-            at: now,
-        },
-    )
-    .await
-    .unwrap();
-    h.db.update_plan(
-        id,
-        madre_db::PlanUpdate {
-            status: Some(Status::Running),
-            ..Default::default()
-        },
-        Some((
-            1,
-            StepUpdate {
-                status: Status::Running,
-                result: None,
-                error: None,
-                at: now,
+    let events = vec![
+        PlanEvent::new(Event::StepStarted { step: 0 }, now),
+        PlanEvent::new(
+            Event::StepFinished {
+                step: 0,
+                status: Status::Done,
             },
-        )),
-        now,
-    )
-    .await
-    .unwrap();
+            now,
+        )
+        .result(json!({"engine": "engine-before-crash"})),
+        PlanEvent::new(Event::StepStarted { step: 1 }, now),
+    ];
+    h.db.apply_events(id, events, None).await.unwrap();
     let hermes_step = h.db.plan(id).unwrap().unwrap().plan.steps[1].step_id;
 
     // a fresh runner on the same database
@@ -512,7 +475,7 @@ async fn an_interrupted_plan_is_resumed_with_the_idempotency_key() {
     assert_eq!(done.plan.steps[1].attempts, 2);
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn waiting_plans_are_not_run_and_cancel_stops_a_running_plan() {
     let h = Harness::new(Setup::default());
     let waiting = h.plan("delete all data", Mode::Madre).await;
@@ -533,11 +496,11 @@ async fn waiting_plans_are_not_run_and_cancel_stops_a_running_plan() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while h.stubs.stats(Module::Hermes).await.unwrap().in_flight == 0 {
         assert!(Instant::now() < deadline, "hermes was never called");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
         h.runner.cancel(id, "cancelled", "tester").await.unwrap(),
-        Status::Running
+        Status::Cancelled
     );
     let cancelled = run.finished().await.unwrap();
     assert_eq!(
@@ -551,7 +514,7 @@ async fn waiting_plans_are_not_run_and_cancel_stops_a_running_plan() {
     ));
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn spawner_requests_wait_for_the_queue_and_finish_the_plan() {
     let h = Harness::new(Setup::default());
     let stored = h.run("run the import in the background").await;
@@ -575,7 +538,7 @@ async fn spawner_requests_wait_for_the_queue_and_finish_the_plan() {
     assert_eq!(done.plan.status, Status::Done);
 }
 
-#[actix_rt::test]
+#[tokio::test]
 async fn healthchecks_help_and_audio_are_answered() {
     let h = Harness::new(Setup::default());
     let status = h.run("status").await;
@@ -594,4 +557,186 @@ async fn healthchecks_help_and_audio_are_answered() {
     assert_eq!(audio.plan.steps[0].step_type, StepType::CallShub);
     assert_eq!(reply(&audio), "[shub stub] audio task done");
     assert_eq!(h.calls(Module::Shub).await, 1);
+}
+
+/// The runner needs no actix runtime: plans run on a multi-threaded Tokio
+/// runtime, as in any Tokio service that embeds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_run_on_a_multi_threaded_tokio_runtime() {
+    let h = Harness::new(Setup::default());
+    let mut runs = Vec::new();
+    for i in 0..8 {
+        let id = h.plan(&format!("hello {i}"), Mode::Madre).await;
+        runs.push(h.runner.start(id, opts()).unwrap());
+    }
+    for run in runs {
+        assert_eq!(run.finished().await.unwrap().plan.status, Status::Done);
+    }
+    assert_eq!(h.calls(Module::Hermes).await, 8);
+}
+
+/// A backlog larger than every place (slots + queue) is resumed whole: what
+/// finds no place waits for a slot instead of staying RUNNING until the
+/// next restart.
+#[tokio::test]
+async fn a_backlog_larger_than_the_queue_is_resumed_whole() {
+    let config = RunnerConfig {
+        max_concurrent: 1,
+        max_queued: 1,
+        ..RunnerConfig::default()
+    };
+    let h = Harness::new(Setup {
+        config,
+        ..Default::default()
+    });
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let id = h.plan(&format!("hello {i}"), Mode::Madre).await;
+        // what a crash leaves: each plan RUNNING with Switch started
+        let started = PlanEvent::new(Event::StepStarted { step: 0 }, Utc::now());
+        h.db.apply_events(id, vec![started], None).await.unwrap();
+        ids.push(id);
+    }
+    let runs = h.runner.resume_interrupted("resume").await.unwrap();
+    assert_eq!(runs.len(), 2, "one runs, one waits in the queue");
+    assert_eq!(h.runner.deferred(), 4, "the rest is deferred, not dropped");
+    for run in runs {
+        run.finished().await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in ids {
+        loop {
+            let status = h.db.plan(id).unwrap().unwrap().plan.status;
+            if status == Status::Done {
+                break;
+            }
+            assert!(Instant::now() < deadline, "plan {id} is still {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(h.calls(Module::Hermes).await, 6);
+}
+
+/// A crash between queueing the daughter task and recording the step as
+/// waiting leaves the step RUNNING; resuming must not queue a second task.
+#[tokio::test]
+async fn a_resumed_spawner_step_queues_its_task_once() {
+    let h = Harness::new(Setup::default());
+    let id = h
+        .plan("run the import in the background", Mode::Madre)
+        .await;
+    let step = h.db.plan(id).unwrap().unwrap().plan.steps[0].clone();
+    assert_eq!(step.step_type, StepType::SpawnerRequest);
+    // what the crashed process did: started the step, queued the task
+    let started = PlanEvent::new(Event::StepStarted { step: 0 }, Utc::now());
+    h.db.apply_events(id, vec![started], None).await.unwrap();
+    let task = madre_db::NewDaughterTask {
+        intent_id: None,
+        source: "madre".into(),
+        priority: 0,
+        task_type: "task".into(),
+        description: String::new(),
+        max_retries: 2,
+        metadata: json!({}),
+        plan_json: None,
+        plan_id: Some(id),
+        step_id: Some(step.step_id),
+    };
+    let queued = h.db.enqueue_daughter_task(task, Utc::now()).await.unwrap();
+
+    let runs = h.runner.resume_interrupted("resume").await.unwrap();
+    assert_eq!(runs.len(), 1);
+    let waiting = runs.into_iter().next().unwrap().finished().await.unwrap();
+    assert_eq!(waiting.plan.status, Status::Waiting);
+    assert_eq!(
+        waiting.plan.steps[0].result.as_ref().unwrap()["daughter_task_id"],
+        json!(queued)
+    );
+    let claimed =
+        h.db.claim_next_daughter_task("w", Utc::now())
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(claimed.id, queued);
+    assert!(
+        h.db.claim_next_daughter_task("w2", Utc::now())
+            .await
+            .unwrap()
+            .is_none(),
+        "no second task for the same step"
+    );
+}
+
+/// A cancel that lands while a plan waits for a slot wins: the plan never
+/// calls a module, and its journal ends with the cancel.
+#[tokio::test]
+async fn a_plan_cancelled_while_queued_never_calls_a_module() {
+    let config = RunnerConfig {
+        max_concurrent: 1,
+        ..RunnerConfig::default()
+    };
+    let h = Harness::new(Setup {
+        config,
+        ..Default::default()
+    });
+    h.behave(
+        Module::Hermes,
+        Behaviour {
+            latency_ms: 400,
+            ..Default::default()
+        },
+    )
+    .await;
+    let first = h
+        .runner
+        .start(h.plan("one", Mode::Madre).await, opts())
+        .unwrap();
+    let queued = h.plan("two", Mode::Madre).await;
+    let second = h.runner.start(queued, opts()).unwrap();
+    h.runner
+        .cancel(queued, "cancelled", "tester")
+        .await
+        .unwrap();
+    first.finished().await.unwrap();
+    let cancelled = second.finished().await.unwrap();
+    assert_eq!(cancelled.plan.status, Status::Cancelled);
+    assert_eq!(h.calls(Module::Switch).await, 1);
+    assert_eq!(h.calls(Module::Hermes).await, 1);
+    let events = h.db.plan_events(queued).unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["plan_created", "plan_finished"]);
+    assert_eq!(events[1].reason.as_deref(), Some("cancelled"));
+    assert_eq!(events[1].principal.as_deref(), Some("tester"));
+}
+
+/// Every change of a LOW chat's plan is in its journal, in order.
+#[tokio::test]
+async fn the_journal_holds_every_change_in_order() {
+    let h = Harness::new(Setup::default());
+    let done = h.run("hello").await;
+    let events = h.db.plan_events(done.plan.plan_id).unwrap();
+    let summary: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e.event_type,
+                e.status.map(|s| s.as_str()).unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "plan_created PENDING",
+            "step_started RUNNING",
+            "step_finished DONE",
+            "step_started RUNNING",
+            "step_finished DONE",
+            "plan_finished DONE",
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(events[1].step_type, Some(StepType::CallSwitch));
+    assert_eq!(events[3].step_type, Some(StepType::CallHermes));
 }

@@ -1,0 +1,216 @@
+//! The command line: `madre serve` (the default) and client subcommands that
+//! talk to a running server.
+//!
+//! The client prints for people by default (a summary line, tables, colour
+//! on a terminal) and, with `--json` or `-o json`, exactly the API's JSON.
+//! `render` turns answers into text without I/O; `client` does the HTTP.
+
+mod client;
+mod render;
+mod style;
+
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use std::fmt;
+use std::io::IsTerminal;
+
+use client::{Api, Body, Failure, segment};
+use render::Context;
+use style::Paint;
+
+/// Madre, the VX11 orchestrator.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Where and how the client subcommands talk to the server.
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The options every client subcommand takes.
+#[derive(Args)]
+pub struct ClientOptions {
+    /// Server URL for the client subcommands (default: http:// + MADRE_BIND).
+    #[arg(long, global = true, env = "MADRE_URL")]
+    pub url: Option<String>,
+    /// API token for the client subcommands.
+    #[arg(long, global = true, env = "VX11_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON, for scripts (the same as `-o json`, and wins over `-o human`).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Output format (default: human).
+    #[arg(short, long, global = true, value_enum, value_name = "FORMAT")]
+    pub output: Option<OutputFormat>,
+}
+
+impl ClientOptions {
+    /// True when the API's JSON is wanted rather than the human output.
+    pub fn wants_json(&self) -> bool {
+        self.json || self.output == Some(OutputFormat::Json)
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("json", &self.json)
+            .field("output", &self.output)
+            .finish()
+    }
+}
+
+/// How the client subcommands print their answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Summaries and tables for people.
+    Human,
+    /// The API's JSON, pretty-printed.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (configuration from the environment).
+    Serve,
+    /// Send a chat message; prints the answer and the plan's status.
+    Chat {
+        /// The message.
+        message: String,
+        /// Continue this session.
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// List plans, newest first.
+    Plans {
+        /// Only plans in this status (PENDING, RUNNING, WAITING, DONE, ERROR, CANCELLED).
+        #[arg(long)]
+        status: Option<String>,
+        /// How many per page (1..200).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=200))]
+        limit: u32,
+        /// Follow the cursor through every page.
+        #[arg(long, conflicts_with = "cursor")]
+        all: bool,
+        /// Start from this page (the `next_cursor` of the previous one).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one plan with its steps and audit trail.
+    Plan {
+        /// The plan id, or enough of its start to tell it apart.
+        id: String,
+    },
+    /// Confirm a waiting plan with its token.
+    Confirm {
+        /// The plan id, or enough of its start to tell it apart.
+        id: String,
+        /// The confirm_token from the WAITING answer.
+        #[arg(value_name = "CONFIRM_TOKEN", allow_hyphen_values = true)]
+        confirm_token: String,
+    },
+    /// Cancel a waiting or running plan.
+    Cancel {
+        /// The plan id, or enough of its start to tell it apart.
+        id: String,
+    },
+    /// Show Madre's health and the modules' states.
+    Health,
+}
+
+fn default_url() -> String {
+    let bind = std::env::var("MADRE_BIND").unwrap_or_else(|_| "127.0.0.1:8001".into());
+    format!("http://{bind}")
+}
+
+/// Turns an answer into the text for people.
+type Renderer = fn(&serde_json::Value, &Context) -> String;
+
+/// Runs a client subcommand and prints its outcome: the answer on stdout
+/// (exit code 0), or why it failed on stderr (1; 2 for `serve`, which is
+/// not a client subcommand).
+pub async fn run_client(options: ClientOptions, command: Command) -> i32 {
+    let as_json = options.wants_json();
+    let base = options.url.clone().unwrap_or_else(default_url);
+    let api = Api::new(&base, options.token);
+    match call(&api, command).await {
+        Ok(None) => 2,
+        Ok(Some((body, renderer))) => {
+            let text = match body {
+                Body::Text(text) => text,
+                Body::Json(value) if as_json => render::json(&value),
+                Body::Json(value) => {
+                    let no_color = std::env::var_os("NO_COLOR");
+                    let cx = Context {
+                        now: Utc::now(),
+                        paint: Paint::new(std::io::stdout().is_terminal(), no_color.as_deref()),
+                    };
+                    renderer(&value, &cx)
+                }
+            };
+            println!("{text}");
+            0
+        }
+        Err(failure) => {
+            eprintln!("madre: {}", failure.message(as_json));
+            1
+        }
+    }
+}
+
+/// Makes the request(s) for `command`; `None` for `serve`.
+async fn call(api: &Api, command: Command) -> Result<Option<(Body, Renderer)>, Failure> {
+    let answer: (Body, Renderer) = match command {
+        Command::Serve => return Ok(None),
+        Command::Chat { message, session } => {
+            let body = json!({ "message": message, "session_id": session });
+            (api.post("/madre/chat", Some(body)).await?, render::chat)
+        }
+        Command::Plans {
+            status,
+            limit,
+            all: true,
+            ..
+        } => (
+            api.all_plans(status.as_deref(), limit).await?,
+            render::plans,
+        ),
+        Command::Plans {
+            status,
+            limit,
+            cursor,
+            ..
+        } => (
+            api.plans_page(status.as_deref(), limit, cursor.as_deref())
+                .await?,
+            render::plans,
+        ),
+        Command::Plan { id } => {
+            let id = segment(&api.resolve(&id).await?);
+            (
+                api.get(&format!("/madre/plans/{id}"), &[]).await?,
+                render::plan,
+            )
+        }
+        Command::Confirm { id, confirm_token } => {
+            let id = segment(&api.resolve(&id).await?);
+            let body = json!({ "confirm_token": confirm_token });
+            let path = format!("/madre/plans/{id}/confirm");
+            (api.post(&path, Some(body)).await?, render::confirm)
+        }
+        Command::Cancel { id } => {
+            let id = segment(&api.resolve(&id).await?);
+            let path = format!("/madre/plans/{id}/cancel");
+            (api.post(&path, None).await?, render::cancel)
+        }
+        Command::Health => (api.get("/health", &[]).await?, render::health),
+    };
+    Ok(Some(answer))
+}

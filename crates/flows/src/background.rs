@@ -1,0 +1,124 @@
+//! Start-up and the background loops of SPEC §10: resume what a crash
+//! interrupted, probe the modules, clean up.
+
+use chrono::Utc;
+use madre_db::RetentionPolicy;
+use madre_delegation::PROBE_TIMEOUT;
+use madre_models::Module;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+use crate::{FlowError, Madre};
+
+/// What start-up found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartupReport {
+    /// Plans left RUNNING or PENDING, now running again or waiting for a slot.
+    pub plans_resumed: usize,
+    /// Intent-log rows a crashed process left open, closed `interrupted`.
+    pub intents_closed: u64,
+    /// `Idempotency-Key` reservations whose request died with its process.
+    pub reservations_freed: u64,
+}
+
+/// The background loops; they stop when this is dropped or
+/// [`Background::stop`] is called.
+#[derive(Debug)]
+pub struct Background {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Stops every loop.
+    pub fn stop(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Madre {
+    /// What a new process does before serving: closes the intent-log rows
+    /// and frees the idempotency reservations of requests that died with
+    /// the previous process, and resumes every plan it left RUNNING or
+    /// PENDING (the interrupted step is called again with its
+    /// `Idempotency-Key`; a backlog larger than the queue waits for slots).
+    pub async fn start_up(&self) -> Result<StartupReport, FlowError> {
+        let now = Utc::now();
+        let intents_closed = self
+            .db
+            .close_abandoned_intents(now, "interrupted", now)
+            .await?;
+        let reservations_freed = self.db.release_abandoned_idempotency_keys().await?;
+        self.runner.resume_interrupted("startup").await?;
+        let plans_resumed = self.runner.running() + self.runner.queued() + self.runner.deferred();
+        Ok(StartupReport {
+            plans_resumed,
+            intents_closed,
+            reservations_freed,
+        })
+    }
+
+    /// Probes every enabled module once and records the answers.
+    pub async fn probe_once(&self) {
+        let states = self.delegator.probe(&Module::REMOTE, PROBE_TIMEOUT).await;
+        self.health.update(states);
+    }
+
+    /// One cleanup pass (SPEC §10) with the configured retention.
+    pub async fn cleanup_once(&self) -> Result<madre_db::CleanupReport, FlowError> {
+        Ok(self.db.cleanup(self.retention(), Utc::now()).await?)
+    }
+
+    fn retention(&self) -> RetentionPolicy {
+        let seconds =
+            |s: u64| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000));
+        let interval = chrono::Duration::from_std(self.config().cleanup_interval)
+            .unwrap_or(chrono::Duration::MAX);
+        RetentionPolicy {
+            session_idle: seconds(self.config().session_idle_s),
+            history_max: self.config().history_max,
+            spawn_retention: seconds(self.config().spawn_retention_s),
+            stale_claim_after: chrono::Duration::minutes(5),
+            idempotency_ttl: seconds(self.config().idempotency_ttl_s),
+            // Twice the interval: a pass that ran late misses no session.
+            active_window: interval + interval,
+        }
+    }
+
+    /// Starts the probe and cleanup loops on the current Tokio runtime.
+    pub fn spawn_background(self: &Arc<Self>) -> Background {
+        let probe = {
+            let madre = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(madre.config().probe_interval);
+                loop {
+                    tick.tick().await;
+                    madre.probe_once().await;
+                }
+            })
+        };
+        let cleanup = {
+            let madre = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(madre.config().cleanup_interval);
+                loop {
+                    tick.tick().await;
+                    match madre.cleanup_once().await {
+                        Ok(report) => tracing::debug!(?report, "cleanup pass"),
+                        Err(e) => tracing::error!(error = %e, "cleanup pass failed"),
+                    }
+                }
+            })
+        };
+        Background {
+            tasks: vec![probe, cleanup],
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The chat flow of SPEC §9: log the intent first, parse, classify, plan,
+//! persist; then answer WAITING with a token, ERROR for a denial, or run
+//! the plan and answer its outcome.
+
+use chrono::Utc;
+use madre_db::{NewIntentLog, PlanKind, PlanMeta};
+use madre_models::{ChatCommand, ChatResponse, Dsl, Intent, Mode, Plan, SessionId, Status};
+use madre_planner::Origin;
+use madre_policy::{Principal, Role};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::plans::{actions_of, reply_of};
+use crate::{FlowError, Madre, require};
+
+fn merge_warnings(dsl: &Dsl, plan: &Plan) -> Vec<String> {
+    let mut all = dsl.warnings.clone();
+    for w in &plan.warnings {
+        if !all.contains(w) {
+            all.push(w.clone());
+        }
+    }
+    all
+}
+
+impl Madre {
+    /// A chat message from `principal` (operator or above). `source` names
+    /// the endpoint in the intent log (`chat`, `chat_v6`). The intent log
+    /// row opened first is closed whatever happens: with the plan's status,
+    /// `denied`, or `error` when the flow fails.
+    #[tracing::instrument(skip_all, fields(session_id, plan_id))]
+    pub async fn chat(
+        &self,
+        principal: &Principal,
+        command: ChatCommand,
+        source: &str,
+        request_id: &str,
+    ) -> Result<ChatResponse, FlowError> {
+        require(principal, Role::Operator)?;
+        let now = Utc::now();
+        let intent_id = Uuid::new_v4();
+        let session_id = command
+            .session_id
+            .clone()
+            .unwrap_or_else(SessionId::generate);
+        tracing::Span::current().record("session_id", session_id.as_str());
+        self.db
+            .log_intent(NewIntentLog {
+                id: intent_id,
+                source: source.to_owned(),
+                principal: principal.name.clone(),
+                payload: json!({
+                    "message": command.message.as_str(),
+                    "session_id": session_id,
+                    "mode": command.mode,
+                }),
+                created_at: now,
+            })
+            .await?;
+        let outcome = self
+            .chat_logged(principal, command, intent_id, session_id, request_id)
+            .await;
+        if let Err(e) = &outcome {
+            let note = e.to_string();
+            if let Err(close) = self
+                .db
+                .close_intent(intent_id, "error", Some(&note), Utc::now())
+                .await
+            {
+                tracing::error!(%intent_id, error = %close, "could not close the intent of a failed chat");
+            }
+        }
+        outcome
+    }
+
+    async fn chat_logged(
+        &self,
+        principal: &Principal,
+        command: ChatCommand,
+        intent_id: Uuid,
+        session_id: SessionId,
+        request_id: &str,
+    ) -> Result<ChatResponse, FlowError> {
+        let now = Utc::now();
+        let session_key = session_id.as_str().to_owned();
+        let session = self
+            .db
+            .run_blocking(move |db| db.session(&session_key))
+            .await?;
+        let session_mode = match session {
+            Some(s) if s.closed_at.is_none() => s.mode,
+            _ => Mode::Madre,
+        };
+        let dsl = madre_parser::parse(command.message.as_str());
+        let mode = madre_parser::select_mode(command.mode, &dsl, session_mode);
+        let assessment = self.tables().assess(&dsl);
+        let intent = Intent {
+            intent_id,
+            session_id: session_id.clone(),
+            mode,
+            risk: assessment.risk(),
+            requires_confirmation: assessment.requires_confirmation(),
+            targets: dsl.targets.clone(),
+            dsl,
+            created_at: now,
+        };
+        let meta = PlanMeta {
+            kind: PlanKind::Chat,
+            name: "chat".into(),
+            module: intent
+                .targets
+                .first()
+                .map_or("madre", |m| m.as_str())
+                .to_owned(),
+            action: intent.dsl.action.clone(),
+            principal: principal.name.clone(),
+        };
+        let planned = self
+            .make_plan(
+                principal,
+                &intent,
+                Origin::Chat,
+                assessment.is_denied(),
+                meta,
+            )
+            .await?;
+        tracing::Span::current().record("plan_id", planned.plan.plan_id.to_string());
+
+        let (status, response, actions, warnings) = if assessment.is_denied() {
+            let target = assessment.denied_target.clone().unwrap_or_default();
+            let text = format!(
+                "Refused: \"{}\" on {target} is never allowed, with or without confirmation",
+                intent.dsl.action
+            );
+            (
+                Status::Error,
+                text,
+                Vec::new(),
+                merge_warnings(&intent.dsl, &planned.plan),
+            )
+        } else if planned.token.is_some() {
+            let text = format!(
+                "This needs a human confirmation ({} risk): POST /madre/plans/{}/confirm with the confirm_token within {} s",
+                intent.risk,
+                planned.plan.plan_id,
+                self.config().confirm_ttl_s
+            );
+            (
+                Status::Waiting,
+                text,
+                actions_of(&planned.plan),
+                merge_warnings(&intent.dsl, &planned.plan),
+            )
+        } else {
+            let stored = self
+                .run_new_plan(principal, planned.plan.plan_id, request_id)
+                .await?;
+            (
+                stored.plan.status,
+                reply_of(&stored),
+                actions_of(&stored.plan),
+                merge_warnings(&intent.dsl, &stored.plan),
+            )
+        };
+
+        let messages = vec![
+            ("user".to_owned(), command.message.as_str().to_owned()),
+            ("assistant".to_owned(), response.clone()),
+        ];
+        let closing = if assessment.is_denied() {
+            "denied".to_owned()
+        } else {
+            status.as_str().to_owned()
+        };
+        // The turn and the intent's close commit together: one commit, and
+        // the history never shows a turn whose intent is still open.
+        let now = Utc::now();
+        let turn = self.db.record_turn(
+            session_id.as_str().to_owned(),
+            mode,
+            Some(intent_id),
+            messages,
+            self.config().history_max,
+            now,
+        );
+        turn.and(self.db.close_intent(intent_id, &closing, None, now))
+            .await?;
+
+        Ok(ChatResponse {
+            response,
+            session_id,
+            intent_id,
+            plan_id: planned.plan.plan_id,
+            status,
+            mode,
+            risk: intent.risk,
+            warnings,
+            targets: intent.targets,
+            actions,
+            confirm_token: planned.token.as_ref().map(|t| t.expose().to_owned()),
+            confirm_expires_at: planned.expires_at,
+        })
+    }
+}

@@ -1,0 +1,144 @@
+//! `Idempotency-Key` (SPEC §8): the key is reserved before the work runs,
+//! so of concurrent requests with one key exactly one executes; the others
+//! wait for its answer and replay it, or get `idempotency_in_progress`.
+//! Stored answers never hold a confirmation token: a replayed WAITING
+//! answer carries a fresh one, and the old one stops working.
+
+use chrono::Utc;
+use madre_db::{Reservation, StoredResponse};
+use madre_policy::Principal;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::plans::new_token;
+use crate::{FlowError, Madre};
+
+/// How long a duplicate waits for the first request's answer before 409.
+const WAIT_FOR_FIRST: Duration = Duration::from_secs(5);
+/// Pause between two looks at the first request's answer.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A request's `Idempotency-Key` and the hash of what it asks (method,
+/// path and body), to tell a retry from a different request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The key as the client sent it.
+    pub key: String,
+    /// Hash of the request.
+    pub request_hash: String,
+}
+
+/// An answer as the HTTP layer sends it: status code and JSON body, and
+/// the plan it is about (so a replay can re-issue the plan's token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// HTTP status code.
+    pub status: u16,
+    /// The JSON body.
+    pub body: Value,
+    /// The plan the answer is about.
+    pub plan_id: Option<Uuid>,
+}
+
+impl Madre {
+    /// Runs `work` once per (`principal`, `key`): the first request runs
+    /// it and its answer is stored (without any confirmation token); a
+    /// retry replays that answer; a concurrent duplicate waits for it. With
+    /// no key, `work` just runs. A failed `work` frees the key.
+    pub async fn once<F, Fut>(
+        &self,
+        principal: &Principal,
+        key: Option<IdempotencyKey>,
+        work: F,
+    ) -> Result<Answer, FlowError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Answer, FlowError>>,
+    {
+        let Some(key) = key else {
+            return work().await;
+        };
+        // Reserve, or wait (bounded) while another request holds the key;
+        // if that one fails and frees it, this one takes it and runs.
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
+        loop {
+            let reservation = self
+                .db
+                .reserve_idempotency_key(&principal.name, &key.key, &key.request_hash, Utc::now())
+                .await?;
+            match reservation {
+                Reservation::Reserved => break,
+                Reservation::Done(stored) => return self.replay(principal, stored).await,
+                Reservation::Mismatch => return Err(FlowError::IdempotencyKeyReused),
+                Reservation::InProgress if tokio::time::Instant::now() >= deadline => {
+                    return Err(FlowError::IdempotencyInProgress);
+                }
+                Reservation::InProgress => tokio::time::sleep(POLL).await,
+            }
+        }
+        match work().await {
+            Ok(answer) => {
+                let stored = StoredResponse {
+                    request_hash: key.request_hash.clone(),
+                    status_code: answer.status,
+                    body: answer.body.clone(),
+                    plan_id: answer.plan_id,
+                };
+                self.db
+                    .store_idempotent_response(&principal.name, &key.key, stored)
+                    .await?;
+                Ok(answer)
+            }
+            Err(e) => {
+                if let Err(release) = self
+                    .db
+                    .release_idempotency_key(&principal.name, &key.key)
+                    .await
+                {
+                    tracing::error!(error = %release, "could not free an idempotency key");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The stored answer, with a fresh confirmation token when it is a
+    /// WAITING answer whose plan still waits (the old token is voided).
+    async fn replay(
+        &self,
+        principal: &Principal,
+        stored: StoredResponse,
+    ) -> Result<Answer, FlowError> {
+        let mut body = stored.body;
+        let waiting = matches!(
+            body.get("status").and_then(Value::as_str),
+            Some("WAITING" | "pending_confirmation")
+        );
+        if let (true, Some(plan_id)) = (waiting, stored.plan_id) {
+            let now = Utc::now();
+            let risk = self
+                .db
+                .run_blocking(move |db| db.confirmation(plan_id))
+                .await?
+                .map(|row| row.risk);
+            if let Some(risk) = risk {
+                let (token, row) = new_token(self, risk, principal, now)?;
+                let reissued = self
+                    .db
+                    .reissue_confirmation(plan_id, row.token_sha256, row.expires_at, now)
+                    .await?;
+                if reissued {
+                    body["confirm_token"] = json!(token.expose());
+                    body["confirm_expires_at"] = json!(row.expires_at);
+                }
+            }
+        }
+        Ok(Answer {
+            status: stored.status_code,
+            body,
+            plan_id: stored.plan_id,
+        })
+    }
+}

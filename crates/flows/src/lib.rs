@@ -1,0 +1,223 @@
+//! Madre's flows as a library: chat, confirm, cancel, control, the v6 task,
+//! start-up (resume) and the background loops. Another Rust service embeds
+//! Madre by building a [`Madre`] and calling these methods from any Tokio
+//! runtime; the HTTP server in `bins/madre` only decodes, authenticates,
+//! routes and encodes.
+//!
+//! A flow takes the authenticated [`Principal`] and a checked command (the
+//! `madre-models` request types' `validate()`), and answers a
+//! `madre-models` response or a [`FlowError`].
+//!
+//! Only the state machine of `madre-lifecycle` decides plan transitions and
+//! only `madre-db` writes them: the flows ask for changes
+//! ([`madre_db::Db::apply_events`] through the runner and the confirmation
+//! methods) and never touch plan state themselves.
+
+mod background;
+mod chat;
+mod confirm;
+mod control;
+mod error;
+mod idempotency;
+mod own;
+mod plans;
+
+pub use background::{Background, StartupReport};
+pub use confirm::Confirmed;
+pub use control::ControlOutcome;
+pub use error::FlowError;
+pub use idempotency::{Answer, IdempotencyKey};
+pub use own::Reload;
+pub use plans::{actions_of, reply_of};
+
+use madre_db::Db;
+use madre_delegation::{Delegator, HealthTable};
+use madre_policy::{Principal, Principals, RiskTables, Role};
+use madre_runner::Runner;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// The settings the flows read (SPEC §2), with their units in their names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadreConfig {
+    /// Lifetime of a confirmation token (`MADRE_CONFIRM_TTL_S`).
+    pub confirm_ttl_s: u64,
+    /// Whole-plan deadline (`MADRE_TASK_TIMEOUT_S`); a request waits for
+    /// its plan this long, plus a margin, before answering RUNNING.
+    pub task_timeout_s: u64,
+    /// Messages kept per session (`MADRE_HISTORY_MAX`).
+    pub history_max: u32,
+    /// Idle time before a session closes (`MADRE_SESSION_IDLE_S`).
+    pub session_idle_s: u64,
+    /// Retention of finished spawn records (`MADRE_SPAWN_RETENTION_S`).
+    pub spawn_retention_s: u64,
+    /// Lifetime of stored `Idempotency-Key` answers (`MADRE_IDEMPOTENCY_TTL_S`).
+    pub idempotency_ttl_s: u64,
+    /// Period of the module health probe.
+    pub probe_interval: Duration,
+    /// Period of the cleanup pass.
+    pub cleanup_interval: Duration,
+    /// The risk-table override to (re)load (`MADRE_POLICY_FILE`).
+    pub policy_file: Option<PathBuf>,
+}
+
+impl Default for MadreConfig {
+    fn default() -> Self {
+        Self {
+            confirm_ttl_s: 600,
+            task_timeout_s: 120,
+            history_max: 100,
+            session_idle_s: 3600,
+            spawn_retention_s: 3600,
+            idempotency_ttl_s: 86_400,
+            probe_interval: Duration::from_secs(10),
+            cleanup_interval: Duration::from_secs(60),
+            policy_file: None,
+        }
+    }
+}
+
+/// How much longer than the plan deadline a request waits for its plan: the
+/// deadline's own bookkeeping (a step abandoned, the rest cancelled) fits.
+const WAIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// Re-reads what a restart reloads (SPEC §9): the policy file, the
+/// principals file and the reloadable settings. The embedding service reads
+/// its own configuration sources; an `Err` names what is wrong, and the
+/// settings in force stay.
+pub type Reloader = Box<dyn Fn() -> Result<Reload, String> + Send + Sync>;
+
+/// Everything [`Madre::new`] needs.
+pub struct Parts {
+    /// Storage.
+    pub db: Db,
+    /// Plan execution (Madre installs its own actions on it).
+    pub runner: Runner,
+    /// Calls to the modules.
+    pub delegator: Delegator,
+    /// The risk tables in force.
+    pub tables: RiskTables,
+    /// Who may call, with which role.
+    pub principals: Principals,
+    /// The settings in force.
+    pub config: MadreConfig,
+    /// What a restart re-reads; `None` reloads the policy file only.
+    pub reloader: Option<Reloader>,
+}
+
+/// Madre: storage, execution, the modules, and the policy, principals and
+/// settings in force (replaced as a whole by a restart). Shared behind an
+/// `Arc`; every method takes `&self`.
+pub struct Madre {
+    db: Db,
+    runner: Runner,
+    delegator: Delegator,
+    health: HealthTable,
+    tables: RwLock<Arc<RiskTables>>,
+    principals: RwLock<Arc<Principals>>,
+    config: RwLock<Arc<MadreConfig>>,
+    reloader: Option<Reloader>,
+    background: Mutex<Option<Background>>,
+    started_at: Instant,
+}
+
+impl std::fmt::Debug for Madre {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Madre")
+            .field("db", &self.db)
+            .field("config", &self.config())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read<T: ?Sized>(lock: &RwLock<Arc<T>>) -> Arc<T> {
+    lock.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn replace<T: ?Sized>(lock: &RwLock<Arc<T>>, value: Arc<T>) {
+    *lock.write().unwrap_or_else(|p| p.into_inner()) = value;
+}
+
+impl Madre {
+    /// Madre over these parts. Its own actions (a confirmed `restart`) are
+    /// installed on the runner.
+    pub fn new(parts: Parts) -> Arc<Self> {
+        let health = HealthTable::new(parts.delegator.registry());
+        let madre = Arc::new(Self {
+            db: parts.db,
+            runner: parts.runner,
+            delegator: parts.delegator,
+            health,
+            tables: RwLock::new(Arc::new(parts.tables)),
+            principals: RwLock::new(Arc::new(parts.principals)),
+            config: RwLock::new(Arc::new(parts.config)),
+            reloader: parts.reloader,
+            background: Mutex::new(None),
+            started_at: Instant::now(),
+        });
+        madre
+            .runner
+            .set_own_actions(Arc::new(own::OwnActions(Arc::downgrade(&madre))));
+        madre
+    }
+
+    /// Storage.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Plan execution.
+    pub fn runner(&self) -> &Runner {
+        &self.runner
+    }
+
+    /// Calls to the modules.
+    pub fn delegator(&self) -> &Delegator {
+        &self.delegator
+    }
+
+    /// The last health probe of every module.
+    pub fn health(&self) -> &HealthTable {
+        &self.health
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> Arc<MadreConfig> {
+        read(&self.config)
+    }
+
+    /// The risk tables in force.
+    pub fn tables(&self) -> Arc<RiskTables> {
+        read(&self.tables)
+    }
+
+    /// The principal whose secret is `token`, compared in constant time.
+    pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        read(&self.principals).authenticate(token).cloned()
+    }
+
+    /// When this Madre was built.
+    pub fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
+    /// How long a request waits for its plan before answering RUNNING.
+    fn wait_for_plan(&self) -> Duration {
+        Duration::from_secs(self.config().task_timeout_s) + WAIT_MARGIN
+    }
+}
+
+/// Fails with [`FlowError::Forbidden`] unless `principal` has at least `role`.
+pub fn require(principal: &Principal, role: Role) -> Result<(), FlowError> {
+    if principal.role.at_least(role) {
+        Ok(())
+    } else {
+        Err(FlowError::Forbidden(format!(
+            "this needs the {} role; {} has {}",
+            role.as_str(),
+            principal.name,
+            principal.role.as_str()
+        )))
+    }
+}

@@ -1,0 +1,210 @@
+//! Making, running and reading plans: what every flow shares.
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use madre_db::{NewAction, NewConfirmation, NewPlanRecord, PlanEvent, PlanMeta, StoredPlan};
+use madre_models::{ActionSummary, Intent, Plan, Status};
+use madre_planner::{Origin, PlanRequest};
+use madre_policy::{ConfirmToken, Principal};
+use madre_runner::{RunOptions, RunnerError};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{FlowError, Madre};
+
+/// Reason recorded on a plan refused because every place was taken.
+pub(crate) const QUEUE_FULL: &str = "queue_full";
+
+/// A plan made and stored, with the token to confirm it when it waits.
+pub(crate) struct Planned {
+    pub(crate) plan: Plan,
+    pub(crate) token: Option<ConfirmToken>,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+}
+
+/// An audit row by `principal` about `plan_id`.
+pub(crate) fn audit(
+    principal: &Principal,
+    module: &str,
+    action: &str,
+    reason: String,
+    plan_id: Uuid,
+) -> NewAction {
+    NewAction {
+        module: module.to_owned(),
+        action: action.to_owned(),
+        reason,
+        principal: principal.name.clone(),
+        plan_id: Some(plan_id),
+        created_at: Utc::now(),
+    }
+}
+
+/// A new confirmation token and the row that stores only its hash.
+pub(crate) fn new_token(
+    madre: &Madre,
+    risk: madre_models::RiskLevel,
+    principal: &Principal,
+    now: DateTime<Utc>,
+) -> Result<(ConfirmToken, NewConfirmation), FlowError> {
+    let token = ConfirmToken::generate()
+        .map_err(|e| FlowError::Internal(format!("no randomness for a token: {e}")))?;
+    let confirmation = NewConfirmation {
+        token_sha256: token.hash().to_hex(),
+        risk,
+        expires_at: now + confirm_ttl(madre),
+        principal: principal.name.clone(),
+    };
+    Ok((token, confirmation))
+}
+
+pub(crate) fn confirm_ttl(madre: &Madre) -> ChronoDuration {
+    ChronoDuration::seconds(i64::try_from(madre.config().confirm_ttl_s).unwrap_or(i64::MAX / 1000))
+}
+
+impl Madre {
+    /// Plans the intent and stores plan, confirmation and audit row at once.
+    pub(crate) async fn make_plan(
+        &self,
+        principal: &Principal,
+        intent: &Intent,
+        origin: Origin,
+        denied: bool,
+        meta: PlanMeta,
+    ) -> Result<Planned, FlowError> {
+        let now = Utc::now();
+        let request = PlanRequest {
+            intent,
+            origin,
+            denied,
+            enabled: self.delegator.registry().enabled(),
+            now,
+        };
+        let plan = madre_planner::plan(&request, Uuid::new_v4);
+        let waits = plan.status == Status::Waiting;
+        let (token, confirmation) = if waits {
+            let (token, row) = new_token(self, intent.risk, principal, now)?;
+            (Some(token), Some(row))
+        } else {
+            (None, None)
+        };
+        let expires_at = confirmation.as_ref().map(|c| c.expires_at);
+        let outcome = if denied {
+            "denied".to_owned()
+        } else if waits {
+            format!("waiting for confirmation ({} risk)", intent.risk)
+        } else {
+            format!("planned {} step(s)", plan.steps.len())
+        };
+        let action = audit(principal, &meta.module, &meta.action, outcome, plan.plan_id);
+        let record = NewPlanRecord {
+            plan: plan.clone(),
+            meta,
+            intent: Some(intent.clone()),
+            confirmation,
+            actions: vec![action],
+        };
+        self.db.insert_plan(record).await?;
+        Ok(Planned {
+            plan,
+            token,
+            expires_at,
+        })
+    }
+
+    /// Runs a new plan and waits for it; when every place is taken the
+    /// plan is cancelled (`queue_full`) and the caller told to retry.
+    pub(crate) async fn run_new_plan(
+        &self,
+        principal: &Principal,
+        plan_id: Uuid,
+        request_id: &str,
+    ) -> Result<StoredPlan, FlowError> {
+        let run = match self.runner.start(plan_id, options(principal, request_id)) {
+            Ok(run) => run,
+            Err(RunnerError::QueueFull { queued }) => {
+                self.refuse_queue_full(plan_id).await;
+                return Err(FlowError::QueueFull(queued));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match tokio::time::timeout(self.wait_for_plan(), run.finished()).await {
+            Ok(done) => Ok(done?),
+            Err(_) => self.load_plan(plan_id).await,
+        }
+    }
+
+    /// Ends a plan that found no place, through the journal.
+    pub(crate) async fn refuse_queue_full(&self, plan_id: Uuid) {
+        let end = PlanEvent::finished(Status::Cancelled, Some(QUEUE_FULL), Utc::now());
+        if let Err(e) = self.db.apply_events(plan_id, vec![end], None).await {
+            tracing::error!(%plan_id, error = %e, "could not cancel a plan refused for a full queue");
+        }
+    }
+
+    /// The stored plan, or [`FlowError::NotFound`].
+    pub async fn load_plan(&self, plan_id: Uuid) -> Result<StoredPlan, FlowError> {
+        self.db
+            .run_blocking(move |db| db.plan(plan_id))
+            .await?
+            .ok_or_else(|| FlowError::NotFound(format!("plan {plan_id} not found")))
+    }
+
+    /// The plan with its intent, audit rows and journal, as
+    /// `GET /madre/plans/{id}` shows it.
+    pub async fn plan_detail(&self, plan_id: Uuid) -> Result<madre_models::PlanDetail, FlowError> {
+        let (stored, actions, events) = self
+            .db
+            .run_blocking(move |db| {
+                let stored = db.plan(plan_id)?;
+                let actions = db.actions_for_plan(plan_id)?;
+                let events = db.plan_events(plan_id)?;
+                Ok((stored, actions, events))
+            })
+            .await?;
+        let stored =
+            stored.ok_or_else(|| FlowError::NotFound(format!("plan {plan_id} not found")))?;
+        Ok(madre_models::PlanDetail {
+            plan: stored.plan,
+            intent: stored.intent,
+            actions,
+            events,
+        })
+    }
+}
+
+pub(crate) fn options(principal: &Principal, request_id: &str) -> RunOptions {
+    RunOptions {
+        request_id: request_id.to_owned(),
+        principal: principal.name.clone(),
+        resumed: false,
+    }
+}
+
+/// The text the user sees for a finished plan.
+pub fn reply_of(stored: &StoredPlan) -> String {
+    stored
+        .result
+        .as_ref()
+        .and_then(|r| r.get("reply"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| match stored.plan.status {
+            Status::Running | Status::Pending => {
+                "The plan is still running; poll GET /madre/plans/{id}".into()
+            }
+            Status::Cancelled => format!(
+                "Plan cancelled ({})",
+                stored.plan.error.as_deref().unwrap_or("cancelled")
+            ),
+            status => format!("Plan {status}"),
+        })
+}
+
+/// The executed steps of a plan, as reported to the caller.
+pub fn actions_of(plan: &Plan) -> Vec<ActionSummary> {
+    plan.steps
+        .iter()
+        .filter(|s| s.status != Status::Pending)
+        .map(ActionSummary::from)
+        .collect()
+}

@@ -1,0 +1,417 @@
+//! Madre embedded as a library: every flow driven from plain Tokio (no actix
+//! runtime), against vx11-stubs over HTTP and a real SQLite file.
+
+use madre_db::Db;
+use madre_delegation::{Delegator, Registry};
+use madre_flows::{Answer, FlowError, IdempotencyKey, Madre, MadreConfig, Parts};
+use madre_models::{ChatCommand, ChatRequest, Module, Status};
+use madre_policy::{Principal, Principals, RiskTables, Role};
+use madre_runner::{Runner, RunnerConfig};
+use secrecy::SecretString;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+use vx11_stubs::{Behaviour, StubServer};
+
+struct Harness {
+    dir: tempfile::TempDir,
+    stubs: StubServer,
+    madre: Arc<Madre>,
+}
+
+fn admin() -> Principal {
+    Principal {
+        name: "ada".into(),
+        role: Role::Admin,
+    }
+}
+
+fn chat_command(message: &str) -> ChatCommand {
+    ChatRequest {
+        message: message.into(),
+        session_id: None,
+        context: None,
+    }
+    .validate()
+    .unwrap()
+}
+
+fn harness(runner: RunnerConfig, config: MadreConfig) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("vx11.db")).unwrap();
+    let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
+    let urls: BTreeMap<Module, String> =
+        Module::REMOTE.iter().map(|&m| (m, stubs.url(m))).collect();
+    let registry = Registry::new(urls, &[], SecretString::from("t"), Duration::from_secs(2));
+    let delegator = Delegator::new(Arc::new(registry));
+    let runner = Runner::new(db.clone(), delegator.clone(), runner);
+    let madre = Madre::new(Parts {
+        db,
+        runner,
+        delegator,
+        tables: RiskTables::default(),
+        principals: Principals::new(),
+        config,
+        reloader: None,
+    });
+    Harness { dir, stubs, madre }
+}
+
+fn default_harness() -> Harness {
+    harness(RunnerConfig::default(), MadreConfig::default())
+}
+
+impl Harness {
+    async fn chat(&self, message: &str) -> madre_models::ChatResponse {
+        self.madre
+            .chat(&admin(), chat_command(message), "chat", "test")
+            .await
+            .unwrap()
+    }
+
+    /// A chat through `once`, as the HTTP layer sends one with a key.
+    async fn keyed_chat(&self, key: &str, message: &str) -> Result<Answer, FlowError> {
+        let madre = &self.madre;
+        let idem = IdempotencyKey {
+            key: key.into(),
+            request_hash: format!("hash of {message}"),
+        };
+        madre
+            .once(&admin(), Some(idem), || async {
+                let r = madre
+                    .chat(&admin(), chat_command(message), "chat", "test")
+                    .await?;
+                Ok(Answer {
+                    status: 200,
+                    plan_id: Some(r.plan_id),
+                    body: serde_json::to_value(&r).unwrap(),
+                })
+            })
+            .await
+    }
+
+    async fn calls(&self, module: Module) -> u64 {
+        self.stubs.stats(module).await.unwrap().calls
+    }
+}
+
+fn text(v: &Value, field: &str) -> String {
+    v[field].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_low_chat_runs_on_plain_tokio() {
+    let h = default_harness();
+    let r = h.chat("hello there").await;
+    assert_eq!(r.status, Status::Done);
+    assert_eq!(r.response, "[hermes stub via stub-engine] hello there");
+    assert_eq!(h.calls(Module::Hermes).await, 1);
+    let detail = h.madre.plan_detail(r.plan_id).await.unwrap();
+    assert_eq!(detail.events.first().unwrap().event_type, "plan_created");
+    assert_eq!(detail.events.last().unwrap().event_type, "plan_finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_run_on_a_multi_threaded_runtime() {
+    let h = default_harness();
+    let mut chats = Vec::new();
+    for i in 0..6 {
+        let madre = h.madre.clone();
+        chats.push(tokio::spawn(async move {
+            madre
+                .chat(&admin(), chat_command(&format!("hello {i}")), "chat", "t")
+                .await
+                .unwrap()
+                .status
+        }));
+    }
+    for chat in chats {
+        assert_eq!(chat.await.unwrap(), Status::Done);
+    }
+    assert_eq!(h.calls(Module::Hermes).await, 6);
+}
+
+/// Eight concurrent requests with one key make exactly one intent and one
+/// plan; every one of them gets that plan's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_key_execute_once() {
+    let h = default_harness();
+    h.stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                latency_ms: 200,
+                ..Behaviour::default()
+            },
+        )
+        .await
+        .unwrap();
+    let h = Arc::new(h);
+    let mut requests = Vec::new();
+    for _ in 0..8 {
+        let h = h.clone();
+        requests.push(tokio::spawn(async move {
+            h.keyed_chat("same-key", "hello once").await.unwrap()
+        }));
+    }
+    let mut plans = std::collections::HashSet::new();
+    for request in requests {
+        let answer = request.await.unwrap();
+        assert_eq!(text(&answer.body, "status"), "DONE");
+        plans.insert(answer.plan_id.unwrap());
+    }
+    assert_eq!(plans.len(), 1, "one plan for all eight");
+    assert_eq!(h.madre.db().count_intents().unwrap(), 1, "one intent");
+    assert_eq!(h.calls(Module::Hermes).await, 1);
+}
+
+/// A WAITING answer stored for its key never holds the token; the replay of
+/// a lost answer hands out a fresh token that confirms, and the old one no
+/// longer works.
+#[tokio::test]
+async fn a_replayed_waiting_answer_carries_a_fresh_token_and_none_is_stored() {
+    let h = default_harness();
+    let first = h.keyed_chat("k-waiting", "delete all data").await.unwrap();
+    assert_eq!(text(&first.body, "status"), "WAITING");
+    let old_token = text(&first.body, "confirm_token");
+    assert!(old_token.len() >= 22);
+    let plan_id = first.plan_id.unwrap();
+
+    // The token is nowhere in the database file or its WAL.
+    for name in ["vx11.db", "vx11.db-wal"] {
+        let bytes = std::fs::read(h.dir.path().join(name)).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(old_token.len())
+                .any(|w| w == old_token.as_bytes()),
+            "{name} holds the confirm token in clear"
+        );
+    }
+
+    let replay = h.keyed_chat("k-waiting", "delete all data").await.unwrap();
+    assert_eq!(replay.plan_id, Some(plan_id));
+    let new_token = text(&replay.body, "confirm_token");
+    assert!(new_token.len() >= 22 && new_token != old_token);
+
+    let stale = h.madre.confirm(&admin(), plan_id, &old_token, "t").await;
+    assert!(
+        matches!(stale, Err(FlowError::WrongConfirmToken { .. })),
+        "{stale:?}"
+    );
+    let confirmed = h
+        .madre
+        .confirm(&admin(), plan_id, &new_token, "t")
+        .await
+        .unwrap();
+    assert_eq!(confirmed.plan.plan.status, Status::Done);
+}
+
+/// Confirming while every slot and queue place is taken spends the token
+/// and runs the plan as soon as a slot frees; it is not cancelled and the
+/// answer is RUNNING, not "retry".
+#[tokio::test]
+async fn confirming_with_a_full_queue_runs_the_plan_later() {
+    let h = harness(
+        RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 0,
+            ..RunnerConfig::default()
+        },
+        MadreConfig::default(),
+    );
+    let waiting = h.chat("delete all data").await;
+    let token = waiting.confirm_token.clone().unwrap();
+    h.stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                latency_ms: 600,
+                ..Behaviour::default()
+            },
+        )
+        .await
+        .unwrap();
+    let madre = h.madre.clone();
+    let busy = tokio::spawn(async move {
+        madre
+            .chat(&admin(), chat_command("hello"), "chat", "t")
+            .await
+            .unwrap()
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.madre.runner().running() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first chat never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let confirmed = h
+        .madre
+        .confirm(&admin(), waiting.plan_id, &token, "t")
+        .await
+        .unwrap();
+    assert_eq!(confirmed.plan.plan.status, Status::Running);
+    assert_eq!(busy.await.unwrap().status, Status::Done);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let plan = h.madre.load_plan(waiting.plan_id).await.unwrap();
+        if plan.plan.status == Status::Done {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {}",
+            plan.plan.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// After the cleanup loop expired a confirmation, confirming answers
+/// "expired" (410), not "not waiting" (409).
+#[tokio::test]
+async fn a_confirmation_expired_by_cleanup_still_answers_expired() {
+    let h = harness(
+        RunnerConfig::default(),
+        MadreConfig {
+            confirm_ttl_s: 1,
+            ..MadreConfig::default()
+        },
+    );
+    let waiting = h.chat("delete all data").await;
+    let token = waiting.confirm_token.clone().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the TTL is the thing under test
+    let report = h.madre.cleanup_once().await.unwrap();
+    assert_eq!(report.confirmations_expired, vec![waiting.plan_id]);
+    let late = h
+        .madre
+        .confirm(&admin(), waiting.plan_id, &token, "t")
+        .await;
+    assert!(
+        matches!(late, Err(FlowError::ConfirmationExpired)),
+        "{late:?}"
+    );
+    let events = h.madre.db().plan_events(waiting.plan_id).unwrap();
+    assert_eq!(events.last().unwrap().event_type, "plan_expired");
+}
+
+/// A chat that fails after its intent was logged closes the intent; and
+/// start-up closes those a crashed process left open.
+#[tokio::test]
+async fn no_intent_is_left_open() {
+    let h = harness(
+        RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 0,
+            ..RunnerConfig::default()
+        },
+        MadreConfig::default(),
+    );
+    h.stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                latency_ms: 500,
+                ..Behaviour::default()
+            },
+        )
+        .await
+        .unwrap();
+    let madre = h.madre.clone();
+    let busy = tokio::spawn(async move {
+        madre
+            .chat(&admin(), chat_command("hello"), "chat", "t")
+            .await
+            .unwrap()
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.madre.runner().running() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first chat never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refused = h
+        .madre
+        .chat(&admin(), chat_command("hello too"), "chat", "t")
+        .await;
+    assert!(
+        matches!(refused, Err(FlowError::QueueFull(_))),
+        "{refused:?}"
+    );
+    busy.await.unwrap();
+    assert_eq!(h.madre.db().count_open_intents().unwrap(), 0);
+
+    // What a crash leaves: an intent logged, never closed.
+    h.madre
+        .db()
+        .log_intent(madre_db::NewIntentLog {
+            id: Uuid::new_v4(),
+            source: "chat".into(),
+            principal: "ada".into(),
+            payload: serde_json::json!({}),
+            created_at: chrono::Utc::now() - chrono::Duration::seconds(1),
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.madre.db().count_open_intents().unwrap(), 1);
+    let report = h.madre.start_up().await.unwrap();
+    assert_eq!(report.intents_closed, 1);
+    assert_eq!(h.madre.db().count_open_intents().unwrap(), 0);
+}
+
+/// Stored answers are deleted by the cleanup pass once past their lifetime.
+#[tokio::test]
+async fn idempotency_keys_expire() {
+    let h = harness(
+        RunnerConfig::default(),
+        MadreConfig {
+            idempotency_ttl_s: 1,
+            ..MadreConfig::default()
+        },
+    );
+    h.keyed_chat("k-old", "hello").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the TTL is the thing under test
+    let report = h.madre.cleanup_once().await.unwrap();
+    assert_eq!(report.idempotency_keys_deleted, 1);
+    let again = h.keyed_chat("k-old", "hello").await.unwrap();
+    assert_eq!(
+        h.madre.db().count_intents().unwrap(),
+        2,
+        "the key ran again"
+    );
+    assert_eq!(text(&again.body, "status"), "DONE");
+}
+
+/// Cancelling a finished plan is a conflict; cancelling a waiting one ends
+/// it and its journal says who did.
+#[tokio::test]
+async fn cancel_is_journaled() {
+    let h = default_harness();
+    let waiting = h.chat("delete all data").await;
+    assert_eq!(
+        h.madre.cancel(&admin(), waiting.plan_id).await.unwrap(),
+        Status::Cancelled
+    );
+    let again = h.madre.cancel(&admin(), waiting.plan_id).await;
+    assert!(matches!(again, Err(FlowError::Conflict(_))), "{again:?}");
+    let last = h
+        .madre
+        .db()
+        .plan_events(waiting.plan_id)
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (
+            last.event_type.as_str(),
+            last.principal.as_deref(),
+            last.reason.as_deref()
+        ),
+        ("plan_finished", Some("ada"), Some("cancelled"))
+    );
+}

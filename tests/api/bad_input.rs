@@ -1,0 +1,217 @@
+//! Malformed and hostile requests get their documented 4xx, never a 500.
+
+use crate::helpers::*;
+
+#[actix_rt::test]
+async fn bad_inputs_get_their_documented_4xx_never_a_500() {
+    let app = spawn_app().await;
+    let cases: Vec<(Reply, u16, &str)> = vec![
+        (
+            app.raw(
+                "/madre/chat",
+                "application/json",
+                b"{\"message\": ".to_vec(),
+            )
+            .await,
+            400,
+            "malformed_json",
+        ),
+        (
+            app.raw("/madre/chat", "application/json", b"[1,2]".to_vec())
+                .await,
+            422,
+            "invalid_field",
+        ),
+        (
+            app.raw("/madre/chat", "application/json", b"{}".to_vec())
+                .await,
+            422,
+            "invalid_field",
+        ),
+        (
+            app.raw(
+                "/madre/chat",
+                "application/json",
+                b"{\"message\": \"   \"}".to_vec(),
+            )
+            .await,
+            422,
+            "invalid_field",
+        ),
+        (
+            app.raw(
+                "/madre/chat",
+                "application/json",
+                format!("{{\"message\": \"{}\"}}", "a".repeat(8001)).into_bytes(),
+            )
+            .await,
+            422,
+            "invalid_field",
+        ),
+        (
+            app.raw(
+                "/madre/chat",
+                "application/json",
+                format!("{{\"message\": \"{}\"}}", "a".repeat(1 << 20)).into_bytes(),
+            )
+            .await,
+            413,
+            "payload_too_large",
+        ),
+        (
+            app.raw("/madre/chat", "text/plain", b"hello".to_vec())
+                .await,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            app.raw(
+                "/madre/chat",
+                "application/json",
+                b"{\"message\": \"hi\", \"session_id\": \"a b\"}".to_vec(),
+            )
+            .await,
+            422,
+            "invalid_field",
+        ),
+        (
+            app.raw(
+                "/madre/control",
+                "application/json",
+                b"{\"target\": \"storage\", \"action\": \"status\"}".to_vec(),
+            )
+            .await,
+            422,
+            "invalid_field",
+        ),
+        (
+            app.raw(
+                "/task",
+                "application/json",
+                b"{\"name\": \"x\", \"module\": \"nope\", \"action\": \"run\"}".to_vec(),
+            )
+            .await,
+            422,
+            "invalid_field",
+        ),
+        (
+            app.send("GET", "/madre/plans/not-a-uuid", Some(ADMIN), None)
+                .await,
+            404,
+            "not_found",
+        ),
+        (
+            app.send(
+                "GET",
+                &format!("/madre/plans/{}", uuid::Uuid::new_v4()),
+                Some(ADMIN),
+                None,
+            )
+            .await,
+            404,
+            "not_found",
+        ),
+        (
+            app.send("GET", "/madre/plans?limit=0", Some(ADMIN), None)
+                .await,
+            422,
+            "invalid_field",
+        ),
+        (
+            app.send("GET", "/madre/plans?limit=201", Some(ADMIN), None)
+                .await,
+            422,
+            "invalid_field",
+        ),
+        (
+            app.send("GET", "/madre/plans?cursor=abc", Some(ADMIN), None)
+                .await,
+            422,
+            "invalid_field",
+        ),
+        (
+            app.send("GET", "/madre/plans?status=SLEEPING", Some(ADMIN), None)
+                .await,
+            422,
+            "invalid_field",
+        ),
+        (
+            app.send("GET", "/nowhere", Some(ADMIN), None).await,
+            404,
+            "not_found",
+        ),
+    ];
+    for (i, (reply, status, code)) in cases.iter().enumerate() {
+        assert_eq!(
+            (reply.status, s(&reply.body["error"])),
+            (*status, *code),
+            "case {i}: {}",
+            reply.body
+        );
+        assert!(
+            reply.body["detail"].is_string() && reply.body["request_id"].is_string(),
+            "case {i}"
+        );
+    }
+    let missing = app
+        .raw("/madre/chat", "application/json", b"{}".to_vec())
+        .await;
+    assert!(
+        s(&missing.body["detail"]).contains("message"),
+        "the field is named: {}",
+        missing.body
+    );
+    app.stop().await;
+}
+
+/// A field of the wrong JSON type is a 422 whose detail names the field;
+/// the confirm endpoint answers 415 to a body that is not JSON.
+#[actix_rt::test]
+async fn wrong_types_name_their_field_and_confirm_wants_json() {
+    let app = spawn_app().await;
+    for (path, body, field) in [
+        ("/madre/chat", r#"{"message": 12345}"#, "`message`"),
+        (
+            "/madre/chat",
+            r#"{"message": "hi", "context": {"mode": 7}}"#,
+            "`context.mode`",
+        ),
+        (
+            "/madre/control",
+            r#"{"target": "shub", "action": ["x"]}"#,
+            "`action`",
+        ),
+        (
+            "/task",
+            r#"{"name": "t", "module": "hermes", "action": "run", "payload": 3}"#,
+            "`payload`",
+        ),
+    ] {
+        let r = app
+            .raw(path, "application/json", body.as_bytes().to_vec())
+            .await;
+        assert_eq!(r.status, 422, "{path} {body}: {}", r.body);
+        let detail = s(&r.body["detail"]);
+        assert!(detail.contains(field), "{path} {body}: {detail}");
+    }
+    let waiting = app.chat(ADMIN, "delete all data").await;
+    let plan_id = s(&waiting.body["plan_id"]).to_owned();
+    let token = s(&waiting.body["confirm_token"]).to_owned();
+    let path = format!("/madre/plans/{plan_id}/confirm");
+    let r = app
+        .raw(
+            &path,
+            "text/plain",
+            format!("confirm_token={token}").into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, s(&r.body["error"])),
+        (415, "unsupported_media_type"),
+        "{}",
+        r.body
+    );
+    let ok = app.confirm(ADMIN, &plan_id, &token).await;
+    assert_eq!(ok.status, 200, "the plan still waits: {}", ok.body);
+    app.stop().await;
+}

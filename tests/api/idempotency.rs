@@ -1,0 +1,142 @@
+//! `Idempotency-Key` replays.
+
+use crate::helpers::*;
+use madre_models::Module;
+use serde_json::json;
+use std::collections::HashSet;
+use vx11_stubs::Behaviour;
+
+#[actix_rt::test]
+async fn an_idempotency_key_replays_the_first_answer() {
+    let app = spawn_app().await;
+    let body = json!({"message": "hello once"});
+    let first = app
+        .send_with(
+            "POST",
+            "/madre/chat",
+            Some(OPERATOR),
+            Some(body.clone()),
+            &[("Idempotency-Key", "k-1")],
+        )
+        .await;
+    let second = app
+        .send_with(
+            "POST",
+            "/madre/chat",
+            Some(OPERATOR),
+            Some(body),
+            &[("Idempotency-Key", "k-1")],
+        )
+        .await;
+    assert_eq!((first.status, second.status), (200, 200));
+    assert_eq!(first.body, second.body);
+    assert_eq!(app.calls(Module::Hermes).await, 1, "ran once");
+    let other = app
+        .send_with(
+            "POST",
+            "/madre/chat",
+            Some(OPERATOR),
+            Some(json!({"message": "something else"})),
+            &[("Idempotency-Key", "k-1")],
+        )
+        .await;
+    assert_eq!(
+        (other.status, s(&other.body["error"])),
+        (422, "idempotency_key_reused")
+    );
+    // keys are per principal
+    let admin = app
+        .send_with(
+            "POST",
+            "/madre/chat",
+            Some(ADMIN),
+            Some(json!({"message": "hello once"})),
+            &[("Idempotency-Key", "k-1")],
+        )
+        .await;
+    assert_eq!(admin.status, 200);
+    assert_eq!(app.calls(Module::Hermes).await, 2);
+    app.stop().await;
+}
+
+/// Eight concurrent chats with one key make exactly one intent, and a
+/// WAITING answer sent with a key leaves no confirm token in `vx11.db` or
+/// its WAL.
+#[actix_rt::test]
+async fn concurrent_keys_run_once_and_no_token_is_stored() {
+    let app = spawn_app().await;
+    app.stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                latency_ms: 200,
+                ..Behaviour::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut requests = Vec::new();
+    for _ in 0..8 {
+        requests.push(app.send_with(
+            "POST",
+            "/madre/chat",
+            Some(OPERATOR),
+            Some(json!({"message": "hello all at once"})),
+            &[("Idempotency-Key", "k-concurrent")],
+        ));
+    }
+    let answers = futures_util::future::join_all(requests).await;
+    let plans: HashSet<&str> = answers
+        .iter()
+        .map(|a| {
+            assert_eq!(a.status, 200, "{}", a.body);
+            s(&a.body["plan_id"])
+        })
+        .collect();
+    assert_eq!(plans.len(), 1, "one plan for all eight");
+    assert_eq!(app.calls(Module::Hermes).await, 1);
+    let db = app.dir.path().join("data").join("vx11.db");
+    let intents: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM intents_log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(intents, 1, "one intent");
+
+    let waiting = app
+        .send_with(
+            "POST",
+            "/madre/chat",
+            Some(ADMIN),
+            Some(json!({"message": "delete all data"})),
+            &[("Idempotency-Key", "k-waiting")],
+        )
+        .await;
+    assert_eq!(s(&waiting.body["status"]), "WAITING");
+    let token = s(&waiting.body["confirm_token"]).to_owned();
+    assert!(token.len() >= 22);
+    for file in [db.clone(), db.with_extension("db-wal")] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "{} holds the confirm token in clear",
+            file.display()
+        );
+    }
+    // The lost answer, replayed, carries a fresh token that confirms.
+    let replay = app
+        .send_with(
+            "POST",
+            "/madre/chat",
+            Some(ADMIN),
+            Some(json!({"message": "delete all data"})),
+            &[("Idempotency-Key", "k-waiting")],
+        )
+        .await;
+    let fresh = s(&replay.body["confirm_token"]).to_owned();
+    assert!(fresh.len() >= 22 && fresh != token);
+    let plan_id = s(&waiting.body["plan_id"]).to_owned();
+    assert_eq!(app.confirm(ADMIN, &plan_id, &token).await.status, 403);
+    let confirmed = app.confirm(ADMIN, &plan_id, &fresh).await;
+    assert_eq!(confirmed.status, 200, "{}", confirmed.body);
+    app.stop().await;
+}

@@ -1,0 +1,96 @@
+//! Listing plans with keyset pagination.
+
+use crate::helpers::*;
+use std::collections::HashSet;
+
+#[actix_rt::test]
+async fn plans_page_without_duplicates_or_gaps_while_chats_arrive() {
+    let app = spawn_app().await;
+    let mut made = Vec::new();
+    for i in 0..25 {
+        made.push(s(&app.chat(OPERATOR, &format!("hello {i}")).await.body["plan_id"]).to_owned());
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        app.chat(OPERATOR, "a late chat").await;
+        let path = match &cursor {
+            Some(c) => format!("/madre/plans?limit=7&cursor={c}"),
+            None => "/madre/plans?limit=7".to_owned(),
+        };
+        let page = app.send("GET", &path, Some(VIEWER), None).await;
+        assert_eq!(page.status, 200);
+        seen.extend(
+            page.body["plans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| s(&p["plan_id"]).to_owned()),
+        );
+        match page.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen.iter().collect::<HashSet<_>>().len(),
+        seen.len(),
+        "no duplicates"
+    );
+    let originals: Vec<&String> = seen.iter().filter(|id| made.contains(id)).collect();
+    let expected: Vec<&String> = made.iter().rev().collect();
+    assert_eq!(originals, expected, "no gaps, newest first");
+    let done = app
+        .send(
+            "GET",
+            "/madre/plans?status=DONE&limit=200",
+            Some(VIEWER),
+            None,
+        )
+        .await;
+    assert!(done.body["plans"].as_array().unwrap().len() >= 25);
+    app.stop().await;
+}
+
+/// `GET /madre/plans/{id}` shows the plan's journal: every change, in order,
+/// with who caused it.
+#[actix_rt::test]
+async fn a_plan_shows_its_journal_in_order() {
+    let app = spawn_app().await;
+    let waiting = app.chat(ADMIN, "restart the switch").await;
+    let plan_id = s(&waiting.body["plan_id"]).to_owned();
+    let token = s(&waiting.body["confirm_token"]).to_owned();
+    assert_eq!(app.confirm(ADMIN, &plan_id, &token).await.status, 200);
+    let detail = app
+        .send(
+            "GET",
+            &format!("/madre/plans/{plan_id}"),
+            Some(VIEWER),
+            None,
+        )
+        .await;
+    assert_eq!(detail.status, 200, "{}", detail.body);
+    let events = detail.body["events"].as_array().unwrap();
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| format!("{} {}", s(&e["type"]), s(&e["status"])))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "plan_created PENDING",
+            "plan_waiting WAITING",
+            "plan_confirmed RUNNING",
+            "step_started RUNNING",
+            "step_finished DONE",
+            "step_started RUNNING",
+            "step_finished DONE",
+            "plan_finished DONE",
+        ]
+    );
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(s(&events[2]["principal"]), "admin");
+    assert_eq!(s(&events[3]["step_type"]), "CALL_SWITCH");
+    app.stop().await;
+}
