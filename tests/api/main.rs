@@ -20,6 +20,7 @@ mod faults;
 mod health;
 mod helpers;
 mod idempotency;
+mod intake;
 mod limits;
 mod memory;
 mod openapi;

@@ -82,6 +82,7 @@ fn flow_config(settings: &Settings) -> MadreConfig {
         probe_interval: settings.probe_interval,
         cleanup_interval: settings.cleanup_interval,
         policy_file: settings.policy_file.clone(),
+        switch_intent: settings.switch_intent,
     }
 }
 

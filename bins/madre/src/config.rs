@@ -56,6 +56,8 @@ pub struct Settings {
     pub log_json: bool,
     /// The tracing filter (`RUST_LOG`, default `info`), checked at start.
     pub log_filter: String,
+    /// Ask Switch for the intent first (`MADRE_SWITCH_INTENT`, `on` or `off`).
+    pub switch_intent: bool,
     /// Where these settings came from (for [`Settings::reread`]).
     pub origin: Origin,
 }
@@ -259,6 +261,16 @@ impl Settings {
                 format!("{log_filter:?} is not a tracing filter: {e}"),
             ));
         }
+        let switch_intent = match source.get("MADRE_SWITCH_INTENT").as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => {
+                return Err(bad(
+                    "MADRE_SWITCH_INTENT",
+                    format!("{other:?} is not \"on\" or \"off\""),
+                ));
+            }
+        };
         let log_json = match source.get("MADRE_LOG_FORMAT").as_deref() {
             None | Some("pretty") | Some("text") => false,
             Some("json") => true,
@@ -301,6 +313,7 @@ impl Settings {
             rate_limit_per_s: source.number("MADRE_RATE_LIMIT_PER_S", 0, 0, 1_000_000)?,
             log_json,
             log_filter,
+            switch_intent,
             data_dir,
             origin: Origin(var),
         })
@@ -403,6 +416,11 @@ mod tests {
             ("MADRE_PROBE_INTERVAL_S", 1, 3600),
             ("MADRE_CLEANUP_INTERVAL_S", 1, DAY_S),
             ("MADRE_RATE_LIMIT_PER_S", 0, 1_000_000),
+            (
+                "MADRE_CALL_TIMEOUT_MS",
+                1,
+                madre_delegation::MAX_CALL_TIMEOUT_MS,
+            ),
         ];
         for &(name, min, max) in table {
             for good in [min, max] {

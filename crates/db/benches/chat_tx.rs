@@ -69,11 +69,13 @@ fn one_chat(db: &Db, commits: Commits) {
             confidence: 0.3,
             original_text: "hello there".into(),
             warnings: vec![],
+            source: madre_models::DslSource::Fallback,
         },
         risk: RiskLevel::Low,
         requires_confirmation: false,
         targets: vec![],
         created_at: now,
+        alternatives: vec![],
     };
     let action = |what: &str| NewAction {
         module: "madre".into(),

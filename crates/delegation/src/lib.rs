@@ -44,7 +44,7 @@
 mod client;
 mod registry;
 
-pub use registry::{ConfigError, DEFAULT_CALL_TIMEOUT, Registry};
+pub use registry::{ConfigError, DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT_MS, Registry};
 
 use bytes::Bytes;
 use client::{Answer, BodyError, Exchange, ExchangeError, HttpClient};
@@ -295,8 +295,9 @@ impl Delegator {
             .body
             .as_ref()
             .map(|body| Bytes::from(body.to_string()));
+        let timeout = self.registry.call_timeout();
         let first = self
-            .attempt(request, body.clone(), request.resumed, 1)
+            .attempt(request, body.clone(), request.resumed, 1, timeout)
             .await;
         let retry = match first {
             Attempt::Done(body) => return Ok(CallOutcome { body, attempts: 1 }),
@@ -304,8 +305,31 @@ impl Delegator {
             Attempt::Retry(e) => e,
         };
         tracing::warn!(module = %request.module, error = %retry, "module call failed; retrying once");
-        match self.attempt(request, body, true, 2).await {
+        match self.attempt(request, body, true, 2, timeout).await {
             Attempt::Done(body) => Ok(CallOutcome { body, attempts: 2 }),
+            Attempt::Final(e) | Attempt::Retry(e) => Err(e),
+        }
+    }
+
+    /// Makes the call once, within `timeout` (capped at the registry's call
+    /// timeout), with no retry: for a question whose answer is optional,
+    /// such as Switch's intent at intake (SPEC 4a), where a slow module
+    /// must cost at most `timeout`.
+    pub async fn call_once(
+        &self,
+        request: &ModuleRequest,
+        timeout: Duration,
+    ) -> Result<Value, DelegationError> {
+        if !self.registry.enabled().contains(request.module) {
+            return Err(DelegationError::Disabled(request.module));
+        }
+        let body = request
+            .body
+            .as_ref()
+            .map(|body| Bytes::from(body.to_string()));
+        let timeout = timeout.min(self.registry.call_timeout());
+        match self.attempt(request, body, false, 1, timeout).await {
+            Attempt::Done(body) => Ok(body),
             Attempt::Final(e) | Attempt::Retry(e) => Err(e),
         }
     }
@@ -316,13 +340,13 @@ impl Delegator {
         body: Option<Bytes>,
         with_key: bool,
         attempts: u32,
+        timeout: Duration,
     ) -> Attempt {
         let module = request.module;
         let mut headers = vec![("X-Request-Id", request.request_id.clone())];
         if with_key {
             headers.push(("Idempotency-Key", request.idempotency_key.to_string()));
         }
-        let timeout = self.registry.call_timeout();
         let exchange = Exchange {
             method: request.method,
             url: format!("{}{}", self.registry.url(module), request.path),

@@ -26,6 +26,9 @@ pub struct Registry {
     call_timeout: Duration,
 }
 
+/// The longest call timeout accepted (`MADRE_CALL_TIMEOUT_MS`): ten minutes.
+pub const MAX_CALL_TIMEOUT_MS: u64 = 600_000;
+
 /// Default per-call timeout (`MADRE_CALL_TIMEOUT_MS`).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(5000);
 
@@ -92,11 +95,13 @@ impl Registry {
         let call_timeout = match var("MADRE_CALL_TIMEOUT_MS") {
             None => DEFAULT_CALL_TIMEOUT,
             Some(text) => match text.trim().parse::<u64>() {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                Ok(ms) if (1..=MAX_CALL_TIMEOUT_MS).contains(&ms) => Duration::from_millis(ms),
                 _ => {
                     return Err(ConfigError {
                         variable: "MADRE_CALL_TIMEOUT_MS".into(),
-                        reason: format!("{text:?} is not a positive number of milliseconds"),
+                        reason: format!(
+                            "{text:?} is not a whole number of milliseconds from 1 to {MAX_CALL_TIMEOUT_MS}"
+                        ),
                     });
                 }
             },

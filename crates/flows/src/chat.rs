@@ -10,6 +10,7 @@ use madre_policy::{Principal, Role};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::intake;
 use crate::plans::{actions_of, reply_of};
 use crate::{FlowError, Madre, require};
 
@@ -91,9 +92,15 @@ impl Madre {
             Some(s) if s.closed_at.is_none() => s.mode,
             _ => Mode::Madre,
         };
-        let dsl = madre_parser::parse(command.message.as_str());
+        let text = command.message.as_str();
+        let fallback = madre_parser::parse(text);
+        let switch = self
+            .ask_switch(text, &session_id, session_mode, request_id)
+            .await;
+        let intake = intake::decide(fallback, switch, &self.tables());
+        let assessment = intake.assessment;
+        let dsl = intake.dsl;
         let mode = madre_parser::select_mode(command.mode, &dsl, session_mode);
-        let assessment = self.tables().assess(&dsl);
         let intent = Intent {
             intent_id,
             session_id: session_id.clone(),
@@ -103,6 +110,7 @@ impl Madre {
             targets: dsl.targets.clone(),
             dsl,
             created_at: now,
+            alternatives: intake.alternatives,
         };
         let meta = PlanMeta {
             kind: PlanKind::Chat,
@@ -122,6 +130,7 @@ impl Madre {
                 Origin::Chat,
                 assessment.is_denied(),
                 meta,
+                intake.engine,
             )
             .await?;
         tracing::Span::current().record("plan_id", planned.plan.plan_id.to_string());

@@ -46,11 +46,13 @@ fn control_intent(
             confidence: 1.0,
             original_text: format!("{action} {module}"),
             warnings: Vec::new(),
+            source: madre_models::DslSource::Fallback,
         },
         risk,
         requires_confirmation: risk.requires_confirmation(),
         targets,
         created_at: Utc::now(),
+        alternatives: Vec::new(),
     }
 }
 
@@ -272,6 +274,7 @@ impl Madre {
                 Origin::ModuleCall { module },
                 false,
                 meta,
+                None,
             )
             .await?;
         let plan_id = planned.plan.plan_id;

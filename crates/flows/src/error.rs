@@ -1,7 +1,7 @@
 //! Why a flow failed, in terms a caller can act on. The HTTP layer maps each
 //! variant to its status code (SPEC §9).
 
-use madre_db::DbError;
+use madre_db::{DbError, StorageFault};
 use madre_models::ValidationError;
 use madre_runner::RunnerError;
 
@@ -45,6 +45,11 @@ pub enum FlowError {
     /// The policy or principals file could not be reloaded; the old one stays.
     #[error("{0}")]
     Reload(String),
+    /// Storage cannot take writes for now (full, read-only, locked past
+    /// the busy timeout, or failing): nothing was half-written, and the
+    /// same request may succeed later. Never a bug of Madre's.
+    #[error("storage is unavailable ({0}); retry later")]
+    StorageUnavailable(StorageFault),
     /// Storage failed.
     #[error("storage: {0}")]
     Storage(DbError),
@@ -58,6 +63,8 @@ impl From<DbError> for FlowError {
         match e {
             DbError::NotFound { what, id } => FlowError::NotFound(format!("{what} {id} not found")),
             DbError::Conflict(reason) => FlowError::Conflict(reason),
+            // SQLite's detail was logged where the write failed.
+            DbError::Unavailable { reason, .. } => FlowError::StorageUnavailable(reason),
             other => FlowError::Storage(other),
         }
     }

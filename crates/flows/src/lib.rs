@@ -19,6 +19,7 @@ mod confirm;
 mod control;
 mod error;
 mod idempotency;
+mod intake;
 mod own;
 mod plans;
 
@@ -60,6 +61,8 @@ pub struct MadreConfig {
     pub cleanup_interval: Duration,
     /// The risk-table override to (re)load (`MADRE_POLICY_FILE`).
     pub policy_file: Option<PathBuf>,
+    /// Ask Switch for the intent first (`MADRE_SWITCH_INTENT`, SPEC §4a).
+    pub switch_intent: bool,
 }
 
 impl Default for MadreConfig {
@@ -74,6 +77,7 @@ impl Default for MadreConfig {
             probe_interval: Duration::from_secs(10),
             cleanup_interval: Duration::from_secs(60),
             policy_file: None,
+            switch_intent: true,
         }
     }
 }

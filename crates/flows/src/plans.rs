@@ -70,6 +70,7 @@ impl Madre {
         origin: Origin,
         denied: bool,
         meta: PlanMeta,
+        engine: Option<String>,
     ) -> Result<Planned, FlowError> {
         let now = Utc::now();
         let request = PlanRequest {
@@ -79,7 +80,17 @@ impl Madre {
             enabled: self.delegator.registry().enabled(),
             now,
         };
-        let plan = madre_planner::plan(&request, Uuid::new_v4);
+        let mut plan = madre_planner::plan(&request, Uuid::new_v4);
+        if let Some(engine) = engine {
+            // Switch chose the engine at intake: its step uses that answer
+            // instead of calling Switch a second time (SPEC §4a).
+            for step in &mut plan.steps {
+                if step.step_type == madre_models::StepType::CallSwitch {
+                    step.payload["engine"] = Value::String(engine.clone());
+                    step.payload["answered_at_intake"] = Value::Bool(true);
+                }
+            }
+        }
         let waits = plan.status == Status::Waiting;
         let (token, confirmation) = if waits {
             let (token, row) = new_token(self, intent.risk, principal, now)?;

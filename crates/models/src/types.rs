@@ -42,6 +42,21 @@ pub struct Dsl {
     pub original_text: String,
     /// Machine-readable remarks (`destructive_intent_detected`, …).
     pub warnings: Vec<String>,
+    /// Who produced it: the offline fallback parser, or Switch (SPEC §4a).
+    #[serde(default)]
+    pub source: DslSource,
+}
+
+/// Who produced a [`Dsl`] (SPEC §4a).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DslSource {
+    /// Madre's offline fallback parser.
+    #[default]
+    Fallback,
+    /// The intent Switch answered at intake.
+    Switch,
 }
 
 impl Dsl {
@@ -71,6 +86,11 @@ pub struct Intent {
     pub targets: Vec<Module>,
     /// When Madre received it.
     pub created_at: DateTime<Utc>,
+    /// The other reading of the text, when there was one (Switch's intent
+    /// when the fallback's was used, or the other way round), so an audit
+    /// shows what each said.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternatives: Vec<Dsl>,
 }
 
 /// One unit of work in a plan.
@@ -567,9 +587,10 @@ impl fmt::Debug for TaskAccepted {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
-    /// Every enabled module answers.
+    /// The database takes writes and every enabled module answers.
     Ok,
-    /// Madre works, but some enabled module does not answer.
+    /// Madre answers, but its database does not take writes for now, or
+    /// some enabled module does not answer.
     Degraded,
 }
 
@@ -588,6 +609,13 @@ pub enum DepState {
     Unknown,
 }
 
+impl DepState {
+    /// [`DepState::Unknown`], as a function (a serde default).
+    pub fn unknown() -> Self {
+        DepState::Unknown
+    }
+}
+
 /// Answer of `GET /health`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -603,6 +631,11 @@ pub struct HealthResponse {
     /// The last probe of each module.
     #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, DepState>))]
     pub deps: BTreeMap<Module, DepState>,
+    /// Madre's own database: `up` when it took the last write (or the
+    /// background check), `down` while it refuses writes (full, read-only,
+    /// locked, failing). Absent from answers of older servers (`unknown`).
+    #[serde(default = "DepState::unknown")]
+    pub db: DepState,
 }
 
 /// One line of `GET /madre/plans`.

@@ -39,6 +39,7 @@ fn sample_dsl() -> Dsl {
         confidence: 0.3,
         original_text: "mix these 3 stems".into(),
         warnings: vec![],
+        source: madre_models::DslSource::Fallback,
     }
 }
 
@@ -152,6 +153,7 @@ fn dsl_intent_step_plan_have_exactly_the_documented_fields_and_round_trip() {
         requires_confirmation: false,
         targets: vec![Module::Shub],
         created_at: now(),
+        alternatives: vec![],
     };
     let v = serde_json::to_value(&intent).unwrap();
     assert_eq!(
@@ -301,12 +303,14 @@ fn control_task_health_and_error_shapes() {
         version: "0.1.0".into(),
         time: now(),
         deps,
+        db: DepState::Up,
     };
     let v = json!(health);
     assert_eq!(
         keys(&v),
-        sorted(&["module", "status", "version", "time", "deps"])
+        sorted(&["module", "status", "version", "time", "deps", "db"])
     );
+    assert_eq!(v["db"], json!("up"));
     assert_eq!(v["deps"], json!({"switch": "up", "shub": "disabled"}));
     assert_eq!(v["status"], json!("degraded"));
 

@@ -83,6 +83,7 @@ pub fn parse(text: &str) -> Dsl {
         confidence,
         original_text: text.to_owned(),
         warnings,
+        source: madre_models::DslSource::Fallback,
     }
 }
 

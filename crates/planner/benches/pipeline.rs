@@ -39,6 +39,7 @@ fn pipeline(c: &mut Criterion) {
                     targets: dsl.targets.clone(),
                     dsl,
                     created_at: now,
+                    alternatives: Vec::new(),
                 };
                 let request = PlanRequest {
                     intent: &intent,

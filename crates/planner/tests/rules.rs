@@ -47,6 +47,7 @@ impl Case {
             targets: dsl.targets.clone(),
             dsl,
             created_at: Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap(),
+            alternatives: Vec::new(),
         };
         let request = PlanRequest {
             intent: &intent,

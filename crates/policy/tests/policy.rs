@@ -66,6 +66,7 @@ fn dsl(domain: &str, action: &str, targets: &[Module]) -> Dsl {
         confidence: 0.3,
         original_text: String::new(),
         warnings: vec![],
+        source: madre_models::DslSource::Fallback,
     }
 }
 

@@ -124,6 +124,19 @@ pub(crate) async fn run_step(
                 },
             }
         }
+        StepType::CallSwitch
+            if step.payload.get("answered_at_intake") == Some(&Value::Bool(true)) =>
+        {
+            // Switch chose the engine when it was asked for the intent at
+            // intake (SPEC §4a): no second call.
+            StepOutcome::Done {
+                result: json!({
+                    "engine": step.payload.get("engine").cloned().unwrap_or(Value::Null),
+                    "answered_at_intake": true,
+                }),
+                retried: false,
+            }
+        }
         StepType::CallModule if step.module() == Module::Madre => {
             let Some(actions) = inner.own_actions.get() else {
                 return StepOutcome::Failed {

@@ -93,6 +93,7 @@ impl Harness {
             targets: dsl.targets.clone(),
             dsl,
             created_at: Utc::now(),
+            alternatives: Vec::new(),
         };
         let request = PlanRequest {
             intent: &intent,
