@@ -96,8 +96,18 @@ async fn a_restart_of_madre_waits_for_a_confirmation_and_reloads_the_policy() {
         .await;
     assert_eq!(s(&v6.body["status"]), "pending_confirmation", "{}", v6.body);
 
-    // The policy file changes; only the confirmed restart reads it.
+    // The policy and principals files change; only the confirmed restart
+    // reads them.
     std::fs::write(&policy, "high = [\"purge\"]\n").unwrap();
+    let principals = app.dir.path().join("principals.toml");
+    let mut text = std::fs::read_to_string(&principals).unwrap();
+    text.push_str(&format!(
+        "\n[[principal]]\nname = \"nina\"\nrole = \"viewer\"\ntoken_sha256 = \"{}\"\n",
+        madre_policy::TokenHash::of("nina-token-for-tests").to_hex()
+    ));
+    std::fs::write(&principals, text).unwrap();
+    let nina = || app.send("GET", "/madre/plans", Some("nina-token-for-tests"), None);
+    assert_eq!(nina().await.status, 401);
     let still_low = app
         .send("POST", "/madre/control", Some(ADMIN), Some(low.clone()))
         .await;
@@ -118,6 +128,7 @@ async fn a_restart_of_madre_waits_for_a_confirmation_and_reloads_the_policy() {
         "{}",
         confirmed.body
     );
+    assert_eq!(nina().await.status, 200, "the principals file was reloaded");
     let after = app
         .send("POST", "/madre/control", Some(ADMIN), Some(low.clone()))
         .await;
