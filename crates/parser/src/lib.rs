@@ -2,88 +2,194 @@
 //! [`Dsl`], with no I/O, no clock and no randomness.
 //!
 //! Madre asks Switch first when it is up, but this parser always runs, so an
-//! outage never blocks a request. Matching is on whole words after folding
-//! case and accents ("Bórralo" and "borralo" are the same word; "skill" is not
-//! "kill"). Destructive verbs win over everything else: safety first, so even
-//! "don't delete anything" is treated as a destructive request and must be
-//! confirmed by a human.
+//! outage never blocks a request, and it is the safety floor: nothing
+//! dangerous may come out of it as a harmless chat (SPEC §4 "Safety first").
+//!
+//! - Text is normalised before matching (compatibility forms, confusable
+//!   letters, format characters, case and accents; see the `text` module),
+//!   and matching is on whole words: "skill" is not "kill".
+//! - Destructive verbs and phrases in English and Spanish ("delete",
+//!   "nuke", "tear down", "bórralo", "dar de baja", …) win over everything
+//!   else, even when negated: "don't delete anything" must be confirmed by a
+//!   human. Stop wording ("shut down", "apaga", "disable") maps to `stop`.
+//! - Command lines and SQL statements that change or destroy (`rm -rf /`,
+//!   `curl … | sh`, `DROP TABLE`) add the warning [`SHELL_WARNING`], which
+//!   the policy classifies as HIGH.
+//! - Which rule fired is recorded in `parameters.safety`, so an approver sees
+//!   why a request waits.
 //!
 //! ```
 //! let dsl = madre_parser::parse("restart the switch");
 //! assert_eq!(dsl.action, "restart");
 //! assert_eq!(dsl.targets, vec![madre_models::Module::Switch]);
+//!
+//! let dsl = madre_parser::parse("please run rm -rf / for me");
+//! assert_eq!(dsl.action, "delete");
+//! assert!(dsl.warnings.iter().any(|w| w == madre_parser::SHELL_WARNING));
 //! ```
 
 mod lexicon;
+mod shell;
 mod text;
+mod words;
 
 use madre_models::{Dsl, Mode, Module};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
-use lexicon::{ACTION_FAMILIES, AUDIO_WORDS, DESTRUCTIVE_WORDS, DRIFT, PARALLEL, SPAWN, TARGETS};
-use text::Words;
+pub use lexicon::{FAMILY_NAMES, Lexicon, LexiconError};
 
-/// Confidence given to a destructive parse.
+use lexicon::Hit;
+use shell::Effect;
+use text::{Classes, How, Words};
+
+/// Confidence given to a destructive parse, and to a message holding a
+/// command line or statement.
 pub const DESTRUCTIVE_CONFIDENCE: f32 = 0.9;
 /// Confidence given to every other fallback parse.
 pub const FALLBACK_CONFIDENCE: f32 = 0.3;
-/// Warning attached to any text containing a destructive verb.
+/// Warning attached to any text containing a destructive verb, phrase,
+/// command or statement.
 pub const DESTRUCTIVE_WARNING: &str = "destructive_intent_detected";
+/// Warning attached to any text containing a command line or a database
+/// statement that changes or destroys; the policy classifies it as HIGH.
+pub const SHELL_WARNING: &str = "shell_command_detected";
+/// The parameter that records which safety rules fired: a list of objects
+/// `{kind, family, rule, text}` (see [`Lexicon::parse`]).
+pub const SAFETY_PARAMETER: &str = "safety";
 
-/// Parses `text` into a DSL. Never fails and never panics, whatever the input.
+/// Parses `text` into a DSL with the built-in word lists. Never fails and
+/// never panics, whatever the input.
 pub fn parse(text: &str) -> Dsl {
-    let words = Words::new(text);
+    Lexicon::builtin().parse(text)
+}
 
-    let destructive = words.contains_any(DESTRUCTIVE_WORDS);
-    let audio = words.contains_any(AUDIO_WORDS);
+impl Lexicon {
+    /// Parses `text` into a DSL with this lexicon's word lists. Never fails
+    /// and never panics, whatever the input.
+    ///
+    /// When a safety rule fired, `parameters.safety` lists each one as an
+    /// object: `kind` (`word`, `phrase`, `letter_spaced`,
+    /// `hidden_characters`, `shell` or `sql`), `family` (the action it maps
+    /// to: `delete`, `stop`, `restart` or `change`), `rule` (the phrase of
+    /// the word list, or the name of the command rule) and `text` (the words
+    /// as written, or the command as read).
+    pub fn parse(&self, text: &str) -> Dsl {
+        let mut classes = Classes::default();
+        let words = self.words(text, &mut classes);
+        let hits = self.scan(&words);
+        let commands = shell::detect(text, &mut classes);
 
-    let action = if destructive {
-        "delete"
-    } else {
-        ACTION_FAMILIES
+        let effect = |wanted: Effect| commands.iter().any(|c| c.effect == wanted);
+        let destructive = hits.delete.is_some() || effect(Effect::Destroys);
+        let stop_index = self.actions().iter().position(|a| *a == "stop");
+        let family = hits
+            .families
             .iter()
-            .find(|family| words.contains_any(family.words))
-            .map_or("chat", |family| family.action)
-    };
-    let domain = if destructive {
-        "system"
-    } else if audio {
-        "audio"
-    } else {
-        "general"
-    };
+            .enumerate()
+            .find_map(|(i, hit)| hit.map(|hit| (i, hit)));
+        let action = if destructive {
+            "delete"
+        } else if effect(Effect::Stops) && family.is_none_or(|(i, _)| Some(i) != stop_index) {
+            "stop"
+        } else if let Some((i, _)) = family {
+            self.actions().get(i).copied().unwrap_or("chat")
+        } else if effect(Effect::Restarts) {
+            "restart"
+        } else {
+            "chat"
+        };
+        let domain = if destructive || !commands.is_empty() {
+            "system"
+        } else if hits.audio {
+            "audio"
+        } else {
+            "general"
+        };
 
-    let mut targets: Vec<(usize, Module)> = TARGETS
-        .iter()
-        .filter_map(|(names, module)| words.first_position(names).map(|pos| (pos, *module)))
-        .collect();
-    targets.sort();
-    targets.dedup_by_key(|(_, module)| *module);
-    let targets = targets.into_iter().map(|(_, module)| module).collect();
+        let mut targets = hits.targets;
+        targets.sort();
+        let targets: Vec<Module> = targets.into_iter().map(|(_, module)| module).collect();
 
-    let mut parameters = text::extract_parameters(text);
-    for (flag, phrases) in [("parallel", PARALLEL), ("drift", DRIFT), ("spawn", SPAWN)] {
-        if words.contains_any(phrases) {
-            parameters.insert(flag.into(), Value::Bool(true));
+        let mut parameters = text::extract_parameters(text);
+        for (flag, on) in [
+            ("parallel", hits.parallel),
+            ("drift", hits.drift),
+            ("spawn", hits.spawn),
+        ] {
+            if on {
+                parameters.insert(flag.into(), Value::Bool(true));
+            }
+        }
+        parameters.insert("original_message".into(), Value::String(text.to_owned()));
+
+        // Only the parser writes this key: a `safety=…` in the text must not
+        // pass for a record of the rules.
+        parameters.remove(SAFETY_PARAMETER);
+        let mut safety = Vec::new();
+        if let Some(hit) = hits.delete {
+            safety.push(self.record(&words, hit, "delete"));
+        }
+        if let Some(Some(hit)) = stop_index.and_then(|i| hits.families.get(i)) {
+            safety.push(self.record(&words, *hit, "stop"));
+        }
+        for command in &commands {
+            let family = match command.effect {
+                Effect::Destroys => "delete",
+                Effect::Stops => "stop",
+                Effect::Restarts => "restart",
+                Effect::Changes => "change",
+            };
+            safety.push(json!({
+                "kind": command.kind.as_str(),
+                "family": family,
+                "rule": command.rule,
+                "text": command.text,
+            }));
+        }
+        if !safety.is_empty() {
+            parameters.insert(SAFETY_PARAMETER.into(), Value::Array(safety));
+        }
+
+        let mut warnings = Vec::new();
+        if destructive {
+            warnings.push(DESTRUCTIVE_WARNING.to_owned());
+        }
+        if !commands.is_empty() {
+            warnings.push(SHELL_WARNING.to_owned());
+        }
+        let confidence = if destructive || !commands.is_empty() {
+            DESTRUCTIVE_CONFIDENCE
+        } else {
+            FALLBACK_CONFIDENCE
+        };
+
+        Dsl {
+            domain: domain.to_owned(),
+            action: action.to_owned(),
+            parameters,
+            targets,
+            confidence,
+            original_text: text.to_owned(),
+            warnings,
+            source: madre_models::DslSource::Fallback,
         }
     }
-    parameters.insert("original_message".into(), Value::String(text.to_owned()));
 
-    let (confidence, warnings) = if destructive {
-        (DESTRUCTIVE_CONFIDENCE, vec![DESTRUCTIVE_WARNING.to_owned()])
-    } else {
-        (FALLBACK_CONFIDENCE, Vec::new())
-    };
-
-    Dsl {
-        domain: domain.to_owned(),
-        action: action.to_owned(),
-        parameters,
-        targets,
-        confidence,
-        original_text: text.to_owned(),
-        warnings,
-        source: madre_models::DslSource::Fallback,
+    /// The record of one word-list hit for `parameters.safety`.
+    fn record(&self, words: &Words<'_>, hit: Hit, family: &str) -> Value {
+        let kind = match self.how(words, hit) {
+            How::LetterSpaced => "letter_spaced",
+            How::Hidden => "hidden_characters",
+            How::Plain if self.is_phrase(hit) => "phrase",
+            How::Plain => "word",
+        };
+        let written: String = words.source(hit.start, hit.end).chars().take(200).collect();
+        json!({
+            "kind": kind,
+            "family": family,
+            "rule": self.display(hit),
+            "text": written,
+        })
     }
 }
 

@@ -14,5 +14,7 @@ pub use confirm::{
     ConfirmToken, ConfirmationRecord, MAX_FAILED_ATTEMPTS, TokenHash, TokenHashError, Verdict,
     check_confirmation,
 };
-pub use risk::{Assessment, Decision, PolicyError, RiskTables};
+pub use risk::{
+    Assessment, Decision, FAMILY_NAMES, PolicyError, RiskTables, SHELL_COMMAND_WARNING,
+};
 pub use roles::{Principal, Principals, PrincipalsError, Role};

@@ -1,8 +1,23 @@
-//! Risk classification (SPEC §5) with tables that a TOML file may replace.
+//! Risk classification (SPEC §5) with tables that a TOML file may replace,
+//! and word-family extensions that a TOML file may add for the parser.
 
 use madre_models::{Dsl, RiskLevel};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
+
+/// The warning the parser attaches to a message holding a command line or a
+/// database statement that changes or destroys. Such a message is HIGH
+/// whatever its action (SPEC §4 "Safety first"); the deny rule still applies.
+pub const SHELL_COMMAND_WARNING: &str = "shell_command_detected";
+
+/// The parser's word families that a policy file may extend under
+/// `[families]`: `delete` (the destructive family) and the action families
+/// of SPEC §4, in the order the parser tries them.
+pub const FAMILY_NAMES: &[&str] = &[
+    "delete", "stop", "restart", "suspend", "cleanup", "update", "migrate", "restore", "run",
+    "analyze", "status", "list", "help",
+];
 
 /// The outcome of classifying one target and action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +42,12 @@ pub struct RiskTables {
     pub deny_targets: Vec<String>,
     /// Actions refused on the protected targets.
     pub deny_actions: Vec<String>,
+    /// Words and phrases to add to the parser's families, by family name
+    /// (one of [`FAMILY_NAMES`]): TOML `[families]` with e.g.
+    /// `delete = ["zap", "make * vanish"]`. Plain data: the policy does not
+    /// depend on the parser; the server hands this map to
+    /// `madre_parser::Lexicon::with_extras`. Empty by default.
+    pub families: BTreeMap<String, Vec<String>>,
 }
 
 fn words(list: &[&str]) -> Vec<String> {
@@ -54,6 +75,7 @@ impl Default for RiskTables {
             low_actions: words(&["status", "health", "read", "list", "analyze"]),
             deny_targets: words(&["madre", "tentaculo_link"]),
             deny_actions: words(&["delete", "stop", "kill", "destroy", "terminate", "wipe"]),
+            families: BTreeMap::new(),
         }
     }
 }
@@ -71,7 +93,7 @@ pub enum PolicyError {
     },
     /// The file is not valid TOML of the expected shape.
     #[error(
-        "policy file is not valid (expected arrays `high`, `med`, `low_actions`, `deny_targets`, `deny_actions`): {0}"
+        "policy file is not valid (expected arrays `high`, `med`, `low_actions`, `deny_targets`, `deny_actions` and a table `families`): {0}"
     )]
     Parse(#[from] toml::de::Error),
     /// A list holds something that is not a lower-case word.
@@ -81,6 +103,22 @@ pub enum PolicyError {
         list: &'static str,
         /// The offending entry.
         word: String,
+    },
+    /// `[families]` names a family the parser does not have.
+    #[error("policy `families` has {family:?}, which is not a word family (expected one of {})", FAMILY_NAMES.join(", "))]
+    UnknownFamily {
+        /// The name given.
+        family: String,
+    },
+    /// A family extension is not a lower-case phrase.
+    #[error(
+        "policy `families.{family}` holds {phrase:?}, which is not a lower-case phrase (words separated by spaces, `*` between two words for a gap)"
+    )]
+    BadPhrase {
+        /// Which family.
+        family: String,
+        /// The offending entry.
+        phrase: String,
     },
 }
 
@@ -132,6 +170,19 @@ impl RiskTables {
                 });
             }
         }
+        for (family, phrases) in &tables.families {
+            if !FAMILY_NAMES.contains(&family.as_str()) {
+                return Err(PolicyError::UnknownFamily {
+                    family: family.clone(),
+                });
+            }
+            if let Some(bad) = phrases.iter().find(|p| !is_lower_phrase(p)) {
+                return Err(PolicyError::BadPhrase {
+                    family: family.clone(),
+                    phrase: bad.clone(),
+                });
+            }
+        }
         Ok(tables)
     }
 
@@ -165,14 +216,21 @@ impl RiskTables {
 
     /// Classifies a parsed intent: each target with the action (any deny
     /// denies, the highest risk wins), or the domain with the action when
-    /// there is no target.
+    /// there is no target. A message holding a command line or statement
+    /// ([`SHELL_COMMAND_WARNING`]) is at least HIGH, whatever the tables say.
     pub fn assess(&self, dsl: &Dsl) -> Assessment {
         let targets: Vec<&str> = if dsl.targets.is_empty() {
             vec![dsl.domain.as_str()]
         } else {
             dsl.targets.iter().map(|m| m.as_str()).collect()
         };
-        self.assess_targets(&targets, &dsl.action)
+        let mut assessment = self.assess_targets(&targets, &dsl.action);
+        if dsl.warnings.iter().any(|w| w == SHELL_COMMAND_WARNING)
+            && let Decision::Risk(risk) = assessment.decision
+        {
+            assessment.decision = Decision::Risk(risk.max(RiskLevel::High));
+        }
+        assessment
     }
 
     /// Classifies `action` on each of `targets` (the rule of [`Self::assess`]).
@@ -201,4 +259,22 @@ fn is_lower_word(word: &str) -> bool {
         && word
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Lower-case words (any script) separated by single spaces, with `*` only
+/// between two words; `-`, `_` and `~` may stand inside a word.
+fn is_lower_phrase(phrase: &str) -> bool {
+    let tokens: Vec<&str> = phrase.split(' ').collect();
+    let word_ok = |w: &str| {
+        w.chars().any(char::is_alphanumeric)
+            && w.chars()
+                .all(|c| (c.is_alphanumeric() && !c.is_uppercase()) || matches!(c, '-' | '_' | '~'))
+    };
+    !phrase.is_empty()
+        && tokens.first().is_some_and(|w| word_ok(w))
+        && tokens.last().is_some_and(|w| word_ok(w))
+        && tokens
+            .windows(2)
+            .all(|pair| !(pair[0] == "*" && pair[1] == "*"))
+        && tokens.iter().all(|w| *w == "*" || word_ok(w))
 }
