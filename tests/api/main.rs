@@ -25,4 +25,6 @@ mod limits;
 mod memory;
 mod openapi;
 mod plans;
+mod safety;
+mod storage;
 mod v6;

@@ -38,6 +38,9 @@ pub enum StartError {
     /// The principals file is invalid.
     #[error("MADRE_TOKENS_FILE: {0}")]
     Principals(#[from] madre_policy::PrincipalsError),
+    /// The policy file's extra words do not fit the parser's lists.
+    #[error("MADRE_POLICY_FILE: {0}")]
+    Flows(#[from] madre_flows::FlowError),
     /// The listen address could not be bound.
     #[error("MADRE_BIND {bind}: {source}")]
     Bind {
@@ -146,7 +149,7 @@ impl Application {
             principals,
             config: flow_config(&settings),
             reloader: Some(Box::new(move || reload(&for_reload))),
-        });
+        })?;
         let state = web::Data::new(AppState {
             settings,
             madre,

@@ -4,10 +4,16 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use madre_db::StorageFault;
 use madre_flows::FlowError;
 use madre_models::{ErrorBody, ValidationError};
 
 use crate::request_id;
+
+/// `Retry-After` of a `storage_unavailable` answer, in seconds: storage
+/// comes back when space is freed or a lock released, which takes longer
+/// than a queue takes to drain.
+const STORAGE_RETRY_AFTER_S: &str = "10";
 
 /// A request that failed, with the status it answers.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +73,10 @@ pub enum ApiError {
     /// 503: the plan queue is full.
     #[error("Madre is at capacity ({0} plans waiting); retry later")]
     QueueFull(usize),
+    /// 503: storage cannot take writes for now (full, read-only, locked or
+    /// failing); nothing was half-written.
+    #[error("Madre's storage is unavailable: {0}; retry later")]
+    StorageUnavailable(StorageFault),
     /// 500: anything else; the detail is logged, never returned.
     #[error("internal error")]
     Internal(String),
@@ -98,6 +108,7 @@ impl From<FlowError> for ApiError {
             FlowError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
             FlowError::IdempotencyInProgress => ApiError::IdempotencyInProgress,
             FlowError::QueueFull(queued) => ApiError::QueueFull(queued),
+            FlowError::StorageUnavailable(fault) => ApiError::StorageUnavailable(fault),
             e @ (FlowError::Storage(_) | FlowError::Internal(_)) => {
                 ApiError::Internal(e.to_string())
             }
@@ -130,6 +141,7 @@ impl ApiError {
             ApiError::IdempotencyInProgress => "idempotency_in_progress",
             ApiError::TooManyRequests(_) => "rate_limited",
             ApiError::QueueFull(_) => "queue_full",
+            ApiError::StorageUnavailable(_) => "storage_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -152,7 +164,9 @@ impl ResponseError for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QueueFull(_) | ApiError::StorageUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -171,6 +185,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::QueueFull(_) => {
                 response.insert_header(("Retry-After", "1"));
+            }
+            ApiError::StorageUnavailable(_) => {
+                response.insert_header(("Retry-After", STORAGE_RETRY_AFTER_S));
             }
             ApiError::TooManyRequests(wait) => {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -194,5 +211,47 @@ pub fn payload_error(err: actix_web::error::PayloadError, limit: usize) -> ApiEr
         e if crate::body_deadline::is_timeout(&e) => ApiError::BodyTimeout(e.to_string()),
         P::Overflow => ApiError::PayloadTooLarge(limit),
         e => ApiError::MalformedJson(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use madre_db::DbError;
+
+    /// Every storage fault, as madre-db reports it, answers 503
+    /// `storage_unavailable` with `Retry-After`, and never shows SQLite's
+    /// own message (which may hold a path).
+    #[test]
+    fn storage_faults_answer_503_with_retry_after() {
+        for fault in [
+            StorageFault::Full,
+            StorageFault::ReadOnly,
+            StorageFault::Locked,
+            StorageFault::Io,
+        ] {
+            let error = ApiError::from(DbError::Unavailable {
+                reason: fault,
+                detail: "disk I/O error on /var/lib/vx11/vx11.db".into(),
+            });
+            assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(error.code(), "storage_unavailable");
+            let response = error.error_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                response.headers().get("Retry-After").unwrap(),
+                STORAGE_RETRY_AFTER_S
+            );
+            let detail = error.to_string();
+            assert!(detail.contains(fault.describe()), "{detail}");
+            assert!(!detail.contains("/var/lib"), "{detail}");
+        }
+    }
+
+    /// Other storage failures stay 500s: they are bugs or corruption.
+    #[test]
+    fn other_storage_failures_stay_internal() {
+        let error = ApiError::from(DbError::Corrupt("page 3 is never used".into()));
+        assert_eq!(error.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -149,11 +149,16 @@ fn to_value<T: serde::Serialize>(value: &T) -> Result<Value, ApiError> {
     serde_json::to_value(value).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-/// `GET /health`: from the background probe table; never waits on a module.
-#[utoipa::path(get, path = "/health", tag = "v7", responses((status = 200, description = "Madre and the last probe of each module", body = HealthResponse)))]
+/// `GET /health`: from the background probe table and the database's last
+/// write or check; never waits on a module or on the disk.
+#[utoipa::path(get, path = "/health", tag = "v7", responses((status = 200, description = "Madre, its database and the last probe of each module", body = HealthResponse)))]
 pub async fn health(state: Data) -> HttpResponse {
     let deps = state.madre.health().snapshot();
-    let degraded = deps.values().any(|s| *s == DepState::Down);
+    let db = match state.madre.db().storage_fault() {
+        None => DepState::Up,
+        Some(_) => DepState::Down,
+    };
+    let degraded = db == DepState::Down || deps.values().any(|s| *s == DepState::Down);
     HttpResponse::Ok().json(HealthResponse {
         module: "madre".into(),
         status: if degraded {
@@ -164,6 +169,7 @@ pub async fn health(state: Data) -> HttpResponse {
         version: env!("CARGO_PKG_VERSION").into(),
         time: Utc::now(),
         deps,
+        db,
     })
 }
 

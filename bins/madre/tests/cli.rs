@@ -340,7 +340,7 @@ async fn the_cli_prints_for_people_unless_asked_for_json() {
     check(&confirmed, &[], expect_file!["snapshots/confirm.txt"]);
 
     // the short id of the tables is enough to name a plan
-    let short = &plan_id[..8];
+    let short = &plan_id[plan_id.len() - 8..];
     let shown = human(&server, token, &["plan", short]).await;
     assert!(
         shown.starts_with(&format!("plan      {plan_id}\n")),
@@ -360,7 +360,12 @@ async fn the_cli_prints_for_people_unless_asked_for_json() {
         .nth(1)
         .and_then(|rest| rest.split(' ').next())
         .expect(&restart);
-    let cancelled = human(&server, token, &["cancel", &restart_id[..8]]).await;
+    let cancelled = human(
+        &server,
+        token,
+        &["cancel", &restart_id[restart_id.len() - 8..]],
+    )
+    .await;
     check(&cancelled, &[], expect_file!["snapshots/cancel.txt"]);
 
     let listed = human(&server, token, &["plans"]).await;

@@ -27,7 +27,7 @@ enum Commits {
 fn one_chat(db: &Db, commits: Commits) {
     let now = Utc::now();
     let session = SessionId::parse("bench".into()).unwrap();
-    let intent_id = Uuid::new_v4();
+    let intent_id = Uuid::now_v7();
     let log = db.log_intent(NewIntentLog {
         id: intent_id,
         source: "chat".into(),
@@ -42,10 +42,10 @@ fn one_chat(db: &Db, commits: Commits) {
         StepType::Noop,
     ]
     .into_iter()
-    .map(|ty| Step::new(Uuid::new_v4(), ty, json!({"prompt": "hello there"}), now))
+    .map(|ty| Step::new(Uuid::now_v7(), ty, json!({"prompt": "hello there"}), now))
     .collect();
     let plan = Plan {
-        plan_id: Uuid::new_v4(),
+        plan_id: Uuid::now_v7(),
         intent_id,
         session_id: session.clone(),
         status: Status::Pending,

@@ -1,13 +1,77 @@
-//! The one error type of the storage layer.
+//! The one error type of the storage layer, and the classification of
+//! SQLite's failures into bugs and storage that is unavailable for now.
 
+use rusqlite::ErrorCode;
 use std::path::Path;
+
+/// Why storage cannot take a write for now. Each cause is outside Madre
+/// and goes away by itself or by an operator's hand (space freed, the lock
+/// released, permissions fixed); nothing needs a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StorageFault {
+    /// The disk or the database is full (`SQLITE_FULL`), including a
+    /// database at its size cap ([`crate::Db::set_max_size`]).
+    Full,
+    /// The database file or its directory cannot be written
+    /// (`SQLITE_READONLY`).
+    ReadOnly,
+    /// Another connection kept the database locked past the busy timeout
+    /// (`SQLITE_BUSY`, `SQLITE_LOCKED`).
+    Locked,
+    /// The operating system failed a read or a write, or a file of the
+    /// database could not be opened (`SQLITE_IOERR`, `SQLITE_CANTOPEN`).
+    Io,
+}
+
+impl StorageFault {
+    /// The fault behind a SQLite failure, or `None` when the failure is
+    /// not about storage being unavailable (a constraint, bad SQL, a bug).
+    /// Decided by the primary code, so every extended code of a class
+    /// (`SQLITE_IOERR_WRITE`, `SQLITE_BUSY_SNAPSHOT`, …) is included.
+    pub fn of(e: &rusqlite::Error) -> Option<Self> {
+        match e.sqlite_error_code()? {
+            ErrorCode::DiskFull => Some(StorageFault::Full),
+            ErrorCode::ReadOnly => Some(StorageFault::ReadOnly),
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Some(StorageFault::Locked),
+            ErrorCode::SystemIoFailure | ErrorCode::CannotOpen => Some(StorageFault::Io),
+            _ => None,
+        }
+    }
+
+    /// What the fault means, in words for people (an answer's `detail`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            StorageFault::Full => "the database or its disk is full",
+            StorageFault::ReadOnly => "the database file cannot be written",
+            StorageFault::Locked => "the database stayed locked past the busy timeout",
+            StorageFault::Io => "the disk reported an I/O error",
+        }
+    }
+}
+
+impl std::fmt::Display for StorageFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
 
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// SQLite refused the operation.
+    /// SQLite refused the operation for a reason that is not storage
+    /// being unavailable (see [`DbError::Unavailable`]).
     #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
+    /// Storage cannot take the operation for now (full, read-only, locked
+    /// or failing); nothing of it was written, and the same operation may
+    /// succeed once the cause is gone.
+    #[error("storage unavailable ({reason}): {detail}")]
+    Unavailable {
+        /// The cause.
+        reason: StorageFault,
+        /// SQLite's own message, for the logs.
+        detail: String,
+    },
     /// No connection could be had from the pool.
     #[error("connection pool: {0}")]
     Pool(#[source] r2d2::Error),
@@ -81,6 +145,39 @@ impl DbError {
     /// True for [`DbError::NotFound`].
     pub fn is_not_found(&self) -> bool {
         matches!(self, DbError::NotFound { .. })
+    }
+
+    /// The storage fault behind this error, for [`DbError::Unavailable`].
+    pub fn storage_fault(&self) -> Option<StorageFault> {
+        match self {
+            DbError::Unavailable { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    /// A copy of this error for each caller of a shared commit: the
+    /// classification survives, anything else becomes
+    /// [`DbError::Internal`] with the same message.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            DbError::Unavailable { reason, detail } => DbError::Unavailable {
+                reason: *reason,
+                detail: detail.clone(),
+            },
+            other => DbError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        match StorageFault::of(&e) {
+            Some(reason) => DbError::Unavailable {
+                reason,
+                detail: e.to_string(),
+            },
+            None => DbError::Sqlite(e),
+        }
     }
 }
 

@@ -96,13 +96,17 @@ impl Db {
     /// Reserves (`principal`, `key`) for a request whose body hashes to
     /// `request_hash`, or says why not. The insert comes first, so of
     /// concurrent requests with one key exactly one gets
-    /// [`Reservation::Reserved`] and runs.
+    /// [`Reservation::Reserved`] and runs. A reservation still without an
+    /// answer that was made before `stale_before` is taken over: its request
+    /// died without freeing it (a crash, or storage that refused the
+    /// release).
     pub fn reserve_idempotency_key(
         &self,
         principal: &str,
         key: &str,
         request_hash: &str,
         at: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
     ) -> Write<Reservation> {
         let (principal, key, hash) = (
             principal.to_owned(),
@@ -110,6 +114,11 @@ impl Db {
             request_hash.to_owned(),
         );
         self.write(move |conn| {
+            conn.prepare_cached(
+                "DELETE FROM idempotency_keys
+                 WHERE principal = ?1 AND key = ?2 AND response_json IS NULL AND created_at < ?3",
+            )?
+            .execute(params![principal, key, ts(stale_before)])?;
             let inserted = conn
                 .prepare_cached(
                     "INSERT INTO idempotency_keys (principal, key, request_hash, created_at)

@@ -21,6 +21,15 @@
 //! carries the current tracing span along. Every write method returns a
 //! [`Write`]: call `.wait()` from blocking code, or `.await` it from async
 //! code, which runs it on the blocking pool.
+//!
+//! # Storage failures
+//! A disk or database that is full, a file that cannot be written, a lock
+//! held past the busy timeout and an I/O error are not bugs: they answer
+//! [`DbError::Unavailable`] with the [`StorageFault`], nothing of the
+//! failed write stays behind, and the same write succeeds once the cause
+//! is gone, with no reopening. [`Db::storage_fault`] says whether storage
+//! took the last write; [`Db::check_storage`] refreshes it without writing
+//! a row.
 
 mod audit;
 mod checkpoint;
@@ -41,7 +50,7 @@ pub use audit::NewAction;
 pub use confirmations::{
     CONFIRMATION_EXPIRED, CONFIRMATION_VOID, ConfirmationRow, ConsumeOutcome, NewConfirmation,
 };
-pub use error::DbError;
+pub use error::{DbError, StorageFault};
 pub use idempotency::{ModulePolicy, Reservation, StoredResponse};
 pub use intents::{IntentLogRow, NewIntentLog};
 pub use journal::PlanEvent;
@@ -176,7 +185,13 @@ impl Db {
         f: impl FnOnce(&Connection) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
         let conn = self.readers.get().map_err(DbError::Pool)?;
-        f(&conn)
+        let result = f(&conn);
+        // A read that fails for storage reasons (an I/O error) says as much
+        // about storage as a write; a read that works says nothing of writes.
+        if let Some(fault) = result.as_ref().err().and_then(DbError::storage_fault) {
+            self.writer.health().record_fault(fault);
+        }
+        result
     }
 
     /// Queues `f` to run inside the writer's transaction.
@@ -211,6 +226,51 @@ impl Db {
             } else {
                 Err(DbError::Corrupt(verdict))
             }
+        })
+    }
+
+    /// The fault that kept storage from taking the last write, or `None`
+    /// when it took it. Kept current by every write and by
+    /// [`Db::check_storage`]; reading it costs no I/O, so a health endpoint
+    /// can answer at once.
+    pub fn storage_fault(&self) -> Option<StorageFault> {
+        self.writer.health().fault()
+    }
+
+    /// Checks that storage would take a write, without writing a row, and
+    /// records the verdict for [`Db::storage_fault`]; run it periodically
+    /// (Madre does, every probe interval) so the state stays current when
+    /// no request writes. It takes the write lock briefly, between writes,
+    /// and waits at most the busy timeout for it. While storage is down it
+    /// commits one page (the schema version, rewritten with its own value)
+    /// to prove writes reach the disk again. Blocking.
+    pub fn check_storage(&self) -> Result<(), DbError> {
+        self.writer.check()
+    }
+
+    /// Caps the database at `max_bytes` (rounded down to whole pages, and
+    /// never below its current size), or lifts the cap with `None`. A
+    /// write that needs more room then fails as [`StorageFault::Full`],
+    /// exactly as on a full disk; raising or lifting the cap lets the next
+    /// write through. For a service that embeds Madre's storage and must
+    /// keep it from filling a disk it shares. Answers the cap in force, in
+    /// bytes. Blocking: it waits for the writer between two writes.
+    pub fn set_max_size(&self, max_bytes: Option<u64>) -> Result<u64, DbError> {
+        self.writer.with_connection(|conn| {
+            let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages = match max_bytes {
+                // SQLite's own ceiling (2^32 - 2 pages) when there is no cap.
+                None => 0xFFFF_FFFE,
+                // 0 would leave the cap unchanged; 1 means "as small as it is".
+                Some(bytes) => i64::try_from(bytes / page_size.max(1).unsigned_abs())
+                    .unwrap_or(i64::MAX)
+                    .max(1),
+            };
+            let pages: i64 =
+                conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                    r.get(0)
+                })?;
+            Ok(u64::try_from(pages.saturating_mul(page_size)).unwrap_or(u64::MAX))
         })
     }
 

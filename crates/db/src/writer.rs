@@ -8,22 +8,31 @@
 //! commit and no thread hand-off (which costs several commits' worth on
 //! small virtual machines). Each turn commits one batch, so no caller is
 //! kept committing others' writes under steady load.
+//!
+//! A failure of storage itself (full, read-only, locked, I/O error) is
+//! answered to every caller it touched as [`DbError::Unavailable`], and
+//! recorded: the writer knows whether storage took its last write, which
+//! is what `/health` reports as the database's state. After a failure the
+//! connection is left outside any transaction, so the next turn starts
+//! clean once the cause is gone.
 
 use rusqlite::Connection;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
-use crate::DbError;
+use crate::{DbError, StorageFault};
 
 trait Job: Send {
     /// Runs the write inside the open transaction; inside a savepoint of
     /// it when `savepoint` is set (other writes share the transaction).
     fn run(&mut self, conn: &Connection, savepoint: bool);
-    /// Whether the write failed (so a lone write's transaction rolls back).
-    fn failed(&self) -> bool;
-    /// Sends the outcome, or the commit's failure, to the caller.
-    fn finish(self: Box<Self>, commit: Result<(), String>);
+    /// The write's own failure, once it ran (so a lone write's transaction
+    /// rolls back, and a storage fault is recorded).
+    fn error(&self) -> Option<&DbError>;
+    /// Sends the outcome, or the transaction's failure, to the caller.
+    fn finish(self: Box<Self>, commit: Result<(), &DbError>);
 }
 
 struct WriteJob<T, F> {
@@ -50,30 +59,79 @@ where
         });
     }
 
-    fn failed(&self) -> bool {
-        matches!(self.outcome, Some(Err(_)))
+    fn error(&self) -> Option<&DbError> {
+        match &self.outcome {
+            Some(Err(e)) => Some(e),
+            _ => None,
+        }
     }
 
-    fn finish(self: Box<Self>, commit: Result<(), String>) {
+    fn finish(self: Box<Self>, commit: Result<(), &DbError>) {
         let this = *self;
         let outcome = match commit {
             Ok(()) => this
                 .outcome
                 .unwrap_or_else(|| Err(DbError::Internal("write never ran".into()))),
-            Err(e) => Err(DbError::Internal(format!("commit failed: {e}"))),
+            Err(e) => Err(e.duplicate()),
         };
         // The caller may have given up waiting; that is not an error here.
         let _ = this.reply.send(outcome);
     }
 }
 
-/// The writer connection, the jobs waiting for it, and whose turn it is.
+/// The writer connection, the jobs waiting for it, whose turn it is, and
+/// whether storage took the last write.
 pub(crate) struct Writer {
     state: Mutex<State>,
     /// Signalled whenever a turn ends: answers may be ready, and the
     /// connection is free for the next combiner.
     turn_ended: Condvar,
     conn: Mutex<Connection>,
+    health: StorageHealth,
+}
+
+/// The storage fault seen last, or none since a write (or a check) went
+/// through. Lock-free, so `/health` reads it without waiting on a write.
+pub(crate) struct StorageHealth(AtomicU8);
+
+const UP: u8 = 0;
+
+impl StorageHealth {
+    fn new() -> Self {
+        Self(AtomicU8::new(UP))
+    }
+
+    /// The fault in force, if any.
+    pub(crate) fn fault(&self) -> Option<StorageFault> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(StorageFault::Full),
+            2 => Some(StorageFault::ReadOnly),
+            3 => Some(StorageFault::Locked),
+            4 => Some(StorageFault::Io),
+            _ => None,
+        }
+    }
+
+    /// Storage failed with `fault`; logged when the state changes.
+    pub(crate) fn record_fault(&self, fault: StorageFault) {
+        let code = match fault {
+            StorageFault::Full => 1,
+            StorageFault::ReadOnly => 2,
+            StorageFault::Locked => 3,
+            StorageFault::Io => 4,
+        };
+        if self.0.swap(code, Ordering::AcqRel) != code {
+            tracing::warn!(reason = %fault, "storage unavailable: writes answer 503 until it recovers");
+        }
+    }
+
+    /// Storage took a write; logged when it had been failing.
+    pub(crate) fn record_ok(&self) {
+        let before = self.0.swap(UP, Ordering::AcqRel);
+        if before != UP {
+            tracing::info!("storage available again");
+        }
+    }
 }
 
 /// Jobs queued for the next commit, and whether someone holds the turn.
@@ -97,7 +155,13 @@ impl Writer {
             }),
             turn_ended: Condvar::new(),
             conn: Mutex::new(conn),
+            health: StorageHealth::new(),
         })
+    }
+
+    /// Whether storage took the last write (see [`StorageHealth`]).
+    pub(crate) fn health(&self) -> &StorageHealth {
+        &self.health
     }
 
     /// Prepares a write; nothing runs until it is waited for or awaited.
@@ -120,7 +184,7 @@ impl Writer {
 
     /// Runs `f` on the writer connection between transactions (the
     /// checkpoint thread's short fold), holding the turn meanwhile.
-    pub(crate) fn with_connection(&self, f: impl FnOnce(&Connection)) {
+    pub(crate) fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
         let mut state = lock(&self.state);
         while state.busy {
             state = self
@@ -131,7 +195,42 @@ impl Writer {
         state.busy = true;
         drop(state);
         let _turn = Turn(self);
-        f(&lock(&self.conn));
+        f(&lock(&self.conn))
+    }
+
+    /// Checks, between transactions, that storage would take a write, and
+    /// records the verdict. While storage is up, a write transaction is
+    /// begun (the lock can be had, the file can be written), the size cap
+    /// is looked at (a page is left to grow into), and the transaction is
+    /// rolled back: nothing is written. While it is down, the same check
+    /// ends by rewriting the schema version with its own value and
+    /// committing, so the disk proves it takes writes again before
+    /// `/health` says so (a full disk shows only when written to).
+    pub(crate) fn check(&self) -> Result<(), DbError> {
+        let was_down = self.health.fault().is_some();
+        let verdict = self.with_connection(|conn| {
+            leave_transaction(conn);
+            control(conn, "BEGIN IMMEDIATE")?;
+            let probe = room_to_grow(conn).and_then(|()| {
+                if was_down {
+                    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+                    conn.execute_batch(&format!("PRAGMA user_version = {version}"))?;
+                    control(conn, "COMMIT")?;
+                }
+                Ok(())
+            });
+            leave_transaction(conn);
+            probe
+        });
+        match &verdict {
+            Ok(()) => self.health.record_ok(),
+            Err(e) => {
+                if let Some(fault) = e.storage_fault() {
+                    self.health.record_fault(fault);
+                }
+            }
+        }
+        verdict
     }
 
     /// Hands the turn on and wakes every waiter: some have their answer,
@@ -170,7 +269,7 @@ impl Writer {
             drop(state);
             {
                 let _turn = Turn(self);
-                commit_batch(&lock(&self.conn), batch);
+                commit_batch(&lock(&self.conn), batch, &self.health);
             }
             if answered() {
                 return;
@@ -202,6 +301,11 @@ fn in_savepoint<T>(
 ) -> Result<T, DbError> {
     control(conn, "SAVEPOINT job")?;
     let result = work();
+    if result.is_err() && conn.is_autocommit() {
+        // SQLite rolled the whole transaction back (it may on a full disk,
+        // an I/O error or a lock): the savepoint is gone with it.
+        return result;
+    }
     let end = if result.is_ok() {
         control(conn, "RELEASE job")
     } else {
@@ -210,34 +314,108 @@ fn in_savepoint<T>(
     end.map_err(DbError::from).and(result)
 }
 
+/// Rolls back a transaction a failure left open (SQLite leaves some open
+/// after a failed `COMMIT`), so the connection starts the next one clean.
+fn leave_transaction(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::warn!(error = %e, "rollback after a failed transaction failed");
+    }
+}
+
+/// Fails with [`StorageFault::Full`] when the database has reached its
+/// size cap ([`crate::Db::set_max_size`]) with no free page left: any write
+/// that needs one more page would fail. Reads three header values only.
+fn room_to_grow(conn: &Connection) -> Result<(), DbError> {
+    let pragma = |name: &str| -> rusqlite::Result<i64> {
+        conn.prepare_cached(&format!("PRAGMA {name}"))?
+            .query_row([], |r| r.get(0))
+    };
+    let pages = pragma("page_count")?;
+    let free = pragma("freelist_count")?;
+    let max = pragma("max_page_count")?;
+    if free == 0 && pages >= max {
+        return Err(DbError::Unavailable {
+            reason: StorageFault::Full,
+            detail: format!("the database reached its cap of {max} pages"),
+        });
+    }
+    Ok(())
+}
+
+/// A failed transaction-control statement, as every caller sees it: a
+/// storage fault keeps its classification.
+fn transaction_error(what: &str, e: rusqlite::Error) -> DbError {
+    match DbError::from(e) {
+        DbError::Sqlite(e) => DbError::Internal(format!("{what} failed: {e}")),
+        classified => classified,
+    }
+}
+
 /// Runs `batch` in one transaction and answers every job once the commit is
 /// known. Each job of a shared batch runs in its own savepoint, so a failure
 /// undoes only itself; a lone job needs none: its failure rolls back the
-/// whole transaction.
-fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) {
+/// whole transaction. When SQLite rolls the whole transaction back itself
+/// (a full disk can), every job of the batch is answered that failure:
+/// the writes that ran before are gone, and the rest do not run outside a
+/// transaction. Records in `health` whether storage took the batch.
+fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>, health: &StorageHealth) {
+    leave_transaction(conn);
     let shared = batch.len() > 1;
+    let changes_before = conn.total_changes();
     let commit = match control(conn, "BEGIN IMMEDIATE") {
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(transaction_error("begin", e)),
         Ok(()) => {
+            let mut lost = None;
             for job in &mut batch {
                 job.run(conn, shared);
+                if conn.is_autocommit() {
+                    lost = Some(match job.error() {
+                        Some(e) => e.duplicate(),
+                        None => DbError::Internal("a write ended the transaction".into()),
+                    });
+                    break;
+                }
             }
-            let end = if !shared && batch[0].failed() {
-                "ROLLBACK"
-            } else {
-                "COMMIT"
-            };
-            control(conn, end).map_err(|e| {
-                let _ = conn.execute_batch("ROLLBACK");
-                e.to_string()
-            })
+            match lost {
+                Some(e) => Err(e),
+                None => {
+                    let end = if !shared && batch[0].error().is_some() {
+                        "ROLLBACK"
+                    } else {
+                        "COMMIT"
+                    };
+                    control(conn, end).map(|()| end == "COMMIT").map_err(|e| {
+                        leave_transaction(conn);
+                        transaction_error(&end.to_lowercase(), e)
+                    })
+                }
+            }
         }
     };
-    if let Err(e) = &commit {
-        tracing::error!(error = %e, writes = batch.len(), "database commit failed");
+    let fault = match &commit {
+        Err(e) => e.storage_fault(),
+        Ok(_) => batch
+            .iter()
+            .find_map(|job| job.error().and_then(DbError::storage_fault)),
+    };
+    match (fault, &commit) {
+        (Some(fault), _) => health.record_fault(fault),
+        // Rows reached the WAL: storage takes writes. A commit that
+        // changed nothing wrote nothing, and proves nothing.
+        (None, Ok(true)) if conn.total_changes() > changes_before => health.record_ok(),
+        _ => {}
+    }
+    match &commit {
+        Err(e) if fault.is_some() => {
+            tracing::warn!(error = %e, writes = batch.len(), "database write refused by storage");
+        }
+        Err(e) => tracing::error!(error = %e, writes = batch.len(), "database commit failed"),
+        Ok(_) => {}
     }
     for job in batch {
-        job.finish(commit.clone());
+        job.finish(commit.as_ref().map(drop));
     }
 }
 

@@ -1123,7 +1123,7 @@ fn module_policies_and_idempotent_responses() {
 
     // The first request reserves the key; a duplicate sees it in progress.
     let reserve = |who: &str, key: &str, hash: &str| {
-        t.db.reserve_idempotency_key(who, key, hash, t0())
+        t.db.reserve_idempotency_key(who, key, hash, t0(), t0() - Duration::hours(1))
             .wait()
             .unwrap()
     };
@@ -1165,6 +1165,14 @@ fn module_policies_and_idempotent_responses() {
         "the first answer stays"
     );
 
+    // A reservation whose request died is taken over once it is stale.
+    assert_eq!(
+        t.db.reserve_idempotency_key("bob", "k1", "h1", t0(), t0() + Duration::seconds(1))
+            .wait()
+            .unwrap(),
+        Reservation::Reserved,
+        "bob's stale reservation was taken over"
+    );
     // A failed request frees its key; a restart frees every orphan.
     t.db.release_idempotency_key("bob", "k1").wait().unwrap();
     assert_eq!(reserve("bob", "k1", "h9"), Reservation::Reserved);

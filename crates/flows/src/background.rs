@@ -2,7 +2,7 @@
 //! interrupted, probe the modules, clean up.
 
 use chrono::Utc;
-use madre_db::RetentionPolicy;
+use madre_db::{Db, RetentionPolicy};
 use madre_delegation::PROBE_TIMEOUT;
 use madre_models::Module;
 use std::sync::Arc;
@@ -65,10 +65,23 @@ impl Madre {
         })
     }
 
-    /// Probes every enabled module once and records the answers.
+    /// Probes every enabled module once and records the answers, and
+    /// checks beside them that the database would take a write (without
+    /// writing a row while it does), so `/health` reports its state even
+    /// when no request writes.
     pub async fn probe_once(&self) {
-        let states = self.delegator.probe(&Module::REMOTE, PROBE_TIMEOUT).await;
-        self.health.update(states);
+        let modules = async {
+            let states = self.delegator.probe(&Module::REMOTE, PROBE_TIMEOUT).await;
+            self.health.update(states);
+        };
+        let storage = async {
+            // The verdict is recorded by the check itself; a fault was
+            // logged when it first appeared.
+            if let Err(e) = self.db.run_blocking(Db::check_storage).await {
+                tracing::debug!(error = %e, "storage check failed");
+            }
+        };
+        tokio::join!(modules, storage);
     }
 
     /// One cleanup pass (SPEC §10) with the configured retention.
@@ -98,6 +111,10 @@ impl Madre {
             let madre = self.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(madre.config().probe_interval);
+                // A slow round (the storage check waits out a held lock)
+                // delays the next one instead of bunching them up: at most
+                // one check per interval.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
                     madre.probe_once().await;

@@ -39,7 +39,7 @@ impl Madre {
     ) -> Result<ChatResponse, FlowError> {
         require(principal, Role::Operator)?;
         let now = Utc::now();
-        let intent_id = Uuid::new_v4();
+        let intent_id = Uuid::now_v7();
         let session_id = command
             .session_id
             .clone()
@@ -93,7 +93,7 @@ impl Madre {
             _ => Mode::Madre,
         };
         let text = command.message.as_str();
-        let fallback = madre_parser::parse(text);
+        let fallback = self.parse(text);
         let switch = self
             .ask_switch(text, &session_id, session_mode, request_id)
             .await;

@@ -34,7 +34,7 @@ fn control_intent(
     let parameters = params.as_object().cloned().unwrap_or_default();
     let targets: Vec<Module> = module.parse().ok().into_iter().collect();
     Intent {
-        intent_id: Uuid::new_v4(),
+        intent_id: Uuid::now_v7(),
         session_id: SessionId::parse(caller_session.to_owned())
             .unwrap_or_else(|_| SessionId::generate()),
         mode: Mode::Madre,

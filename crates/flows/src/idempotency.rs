@@ -17,6 +17,9 @@ use crate::{FlowError, Madre};
 
 /// How long a duplicate waits for the first request's answer before 409.
 const WAIT_FOR_FIRST: Duration = Duration::from_secs(5);
+/// How much longer than the longest request a reservation without an answer
+/// is kept before another request may take it over.
+const STALE_MARGIN: Duration = Duration::from_secs(60);
 /// Pause between two looks at the first request's answer.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -64,9 +67,20 @@ impl Madre {
         // if that one fails and frees it, this one takes it and runs.
         let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
         loop {
+            let now = Utc::now();
+            // A reservation older than any request can last was abandoned.
+            let stale_before = now
+                - chrono::Duration::from_std(self.wait_for_plan() + STALE_MARGIN)
+                    .unwrap_or(chrono::Duration::MAX);
             let reservation = self
                 .db
-                .reserve_idempotency_key(&principal.name, &key.key, &key.request_hash, Utc::now())
+                .reserve_idempotency_key(
+                    &principal.name,
+                    &key.key,
+                    &key.request_hash,
+                    now,
+                    stale_before,
+                )
                 .await?;
             match reservation {
                 Reservation::Reserved => break,

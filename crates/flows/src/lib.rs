@@ -119,6 +119,9 @@ pub struct Madre {
     delegator: Delegator,
     health: HealthTable,
     tables: RwLock<Arc<RiskTables>>,
+    /// The parser's word lists with the policy file's extra words; `None`
+    /// when it adds none (the built-in lists are used).
+    lexicon: RwLock<Option<Arc<madre_parser::Lexicon>>>,
     principals: RwLock<Arc<Principals>>,
     config: RwLock<Arc<MadreConfig>>,
     reloader: Option<Reloader>,
@@ -145,15 +148,18 @@ fn replace<T: ?Sized>(lock: &RwLock<Arc<T>>, value: Arc<T>) {
 
 impl Madre {
     /// Madre over these parts. Its own actions (a confirmed `restart`) are
-    /// installed on the runner.
-    pub fn new(parts: Parts) -> Arc<Self> {
+    /// installed on the runner. Fails when the policy's extra words cannot
+    /// extend the parser's lists.
+    pub fn new(parts: Parts) -> Result<Arc<Self>, FlowError> {
         let health = HealthTable::new(parts.delegator.registry());
+        let lexicon = lexicon_for(&parts.tables)?;
         let madre = Arc::new(Self {
             db: parts.db,
             runner: parts.runner,
             delegator: parts.delegator,
             health,
             tables: RwLock::new(Arc::new(parts.tables)),
+            lexicon: RwLock::new(lexicon),
             principals: RwLock::new(Arc::new(parts.principals)),
             config: RwLock::new(Arc::new(parts.config)),
             reloader: parts.reloader,
@@ -163,7 +169,7 @@ impl Madre {
         madre
             .runner
             .set_own_actions(Arc::new(own::OwnActions(Arc::downgrade(&madre))));
-        madre
+        Ok(madre)
     }
 
     /// Storage.
@@ -196,6 +202,20 @@ impl Madre {
         read(&self.tables)
     }
 
+    /// Parses `text` with the word lists in force (SPEC §4, plus the
+    /// policy file's `[families]`).
+    pub fn parse(&self, text: &str) -> madre_models::Dsl {
+        let lexicon = self
+            .lexicon
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match lexicon {
+            Some(lexicon) => lexicon.parse(text),
+            None => madre_parser::parse(text),
+        }
+    }
+
     /// The principal whose secret is `token`, compared in constant time.
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
         read(&self.principals).authenticate(token).cloned()
@@ -207,9 +227,20 @@ impl Madre {
     }
 
     /// How long a request waits for its plan before answering RUNNING.
-    fn wait_for_plan(&self) -> Duration {
+    pub(crate) fn wait_for_plan(&self) -> Duration {
         Duration::from_secs(self.config().task_timeout_s) + WAIT_MARGIN
     }
+}
+
+/// The parser's lists extended by the policy's `[families]`, or `None` when
+/// it adds nothing.
+fn lexicon_for(tables: &RiskTables) -> Result<Option<Arc<madre_parser::Lexicon>>, FlowError> {
+    if tables.families.values().all(Vec::is_empty) {
+        return Ok(None);
+    }
+    madre_parser::Lexicon::with_extras(&tables.families)
+        .map(|l| Some(Arc::new(l)))
+        .map_err(|e| FlowError::Reload(format!("policy `families`: {e}")))
 }
 
 /// Fails with [`FlowError::Forbidden`] unless `principal` has at least `role`.

@@ -60,7 +60,9 @@ impl Madre {
                 config: (*self.config()).clone(),
             },
         };
+        let lexicon = crate::lexicon_for(&reload.tables)?;
         replace(&self.tables, Arc::new(reload.tables));
+        *self.lexicon.write().unwrap_or_else(|p| p.into_inner()) = lexicon;
         replace(&self.principals, Arc::new(reload.principals));
         replace(&self.config, Arc::new(reload.config));
         let restarted = {

@@ -80,7 +80,9 @@ impl Madre {
             enabled: self.delegator.registry().enabled(),
             now,
         };
-        let mut plan = madre_planner::plan(&request, Uuid::new_v4);
+        // Time-ordered ids (UUID v7): new rows land at the end of every index
+        // keyed by them, so concurrent chats share pages in a group commit.
+        let mut plan = madre_planner::plan(&request, Uuid::now_v7);
         if let Some(engine) = engine {
             // Switch chose the engine at intake: its step uses that answer
             // instead of calling Switch a second time (SPEC §4a).

@@ -55,7 +55,8 @@ fn harness(runner: RunnerConfig, config: MadreConfig) -> Harness {
         principals: Principals::new(),
         config,
         reloader: None,
-    });
+    })
+    .unwrap();
     Harness { dir, stubs, madre }
 }
 

@@ -609,11 +609,9 @@ pub enum DepState {
     Unknown,
 }
 
-impl DepState {
-    /// [`DepState::Unknown`], as a function (a serde default).
-    pub fn unknown() -> Self {
-        DepState::Unknown
-    }
+/// The database's state in an answer of a server that did not report it.
+fn db_not_reported() -> DepState {
+    DepState::Unknown
 }
 
 /// Answer of `GET /health`.
@@ -634,7 +632,7 @@ pub struct HealthResponse {
     /// Madre's own database: `up` when it took the last write (or the
     /// background check), `down` while it refuses writes (full, read-only,
     /// locked, failing). Absent from answers of older servers (`unknown`).
-    #[serde(default = "DepState::unknown")]
+    #[serde(default = "db_not_reported")]
     pub db: DepState,
 }
 

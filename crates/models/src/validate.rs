@@ -94,9 +94,10 @@ impl SessionId {
         }
     }
 
-    /// A fresh random identifier (UUID v4) for a new session.
+    /// A fresh identifier for a new session: a time-ordered UUID v7, so
+    /// new sessions land at the end of the indexes keyed by them.
     pub fn generate() -> Self {
-        Self(uuid::Uuid::new_v4().to_string())
+        Self(uuid::Uuid::now_v7().to_string())
     }
 
     /// The identifier text.

@@ -28,9 +28,15 @@ proptest! {
     }
 
     #[test]
-    fn control_words_are_exact(target in "[a-zA-Z_ -]{0,12}", action in "[a-zA-Z0-9_ -]{0,70}") {
+    fn control_words_are_folded_never_trimmed(target in "[a-zA-Z_ -]{0,12}", action in "[a-zA-Z0-9_ -]{0,70}") {
         let request = ControlRequest { target: target.clone(), action: action.clone(), params: None, confirm_token: None };
-        let word = |w: &str| !w.is_empty() && w.len() <= 64 && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-        prop_assert_eq!(request.validate().is_ok(), word(&target) && word(&action));
+        let word = |w: &str| !w.is_empty() && w.len() <= 64 && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let checked = request.validate();
+        prop_assert_eq!(checked.is_ok(), word(&target) && word(&action));
+        if let Ok(command) = checked {
+            // Case is folded, so MADRE/Terminate is classified as madre/terminate.
+            prop_assert_eq!(command.target.as_str(), target.to_ascii_lowercase());
+            prop_assert_eq!(command.action.as_str(), action.to_ascii_lowercase());
+        }
     }
 }

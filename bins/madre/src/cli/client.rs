@@ -1,5 +1,5 @@
 //! The HTTP side of the client subcommands: requests to a running Madre,
-//! paging through plan listings and finding a plan by the start of its id.
+//! paging through plan listings and finding a plan by the start or end of its id.
 
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -202,13 +202,14 @@ impl Api {
     }
 
     /// The full id of the plan `id` names: `id` itself when it is a UUID
-    /// (or cannot be the start of one, so the server answers for it), else
-    /// the one plan among the newest whose id starts with it.
+    /// (or cannot be part of one, so the server answers for it), else the
+    /// one plan among the newest whose id ends with it (the short id tables
+    /// show) or starts with it.
     pub(super) async fn resolve(&self, id: &str) -> Result<String, Failure> {
         if Uuid::parse_str(id).is_ok() || !could_start_an_id(id) {
             return Ok(id.to_owned());
         }
-        let prefix = id.to_ascii_lowercase();
+        let part = id.to_ascii_lowercase();
         let mut found: Vec<String> = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..SCAN_PAGES {
@@ -222,7 +223,7 @@ impl Api {
                     .into_iter()
                     .flatten()
                     .filter_map(|p| p["plan_id"].as_str())
-                    .filter(|p| p.starts_with(&prefix))
+                    .filter(|p| p.ends_with(&part) || p.starts_with(&part))
                     .map(str::to_owned),
             );
             let next = page["next_cursor"].as_str().map(str::to_owned);
@@ -234,18 +235,18 @@ impl Api {
         match found.as_slice() {
             [one] => Ok(one.clone()),
             [] => Err(Failure::Usage(format!(
-                "no plan id starts with {id} among the newest {} plans; give the full id",
+                "no plan id ends or starts with {id} among the newest {} plans; give the full id",
                 SCAN_PAGE as usize * SCAN_PAGES
             ))),
             many => Err(Failure::Usage(format!(
-                "{id} is the start of several plan ids ({}); give more of it",
+                "{id} is part of several plan ids ({}); give more of it",
                 many.join(", ")
             ))),
         }
     }
 }
 
-/// True for 4 to 35 characters that could begin a UUID.
+/// True for 4 to 35 characters that could be the start or end of a UUID.
 fn could_start_an_id(id: &str) -> bool {
     (4..36).contains(&id.len()) && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }

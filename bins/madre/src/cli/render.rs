@@ -33,9 +33,15 @@ pub(crate) fn json(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }
 
-/// The first 8 characters of a plan id, enough to tell plans apart in a table.
+/// The last 8 characters of a plan id, enough to tell plans apart in a
+/// table. The end, not the start: ids are time-ordered (UUID v7), so plans
+/// made in the same minute share their first characters but never their
+/// random tail.
 pub(crate) fn short_id(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
+    id.len()
+        .checked_sub(8)
+        .and_then(|start| id.get(start..))
+        .unwrap_or(id)
 }
 
 /// The answer read as `T`, or `None` when it does not have that shape.

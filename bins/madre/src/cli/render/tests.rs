@@ -41,7 +41,7 @@ fn chat_done() {
         chat_answer("DONE", "[hermes stub via stub-engine] hello there"),
         expect![[r#"
             [hermes stub via stub-engine] hello there
-            DONE · risk LOW · plan cfa5620c · session bf5f57bf-e15e-4667-b5bc-666202ba8f05"#]],
+            DONE · risk LOW · plan b30e1668 · session bf5f57bf-e15e-4667-b5bc-666202ba8f05"#]],
     );
 }
 
@@ -89,7 +89,7 @@ fn chat_waiting_names_the_confirm_command() {
         answer,
         expect![[r#"
             This needs a human confirmation (HIGH risk): POST /madre/plans/c68fcd77-1d2e-4f6a-81f3-e74810037427/confirm with the confirm_token within 600 s
-            WAITING · risk HIGH · plan c68fcd77 · session s1 · warnings destructive_intent_detected · confirm within 5m23s: madre confirm c68fcd77-1d2e-4f6a-81f3-e74810037427 -m-lZolYEkcEODI5tL8yBdAEX0M1akPU-rNx_n0Ryko"#]],
+            WAITING · risk HIGH · plan 10037427 · session s1 · warnings destructive_intent_detected · confirm within 5m23s: madre confirm c68fcd77-1d2e-4f6a-81f3-e74810037427 -m-lZolYEkcEODI5tL8yBdAEX0M1akPU-rNx_n0Ryko"#]],
     );
 }
 
@@ -105,8 +105,8 @@ fn chat_denied() {
         chat,
         answer,
         expect![[r#"
-        Refused: "stop" on tentaculo_link is never allowed, with or without confirmation
-        ERROR · risk HIGH · plan cfa5620c · session bf5f57bf-e15e-4667-b5bc-666202ba8f05 · warnings denied"#]],
+            Refused: "stop" on tentaculo_link is never allowed, with or without confirmation
+            ERROR · risk HIGH · plan b30e1668 · session bf5f57bf-e15e-4667-b5bc-666202ba8f05 · warnings denied"#]],
     );
 }
 
@@ -117,9 +117,9 @@ fn chat_text_cannot_drive_the_terminal() {
         chat,
         answer,
         expect![[r#"
-        line one
-        �[2Jline two�
-        DONE · risk LOW · plan cfa5620c · session bf5f57bf-e15e-4667-b5bc-666202ba8f05"#]],
+            line one
+            �[2Jline two�
+            DONE · risk LOW · plan b30e1668 · session bf5f57bf-e15e-4667-b5bc-666202ba8f05"#]],
     );
 }
 
@@ -128,7 +128,7 @@ fn chat_without_an_answer_is_only_the_status_line() {
     check(
         chat,
         chat_answer("DONE", ""),
-        expect!["DONE · risk LOW · plan cfa5620c · session bf5f57bf-e15e-4667-b5bc-666202ba8f05"],
+        expect!["DONE · risk LOW · plan b30e1668 · session bf5f57bf-e15e-4667-b5bc-666202ba8f05"],
     );
 }
 
@@ -197,10 +197,10 @@ fn plans_table_newest_first_with_the_next_page() {
         page,
         expect![[r#"
             PLAN      STATUS           RISK  ACTION                SESSION                   AGE
-            275c8beb  ERROR (timeout)  -     chat:hermes:chat      ff906e02                  2s
-            c68fcd77  WAITING          HIGH  chat:madre:delete     s1                        4m
-            13b0001c  CANCELLED        -     control:shub:restart  the night shift's maint…  2h
-            0d5e7c1a  DONE             -     nightly-backup        -                         3d
+            eb4ebd47  ERROR (timeout)  -     chat:hermes:chat      2ed33075                  2s
+            10037427  WAITING          HIGH  chat:madre:delete     s1                        4m
+            1c4d7842  CANCELLED        -     control:shub:restart  the night shift's maint…  2h
+            00000001  DONE             -     nightly-backup        -                         3d
             more plans: add --all, or --cursor 4"#]],
     );
 }
@@ -230,7 +230,7 @@ fn plans_without_risks_have_no_risk_column() {
         json!({ "plans": [plan], "next_cursor": null }),
         expect![[r#"
             PLAN      STATUS  ACTION             SESSION   AGE
-            82f87890  DONE    chat:madre:delete  5b1740d7  3s"#]],
+            843e8f1f  DONE    chat:madre:delete  464d738c  3s"#]],
     );
 }
 
@@ -480,19 +480,19 @@ fn confirm_and_cancel_are_one_line() {
     check(
         confirm,
         json!({ "status": "confirmed", "plan_id": id, "plan_status": "DONE" }),
-        expect!["confirmed plan c68fcd77: DONE"],
+        expect!["confirmed plan 10037427: DONE"],
     );
     check(
         confirm,
         json!({ "status": "confirmed", "plan_id": id, "plan_status": "RUNNING" }),
         expect![
-            "confirmed plan c68fcd77: RUNNING (follow it with: madre plan c68fcd77-1d2e-4f6a-81f3-e74810037427)"
+            "confirmed plan 10037427: RUNNING (follow it with: madre plan c68fcd77-1d2e-4f6a-81f3-e74810037427)"
         ],
     );
     check(
         cancel,
         json!({ "plan_id": id, "plan_status": "CANCELLED" }),
-        expect!["cancelled plan c68fcd77: CANCELLED"],
+        expect!["cancelled plan 10037427: CANCELLED"],
     );
 }
 

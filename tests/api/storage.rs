@@ -1,0 +1,140 @@
+//! Storage that cannot take writes (SPEC §9, issue 15): a request answers
+//! `503 storage_unavailable` with `Retry-After`, never a 500; `/health`
+//! says `degraded` with `db: down`; nothing is half-written; and Madre
+//! recovers by itself once the cause is gone.
+//!
+//! The cause here is real and comes from outside the server, as an
+//! operator would meet it: another process holds the database's write lock
+//! past the busy timeout. (A full database is tested on `madre_db::Db`
+//! itself, with its size cap, in `crates/db/tests/storage_full.rs`; both
+//! answer through the same path.)
+
+use crate::helpers::*;
+use rusqlite::Connection;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// How long Madre may take to notice a change of storage's state: its busy
+/// timeout (5 s) plus a few probe intervals (1 s in tests).
+const NOTICE: Duration = Duration::from_secs(20);
+
+/// A connection of "another process" to the server's database file.
+fn intruder(app: &TestApp) -> Connection {
+    let conn = Connection::open(app.dir.path().join("data").join("vx11.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn
+}
+
+fn count(conn: &Connection, table: &str) -> i64 {
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A chat, answering its status, `Retry-After` header and body.
+async fn chat(app: &TestApp, message: &str) -> (u16, Option<String>, Value) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let mut res = client
+        .post(format!("{}/madre/chat", app.base))
+        .insert_header(("X-VX11-Token", OPERATOR))
+        .send_json(&json!({ "message": message }))
+        .await
+        .unwrap();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = res.json::<Value>().limit(1 << 22).await.unwrap();
+    (res.status().as_u16(), retry_after, body)
+}
+
+/// Polls `/health` until `db` reads `want`, within [`NOTICE`].
+async fn wait_for_db(app: &TestApp, want: &str) -> Value {
+    let deadline = Instant::now() + NOTICE;
+    loop {
+        let r = app.send("GET", "/health", None, None).await;
+        assert_eq!(r.status, 200);
+        if r.body["db"] == json!(want) {
+            return r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/health never said db {want}: {}",
+            r.body
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn assert_sound(conn: &Connection) {
+    let verdict: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(verdict, "ok");
+}
+
+#[actix_rt::test]
+async fn a_chat_that_cannot_be_stored_answers_503_and_madre_recovers_by_itself() {
+    let app = spawn_app().await;
+    let (status, _, body) = chat(&app, "hello").await;
+    assert_eq!(status, 200, "{body}");
+    let health = wait_for_db(&app, "up").await;
+    test_log!("healthy: {health}");
+
+    let other = intruder(&app);
+    let intents = count(&other, "intents_log");
+    let plans = count(&other, "tasks");
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let (status, retry_after, body) = chat(&app, "hello again").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], json!("storage_unavailable"));
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    let detail = s(&body["detail"]);
+    assert!(detail.contains("locked"), "{detail}");
+    assert!(
+        !detail.contains("vx11.db"),
+        "the detail leaks a path: {detail}"
+    );
+    let seconds: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!(seconds >= 1);
+
+    // The failed request turned health degraded at once, with no probe.
+    let r = app.send("GET", "/health", None, None).await;
+    assert_eq!(r.body["status"], json!("degraded"), "{}", r.body);
+    assert_eq!(r.body["db"], json!("down"), "{}", r.body);
+
+    other.execute_batch("ROLLBACK").unwrap();
+    // Nothing of the refused chat was written.
+    assert_eq!(count(&other, "intents_log"), intents);
+    assert_eq!(count(&other, "tasks"), plans);
+
+    let (status, _, body) = chat(&app, "hello once more").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], json!("DONE"), "{body}");
+    let r = app.send("GET", "/health", None, None).await;
+    assert_eq!(r.body["db"], json!("up"), "{}", r.body);
+    assert_eq!(r.body["status"], json!("ok"), "{}", r.body);
+    assert_eq!(count(&other, "intents_log"), intents + 1);
+    assert_sound(&other);
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn health_follows_the_database_from_the_background_check_with_no_requests() {
+    let app = spawn_app().await;
+    wait_for_db(&app, "up").await;
+
+    let other = intruder(&app);
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let health = wait_for_db(&app, "down").await;
+    assert_eq!(health["status"], json!("degraded"));
+
+    other.execute_batch("ROLLBACK").unwrap();
+    let health = wait_for_db(&app, "up").await;
+    assert_eq!(health["status"], json!("ok"), "{health}");
+    assert_sound(&other);
+    app.stop().await;
+}
