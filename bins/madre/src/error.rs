@@ -73,7 +73,7 @@ pub enum ApiError {
     /// 503: the plan queue is full.
     #[error("Madre is at capacity ({0} plans waiting); retry later")]
     QueueFull(usize),
-    /// 503: storage cannot take writes for now (full, read-only, locked or
+    /// 503: storage cannot take writes at the moment (full, read-only, locked or
     /// failing); nothing was half-written.
     #[error("Madre's storage is unavailable: {0}; retry later")]
     StorageUnavailable(StorageFault),

@@ -1,10 +1,10 @@
 //! The one error type of the storage layer, and the classification of
-//! SQLite's failures into bugs and storage that is unavailable for now.
+//! SQLite's failures into bugs and storage that is unavailable at the moment.
 
 use rusqlite::ErrorCode;
 use std::path::Path;
 
-/// Why storage cannot take a write for now. Each cause is outside Madre
+/// Why storage cannot take a write at the moment. Each cause is outside Madre
 /// and goes away by itself or by an operator's hand (space freed, the lock
 /// released, permissions fixed); nothing needs a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,7 +62,7 @@ pub enum DbError {
     /// being unavailable (see [`DbError::Unavailable`]).
     #[error("sqlite: {0}")]
     Sqlite(rusqlite::Error),
-    /// Storage cannot take the operation for now (full, read-only, locked
+    /// Storage cannot take the operation at the moment (full, read-only, locked
     /// or failing); nothing of it was written, and the same operation may
     /// succeed once the cause is gone.
     #[error("storage unavailable ({reason}): {detail}")]

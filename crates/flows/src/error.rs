@@ -45,7 +45,7 @@ pub enum FlowError {
     /// The policy or principals file could not be reloaded; the old one stays.
     #[error("{0}")]
     Reload(String),
-    /// Storage cannot take writes for now (full, read-only, locked past
+    /// Storage cannot take writes at the moment (full, read-only, locked past
     /// the busy timeout, or failing): nothing was half-written, and the
     /// same request may succeed later. Never a bug of Madre's.
     #[error("storage is unavailable ({0}); retry later")]

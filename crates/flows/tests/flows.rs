@@ -93,6 +93,35 @@ impl Harness {
             .await
     }
 
+    /// Starts a LOW chat whose Hermes call takes `hermes_ms`, and waits
+    /// (bounded) until it holds a slot; answers its task.
+    async fn occupy_the_only_slot(
+        &self,
+        hermes_ms: u64,
+    ) -> tokio::task::JoinHandle<madre_models::ChatResponse> {
+        let slow = Behaviour {
+            latency_ms: hermes_ms,
+            ..Behaviour::default()
+        };
+        self.stubs.behave(Module::Hermes, &slow).await.unwrap();
+        let madre = self.madre.clone();
+        let busy = tokio::spawn(async move {
+            madre
+                .chat(&admin(), chat_command("hello"), "chat", "t")
+                .await
+                .unwrap()
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.madre.runner().running() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the first chat never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        busy
+    }
+
     async fn calls(&self, module: Module) -> u64 {
         self.stubs.stats(module).await.unwrap().calls
     }
@@ -224,31 +253,7 @@ async fn confirming_with_a_full_queue_runs_the_plan_later() {
     );
     let waiting = h.chat("delete all data").await;
     let token = waiting.confirm_token.clone().unwrap();
-    h.stubs
-        .behave(
-            Module::Hermes,
-            &Behaviour {
-                latency_ms: 600,
-                ..Behaviour::default()
-            },
-        )
-        .await
-        .unwrap();
-    let madre = h.madre.clone();
-    let busy = tokio::spawn(async move {
-        madre
-            .chat(&admin(), chat_command("hello"), "chat", "t")
-            .await
-            .unwrap()
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while h.madre.runner().running() == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first chat never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let busy = h.occupy_the_only_slot(600).await;
     let confirmed = h
         .madre
         .confirm(&admin(), waiting.plan_id, &token, "t")
@@ -311,31 +316,7 @@ async fn no_intent_is_left_open() {
         },
         MadreConfig::default(),
     );
-    h.stubs
-        .behave(
-            Module::Hermes,
-            &Behaviour {
-                latency_ms: 500,
-                ..Behaviour::default()
-            },
-        )
-        .await
-        .unwrap();
-    let madre = h.madre.clone();
-    let busy = tokio::spawn(async move {
-        madre
-            .chat(&admin(), chat_command("hello"), "chat", "t")
-            .await
-            .unwrap()
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while h.madre.runner().running() == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first chat never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let busy = h.occupy_the_only_slot(500).await;
     let refused = h
         .madre
         .chat(&admin(), chat_command("hello too"), "chat", "t")

@@ -589,7 +589,7 @@ impl fmt::Debug for TaskAccepted {
 pub enum HealthStatus {
     /// The database takes writes and every enabled module answers.
     Ok,
-    /// Madre answers, but its database does not take writes for now, or
+    /// Madre answers, but its database does not take writes at the moment, or
     /// some enabled module does not answer.
     Degraded,
 }
