@@ -12,7 +12,7 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 CONCURRENCIES=${BENCH_CONCURRENCY:-"1 16 64 256"}
 SEED_PLANS=${BENCH_SEED_PLANS:-100000}
 OFFSET=${BENCH_PORT_OFFSET:-14000}
-SCENARIOS=${BENCH_SCENARIOS:-"ceiling chat-low chat-mixed plans-read"}
+SCENARIOS=${BENCH_SCENARIOS:-"ceiling chat-passthrough chat-low chat-mixed plans-read"}
 MADRE_BIN=${MADRE_BIN:-target/release/madre}   # another build, to compare two versions
 
 if ! command -v wrk >/dev/null || ! command -v sqlite3 >/dev/null; then
@@ -66,8 +66,23 @@ run_scenario() {
     stop "$MADRE_PID"; MADRE_PID=
 }
 
+# The bound a chat is measured against: the same three HTTP exchanges (in,
+# Switch, Hermes) made by the stubs alone, with no parsing, policy or
+# database (vx11-stubs' /__bench/passthrough, on the tentaculo_link port).
+run_passthrough() {
+    local url="http://127.0.0.1:$((8000 + OFFSET))/__bench/passthrough"
+    curl -fsS -X POST "http://127.0.0.1:$((8003 + OFFSET))/__stub/reset" >/dev/null
+    for c in $CONCURRENCIES; do
+        local threads=$(( c < 2 ? 1 : 2 ))
+        local line
+        line=$(wrk -t"$threads" -c"$c" -d"${SECONDS_PER_RUN}s" --timeout 10s -s bench/chat_low.lua "$url" | grep '^RESULT')
+        printf '%s\t%s\t%s\t%s\t%s\n' chat-passthrough "$c" "$line" "-" "$(hermes_peak)" | tee -a "$OUT/results.tsv"
+    done
+}
+
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 wants ceiling && run_scenario ceiling bench/ceiling.lua /health
+wants chat-passthrough && run_passthrough
 wants chat-low && run_scenario chat-low bench/chat_low.lua /madre/chat
 wants chat-mixed && run_scenario chat-mixed bench/chat_mixed.lua /madre/chat
 if wants plans-read; then
@@ -99,3 +114,16 @@ while IFS=$'\t' read -r name c line rss peak; do
     errors=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line")
     echo "| $name | $c | $rps | $p50 | $p99 | $p999 | $errors | $rss | $peak |"
 done <"$OUT/results.tsv"
+
+# chat-low as a fraction of the ceiling and of the passthrough bound, at
+# each concurrency all three were run at (ratios from this one run).
+rate() { awk -F'\t' -v n="$1" -v c="$2" '$1 == n && $2 == c { sub(/.*rps=/, "", $3); sub(/ .*/, "", $3); print $3 }' "$OUT/results.tsv"; }
+echo
+echo "| concurrency | chat-low / ceiling | chat-low / passthrough |"
+echo "|---|---|---|"
+for c in $CONCURRENCIES; do
+    low=$(rate chat-low "$c"); top=$(rate ceiling "$c"); pass=$(rate chat-passthrough "$c")
+    [ -n "$low" ] || continue
+    awk -v c="$c" -v l="$low" -v t="${top:-0}" -v p="${pass:-0}" 'BEGIN {
+        printf "| %s | %s | %s |\n", c, (t > 0 ? sprintf("%.2f %%", 100 * l / t) : "-"), (p > 0 ? sprintf("%.1f %%", 100 * l / p) : "-") }'
+done

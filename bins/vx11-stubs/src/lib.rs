@@ -11,7 +11,9 @@
 //!   and the `intent` Switch's `route-v5` answers with, for SPEC §4a);
 //! - `GET /__stub/stats` answers [`Stats`] (calls, in-flight peak, the
 //!   `Idempotency-Key`s seen, connections accepted, the latest bodies);
-//! - `POST /__stub/reset` clears both.
+//! - `POST /__stub/reset` clears both;
+//! - `POST /__bench/passthrough` is the bare HTTP shape of a LOW chat (in,
+//!   Switch, Hermes, back) that `bench/run.sh` measures Madre against.
 //!
 //! [`StubServer`] runs the stand-ins on a thread of their own (an actix
 //! system), so they answer whatever runtime the test or the caller uses:
@@ -101,6 +103,8 @@ struct ModuleState {
 #[derive(Default)]
 struct Shared {
     by_port: HashMap<u16, Module>,
+    /// Where each module listens, for the passthrough bound.
+    addresses: HashMap<Module, SocketAddr>,
     modules: Mutex<HashMap<Module, ModuleState>>,
 }
 
@@ -151,6 +155,7 @@ impl StubServer {
             let listener = TcpListener::bind((host, port_of(module)))?;
             let addr = listener.local_addr()?;
             shared.by_port.insert(addr.port(), module);
+            shared.addresses.insert(module, addr);
             addresses.insert(module, addr);
             listeners.push(listener);
         }
@@ -255,6 +260,7 @@ fn serve(
             .route("/__stub/behaviour", web::put().to(set_behaviour))
             .route("/__stub/stats", web::get().to(stats))
             .route("/__stub/reset", web::post().to(reset))
+            .route("/__bench/passthrough", web::post().to(passthrough))
             .default_service(web::to(module_call))
     })
     .on_connect(move |connection, _: &mut Extensions| counter.on_connect(connection))
@@ -264,6 +270,50 @@ fn serve(
         server = server.listen(listener)?;
     }
     Ok(server.run())
+}
+
+/// `POST /__bench/passthrough` (any port): the HTTP shape of a LOW chat
+/// with nothing else, the bound `bench/run.sh` compares Madre with: the
+/// message in, Switch's `route-v5` and Hermes' `execute` out (through one
+/// reused client per worker), the reply back. No parsing beyond reading the
+/// three JSON bodies, no policy, no database.
+async fn passthrough(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
+    thread_local! {
+        static CLIENT: awc::Client = awc::Client::default();
+    }
+    let client = CLIENT.with(Clone::clone);
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let prompt = request.get("message").and_then(Value::as_str).unwrap_or("");
+    let url = |module: Module, path: &str| match shared.addresses.get(&module) {
+        Some(addr) => format!("http://{addr}{path}"),
+        None => String::new(),
+    };
+    let call = |url: String, body: Value| {
+        let client = client.clone();
+        async move {
+            let mut answer = client.post(url).send_json(&body).await.ok()?;
+            let bytes = answer.body().limit(1 << 20).await.ok()?;
+            serde_json::from_slice::<Value>(&bytes).ok()
+        }
+    };
+    let Some(routed) = call(
+        url(Module::Switch, "/switch/route-v5"),
+        json!({"prompt": prompt, "metadata": {"purpose": "passthrough"}, "source": "passthrough"}),
+    )
+    .await
+    else {
+        return HttpResponse::BadGateway().json(json!({"error": "switch did not answer"}));
+    };
+    let engine = routed.get("engine").cloned().unwrap_or(Value::Null);
+    let Some(executed) = call(
+        url(Module::Hermes, "/hermes/execute"),
+        json!({"prompt": prompt, "metadata": {"engine": engine}}),
+    )
+    .await
+    else {
+        return HttpResponse::BadGateway().json(json!({"error": "hermes did not answer"}));
+    };
+    HttpResponse::Ok().json(json!({"response": executed.get("reply").cloned().unwrap_or(Value::Null)}))
 }
 
 async fn health(shared: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
