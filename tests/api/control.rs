@@ -95,6 +95,11 @@ async fn a_restart_of_madre_waits_for_a_confirmation_and_reloads_the_policy() {
         )
         .await;
     assert_eq!(s(&v6.body["status"]), "pending_confirmation", "{}", v6.body);
+    // Control of Madre itself is for admins, confirming its restart too.
+    let operator = app
+        .confirm(OPERATOR, s(&pending.body["plan_id"]), &token)
+        .await;
+    assert_eq!(operator.status, 403, "{}", operator.body);
 
     // The policy and principals files change; only the confirmed restart
     // reads them.

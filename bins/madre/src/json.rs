@@ -86,8 +86,27 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             if !json {
                 return Err(ApiError::UnsupportedMediaType);
             }
-            let body = crate::routes::read_body(payload, limit).await?;
+            let body = read_body(payload, limit).await?;
             decode(&body).map(Json)
         })
     }
+}
+
+/// Reads a raw body of at most `limit` bytes, with the errors of the JSON
+/// shape (413 over the limit, 408 when it arrives too slowly).
+pub async fn read_body(
+    mut payload: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>
+    + Unpin,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| crate::error::payload_error(e, limit))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }

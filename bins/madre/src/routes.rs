@@ -62,25 +62,6 @@ enum BodyErrors {
     Invalid(ErrorBody),
 }
 
-/// Reads a raw body of at most `limit` bytes, with the errors of the JSON
-/// shape (413 over the limit, 408 when it arrives too slowly).
-pub(crate) async fn read_body(
-    mut payload: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>
-    + Unpin,
-    limit: usize,
-) -> Result<web::Bytes, ApiError> {
-    use futures_util::StreamExt;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| crate::error::payload_error(e, limit))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
 fn request_id(req: &HttpRequest) -> String {
     use actix_web::HttpMessage;
     req.extensions()
@@ -445,7 +426,7 @@ pub async fn confirm(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let plan_id = parse_id(&path)?;
-    let body = read_body(payload, state.settings.max_body_bytes).await?;
+    let body = crate::json::read_body(payload, state.settings.max_body_bytes).await?;
     let token = if body.is_empty() {
         query.into_inner().confirm_token
     } else if !crate::json::is_json(&req) {

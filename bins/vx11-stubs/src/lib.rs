@@ -313,7 +313,8 @@ async fn passthrough(shared: web::Data<Shared>, body: web::Bytes) -> HttpRespons
     else {
         return HttpResponse::BadGateway().json(json!({"error": "hermes did not answer"}));
     };
-    HttpResponse::Ok().json(json!({"response": executed.get("reply").cloned().unwrap_or(Value::Null)}))
+    HttpResponse::Ok()
+        .json(json!({"response": executed.get("reply").cloned().unwrap_or(Value::Null)}))
 }
 
 async fn health(shared: web::Data<Shared>, req: HttpRequest) -> HttpResponse {

@@ -128,8 +128,8 @@ fn insert_record(conn: &Connection, record: &NewPlanRecord, replica: &str) -> Re
     let plan_id = plan.plan_id.to_string();
     conn.prepare_cached(
         "INSERT INTO tasks (uuid, name, module, action, status, created_at, updated_at, error,
-                            kind, intent_id, session_id, mode, principal, warnings_json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                            kind, intent_id, session_id, mode, principal, warnings_json, risk)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         plan_id,
@@ -145,6 +145,7 @@ fn insert_record(conn: &Connection, record: &NewPlanRecord, replica: &str) -> Re
         plan.mode.as_str(),
         record.meta.principal,
         serde_json::to_string(&plan.warnings)?,
+        record.intent.as_ref().map(|i| i.risk.as_str()),
     ])?;
     let task_id = conn.last_insert_rowid();
     let mut insert_step = conn.prepare_cached(
@@ -255,8 +256,7 @@ fn load_steps(conn: &Connection, plan_id: &str) -> Result<Vec<Step>, DbError> {
     Ok(steps)
 }
 
-const SUMMARY_COLUMNS: &str =
-    "id, uuid, intent_id, session_id, name, module, action, status, error, created_at, updated_at";
+const SUMMARY_COLUMNS: &str = "id, uuid, intent_id, session_id, name, module, action, status, error, created_at, updated_at, risk";
 
 struct SummaryRow {
     id: i64,
@@ -265,7 +265,7 @@ struct SummaryRow {
     result: Option<String>,
 }
 
-/// A listing row; reads `result` (column 11) only when it was selected.
+/// A listing row; reads `result` (column 12) only when it was selected.
 /// Ids and the status are parsed from borrowed text, without copies.
 fn summary_from_row(
     r: &Row<'_>,
@@ -278,7 +278,8 @@ fn summary_from_row(
     let (name, module, action): (String, String, String) = (r.get(4)?, r.get(5)?, r.get(6)?);
     let error: Option<String> = r.get(8)?;
     let (created, updated): (Ts, Ts) = (r.get(9)?, r.get(10)?);
-    let result: Option<String> = if with_result { r.get(11)? } else { None };
+    let risk = r.get_ref(11)?.as_str_or_null()?;
+    let result: Option<String> = if with_result { r.get(12)? } else { None };
     Ok((|| {
         Ok(SummaryRow {
             id,
@@ -290,6 +291,7 @@ fn summary_from_row(
                 module,
                 action,
                 status: parse_enum(status.unwrap_or_default(), "status")?,
+                risk: risk.map(|r| parse_enum(r, "risk")).transpose()?,
                 error,
                 created_at: created.0,
                 updated_at: updated.0,
@@ -502,6 +504,18 @@ impl Db {
             })
             .collect::<Result<_, DbError>>()?;
         Ok((tasks, next))
+    }
+
+    /// Ids of RUNNING plans last changed before `before`, oldest first
+    /// (through the status index: bounded by the plans running).
+    pub fn plans_running_since_before(&self, before: DateTime<Utc>) -> Result<Vec<Uuid>, DbError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT uuid FROM tasks WHERE status = 'RUNNING' AND updated_at < ?1 ORDER BY id",
+            )?;
+            let ids = stmt.query_map([ts(before)], |r| r.get::<_, String>(0))?;
+            ids.map(|id| parse_uuid(&id?)).collect()
+        })
     }
 
     /// Ids of every plan in `status`, oldest first (used to resume RUNNING plans).

@@ -336,6 +336,9 @@ PRAGMA secure_delete = OFF;
 ALTER TABLE idempotency_keys_v3 RENAME TO idempotency_keys;
 CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
 
+-- A plan's risk, for listings (plans made before have none).
+ALTER TABLE tasks ADD COLUMN risk TEXT;
+
 CREATE INDEX intents_log_open ON intents_log (created_at) WHERE processed_by_madre_at IS NULL;
 CREATE INDEX daughter_tasks_by_step ON daughter_tasks (step_id) WHERE step_id IS NOT NULL;
 "#;

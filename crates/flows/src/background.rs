@@ -10,6 +10,11 @@ use tokio::task::JoinHandle;
 
 use crate::{FlowError, Madre};
 
+/// How long a RUNNING plan that nothing executes must stay unchanged before
+/// the cleanup pass runs it again (longer than a confirmation takes to hand
+/// its plan to the runner).
+pub(crate) const ORPHAN_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What start-up found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StartupReport {
@@ -85,8 +90,21 @@ impl Madre {
     }
 
     /// One cleanup pass (SPEC §10) with the configured retention.
+    /// Also runs again any plan an execution left RUNNING without ending it
+    /// (storage refused a write mid-plan), once it has been still for
+    /// 30 s, so it recovers with no restart.
     pub async fn cleanup_once(&self) -> Result<madre_db::CleanupReport, FlowError> {
-        Ok(self.db.cleanup(self.retention(), Utc::now()).await?)
+        let now = Utc::now();
+        let report = self.db.cleanup(self.retention(), now).await?;
+        let still = chrono::Duration::from_std(ORPHAN_AFTER).unwrap_or(chrono::Duration::MAX);
+        let resumed = self.runner.resume_orphans(now - still).await?;
+        if resumed > 0 {
+            tracing::warn!(
+                plans = resumed,
+                "resumed plans left running by a stopped execution"
+            );
+        }
+        Ok(report)
     }
 
     fn retention(&self) -> RetentionPolicy {

@@ -192,8 +192,15 @@ impl Madre {
             self.config().history_max,
             now,
         );
-        turn.and(self.db.close_intent(intent_id, &closing, None, now))
-            .await?;
+        // The plan ran: its answer goes back even if storage refuses the
+        // history turn (a 503 now would invite a second run); the intent is
+        // then closed `interrupted` at the next start.
+        if let Err(e) = turn
+            .and(self.db.close_intent(intent_id, &closing, None, now))
+            .await
+        {
+            tracing::error!(%intent_id, error = %e, "could not record the history turn of a chat");
+        }
 
         Ok(ChatResponse {
             response,

@@ -52,6 +52,10 @@ impl Madre {
                 stored.plan.status
             )));
         }
+        if stored.meta.module == madre_models::Module::Madre.as_str() {
+            // Control of Madre itself is for admins (SPEC §5), confirming too.
+            require(principal, Role::Admin)?;
+        }
         if !principal.role.may_confirm(row.risk) {
             return Err(FlowError::Forbidden(format!(
                 "confirming a {} risk plan needs the {} role",

@@ -35,7 +35,7 @@ pub struct IdempotencyKey {
 
 /// An answer as the HTTP layer sends it: status code and JSON body, and
 /// the plan it is about (so a replay can re-issue the plan's token).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Answer {
     /// HTTP status code.
     pub status: u16,
@@ -43,6 +43,21 @@ pub struct Answer {
     pub body: Value,
     /// The plan the answer is about.
     pub plan_id: Option<Uuid>,
+}
+
+impl std::fmt::Debug for Answer {
+    /// The body without its confirmation token, which never reaches logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut body = self.body.clone();
+        if let Some(token) = body.get_mut("confirm_token").filter(|t| !t.is_null()) {
+            *token = Value::String("<redacted>".into());
+        }
+        f.debug_struct("Answer")
+            .field("status", &self.status)
+            .field("body", &body)
+            .field("plan_id", &self.plan_id)
+            .finish()
+    }
 }
 
 impl Madre {
@@ -100,9 +115,16 @@ impl Madre {
                     body: answer.body.clone(),
                     plan_id: answer.plan_id,
                 };
-                self.db
+                // The work ran: its answer goes back even if storage refuses
+                // to keep it (a 503 now would invite a second run). The
+                // reservation then lapses after the stale window.
+                if let Err(e) = self
+                    .db
                     .store_idempotent_response(&principal.name, &key.key, stored)
-                    .await?;
+                    .await
+                {
+                    tracing::error!(error = %e, "could not store an idempotent answer");
+                }
                 Ok(answer)
             }
             Err(e) => {

@@ -64,7 +64,11 @@ impl Madre {
         replace(&self.tables, Arc::new(reload.tables));
         *self.lexicon.write().unwrap_or_else(|p| p.into_inner()) = lexicon;
         replace(&self.principals, Arc::new(reload.principals));
-        replace(&self.config, Arc::new(reload.config));
+        // The plan deadline belongs to the runner, built at start: a restart
+        // keeps it, so waits and idempotency windows stay in step with it.
+        let mut config = reload.config;
+        config.task_timeout_s = self.config().task_timeout_s;
+        replace(&self.config, Arc::new(config));
         let restarted = {
             let mut slot = self.background.lock().unwrap_or_else(|p| p.into_inner());
             match slot.as_mut() {

@@ -305,6 +305,18 @@ pub fn apply(state: &PlanState, event: &Event) -> Result<Vec<Change>, Conflict> 
             {
                 return Err(conflict(format!("step {other} is still running")));
             }
+            if s.step_type == StepType::AwaitConfirmation {
+                return Err(conflict(format!(
+                    "step {step} is a confirmation gate: it waits, it does not start"
+                )));
+            }
+            if let Some(gate) = state.steps[..step].iter().position(|o| {
+                o.step_type == StepType::AwaitConfirmation && o.status != Status::Done
+            }) {
+                return Err(conflict(format!(
+                    "the confirmation gate (step {gate}) was not passed"
+                )));
+            }
             let mut changes = vec![Change::Step {
                 step,
                 status: Status::Running,
@@ -346,10 +358,7 @@ pub fn apply(state: &PlanState, event: &Event) -> Result<Vec<Change>, Conflict> 
                 return Err(conflict(format!("a plan cannot finish as {status}")));
             }
             if status == Status::Done
-                && let Some(open) = state
-                    .steps
-                    .iter()
-                    .position(|s| matches!(s.status, Status::Running | Status::Waiting))
+                && let Some(open) = state.steps.iter().position(|s| !s.status.is_terminal())
             {
                 return Err(conflict(format!(
                     "step {open} is {}: the plan is not done",

@@ -150,6 +150,11 @@ fn table() -> Vec<(&'static str, Event, &'static str)> {
         ("R|SD HD", started(1), CONFLICT),
         ("R|SR HP", started(1), CONFLICT),
         ("R|SR HP", started(9), CONFLICT),
+        // Illegal: a step past a gate that was not passed; DONE with a step
+        // that never ran.
+        ("P|GP HP", started(1), CONFLICT),
+        ("P|GP HP", started(0), CONFLICT),
+        ("R|SD HP", ended('D'), CONFLICT),
         // Illegal: waiting on a step that cannot wait.
         ("R|SR HP", PlanWaiting { step: 0 }, CONFLICT),
         ("R|GD HR", PlanWaiting { step: 0 }, CONFLICT),

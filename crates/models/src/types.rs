@@ -656,6 +656,9 @@ pub struct PlanSummary {
     pub action: String,
     /// Its state.
     pub status: Status,
+    /// Its risk (plans made before Madre recorded it have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<RiskLevel>,
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -245,6 +245,45 @@ impl Runner {
         }
     }
 
+    /// Runs again the plans left RUNNING by an execution that stopped
+    /// without ending them (storage refused a write mid-plan): RUNNING in
+    /// the database, unchanged since before `before`, and neither executing
+    /// nor deferred here. Answers how many were admitted. The cleanup loop
+    /// calls it, so such a plan recovers with no restart.
+    pub async fn resume_orphans(
+        &self,
+        before: chrono::DateTime<Utc>,
+    ) -> Result<usize, RunnerError> {
+        let ids = self
+            .inner
+            .db
+            .run_blocking(move |db| db.plans_running_since_before(before))
+            .await?;
+        let mut admitted = 0;
+        for plan_id in ids {
+            let busy = self.inner.active_signal(plan_id).is_some()
+                || self
+                    .inner
+                    .deferred
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .any(|(id, _)| *id == plan_id);
+            if busy {
+                continue;
+            }
+            tracing::warn!(%plan_id, "resuming a plan left RUNNING by a stopped execution");
+            let options = RunOptions {
+                request_id: "orphan".into(),
+                principal: "madre".into(),
+                resumed: true,
+            };
+            self.admit(plan_id, options);
+            admitted += 1;
+        }
+        Ok(admitted)
+    }
+
     /// Plans deferred by [`Runner::admit`] and not started yet.
     pub fn deferred(&self) -> usize {
         self.inner
@@ -369,11 +408,20 @@ async fn execute(
     options: &RunOptions,
 ) -> Result<StoredPlan, RunnerError> {
     let signal = Arc::new(CancelSignal::new(false));
-    inner
-        .active
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(plan_id, signal.clone());
+    let already = {
+        let mut active = inner.active.lock().unwrap_or_else(|p| p.into_inner());
+        match active.entry(plan_id) {
+            std::collections::hash_map::Entry::Occupied(_) => true,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(signal.clone());
+                false
+            }
+        }
+    };
+    if already {
+        // Already executing here: never run one plan twice at once.
+        return inner.load(plan_id).await;
+    }
 
     let deadline = inner.config.task_timeout;
     let outcome = tokio::time::timeout(deadline, drive(inner, plan_id, options, &signal)).await;
@@ -398,42 +446,59 @@ async fn execute(
 
 async fn time_out(inner: &Inner, plan_id: Uuid, deadline: Duration) -> Result<(), RunnerError> {
     tracing::warn!(%plan_id, deadline_s = deadline.as_secs_f64(), "plan deadline passed");
-    let stored = inner.load(plan_id).await?;
-    let now = Utc::now();
-    let mut events: Vec<PlanEvent> = stored
-        .plan
-        .steps
-        .iter()
-        .enumerate()
-        .filter(|(_, step)| step.status == Status::Running)
-        .map(|(idx, _)| {
-            PlanEvent::new(
-                Event::StepFinished {
-                    step: idx,
-                    status: Status::Error,
-                },
-                now,
-            )
-            .error(format!(
-                "{TIMEOUT}: abandoned when the plan deadline of {} s passed",
-                deadline.as_secs()
-            ))
-        })
-        .collect();
-    events.push(
-        PlanEvent::finished(Status::Error, Some(TIMEOUT), now)
-            .result(json!({ "reply": format!("Plan timed out after {} s", deadline.as_secs()) }))
-            .warnings(vec![TIMEOUT.into()]),
-    );
-    ignore_conflict(inner.db.apply_events(plan_id, events, None).await)
+    // A write of the abandoned execution may still commit after this reads
+    // the plan (it runs on a blocking thread): when the journal refuses the
+    // ending for that reason, read again and retry, a bounded few times.
+    for _ in 0..TIMEOUT_RETRIES {
+        let stored = inner.load(plan_id).await?;
+        if stored.plan.status.is_terminal() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let mut events: Vec<PlanEvent> = stored
+            .plan
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, step)| step.status == Status::Running)
+            .map(|(idx, _)| {
+                PlanEvent::new(
+                    Event::StepFinished {
+                        step: idx,
+                        status: Status::Error,
+                    },
+                    now,
+                )
+                .error(format!(
+                    "{TIMEOUT}: abandoned when the plan deadline of {} s passed",
+                    deadline.as_secs()
+                ))
+            })
+            .collect();
+        events.push(
+            PlanEvent::finished(Status::Error, Some(TIMEOUT), now)
+                .result(
+                    json!({ "reply": format!("Plan timed out after {} s", deadline.as_secs()) }),
+                )
+                .warnings(vec![TIMEOUT.into()]),
+        );
+        match inner.db.apply_events(plan_id, events, None).await {
+            Ok(_) => return Ok(()),
+            Err(DbError::Conflict(reason)) => {
+                tracing::info!(%plan_id, %reason, "plan changed while timing out; reading it again");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(RunnerError::Interrupted(format!(
+        "plan {plan_id} kept changing while its deadline passed"
+    )))
 }
 
-fn ignore_conflict<T>(result: Result<T, DbError>) -> Result<(), RunnerError> {
-    match result {
-        Ok(_) | Err(DbError::Conflict(_)) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
+/// How many times a timed-out plan is read again when its ending races a
+/// last write of the abandoned execution.
+const TIMEOUT_RETRIES: usize = 5;
 
 async fn drive(
     inner: &Arc<Inner>,
@@ -511,9 +576,12 @@ async fn drive(
             module = %step.module(),
         );
         let started_at = std::time::Instant::now();
+        // Biased, cancel first: a cancel already signalled wins before the
+        // step's call is even polled.
         let outcome = tokio::select! {
-            outcome = steps::run_step(inner, &plan, idx, engine.as_deref(), &options.request_id, resumed).instrument(span.clone()) => outcome,
+            biased;
             _ = cancelled.wait_for(|c| *c) => return Ok(()),
+            outcome = steps::run_step(inner, &plan, idx, engine.as_deref(), &options.request_id, resumed).instrument(span.clone()) => outcome,
         };
         span.in_scope(|| {
             tracing::info!(

@@ -741,3 +741,33 @@ async fn the_journal_holds_every_change_in_order() {
     assert_eq!(events[1].step_type, Some(StepType::CallSwitch));
     assert_eq!(events[3].step_type, Some(StepType::CallHermes));
 }
+
+/// A plan an execution left RUNNING without ending it (storage refused a
+/// write mid-plan) is run again by `resume_orphans`, with no restart; a
+/// plan executing now is left alone.
+#[tokio::test]
+async fn a_plan_left_running_by_a_stopped_execution_is_resumed() {
+    let h = Harness::new(Setup::default());
+    let id = h.plan("hello", Mode::Madre).await;
+    let started = PlanEvent::new(Event::StepStarted { step: 0 }, Utc::now());
+    h.db.apply_events(id, vec![started], None).await.unwrap();
+    assert_eq!(
+        h.runner
+            .resume_orphans(Utc::now() - chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        0,
+        "changed too recently: it may be starting right now"
+    );
+    assert_eq!(h.runner.resume_orphans(Utc::now()).await.unwrap(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = h.db.plan(id).unwrap().unwrap().plan.status;
+        if status == Status::Done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.calls(Module::Hermes).await, 1);
+}
