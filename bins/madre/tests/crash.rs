@@ -188,4 +188,29 @@ async fn three_sigkills_mid_load_lose_nothing_acknowledged() {
             "acknowledged intent {intent} missing from intents_log"
         );
     }
+    // the requests the kills cut short were closed `interrupted` at restart
+    let open: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM intents_log WHERE processed_by_madre_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(open, 0, "intents left open after the restarts");
+    // every plan's journal ends in the status the plan has: the state and
+    // its events were always written together
+    let mismatched: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM tasks t WHERE t.status IS NOT (
+                 SELECT json_extract(e.payload_json, '$.status') FROM plan_events e
+                 WHERE e.task_id = t.id AND e.type NOT IN ('step_started', 'step_finished')
+                 ORDER BY e.seq DESC LIMIT 1)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        mismatched, 0,
+        "plans whose journal disagrees with their status"
+    );
 }
