@@ -171,13 +171,14 @@ async fn a_waiting_plan_survives_a_restart_and_is_confirmed_afterwards() {
     );
     app.stop().await;
 
-    let (base, handle) = start(&app.vars).await;
+    let (base, handle, madre) = start(&app.vars).await;
     let again = TestApp {
         base,
         dir: tempfile::tempdir().unwrap(),
         stubs: StubServer::start("127.0.0.1", |_| 0).unwrap(),
         handle,
         vars: app.vars.clone(),
+        madre,
     };
     let c = again.confirm(ADMIN, &plan, &token).await;
     assert_eq!((c.status, s(&c.body["plan_status"])), (200, "DONE"));

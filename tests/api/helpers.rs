@@ -21,6 +21,8 @@ pub(crate) struct TestApp {
     pub(crate) stubs: StubServer,
     pub(crate) handle: actix_web::dev::ServerHandle,
     pub(crate) vars: HashMap<String, String>,
+    /// The server's Madre, to reach its storage as an embedding service can.
+    pub(crate) madre: std::sync::Arc<madre_flows::Madre>,
 }
 
 pub(crate) struct Reply {
@@ -36,12 +38,17 @@ pub(crate) fn settings(vars: &HashMap<String, String>) -> Settings {
 
 pub(crate) async fn start(
     vars: &HashMap<String, String>,
-) -> (String, actix_web::dev::ServerHandle) {
+) -> (
+    String,
+    actix_web::dev::ServerHandle,
+    std::sync::Arc<madre_flows::Madre>,
+) {
     let app = Application::build(settings(vars)).unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
+    let madre = app.madre();
     actix_rt::spawn(app.run_until_stopped());
-    (base, handle)
+    (base, handle, madre)
 }
 
 pub(crate) async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
@@ -75,13 +82,14 @@ pub(crate) async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
     }
-    let (base, handle) = start(&vars).await;
+    let (base, handle, madre) = start(&vars).await;
     TestApp {
         base,
         dir,
         stubs,
         handle,
         vars,
+        madre,
     }
 }
 

@@ -3,11 +3,10 @@
 //! says `degraded` with `db: down`; nothing is half-written; and Madre
 //! recovers by itself once the cause is gone.
 //!
-//! The cause here is real and comes from outside the server, as an
-//! operator would meet it: another process holds the database's write lock
-//! past the busy timeout. (A full database is tested on `madre_db::Db`
-//! itself, with its size cap, in `crates/db/tests/storage_full.rs`; both
-//! answer through the same path.)
+//! Two causes: another process holds the database's write lock past the
+//! busy timeout, and a database that fills up (its size capped through
+//! `Db::set_max_size`, SQLite's `max_page_count`). madre-db's own tests
+//! cover more of the full case in `crates/db/tests/storage_full.rs`.
 
 use crate::helpers::*;
 use rusqlite::Connection;
@@ -136,5 +135,55 @@ async fn health_follows_the_database_from_the_background_check_with_no_requests(
     let health = wait_for_db(&app, "up").await;
     assert_eq!(health["status"], json!("ok"), "{health}");
     assert_sound(&other);
+    app.stop().await;
+}
+
+/// A database that fills up (its size capped with SQLite's
+/// `max_page_count`, through `Db::set_max_size` as an embedding service
+/// would): chats answer 503 with `Retry-After`, health says db down, the
+/// file stays sound, and once there is room again Madre serves with no
+/// restart.
+#[actix_rt::test]
+async fn a_full_database_answers_503_and_recovers_when_room_comes_back() {
+    let app = spawn_app().await;
+    let (status, _, body) = chat(&app, "hello").await;
+    assert_eq!(status, 200, "{body}");
+    let db = app.madre.db().clone();
+    let size = std::fs::metadata(db.path()).unwrap().len();
+    db.set_max_size(Some(size)).unwrap();
+
+    // Pages free inside the file take a few chats; then it is full.
+    let mut refused = None;
+    for i in 0..500 {
+        let (status, retry_after, body) = chat(&app, &format!("fill {i}")).await;
+        if status != 200 {
+            refused = Some((status, retry_after, body));
+            break;
+        }
+    }
+    let (status, retry_after, body) = refused.expect("the capped database never filled up");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], json!("storage_unavailable"), "{body}");
+    assert!(s(&body["detail"]).contains("full"), "{body}");
+    assert!(retry_after.is_some());
+    let r = app.send("GET", "/health", None, None).await;
+    assert_eq!(
+        (r.body["status"].clone(), r.body["db"].clone()),
+        (json!("degraded"), json!("down")),
+        "{}",
+        r.body
+    );
+    assert_sound(&intruder(&app));
+
+    db.set_max_size(None).unwrap();
+    let health = wait_for_db(&app, "up").await;
+    assert_eq!(health["status"], json!("ok"), "{health}");
+    let (status, _, body) = chat(&app, "room again").await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (200, json!("DONE")),
+        "{body}"
+    );
+    assert_sound(&intruder(&app));
     app.stop().await;
 }

@@ -247,6 +247,13 @@ impl Application {
         self.port
     }
 
+    /// Madre itself, for a service that embeds the server and drives the
+    /// flows or the storage beside HTTP (e.g. capping the database's size
+    /// with `madre().db().set_max_size(…)`).
+    pub fn madre(&self) -> std::sync::Arc<Madre> {
+        self.state.madre.clone()
+    }
+
     /// A handle to stop the server (graceful, as on SIGTERM).
     pub fn handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()

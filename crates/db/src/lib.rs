@@ -256,22 +256,30 @@ impl Db {
     /// keep it from filling a disk it shares. Answers the cap in force, in
     /// bytes. Blocking: it waits for the writer between two writes.
     pub fn set_max_size(&self, max_bytes: Option<u64>) -> Result<u64, DbError> {
-        self.writer.with_connection(|conn| {
-            let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-            let pages = match max_bytes {
-                // SQLite's own ceiling (2^32 - 2 pages) when there is no cap.
-                None => 0xFFFF_FFFE,
-                // 0 would leave the cap unchanged; 1 means "as small as it is".
-                Some(bytes) => i64::try_from(bytes / page_size.max(1).unsigned_abs())
-                    .unwrap_or(i64::MAX)
-                    .max(1),
-            };
-            let pages: i64 =
-                conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
-                    r.get(0)
-                })?;
-            Ok(u64::try_from(pages.saturating_mul(page_size)).unwrap_or(u64::MAX))
-        })
+        self.writer
+            .with_connection(|conn| {
+                let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+                let pages = match max_bytes {
+                    // SQLite's own ceiling (2^32 - 2 pages) when there is no cap.
+                    None => 0xFFFF_FFFE,
+                    // 0 would leave the cap unchanged; 1 means "as small as it is".
+                    Some(bytes) => i64::try_from(bytes / page_size.max(1).unsigned_abs())
+                        .unwrap_or(i64::MAX)
+                        .max(1),
+                };
+                let pages: i64 =
+                    conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                        r.get(0)
+                    })?;
+                Ok(u64::try_from(pages.saturating_mul(page_size)).unwrap_or(u64::MAX))
+            })
+            .inspect(|_| {
+                // A new cap may give room back: measure at once rather than at
+                // the next probe (a full database stays down until measured).
+                if self.storage_fault() == Some(StorageFault::Full) {
+                    let _ = self.check_storage();
+                }
+            })
     }
 
     /// Size of the database file plus its WAL, in bytes.

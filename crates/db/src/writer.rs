@@ -125,7 +125,17 @@ impl StorageHealth {
         }
     }
 
-    /// Storage took a write; logged when it had been failing.
+    /// A commit wrote rows: storage takes writes, unless it was full (a
+    /// small write that fits in a page already there proves no room for
+    /// the next insert; only the storage check, which measures room, lifts
+    /// that one).
+    pub(crate) fn record_written(&self) {
+        if self.fault() != Some(StorageFault::Full) {
+            self.record_ok();
+        }
+    }
+
+    /// Storage takes writes; logged when it had been failing.
     pub(crate) fn record_ok(&self) {
         let before = self.0.swap(UP, Ordering::AcqRel);
         if before != UP {
@@ -404,7 +414,7 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>, health: &Storag
         (Some(fault), _) => health.record_fault(fault),
         // Rows reached the WAL: storage takes writes. A commit that
         // changed nothing wrote nothing, and proves nothing.
-        (None, Ok(true)) if conn.total_changes() > changes_before => health.record_ok(),
+        (None, Ok(true)) if conn.total_changes() > changes_before => health.record_written(),
         _ => {}
     }
     match &commit {

@@ -92,10 +92,8 @@ fn a_full_database_answers_unavailable_and_takes_writes_again_once_it_has_room()
     t.db.integrity_check().unwrap();
 
     // Raising the cap is all it takes: no reopening. While storage is
-    // down, the check proves it takes writes by committing one (another
-    // connection's `data_version` moves when a commit lands).
-    let cap = t.db.set_max_size(Some(64 * 1024 * 1024)).unwrap();
-    assert_eq!(cap, 64 * 1024 * 1024);
+    // down, the check it runs proves the disk takes writes by committing
+    // one (another connection's `data_version` moves when a commit lands).
     let other = Connection::open(&t.path).unwrap();
     let data_version = || -> i64 {
         other
@@ -103,9 +101,11 @@ fn a_full_database_answers_unavailable_and_takes_writes_again_once_it_has_room()
             .unwrap()
     };
     let seen = data_version();
-    t.db.check_storage().unwrap();
+    let cap = t.db.set_max_size(Some(64 * 1024 * 1024)).unwrap();
+    assert_eq!(cap, 64 * 1024 * 1024);
     assert_eq!(t.db.storage_fault(), None);
     assert_ne!(data_version(), seen, "the check committed nothing");
+    t.db.check_storage().unwrap();
     let before = count(&t.db);
     t.db.log_intent(intent(2048)).wait().unwrap();
     assert_eq!(count(&t.db), before + 1);
@@ -113,7 +113,7 @@ fn a_full_database_answers_unavailable_and_takes_writes_again_once_it_has_room()
 }
 
 #[test]
-fn a_successful_write_clears_the_fault_without_waiting_for_the_check() {
+fn raising_the_cap_clears_the_fault_without_waiting_for_the_probe() {
     let t = open();
     fill(&t.db);
     assert_eq!(t.db.storage_fault(), Some(StorageFault::Full));
