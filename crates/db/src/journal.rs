@@ -361,6 +361,7 @@ pub(crate) fn created(
     record: &crate::NewPlanRecord,
     task_id: i64,
     replica: &str,
+    start_first_step: bool,
 ) -> Result<(), DbError> {
     let plan = &record.plan;
     let types: Vec<StepType> = plan.steps.iter().map(|s| s.step_type).collect();
@@ -396,9 +397,16 @@ pub(crate) fn created(
             plan.created_at,
         )),
     };
-    if let Some(mut event) = then {
-        event.principal = principal;
-        step(conn, plan.plan_id, &mut loaded, &event, replica)?;
+    match then {
+        Some(mut event) => {
+            event.principal = principal;
+            step(conn, plan.plan_id, &mut loaded, &event, replica)?;
+        }
+        None if start_first_step && !plan.steps.is_empty() => {
+            let started = PlanEvent::new(Event::StepStarted { step: 0 }, plan.created_at);
+            step(conn, plan.plan_id, &mut loaded, &started, replica)?;
+        }
+        None => {}
     }
     Ok(())
 }

@@ -123,7 +123,12 @@ fn insert_context(
     Ok(())
 }
 
-fn insert_record(conn: &Connection, record: &NewPlanRecord, replica: &str) -> Result<(), DbError> {
+fn insert_record(
+    conn: &Connection,
+    record: &NewPlanRecord,
+    replica: &str,
+    start_first_step: bool,
+) -> Result<(), DbError> {
     let plan = &record.plan;
     let plan_id = plan.plan_id.to_string();
     conn.prepare_cached(
@@ -191,7 +196,7 @@ fn insert_record(conn: &Connection, record: &NewPlanRecord, replica: &str) -> Re
     for action in &record.actions {
         insert_action(conn, action)?;
     }
-    journal::created(conn, record, task_id, replica)
+    journal::created(conn, record, task_id, replica, start_first_step)
 }
 
 /// Plans per status, from the counters triggers keep (SPEC §9 `/metrics`).
@@ -306,7 +311,18 @@ impl Db {
     /// session), optional confirmation and audit rows, atomically.
     pub fn insert_plan(&self, record: NewPlanRecord) -> Write<()> {
         let replica = self.replica.clone();
-        self.write(move |conn| insert_record(conn, &record, &replica))
+        self.write(move |conn| insert_record(conn, &record, &replica, false))
+    }
+
+    /// Stores a new plan that runs at once, with its first step already
+    /// started (event `step_started` in the same transaction): one commit
+    /// fewer per plan, and the step is still durably RUNNING before its
+    /// call. The runner then calls that step without journaling its start
+    /// again. A plan that waits or was refused is stored as by
+    /// [`Db::insert_plan`].
+    pub fn insert_plan_started(&self, record: NewPlanRecord) -> Write<()> {
+        let replica = self.replica.clone();
+        self.write(move |conn| insert_record(conn, &record, &replica, true))
     }
 
     /// Adds a context row to a plan.

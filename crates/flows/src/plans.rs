@@ -116,7 +116,12 @@ impl Madre {
             confirmation,
             actions: vec![action],
         };
-        self.db.insert_plan(record).await?;
+        if waits || denied {
+            self.db.insert_plan(record).await?;
+        } else {
+            // It runs at once: its first step starts in the same commit.
+            self.db.insert_plan_started(record).await?;
+        }
         Ok(Planned {
             plan,
             token,

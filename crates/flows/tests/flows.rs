@@ -141,6 +141,16 @@ async fn a_low_chat_runs_on_plain_tokio() {
     let detail = h.madre.plan_detail(r.plan_id).await.unwrap();
     assert_eq!(detail.events.first().unwrap().event_type, "plan_created");
     assert_eq!(detail.events.last().unwrap().event_type, "plan_finished");
+    // The first step starts in the plan's own commit, and only once.
+    assert_eq!(detail.events[1].event_type, "step_started");
+    assert_eq!(detail.events[1].at, detail.events[0].at);
+    let first = detail.plan.steps[0].step_id;
+    let starts = detail
+        .events
+        .iter()
+        .filter(|e| e.event_type == "step_started" && e.step_id == Some(first))
+        .count();
+    assert_eq!((starts, detail.plan.steps[0].attempts), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -561,11 +561,22 @@ async fn drive(
             Status::Pending | Status::Running => {}
         }
         let resumed = options.resumed && step.status == Status::Running;
-        carry.push(PlanEvent::new(Event::StepStarted { step: idx }, Utc::now()));
-        inner
-            .db
-            .apply_events(plan_id, std::mem::take(&mut carry), None)
-            .await?;
+        if step.status == Status::Running && !options.resumed {
+            // Started with the plan's creation (`Db::insert_plan_started`):
+            // durably RUNNING already, so only what is carried commits.
+            if !carry.is_empty() {
+                inner
+                    .db
+                    .apply_events(plan_id, std::mem::take(&mut carry), None)
+                    .await?;
+            }
+        } else {
+            carry.push(PlanEvent::new(Event::StepStarted { step: idx }, Utc::now()));
+            inner
+                .db
+                .apply_events(plan_id, std::mem::take(&mut carry), None)
+                .await?;
+        }
 
         let span = tracing::info_span!(
             "step",
