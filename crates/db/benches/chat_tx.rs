@@ -6,139 +6,14 @@
 //! commits, one per write (the finest-grained way a runner could commit).
 #![allow(missing_docs)]
 
-use chrono::Utc;
+#[path = "support/chat.rs"]
+mod chat_workload;
+
+use chat_workload::{Commits, one_chat};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use madre_db::*;
-use madre_models::{Intent, Mode, Plan, RiskLevel, SessionId, Status, Step, StepType};
-use serde_json::json;
+use madre_db::Db;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use uuid::Uuid;
-
-/// How the writes of one chat are committed.
-#[derive(Clone, Copy)]
-enum Commits {
-    /// All in one transaction.
-    One,
-    /// Each write its own commit.
-    Seven,
-}
-
-fn one_chat(db: &Db, commits: Commits) {
-    let now = Utc::now();
-    let session = SessionId::parse("bench".into()).unwrap();
-    let intent_id = Uuid::now_v7();
-    let log = db.log_intent(NewIntentLog {
-        id: intent_id,
-        source: "chat".into(),
-        principal: "bench".into(),
-        payload: json!({"message": "hello there"}),
-        created_at: now,
-    });
-    let steps = [
-        StepType::CallSwitch,
-        StepType::CallHermes,
-        StepType::Noop,
-        StepType::Noop,
-    ]
-    .into_iter()
-    .map(|ty| Step::new(Uuid::now_v7(), ty, json!({"prompt": "hello there"}), now))
-    .collect();
-    let plan = Plan {
-        plan_id: Uuid::now_v7(),
-        intent_id,
-        session_id: session.clone(),
-        status: Status::Pending,
-        mode: Mode::Madre,
-        steps,
-        warnings: vec![],
-        error: None,
-        created_at: now,
-        updated_at: now,
-    };
-    let plan_id = plan.plan_id;
-    let intent = Intent {
-        intent_id,
-        session_id: session,
-        mode: Mode::Madre,
-        dsl: madre_models::Dsl {
-            domain: "general".into(),
-            action: "chat".into(),
-            parameters: Default::default(),
-            targets: vec![],
-            confidence: 0.3,
-            original_text: "hello there".into(),
-            warnings: vec![],
-            source: madre_models::DslSource::Fallback,
-        },
-        risk: RiskLevel::Low,
-        requires_confirmation: false,
-        targets: vec![],
-        created_at: now,
-        alternatives: vec![],
-    };
-    let action = |what: &str| NewAction {
-        module: "madre".into(),
-        action: what.into(),
-        reason: "bench".into(),
-        principal: "bench".into(),
-        plan_id: Some(plan_id),
-        created_at: now,
-    };
-    let insert = db.insert_plan(NewPlanRecord {
-        plan,
-        meta: PlanMeta {
-            kind: PlanKind::Chat,
-            name: "chat".into(),
-            module: "hermes".into(),
-            action: "chat".into(),
-            principal: "bench".into(),
-        },
-        intent: Some(intent),
-        confirmation: None,
-        actions: vec![action("plan_created"), action("plan_started")],
-    });
-    // Each step starts and finishes through the journal; the last one ends
-    // the plan with it.
-    let step = |idx: usize| {
-        let mut events = vec![
-            PlanEvent::new(Event::StepStarted { step: idx }, now),
-            PlanEvent::new(
-                Event::StepFinished {
-                    step: idx,
-                    status: Status::Done,
-                },
-                now,
-            )
-            .result(json!({"reply": "hi"})),
-        ];
-        if idx == 3 {
-            events.push(PlanEvent::finished(Status::Done, None, now));
-        }
-        db.apply_events(plan_id, events, None)
-    };
-    let close = db.close_intent(intent_id, "DONE", None, now);
-    match commits {
-        Commits::One => {
-            log.and(insert)
-                .and(step(0))
-                .and(step(1))
-                .and(step(2))
-                .and(step(3))
-                .and(close)
-                .wait()
-                .unwrap();
-        }
-        Commits::Seven => {
-            log.wait().unwrap();
-            insert.wait().unwrap();
-            (0..4).for_each(|idx| {
-                step(idx).wait().unwrap();
-            });
-            close.wait().unwrap();
-        }
-    }
-}
 
 fn chat_transactions(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();

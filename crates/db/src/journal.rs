@@ -105,11 +105,11 @@ pub(crate) fn load_state(conn: &Connection, plan_id: Uuid) -> Result<Loaded, DbE
         return Err(DbError::not_found("plan", plan_id));
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT step_id, type, status, attempts FROM plan_steps WHERE plan_id = ?1 ORDER BY idx",
+        "SELECT step_id, type, status, attempts FROM plan_steps WHERE task_id = ?1 ORDER BY idx",
     )?;
     let mut step_ids = Vec::new();
     let mut steps = Vec::new();
-    let rows = stmt.query_map([&id], |r| {
+    let rows = stmt.query_map([task_id], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -214,10 +214,10 @@ fn persist(
                         result_json = COALESCE(?5, result_json),
                         error = COALESCE(?6, error),
                         updated_at = ?7
-                     WHERE plan_id = ?1 AND idx = ?2",
+                     WHERE task_id = ?1 AND idx = ?2",
                 )?
                 .execute(params![
-                    id,
+                    loaded.task_id,
                     step as i64,
                     status.as_str(),
                     i64::from(attempt),
@@ -229,9 +229,9 @@ fn persist(
             Change::CancelOpenSteps => {
                 conn.prepare_cached(
                     "UPDATE plan_steps SET status = 'CANCELLED', finished_at = ?2, updated_at = ?2
-                     WHERE plan_id = ?1 AND status NOT IN ('DONE','ERROR','CANCELLED')",
+                     WHERE task_id = ?1 AND status NOT IN ('DONE','ERROR','CANCELLED')",
                 )?
-                .execute(params![id, at])?;
+                .execute(params![loaded.task_id, at])?;
             }
             Change::Plan { status } => {
                 let (result, error) = if plan_level {
@@ -413,11 +413,7 @@ pub(crate) fn created(
 
 /// The journal of one plan, in order.
 pub(crate) fn events_of(conn: &Connection, plan_id: Uuid) -> Result<Vec<JournalEvent>, DbError> {
-    let task_id: Option<i64> = conn
-        .prepare_cached("SELECT id FROM tasks WHERE uuid = ?1")?
-        .query_row([plan_id.to_string()], |r| r.get(0))
-        .optional()?;
-    let Some(task_id) = task_id else {
+    let Some(task_id) = crate::plans::task_row_id(conn, plan_id)? else {
         return Ok(Vec::new());
     };
     let mut stmt = conn.prepare_cached(

@@ -20,7 +20,8 @@
 //! [`Db::run_blocking`], which moves the work to Tokio's blocking pool and
 //! carries the current tracing span along. Every write method returns a
 //! [`Write`]: call `.wait()` from blocking code, or `.await` it from async
-//! code, which runs it on the blocking pool.
+//! code, which queues it for a drainer on the blocking pool and holds no
+//! thread while it waits.
 //!
 //! # Storage failures
 //! A disk or database that is full, a file that cannot be written, a lock

@@ -110,7 +110,7 @@ fn parse_uuid(text: &str) -> Result<Uuid, DbError> {
 
 fn insert_context(
     conn: &Connection,
-    task_id: &str,
+    task_id: i64,
     key: &str,
     value: &str,
     scope: &str,
@@ -130,14 +130,13 @@ fn insert_record(
     start_first_step: bool,
 ) -> Result<(), DbError> {
     let plan = &record.plan;
-    let plan_id = plan.plan_id.to_string();
     conn.prepare_cached(
         "INSERT INTO tasks (uuid, name, module, action, status, created_at, updated_at, error,
                             kind, intent_id, session_id, mode, principal, warnings_json, risk)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
-        plan_id,
+        plan.plan_id.to_string(),
         record.meta.name,
         record.meta.module,
         record.meta.action,
@@ -154,13 +153,13 @@ fn insert_record(
     ])?;
     let task_id = conn.last_insert_rowid();
     let mut insert_step = conn.prepare_cached(
-        "INSERT INTO plan_steps (plan_id, idx, step_id, type, payload_json, blocking, optional,
+        "INSERT INTO plan_steps (task_id, idx, step_id, type, payload_json, blocking, optional,
                                  status, attempts, result_json, error, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
     for (idx, step) in plan.steps.iter().enumerate() {
         insert_step.execute(params![
-            plan_id,
+            task_id,
             idx as i64,
             step.step_id.to_string(),
             step.step_type.as_str(),
@@ -187,7 +186,7 @@ fn insert_record(
     ];
     for (key, value, scope) in rows {
         if let Some(value) = value {
-            insert_context(conn, &plan_id, key, value, scope, plan.created_at)?;
+            insert_context(conn, task_id, key, value, scope, plan.created_at)?;
         }
     }
     if let Some(confirmation) = &record.confirmation {
@@ -197,6 +196,14 @@ fn insert_record(
         insert_action(conn, action)?;
     }
     journal::created(conn, record, task_id, replica, start_first_step)
+}
+
+/// The integer key (`tasks.id`) of a plan, which its child rows use.
+pub(crate) fn task_row_id(conn: &Connection, plan_id: Uuid) -> Result<Option<i64>, DbError> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM tasks WHERE uuid = ?1")?
+        .query_row([plan_id.to_string()], |r| r.get(0))
+        .optional()?)
 }
 
 /// Plans per status, from the counters triggers keep (SPEC §9 `/metrics`).
@@ -222,13 +229,13 @@ fn step_from_row(r: &Row<'_>) -> rusqlite::Result<RawStep> {
     r.try_into()
 }
 
-fn load_steps(conn: &Connection, plan_id: &str) -> Result<Vec<Step>, DbError> {
+fn load_steps(conn: &Connection, task_id: i64) -> Result<Vec<Step>, DbError> {
     let mut stmt = conn.prepare_cached(
         "SELECT step_id, type, payload_json, blocking, optional, status, attempts, result_json,
                 error, created_at, updated_at
-         FROM plan_steps WHERE plan_id = ?1 ORDER BY idx",
+         FROM plan_steps WHERE task_id = ?1 ORDER BY idx",
     )?;
-    let rows = stmt.query_map([plan_id], step_from_row)?;
+    let rows = stmt.query_map([task_id], step_from_row)?;
     let mut steps = Vec::new();
     for row in rows {
         let (
@@ -335,16 +342,23 @@ impl Db {
         at: DateTime<Utc>,
     ) -> Write<()> {
         let (key, value, scope) = (key.to_owned(), value.to_owned(), scope.to_owned());
-        self.write(move |conn| insert_context(conn, &task_id.to_string(), &key, &value, &scope, at))
+        self.write(move |conn| {
+            let id = task_row_id(conn, task_id)?.ok_or_else(|| DbError::not_found("plan", task_id))?;
+            insert_context(conn, id, &key, &value, &scope, at)
+        })
     }
 
-    /// The context rows of a plan, oldest first, as (key, value, scope).
+    /// The context rows of a plan, oldest first, as (key, value, scope);
+    /// none for an unknown plan.
     pub fn context_of(&self, task_id: Uuid) -> Result<Vec<(String, String, String)>, DbError> {
         self.read(|conn| {
+            let Some(id) = task_row_id(conn, task_id)? else {
+                return Ok(Vec::new());
+            };
             let mut stmt = conn.prepare_cached(
-                "SELECT key, value, scope FROM context WHERE task_id = ?1 ORDER BY rowid",
+                "SELECT key, value, scope FROM context WHERE task_id = ?1 ORDER BY id",
             )?;
-            let rows = stmt.query_map([task_id.to_string()], |r| {
+            let rows = stmt.query_map([id], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -356,6 +370,7 @@ impl Db {
         self.read(|conn| {
             let id = plan_id.to_string();
             type Head = (
+                i64,
                 String,
                 String,
                 String,
@@ -373,13 +388,14 @@ impl Db {
             );
             let head: Option<Head> = conn
                 .prepare_cached(
-                    "SELECT kind, name, module, action, status, error, intent_id, mode, session_id,
+                    "SELECT id, kind, name, module, action, status, error, intent_id, mode, session_id,
                             principal, warnings_json, created_at, updated_at, result
                      FROM tasks WHERE uuid = ?1",
                 )?
                 .query_row([&id], |r| r.try_into())
                 .optional()?;
             let Some((
+                task_id,
                 kind,
                 name,
                 module,
@@ -400,7 +416,7 @@ impl Db {
             };
             let intent_json: Option<String> = conn
                 .prepare_cached("SELECT value FROM context WHERE task_id = ?1 AND key = 'intent'")?
-                .query_row([&id], |r| r.get(0))
+                .query_row([task_id], |r| r.get(0))
                 .optional()?;
             let session_id = SessionId::parse(session_id.unwrap_or_else(|| "none".into()))
                 .map_err(|e| DbError::InvalidData(e.to_string()))?;
@@ -414,7 +430,7 @@ impl Db {
                 session_id,
                 status: parse_enum(&status, "status")?,
                 mode: parse_enum::<Mode>(&mode, "mode")?,
-                steps: load_steps(conn, &id)?,
+                steps: load_steps(conn, task_id)?,
                 warnings: serde_json::from_str(&warnings)?,
                 error,
                 created_at: created.0,

@@ -247,7 +247,10 @@ fn settle_plan(
         return Ok(());
     };
     let idx: Option<i64> = conn
-        .prepare_cached("SELECT idx FROM plan_steps WHERE plan_id = ?1 AND step_id = ?2")?
+        .prepare_cached(
+            "SELECT s.idx FROM tasks t JOIN plan_steps s ON s.task_id = t.id
+             WHERE t.uuid = ?1 AND s.step_id = ?2",
+        )?
         .query_row(params![plan_id.to_string(), step_id.to_string()], |r| {
             r.get(0)
         })

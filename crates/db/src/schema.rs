@@ -11,7 +11,7 @@ use crate::DbError;
 const APPLICATION_ID: i64 = 0x4D41_4452;
 
 /// The migrations, in order; migration `n` (1-based) brings the schema to version `n`.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4];
 
 /// The schema version this code creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -341,4 +341,53 @@ ALTER TABLE tasks ADD COLUMN risk TEXT;
 
 CREATE INDEX intents_log_open ON intents_log (created_at) WHERE processed_by_madre_at IS NULL;
 CREATE INDEX daughter_tasks_by_step ON daughter_tasks (step_id) WHERE step_id IS NOT NULL;
+"#;
+
+/// A chat's writes become appends: a plan's steps and context rows are
+/// keyed by the plan's integer id (`tasks.id`) instead of its UUID text, so
+/// the rows of plans created one after another land on the same last leaf
+/// page, and the steps of one plan sit together on one page. The unique
+/// index on `step_id` goes: a step is always found within its plan.
+const MIGRATION_4: &str = r#"
+CREATE TABLE plan_steps_v4 (
+    task_id      INTEGER NOT NULL REFERENCES tasks (id),
+    idx          INTEGER NOT NULL,
+    step_id      TEXT NOT NULL,
+    type         TEXT NOT NULL,
+    payload_json TEXT NOT NULL,
+    blocking     INTEGER NOT NULL,
+    optional     INTEGER NOT NULL,
+    status       TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    result_json  TEXT,
+    error        TEXT,
+    started_at   TEXT,
+    finished_at  TEXT,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    PRIMARY KEY (task_id, idx)
+) WITHOUT ROWID;
+INSERT INTO plan_steps_v4
+SELECT t.id, s.idx, s.step_id, s.type, s.payload_json, s.blocking, s.optional, s.status,
+       s.attempts, s.result_json, s.error, s.started_at, s.finished_at, s.created_at, s.updated_at
+FROM plan_steps s JOIN tasks t ON t.uuid = s.plan_id
+ORDER BY t.id, s.idx;
+DROP TABLE plan_steps;
+ALTER TABLE plan_steps_v4 RENAME TO plan_steps;
+
+CREATE TABLE context_v4 (
+    id         INTEGER PRIMARY KEY,
+    task_id    INTEGER NOT NULL REFERENCES tasks (id),
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    scope      TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+INSERT INTO context_v4 (task_id, key, value, scope, created_at)
+SELECT t.id, c.key, c.value, c.scope, c.created_at
+FROM context c JOIN tasks t ON t.uuid = c.task_id
+ORDER BY t.id, c.rowid;
+DROP TABLE context;
+ALTER TABLE context_v4 RENAME TO context;
+CREATE INDEX context_by_task ON context (task_id, key);
 "#;

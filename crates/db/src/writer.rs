@@ -9,6 +9,13 @@
 //! small virtual machines). Each turn commits one batch, so no caller is
 //! kept committing others' writes under steady load.
 //!
+//! An awaited write parks no thread: it is queued and its task sleeps
+//! until the answer comes. The first such write of a burst starts one
+//! drainer on a blocking thread, which commits batch after batch until the
+//! queue is empty; every awaited write queued meanwhile joins the next
+//! batch. So a server's concurrent requests share commits however few
+//! blocking threads it has.
+//!
 //! A failure of storage itself (full, read-only, locked, I/O error) is
 //! answered to every caller it touched as [`DbError::Unavailable`], and
 //! recorded: the writer knows whether storage took its last write, which
@@ -144,10 +151,12 @@ impl StorageHealth {
     }
 }
 
-/// Jobs queued for the next commit, and whether someone holds the turn.
+/// Jobs queued for the next commit, whether someone holds the turn, and
+/// whether a drainer is on its way for awaited writes.
 struct State {
     queue: Vec<Box<dyn Job>>,
     busy: bool,
+    draining: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,6 +171,7 @@ impl Writer {
             state: Mutex::new(State {
                 queue: Vec::new(),
                 busy: false,
+                draining: false,
             }),
             turn_ended: Condvar::new(),
             conn: Mutex::new(conn),
@@ -248,6 +258,54 @@ impl Writer {
     fn end_turn(&self) {
         lock(&self.state).busy = false;
         self.turn_ended.notify_all();
+    }
+
+    /// Queues an awaited write and returns at once: its caller awaits the
+    /// answer instead of parking a thread. When no drainer is on its way,
+    /// one starts on a blocking thread (Tokio's pool inside a runtime, a
+    /// thread of its own outside one); it commits batch after batch until
+    /// the queue is empty, so a burst of awaited writes costs one thread
+    /// hand-off and shares commits, however many callers wait.
+    fn enqueue(self: &Arc<Self>, job: Box<dyn Job>) {
+        let mut state = lock(&self.state);
+        state.queue.push(job);
+        if std::mem::replace(&mut state.draining, true) {
+            return;
+        }
+        drop(state);
+        let writer = Arc::clone(self);
+        let drain = move || writer.drain();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(drain)),
+            Err(_) => drop(std::thread::spawn(drain)),
+        }
+    }
+
+    /// Commits queued jobs, a batch per turn, until none is left. Waits
+    /// while a blocking caller holds the turn (that caller commits what is
+    /// queued too).
+    fn drain(&self) {
+        let mut state = lock(&self.state);
+        loop {
+            while state.busy {
+                state = self
+                    .turn_ended
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            if state.queue.is_empty() {
+                state.draining = false;
+                return;
+            }
+            state.busy = true;
+            let batch = std::mem::take(&mut state.queue);
+            drop(state);
+            {
+                let _turn = Turn(self);
+                commit_batch(&lock(&self.conn), batch, &self.health);
+            }
+            state = lock(&self.state);
+        }
     }
 
     /// Queues `job` and returns once `answered` says its answer is ready.
@@ -430,8 +488,10 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>, health: &Storag
 }
 
 /// A prepared write. Call [`Write::wait`] from blocking code, or `.await`
-/// it from async code (it then runs on Tokio's blocking pool, never on an
-/// executor thread). Dropping it unrun writes nothing.
+/// it from async code: it is then queued, committed by a drainer on a
+/// blocking thread (never on an executor thread) with whatever else is
+/// queued, and the caller's task sleeps until the commit answers, holding
+/// no thread. Dropping it unrun writes nothing.
 #[must_use = "a write does nothing until it is waited for or awaited"]
 pub struct Write<T> {
     writer: Arc<Writer>,
@@ -504,12 +564,17 @@ where
     type Output = Result<T, DbError>;
     type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send>>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        let span = tracing::Span::current();
+    fn into_future(mut self) -> Self::IntoFuture {
+        let job = self.job.take();
+        let writer = self.writer;
+        let answer = self.answer;
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || span.in_scope(|| self.wait()))
+            if let Some(job) = job {
+                writer.enqueue(job);
+            }
+            answer
                 .await
-                .map_err(|e| DbError::Internal(format!("blocking write task failed: {e}")))?
+                .map_err(|_| DbError::Internal("a queued write was dropped".into()))?
         })
     }
 }

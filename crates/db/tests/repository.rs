@@ -265,6 +265,95 @@ fn a_database_made_by_migration_2_gets_a_journal_and_loses_its_clear_tokens() {
     }
 }
 
+/// Migration 4 re-keys steps and context rows by the plan's integer id:
+/// a plan stored by the schema before reads back whole, and its journal
+/// goes on where it stopped.
+#[test]
+fn a_plan_stored_by_migration_3_reads_back_whole_and_runs_on_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    let plan = plan_with(
+        &[
+            (StepType::CallSwitch, Status::Pending),
+            (StepType::CallHermes, Status::Pending),
+        ],
+        "s1",
+        t0(),
+    );
+    let plan_id = plan.plan_id;
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, &path, 3).unwrap();
+        let id = plan_id.to_string();
+        conn.execute(
+            "INSERT INTO tasks (uuid, name, module, action, status, created_at, updated_at,
+                                kind, session_id, mode, principal)
+             VALUES (?1, 'chat', 'hermes', 'chat', 'RUNNING', '2026-11-22T12:00:00.000000Z',
+                     '2026-11-22T12:00:00.000000Z', 'chat', 's1', 'MADRE', 'admin')",
+            [&id],
+        )
+        .unwrap();
+        for (idx, step) in plan.steps.iter().enumerate() {
+            let status = if idx == 0 { "DONE" } else { "PENDING" };
+            conn.execute(
+                "INSERT INTO plan_steps (plan_id, idx, step_id, type, payload_json, blocking,
+                                         optional, status, attempts, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, '{\"prompt\":\"hi\"}', 1, 0, ?5, ?6,
+                         '2026-11-22T12:00:00.000000Z', '2026-11-22T12:00:00.000000Z')",
+                rusqlite::params![
+                    id,
+                    idx as i64,
+                    step.step_id.to_string(),
+                    step.step_type.as_str(),
+                    status,
+                    i64::from(idx == 0)
+                ],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO context (task_id, key, value, scope, created_at)
+             VALUES (?1, 'mode', 'MADRE', 'plan', '2026-11-22T12:00:00.000000Z')",
+            [&id],
+        )
+        .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    let stored = db.plan(plan_id).unwrap().expect("the plan survives the upgrade");
+    let steps: Vec<_> = stored
+        .plan
+        .steps
+        .iter()
+        .map(|s| (s.step_id, s.step_type, s.status, s.attempts))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (plan.steps[0].step_id, StepType::CallSwitch, Status::Done, 1),
+            (plan.steps[1].step_id, StepType::CallHermes, Status::Pending, 0),
+        ]
+    );
+    assert_eq!(
+        db.context_of(plan_id).unwrap(),
+        [("mode".to_owned(), "MADRE".to_owned(), "plan".to_owned())]
+    );
+    let state = db
+        .apply_events(
+            plan_id,
+            vec![
+                started(1, t0()),
+                finished(1, Status::Done, t0()),
+                PlanEvent::finished(Status::Done, None, t0()),
+            ],
+            None,
+        )
+        .wait()
+        .unwrap();
+    assert_eq!(state.status, Status::Done);
+    assert_eq!(db.plan(plan_id).unwrap().unwrap().plan.steps[1].status, Status::Done);
+    db.integrity_check().unwrap();
+}
+
 #[test]
 fn intent_log_is_append_only_and_closes_once() {
     let t = open();
@@ -1201,6 +1290,45 @@ async fn writes_can_be_awaited_and_reads_run_off_the_executor() {
             .await
             .unwrap();
     assert!(row.is_some());
+}
+
+/// Awaited writes (queued for a drainer) and blocking writes (which take
+/// the turn themselves) share one writer: from a runtime with a single
+/// blocking thread and from plain threads at once, every write commits
+/// exactly once and every caller gets its answer.
+#[test]
+fn awaited_and_blocking_writes_all_commit_once_side_by_side() {
+    let t = open();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let db = t.db.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    db.log_intent(intent_entry(t0())).wait().unwrap();
+                }
+            })
+        })
+        .collect();
+    runtime.block_on(async {
+        let writes: Vec<_> = (0..300)
+            .map(|_| tokio::spawn(t.db.log_intent(intent_entry(t0())).into_future()))
+            .collect();
+        let all = async {
+            for write in writes {
+                write.await.unwrap().unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), all)
+            .await
+            .expect("every awaited write answers");
+    });
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(t.db.count_intents().unwrap(), 600);
 }
 
 const CRASH_CHILD_ENV: &str = "MADRE_DB_CRASH_CHILD";
