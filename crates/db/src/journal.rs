@@ -355,13 +355,14 @@ fn insert_event(
 
 /// Journals a plan just inserted with every row PENDING: `plan_created`,
 /// then `plan_waiting` on its gate when it waits for a confirmation, or
-/// `plan_finished` when it was refused (the planner's status says which).
+/// `plan_finished` when it was refused (the planner's status says which),
+/// or else the events `starting` (a plan that runs at once starts there).
 pub(crate) fn created(
     conn: &Connection,
     record: &crate::NewPlanRecord,
     task_id: i64,
     replica: &str,
-    start_first_step: bool,
+    starting: &[PlanEvent],
 ) -> Result<(), DbError> {
     let plan = &record.plan;
     let types: Vec<StepType> = plan.steps.iter().map(|s| s.step_type).collect();
@@ -402,11 +403,11 @@ pub(crate) fn created(
             event.principal = principal;
             step(conn, plan.plan_id, &mut loaded, &event, replica)?;
         }
-        None if start_first_step && !plan.steps.is_empty() => {
-            let started = PlanEvent::new(Event::StepStarted { step: 0 }, plan.created_at);
-            step(conn, plan.plan_id, &mut loaded, &started, replica)?;
+        None => {
+            for event in starting {
+                step(conn, plan.plan_id, &mut loaded, event, replica)?;
+            }
         }
-        None => {}
     }
     Ok(())
 }

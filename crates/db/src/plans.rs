@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::audit::{NewAction, insert_action};
 use crate::confirmations::{NewConfirmation, insert_confirmation};
-use crate::journal;
+use crate::journal::{self, PlanEvent};
 use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
 
@@ -127,7 +127,7 @@ fn insert_record(
     conn: &Connection,
     record: &NewPlanRecord,
     replica: &str,
-    start_first_step: bool,
+    then: &[journal::PlanEvent],
 ) -> Result<(), DbError> {
     let plan = &record.plan;
     conn.prepare_cached(
@@ -195,7 +195,7 @@ fn insert_record(
     for action in &record.actions {
         insert_action(conn, action)?;
     }
-    journal::created(conn, record, task_id, replica, start_first_step)
+    journal::created(conn, record, task_id, replica, then)
 }
 
 /// The integer key (`tasks.id`) of a plan, which its child rows use.
@@ -318,18 +318,19 @@ impl Db {
     /// session), optional confirmation and audit rows, atomically.
     pub fn insert_plan(&self, record: NewPlanRecord) -> Write<()> {
         let replica = self.replica.clone();
-        self.write(move |conn| insert_record(conn, &record, &replica, false))
+        self.write(move |conn| insert_record(conn, &record, &replica, &[]))
     }
 
-    /// Stores a new plan that runs at once, with its first step already
-    /// started (event `step_started` in the same transaction): one commit
-    /// fewer per plan, and the step is still durably RUNNING before its
-    /// call. The runner then calls that step without journaling its start
-    /// again. A plan that waits or was refused is stored as by
-    /// [`Db::insert_plan`].
-    pub fn insert_plan_started(&self, record: NewPlanRecord) -> Write<()> {
+    /// Stores a new plan that runs at once, with `events` appended to its
+    /// journal in the same commit (its first step started, and any step
+    /// whose answer is already known finished): the steps they start are
+    /// durably RUNNING before their calls, with no commit of their own. A
+    /// plan that waits or was refused is stored as by [`Db::insert_plan`]
+    /// and `events` are not applied. An event the state machine refuses
+    /// fails the whole write.
+    pub fn insert_plan_with(&self, record: NewPlanRecord, events: Vec<PlanEvent>) -> Write<()> {
         let replica = self.replica.clone();
-        self.write(move |conn| insert_record(conn, &record, &replica, true))
+        self.write(move |conn| insert_record(conn, &record, &replica, &events))
     }
 
     /// Adds a context row to a plan.

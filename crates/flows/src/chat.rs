@@ -162,7 +162,7 @@ impl Madre {
             )
         } else {
             let stored = self
-                .run_new_plan(principal, planned.plan.plan_id, request_id)
+                .run_new_plan(principal, planned.plan.clone(), request_id)
                 .await?;
             (
                 stored.plan.status,

@@ -295,7 +295,10 @@ impl Madre {
         }
         let stored = if kind == PlanKind::Task {
             // v6 tasks run in the background; the caller polls /tasks/{id}.
-            match self.runner.start(plan_id, options(principal, request_id)) {
+            match self
+                .runner
+                .start_opened(planned.plan, options(principal, request_id))
+            {
                 Ok(_run) => {}
                 Err(RunnerError::QueueFull { queued }) => {
                     self.refuse_queue_full(plan_id).await;
@@ -305,7 +308,7 @@ impl Madre {
             }
             self.load_plan(plan_id).await?
         } else {
-            self.run_new_plan(principal, plan_id, request_id).await?
+            self.run_new_plan(principal, planned.plan, request_id).await?
         };
         Ok(ControlOutcome {
             response: accepted(&stored),

@@ -14,7 +14,8 @@ use crate::{FlowError, Madre};
 /// Reason recorded on a plan refused because every place was taken.
 pub(crate) const QUEUE_FULL: &str = "queue_full";
 
-/// A plan made and stored, with the token to confirm it when it waits.
+/// A plan made and stored, as stored (opened by `madre_runner::open` when
+/// it runs at once), with the token to confirm it when it waits.
 pub(crate) struct Planned {
     pub(crate) plan: Plan,
     pub(crate) token: Option<ConfirmToken>,
@@ -119,8 +120,10 @@ impl Madre {
         if waits || denied {
             self.db.insert_plan(record).await?;
         } else {
-            // It runs at once: its first step starts in the same commit.
-            self.db.insert_plan_started(record).await?;
+            // It runs at once: its first call's step starts in the same
+            // commit, and the runner gets the plan as stored.
+            let opening = madre_runner::open(&mut plan, now);
+            self.db.insert_plan_with(record, opening).await?;
         }
         Ok(Planned {
             plan,
@@ -134,10 +137,11 @@ impl Madre {
     pub(crate) async fn run_new_plan(
         &self,
         principal: &Principal,
-        plan_id: Uuid,
+        plan: Plan,
         request_id: &str,
     ) -> Result<StoredPlan, FlowError> {
-        let run = match self.runner.start(plan_id, options(principal, request_id)) {
+        let plan_id = plan.plan_id;
+        let run = match self.runner.start_opened(plan, options(principal, request_id)) {
             Ok(run) => run,
             Err(RunnerError::QueueFull { queued }) => {
                 self.refuse_queue_full(plan_id).await;

@@ -22,7 +22,7 @@ mod steps;
 use chrono::Utc;
 use madre_db::{Db, DbError, Event, NewAction, PlanEvent, StoredPlan};
 use madre_delegation::Delegator;
-use madre_models::{Module, Status, StepType};
+use madre_models::{Module, Plan, Status, StepType};
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -188,6 +188,22 @@ impl Runner {
     /// Queues the plan for execution, or refuses it when every slot is busy
     /// and `max_queued` plans already wait.
     pub fn start(&self, plan_id: Uuid, options: RunOptions) -> Result<PlanRun, RunnerError> {
+        self.queue(plan_id, None, options)
+    }
+
+    /// As [`Runner::start`], for a plan just stored with the events of
+    /// [`open`]: `plan` is that plan as stored, so its execution starts
+    /// without reading it back.
+    pub fn start_opened(&self, plan: Plan, options: RunOptions) -> Result<PlanRun, RunnerError> {
+        self.queue(plan.plan_id, Some(plan), options)
+    }
+
+    fn queue(
+        &self,
+        plan_id: Uuid,
+        opened: Option<Plan>,
+        options: RunOptions,
+    ) -> Result<PlanRun, RunnerError> {
         let inner = self.inner.clone();
         let permit = match inner.slots.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
@@ -213,7 +229,7 @@ impl Runner {
                     }
                 }
             };
-            let outcome = execute(&inner, plan_id, &options).await;
+            let outcome = execute(&inner, plan_id, opened, &options).await;
             let _ = tx.send(outcome);
             run_deferred(&inner, permit).await;
         });
@@ -360,6 +376,39 @@ impl Runner {
     }
 }
 
+/// Opens a plan that is about to be stored and run at once: answers the
+/// events to store with it (in its creation commit, see
+/// [`Db::insert_plan_with`]) and changes `plan` to match. Every leading
+/// step whose answer is already known (a Switch step answered at intake)
+/// starts and finishes; the first step that needs a call starts. So the
+/// plan's first call runs with no commit of its own before it, and the
+/// rule holds: each step is durably RUNNING before its call, each earlier
+/// step durably finished. Pass the changed plan to [`Runner::start_opened`].
+pub fn open(plan: &mut Plan, at: chrono::DateTime<Utc>) -> Vec<PlanEvent> {
+    let mut events = Vec::new();
+    for (idx, step) in plan.steps.iter_mut().enumerate() {
+        events.push(PlanEvent::new(Event::StepStarted { step: idx }, at));
+        step.status = Status::Running;
+        step.attempts += 1;
+        step.updated_at = at;
+        let Some(result) = steps::answered_without_call(step) else {
+            break;
+        };
+        let finished = Event::StepFinished {
+            step: idx,
+            status: Status::Done,
+        };
+        events.push(PlanEvent::new(finished, at).result(result.clone()));
+        step.status = Status::Done;
+        step.result = Some(result);
+    }
+    if !events.is_empty() {
+        plan.status = Status::Running;
+        plan.updated_at = at;
+    }
+    events
+}
+
 /// Spawns a plan's execution on the current Tokio runtime, whichever kind.
 fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(future: F) {
     tokio::spawn(future);
@@ -376,7 +425,7 @@ async fn run_deferred(inner: &Arc<Inner>, permit: OwnedSemaphorePermit) {
         let Some((plan_id, options)) = next else {
             break;
         };
-        if let Err(e) = execute(inner, plan_id, &options).await {
+        if let Err(e) = execute(inner, plan_id, None, &options).await {
             tracing::error!(%plan_id, error = %e, "deferred plan failed to run");
         }
     }
@@ -401,10 +450,11 @@ impl Inner {
 }
 
 /// Runs the plan under its deadline and answers its stored end state.
-#[tracing::instrument(skip(inner, options), fields(request_id = %options.request_id))]
+#[tracing::instrument(skip(inner, opened, options), fields(request_id = %options.request_id))]
 async fn execute(
     inner: &Arc<Inner>,
     plan_id: Uuid,
+    opened: Option<Plan>,
     options: &RunOptions,
 ) -> Result<StoredPlan, RunnerError> {
     let signal = Arc::new(CancelSignal::new(false));
@@ -424,7 +474,7 @@ async fn execute(
     }
 
     let deadline = inner.config.task_timeout;
-    let outcome = tokio::time::timeout(deadline, drive(inner, plan_id, options, &signal)).await;
+    let outcome = tokio::time::timeout(deadline, drive(inner, plan_id, opened, options, &signal)).await;
     let result = match outcome {
         Ok(Ok(())) => Ok(()),
         // Someone else finished or cancelled the plan meanwhile.
@@ -503,11 +553,14 @@ const TIMEOUT_RETRIES: usize = 5;
 async fn drive(
     inner: &Arc<Inner>,
     plan_id: Uuid,
+    opened: Option<Plan>,
     options: &RunOptions,
     signal: &CancelSignal,
 ) -> Result<(), RunnerError> {
-    let stored = inner.load(plan_id).await?;
-    let plan = stored.plan;
+    let plan = match opened {
+        Some(plan) => plan,
+        None => inner.load(plan_id).await?.plan,
+    };
     if plan.status.is_terminal() {
         return Ok(());
     }
@@ -562,7 +615,7 @@ async fn drive(
         }
         let resumed = options.resumed && step.status == Status::Running;
         if step.status == Status::Running && !options.resumed {
-            // Started with the plan's creation (`Db::insert_plan_started`):
+            // Started with the plan's creation (see [`open`]):
             // durably RUNNING already, so only what is carried commits.
             if !carry.is_empty() {
                 inner

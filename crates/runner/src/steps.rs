@@ -30,6 +30,20 @@ impl StepOutcome {
     }
 }
 
+/// The result of a step that needs no call because its answer is already
+/// known: a CALL_SWITCH whose engine Switch chose when it was asked for the
+/// intent at intake (SPEC §4a).
+pub(crate) fn answered_without_call(step: &madre_models::Step) -> Option<Value> {
+    let answered = step.step_type == StepType::CallSwitch
+        && step.payload.get("answered_at_intake") == Some(&Value::Bool(true));
+    answered.then(|| {
+        json!({
+            "engine": step.payload.get("engine").cloned().unwrap_or(Value::Null),
+            "answered_at_intake": true,
+        })
+    })
+}
+
 /// The text a step's result offers the user, if any.
 pub(crate) fn reply_of(result: &Value) -> Option<String> {
     reply_text(result)
@@ -124,19 +138,10 @@ pub(crate) async fn run_step(
                 },
             }
         }
-        StepType::CallSwitch
-            if step.payload.get("answered_at_intake") == Some(&Value::Bool(true)) =>
-        {
-            // Switch chose the engine when it was asked for the intent at
-            // intake (SPEC §4a): no second call.
-            StepOutcome::Done {
-                result: json!({
-                    "engine": step.payload.get("engine").cloned().unwrap_or(Value::Null),
-                    "answered_at_intake": true,
-                }),
-                retried: false,
-            }
-        }
+        _ if answered_without_call(step).is_some() => StepOutcome::Done {
+            result: answered_without_call(step).unwrap_or_default(),
+            retried: false,
+        },
         StepType::CallModule if step.module() == Module::Madre => {
             let Some(actions) = inner.own_actions.get() else {
                 return StepOutcome::Failed {

@@ -165,6 +165,100 @@ async fn a_low_chat_runs_switch_then_hermes_with_the_chosen_engine() {
     );
 }
 
+/// A plan opened at creation: the Switch step answered at intake is
+/// finished and the Hermes step started in the plan's own commit, so the
+/// runner makes the Hermes call with no commit before it, from the plan it
+/// was handed, and ends the plan with the engine Switch chose.
+#[tokio::test]
+async fn an_opened_plan_calls_hermes_at_once_with_the_engine_chosen_at_intake() {
+    let h = Harness::new(Setup::default());
+    let id = h.plan("hello there", Mode::Madre).await;
+    // The same plan again, as a flow would store it: the stored one above
+    // only lends its shape.
+    let mut plan = h.db.plan(id).unwrap().unwrap().plan;
+    plan.plan_id = Uuid::now_v7();
+    for step in &mut plan.steps {
+        step.step_id = Uuid::now_v7();
+        if step.step_type == StepType::CallSwitch {
+            step.payload["engine"] = json!("intake-engine");
+            step.payload["answered_at_intake"] = json!(true);
+        }
+    }
+    let now = Utc::now();
+    let stored_as = plan.clone();
+    let opening = open(&mut plan, now);
+    assert_eq!(
+        opening.iter().map(|e| e.event.clone()).collect::<Vec<_>>(),
+        [
+            Event::StepStarted { step: 0 },
+            Event::StepFinished {
+                step: 0,
+                status: Status::Done
+            },
+            Event::StepStarted { step: 1 },
+        ]
+    );
+    assert_eq!(
+        plan.steps.iter().map(|s| s.status).collect::<Vec<_>>(),
+        [Status::Done, Status::Running]
+    );
+    h.db.insert_plan_with(
+        NewPlanRecord {
+            plan: stored_as,
+            meta: PlanMeta {
+                kind: PlanKind::Chat,
+                name: "chat".into(),
+                module: "hermes".into(),
+                action: "chat".into(),
+                principal: "tester".into(),
+            },
+            intent: None,
+            confirmation: None,
+            actions: vec![],
+        },
+        opening,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        h.db.plan_state(plan.plan_id).unwrap().steps[1].status,
+        Status::Running,
+        "the Hermes step is durably RUNNING before the runner even starts"
+    );
+    let plan_id = plan.plan_id;
+    let done = h
+        .runner
+        .start_opened(plan, opts())
+        .unwrap()
+        .finished()
+        .await
+        .unwrap();
+    assert_eq!(done.plan.status, Status::Done);
+    assert_eq!(reply(&done), "[hermes stub via intake-engine] hello there");
+    assert_eq!(
+        (h.calls(Module::Switch).await, h.calls(Module::Hermes).await),
+        (0, 1)
+    );
+    let journal: Vec<String> = h
+        .db
+        .plan_events(plan_id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+    assert_eq!(
+        journal,
+        [
+            "plan_created",
+            "step_started",
+            "step_finished",
+            "step_started",
+            "step_finished",
+            "plan_finished"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn one_failure_is_retried_and_counted_as_an_attempt() {
     let h = Harness::new(Setup::default());
