@@ -2,7 +2,7 @@
 //! and closed once with the outcome.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -45,22 +45,38 @@ pub struct IntentLogRow {
     pub notes: Option<String>,
 }
 
+fn insert_intent(conn: &Connection, entry: &NewIntentLog) -> Result<(), DbError> {
+    conn.prepare_cached(
+        "INSERT INTO intents_log (id, source, principal, payload_json, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        entry.id.to_string(),
+        entry.source,
+        entry.principal,
+        serde_json::to_string(&entry.payload)?,
+        ts(entry.created_at),
+    ])?;
+    Ok(())
+}
+
 impl Db {
     /// Appends a row to the intent log.
     pub fn log_intent(&self, entry: NewIntentLog) -> Write<()> {
+        self.write(move |conn| insert_intent(conn, &entry))
+    }
+
+    /// Appends a row to the intent log and answers the session
+    /// `session_id` as it stands, read in the same transaction: a chat's
+    /// first two steps in one trip to the writer.
+    pub fn log_intent_in_session(
+        &self,
+        entry: NewIntentLog,
+        session_id: String,
+    ) -> Write<Option<crate::SessionRow>> {
         self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO intents_log (id, source, principal, payload_json, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                entry.id.to_string(),
-                entry.source,
-                entry.principal,
-                serde_json::to_string(&entry.payload)?,
-                ts(entry.created_at),
-            ])?;
-            Ok(())
+            insert_intent(conn, &entry)?;
+            crate::sessions::session_in(conn, &session_id)
         })
     }
 

@@ -313,6 +313,93 @@ fn summary_from_row(
     })())
 }
 
+/// The plan with its steps, metadata and intent, read on `conn`.
+fn plan_in(conn: &Connection, plan_id: Uuid) -> Result<Option<StoredPlan>, DbError> {
+    let id = plan_id.to_string();
+    type Head = (
+        i64,
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        String,
+        String,
+        Ts,
+        Ts,
+        Option<String>,
+    );
+    let head: Option<Head> = conn
+        .prepare_cached(
+            "SELECT id, kind, name, module, action, status, error, intent_id, mode, session_id,
+                    principal, warnings_json, created_at, updated_at, result
+             FROM tasks WHERE uuid = ?1",
+        )?
+        .query_row([&id], |r| r.try_into())
+        .optional()?;
+    let Some((
+        task_id,
+        kind,
+        name,
+        module,
+        action,
+        status,
+        error,
+        intent_id,
+        mode,
+        session_id,
+        principal,
+        warnings,
+        created,
+        updated,
+        result,
+    )) = head
+    else {
+        return Ok(None);
+    };
+    let intent_json: Option<String> = conn
+        .prepare_cached("SELECT value FROM context WHERE task_id = ?1 AND key = 'intent'")?
+        .query_row([task_id], |r| r.get(0))
+        .optional()?;
+    let session_id = SessionId::parse(session_id.unwrap_or_else(|| "none".into()))
+        .map_err(|e| DbError::InvalidData(e.to_string()))?;
+    let plan = Plan {
+        plan_id,
+        intent_id: intent_id
+            .as_deref()
+            .map(parse_uuid)
+            .transpose()?
+            .unwrap_or(plan_id),
+        session_id,
+        status: parse_enum(&status, "status")?,
+        mode: parse_enum::<Mode>(&mode, "mode")?,
+        steps: load_steps(conn, task_id)?,
+        warnings: serde_json::from_str(&warnings)?,
+        error,
+        created_at: created.0,
+        updated_at: updated.0,
+    };
+    Ok(Some(StoredPlan {
+        plan,
+        meta: PlanMeta {
+            kind: PlanKind::parse(&kind)?,
+            name,
+            module,
+            action,
+            principal,
+        },
+        intent: intent_json
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()?,
+        result: result.as_deref().map(serde_json::from_str).transpose()?,
+    }))
+}
+
 impl Db {
     /// Stores a new plan with its steps, context rows (intent, mode,
     /// session), optional confirmation and audit rows, atomically.
@@ -368,90 +455,22 @@ impl Db {
 
     /// The plan with its steps, metadata and intent.
     pub fn plan(&self, plan_id: Uuid) -> Result<Option<StoredPlan>, DbError> {
-        self.read(|conn| {
-            let id = plan_id.to_string();
-            type Head = (
-                i64,
-                String,
-                String,
-                String,
-                String,
-                String,
-                Option<String>,
-                Option<String>,
-                String,
-                Option<String>,
-                String,
-                String,
-                Ts,
-                Ts,
-                Option<String>,
-            );
-            let head: Option<Head> = conn
-                .prepare_cached(
-                    "SELECT id, kind, name, module, action, status, error, intent_id, mode, session_id,
-                            principal, warnings_json, created_at, updated_at, result
-                     FROM tasks WHERE uuid = ?1",
-                )?
-                .query_row([&id], |r| r.try_into())
-                .optional()?;
-            let Some((
-                task_id,
-                kind,
-                name,
-                module,
-                action,
-                status,
-                error,
-                intent_id,
-                mode,
-                session_id,
-                principal,
-                warnings,
-                created,
-                updated,
-                result,
-            )) = head
-            else {
-                return Ok(None);
-            };
-            let intent_json: Option<String> = conn
-                .prepare_cached("SELECT value FROM context WHERE task_id = ?1 AND key = 'intent'")?
-                .query_row([task_id], |r| r.get(0))
-                .optional()?;
-            let session_id = SessionId::parse(session_id.unwrap_or_else(|| "none".into()))
-                .map_err(|e| DbError::InvalidData(e.to_string()))?;
-            let plan = Plan {
-                plan_id,
-                intent_id: intent_id
-                    .as_deref()
-                    .map(parse_uuid)
-                    .transpose()?
-                    .unwrap_or(plan_id),
-                session_id,
-                status: parse_enum(&status, "status")?,
-                mode: parse_enum::<Mode>(&mode, "mode")?,
-                steps: load_steps(conn, task_id)?,
-                warnings: serde_json::from_str(&warnings)?,
-                error,
-                created_at: created.0,
-                updated_at: updated.0,
-            };
-            Ok(Some(StoredPlan {
-                plan,
-                meta: PlanMeta {
-                    kind: PlanKind::parse(&kind)?,
-                    name,
-                    module,
-                    action,
-                    principal,
-                },
-                intent: intent_json
-                    .as_deref()
-                    .map(serde_json::from_str)
-                    .transpose()?,
-                result: result.as_deref().map(serde_json::from_str).transpose()?,
-            }))
+        self.read(|conn| plan_in(conn, plan_id))
+    }
+
+    /// Appends `events` to the plan's journal, as [`Db::apply_events`] does,
+    /// and answers the plan as stored after them, read inside the same
+    /// transaction: the end of a run and the answer it returns in one trip
+    /// to the writer.
+    pub fn apply_events_and_read(
+        &self,
+        plan_id: Uuid,
+        events: Vec<PlanEvent>,
+    ) -> Write<StoredPlan> {
+        let replica = self.replica.clone();
+        self.write(move |conn| {
+            journal::append(conn, plan_id, &events, &replica)?;
+            plan_in(conn, plan_id)?.ok_or_else(|| DbError::not_found("plan", plan_id))
         })
     }
 

@@ -46,31 +46,34 @@ pub(crate) fn trim_session(conn: &Connection, session_id: &str, keep: u32) -> Re
     Ok(n as u64)
 }
 
+/// The session `session_id`, read on `conn`.
+pub(crate) fn session_in(conn: &Connection, session_id: &str) -> Result<Option<SessionRow>, DbError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT mode, created_at, last_activity_at, closed_at FROM sessions WHERE session_id = ?1",
+        )?
+        .query_row([session_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Ts>(1)?, r.get::<_, Ts>(2)?, r.get::<_, Option<Ts>>(3)?))
+        })
+        .optional()?;
+    row.map(|(mode, created, last, closed)| {
+        Ok(SessionRow {
+            session_id: session_id.to_owned(),
+            mode: mode
+                .parse()
+                .map_err(|_| DbError::InvalidData(format!("unknown mode {mode:?}")))?,
+            created_at: created.0,
+            last_activity_at: last.0,
+            closed_at: closed.map(|t| t.0),
+        })
+    })
+    .transpose()
+}
+
 impl Db {
     /// The session `session_id`, if it exists.
     pub fn session(&self, session_id: &str) -> Result<Option<SessionRow>, DbError> {
-        self.read(|conn| {
-            let row = conn
-                .prepare_cached(
-                    "SELECT mode, created_at, last_activity_at, closed_at FROM sessions WHERE session_id = ?1",
-                )?
-                .query_row([session_id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, Ts>(1)?, r.get::<_, Ts>(2)?, r.get::<_, Option<Ts>>(3)?))
-                })
-                .optional()?;
-            row.map(|(mode, created, last, closed)| {
-                Ok(SessionRow {
-                    session_id: session_id.to_owned(),
-                    mode: mode
-                        .parse()
-                        .map_err(|_| DbError::InvalidData(format!("unknown mode {mode:?}")))?,
-                    created_at: created.0,
-                    last_activity_at: last.0,
-                    closed_at: closed.map(|t| t.0),
-                })
-            })
-            .transpose()
-        })
+        self.read(|conn| session_in(conn, session_id))
     }
 
     /// Records a conversation turn: creates or reopens the session with

@@ -3,7 +3,7 @@
 //! the plan and answer its outcome.
 
 use chrono::Utc;
-use madre_db::{NewIntentLog, PlanKind, PlanMeta};
+use madre_db::{NewIntentLog, PlanKind, PlanMeta, SessionRow};
 use madre_models::{ChatCommand, ChatResponse, Dsl, Intent, Mode, Plan, SessionId, Status};
 use madre_planner::Origin;
 use madre_policy::{Principal, Role};
@@ -45,8 +45,11 @@ impl Madre {
             .clone()
             .unwrap_or_else(SessionId::generate);
         tracing::Span::current().record("session_id", session_id.as_str());
-        self.db
-            .log_intent(NewIntentLog {
+        // The session's mode is read in the intent log's own commit.
+        let session = self
+            .db
+            .log_intent_in_session(
+                NewIntentLog {
                 id: intent_id,
                 source: source.to_owned(),
                 principal: principal.name.clone(),
@@ -55,11 +58,13 @@ impl Madre {
                     "session_id": session_id,
                     "mode": command.mode,
                 }),
-                created_at: now,
-            })
+                    created_at: now,
+                },
+                session_id.as_str().to_owned(),
+            )
             .await?;
         let outcome = self
-            .chat_logged(principal, command, intent_id, session_id, request_id)
+            .chat_logged(principal, command, intent_id, session_id, session, request_id)
             .await;
         if let Err(e) = &outcome {
             let note = e.to_string();
@@ -80,14 +85,10 @@ impl Madre {
         command: ChatCommand,
         intent_id: Uuid,
         session_id: SessionId,
+        session: Option<SessionRow>,
         request_id: &str,
     ) -> Result<ChatResponse, FlowError> {
         let now = Utc::now();
-        let session_key = session_id.as_str().to_owned();
-        let session = self
-            .db
-            .run_blocking(move |db| db.session(&session_key))
-            .await?;
         let session_mode = match session {
             Some(s) if s.closed_at.is_none() => s.mode,
             _ => Mode::Madre,

@@ -476,22 +476,24 @@ async fn execute(
     let deadline = inner.config.task_timeout;
     let outcome = tokio::time::timeout(deadline, drive(inner, plan_id, opened, options, &signal)).await;
     let result = match outcome {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(ended)) => Ok(ended),
         // Someone else finished or cancelled the plan meanwhile.
         Ok(Err(RunnerError::Db(DbError::Conflict(reason)))) => {
             tracing::info!(%plan_id, %reason, "plan changed under the runner; stopping");
-            Ok(())
+            Ok(None)
         }
         Ok(Err(e)) => Err(e),
-        Err(_) => time_out(inner, plan_id, deadline).await,
+        Err(_) => time_out(inner, plan_id, deadline).await.map(|()| None),
     };
     inner
         .active
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&plan_id);
-    result?;
-    inner.load(plan_id).await
+    match result? {
+        Some(ended) => Ok(ended),
+        None => inner.load(plan_id).await,
+    }
 }
 
 async fn time_out(inner: &Inner, plan_id: Uuid, deadline: Duration) -> Result<(), RunnerError> {
@@ -556,20 +558,20 @@ async fn drive(
     opened: Option<Plan>,
     options: &RunOptions,
     signal: &CancelSignal,
-) -> Result<(), RunnerError> {
+) -> Result<Option<StoredPlan>, RunnerError> {
     let plan = match opened {
         Some(plan) => plan,
         None => inner.load(plan_id).await?.plan,
     };
     if plan.status.is_terminal() {
-        return Ok(());
+        return Ok(None);
     }
     let gate_waiting = plan
         .steps
         .iter()
         .any(|s| s.step_type == StepType::AwaitConfirmation && s.status == Status::Waiting);
     if gate_waiting {
-        return Ok(());
+        return Ok(None);
     }
     // State changes are committed at the latest before the next step
     // starts: a finished step's event is carried into the transaction that
@@ -585,7 +587,7 @@ async fn drive(
 
     for (idx, step) in plan.steps.iter().enumerate() {
         if *cancelled.borrow() {
-            return Ok(());
+            return Ok(None);
         }
         match step.status {
             Status::Done => {
@@ -609,7 +611,7 @@ async fn drive(
                         .apply_events(plan_id, std::mem::take(&mut carry), None)
                         .await?;
                 }
-                return Ok(());
+                return Ok(None);
             }
             Status::Pending | Status::Running => {}
         }
@@ -644,7 +646,7 @@ async fn drive(
         // step's call is even polled.
         let outcome = tokio::select! {
             biased;
-            _ = cancelled.wait_for(|c| *c) => return Ok(()),
+            _ = cancelled.wait_for(|c| *c) => return Ok(None),
             outcome = steps::run_step(inner, &plan, idx, engine.as_deref(), &options.request_id, resumed).instrument(span.clone()) => outcome,
         };
         span.in_scope(|| {
@@ -701,7 +703,7 @@ async fn drive(
                     .db
                     .apply_events(plan_id, std::mem::take(&mut carry), None)
                     .await?;
-                return Ok(());
+                return Ok(None);
             }
         }
     }
@@ -717,6 +719,7 @@ async fn drive(
             .result(json!({ "reply": text }))
             .warnings(warnings),
     );
-    inner.db.apply_events(plan_id, carry, None).await?;
-    Ok(())
+    // The plan's end and the answer the run returns: one trip to the writer.
+    let ended = inner.db.apply_events_and_read(plan_id, carry).await?;
+    Ok(Some(ended))
 }
