@@ -21,8 +21,12 @@ use std::sync::Arc;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let chats: u64 = args.next().map_or(2000, |a| a.parse().expect("chats: a number"));
-    let writers: u64 = args.next().map_or(1, |a| a.parse().expect("writers: a number"));
+    let chats: u64 = args
+        .next()
+        .map_or(2000, |a| a.parse().expect("chats: a number"));
+    let writers: u64 = args
+        .next()
+        .map_or(1, |a| a.parse().expect("writers: a number"));
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = Arc::new(Db::open(&dir.path().join("frames.db")).expect("the database opens"));
     // Warm up: the schema's first pages are written once, not per chat.
@@ -31,10 +35,14 @@ fn main() {
     let threads: Vec<_> = (0..writers)
         .map(|_| {
             let db = db.clone();
-            std::thread::spawn(move || (0..chats / writers).for_each(|_| one_chat(&db, Commits::One)))
+            std::thread::spawn(move || {
+                (0..chats / writers).for_each(|_| one_chat(&db, Commits::One))
+            })
         })
         .collect();
-    threads.into_iter().for_each(|t| t.join().expect("a writer thread"));
+    threads
+        .into_iter()
+        .for_each(|t| t.join().expect("a writer thread"));
     let elapsed = started.elapsed();
     println!(
         "{} chats from {writers} writer(s) in {:.2} s",

@@ -56,7 +56,7 @@ pub use idempotency::{ModulePolicy, Reservation, StoredResponse};
 pub use intents::{IntentLogRow, NewIntentLog};
 pub use journal::PlanEvent;
 pub use madre_lifecycle::{Conflict, Event, PlanState, StepState};
-pub use plans::{NewPlanRecord, PlanFilter, PlanKind, PlanMeta, StoredPlan};
+pub use plans::{AtEnd, NewPlanRecord, PlanFilter, PlanKind, PlanMeta, StoredPlan};
 pub use queue::{DaughterStatus, DaughterTask, NewDaughterTask};
 pub use retention::{CleanupReport, RetentionPolicy};
 pub use schema::{SCHEMA_VERSION, migrate_to};

@@ -12,6 +12,7 @@ use crate::audit::{NewAction, insert_action};
 use crate::confirmations::{NewConfirmation, insert_confirmation};
 use crate::journal::{self, PlanEvent};
 use crate::time::{Ts, ts};
+use crate::writer::{AT_END, in_named_savepoint};
 use crate::{Db, DbError, Write};
 
 /// What made a plan.
@@ -87,6 +88,10 @@ pub struct NewPlanRecord {
     /// Audit rows to append with it.
     pub actions: Vec<NewAction>,
 }
+
+/// Makes a write from a plan as it ended, to commit with its end (see
+/// [`Db::apply_events_and_read`]).
+pub type AtEnd = Box<dyn FnOnce(&StoredPlan) -> Write<()> + Send>;
 
 /// Filters for listing plans; `None` matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -431,7 +436,8 @@ impl Db {
     ) -> Write<()> {
         let (key, value, scope) = (key.to_owned(), value.to_owned(), scope.to_owned());
         self.write(move |conn| {
-            let id = task_row_id(conn, task_id)?.ok_or_else(|| DbError::not_found("plan", task_id))?;
+            let id =
+                task_row_id(conn, task_id)?.ok_or_else(|| DbError::not_found("plan", task_id))?;
             insert_context(conn, id, &key, &value, &scope, at)
         })
     }
@@ -446,9 +452,7 @@ impl Db {
             let mut stmt = conn.prepare_cached(
                 "SELECT key, value, scope FROM context WHERE task_id = ?1 ORDER BY id",
             )?;
-            let rows = stmt.query_map([id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
+            let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -461,16 +465,31 @@ impl Db {
     /// Appends `events` to the plan's journal, as [`Db::apply_events`] does,
     /// and answers the plan as stored after them, read inside the same
     /// transaction: the end of a run and the answer it returns in one trip
-    /// to the writer.
+    /// to the writer. `at_end`, when given, makes one more write from that
+    /// plan, committed with it (a chat's history turn, say); a failure of
+    /// that write is logged and undoes only itself.
     pub fn apply_events_and_read(
         &self,
         plan_id: Uuid,
         events: Vec<PlanEvent>,
+        at_end: Option<AtEnd>,
     ) -> Write<StoredPlan> {
         let replica = self.replica.clone();
         self.write(move |conn| {
             journal::append(conn, plan_id, &events, &replica)?;
-            plan_in(conn, plan_id)?.ok_or_else(|| DbError::not_found("plan", plan_id))
+            let plan = plan_in(conn, plan_id)?.ok_or_else(|| DbError::not_found("plan", plan_id))?;
+            if let Some(at_end) = at_end {
+                let write = at_end(&plan);
+                match in_named_savepoint(conn, &AT_END, || write.run_inline(conn)) {
+                    // SQLite gave the whole transaction up: nothing stands.
+                    Err(e) if conn.is_autocommit() => return Err(e),
+                    Err(e) => {
+                        tracing::error!(%plan_id, error = %e, "the write made at a plan's end failed; the end stands");
+                    }
+                    Ok(()) => {}
+                }
+            }
+            Ok(plan)
         })
     }
 

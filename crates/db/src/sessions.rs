@@ -47,7 +47,10 @@ pub(crate) fn trim_session(conn: &Connection, session_id: &str, keep: u32) -> Re
 }
 
 /// The session `session_id`, read on `conn`.
-pub(crate) fn session_in(conn: &Connection, session_id: &str) -> Result<Option<SessionRow>, DbError> {
+pub(crate) fn session_in(
+    conn: &Connection,
+    session_id: &str,
+) -> Result<Option<SessionRow>, DbError> {
     let row = conn
         .prepare_cached(
             "SELECT mode, created_at, last_activity_at, closed_at FROM sessions WHERE session_id = ?1",

@@ -362,12 +362,42 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
+/// The statements of one savepoint, by name.
+pub(crate) struct Savepoint {
+    begin: &'static str,
+    release: &'static str,
+    rollback: &'static str,
+}
+
+/// Each job of a shared batch.
+const JOB: Savepoint = Savepoint {
+    begin: "SAVEPOINT job",
+    release: "RELEASE job",
+    rollback: "ROLLBACK TO job",
+};
+
+/// A write made at a plan's end, inside that plan's job.
+pub(crate) const AT_END: Savepoint = Savepoint {
+    begin: "SAVEPOINT at_end",
+    release: "RELEASE at_end",
+    rollback: "ROLLBACK TO at_end",
+};
+
 /// Runs `work` inside a savepoint, rolling back to it when `work` fails.
 fn in_savepoint<T>(
     conn: &Connection,
     work: impl FnOnce() -> Result<T, DbError>,
 ) -> Result<T, DbError> {
-    control(conn, "SAVEPOINT job")?;
+    in_named_savepoint(conn, &JOB, work)
+}
+
+/// [`in_savepoint`] under another name, for a savepoint nested in a job's.
+pub(crate) fn in_named_savepoint<T>(
+    conn: &Connection,
+    savepoint: &Savepoint,
+    work: impl FnOnce() -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    control(conn, savepoint.begin)?;
     let result = work();
     if result.is_err() && conn.is_autocommit() {
         // SQLite rolled the whole transaction back (it may on a full disk,
@@ -375,9 +405,9 @@ fn in_savepoint<T>(
         return result;
     }
     let end = if result.is_ok() {
-        control(conn, "RELEASE job")
+        control(conn, savepoint.release)
     } else {
-        control(conn, "ROLLBACK TO job").and_then(|()| control(conn, "RELEASE job"))
+        control(conn, savepoint.rollback).and_then(|()| control(conn, savepoint.release))
     };
     end.map_err(DbError::from).and(result)
 }
@@ -519,9 +549,16 @@ impl<T: Send + 'static> Write<T> {
         })
     }
 
+    /// The same write, answering nothing: for callers that only need to
+    /// know it committed (a write made at a plan's end, say).
+    pub fn discard(self) -> Write<()> {
+        let writer = Arc::clone(&self.writer);
+        writer.submit(move |conn| self.run_inline(conn).map(drop))
+    }
+
     /// Runs this write's work directly, inside a job that is already
     /// running, and answers its outcome.
-    fn run_inline(mut self, conn: &Connection) -> Result<T, DbError> {
+    pub(crate) fn run_inline(mut self, conn: &Connection) -> Result<T, DbError> {
         let mut job = self
             .job
             .take()

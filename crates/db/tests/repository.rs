@@ -319,7 +319,10 @@ fn a_plan_stored_by_migration_3_reads_back_whole_and_runs_on_after_the_upgrade()
         .unwrap();
     }
     let db = Db::open(&path).unwrap();
-    let stored = db.plan(plan_id).unwrap().expect("the plan survives the upgrade");
+    let stored = db
+        .plan(plan_id)
+        .unwrap()
+        .expect("the plan survives the upgrade");
     let steps: Vec<_> = stored
         .plan
         .steps
@@ -330,7 +333,12 @@ fn a_plan_stored_by_migration_3_reads_back_whole_and_runs_on_after_the_upgrade()
         steps,
         [
             (plan.steps[0].step_id, StepType::CallSwitch, Status::Done, 1),
-            (plan.steps[1].step_id, StepType::CallHermes, Status::Pending, 0),
+            (
+                plan.steps[1].step_id,
+                StepType::CallHermes,
+                Status::Pending,
+                0
+            ),
         ]
     );
     assert_eq!(
@@ -350,7 +358,10 @@ fn a_plan_stored_by_migration_3_reads_back_whole_and_runs_on_after_the_upgrade()
         .wait()
         .unwrap();
     assert_eq!(state.status, Status::Done);
-    assert_eq!(db.plan(plan_id).unwrap().unwrap().plan.steps[1].status, Status::Done);
+    assert_eq!(
+        db.plan(plan_id).unwrap().unwrap().plan.steps[1].status,
+        Status::Done
+    );
     db.integrity_check().unwrap();
 }
 
@@ -1449,6 +1460,63 @@ fn joined_writes_commit_together_or_not_at_all() {
             .wait();
     assert!(mixed.is_err());
     assert_eq!(other.db.count_intents().unwrap(), 0);
+}
+
+/// A write made at a plan's end commits with that end; when it fails, it
+/// undoes only itself: the plan's end stands.
+#[test]
+fn a_write_made_at_a_plans_end_commits_with_it_or_undoes_only_itself() {
+    let t = open();
+    let run = |closing_twice: bool| {
+        let plan = chat_plan(&t.db, "s1");
+        let entry = intent_entry(t0());
+        let intent = entry.id;
+        t.db.log_intent(entry).wait().unwrap();
+        if closing_twice {
+            t.db.close_intent(intent, "DONE", None, t0())
+                .wait()
+                .unwrap();
+        }
+        let db = t.db.clone();
+        let at_end: AtEnd = Box::new(move |ended: &StoredPlan| {
+            db.record_turn(
+                "s1".into(),
+                Mode::Madre,
+                Some(intent),
+                vec![("user".into(), "hi".into())],
+                100,
+                t0(),
+            )
+            .and(db.close_intent(intent, ended.plan.status.as_str(), None, t0()))
+            .discard()
+        });
+        let events = vec![
+            started(0, t0()),
+            finished(0, Status::Done, t0()),
+            started(1, t0()),
+            finished(1, Status::Done, t0()),
+            PlanEvent::finished(Status::Done, None, t0()),
+        ];
+        let ended =
+            t.db.apply_events_and_read(plan.plan_id, events, Some(at_end))
+                .wait()
+                .unwrap();
+        assert_eq!(ended.plan.status, Status::Done);
+        assert_eq!(
+            t.db.plan(plan.plan_id).unwrap().unwrap().plan.status,
+            Status::Done
+        );
+        (
+            t.db.intent_log(intent).unwrap().unwrap(),
+            t.db.history("s1", 100).unwrap().len(),
+        )
+    };
+    let (intent, turns) = run(false);
+    assert_eq!((intent.result_status.as_deref(), turns), (Some("DONE"), 1));
+    // The close fails (the intent was closed already): the turn it was
+    // joined with is undone too, and the plan still ended.
+    let (intent, turns) = run(true);
+    assert_eq!((intent.result_status.as_deref(), turns), (Some("DONE"), 1));
 }
 
 #[test]

@@ -3,11 +3,13 @@
 //! the plan and answer its outcome.
 
 use chrono::Utc;
-use madre_db::{NewIntentLog, PlanKind, PlanMeta, SessionRow};
+use madre_db::{AtEnd, Db, NewIntentLog, PlanKind, PlanMeta, SessionRow, StoredPlan, Write};
 use madre_models::{ChatCommand, ChatResponse, Dsl, Intent, Mode, Plan, SessionId, Status};
 use madre_planner::Origin;
 use madre_policy::{Principal, Role};
 use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
 use crate::intake;
@@ -50,21 +52,23 @@ impl Madre {
             .db
             .log_intent_in_session(
                 NewIntentLog {
-                id: intent_id,
-                source: source.to_owned(),
-                principal: principal.name.clone(),
-                payload: json!({
-                    "message": command.message.as_str(),
-                    "session_id": session_id,
-                    "mode": command.mode,
-                }),
+                    id: intent_id,
+                    source: source.to_owned(),
+                    principal: principal.name.clone(),
+                    payload: json!({
+                        "message": command.message.as_str(),
+                        "session_id": session_id,
+                        "mode": command.mode,
+                    }),
                     created_at: now,
                 },
                 session_id.as_str().to_owned(),
             )
             .await?;
         let outcome = self
-            .chat_logged(principal, command, intent_id, session_id, session, request_id)
+            .chat_logged(
+                principal, command, intent_id, session_id, session, request_id,
+            )
             .await;
         if let Err(e) = &outcome {
             let note = e.to_string();
@@ -136,6 +140,14 @@ impl Madre {
             .await?;
         tracing::Span::current().record("plan_id", planned.plan.plan_id.to_string());
 
+        let turn = Turn {
+            session_id: session_id.clone(),
+            mode,
+            intent_id,
+            message: command.message.as_str().to_owned(),
+            keep: self.config().history_max,
+        };
+        let mut turn_recorded = false;
         let (status, response, actions, warnings) = if assessment.is_denied() {
             let target = assessment.denied_target.clone().unwrap_or_default();
             let text = format!(
@@ -162,9 +174,13 @@ impl Madre {
                 merge_warnings(&intent.dsl, &planned.plan),
             )
         } else {
+            // The history turn and the intent's close commit with the
+            // plan's end when the run ends it: one commit fewer.
+            let (at_end, made) = turn.clone().at_end(&self.db);
             let stored = self
-                .run_new_plan(principal, planned.plan.clone(), request_id)
+                .run_new_plan(principal, planned.plan.clone(), request_id, Some(at_end))
                 .await?;
+            turn_recorded = made.load(Ordering::Acquire);
             (
                 stored.plan.status,
                 reply_of(&stored),
@@ -173,33 +189,15 @@ impl Madre {
             )
         };
 
-        let messages = vec![
-            ("user".to_owned(), command.message.as_str().to_owned()),
-            ("assistant".to_owned(), response.clone()),
-        ];
         let closing = if assessment.is_denied() {
-            "denied".to_owned()
+            "denied"
         } else {
-            status.as_str().to_owned()
+            status.as_str()
         };
-        // The turn and the intent's close commit together: one commit, and
-        // the history never shows a turn whose intent is still open.
-        let now = Utc::now();
-        let turn = self.db.record_turn(
-            session_id.as_str().to_owned(),
-            mode,
-            Some(intent_id),
-            messages,
-            self.config().history_max,
-            now,
-        );
         // The plan ran: its answer goes back even if storage refuses the
         // history turn (a 503 now would invite a second run); the intent is
         // then closed `interrupted` at the next start.
-        if let Err(e) = turn
-            .and(self.db.close_intent(intent_id, &closing, None, now))
-            .await
-        {
+        if !turn_recorded && let Err(e) = turn.write(&self.db, &response, closing).await {
             tracing::error!(%intent_id, error = %e, "could not record the history turn of a chat");
         }
 
@@ -217,5 +215,51 @@ impl Madre {
             confirm_token: planned.token.as_ref().map(|t| t.expose().to_owned()),
             confirm_expires_at: planned.expires_at,
         })
+    }
+}
+
+/// What a chat's history turn records.
+#[derive(Clone)]
+struct Turn {
+    session_id: SessionId,
+    mode: Mode,
+    intent_id: Uuid,
+    message: String,
+    /// Messages kept per session.
+    keep: u32,
+}
+
+impl Turn {
+    /// The turn with `response`, and its intent's close with `closing`, in
+    /// one write: the history never shows a turn whose intent is still open.
+    fn write(&self, db: &Db, response: &str, closing: &str) -> Write<()> {
+        let now = Utc::now();
+        let messages = vec![
+            ("user".to_owned(), self.message.clone()),
+            ("assistant".to_owned(), response.to_owned()),
+        ];
+        db.record_turn(
+            self.session_id.as_str().to_owned(),
+            self.mode,
+            Some(self.intent_id),
+            messages,
+            self.keep,
+            now,
+        )
+        .and(db.close_intent(self.intent_id, closing, None, now))
+        .discard()
+    }
+
+    /// The write made from the plan as it ended, for the runner to commit
+    /// with the plan's end, and a flag that says whether it was made.
+    fn at_end(self, db: &Db) -> (AtEnd, Arc<AtomicBool>) {
+        let made = Arc::new(AtomicBool::new(false));
+        let flag = made.clone();
+        let db = db.clone();
+        let write: AtEnd = Box::new(move |stored: &StoredPlan| {
+            flag.store(true, Ordering::Release);
+            self.write(&db, &reply_of(stored), stored.plan.status.as_str())
+        });
+        (write, made)
     }
 }

@@ -297,7 +297,7 @@ impl Madre {
             // v6 tasks run in the background; the caller polls /tasks/{id}.
             match self
                 .runner
-                .start_opened(planned.plan, options(principal, request_id))
+                .start_opened(planned.plan, options(principal, request_id), None)
             {
                 Ok(_run) => {}
                 Err(RunnerError::QueueFull { queued }) => {
@@ -308,7 +308,8 @@ impl Madre {
             }
             self.load_plan(plan_id).await?
         } else {
-            self.run_new_plan(principal, planned.plan, request_id).await?
+            self.run_new_plan(principal, planned.plan, request_id, None)
+                .await?
         };
         Ok(ControlOutcome {
             response: accepted(&stored),

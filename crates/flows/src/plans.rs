@@ -1,7 +1,7 @@
 //! Making, running and reading plans: what every flow shares.
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use madre_db::{NewAction, NewConfirmation, NewPlanRecord, PlanEvent, PlanMeta, StoredPlan};
+use madre_db::{AtEnd, NewAction, NewConfirmation, NewPlanRecord, PlanEvent, PlanMeta, StoredPlan};
 use madre_models::{ActionSummary, Intent, Plan, Status};
 use madre_planner::{Origin, PlanRequest};
 use madre_policy::{ConfirmToken, Principal};
@@ -139,9 +139,13 @@ impl Madre {
         principal: &Principal,
         plan: Plan,
         request_id: &str,
+        at_end: Option<AtEnd>,
     ) -> Result<StoredPlan, FlowError> {
         let plan_id = plan.plan_id;
-        let run = match self.runner.start_opened(plan, options(principal, request_id)) {
+        let run = match self
+            .runner
+            .start_opened(plan, options(principal, request_id), at_end)
+        {
             Ok(run) => run,
             Err(RunnerError::QueueFull { queued }) => {
                 self.refuse_queue_full(plan_id).await;

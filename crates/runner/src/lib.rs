@@ -20,7 +20,7 @@
 mod steps;
 
 use chrono::Utc;
-use madre_db::{Db, DbError, Event, NewAction, PlanEvent, StoredPlan};
+use madre_db::{AtEnd, Db, DbError, Event, NewAction, PlanEvent, StoredPlan};
 use madre_delegation::Delegator;
 use madre_models::{Module, Plan, Status, StepType};
 use serde_json::json;
@@ -193,15 +193,24 @@ impl Runner {
 
     /// As [`Runner::start`], for a plan just stored with the events of
     /// [`open`]: `plan` is that plan as stored, so its execution starts
-    /// without reading it back.
-    pub fn start_opened(&self, plan: Plan, options: RunOptions) -> Result<PlanRun, RunnerError> {
-        self.queue(plan.plan_id, Some(plan), options)
+    /// without reading it back. When the run ends the plan (DONE or ERROR;
+    /// not when it waits, is cancelled or times out), `at_end` makes a
+    /// write from the ended plan that commits with its end; the caller
+    /// learns from its own closure whether it was called, and makes that
+    /// write itself when it was not.
+    pub fn start_opened(
+        &self,
+        plan: Plan,
+        options: RunOptions,
+        at_end: Option<AtEnd>,
+    ) -> Result<PlanRun, RunnerError> {
+        self.queue(plan.plan_id, Some(Opened { plan, at_end }), options)
     }
 
     fn queue(
         &self,
         plan_id: Uuid,
-        opened: Option<Plan>,
+        opened: Option<Opened>,
         options: RunOptions,
     ) -> Result<PlanRun, RunnerError> {
         let inner = self.inner.clone();
@@ -409,6 +418,12 @@ pub fn open(plan: &mut Plan, at: chrono::DateTime<Utc>) -> Vec<PlanEvent> {
     events
 }
 
+/// A plan handed over as stored, with the write to make at its end.
+struct Opened {
+    plan: Plan,
+    at_end: Option<AtEnd>,
+}
+
 /// Spawns a plan's execution on the current Tokio runtime, whichever kind.
 fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(future: F) {
     tokio::spawn(future);
@@ -454,7 +469,7 @@ impl Inner {
 async fn execute(
     inner: &Arc<Inner>,
     plan_id: Uuid,
-    opened: Option<Plan>,
+    opened: Option<Opened>,
     options: &RunOptions,
 ) -> Result<StoredPlan, RunnerError> {
     let signal = Arc::new(CancelSignal::new(false));
@@ -474,7 +489,8 @@ async fn execute(
     }
 
     let deadline = inner.config.task_timeout;
-    let outcome = tokio::time::timeout(deadline, drive(inner, plan_id, opened, options, &signal)).await;
+    let outcome =
+        tokio::time::timeout(deadline, drive(inner, plan_id, opened, options, &signal)).await;
     let result = match outcome {
         Ok(Ok(ended)) => Ok(ended),
         // Someone else finished or cancelled the plan meanwhile.
@@ -555,13 +571,13 @@ const TIMEOUT_RETRIES: usize = 5;
 async fn drive(
     inner: &Arc<Inner>,
     plan_id: Uuid,
-    opened: Option<Plan>,
+    opened: Option<Opened>,
     options: &RunOptions,
     signal: &CancelSignal,
 ) -> Result<Option<StoredPlan>, RunnerError> {
-    let plan = match opened {
-        Some(plan) => plan,
-        None => inner.load(plan_id).await?.plan,
+    let (plan, at_end) = match opened {
+        Some(Opened { plan, at_end }) => (plan, at_end),
+        None => (inner.load(plan_id).await?.plan, None),
     };
     if plan.status.is_terminal() {
         return Ok(None);
@@ -633,7 +649,9 @@ async fn drive(
                 .await?;
         }
 
-        let span = tracing::info_span!(
+        // Per step: DEBUG, so the default level logs one line per request
+        // (each line costs a wake-up of a log writer thread).
+        let span = tracing::debug_span!(
             "step",
             %plan_id,
             session_id = %plan.session_id,
@@ -650,7 +668,7 @@ async fn drive(
             outcome = steps::run_step(inner, &plan, idx, engine.as_deref(), &options.request_id, resumed).instrument(span.clone()) => outcome,
         };
         span.in_scope(|| {
-            tracing::info!(
+            tracing::debug!(
                 latency_ms = started_at.elapsed().as_secs_f64() * 1000.0,
                 outcome = outcome.label(),
                 "step finished"
@@ -720,6 +738,9 @@ async fn drive(
             .warnings(warnings),
     );
     // The plan's end and the answer the run returns: one trip to the writer.
-    let ended = inner.db.apply_events_and_read(plan_id, carry).await?;
+    let ended = inner
+        .db
+        .apply_events_and_read(plan_id, carry, at_end)
+        .await?;
     Ok(Some(ended))
 }

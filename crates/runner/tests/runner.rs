@@ -226,26 +226,42 @@ async fn an_opened_plan_calls_hermes_at_once_with_the_engine_chosen_at_intake() 
         "the Hermes step is durably RUNNING before the runner even starts"
     );
     let plan_id = plan.plan_id;
+    // The write made at the plan's end sees the plan as it ended and
+    // commits with it.
+    let note = Uuid::now_v7();
+    let db = h.db.clone();
+    let at_end: madre_db::AtEnd = Box::new(move |ended: &StoredPlan| {
+        db.log_intent(madre_db::NewIntentLog {
+            id: note,
+            source: "test".into(),
+            principal: "tester".into(),
+            payload: json!({ "ended": ended.plan.status }),
+            created_at: Utc::now(),
+        })
+    });
     let done = h
         .runner
-        .start_opened(plan, opts())
+        .start_opened(plan, opts(), Some(at_end))
         .unwrap()
         .finished()
         .await
         .unwrap();
     assert_eq!(done.plan.status, Status::Done);
+    assert_eq!(
+        h.db.intent_log(note).unwrap().map(|row| row.payload),
+        Some(json!({ "ended": "DONE" }))
+    );
     assert_eq!(reply(&done), "[hermes stub via intake-engine] hello there");
     assert_eq!(
         (h.calls(Module::Switch).await, h.calls(Module::Hermes).await),
         (0, 1)
     );
-    let journal: Vec<String> = h
-        .db
-        .plan_events(plan_id)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event_type)
-        .collect();
+    let journal: Vec<String> =
+        h.db.plan_events(plan_id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect();
     assert_eq!(
         journal,
         [

@@ -134,4 +134,3 @@ pub(crate) fn one_chat(db: &Db, commits: Commits) {
         }
     }
 }
-
