@@ -1,15 +1,19 @@
-//! "Chat transactions per second": the writes one chat costs Madre — an
-//! intent-log row; a plan with 4 steps, 3 context rows and 2 audit rows; 4
-//! steps started and finished through the journal (the last ending the
-//! plan); the close — with 1 writer and with 4 concurrent writers,
-//! committed two ways: as one transaction (`Write::and`), and as seven
-//! commits, one per write (the finest-grained way a runner could commit).
+//! "Chat transactions per second": the writes one chat costs Madre, with 1
+//! writer and with 4 concurrent writers, for two workloads (see
+//! `support/chat.rs`):
+//!
+//! - `chat_*`: the workload before issue 13 (an intent-log row; a plan with
+//!   4 steps, 3 context rows and 2 audit rows; 4 steps started and finished
+//!   through the journal; the close), committed as one transaction
+//!   (`Write::and`) or as seven commits, one per write;
+//! - `low_chat_*`: a LOW chat's writes as Madre makes them now, as one
+//!   transaction or as its three commits.
 #![allow(missing_docs)]
 
 #[path = "support/chat.rs"]
 mod chat_workload;
 
-use chat_workload::{Commits, one_chat};
+use chat_workload::{Commits, low_chat, one_chat};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use madre_db::Db;
 use std::sync::Arc;
@@ -21,20 +25,25 @@ fn chat_transactions(c: &mut Criterion) {
     let mut group = c.benchmark_group("db");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(8));
-    for (name, commits) in [("one_tx", Commits::One), ("7_commits", Commits::Seven)] {
-        group.bench_function(format!("chat_{name}_1_writer"), |b| {
-            b.iter(|| one_chat(&db, commits))
+    type Workload = fn(&Db, Commits);
+    let variants: [(&str, Workload, Commits); 4] = [
+        ("chat_one_tx", one_chat, Commits::One),
+        ("chat_7_commits", one_chat, Commits::Seven),
+        ("low_chat_one_tx", low_chat, Commits::One),
+        ("low_chat_3_commits", low_chat, Commits::Seven),
+    ];
+    for (name, chat, commits) in variants {
+        group.bench_function(format!("{name}_1_writer"), |b| {
+            b.iter(|| chat(&db, commits))
         });
-        group.bench_function(format!("chat_{name}_4_writers"), |b| {
+        group.bench_function(format!("{name}_4_writers"), |b| {
             b.iter_custom(|iters| {
                 let per_thread = iters.div_ceil(4);
                 let start = Instant::now();
                 let threads: Vec<_> = (0..4)
                     .map(|_| {
                         let db = db.clone();
-                        std::thread::spawn(move || {
-                            (0..per_thread).for_each(|_| one_chat(&db, commits))
-                        })
+                        std::thread::spawn(move || (0..per_thread).for_each(|_| chat(&db, commits)))
                     })
                     .collect();
                 threads.into_iter().for_each(|t| t.join().unwrap());

@@ -9,13 +9,16 @@
 //! grep -c ', 24, ' /tmp/wal.trace   # one 24-byte header per WAL frame
 //! ```
 //!
-//! Arguments: chats (default 2000) and writer threads (default 1).
+//! Arguments: chats (default 2000), writer threads (default 1), and the
+//! workload: `chat` (the one before issue 13, one transaction per chat;
+//! the default) or `low` (a LOW chat's writes as Madre makes them now, in
+//! its three commits).
 #![allow(missing_docs)]
 
 #[path = "../benches/support/chat.rs"]
 mod chat_workload;
 
-use chat_workload::{Commits, one_chat};
+use chat_workload::{Commits, low_chat, one_chat};
 use madre_db::Db;
 use std::sync::Arc;
 
@@ -27,17 +30,20 @@ fn main() {
     let writers: u64 = args
         .next()
         .map_or(1, |a| a.parse().expect("writers: a number"));
+    let chat: fn(&Db) = match args.next().as_deref() {
+        None | Some("chat") => |db| one_chat(db, Commits::One),
+        Some("low") => |db| low_chat(db, Commits::Seven),
+        Some(other) => panic!("workload: chat or low, not {other:?}"),
+    };
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = Arc::new(Db::open(&dir.path().join("frames.db")).expect("the database opens"));
     // Warm up: the schema's first pages are written once, not per chat.
-    one_chat(&db, Commits::One);
+    chat(&db);
     let started = std::time::Instant::now();
     let threads: Vec<_> = (0..writers)
         .map(|_| {
             let db = db.clone();
-            std::thread::spawn(move || {
-                (0..chats / writers).for_each(|_| one_chat(&db, Commits::One))
-            })
+            std::thread::spawn(move || (0..chats / writers).for_each(|_| chat(&db)))
         })
         .collect();
     threads

@@ -188,7 +188,7 @@ async fn an_opened_plan_calls_hermes_at_once_with_the_engine_chosen_at_intake() 
     let stored_as = plan.clone();
     let opening = open(&mut plan, now);
     assert_eq!(
-        opening.iter().map(|e| e.event.clone()).collect::<Vec<_>>(),
+        opening.iter().map(|e| e.event).collect::<Vec<_>>(),
         [
             Event::StepStarted { step: 0 },
             Event::StepFinished {

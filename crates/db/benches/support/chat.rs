@@ -1,7 +1,7 @@
 //! The writes one chat costs Madre, shared by the `chat_tx` benchmark and
-//! the `chat_wal_frames` example: an intent-log row; a plan with 4 steps, 3
-//! context rows and 2 audit rows; 4 steps started and finished through the
-//! journal (the last ending the plan); the close.
+//! the `chat_wal_frames` example, two ways: [`one_chat`], the workload the
+//! benchmark had before issue 13 (kept so figures compare across versions),
+//! and [`low_chat`], a LOW chat's writes as Madre makes them now.
 #![allow(dead_code)]
 
 use chrono::Utc;
@@ -15,10 +15,14 @@ use uuid::Uuid;
 pub(crate) enum Commits {
     /// All in one transaction.
     One,
-    /// Each write its own commit.
+    /// Each write its own commit (seven for [`one_chat`], three for
+    /// [`low_chat`]).
     Seven,
 }
 
+/// The pre-issue-13 workload: an intent-log row; a plan with 4 steps, 3
+/// context rows and 2 audit rows; 4 steps started and finished through the
+/// journal (the last ending the plan); the close.
 pub(crate) fn one_chat(db: &Db, commits: Commits) {
     let now = Utc::now();
     let session = SessionId::parse("bench".into()).unwrap();
@@ -131,6 +135,150 @@ pub(crate) fn one_chat(db: &Db, commits: Commits) {
                 step(idx).wait().unwrap();
             });
             close.wait().unwrap();
+        }
+    }
+}
+
+/// The writes of a LOW chat as Madre makes them since issue 13: the intent
+/// with its session read; the plan (a Switch step answered at intake and a
+/// Hermes step; 3 context rows, 1 audit row) stored already opened (the
+/// Switch step finished, the Hermes step started); then the Hermes step's
+/// end with the plan's, the plan read back, and the history turn with the
+/// intent's close made from it. Three commits, as a chat makes them, or one
+/// transaction.
+pub(crate) fn low_chat(db: &Db, commits: Commits) {
+    let now = Utc::now();
+    let session = SessionId::parse(Uuid::now_v7().to_string()).unwrap();
+    let intent_id = Uuid::now_v7();
+    let log = db.log_intent_in_session(
+        NewIntentLog {
+            id: intent_id,
+            source: "chat".into(),
+            principal: "bench".into(),
+            payload: json!({"message": "tell me about the weather in Lisbon"}),
+            created_at: now,
+        },
+        session.as_str().to_owned(),
+    );
+    let metadata = json!({"session_id": session, "intent_id": intent_id});
+    let steps = vec![
+        Step::new(
+            Uuid::now_v7(),
+            StepType::CallSwitch,
+            json!({"prompt": "tell me about the weather in Lisbon", "metadata": metadata,
+                   "engine": "local", "answered_at_intake": true}),
+            now,
+        ),
+        Step::new(
+            Uuid::now_v7(),
+            StepType::CallHermes,
+            json!({"prompt": "tell me about the weather in Lisbon", "metadata": metadata}),
+            now,
+        ),
+    ];
+    let plan = Plan {
+        plan_id: Uuid::now_v7(),
+        intent_id,
+        session_id: session.clone(),
+        status: Status::Pending,
+        mode: Mode::Madre,
+        steps,
+        warnings: vec![],
+        error: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let plan_id = plan.plan_id;
+    let intent = Intent {
+        intent_id,
+        session_id: session.clone(),
+        mode: Mode::Madre,
+        dsl: madre_models::Dsl {
+            domain: "general".into(),
+            action: "chat".into(),
+            parameters: Default::default(),
+            targets: vec![],
+            confidence: 0.3,
+            original_text: "tell me about the weather in Lisbon".into(),
+            warnings: vec![],
+            source: madre_models::DslSource::Fallback,
+        },
+        risk: RiskLevel::Low,
+        requires_confirmation: false,
+        targets: vec![],
+        created_at: now,
+        alternatives: vec![],
+    };
+    let started = |step| PlanEvent::new(Event::StepStarted { step }, now);
+    let finished = |step, result| {
+        PlanEvent::new(
+            Event::StepFinished {
+                step,
+                status: Status::Done,
+            },
+            now,
+        )
+        .result(result)
+    };
+    let opening = vec![
+        started(0),
+        finished(0, json!({"engine": "local", "answered_at_intake": true})),
+        started(1),
+    ];
+    let insert = db.insert_plan_with(
+        NewPlanRecord {
+            plan,
+            meta: PlanMeta {
+                kind: PlanKind::Chat,
+                name: "chat".into(),
+                module: "madre".into(),
+                action: "chat".into(),
+                principal: "bench".into(),
+            },
+            intent: Some(intent),
+            confirmation: None,
+            actions: vec![NewAction {
+                module: "madre".into(),
+                action: "chat".into(),
+                reason: "planned 2 step(s)".into(),
+                principal: "bench".into(),
+                plan_id: Some(plan_id),
+                created_at: now,
+            }],
+        },
+        opening,
+    );
+    let reply = "[hermes] the weather in Lisbon is mild";
+    let end = vec![
+        finished(1, json!({"reply": reply})),
+        PlanEvent::finished(Status::Done, None, now).result(json!({"reply": reply})),
+    ];
+    let turn_db = db.clone();
+    let at_end: AtEnd = Box::new(move |ended: &StoredPlan| {
+        turn_db
+            .record_turn(
+                session.as_str().to_owned(),
+                Mode::Madre,
+                Some(intent_id),
+                vec![
+                    ("user".into(), "tell me about the weather in Lisbon".into()),
+                    ("assistant".into(), reply.into()),
+                ],
+                100,
+                now,
+            )
+            .and(turn_db.close_intent(intent_id, ended.plan.status.as_str(), None, now))
+            .discard()
+    });
+    let finish = db.apply_events_and_read(plan_id, end, Some(at_end));
+    match commits {
+        Commits::One => {
+            log.and(insert).and(finish).wait().unwrap();
+        }
+        Commits::Seven => {
+            log.wait().unwrap();
+            insert.wait().unwrap();
+            finish.wait().unwrap();
         }
     }
 }
