@@ -68,15 +68,16 @@ impl Db {
 
     /// Appends a row to the intent log and answers the session
     /// `session_id` as it stands, read in the same transaction: a chat's
-    /// first two steps in one trip to the writer.
+    /// first two steps in one trip to the writer. The row is logged even
+    /// when the session cannot be read: that failure is the inner result.
     pub fn log_intent_in_session(
         &self,
         entry: NewIntentLog,
         session_id: String,
-    ) -> Write<Option<crate::SessionRow>> {
+    ) -> Write<Result<Option<crate::SessionRow>, DbError>> {
         self.write(move |conn| {
             insert_intent(conn, &entry)?;
-            crate::sessions::session_in(conn, &session_id)
+            Ok(crate::sessions::session_in(conn, &session_id))
         })
     }
 

@@ -20,8 +20,8 @@
 //! [`Db::run_blocking`], which moves the work to Tokio's blocking pool and
 //! carries the current tracing span along. Every write method returns a
 //! [`Write`]: call `.wait()` from blocking code, or `.await` it from async
-//! code, which queues it for a drainer on the blocking pool and holds no
-//! thread while it waits.
+//! code, which queues it for the writer thread and holds no thread while
+//! it waits.
 //!
 //! # Storage failures
 //! A disk or database that is full, a file that cannot be written, a lock
@@ -87,6 +87,8 @@ pub struct Db {
     readers: Pool<SqliteConnectionManager>,
     writer: Arc<writer::Writer>,
     _checkpointer: Arc<checkpoint::Checkpointer>,
+    /// Commits awaited writes; stops with the last handle.
+    _writer_thread: Arc<writer::WriterThread>,
     path: PathBuf,
     /// Written in the journal's `replica` column (SPEC §16).
     replica: Arc<str>,
@@ -157,12 +159,16 @@ impl Db {
         let checkpoint_conn = Connection::open(path).map_err(|e| DbError::open(path, e))?;
         configure(&checkpoint_conn).map_err(|e| DbError::open(path, e))?;
         let writer = writer::Writer::new(conn);
+        let writer_thread = writer
+            .start_thread()
+            .map_err(|e| DbError::Internal(format!("cannot start the writer thread: {e}")))?;
         let checkpointer = checkpoint::Checkpointer::start(checkpoint_conn, writer.clone())
             .map_err(|e| DbError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Self {
             readers,
             writer,
             _checkpointer: Arc::new(checkpointer),
+            _writer_thread: Arc::new(writer_thread),
             path: path.to_owned(),
             replica: default_replica().into(),
         })

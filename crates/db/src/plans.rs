@@ -484,7 +484,7 @@ impl Db {
                     // SQLite gave the whole transaction up: nothing stands.
                     Err(e) if conn.is_autocommit() => return Err(e),
                     Err(e) => {
-                        tracing::error!(%plan_id, error = %e, "the write made at a plan's end failed; the end stands");
+                        tracing::warn!(%plan_id, error = %e, "the write made at a plan's end failed and was undone; the end stands");
                     }
                     Ok(()) => {}
                 }

@@ -10,11 +10,13 @@
 //! kept committing others' writes under steady load.
 //!
 //! An awaited write parks no thread: it is queued and its task sleeps
-//! until the answer comes. The first such write of a burst starts one
-//! drainer on a blocking thread, which commits batch after batch until the
-//! queue is empty; every awaited write queued meanwhile joins the next
-//! batch. So a server's concurrent requests share commits however few
-//! blocking threads it has.
+//! until the answer comes. The database's writer thread takes the turn
+//! whenever writes are queued and the connection is free, and commits them
+//! all; every awaited write queued meanwhile joins the next batch. So a
+//! server's concurrent requests share commits however few blocking threads
+//! it has, and no runtime has to stay up for a write to be answered. The
+//! writer thread gives way to the checkpoint and the storage check, so a
+//! stream of writes never starves them.
 //!
 //! A failure of storage itself (full, read-only, locked, I/O error) is
 //! answered to every caller it touched as [`DbError::Unavailable`], and
@@ -44,6 +46,9 @@ trait Job: Send {
 
 struct WriteJob<T, F> {
     work: Option<F>,
+    /// The span the write was prepared in: what it logs carries the
+    /// request's fields, whichever thread commits it.
+    span: tracing::Span,
     outcome: Option<Result<T, DbError>>,
     reply: oneshot::Sender<Result<T, DbError>>,
 }
@@ -55,6 +60,7 @@ where
 {
     fn run(&mut self, conn: &Connection, savepoint: bool) {
         let Some(work) = self.work.take() else { return };
+        let _in_span = self.span.enter();
         let run = || {
             catch_unwind(AssertUnwindSafe(|| work(conn)))
                 .unwrap_or_else(|_| Err(DbError::Internal("a database write panicked".into())))
@@ -93,6 +99,9 @@ pub(crate) struct Writer {
     /// Signalled whenever a turn ends: answers may be ready, and the
     /// connection is free for the next combiner.
     turn_ended: Condvar,
+    /// Wakes the writer thread: an awaited write was queued, or a turn
+    /// ended with writes still queued.
+    work_ready: Condvar,
     conn: Mutex<Connection>,
     health: StorageHealth,
 }
@@ -152,11 +161,19 @@ impl StorageHealth {
 }
 
 /// Jobs queued for the next commit, whether someone holds the turn, and
-/// whether a drainer is on its way for awaited writes.
+/// what the writer thread needs to know to take the next one.
 struct State {
     queue: Vec<Box<dyn Job>>,
     busy: bool,
-    draining: bool,
+    /// The writer thread sleeps until there is work for it.
+    thread_idle: bool,
+    /// Callers of [`Writer::with_connection`] waiting for a turn: the writer
+    /// thread lets them have the next one, so a stream of awaited writes
+    /// never starves the checkpoint or the storage check.
+    outsiders: usize,
+    /// The database was closed: the writer thread commits what is queued
+    /// and ends.
+    stopped: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -171,12 +188,25 @@ impl Writer {
             state: Mutex::new(State {
                 queue: Vec::new(),
                 busy: false,
-                draining: false,
+                thread_idle: false,
+                outsiders: 0,
+                stopped: false,
             }),
             turn_ended: Condvar::new(),
+            work_ready: Condvar::new(),
             conn: Mutex::new(conn),
             health: StorageHealth::new(),
         })
+    }
+
+    /// Starts the writer thread, which commits awaited writes until the
+    /// returned handle is dropped.
+    pub(crate) fn start_thread(self: &Arc<Self>) -> std::io::Result<WriterThread> {
+        let writer = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("madre-db-writer".into())
+            .spawn(move || writer.serve())?;
+        Ok(WriterThread(Arc::clone(self)))
     }
 
     /// Whether storage took the last write (see [`StorageHealth`]).
@@ -195,6 +225,7 @@ impl Writer {
             writer: Arc::clone(self),
             job: Some(Box::new(WriteJob {
                 work: Some(f),
+                span: tracing::Span::current(),
                 outcome: None,
                 reply,
             })),
@@ -206,12 +237,14 @@ impl Writer {
     /// checkpoint thread's short fold), holding the turn meanwhile.
     pub(crate) fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
         let mut state = lock(&self.state);
+        state.outsiders += 1;
         while state.busy {
             state = self
                 .turn_ended
                 .wait(state)
                 .unwrap_or_else(|p| p.into_inner());
         }
+        state.outsiders -= 1;
         state.busy = true;
         drop(state);
         let _turn = Turn(self);
@@ -256,53 +289,73 @@ impl Writer {
     /// Hands the turn on and wakes every waiter: some have their answer,
     /// one of the others takes the turn.
     fn end_turn(&self) {
-        lock(&self.state).busy = false;
+        let mut state = lock(&self.state);
+        state.busy = false;
+        let wake_thread = state.thread_idle && !state.queue.is_empty();
+        drop(state);
         self.turn_ended.notify_all();
+        if wake_thread {
+            self.work_ready.notify_one();
+        }
     }
 
     /// Queues an awaited write and returns at once: its caller awaits the
-    /// answer instead of parking a thread. When no drainer is on its way,
-    /// one starts on a blocking thread (Tokio's pool inside a runtime, a
-    /// thread of its own outside one); it commits batch after batch until
-    /// the queue is empty, so a burst of awaited writes costs one thread
-    /// hand-off and shares commits, however many callers wait.
+    /// answer instead of parking a thread. The writer thread commits it,
+    /// with whatever else is queued by then.
     fn enqueue(self: &Arc<Self>, job: Box<dyn Job>) {
         let mut state = lock(&self.state);
         state.queue.push(job);
-        if std::mem::replace(&mut state.draining, true) {
+        if state.stopped {
+            // The database was closed while this write was prepared: a
+            // thread of its own commits it rather than leave it unanswered.
+            drop(state);
+            let writer = Arc::clone(self);
+            std::thread::spawn(move || writer.serve());
             return;
         }
+        let wake = state.thread_idle;
         drop(state);
-        let writer = Arc::clone(self);
-        let drain = move || writer.drain();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(drain)),
-            Err(_) => drop(std::thread::spawn(drain)),
+        if wake {
+            self.work_ready.notify_one();
         }
     }
 
-    /// Commits queued jobs, a batch per turn, until none is left. Waits
-    /// while a blocking caller holds the turn (that caller commits what is
-    /// queued too).
-    fn drain(&self) {
+    /// The writer thread's loop (and the last resort of a write queued after
+    /// the database was closed): whenever writes are queued, the connection
+    /// is free and no outsider waits for it, takes the turn and commits
+    /// them all in one transaction; returns once stopped with nothing
+    /// queued.
+    fn serve(&self) {
         let mut state = lock(&self.state);
         loop {
-            while state.busy {
+            let ready = !state.queue.is_empty() && !state.busy && state.outsiders == 0;
+            if !ready {
+                if state.stopped && state.queue.is_empty() {
+                    return;
+                }
+                state.thread_idle = true;
                 state = self
-                    .turn_ended
+                    .work_ready
                     .wait(state)
                     .unwrap_or_else(|p| p.into_inner());
-            }
-            if state.queue.is_empty() {
-                state.draining = false;
-                return;
+                state.thread_idle = false;
+                continue;
             }
             state.busy = true;
             let batch = std::mem::take(&mut state.queue);
             drop(state);
             {
                 let _turn = Turn(self);
-                commit_batch(&lock(&self.conn), batch, &self.health);
+                // Jobs run under catch_unwind already; should the commit
+                // itself panic, its callers are answered (their channels
+                // close) and this thread lives on for the next writes.
+                let commit =
+                    AssertUnwindSafe(|| commit_batch(&lock(&self.conn), batch, &self.health));
+                if catch_unwind(commit).is_err() {
+                    tracing::error!(
+                        "a database commit panicked; its writes were answered with an error"
+                    );
+                }
             }
             state = lock(&self.state);
         }
@@ -344,6 +397,17 @@ impl Writer {
             }
             state = lock(&self.state);
         }
+    }
+}
+
+/// Stops the writer thread when dropped (the last database handle went),
+/// once what is queued is committed.
+pub(crate) struct WriterThread(Arc<Writer>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        lock(&self.0.state).stopped = true;
+        self.0.work_ready.notify_one();
     }
 }
 
@@ -518,10 +582,10 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>, health: &Storag
 }
 
 /// A prepared write. Call [`Write::wait`] from blocking code, or `.await`
-/// it from async code: it is then queued, committed by a drainer on a
-/// blocking thread (never on an executor thread) with whatever else is
-/// queued, and the caller's task sleeps until the commit answers, holding
-/// no thread. Dropping it unrun writes nothing.
+/// it from async code: it is then queued, committed by the writer thread
+/// (never on an executor thread) with whatever else is queued, and the
+/// caller's task sleeps until the commit answers, holding no thread.
+/// Dropping it unrun writes nothing.
 #[must_use = "a write does nothing until it is waited for or awaited"]
 pub struct Write<T> {
     writer: Arc<Writer>,
@@ -549,11 +613,17 @@ impl<T: Send + 'static> Write<T> {
         })
     }
 
+    /// The same write, answering `f` of its answer; `f` runs in the
+    /// transaction, once the write succeeded in it.
+    pub fn map<U: Send + 'static>(self, f: impl FnOnce(T) -> U + Send + 'static) -> Write<U> {
+        let writer = Arc::clone(&self.writer);
+        writer.submit(move |conn| self.run_inline(conn).map(f))
+    }
+
     /// The same write, answering nothing: for callers that only need to
     /// know it committed (a write made at a plan's end, say).
     pub fn discard(self) -> Write<()> {
-        let writer = Arc::clone(&self.writer);
-        writer.submit(move |conn| self.run_inline(conn).map(drop))
+        self.map(drop)
     }
 
     /// Runs this write's work directly, inside a job that is already

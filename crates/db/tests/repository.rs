@@ -1525,30 +1525,66 @@ fn the_wal_stays_bounded_under_a_steady_stream_of_writes() {
     let db = Arc::new(t.db.clone());
     let wal = PathBuf::from(format!("{}-wal", t.path.display()));
     let payload = "x".repeat(2000);
-    // Two writers that never pause: without checkpoints that can rewind the
-    // WAL, it only grows (past 500 MiB here). Rewound, its file stays near
-    // the 64 MiB `journal_size_limit` it is cut back to.
-    let writers: Vec<_> = (0..2)
-        .map(|_| {
-            let db = db.clone();
-            let payload = payload.clone();
-            let wal = wal.clone();
-            std::thread::spawn(move || {
-                let started = std::time::Instant::now();
-                let mut peak = 0u64;
-                for _ in 0..15_000 {
-                    let mut entry = intent_entry(t0());
-                    entry.payload = json!({ "message": payload });
-                    db.log_intent(entry).wait().unwrap();
-                    peak = peak.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
-                    if started.elapsed() > std::time::Duration::from_secs(60) {
-                        break;
-                    }
+    // Writers that never pause, one blocking and eight awaited (committed
+    // by the writer thread, which must let the checkpoint in): without
+    // checkpoints that can rewind the WAL, it only grows (past 500 MiB
+    // here). Rewound, its file stays near the 64 MiB `journal_size_limit`
+    // it is cut back to.
+    let write_one = |db: &Db, payload: &str| {
+        let mut entry = intent_entry(t0());
+        entry.payload = json!({ "message": payload });
+        db.log_intent(entry)
+    };
+    let started = std::time::Instant::now();
+    let in_time = move || started.elapsed() < std::time::Duration::from_secs(60);
+    let wal_size = move |wal: &Path| std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+    let blocking = {
+        let (db, payload, wal) = (db.clone(), payload.clone(), wal.clone());
+        std::thread::spawn(move || {
+            let mut peak = 0u64;
+            for _ in 0..8_000 {
+                write_one(&db, &payload).wait().unwrap();
+                peak = peak.max(wal_size(&wal));
+                if !in_time() {
+                    break;
+                }
+            }
+            peak
+        })
+    };
+    let awaited = {
+        let (db, payload, wal) = (db.clone(), payload.clone(), wal.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let tasks: Vec<_> = (0..8)
+                    .map(|_| {
+                        let (db, payload, wal) = (db.clone(), payload.clone(), wal.clone());
+                        tokio::spawn(async move {
+                            let mut peak = 0u64;
+                            for _ in 0..1_000 {
+                                write_one(&db, &payload).await.unwrap();
+                                peak = peak.max(wal_size(&wal));
+                                if !in_time() {
+                                    break;
+                                }
+                            }
+                            peak
+                        })
+                    })
+                    .collect();
+                let mut peak = 0;
+                for task in tasks {
+                    peak = peak.max(task.await.unwrap());
                 }
                 peak
             })
         })
-        .collect();
+    };
+    let writers = [blocking, awaited];
     let peak = writers
         .into_iter()
         .map(|w| w.join().unwrap())

@@ -3,7 +3,9 @@
 //! the plan and answer its outcome.
 
 use chrono::Utc;
-use madre_db::{AtEnd, Db, NewIntentLog, PlanKind, PlanMeta, SessionRow, StoredPlan, Write};
+use madre_db::{
+    AtEnd, Db, DbError, NewIntentLog, PlanKind, PlanMeta, SessionRow, StoredPlan, Write,
+};
 use madre_models::{ChatCommand, ChatResponse, Dsl, Intent, Mode, Plan, SessionId, Status};
 use madre_planner::Origin;
 use madre_policy::{Principal, Role};
@@ -89,10 +91,11 @@ impl Madre {
         command: ChatCommand,
         intent_id: Uuid,
         session_id: SessionId,
-        session: Option<SessionRow>,
+        session: Result<Option<SessionRow>, DbError>,
         request_id: &str,
     ) -> Result<ChatResponse, FlowError> {
         let now = Utc::now();
+        let session = session?;
         let session_mode = match session {
             Some(s) if s.closed_at.is_none() => s.mode,
             _ => Mode::Madre,
@@ -194,8 +197,9 @@ impl Madre {
         } else {
             status.as_str()
         };
-        // The plan ran: its answer goes back even if storage refuses the
-        // history turn (a 503 now would invite a second run); the intent is
+        // Unless it committed with the plan's end, the turn is written
+        // now. The plan ran: its answer goes back even if storage refuses
+        // this write (a 503 now would invite a second run); the intent is
         // then closed `interrupted` at the next start.
         if !turn_recorded && let Err(e) = turn.write(&self.db, &response, closing).await {
             tracing::error!(%intent_id, error = %e, "could not record the history turn of a chat");
@@ -251,14 +255,14 @@ impl Turn {
     }
 
     /// The write made from the plan as it ended, for the runner to commit
-    /// with the plan's end, and a flag that says whether it was made.
+    /// with the plan's end, and a flag set when it succeeded there.
     fn at_end(self, db: &Db) -> (AtEnd, Arc<AtomicBool>) {
         let made = Arc::new(AtomicBool::new(false));
         let flag = made.clone();
         let db = db.clone();
         let write: AtEnd = Box::new(move |stored: &StoredPlan| {
-            flag.store(true, Ordering::Release);
             self.write(&db, &reply_of(stored), stored.plan.status.as_str())
+                .map(move |()| flag.store(true, Ordering::Release))
         });
         (write, made)
     }

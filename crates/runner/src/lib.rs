@@ -195,16 +195,27 @@ impl Runner {
     /// [`open`]: `plan` is that plan as stored, so its execution starts
     /// without reading it back. When the run ends the plan (DONE or ERROR;
     /// not when it waits, is cancelled or times out), `at_end` makes a
-    /// write from the ended plan that commits with its end; the caller
-    /// learns from its own closure whether it was called, and makes that
-    /// write itself when it was not.
+    /// write from the ended plan that commits with its end (a failure of
+    /// that write undoes only itself); the caller learns from the write it
+    /// made (e.g. with [`madre_db::Write::map`]) whether it succeeded, and
+    /// makes it itself when it did not.
     pub fn start_opened(
         &self,
         plan: Plan,
         options: RunOptions,
         at_end: Option<AtEnd>,
     ) -> Result<PlanRun, RunnerError> {
-        self.queue(plan.plan_id, Some(Opened { plan, at_end }), options)
+        let plan_id = plan.plan_id;
+        let opened = self.inner.register(plan_id).map(|signal| Opened {
+            plan: Some(plan),
+            at_end,
+            signal: Some(signal),
+        });
+        let run = self.queue(plan_id, opened, options);
+        if run.is_err() {
+            self.inner.unregister(plan_id);
+        }
+        run
     }
 
     fn queue(
@@ -227,14 +238,22 @@ impl Runner {
         };
         let (tx, done) = oneshot::channel();
         spawn(async move {
+            let mut opened = opened;
             let permit = match permit {
                 Some(permit) => permit,
                 None => {
                     let permit = inner.slots.clone().acquire_owned().await;
                     inner.queued.fetch_sub(1, Ordering::AcqRel);
+                    // It waited: whatever changed meanwhile is read again.
+                    if let Some(opened) = opened.as_mut() {
+                        opened.plan = None;
+                    }
                     match permit {
                         Ok(permit) => permit,
-                        Err(_) => return,
+                        Err(_) => {
+                            inner.unregister(plan_id);
+                            return;
+                        }
                     }
                 }
             };
@@ -420,8 +439,13 @@ pub fn open(plan: &mut Plan, at: chrono::DateTime<Utc>) -> Vec<PlanEvent> {
 
 /// A plan handed over as stored, with the write to make at its end.
 struct Opened {
-    plan: Plan,
+    /// The plan as stored when it was handed over; dropped when it had to
+    /// wait for a slot (it is read again then).
+    plan: Option<Plan>,
     at_end: Option<AtEnd>,
+    /// Its cancel signal, registered as it was handed over: a cancel from
+    /// then on reaches it, before it even has a slot.
+    signal: Option<Arc<CancelSignal>>,
 }
 
 /// Spawns a plan's execution on the current Tokio runtime, whichever kind.
@@ -448,6 +472,28 @@ async fn run_deferred(inner: &Arc<Inner>, permit: OwnedSemaphorePermit) {
 }
 
 impl Inner {
+    /// Marks the plan as executing here, with the signal that cancels it;
+    /// `None` when it already is.
+    fn register(&self, plan_id: Uuid) -> Option<Arc<CancelSignal>> {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        match active.entry(plan_id) {
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let signal = Arc::new(CancelSignal::new(false));
+                slot.insert(signal.clone());
+                Some(signal)
+            }
+        }
+    }
+
+    /// The plan no longer executes here.
+    fn unregister(&self, plan_id: Uuid) {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&plan_id);
+    }
+
     fn active_signal(&self, plan_id: Uuid) -> Option<Arc<CancelSignal>> {
         self.active
             .lock()
@@ -472,21 +518,15 @@ async fn execute(
     opened: Option<Opened>,
     options: &RunOptions,
 ) -> Result<StoredPlan, RunnerError> {
-    let signal = Arc::new(CancelSignal::new(false));
-    let already = {
-        let mut active = inner.active.lock().unwrap_or_else(|p| p.into_inner());
-        match active.entry(plan_id) {
-            std::collections::hash_map::Entry::Occupied(_) => true,
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(signal.clone());
-                false
-            }
-        }
+    let signal = match opened.as_ref().and_then(|o| o.signal.clone()) {
+        // Registered when it was handed over (see `Runner::queue`).
+        Some(signal) => signal,
+        None => match inner.register(plan_id) {
+            Some(signal) => signal,
+            // Already executing here: never run one plan twice at once.
+            None => return inner.load(plan_id).await,
+        },
     };
-    if already {
-        // Already executing here: never run one plan twice at once.
-        return inner.load(plan_id).await;
-    }
 
     let deadline = inner.config.task_timeout;
     let outcome =
@@ -501,11 +541,7 @@ async fn execute(
         Ok(Err(e)) => Err(e),
         Err(_) => time_out(inner, plan_id, deadline).await.map(|()| None),
     };
-    inner
-        .active
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&plan_id);
+    inner.unregister(plan_id);
     match result? {
         Some(ended) => Ok(ended),
         None => inner.load(plan_id).await,
@@ -576,7 +612,12 @@ async fn drive(
     signal: &CancelSignal,
 ) -> Result<Option<StoredPlan>, RunnerError> {
     let (plan, at_end) = match opened {
-        Some(Opened { plan, at_end }) => (plan, at_end),
+        Some(Opened {
+            plan: Some(plan),
+            at_end,
+            ..
+        }) => (plan, at_end),
+        Some(Opened { at_end, .. }) => (inner.load(plan_id).await?.plan, at_end),
         None => (inner.load(plan_id).await?.plan, None),
     };
     if plan.status.is_terminal() {

@@ -71,6 +71,12 @@ pub(crate) async fn run_step(
     resumed: bool,
 ) -> StepOutcome {
     let step = &plan.steps[idx];
+    if let Some(result) = answered_without_call(step) {
+        return StepOutcome::Done {
+            result,
+            retried: false,
+        };
+    }
     match step.step_type {
         StepType::SystemHealthcheck => {
             let targets = modules_in(&step.payload, "targets");
@@ -138,10 +144,6 @@ pub(crate) async fn run_step(
                 },
             }
         }
-        _ if answered_without_call(step).is_some() => StepOutcome::Done {
-            result: answered_without_call(step).unwrap_or_default(),
-            retried: false,
-        },
         StepType::CallModule if step.module() == Module::Madre => {
             let Some(actions) = inner.own_actions.get() else {
                 return StepOutcome::Failed {

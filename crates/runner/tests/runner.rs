@@ -820,6 +820,77 @@ async fn a_plan_cancelled_while_queued_never_calls_a_module() {
     assert_eq!(events[1].principal.as_deref(), Some("tester"));
 }
 
+/// An opened plan stored as a chat stores it: the Switch step answered at
+/// intake, the Hermes step started in the plan's creation commit.
+async fn store_opened(h: &Harness, text: &str) -> madre_models::Plan {
+    let shape = h.plan(text, Mode::Madre).await;
+    let mut plan = h.db.plan(shape).unwrap().unwrap().plan;
+    plan.plan_id = Uuid::now_v7();
+    for step in &mut plan.steps {
+        step.step_id = Uuid::now_v7();
+        if step.step_type == StepType::CallSwitch {
+            step.payload["answered_at_intake"] = json!(true);
+        }
+    }
+    let record = NewPlanRecord {
+        plan: plan.clone(),
+        meta: PlanMeta {
+            kind: PlanKind::Task,
+            name: "task".into(),
+            module: "hermes".into(),
+            action: "chat".into(),
+            principal: "tester".into(),
+        },
+        intent: None,
+        confirmation: None,
+        actions: vec![],
+    };
+    let opening = open(&mut plan, Utc::now());
+    h.db.insert_plan_with(record, opening).await.unwrap();
+    plan
+}
+
+/// An opened plan runs from the copy it was handed, with no read before
+/// its first call; a cancel that lands while it waits for a slot still
+/// wins: its module is never called.
+#[tokio::test]
+async fn an_opened_plan_cancelled_while_queued_never_calls_its_module() {
+    let config = RunnerConfig {
+        max_concurrent: 1,
+        ..RunnerConfig::default()
+    };
+    let h = Harness::new(Setup {
+        config,
+        ..Default::default()
+    });
+    h.behave(
+        Module::Hermes,
+        Behaviour {
+            latency_ms: 400,
+            ..Default::default()
+        },
+    )
+    .await;
+    let first = store_opened(&h, "one").await;
+    let first = h.runner.start_opened(first, opts(), None).unwrap();
+    let queued = store_opened(&h, "two").await;
+    let queued_id = queued.plan_id;
+    let second = h.runner.start_opened(queued, opts(), None).unwrap();
+    h.runner
+        .cancel(queued_id, "cancelled", "tester")
+        .await
+        .unwrap();
+    assert_eq!(first.finished().await.unwrap().plan.status, Status::Done);
+    let cancelled = second.finished().await.unwrap();
+    assert_eq!(cancelled.plan.status, Status::Cancelled);
+    assert_eq!(
+        h.calls(Module::Hermes).await,
+        1,
+        "only the first plan's call"
+    );
+    assert_eq!(h.calls(Module::Switch).await, 0);
+}
+
 /// Every change of a LOW chat's plan is in its journal, in order.
 #[tokio::test]
 async fn the_journal_holds_every_change_in_order() {
