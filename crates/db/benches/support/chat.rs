@@ -273,10 +273,11 @@ pub(crate) fn low_chat(db: &Db, commits: Commits) {
     let finish = db.apply_events_and_read(plan_id, end, Some(at_end));
     match commits {
         Commits::One => {
-            log.and(insert).and(finish).wait().unwrap();
+            let ((session, ()), _ended) = log.and(insert).and(finish).wait().unwrap();
+            session.unwrap();
         }
         Commits::Seven => {
-            log.wait().unwrap();
+            log.wait().unwrap().unwrap();
             insert.wait().unwrap();
             finish.wait().unwrap();
         }
