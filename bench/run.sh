@@ -14,6 +14,7 @@ SEED_PLANS=${BENCH_SEED_PLANS:-100000}
 OFFSET=${BENCH_PORT_OFFSET:-14000}
 SCENARIOS=${BENCH_SCENARIOS:-"ceiling chat-passthrough chat-low chat-mixed plans-read"}
 MADRE_BIN=${MADRE_BIN:-target/release/madre}   # another build, to compare two versions
+LOG_LEVEL=${BENCH_RUST_LOG:-warn}               # Madre's RUST_LOG (its default is info)
 
 if ! command -v wrk >/dev/null || ! command -v sqlite3 >/dev/null; then
     echo "bench: installing wrk and sqlite3 (Debian)" >&2
@@ -36,7 +37,7 @@ target/release/vx11-stubs --port-offset "$OFFSET" >"$WORK/stubs.log" 2>&1 &
 STUBS_PID=$!
 
 start_madre() {
-    env MADRE_BIND="127.0.0.1:$((8001 + OFFSET))" MADRE_DATA_DIR="$WORK/data" RUST_LOG=warn \
+    env MADRE_BIND="127.0.0.1:$((8001 + OFFSET))" MADRE_DATA_DIR="$WORK/data" RUST_LOG="$LOG_LEVEL" \
         $(vx11_stub_urls "$OFFSET") \
         "$MADRE_BIN" serve >>"$WORK/madre.log" 2>&1 &
     MADRE_PID=$!
