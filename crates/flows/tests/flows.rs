@@ -320,6 +320,65 @@ async fn a_confirmation_expired_by_cleanup_still_answers_expired() {
     assert_eq!(events.last().unwrap().event_type, "plan_expired");
 }
 
+/// A chat's history turn and its intent's close: committed with the plan's
+/// end when the run ends the plan, written by the chat itself when it does
+/// not (here the plan's deadline ends it); once either way.
+#[tokio::test]
+async fn every_chat_records_one_turn_and_closes_its_intent_with_the_plans_status() {
+    let h = harness(
+        RunnerConfig {
+            task_timeout: Duration::from_secs(1),
+            ..RunnerConfig::default()
+        },
+        MadreConfig {
+            task_timeout_s: 1,
+            ..MadreConfig::default()
+        },
+    );
+    let db = h.madre.db().clone();
+    let turn_of = |r: &madre_models::ChatResponse| {
+        let intent = db.intent_log(r.intent_id).unwrap().unwrap();
+        let history = db.history(r.session_id.as_str(), 100).unwrap();
+        let turn: Vec<(String, String)> =
+            history.into_iter().map(|m| (m.role, m.content)).collect();
+        (intent.result_status, turn)
+    };
+    let done = h.chat("hello there").await;
+    assert_eq!(done.status, Status::Done);
+    assert_eq!(
+        turn_of(&done),
+        (
+            Some("DONE".to_owned()),
+            vec![
+                ("user".to_owned(), "hello there".to_owned()),
+                ("assistant".to_owned(), done.response.clone())
+            ]
+        )
+    );
+    h.stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                latency_ms: 1_500,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let late = h.chat("hello again").await;
+    assert_eq!(late.status, Status::Error);
+    assert_eq!(
+        turn_of(&late),
+        (
+            Some("ERROR".to_owned()),
+            vec![
+                ("user".to_owned(), "hello again".to_owned()),
+                ("assistant".to_owned(), late.response.clone())
+            ]
+        )
+    );
+}
+
 /// A chat that fails after its intent was logged closes the intent; and
 /// start-up closes those a crashed process left open.
 #[tokio::test]
