@@ -778,16 +778,14 @@ async fn a_resumed_spawner_step_queues_its_task_once() {
     );
 }
 
-/// A cancel that lands while a plan waits for a slot wins: the plan never
-/// calls a module, and its journal ends with the cancel.
-#[tokio::test]
-async fn a_plan_cancelled_while_queued_never_calls_a_module() {
-    let config = RunnerConfig {
-        max_concurrent: 1,
-        ..RunnerConfig::default()
-    };
+/// A runner with one slot, and a Hermes that answers after 400 ms: a
+/// second plan waits for the slot while the first one's call is in flight.
+async fn one_slot_and_a_slow_hermes() -> Harness {
     let h = Harness::new(Setup {
-        config,
+        config: RunnerConfig {
+            max_concurrent: 1,
+            ..RunnerConfig::default()
+        },
         ..Default::default()
     });
     h.behave(
@@ -798,6 +796,14 @@ async fn a_plan_cancelled_while_queued_never_calls_a_module() {
         },
     )
     .await;
+    h
+}
+
+/// A cancel that lands while a plan waits for a slot wins: the plan never
+/// calls a module, and its journal ends with the cancel.
+#[tokio::test]
+async fn a_plan_cancelled_while_queued_never_calls_a_module() {
+    let h = one_slot_and_a_slow_hermes().await;
     let first = h
         .runner
         .start(h.plan("one", Mode::Madre).await, opts())
@@ -855,22 +861,7 @@ async fn store_opened(h: &Harness, text: &str) -> madre_models::Plan {
 /// wins: its module is never called.
 #[tokio::test]
 async fn an_opened_plan_cancelled_while_queued_never_calls_its_module() {
-    let config = RunnerConfig {
-        max_concurrent: 1,
-        ..RunnerConfig::default()
-    };
-    let h = Harness::new(Setup {
-        config,
-        ..Default::default()
-    });
-    h.behave(
-        Module::Hermes,
-        Behaviour {
-            latency_ms: 400,
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = one_slot_and_a_slow_hermes().await;
     let first = store_opened(&h, "one").await;
     let first = h.runner.start_opened(first, opts(), None).unwrap();
     let queued = store_opened(&h, "two").await;

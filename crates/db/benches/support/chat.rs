@@ -43,39 +43,9 @@ pub(crate) fn one_chat(db: &Db, commits: Commits) {
     .into_iter()
     .map(|ty| Step::new(Uuid::now_v7(), ty, json!({"prompt": "hello there"}), now))
     .collect();
-    let plan = Plan {
-        plan_id: Uuid::now_v7(),
-        intent_id,
-        session_id: session.clone(),
-        status: Status::Pending,
-        mode: Mode::Madre,
-        steps,
-        warnings: vec![],
-        error: None,
-        created_at: now,
-        updated_at: now,
-    };
+    let plan = chat_plan(intent_id, &session, steps, now);
     let plan_id = plan.plan_id;
-    let intent = Intent {
-        intent_id,
-        session_id: session,
-        mode: Mode::Madre,
-        dsl: madre_models::Dsl {
-            domain: "general".into(),
-            action: "chat".into(),
-            parameters: Default::default(),
-            targets: vec![],
-            confidence: 0.3,
-            original_text: "hello there".into(),
-            warnings: vec![],
-            source: madre_models::DslSource::Fallback,
-        },
-        risk: RiskLevel::Low,
-        requires_confirmation: false,
-        targets: vec![],
-        created_at: now,
-        alternatives: vec![],
-    };
+    let intent = low_intent(intent_id, &session, "hello there", now);
     let action = |what: &str| NewAction {
         module: "madre".into(),
         action: what.into(),
@@ -176,39 +146,14 @@ pub(crate) fn low_chat(db: &Db, commits: Commits) {
             now,
         ),
     ];
-    let plan = Plan {
-        plan_id: Uuid::now_v7(),
-        intent_id,
-        session_id: session.clone(),
-        status: Status::Pending,
-        mode: Mode::Madre,
-        steps,
-        warnings: vec![],
-        error: None,
-        created_at: now,
-        updated_at: now,
-    };
+    let plan = chat_plan(intent_id, &session, steps, now);
     let plan_id = plan.plan_id;
-    let intent = Intent {
+    let intent = low_intent(
         intent_id,
-        session_id: session.clone(),
-        mode: Mode::Madre,
-        dsl: madre_models::Dsl {
-            domain: "general".into(),
-            action: "chat".into(),
-            parameters: Default::default(),
-            targets: vec![],
-            confidence: 0.3,
-            original_text: "tell me about the weather in Lisbon".into(),
-            warnings: vec![],
-            source: madre_models::DslSource::Fallback,
-        },
-        risk: RiskLevel::Low,
-        requires_confirmation: false,
-        targets: vec![],
-        created_at: now,
-        alternatives: vec![],
-    };
+        &session,
+        "tell me about the weather in Lisbon",
+        now,
+    );
     let started = |step| PlanEvent::new(Event::StepStarted { step }, now);
     let finished = |step, result| {
         PlanEvent::new(
@@ -281,5 +226,55 @@ pub(crate) fn low_chat(db: &Db, commits: Commits) {
             insert.wait().unwrap();
             finish.wait().unwrap();
         }
+    }
+}
+
+/// A new chat plan with these steps, every row PENDING.
+fn chat_plan(
+    intent_id: Uuid,
+    session: &SessionId,
+    steps: Vec<Step>,
+    now: chrono::DateTime<Utc>,
+) -> Plan {
+    Plan {
+        plan_id: Uuid::now_v7(),
+        intent_id,
+        session_id: session.clone(),
+        status: Status::Pending,
+        mode: Mode::Madre,
+        steps,
+        warnings: vec![],
+        error: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// The LOW intent of a general chat `text`, as the fallback parser reads it.
+fn low_intent(
+    intent_id: Uuid,
+    session: &SessionId,
+    text: &str,
+    now: chrono::DateTime<Utc>,
+) -> Intent {
+    Intent {
+        intent_id,
+        session_id: session.clone(),
+        mode: Mode::Madre,
+        dsl: madre_models::Dsl {
+            domain: "general".into(),
+            action: "chat".into(),
+            parameters: Default::default(),
+            targets: vec![],
+            confidence: 0.3,
+            original_text: text.into(),
+            warnings: vec![],
+            source: madre_models::DslSource::Fallback,
+        },
+        risk: RiskLevel::Low,
+        requires_confirmation: false,
+        targets: vec![],
+        created_at: now,
+        alternatives: vec![],
     }
 }
