@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
 use crate::intake;
-use crate::plans::{actions_of, reply_of};
+use crate::plans::{Planned, actions_of, reply_of};
 use crate::{FlowError, Madre, require};
 
 fn merge_warnings(dsl: &Dsl, plan: &Plan) -> Vec<String> {
@@ -141,7 +141,13 @@ impl Madre {
                 intake.engine,
             )
             .await?;
-        tracing::Span::current().record("plan_id", planned.plan.plan_id.to_string());
+        let plan_id = planned.plan.plan_id;
+        tracing::Span::current().record("plan_id", plan_id.to_string());
+        let Planned {
+            plan,
+            token,
+            expires_at,
+        } = planned;
 
         let turn = Turn {
             session_id: session_id.clone(),
@@ -161,27 +167,27 @@ impl Madre {
                 Status::Error,
                 text,
                 Vec::new(),
-                merge_warnings(&intent.dsl, &planned.plan),
+                merge_warnings(&intent.dsl, &plan),
             )
-        } else if planned.token.is_some() {
+        } else if token.is_some() {
             let text = format!(
                 "This needs a human confirmation ({} risk): POST /madre/plans/{}/confirm with the confirm_token within {} s",
                 intent.risk,
-                planned.plan.plan_id,
+                plan_id,
                 self.config().confirm_ttl_s
             );
             (
                 Status::Waiting,
                 text,
-                actions_of(&planned.plan),
-                merge_warnings(&intent.dsl, &planned.plan),
+                actions_of(&plan),
+                merge_warnings(&intent.dsl, &plan),
             )
         } else {
             // The history turn and the intent's close commit with the
             // plan's end when the run ends it: one commit fewer.
             let (at_end, made) = turn.clone().at_end(&self.db);
             let stored = self
-                .run_new_plan(principal, planned.plan.clone(), request_id, Some(at_end))
+                .run_new_plan(principal, plan, request_id, Some(at_end))
                 .await?;
             turn_recorded = made.load(Ordering::Acquire);
             (
@@ -209,15 +215,15 @@ impl Madre {
             response,
             session_id,
             intent_id,
-            plan_id: planned.plan.plan_id,
+            plan_id,
             status,
             mode,
             risk: intent.risk,
             warnings,
             targets: intent.targets,
             actions,
-            confirm_token: planned.token.as_ref().map(|t| t.expose().to_owned()),
-            confirm_expires_at: planned.expires_at,
+            confirm_token: token.as_ref().map(|t| t.expose().to_owned()),
+            confirm_expires_at: expires_at,
         })
     }
 }

@@ -209,7 +209,7 @@ impl Runner {
         let opened = self.inner.register(plan_id).map(|signal| Opened {
             plan: Some(plan),
             at_end,
-            signal: Some(signal),
+            signal,
         });
         let run = self.queue(plan_id, opened, options);
         if run.is_err() {
@@ -445,7 +445,7 @@ struct Opened {
     at_end: Option<AtEnd>,
     /// Its cancel signal, registered as it was handed over: a cancel from
     /// then on reaches it, before it even has a slot.
-    signal: Option<Arc<CancelSignal>>,
+    signal: Arc<CancelSignal>,
 }
 
 /// Spawns a plan's execution on the current Tokio runtime, whichever kind.
@@ -518,8 +518,8 @@ async fn execute(
     opened: Option<Opened>,
     options: &RunOptions,
 ) -> Result<StoredPlan, RunnerError> {
-    let signal = match opened.as_ref().and_then(|o| o.signal.clone()) {
-        // Registered when it was handed over (see `Runner::queue`).
+    let signal = match opened.as_ref().map(|o| o.signal.clone()) {
+        // Registered when it was handed over (see `Runner::start_opened`).
         Some(signal) => signal,
         None => match inner.register(plan_id) {
             Some(signal) => signal,
