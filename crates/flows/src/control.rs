@@ -47,6 +47,13 @@ fn control_intent(
             original_text: format!("{action} {module}"),
             warnings: Vec::new(),
             source: madre_models::DslSource::Fallback,
+            // A programmatic action names no text to read: what is not
+            // known to be harmless (LOW in the tables) changes something.
+            effect: if risk == madre_models::RiskLevel::Low {
+                madre_models::Effect::Read
+            } else {
+                madre_models::Effect::Change
+            },
         },
         risk,
         requires_confirmation: risk.requires_confirmation(),

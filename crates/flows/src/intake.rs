@@ -6,7 +6,7 @@
 //! costs at most the short timeout and never fails the chat.
 
 use madre_delegation::{Method, ModuleRequest};
-use madre_models::{DepState, Dsl, DslSource, Mode, Module, SessionId, Word};
+use madre_models::{DepState, Dsl, DslSource, Effect, Mode, Module, SessionId, Word};
 use madre_policy::{Assessment, Decision, RiskTables};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -30,6 +30,8 @@ pub(crate) struct SwitchAnswer {
     pub(crate) invalid: bool,
     /// The engine it chose (`engine`, else `model`).
     pub(crate) engine: Option<String>,
+    /// The effect its intent named, if any (it can only raise the risk).
+    pub(crate) effect: Option<Effect>,
 }
 
 /// The intent a chat runs: the chosen DSL, the other one, and the stricter
@@ -89,15 +91,20 @@ fn read_answer(answer: &Value, text: &str) -> SwitchAnswer {
             None => (None, true),
         },
     };
+    let (dsl, effect) = match dsl {
+        Some((dsl, effect)) => (Some(dsl), effect),
+        None => (None, None),
+    };
     SwitchAnswer {
         dsl,
         invalid,
         engine,
+        effect,
     }
 }
 
 /// Switch's intent as a DSL, when every word of it is valid.
-fn switch_dsl(intent: &Value, text: &str) -> Option<Dsl> {
+fn switch_dsl(intent: &Value, text: &str) -> Option<(Dsl, Option<Effect>)> {
     let domain = intent.get("domain")?.as_str()?.to_ascii_lowercase();
     if !matches!(domain.as_str(), "system" | "audio" | "general") {
         return None;
@@ -119,6 +126,12 @@ fn switch_dsl(intent: &Value, text: &str) -> Option<Dsl> {
         return None;
     }
     parameters.insert("original_message".into(), Value::String(text.to_owned()));
+    // Switch may name an effect; an unknown name makes the intent invalid.
+    // Without one, the fallback's effect stands in (`decide`).
+    let effect = match intent.get("effect") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_str()?.parse::<Effect>().ok()?),
+    };
     Some(Dsl {
         domain,
         action: action.as_str().to_owned(),
@@ -128,7 +141,9 @@ fn switch_dsl(intent: &Value, text: &str) -> Option<Dsl> {
         original_text: text.to_owned(),
         warnings: Vec::new(),
         source: DslSource::Switch,
+        effect: effect.unwrap_or(Effect::Unknown),
     })
+    .map(|dsl| (dsl, effect))
 }
 
 /// The stricter of two classifications: a deny from either denies, else
@@ -171,6 +186,12 @@ pub(crate) fn decide(fallback: Dsl, switch: Option<SwitchAnswer>, tables: &RiskT
             assessment: fallback_assessment,
             engine,
         };
+    };
+    // Switch's effect can raise the risk, never lower it: the stricter of
+    // the two effects is the one Switch's reading is classified with.
+    switch_dsl.effect = match switch.effect {
+        Some(named) => named.max(fallback.effect),
+        None => fallback.effect,
     };
     let assessment = stricter(fallback_assessment, tables.assess(&switch_dsl));
     if switch_dsl.confidence > fallback.confidence {

@@ -32,6 +32,93 @@ pub enum RiskLevel {
     High,
 }
 
+/// What a request does to the world (SPEC §5 "Safety by effect"). Only
+/// [`Effect::Read`] and [`Effect::Generate`] are known to be harmless and may
+/// run as LOW; everything else waits for a human.
+///
+/// The variants are ordered by danger, so a message of several clauses takes
+/// the [`Ord::max`] of its clauses' effects.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// A question, a status, a list, an explanation, plain conversation.
+    Read,
+    /// Text, audio or analysis made for the requester alone; nothing is
+    /// changed in place or sent anywhere.
+    Generate,
+    /// A verb no list knows, acting on a system, data, people, money or
+    /// access: it waits, because nobody can say it is harmless. The default
+    /// for a DSL that does not say (a stored intent older than effects, an
+    /// answer from Switch without one).
+    #[default]
+    Unknown,
+    /// Alters a system, a setting, a permission or data.
+    Change,
+    /// Leaves the system: messages, uploads, payments, transfers, publishing.
+    Send,
+    /// Runs a command line, a database statement or code.
+    Execute,
+    /// Deletes, wipes or destroys.
+    Destroy,
+}
+
+impl Effect {
+    /// Every effect, from the least to the most dangerous.
+    pub const ALL: [Effect; 7] = [
+        Effect::Read,
+        Effect::Generate,
+        Effect::Unknown,
+        Effect::Change,
+        Effect::Send,
+        Effect::Execute,
+        Effect::Destroy,
+    ];
+
+    /// The name used in JSON and in the policy file (`read`, `send`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Effect::Read => "read",
+            Effect::Generate => "generate",
+            Effect::Unknown => "unknown",
+            Effect::Change => "change",
+            Effect::Send => "send",
+            Effect::Execute => "execute",
+            Effect::Destroy => "destroy",
+        }
+    }
+
+    /// The least risk a request with this effect gets: LOW only for `read`
+    /// and `generate`, MED for `change`, `send` and `unknown`, HIGH for
+    /// `execute` and `destroy`.
+    pub const fn min_risk(self) -> RiskLevel {
+        match self {
+            Effect::Read | Effect::Generate => RiskLevel::Low,
+            Effect::Unknown | Effect::Change | Effect::Send => RiskLevel::Med,
+            Effect::Execute | Effect::Destroy => RiskLevel::High,
+        }
+    }
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Effect {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Effect::ALL
+            .into_iter()
+            .find(|e| e.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| ValidationError::new("effect", format!("unknown effect {s:?}")))
+    }
+}
+
 /// Lifecycle state shared by plans and steps.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use std::fmt;
 use uuid::Uuid;
 
 use crate::validate::{MAX_TASK_NAME_CHARS, Message, SessionId, ValidationError, Word};
-use crate::{Mode, Module, RiskLevel, Status, StepType};
+use crate::{Effect, Mode, Module, RiskLevel, Status, StepType};
 
 /// Writes `<redacted>` in place of a secret in `Debug` output.
 struct Redacted<'a>(&'a Option<String>);
@@ -45,6 +45,10 @@ pub struct Dsl {
     /// Who produced it: the offline fallback parser, or Switch (SPEC §4a).
     #[serde(default)]
     pub source: DslSource,
+    /// What the request does (SPEC §5 "Safety by effect"): only `read` and
+    /// `generate` may be LOW. `unknown` when the producer did not say.
+    #[serde(default)]
+    pub effect: Effect,
 }
 
 /// Who produced a [`Dsl`] (SPEC §4a).

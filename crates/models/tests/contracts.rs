@@ -40,6 +40,7 @@ fn sample_dsl() -> Dsl {
         original_text: "mix these 3 stems".into(),
         warnings: vec![],
         source: madre_models::DslSource::Fallback,
+        effect: madre_models::Effect::Read,
     }
 }
 
@@ -140,7 +141,8 @@ fn dsl_intent_step_plan_have_exactly_the_documented_fields_and_round_trip() {
             "confidence",
             "original_text",
             "warnings",
-            "source"
+            "source",
+            "effect"
         ])
     );
     assert_eq!(v["source"], json!("fallback"));

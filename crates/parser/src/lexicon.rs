@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::LazyLock;
 
-use madre_models::Module;
+use madre_models::{Effect, Module};
 
+use crate::effect_words as ew;
 use crate::text::{Classes, Dictionary, How, Words};
 use crate::words::{self, ENCLITICS, FamilyWords, GAP};
 
@@ -38,6 +39,31 @@ pub enum LexiconError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A verb added to `read` or `generate` that the built-in lists know
+    /// as `send`, `execute` or `destroy`: no policy can make those LOW.
+    #[error(
+        "policy `effects.{effect}` holds {word:?}, which Madre knows as {known}: send, execute and destroy cannot be made LOW"
+    )]
+    CannotLower {
+        /// The effect it was added to.
+        effect: &'static str,
+        /// The word as given.
+        word: String,
+        /// What the built-in lists make of it.
+        known: &'static str,
+    },
+}
+
+/// Words a policy file adds to one effect (`[effects.<effect>]`): verbs
+/// that have that effect, and objects (see [`Lexicon::with_policy`]).
+#[derive(Debug, Clone, Copy)]
+pub struct EffectExtras<'a> {
+    /// The effect the words are added to.
+    pub effect: Effect,
+    /// Verbs and verb phrases, in the phrase syntax of the word lists.
+    pub verbs: &'a [String],
+    /// Nouns and noun phrases.
+    pub objects: &'a [String],
 }
 
 /// What a phrase stands for.
@@ -57,6 +83,81 @@ pub(crate) enum Category {
     Drift,
     /// Background wording.
     Spawn,
+    /// A word of the effect lists (SPEC §5 "Safety by effect").
+    Effect(EffectWord),
+}
+
+/// What a word of the effect lists is for (see [`crate::effect_words`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EffectWord {
+    /// A verb, and what it does.
+    Verb(VerbClass),
+    /// A noun, and what it names.
+    Object(ObjectClass),
+    /// "it", "that", "lo": stands for something said before.
+    Anaphor,
+    /// Courtesy and sequence words before a verb.
+    Filler,
+    /// Plain conversation.
+    Conversation,
+    /// Opens a noun phrase.
+    Determiner,
+    /// A pronoun, particle or preposition right after a verb.
+    AfterVerb,
+    /// Opens a statement.
+    Subject,
+    /// Turns a statement into a request.
+    Modal,
+    /// Opens a question.
+    Interrogative,
+    /// Asks for an explanation.
+    Explain,
+    /// A request phrased as a question.
+    RequestQuestion,
+    /// Never a verb.
+    NotVerb,
+    /// Makes a run verb harmless ("a health check").
+    ReadObject,
+    /// A command-line tool.
+    Tool,
+    /// A verb of speaking to someone.
+    Speak,
+    /// "is", "son": makes a noun phrase a statement.
+    Copula,
+}
+
+/// What a verb does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum VerbClass {
+    /// Reads or reports.
+    Read,
+    /// Makes something for the requester.
+    Generate,
+    /// Depends on its object.
+    Shaper,
+    /// Carries out what was said before.
+    Doing,
+    /// Alters a system, a setting, a permission or data.
+    Change,
+    /// Runs code.
+    Execute,
+    /// Makes something leave the system.
+    Send,
+}
+
+/// What a noun names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ObjectClass {
+    System,
+    Data,
+    People,
+    Money,
+    Access,
+    Secret,
+    /// Code that runs: a script, a shell.
+    Code,
+    /// Harmless material: a poem, a track.
+    Content,
 }
 
 /// One element of a compiled phrase.
@@ -167,9 +268,41 @@ impl Lexicon {
         P: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        Self::with_policy(extras, std::iter::empty::<EffectExtras<'_>>())
+    }
+
+    /// The built-in lists plus a policy file's `[families]` (as in
+    /// [`Lexicon::with_extras`]) and `[effects]`: verbs and objects an
+    /// operator adds to an effect, for example the names of their own tools.
+    ///
+    /// Verbs added to `read` or `generate` only name what no built-in list
+    /// knows: a word the built-in lists know as `send`, `execute` or
+    /// `destroy` is refused ([`LexiconError::CannotLower`]), and every
+    /// built-in danger still wins over an added word. Objects added to
+    /// `read` or `generate` are harmless material; objects added to any
+    /// other effect are objects of concern (a verb no list knows, acting on
+    /// one, waits); `send` objects also make an ambiguous verb send ("give
+    /// the voucher").
+    ///
+    /// ```
+    /// use madre_models::Effect;
+    /// use madre_parser::{EffectExtras, Lexicon};
+    /// let verbs = vec!["vxctl".to_owned()];
+    /// let extras = [EffectExtras { effect: Effect::Execute, verbs: &verbs, objects: &[] }];
+    /// let lexicon = Lexicon::with_policy(std::iter::empty::<(&str, Vec<&str>)>(), extras).unwrap();
+    /// assert_eq!(lexicon.parse("vxctl rollout").effect, Effect::Execute);
+    /// ```
+    pub fn with_policy<'e, I, K, P, S, E>(families: I, effects: E) -> Result<Self, LexiconError>
+    where
+        I: IntoIterator<Item = (K, P)>,
+        K: AsRef<str>,
+        P: IntoIterator<Item = S>,
+        S: AsRef<str>,
+        E: IntoIterator<Item = EffectExtras<'e>>,
+    {
         let mut builder = Builder::default();
         builder.add_builtin();
-        for (family, phrases) in extras {
+        for (family, phrases) in families {
             let family = family.as_ref();
             let category = match FAMILY_NAMES.iter().position(|f| *f == family) {
                 Some(0) => Category::Delete,
@@ -181,17 +314,62 @@ impl Lexicon {
                 }
             };
             for phrase in phrases {
-                let phrase = phrase.as_ref();
-                builder
-                    .add(phrase, category)
-                    .map_err(|reason| LexiconError::BadPhrase {
-                        family: family.to_owned(),
-                        phrase: phrase.to_owned(),
-                        reason,
-                    })?;
+                builder.add_checked(phrase.as_ref(), category, family)?;
+            }
+        }
+        let builtin = Self::builtin();
+        for extras in effects {
+            let name = extras.effect.as_str();
+            let verb = match extras.effect {
+                Effect::Read => Category::Effect(EffectWord::Verb(VerbClass::Read)),
+                Effect::Generate => Category::Effect(EffectWord::Verb(VerbClass::Generate)),
+                Effect::Change | Effect::Unknown => {
+                    Category::Effect(EffectWord::Verb(VerbClass::Change))
+                }
+                Effect::Send => Category::Effect(EffectWord::Verb(VerbClass::Send)),
+                Effect::Execute => Category::Effect(EffectWord::Verb(VerbClass::Execute)),
+                Effect::Destroy => Category::Delete,
+            };
+            let object = match extras.effect {
+                Effect::Read | Effect::Generate => ObjectClass::Content,
+                Effect::Send => ObjectClass::Money,
+                _ => ObjectClass::System,
+            };
+            for phrase in extras.verbs {
+                if extras.effect.min_risk() == madre_models::RiskLevel::Low
+                    && let Some(known) = builtin.dangerous_meaning(phrase)
+                {
+                    return Err(LexiconError::CannotLower {
+                        effect: name,
+                        word: phrase.clone(),
+                        known,
+                    });
+                }
+                builder.add_checked(phrase, verb, name)?;
+            }
+            for phrase in extras.objects {
+                builder.add_checked(phrase, Category::Effect(EffectWord::Object(object)), name)?;
             }
         }
         Ok(builder.finish())
+    }
+
+    /// What the built-in lists make of `phrase` when that is `send`,
+    /// `execute` or `destroy`: a phrase an operator may not call harmless.
+    fn dangerous_meaning(&self, phrase: &str) -> Option<&'static str> {
+        let mut classes = Classes::default();
+        let words = self.words(phrase, &mut classes);
+        (0..words.len()).find_map(|at| {
+            self.matches_at(&words, at)
+                .find_map(|(category, _)| match category {
+                    Category::Delete => Some("destroy"),
+                    Category::Effect(EffectWord::Verb(VerbClass::Send)) => Some("send"),
+                    Category::Effect(EffectWord::Verb(VerbClass::Execute) | EffectWord::Tool) => {
+                        Some("execute")
+                    }
+                    _ => None,
+                })
+        })
     }
 
     /// The action of each non-destructive family, in priority order.
@@ -257,10 +435,59 @@ impl Lexicon {
                     Category::Parallel => hits.parallel = true,
                     Category::Drift => hits.drift = true,
                     Category::Spawn => hits.spawn = true,
+                    Category::Effect(_) => {}
                 }
             }
         }
         hits
+    }
+
+    /// Every phrase of the lists that starts at word `at` (as written, or as
+    /// one of its alternatives), with one past its last word.
+    pub(crate) fn matches_at<'a>(
+        &'a self,
+        words: &'a Words<'_>,
+        at: usize,
+    ) -> impl Iterator<Item = (Category, usize)> + 'a {
+        self.matches_from(words, at, true)
+    }
+
+    /// [`Lexicon::matches_at`], optionally without the alternatives of an
+    /// obfuscated word: a small word spelled inside "s\u{200b}cale" is no
+    /// determiner.
+    pub(crate) fn matches_from<'a>(
+        &'a self,
+        words: &'a Words<'_>,
+        at: usize,
+        alternatives: bool,
+    ) -> impl Iterator<Item = (Category, usize)> + 'a {
+        std::iter::once(words.word(at))
+            .chain(words.alternatives(at).filter(move |_| alternatives))
+            .filter_map(|w| self.index.get(w))
+            .flatten()
+            .filter_map(move |&id| {
+                let entry = self.entries.get(id)?;
+                let end = match_rest(words, at + 1, &entry.rest)?;
+                Some((entry.category, end))
+            })
+    }
+
+    /// Whether a module name starts at word `at`.
+    pub(crate) fn target_at(&self, words: &Words<'_>, at: usize) -> bool {
+        self.matches_at(words, at)
+            .any(|(category, _)| matches!(category, Category::Target(_)))
+    }
+
+    /// The categories of the one-word entries spelled `word` (already
+    /// folded): for looking up a verb's stem.
+    pub(crate) fn single_word(&self, word: &str) -> impl Iterator<Item = Category> + '_ {
+        self.index
+            .get(word)
+            .into_iter()
+            .flatten()
+            .filter_map(|&id| self.entries.get(id))
+            .filter(|e| e.rest.is_empty())
+            .map(|e| e.category)
     }
 
     /// How the words of a hit were written.
@@ -304,6 +531,44 @@ impl Builder {
         self.add_all(words::PARALLEL, Category::Parallel);
         self.add_all(words::DRIFT, Category::Drift);
         self.add_all(words::SPAWN, Category::Spawn);
+        use EffectWord as W;
+        use ObjectClass as O;
+        use VerbClass as V;
+        let effect_lists: &[(&[&str], EffectWord)] = &[
+            (ew::READ_VERBS, W::Verb(V::Read)),
+            (ew::GENERATE_VERBS, W::Verb(V::Generate)),
+            (ew::SHAPER_VERBS, W::Verb(V::Shaper)),
+            (ew::CHANGE_VERBS, W::Verb(V::Change)),
+            (ew::SEND_VERBS, W::Verb(V::Send)),
+            (ew::EXECUTE_VERBS, W::Verb(V::Execute)),
+            (ew::DOING_VERBS, W::Verb(V::Doing)),
+            (ew::SYSTEM_OBJECTS, W::Object(O::System)),
+            (ew::DATA_OBJECTS, W::Object(O::Data)),
+            (ew::PEOPLE_OBJECTS, W::Object(O::People)),
+            (ew::MONEY_OBJECTS, W::Object(O::Money)),
+            (ew::ACCESS_OBJECTS, W::Object(O::Access)),
+            (ew::SECRET_OBJECTS, W::Object(O::Secret)),
+            (ew::CONTENT_OBJECTS, W::Object(O::Content)),
+            (ew::ANAPHORA, W::Anaphor),
+            (ew::FILLERS, W::Filler),
+            (ew::CONVERSATION, W::Conversation),
+            (ew::DETERMINERS, W::Determiner),
+            (ew::AFTER_VERB, W::AfterVerb),
+            (ew::SUBJECTS, W::Subject),
+            (ew::MODALS, W::Modal),
+            (ew::INTERROGATIVES, W::Interrogative),
+            (ew::EXPLAIN, W::Explain),
+            (ew::REQUEST_QUESTIONS, W::RequestQuestion),
+            (ew::NOT_VERBS, W::NotVerb),
+            (ew::READ_OBJECTS, W::ReadObject),
+            (ew::TOOLS, W::Tool),
+            (ew::CODE_OBJECTS, W::Object(O::Code)),
+            (ew::SPEAK_VERBS, W::Speak),
+            (ew::COPULAS, W::Copula),
+        ];
+        for (list, word) in effect_lists {
+            self.add_all(list, Category::Effect(*word));
+        }
     }
 
     fn add_family(&mut self, family: &FamilyWords, category: Category) {
@@ -317,6 +582,21 @@ impl Builder {
             // The built-in lists are tested to hold only valid phrases.
             let _ = self.add(phrase, category);
         }
+    }
+
+    /// [`Builder::add`], with the error a policy file is shown.
+    fn add_checked(
+        &mut self,
+        phrase: &str,
+        category: Category,
+        family: &str,
+    ) -> Result<(), LexiconError> {
+        self.add(phrase, category)
+            .map_err(|reason| LexiconError::BadPhrase {
+                family: family.to_owned(),
+                phrase: phrase.to_owned(),
+                reason,
+            })
     }
 
     /// Compiles one phrase (and, for a `~` word, each enclitic form).

@@ -28,6 +28,8 @@
 //! assert!(dsl.warnings.iter().any(|w| w == madre_parser::SHELL_WARNING));
 //! ```
 
+mod effect;
+mod effect_words;
 mod lexicon;
 mod shell;
 mod text;
@@ -35,12 +37,25 @@ mod words;
 
 use madre_models::{Dsl, Mode, Module};
 use serde_json::{Map, Value, json};
+use std::ops::Range;
 
-pub use lexicon::{FAMILY_NAMES, Lexicon, LexiconError};
+pub use lexicon::{EffectExtras, FAMILY_NAMES, Lexicon, LexiconError};
 
-use lexicon::Hit;
-use shell::Effect;
+use effect::Mood;
+use lexicon::{Hit, Hits};
+use madre_models::Effect;
+use shell::Effect as ShellEffect;
 use text::{Classes, How, Words};
+
+/// One clause of a message, as read.
+struct Clause<'t> {
+    raw: &'t str,
+    hits: Hits,
+    reading: effect::Reading,
+    /// The safety records of its first destructive and stop words.
+    delete: Option<Value>,
+    stop: Option<Value>,
+}
 
 /// Confidence given to a destructive parse, and to a message holding a
 /// command line or statement.
@@ -75,47 +90,190 @@ impl Lexicon {
     /// as written, or the command as read).
     pub fn parse(&self, text: &str) -> Dsl {
         let mut classes = Classes::default();
-        let words = self.words(text, &mut classes);
-        let hits = self.scan(&words);
-        let commands = shell::detect(text, &mut classes);
+        let ranges = effect::clauses(text);
+        let mut clauses: Vec<Clause> = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let raw = &text[range];
+            let words = self.words(raw, &mut classes);
+            let hits = self.scan(&words);
+            let reading = self.read_clause(&words, raw);
+            let delete = hits.delete.map(|hit| self.record(&words, hit, "delete"));
+            let stop = self
+                .actions()
+                .iter()
+                .position(|a| *a == "stop")
+                .and_then(|i| hits.families.get(i).copied().flatten())
+                .map(|hit| self.record(&words, hit, "stop"));
+            clauses.push(Clause {
+                raw,
+                hits,
+                reading,
+                delete,
+                stop,
+            });
+        }
+        // Phrases cut by a clause boundary ("form-atea, el servidor"): the
+        // whole text is scanned too, and a hit counts when it starts in a
+        // clause that is not a question.
+        if clauses.len() > 1 {
+            let whole = self.words(text, &mut classes);
+            let whole_hits = self.scan(&whole);
+            let spans: Vec<Range<usize>> = clauses
+                .iter()
+                .map(|c| {
+                    let start = c.raw.as_ptr() as usize - text.as_ptr() as usize;
+                    start..start + c.raw.len()
+                })
+                .collect();
+            let clause_of = |hit: Hit| {
+                let at =
+                    whole.source(hit.start, hit.end).as_ptr() as usize - text.as_ptr() as usize;
+                spans.iter().position(|span| span.contains(&at))
+            };
+            if let Some(hit) = whole_hits.delete
+                && let Some(i) = clause_of(hit)
+                && clauses[i].hits.delete.is_none()
+            {
+                clauses[i].delete = Some(self.record(&whole, hit, "delete"));
+                clauses[i].hits.delete = Some(hit);
+            }
+            for (f, hit) in whole_hits.families.iter().enumerate() {
+                if let Some(hit) = hit
+                    && let Some(i) = clause_of(*hit)
+                    && let Some(slot) = clauses[i].hits.families.get_mut(f)
+                {
+                    slot.get_or_insert(*hit);
+                }
+            }
+        }
+        // A continuation reads as the clause before it.
+        for i in 1..clauses.len() {
+            if clauses[i].reading.mood == Mood::Continuation {
+                clauses[i].reading.mood = clauses[i - 1].reading.mood;
+                if clauses[i].reading.mood == Mood::Question {
+                    clauses[i].reading.effect = Effect::Read;
+                }
+            }
+        }
+        // "explain X, then do it": the doing makes every clause count.
+        let doing = clauses.iter().any(|c| c.reading.doing);
+        let active = |c: &Clause<'_>| doing || c.reading.mood != Mood::Question;
 
-        let effect = |wanted: Effect| commands.iter().any(|c| c.effect == wanted);
-        let destructive = hits.delete.is_some() || effect(Effect::Destroys);
+        let families = self.actions().len();
+        let mut family: Option<usize> = None;
+        let mut delete_record = None;
+        let mut stop_record = None;
+        let mut targets: Vec<Module> = Vec::new();
+        let (mut audio, mut parallel, mut drift, mut spawn) = (false, false, false, false);
+        let mut effect = Effect::Read;
+        let mut why: Option<(Effect, &'static str, &str)> = None;
+        for clause in &clauses {
+            let mut clause_targets = clause.hits.targets.clone();
+            clause_targets.sort();
+            for (_, module) in clause_targets {
+                if !targets.contains(&module) {
+                    targets.push(module);
+                }
+            }
+            audio |= clause.hits.audio;
+            if !active(clause) {
+                continue;
+            }
+            parallel |= clause.hits.parallel;
+            drift |= clause.hits.drift;
+            spawn |= clause.hits.spawn;
+            if delete_record.is_none() {
+                delete_record.clone_from(&clause.delete);
+            }
+            if stop_record.is_none() {
+                stop_record.clone_from(&clause.stop);
+            }
+            if let Some(i) =
+                (0..families).find(|&i| clause.hits.families.get(i).is_some_and(Option::is_some))
+            {
+                family = Some(family.map_or(i, |f| f.min(i)));
+            }
+            let mut clause_effect = clause.reading.effect;
+            let mut rule = clause.reading.rule;
+            if doing {
+                clause_effect = clause_effect.max(clause.reading.named);
+            }
+            if clause.hits.delete.is_some() && clause_effect < Effect::Destroy {
+                clause_effect = Effect::Destroy;
+                rule = "destructive_word";
+            }
+            let changes = (0..families).any(|i| {
+                clause.hits.families.get(i).is_some_and(Option::is_some)
+                    && self.actions().get(i).is_some_and(|a| effect::changes(a))
+            });
+            if changes && clause_effect < Effect::Change {
+                clause_effect = Effect::Change;
+                rule = "action_word";
+            }
+            if clause_effect > effect || why.is_none() {
+                effect = effect.max(clause_effect);
+                why = Some((clause_effect, rule, clause.raw));
+            }
+        }
+        if family.is_none() {
+            // A question may still ask for a status, a list or help.
+            family = clauses.iter().find_map(|c| {
+                (0..families).find(|&i| {
+                    c.hits.families.get(i).is_some_and(Option::is_some)
+                        && self
+                            .actions()
+                            .get(i)
+                            .is_some_and(|a| !effect::changes(a) && *a != "run")
+                })
+            });
+        }
+
+        let commands = if clauses.iter().all(active) {
+            shell::detect(text, &mut classes)
+        } else {
+            let active_text: Vec<&str> = clauses
+                .iter()
+                .filter(|c| active(c))
+                .map(|c| c.raw)
+                .collect();
+            shell::detect(&active_text.join("\n"), &mut classes)
+        };
+        let shell_effect = |wanted: ShellEffect| commands.iter().any(|c| c.effect == wanted);
+        for command in &commands {
+            let command_effect = if command.effect == ShellEffect::Destroys {
+                Effect::Destroy
+            } else {
+                Effect::Execute
+            };
+            if command_effect > effect {
+                effect = command_effect;
+                why = Some((command_effect, "command", ""));
+            }
+        }
+
+        let destructive = delete_record.is_some() || shell_effect(ShellEffect::Destroys);
         let stop_index = self.actions().iter().position(|a| *a == "stop");
-        let family = hits
-            .families
-            .iter()
-            .enumerate()
-            .find_map(|(i, hit)| hit.map(|hit| (i, hit)));
         let action = if destructive {
             "delete"
-        } else if effect(Effect::Stops) && family.is_none_or(|(i, _)| Some(i) != stop_index) {
+        } else if shell_effect(ShellEffect::Stops) && family != stop_index {
             "stop"
-        } else if let Some((i, _)) = family {
+        } else if let Some(i) = family {
             self.actions().get(i).copied().unwrap_or("chat")
-        } else if effect(Effect::Restarts) {
+        } else if shell_effect(ShellEffect::Restarts) {
             "restart"
         } else {
             "chat"
         };
         let domain = if destructive || !commands.is_empty() {
             "system"
-        } else if hits.audio {
+        } else if audio {
             "audio"
         } else {
             "general"
         };
 
-        let mut targets = hits.targets;
-        targets.sort();
-        let targets: Vec<Module> = targets.into_iter().map(|(_, module)| module).collect();
-
         let mut parameters = text::extract_parameters(text);
-        for (flag, on) in [
-            ("parallel", hits.parallel),
-            ("drift", hits.drift),
-            ("spawn", hits.spawn),
-        ] {
+        for (flag, on) in [("parallel", parallel), ("drift", drift), ("spawn", spawn)] {
             if on {
                 parameters.insert(flag.into(), Value::Bool(true));
             }
@@ -125,25 +283,31 @@ impl Lexicon {
         // Only the parser writes this key: a `safety=…` in the text must not
         // pass for a record of the rules.
         parameters.remove(SAFETY_PARAMETER);
-        let mut safety = Vec::new();
-        if let Some(hit) = hits.delete {
-            safety.push(self.record(&words, hit, "delete"));
-        }
-        if let Some(Some(hit)) = stop_index.and_then(|i| hits.families.get(i)) {
-            safety.push(self.record(&words, *hit, "stop"));
-        }
+        let mut safety: Vec<Value> = delete_record.into_iter().chain(stop_record).collect();
         for command in &commands {
             let family = match command.effect {
-                Effect::Destroys => "delete",
-                Effect::Stops => "stop",
-                Effect::Restarts => "restart",
-                Effect::Changes => "change",
+                ShellEffect::Destroys => "delete",
+                ShellEffect::Stops => "stop",
+                ShellEffect::Restarts => "restart",
+                ShellEffect::Changes => "change",
             };
             safety.push(json!({
                 "kind": command.kind.as_str(),
                 "family": family,
                 "rule": command.rule,
                 "text": command.text,
+            }));
+        }
+        if let Some((clause_effect, rule, clause_text)) = why
+            && clause_effect.min_risk() > madre_models::RiskLevel::Low
+            && rule != "command"
+        {
+            let written: String = clause_text.trim().chars().take(200).collect();
+            safety.push(json!({
+                "kind": "effect",
+                "family": clause_effect.as_str(),
+                "rule": rule,
+                "text": written,
             }));
         }
         if !safety.is_empty() {
@@ -172,6 +336,7 @@ impl Lexicon {
             original_text: text.to_owned(),
             warnings,
             source: madre_models::DslSource::Fallback,
+            effect,
         }
     }
 

@@ -65,8 +65,45 @@ pub(crate) struct Detection {
     pub(crate) text: String,
 }
 
-/// Every command line or statement in `text` that changes or destroys.
+/// Every command line or statement in `text` that changes or destroys, as
+/// written and as a shell would read it once it removed the quoting
+/// (`r""m`, `r\m`, `'r'm` are all `rm`).
 pub(crate) fn detect(text: &str, classes: &mut Classes) -> Vec<Detection> {
+    let mut found = detect_in(text, classes);
+    if text.contains(['\\', '\'', '"']) {
+        for detection in detect_in(&dequote(text), classes) {
+            if found.len() < MAX_DETECTIONS && !found.contains(&detection) {
+                found.push(detection);
+            }
+        }
+    }
+    found
+}
+
+/// `text` without the quoting a shell removes inside a word: backslashes,
+/// and quotes that touch a letter or digit.
+fn dequote(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let touches = |i: usize| {
+        let near = |j: Option<usize>| {
+            j.and_then(|j| chars.get(j))
+                .is_some_and(|c| c.is_alphanumeric() || matches!(c, '\'' | '"'))
+        };
+        near(i.checked_sub(1)) || near(Some(i + 1))
+    };
+    chars
+        .iter()
+        .enumerate()
+        .filter(|&(i, c)| match c {
+            '\\' => false,
+            '\'' | '"' => !touches(i),
+            _ => true,
+        })
+        .map(|(_, c)| *c)
+        .collect()
+}
+
+fn detect_in(text: &str, classes: &mut Classes) -> Vec<Detection> {
     let written = view(text, classes);
     let view = written.to_ascii_lowercase();
     let tokens = tokenize(&view);

@@ -140,14 +140,17 @@ impl<'t> Words<'t> {
                 };
                 (word, i + 1)
             };
+            let start = alts.len();
             if word.how != How::Plain {
-                let start = alts.len();
                 segment(&buf, word.fold, dictionary, &mut alts);
-                word.alts = Span {
-                    start,
-                    end: alts.len(),
-                };
             }
+            if next == i + 1 {
+                join_split_word(text, &buf, &raw[i..], dictionary, &mut alts);
+            }
+            word.alts = Span {
+                start,
+                end: alts.len(),
+            };
             words.push(word);
             i = next;
         }
@@ -317,6 +320,101 @@ fn segment(buf: &str, token: Span, dictionary: &Dictionary<'_>, alts: &mut Vec<S
     }
 }
 
+/// A dictionary word cut in two or three by one character ("de-lete",
+/// "de_lete", "dele te", "de'lete", "de/lete", a Unicode dash): its folded
+/// span, pushed to `alts` as an alternative of the first piece. Only words
+/// of [`MIN_JOINED_CHARS`] or more count, so two short words never pass
+/// for one by chance.
+fn join_split_word(
+    text: &str,
+    buf: &str,
+    raw: &[Raw],
+    dictionary: &Dictionary<'_>,
+    alts: &mut Vec<Span>,
+) {
+    let Some(first) = raw.first() else {
+        return;
+    };
+    for pieces in 2..=3 {
+        let Some(last) = raw.get(pieces - 1) else {
+            return;
+        };
+        // a space joins only pieces that are no word ("dele te"), so
+        // "para la" never reads as "parala"
+        let one_char_gaps = raw.windows(2).take(pieces - 1).all(|pair| {
+            text.get(pair[0].src.end..pair[1].src.start)
+                .is_some_and(|gap| {
+                    // format characters around the separator do not count
+                    let mut chars = gap.chars().filter(|c| !is_format_char(*c));
+                    match (chars.next(), chars.next()) {
+                        (Some(c), None) if c.is_whitespace() => {
+                            [&pair[0], &pair[1]].iter().any(|r| {
+                                buf.get(r.fold.start..r.fold.end)
+                                    .is_some_and(|w| !dictionary.words.contains(w))
+                            })
+                        }
+                        (Some(_), None) => true,
+                        _ => false,
+                    }
+                })
+        });
+        if !one_char_gaps {
+            return;
+        }
+        let span = Span {
+            start: first.fold.start,
+            end: last.fold.end,
+        };
+        if let Some(joined) = buf.get(span.start..span.end)
+            && joined.chars().count() >= MIN_JOINED_CHARS
+            && dictionary.words.contains(joined)
+        {
+            alts.push(span);
+        }
+    }
+}
+
+/// Zero-width and other invisible format characters.
+fn is_format_char(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}')
+}
+
+/// The shortest word [`join_split_word`] puts back together.
+const MIN_JOINED_CHARS: usize = 4;
+
+/// Small capitals (ᴅᴇʟᴇᴛᴇ) as the Latin letters they are; TR39 has no
+/// skeleton for most of them.
+fn small_capital(c: char) -> Option<char> {
+    Some(match c {
+        '\u{1D00}' => 'a',
+        '\u{0299}' => 'b',
+        '\u{1D04}' => 'c',
+        '\u{1D05}' => 'd',
+        '\u{1D07}' => 'e',
+        '\u{A730}' => 'f',
+        '\u{0262}' => 'g',
+        '\u{029C}' => 'h',
+        '\u{026A}' => 'i',
+        '\u{1D0A}' => 'j',
+        '\u{1D0B}' => 'k',
+        '\u{029F}' => 'l',
+        '\u{1D0D}' => 'm',
+        '\u{0274}' => 'n',
+        '\u{1D0F}' => 'o',
+        '\u{1D18}' => 'p',
+        '\u{A7AF}' => 'q',
+        '\u{0280}' => 'r',
+        '\u{A731}' => 's',
+        '\u{1D1B}' => 't',
+        '\u{1D1C}' => 'u',
+        '\u{1D20}' => 'v',
+        '\u{1D21}' => 'w',
+        '\u{028F}' => 'y',
+        '\u{1D22}' => 'z',
+        _ => return None,
+    })
+}
+
 /// What a non-ASCII character (after compatibility decomposition) is for
 /// matching. [`Classes`] computes it once per distinct character of a text,
 /// since the TR39 lookups cost far more than a hash probe.
@@ -353,6 +451,11 @@ impl Classes {
 fn classify(d: char) -> Class {
     if is_combining_mark(d) {
         return Class::Mark;
+    }
+    if let Some(latin) = small_capital(d) {
+        let mut ascii = Ascii::default();
+        ascii.push(latin);
+        return Class::Latin(ascii);
     }
     if d.is_alphanumeric() {
         let lower = d.to_lowercase().next().unwrap_or(d);

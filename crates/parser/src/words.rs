@@ -140,6 +140,9 @@ const DELETE_EN: &[&str] = &[
 /// Multi-word destructive requests; "format", "clear" and "empty" only
 /// with an object that makes them so.
 const DELETE_EN_PHRASES: &[&str] = &[
+    "a deletion",
+    "a wipe",
+    "a purge",
     "tear down",
     "tears down",
     "tearing down",
@@ -377,6 +380,15 @@ const DELETE_ES: &[&str] = &[
 
 /// Spanish multi-word destructive requests ("dar de baja", "vacía la papelera").
 const DELETE_ES_PHRASES: &[&str] = &[
+    "un borrado",
+    "vacia la",
+    "vacia el",
+    "vacia los",
+    "vacia las",
+    "vacia todo",
+    "vacia todos",
+    "vacia todas",
+    "una purga",
     "dar~ * de baja",
     "da~ * de baja",
     "den~ * de baja",
@@ -667,6 +679,10 @@ const STOP_EN: &[&str] = &[
 
 /// Spanish wording that stops or disables something.
 const STOP_ES: &[&str] = &[
+    "deja~ de",
+    "dejar~ de",
+    "deje~ de",
+    "dejen~ de",
     // detener, parar ("para" and "pare" are left out: a preposition and a noun)
     "detener~",
     "deten~",

@@ -8,7 +8,9 @@ mod safety_corpus;
 use madre_models::{Dsl, RiskLevel};
 use madre_parser::{DESTRUCTIVE_WARNING, Lexicon, SAFETY_PARAMETER, SHELL_WARNING, parse};
 use madre_policy::{Assessment, RiskTables};
-use safety_corpus::{ACCEPTED_FALSE_POSITIVES, DANGEROUS, Expect, HARMLESS, dangerous, harmless};
+use safety_corpus::{
+    ACCEPTED_FALSE_POSITIVES, Expect, dangerous, dangerous_families, harmless, harmless_families,
+};
 
 fn assess(text: &str) -> (Dsl, Assessment) {
     let dsl = parse(text);
@@ -27,7 +29,7 @@ fn satisfies(assessment: &Assessment, expect: Expect) -> bool {
 fn every_dangerous_request_waits_or_is_denied() {
     let mut missed = Vec::new();
     let mut total = 0;
-    for category in DANGEROUS {
+    for category in dangerous_families() {
         let mut caught = 0;
         for (text, expect) in category.cases {
             let (dsl, assessment) = assess(text);
@@ -57,7 +59,7 @@ fn every_dangerous_request_waits_or_is_denied() {
 fn harmless_requests_stay_low_but_for_the_accepted_false_positives() {
     let mut positives = Vec::new();
     let mut total = 0;
-    for (category, cases) in HARMLESS {
+    for (category, cases) in harmless_families() {
         let mut low = 0;
         for text in *cases {
             let (dsl, assessment) = assess(text);

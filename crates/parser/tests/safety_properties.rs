@@ -29,10 +29,23 @@ fn rank(a: &Assessment) -> u8 {
 /// The transformed text is at least as risky as the original and still
 /// meets the label.
 fn check(original: &str, changed: &str, expect: Expect) -> Result<(), TestCaseError> {
+    check_with(original, changed, expect, true)
+}
+
+/// The transformed text still meets the label; with `same_or_more`, it is
+/// also at least as risky as the original. Punctuation inside a sentence
+/// may cut it into clauses, each read on its own (SPEC §5 "Safety by
+/// effect"), so there only the label must hold.
+fn check_with(
+    original: &str,
+    changed: &str,
+    expect: Expect,
+    same_or_more: bool,
+) -> Result<(), TestCaseError> {
     let before = assess(original);
     let after = assess(changed);
     prop_assert!(
-        rank(&after) >= rank(&before),
+        !same_or_more || rank(&after) >= rank(&before),
         "{original:?} ({:?}) became {changed:?} ({:?})",
         before.decision,
         after.decision
@@ -204,7 +217,8 @@ proptest! {
             }
         }
         let inner_text: String = chars.into_iter().collect();
-        check(text, &format!("{open}{inner_text}{close}"), expect)?;
+        let cut = inner_text != text;
+        check_with(text, &format!("{open}{inner_text}{close}"), expect, !cut)?;
     }
 
     #[test]

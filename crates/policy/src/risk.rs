@@ -196,27 +196,43 @@ impl RiskTables {
     }
 
     /// Classifies one `target` and `action` (compared lower-cased), in the
-    /// order of SPEC §5: deny rule, LOW allowlist, HIGH, MED, else LOW.
+    /// order of SPEC §5: deny rule, LOW allowlist, HIGH, MED, else MED:
+    /// an action that is not known to be harmless waits ("Safety by
+    /// effect"). This is the rule for programmatic actions (control, v6
+    /// tasks), which name their action and have no text to read.
     pub fn classify(&self, target: &str, action: &str) -> Decision {
+        match self.classify_known(target, action) {
+            Some(decision) => decision,
+            None => Decision::Risk(RiskLevel::Med),
+        }
+    }
+
+    /// The tables' verdict, or `None` when no table names the action.
+    fn classify_known(&self, target: &str, action: &str) -> Option<Decision> {
         let target = target.trim().to_lowercase();
         let action = action.trim().to_lowercase();
         let has = |list: &[String], word: &str| list.iter().any(|w| w == word);
         if has(&self.deny_targets, &target) && has(&self.deny_actions, &action) {
-            Decision::Deny
+            Some(Decision::Deny)
         } else if has(&self.low_actions, &action) {
-            Decision::Risk(RiskLevel::Low)
+            Some(Decision::Risk(RiskLevel::Low))
         } else if has(&self.high, &action) {
-            Decision::Risk(RiskLevel::High)
+            Some(Decision::Risk(RiskLevel::High))
         } else if has(&self.med, &action) {
-            Decision::Risk(RiskLevel::Med)
+            Some(Decision::Risk(RiskLevel::Med))
         } else {
-            Decision::Risk(RiskLevel::Low)
+            None
         }
     }
 
     /// Classifies a parsed intent: each target with the action (any deny
     /// denies, the highest risk wins), or the domain with the action when
-    /// there is no target. A message holding a command line or statement
+    /// there is no target; then the intent's effect sets a floor (SPEC §5
+    /// "Safety by effect"): only `read` and `generate` may be LOW, `change`,
+    /// `send` and `unknown` are at least MED, `execute` and `destroy` HIGH.
+    /// The tables only raise that floor: an action they do not name adds
+    /// nothing, since the effect already says whether it is harmless. A
+    /// message holding a command line or statement
     /// ([`SHELL_COMMAND_WARNING`]) is at least HIGH, whatever the tables say.
     pub fn assess(&self, dsl: &Dsl) -> Assessment {
         let targets: Vec<&str> = if dsl.targets.is_empty() {
@@ -224,20 +240,34 @@ impl RiskTables {
         } else {
             dsl.targets.iter().map(|m| m.as_str()).collect()
         };
-        let mut assessment = self.assess_targets(&targets, &dsl.action);
-        if dsl.warnings.iter().any(|w| w == SHELL_COMMAND_WARNING)
-            && let Decision::Risk(risk) = assessment.decision
-        {
-            assessment.decision = Decision::Risk(risk.max(RiskLevel::High));
+        let mut assessment = self.assess_with(&targets, &dsl.action, |t, a| {
+            self.classify_known(t, a)
+                .unwrap_or(Decision::Risk(RiskLevel::Low))
+        });
+        if let Decision::Risk(risk) = assessment.decision {
+            let mut floor = dsl.effect.min_risk();
+            if dsl.warnings.iter().any(|w| w == SHELL_COMMAND_WARNING) {
+                floor = floor.max(RiskLevel::High);
+            }
+            assessment.decision = Decision::Risk(risk.max(floor));
         }
         assessment
     }
 
     /// Classifies `action` on each of `targets` (the rule of [`Self::assess`]).
     pub fn assess_targets(&self, targets: &[&str], action: &str) -> Assessment {
+        self.assess_with(targets, action, |t, a| self.classify(t, a))
+    }
+
+    fn assess_with(
+        &self,
+        targets: &[&str],
+        action: &str,
+        classify: impl Fn(&str, &str) -> Decision,
+    ) -> Assessment {
         let mut highest = RiskLevel::Low;
         for target in targets {
-            match self.classify(target, action) {
+            match classify(target, action) {
                 Decision::Deny => {
                     return Assessment {
                         decision: Decision::Deny,

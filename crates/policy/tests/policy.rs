@@ -67,6 +67,7 @@ fn dsl(domain: &str, action: &str, targets: &[Module]) -> Dsl {
         original_text: String::new(),
         warnings: vec![],
         source: madre_models::DslSource::Fallback,
+        effect: madre_models::Effect::Read,
     }
 }
 

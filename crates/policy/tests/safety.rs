@@ -25,6 +25,7 @@ fn dsl(domain: &str, action: &str, targets: &[Module], warnings: &[&str]) -> Dsl
         original_text: String::new(),
         warnings: warnings.iter().map(|w| (*w).to_owned()).collect(),
         source: DslSource::Fallback,
+        effect: madre_models::Effect::Read,
     }
 }
 

@@ -270,6 +270,7 @@ fn low_intent(
             original_text: text.into(),
             warnings: vec![],
             source: madre_models::DslSource::Fallback,
+            effect: madre_models::Effect::Read,
         },
         risk: RiskLevel::Low,
         requires_confirmation: false,
