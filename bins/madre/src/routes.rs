@@ -243,12 +243,14 @@ pub async fn chat_v6(
                 response: r.response,
                 task_id: r.plan_id,
                 actions_taken,
-                status: if r.status == Status::Error {
-                    V6Status::Error
-                } else {
-                    V6Status::Ok
+                status: match r.status {
+                    Status::Error => V6Status::Error,
+                    Status::Waiting if r.confirm_token.is_some() => V6Status::PendingConfirmation,
+                    _ => V6Status::Ok,
                 },
                 timestamp: Utc::now(),
+                confirm_token: r.confirm_token,
+                confirm_expires_at: r.confirm_expires_at,
             };
             answer(200, &v6, Some(r.plan_id))
         })
