@@ -140,6 +140,7 @@ impl Application {
             .port();
         let max_body = settings.max_body_bytes;
         let rate_limit_per_s = settings.rate_limit_per_s;
+        let auth_failures_per_min = settings.auth_failures_per_min;
         let for_reload = settings.clone();
         let madre = Madre::new(Parts {
             db,
@@ -154,6 +155,7 @@ impl Application {
             settings,
             madre,
             rate_limiter: crate::rate_limit::RateLimiter::new(rate_limit_per_s),
+            auth_failures: crate::rate_limit::AuthFailureLimiter::new(auth_failures_per_min),
             metrics: Metrics::default(),
         });
 

@@ -73,6 +73,10 @@ pub enum ApiError {
     /// 429: the principal's rate limit is spent; retry after the duration.
     #[error("rate limit reached; retry in {} ms", .0.as_millis())]
     TooManyRequests(std::time::Duration),
+    /// 429: too many failed authentications from the client's address;
+    /// retry after the duration (no token is checked until then).
+    #[error("too many failed authentications from this address; retry in {} s", .0.as_secs().max(1))]
+    TooManyAuthFailures(std::time::Duration),
     /// 503: the plan queue is full.
     #[error("Madre is at capacity ({0} plans waiting); retry later")]
     QueueFull(usize),
@@ -144,7 +148,7 @@ impl ApiError {
                 "idempotency_key_reused"
             }
             ApiError::IdempotencyInProgress => "idempotency_in_progress",
-            ApiError::TooManyRequests(_) => "rate_limited",
+            ApiError::TooManyRequests(_) | ApiError::TooManyAuthFailures(_) => "rate_limited",
             ApiError::QueueFull(_) => "queue_full",
             ApiError::StorageUnavailable(_) => "storage_unavailable",
             ApiError::Internal(_) => "internal_error",
@@ -168,7 +172,9 @@ impl ResponseError for ApiError {
             ApiError::InvalidField(_)
             | ApiError::IdempotencyKeyReused
             | ApiError::IdempotencyKeyOtherEndpoint(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests(_) | ApiError::TooManyAuthFailures(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::QueueFull(_) | ApiError::StorageUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -194,7 +200,7 @@ impl ResponseError for ApiError {
             ApiError::StorageUnavailable(_) => {
                 response.insert_header(("Retry-After", STORAGE_RETRY_AFTER_S));
             }
-            ApiError::TooManyRequests(wait) => {
+            ApiError::TooManyRequests(wait) | ApiError::TooManyAuthFailures(wait) => {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 response.insert_header(("Retry-After", seconds.max(1).to_string()));
             }
