@@ -41,7 +41,11 @@ start_servers() {
     done
     target/debug/vx11-stubs --port-offset "$OFFSET" >"$WORK/stubs.log" 2>&1 &
     STUBS_PID=$!
+    # The fuzzer's own unauthenticated tries must not lock its address out
+    # of the rest of the run: the per-address 401 limit is off here (it has
+    # tests of its own in tests/api/auth.rs).
     env MADRE_BIND="127.0.0.1:$((8001 + OFFSET))" MADRE_DATA_DIR="$WORK/data-$OFFSET" VX11_TOKEN="$TOKEN" RUST_LOG=warn \
+        MADRE_AUTH_FAILURES_PER_MIN=0 \
         $(vx11_stub_urls "$OFFSET") \
         target/debug/madre serve >"$WORK/madre.log" 2>&1 &
     MADRE_PID=$!

@@ -151,3 +151,44 @@ async fn each_principal_has_a_rate_limit_and_health_is_exempt() {
     }
     app.stop().await;
 }
+
+/// Failed authentication is limited per client address: past
+/// `MADRE_AUTH_FAILURES_PER_MIN` 401s, the address gets 429 with
+/// `Retry-After` and the SPEC error shape, and no token from it is checked
+/// (not even a right one) until then; `/health` stays open.
+#[actix_rt::test]
+async fn failed_authentication_is_limited_per_address() {
+    let app = spawn_app_with(&[("MADRE_AUTH_FAILURES_PER_MIN", "3")]).await;
+    for n in 1..=3 {
+        let r = app.send("GET", "/madre/plans", Some("guess"), None).await;
+        assert_eq!(
+            (r.status, s(&r.body["error"])),
+            (401, "unauthorized"),
+            "try {n}"
+        );
+    }
+    for token in [Some("guess"), None, Some(VIEWER)] {
+        let r = app.send("GET", "/madre/plans", token, None).await;
+        assert_eq!(
+            (r.status, s(&r.body["error"])),
+            (429, "rate_limited"),
+            "{token:?}: {}",
+            r.body
+        );
+        assert!(
+            s(&r.body["detail"]).contains("failed authentication"),
+            "{}",
+            r.body
+        );
+        assert!(r.body["request_id"].is_string(), "{}", r.body);
+        let wait: u64 = r
+            .retry_after
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or(0);
+        assert!((1..=60).contains(&wait), "Retry-After {:?}", r.retry_after);
+    }
+    assert_eq!(app.send("GET", "/health", None, None).await.status, 200);
+    app.stop().await;
+}

@@ -215,3 +215,80 @@ async fn wrong_types_name_their_field_and_confirm_wants_json() {
     assert_eq!(ok.status, 200, "the plan still waits: {}", ok.body);
     app.stop().await;
 }
+
+/// Ids and inputs echoed in `detail` are cut to 64 characters with an
+/// ellipsis: a 5,000-character id, path, field name or value comes back
+/// as a short sentence, never as the input itself.
+#[actix_rt::test]
+async fn echoed_ids_and_inputs_are_cut_to_a_sane_length() {
+    let app = spawn_app().await;
+    let long = "a".repeat(5000);
+    let replies = vec![
+        (
+            "an unknown plan id",
+            app.send("GET", &format!("/madre/plans/{long}"), Some(VIEWER), None)
+                .await,
+        ),
+        (
+            "an unknown v6 task id",
+            app.send("GET", &format!("/tasks/{long}"), Some(VIEWER), None)
+                .await,
+        ),
+        (
+            "an unknown route",
+            app.send("GET", &format!("/{long}"), Some(VIEWER), None)
+                .await,
+        ),
+        (
+            "a wrong method",
+            app.send("GET", "/madre/chat", Some(VIEWER), None).await,
+        ),
+        (
+            "an unknown field",
+            app.raw(
+                "/madre/chat",
+                "application/json",
+                format!("{{\"message\": \"hi\", \"{long}\": 1}}").into_bytes(),
+            )
+            .await,
+        ),
+        (
+            "an unknown query parameter",
+            app.send("GET", &format!("/madre/plans?{long}=1"), Some(VIEWER), None)
+                .await,
+        ),
+        (
+            "a wrong enum value",
+            app.raw(
+                "/madre/chat",
+                "application/json",
+                format!("{{\"message\": \"hi\", \"context\": {{\"mode\": \"{long}\"}}}}")
+                    .into_bytes(),
+            )
+            .await,
+        ),
+    ];
+    for (what, reply) in replies {
+        let detail = s(&reply.body["detail"]);
+        assert!(
+            (400..500).contains(&reply.status) && !detail.is_empty(),
+            "{what}: {} {}",
+            reply.status,
+            reply.body
+        );
+        assert!(
+            detail.chars().count() <= 300 && !detail.contains(&"a".repeat(65)),
+            "{what}: {} characters: {detail}",
+            detail.chars().count()
+        );
+    }
+    let cut = app
+        .send("GET", &format!("/madre/plans/{long}"), Some(VIEWER), None)
+        .await;
+    assert!(
+        s(&cut.body["detail"]).contains(&format!("{}…", "a".repeat(64))),
+        "{}",
+        cut.body
+    );
+    app.stop().await;
+}

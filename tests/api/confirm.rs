@@ -200,3 +200,75 @@ async fn a_waiting_plan_survives_a_restart_and_is_confirmed_afterwards() {
     let raw = std::fs::read(&db).unwrap();
     assert!(!raw.windows(token.len()).any(|w| w == token.as_bytes()));
 }
+
+/// Who may cancel what: a HIGH plan needs the role that may confirm it
+/// (admin), a MED one an operator, and a control of Madre itself (its
+/// restart) an admin. A refused cancel leaves the plan waiting.
+#[actix_rt::test]
+async fn cancelling_needs_the_role_that_may_confirm() {
+    let app = spawn_app().await;
+    let cancel = |token: &'static str, plan: String| {
+        let app = &app;
+        async move {
+            app.send(
+                "POST",
+                &format!("/madre/plans/{plan}/cancel"),
+                Some(token),
+                None,
+            )
+            .await
+        }
+    };
+    let high = app.chat(ADMIN, "delete all data").await;
+    assert_eq!(s(&high.body["risk"]), "HIGH", "{}", high.body);
+    let high = s(&high.body["plan_id"]).to_owned();
+    let restart = app
+        .send(
+            "POST",
+            "/madre/control",
+            Some(ADMIN),
+            Some(json!({"target": "madre", "action": "restart"})),
+        )
+        .await;
+    assert_eq!(
+        s(&restart.body["status"]),
+        "pending_confirmation",
+        "{}",
+        restart.body
+    );
+    let restart = s(&restart.body["plan_id"]).to_owned();
+    for plan in [&high, &restart] {
+        for token in [OPERATOR, VIEWER] {
+            let r = cancel(token, plan.clone()).await;
+            assert_eq!(
+                (r.status, s(&r.body["error"])),
+                (403, "forbidden"),
+                "{}",
+                r.body
+            );
+            let r = app
+                .send("POST", &format!("/tasks/{plan}/cancel"), Some(token), None)
+                .await;
+            assert_eq!(r.status, 403, "v6 cancel: {}", r.body);
+        }
+        assert_eq!(app.plan_outcome(plan).await.0, "WAITING");
+        let r = cancel(ADMIN, plan.clone()).await;
+        assert_eq!(
+            (r.status, s(&r.body["plan_status"])),
+            (200, "CANCELLED"),
+            "{}",
+            r.body
+        );
+    }
+    // A MED plan of an admin's: an operator may cancel it.
+    let med = app.chat(ADMIN, "restart hermes").await;
+    assert_eq!(s(&med.body["risk"]), "MED", "{}", med.body);
+    let r = cancel(OPERATOR, s(&med.body["plan_id"]).to_owned()).await;
+    assert_eq!(
+        (r.status, s(&r.body["plan_status"])),
+        (200, "CANCELLED"),
+        "{}",
+        r.body
+    );
+    app.stop().await;
+}

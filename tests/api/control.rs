@@ -151,7 +151,7 @@ async fn a_restart_of_madre_waits_for_a_confirmation_and_reloads_the_policy() {
             Some(json!({"target": "madre", "action": "restart", "confirm_token": token})),
         )
         .await;
-    assert_eq!(again.status, 403, "{}", again.body);
+    assert_eq!(again.status, 409, "{}", again.body);
 
     // A bad file: the restart fails, says why, and the tables stay.
     std::fs::write(&policy, "high = 12\n").unwrap();
@@ -218,5 +218,151 @@ async fn upper_case_targets_and_actions_are_folded_not_refused() {
         )
         .await;
     assert_eq!(task.status, 202, "{}", task.body);
+    app.stop().await;
+}
+
+async fn control(app: &TestApp, token: &str, body: serde_json::Value) -> Reply {
+    app.send("POST", "/madre/control", Some(token), Some(body))
+        .await
+}
+
+/// A MED action on the Shub left waiting; answers its body with the token
+/// added, and the plan id.
+async fn pending_shub_restart(app: &TestApp) -> (serde_json::Value, String) {
+    let body = json!({"target": "shub", "action": "restart", "params": {"soft": true}});
+    let r = control(app, OPERATOR, body.clone()).await;
+    assert_eq!(s(&r.body["status"]), "pending_confirmation", "{}", r.body);
+    let mut again = body;
+    again["confirm_token"] = r.body["confirm_token"].clone();
+    (again, s(&r.body["plan_id"]).to_owned())
+}
+
+/// A token re-posted on `/madre/control` answers as on the confirm route:
+/// 409 once used or its plan cancelled, and wrong tokens count toward the
+/// five tries (the fifth voids the confirmation and cancels the plan).
+#[actix_rt::test]
+async fn spent_and_wrong_tokens_on_control_answer_as_the_confirm_route() {
+    let app = spawn_app().await;
+
+    let (used, _) = pending_shub_restart(&app).await;
+    let done = control(&app, OPERATOR, used.clone()).await;
+    assert_eq!(s(&done.body["status"]), "accepted", "{}", done.body);
+    let again = control(&app, OPERATOR, used).await;
+    assert_eq!(
+        (again.status, s(&again.body["error"])),
+        (409, "conflict"),
+        "{}",
+        again.body
+    );
+
+    let (cancelled, plan) = pending_shub_restart(&app).await;
+    let cancel = app
+        .send(
+            "POST",
+            &format!("/madre/plans/{plan}/cancel"),
+            Some(OPERATOR),
+            None,
+        )
+        .await;
+    assert_eq!(cancel.status, 200, "{}", cancel.body);
+    let r = control(&app, OPERATOR, cancelled).await;
+    assert_eq!(
+        (r.status, s(&r.body["error"])),
+        (409, "conflict"),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.calls(Module::Shub).await, 1, "only the first ran");
+
+    let (right, plan) = pending_shub_restart(&app).await;
+    let mut wrong = right.clone();
+    wrong["confirm_token"] = json!("not-the-token");
+    for n in 1..=5 {
+        let r = control(&app, OPERATOR, wrong.clone()).await;
+        assert_eq!(
+            (r.status, s(&r.body["error"])),
+            (403, "invalid_confirm_token"),
+            "try {n}: {}",
+            r.body
+        );
+        let detail = s(&r.body["detail"]);
+        assert!(
+            detail.contains(&format!("({n} of 5 attempts used)")),
+            "try {n}: {detail}"
+        );
+    }
+    assert_eq!(
+        app.plan_outcome(&plan).await,
+        ("CANCELLED".into(), "confirmation_void".into())
+    );
+    let late = control(&app, OPERATOR, right).await;
+    assert_eq!(late.status, 409, "{}", late.body);
+    assert_eq!(app.calls(Module::Shub).await, 1);
+    app.stop().await;
+}
+
+/// An expired token re-posted on `/madre/control` is 410, whether or not
+/// the cleanup pass has expired its confirmation yet.
+#[actix_rt::test]
+async fn an_expired_token_on_control_is_410() {
+    let app = spawn_app_with(&[("MADRE_CONFIRM_TTL_S", "1")]).await;
+    let (swept, swept_plan) = pending_shub_restart(&app).await;
+    let (unswept, _) = pending_shub_restart(&app).await;
+    actix_rt::time::sleep(std::time::Duration::from_millis(1100)).await; // the TTL is the thing under test
+    let r = control(&app, OPERATOR, unswept).await;
+    assert_eq!(
+        (r.status, s(&r.body["error"])),
+        (410, "confirmation_expired"),
+        "{}",
+        r.body
+    );
+    app.madre.cleanup_once().await.unwrap();
+    assert_eq!(
+        app.plan_outcome(&swept_plan).await,
+        ("CANCELLED".into(), "confirmation_expired".into())
+    );
+    let r = control(&app, OPERATOR, swept).await;
+    assert_eq!(
+        (r.status, s(&r.body["error"])),
+        (410, "confirmation_expired"),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.calls(Module::Shub).await, 0);
+    app.stop().await;
+}
+
+/// A re-post whose `params` differ from the pending action's is refused
+/// with 409, as another target or action is; nothing runs, and the same
+/// token with the original params still confirms.
+#[actix_rt::test]
+async fn a_control_repost_with_other_params_is_refused() {
+    let app = spawn_app().await;
+    let (right, plan) = pending_shub_restart(&app).await;
+    for params in [
+        json!({"soft": false}),
+        json!({}),
+        json!({"soft": true, "force": true}),
+    ] {
+        let mut other = right.clone();
+        other["params"] = params.clone();
+        let r = control(&app, OPERATOR, other).await;
+        assert_eq!(
+            (r.status, s(&r.body["error"])),
+            (409, "conflict"),
+            "{params}: {}",
+            r.body
+        );
+    }
+    assert_eq!(app.calls(Module::Shub).await, 0);
+    assert_eq!(app.plan_outcome(&plan).await.0, "WAITING");
+    let r = control(&app, OPERATOR, right).await;
+    assert_eq!(
+        (r.status, s(&r.body["status"])),
+        (200, "accepted"),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.calls(Module::Shub).await, 1);
     app.stop().await;
 }

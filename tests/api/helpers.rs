@@ -29,6 +29,8 @@ pub(crate) struct Reply {
     pub(crate) status: u16,
     pub(crate) body: Value,
     pub(crate) request_id: Option<String>,
+    /// The `Retry-After` header, when there is one.
+    pub(crate) retry_after: Option<String>,
 }
 
 pub(crate) fn settings(vars: &HashMap<String, String>) -> Settings {
@@ -140,6 +142,11 @@ impl TestApp {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = res.body().limit(1 << 22).await.unwrap();
         let body = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
@@ -147,6 +154,7 @@ impl TestApp {
             status: res.status().as_u16(),
             body,
             request_id,
+            retry_after,
         }
     }
 
@@ -164,6 +172,7 @@ impl TestApp {
             status: res.status().as_u16(),
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             request_id: None,
+            retry_after: None,
         }
     }
 

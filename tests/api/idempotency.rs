@@ -145,3 +145,64 @@ async fn concurrent_keys_run_once_and_no_token_is_stored() {
     assert_eq!(confirmed.status, 200, "{}", confirmed.body);
     app.stop().await;
 }
+
+/// A key used on `/madre/chat` and then on `/chat` (or `/task`) is refused
+/// with a detail that names the cause: another endpoint, not another body.
+#[actix_rt::test]
+async fn a_key_reused_on_another_endpoint_says_so() {
+    let app = spawn_app().await;
+    let body = json!({"message": "hello once"});
+    let key = [("Idempotency-Key", "k-endpoint")];
+    let first = app
+        .send_with(
+            "POST",
+            "/madre/chat",
+            Some(OPERATOR),
+            Some(body.clone()),
+            &key,
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    for path in ["/chat", "/task"] {
+        let body = if path == "/task" {
+            json!({"name": "t", "module": "hermes", "action": "status"})
+        } else {
+            body.clone()
+        };
+        let other = app
+            .send_with("POST", path, Some(OPERATOR), Some(body), &key)
+            .await;
+        assert_eq!(
+            (other.status, s(&other.body["error"])),
+            (422, "idempotency_key_reused"),
+            "{path}: {}",
+            other.body
+        );
+        let detail = s(&other.body["detail"]);
+        assert!(
+            detail.contains("used on another endpoint"),
+            "{path}: {detail}"
+        );
+        assert!(
+            !detail.contains("different request body"),
+            "{path}: {detail}"
+        );
+    }
+    // On the same endpoint, another body is still named as such.
+    let other_body = app
+        .send_with(
+            "POST",
+            "/madre/chat",
+            Some(OPERATOR),
+            Some(json!({"message": "else"})),
+            &key,
+        )
+        .await;
+    assert!(
+        s(&other_body.body["detail"]).contains("different request body"),
+        "{}",
+        other_body.body
+    );
+    assert_eq!(app.calls(Module::Hermes).await, 1, "ran once");
+    app.stop().await;
+}

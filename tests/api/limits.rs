@@ -99,6 +99,28 @@ mod raw {
     }
 }
 
+/// A raw answer carries `X-Request-Id` and the SPEC §9 error body with the
+/// same id, whoever wrote it (the router, or the HTTP layer before routing).
+fn assert_stamped(what: &str, answer: &str) {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
+    let id = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("x-request-id")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("{what}: no X-Request-Id in {head:?}"));
+    assert!(!id.is_empty(), "{what}: empty X-Request-Id");
+    let json: serde_json::Value = serde_json::from_str(body.trim())
+        .unwrap_or_else(|_| panic!("{what}: not a JSON error body: {body:?}"));
+    assert_eq!(json["request_id"], serde_json::json!(id), "{what}: {json}");
+    assert!(
+        json["error"].is_string() && json["detail"].is_string(),
+        "{what}: {json}"
+    );
+}
+
 #[actix_rt::test]
 async fn slow_clients_are_cut_without_starving_the_others() {
     let app = std::rc::Rc::new(spawn_app().await);
@@ -132,6 +154,7 @@ async fn slow_clients_are_cut_without_starving_the_others() {
             raw::status(&answer) == Some(408),
             "slow client got {answer:?}"
         );
+        assert_stamped("a slow head", &answer);
     }
     assert_eq!(app.send("GET", "/health", None, None).await.status, 200);
     app.stop().await;
@@ -179,6 +202,7 @@ async fn slow_bodies_get_408_without_starving_the_others() {
         assert!(after < Duration::from_secs(40), "cut only after {after:?}");
         assert_eq!(raw::status(&answer), Some(408), "{answer}");
         assert!(answer.contains("\"request_timeout\""), "{answer}");
+        assert_stamped("a slow body", &answer);
     }
     // Nothing of theirs was logged as an intent: only the 10 real chats.
     let plans = app.send("GET", "/madre/plans", Some(VIEWER), None).await;
@@ -218,11 +242,58 @@ async fn oversized_headers_are_refused_and_the_server_carries_on() {
             "{what}: answered {:?}",
             answer.lines().next()
         );
+        assert_stamped(what, &answer);
         assert_eq!(app.send("GET", "/health", None, None).await.status, 200);
     }
     // None of them made a plan.
     let plans = app.send("GET", "/madre/plans", Some(VIEWER), None).await;
     assert_eq!(plans.status, 200);
     assert_eq!(plans.body["plans"].as_array().map(Vec::len), Some(0));
+    app.stop().await;
+}
+
+/// Answers written by the HTTP layer itself, before a route is chosen
+/// (a malformed head), and a body over the limit carry `X-Request-Id` and
+/// the JSON error shape too; the connection's next answers are untouched.
+#[actix_rt::test]
+async fn answers_written_before_routing_carry_a_request_id() {
+    let app = spawn_app().await;
+    let limit = Duration::from_secs(20);
+    let body = format!("{{\"message\": \"{}\"}}", "a".repeat(70_000));
+    let too_large = format!(
+        "POST /madre/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nX-VX11-Token: {OPERATOR}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for (what, request, expected) in [
+        (
+            "a malformed head",
+            "GET /health HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n".to_owned(),
+            400,
+        ),
+        ("a body over the limit", too_large, 413),
+    ] {
+        let answer = actix_web::rt::task::spawn_blocking({
+            let base = app.base.clone();
+            move || raw::exchange(&base, request.as_bytes(), limit)
+        })
+        .await
+        .unwrap();
+        assert_eq!(raw::status(&answer), Some(expected), "{what}: {answer}");
+        assert_stamped(what, &answer);
+    }
+    // Pipelined requests on one connection: every answer is stamped once,
+    // and their bodies arrive intact.
+    let pipelined = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nHEAD /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let answer = actix_web::rt::task::spawn_blocking({
+        let base = app.base.clone();
+        move || raw::exchange(&base, pipelined.as_bytes(), limit)
+    })
+    .await
+    .unwrap();
+    let ids = answer.to_ascii_lowercase().matches("x-request-id:").count();
+    assert_eq!(ids, 3, "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 3, "{answer}");
+    assert!(answer.contains("\"module\":\"madre\""), "{answer}");
+    assert!(answer.trim_end().ends_with('}'), "{answer}");
     app.stop().await;
 }

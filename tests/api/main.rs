@@ -22,6 +22,7 @@ mod helpers;
 mod idempotency;
 mod intake;
 mod limits;
+mod logs;
 mod memory;
 mod openapi;
 mod plans;

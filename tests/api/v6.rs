@@ -68,3 +68,45 @@ async fn v6_chat_task_and_control() {
     assert!(r.body["result"]["uptime_s"].is_number());
     app.stop().await;
 }
+
+/// A v6 chat that needs a confirmation says so in the v6 shape: status
+/// `pending_confirmation` with the `confirm_token` (and its expiry) for the
+/// plan named by `task_id`; nothing runs until the token is presented at
+/// `/madre/plans/{task_id}/confirm`. An idempotent replay hands out a
+/// fresh token, as on `/madre/chat`.
+#[actix_rt::test]
+async fn a_v6_chat_that_needs_a_confirmation_hands_out_its_token() {
+    let app = spawn_app().await;
+    let key = [("Idempotency-Key", "v6-restart")];
+    let body = json!({"user_message": "restart the switch"});
+    let r = app
+        .send_with("POST", "/chat", Some(OPERATOR), Some(body.clone()), &key)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(s(&r.body["status"]), "pending_confirmation", "{}", r.body);
+    assert!(r.body["confirm_expires_at"].is_string(), "{}", r.body);
+    assert!(s(&r.body["response"]).contains("/confirm"), "{}", r.body);
+    let first_token = s(&r.body["confirm_token"]).to_owned();
+    assert!(first_token.len() >= 22, "{}", r.body);
+    let task = s(&r.body["task_id"]).to_owned();
+    assert_eq!(app.plan_outcome(&task).await.0, "WAITING");
+    assert_eq!(app.calls(madre_models::Module::Hermes).await, 0);
+
+    let replay = app
+        .send_with("POST", "/chat", Some(OPERATOR), Some(body), &key)
+        .await;
+    assert_eq!(s(&replay.body["status"]), "pending_confirmation");
+    assert_eq!(s(&replay.body["task_id"]), task);
+    let token = s(&replay.body["confirm_token"]).to_owned();
+    assert!(token.len() >= 22 && token != first_token, "{}", replay.body);
+
+    let c = app.confirm(OPERATOR, &task, &token).await;
+    assert_eq!(
+        (c.status, s(&c.body["plan_status"])),
+        (200, "DONE"),
+        "{}",
+        c.body
+    );
+    assert_eq!(app.calls(madre_models::Module::Hermes).await, 1);
+    app.stop().await;
+}

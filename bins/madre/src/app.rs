@@ -2,8 +2,11 @@
 //! modules, from `madre-flows`), the principals, the HTTP app, and the
 //! background loops the library runs.
 
-use actix_web::dev::Server;
-use actix_web::{App, HttpServer, web};
+use actix_http::error::DispatchError;
+use actix_http::{HttpService, KeepAlive, Protocol};
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+use actix_web::dev::{AppConfig, Server};
+use actix_web::{App, web};
 use madre_db::Db;
 use madre_delegation::Delegator;
 use madre_flows::{Madre, MadreConfig, Parts, Reload};
@@ -13,6 +16,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::before_routing::Stamped;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -131,15 +135,14 @@ impl Application {
             bind: settings.bind.clone(),
             source,
         })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                bind: settings.bind.clone(),
-                source,
-            })?
-            .port();
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            bind: settings.bind.clone(),
+            source,
+        })?;
+        let port = local_addr.port();
         let max_body = settings.max_body_bytes;
         let rate_limit_per_s = settings.rate_limit_per_s;
+        let auth_failures_per_min = settings.auth_failures_per_min;
         let for_reload = settings.clone();
         let madre = Madre::new(Parts {
             db,
@@ -154,11 +157,12 @@ impl Application {
             settings,
             madre,
             rate_limiter: crate::rate_limit::RateLimiter::new(rate_limit_per_s),
+            auth_failures: crate::rate_limit::AuthFailureLimiter::new(auth_failures_per_min),
             metrics: Metrics::default(),
         });
 
         let app_state = state.clone();
-        let server = HttpServer::new(move || {
+        let make_app = move || {
             let metrics_state = app_state.clone();
             App::new()
                 .app_data(app_state.clone())
@@ -224,17 +228,43 @@ impl Application {
                 )
                 .service(resource("/control", "POST").route(web::post().to(routes::self_control)))
                 .default_service(web::to(routes::not_found))
-        })
-        .client_request_timeout(Duration::from_secs(5))
-        .client_disconnect_timeout(Duration::from_secs(1))
-        .shutdown_timeout(10)
-        .worker_max_blocking_threads(BLOCKING_THREADS_PER_WORKER)
-        .listen(listener)
-        .map_err(|source| StartError::Bind {
-            bind: "listener".into(),
-            source,
-        })?
-        .run();
+        };
+        let mut builder = actix_server::Server::build();
+        let shutdown = builder.graceful_shutdown_signal();
+        builder = builder
+            .shutdown_timeout(10)
+            .worker_max_blocking_threads(BLOCKING_THREADS_PER_WORKER);
+        // actix-web's HttpServer, with each connection wrapped so that the
+        // answers its HTTP layer writes before routing (408, 431, 400) get
+        // a request id too (see `before_routing`).
+        let server = builder
+            .listen("madre", listener, move || {
+                let shutdown = shutdown.clone();
+                let app = make_app()
+                    .into_factory()
+                    .map_err(|err: actix_web::Error| err.error_response());
+                let http = HttpService::build()
+                    .graceful_shutdown_signal(move || {
+                        let shutdown = shutdown.clone();
+                        async move { shutdown.notified().await }
+                    })
+                    .keep_alive(KeepAlive::default())
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .h1_allow_half_closed(true)
+                    .local_addr(local_addr)
+                    .finish(map_config(app, |_| AppConfig::default()));
+                fn_service(|io: actix_rt::net::TcpStream| async move {
+                    let peer = io.peer_addr().ok();
+                    Ok::<_, DispatchError>((Stamped::new(io), Protocol::Http1, peer))
+                })
+                .and_then(http)
+            })
+            .map_err(|source| StartError::Bind {
+                bind: "listener".into(),
+                source,
+            })?
+            .run();
         Ok(Self {
             server,
             port,

@@ -1,5 +1,6 @@
 //! `X-VX11-Token` authentication: the [`Caller`] extractor answers 401 for a
-//! missing or unknown token; handlers then check the role they need.
+//! missing or unknown token (429 once the client's address has failed too
+//! often); handlers then check the role they need.
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
@@ -40,6 +41,15 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>();
+        let address = req.peer_addr().map(|a| a.ip());
+        let now = std::time::Instant::now();
+        // An address that spent its failures gets no token checked at all,
+        // so guessing cannot go on at the 429's pace.
+        if let (Some(state), Some(address)) = (state, address)
+            && let Err(wait) = state.auth_failures.check(address, now)
+        {
+            return ready(Err(ApiError::TooManyAuthFailures(wait)));
+        }
         let token = req
             .headers()
             .get("x-vx11-token")
@@ -49,6 +59,9 @@ impl FromRequest for Caller {
             _ => None,
         };
         let Some(principal) = principal else {
+            if let (Some(state), Some(address)) = (state, address) {
+                state.auth_failures.record_failure(address, now);
+            }
             return ready(Err(ApiError::Unauthorized));
         };
         let limited = state

@@ -52,6 +52,9 @@ pub struct Settings {
     pub cleanup_interval: Duration,
     /// Requests per second allowed per principal (`MADRE_RATE_LIMIT_PER_S`, 0 = unlimited).
     pub rate_limit_per_s: u32,
+    /// Failed authentications allowed per client address and minute
+    /// (`MADRE_AUTH_FAILURES_PER_MIN`, default 100, 0 = unlimited).
+    pub auth_failures_per_min: u32,
     /// Logs as JSON lines on stderr (`MADRE_LOG_FORMAT=json`).
     pub log_json: bool,
     /// The tracing filter (`RUST_LOG`, default `info`), checked at start.
@@ -142,6 +145,7 @@ const KNOWN_KEYS: &[&str] = &[
     "MADRE_PROBE_INTERVAL_S",
     "MADRE_CLEANUP_INTERVAL_S",
     "MADRE_RATE_LIMIT_PER_S",
+    "MADRE_AUTH_FAILURES_PER_MIN",
     "MADRE_LOG_FORMAT",
     "MADRE_SWITCH_INTENT",
     "RUST_LOG",
@@ -311,6 +315,12 @@ impl Settings {
                 DAY_S,
             )?),
             rate_limit_per_s: source.number("MADRE_RATE_LIMIT_PER_S", 0, 0, 1_000_000)?,
+            auth_failures_per_min: source.number(
+                "MADRE_AUTH_FAILURES_PER_MIN",
+                100,
+                0,
+                1_000_000,
+            )?,
             log_json,
             log_filter,
             switch_intent,
@@ -416,6 +426,7 @@ mod tests {
             ("MADRE_PROBE_INTERVAL_S", 1, 3600),
             ("MADRE_CLEANUP_INTERVAL_S", 1, DAY_S),
             ("MADRE_RATE_LIMIT_PER_S", 0, 1_000_000),
+            ("MADRE_AUTH_FAILURES_PER_MIN", 0, 1_000_000),
             (
                 "MADRE_CALL_TIMEOUT_MS",
                 1,

@@ -67,9 +67,16 @@ pub enum ApiError {
     /// 422: an Idempotency-Key reused with a different body.
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
+    /// 422: an Idempotency-Key reused on another endpoint (named).
+    #[error("this Idempotency-Key was already used on another endpoint ({0}); use a new key")]
+    IdempotencyKeyOtherEndpoint(String),
     /// 429: the principal's rate limit is spent; retry after the duration.
     #[error("rate limit reached; retry in {} ms", .0.as_millis())]
     TooManyRequests(std::time::Duration),
+    /// 429: too many failed authentications from the client's address;
+    /// retry after the duration (no token is checked until then).
+    #[error("too many failed authentications from this address; retry in {} s", .0.as_secs().max(1))]
+    TooManyAuthFailures(std::time::Duration),
     /// 503: the plan queue is full.
     #[error("Madre is at capacity ({0} plans waiting); retry later")]
     QueueFull(usize),
@@ -137,9 +144,11 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::InvalidField(_) => "invalid_field",
-            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyOtherEndpoint(_) => {
+                "idempotency_key_reused"
+            }
             ApiError::IdempotencyInProgress => "idempotency_in_progress",
-            ApiError::TooManyRequests(_) => "rate_limited",
+            ApiError::TooManyRequests(_) | ApiError::TooManyAuthFailures(_) => "rate_limited",
             ApiError::QueueFull(_) => "queue_full",
             ApiError::StorageUnavailable(_) => "storage_unavailable",
             ApiError::Internal(_) => "internal_error",
@@ -160,10 +169,12 @@ impl ResponseError for ApiError {
             ApiError::ConfirmationExpired => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::InvalidField(_) | ApiError::IdempotencyKeyReused => {
-                StatusCode::UNPROCESSABLE_ENTITY
+            ApiError::InvalidField(_)
+            | ApiError::IdempotencyKeyReused
+            | ApiError::IdempotencyKeyOtherEndpoint(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests(_) | ApiError::TooManyAuthFailures(_) => {
+                StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::QueueFull(_) | ApiError::StorageUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -179,7 +190,7 @@ impl ResponseError for ApiError {
                 "Madre could not complete the request; it was logged with this request id"
                     .to_owned()
             }
-            other => other.to_string(),
+            other => clip_quoted(&other.to_string()),
         };
         let mut response = HttpResponse::build(self.status_code());
         match self {
@@ -189,7 +200,7 @@ impl ResponseError for ApiError {
             ApiError::StorageUnavailable(_) => {
                 response.insert_header(("Retry-After", STORAGE_RETRY_AFTER_S));
             }
-            ApiError::TooManyRequests(wait) => {
+            ApiError::TooManyRequests(wait) | ApiError::TooManyAuthFailures(wait) => {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 response.insert_header(("Retry-After", seconds.max(1).to_string()));
             }
@@ -201,6 +212,46 @@ impl ResponseError for ApiError {
             request_id,
         })
     }
+}
+
+/// The longest echo of a caller's input (an id, a path, a field name or
+/// value) in an error's `detail`, in characters; longer ones are cut with
+/// an ellipsis.
+pub const MAX_ECHO_CHARS: usize = 64;
+
+/// `input` as it may be echoed: at most [`MAX_ECHO_CHARS`] characters,
+/// with `…` when it was cut.
+pub fn clip(input: &str) -> std::borrow::Cow<'_, str> {
+    match input.char_indices().nth(MAX_ECHO_CHARS) {
+        None => input.into(),
+        Some((end, _)) => format!("{}…", &input[..end]).into(),
+    }
+}
+
+/// `detail` with every quoted part (between backticks or double quotes,
+/// where our messages and serde's put the caller's input) clipped by
+/// [`clip`]; a message quoting a 5,000-character field name stays short.
+fn clip_quoted(detail: &str) -> String {
+    let mut out = String::with_capacity(detail.len().min(512));
+    let mut rest = detail;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = &rest[open..=open];
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        match after.find(quote) {
+            Some(close) => {
+                out.push_str(&clip(&after[..close]));
+                out.push_str(quote);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push_str(&clip(after));
+                return out;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Maps a failure to read a request body to 408 (too slow), 413 (over
@@ -246,6 +297,24 @@ mod tests {
             assert!(detail.contains(fault.describe()), "{detail}");
             assert!(!detail.contains("/var/lib"), "{detail}");
         }
+    }
+
+    /// Quoted inputs are cut to 64 characters with an ellipsis; the rest
+    /// of the sentence stays.
+    #[test]
+    fn quoted_echoes_are_clipped() {
+        let long = "x".repeat(100);
+        let clipped = clip_quoted(&format!(
+            "unknown field `{long}`, expected `message` at \"{long}"
+        ));
+        let cut = format!("{}…", "x".repeat(64));
+        assert_eq!(
+            clipped,
+            format!("unknown field `{cut}`, expected `message` at \"{cut}")
+        );
+        assert_eq!(clip("short"), "short");
+        assert_eq!(clip(&"é".repeat(64)), "é".repeat(64));
+        assert_eq!(clip(&"é".repeat(65)), format!("{}…", "é".repeat(64)));
     }
 
     /// Other storage failures stay 500s: they are bugs or corruption.

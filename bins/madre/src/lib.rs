@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod before_routing;
 pub mod body_deadline;
 pub mod cli;
 pub mod config;

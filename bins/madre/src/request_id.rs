@@ -3,7 +3,9 @@
 //! bodies, in logs and sent on to the modules.
 
 use actix_web::HttpMessage;
+use actix_web::body::{BoxBody, EitherBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use tracing::Instrument;
 
@@ -29,11 +31,12 @@ fn sane(id: &str) -> bool {
 }
 
 /// Middleware body: tags the request, runs it inside the id's scope and
-/// stamps the response.
+/// stamps the response (an answer to `HEAD` loses its body here).
 pub fn tag<S, B>(
     req: ServiceRequest,
     srv: &S,
-) -> impl std::future::Future<Output = Result<ServiceResponse<B>, actix_web::Error>> + use<S, B>
+) -> impl std::future::Future<Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>>
++ use<S, B>
 where
     S: actix_web::dev::Service<
             ServiceRequest,
@@ -51,6 +54,7 @@ where
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
+    let head = req.method() == Method::HEAD;
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
     let call = srv.call(req);
     async move {
@@ -71,6 +75,13 @@ where
                 .headers_mut()
                 .insert(HeaderName::from_static("x-request-id"), value);
         }
-        Ok(response)
+        // An answer to HEAD is sent without its body whatever its length
+        // says; an empty one keeps the connection's framing exact for
+        // `before_routing`.
+        Ok(if head {
+            response.map_body(|_, _| EitherBody::right(BoxBody::new(())))
+        } else {
+            response.map_into_left_body()
+        })
     }
 }

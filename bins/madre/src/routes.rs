@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, clip};
 use crate::json::Json;
 use crate::request_id::RequestId;
 use crate::state::AppState;
@@ -71,12 +71,12 @@ fn request_id(req: &HttpRequest) -> String {
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("plan {raw:?} not found")))
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("plan {:?} not found", clip(raw))))
 }
 
-/// The request's `Idempotency-Key` with the hash of what it asks (path
-/// and body), checked against the published pattern; `None` without the
-/// header (and then the body is not copied).
+/// The request's `Idempotency-Key` with what it asks (the path, and the
+/// hash of the body), checked against the published pattern; `None`
+/// without the header (and then the body is not copied).
 fn idempotency_key<T: serde::Serialize>(
     req: &HttpRequest,
     body: &T,
@@ -98,13 +98,43 @@ fn idempotency_key<T: serde::Serialize>(
         ));
     }
     let body = to_value(body)?;
-    let request_hash = hex::encode(Sha256::digest(
-        format!("{} {}", req.path(), body).as_bytes(),
-    ));
+    // The endpoint stays readable, so a key reused on another one is named
+    // as such rather than as another body.
+    let request_hash = format!(
+        "{} {}",
+        req.path(),
+        hex::encode(Sha256::digest(body.to_string().as_bytes()))
+    );
     Ok(Some(IdempotencyKey {
         key: String::from_utf8_lossy(bytes).into_owned(),
         request_hash,
     }))
+}
+
+/// Names the endpoint when a key is refused because it was first used on
+/// another one; any other error passes unchanged.
+async fn explain_reuse(
+    state: &AppState,
+    caller: &Caller,
+    key: Option<&IdempotencyKey>,
+    error: madre_flows::FlowError,
+) -> ApiError {
+    let (madre_flows::FlowError::IdempotencyKeyReused, Some(key)) = (&error, key) else {
+        return error.into();
+    };
+    let (principal, raw_key) = (caller.name().to_owned(), key.key.clone());
+    let first = state
+        .madre
+        .db()
+        .run_blocking(move |db| db.idempotency_request_hash(&principal, &raw_key))
+        .await;
+    let endpoint = |hash: &str| hash.split_once(' ').map(|(path, _)| path.to_owned());
+    match first.ok().flatten().as_deref().and_then(endpoint) {
+        Some(first) if Some(&first) != endpoint(&key.request_hash).as_ref() => {
+            ApiError::IdempotencyKeyOtherEndpoint(first)
+        }
+        _ => error.into(),
+    }
 }
 
 fn json_response(answer: &Answer) -> HttpResponse {
@@ -168,12 +198,15 @@ pub async fn chat(
     let rid = request_id(&req);
     let madre = &state.madre;
     let reply = madre
-        .once(&caller.0, key, || async {
+        .once(&caller.0, key.clone(), || async {
             let r = madre.chat(&caller.0, command, "chat", &rid).await?;
             answer(200, &r, Some(r.plan_id))
         })
-        .await?;
-    Ok(json_response(&reply))
+        .await;
+    match reply {
+        Ok(reply) => Ok(json_response(&reply)),
+        Err(e) => Err(explain_reuse(&state, &caller, key.as_ref(), e).await),
+    }
 }
 
 /// `POST /chat` (v6).
@@ -190,7 +223,7 @@ pub async fn chat_v6(
     let rid = request_id(&req);
     let madre = &state.madre;
     let reply = madre
-        .once(&caller.0, key, || async {
+        .once(&caller.0, key.clone(), || async {
             let r = madre.chat(&caller.0, command, "chat_v6", &rid).await?;
             let actions_taken = r
                 .actions
@@ -210,17 +243,22 @@ pub async fn chat_v6(
                 response: r.response,
                 task_id: r.plan_id,
                 actions_taken,
-                status: if r.status == Status::Error {
-                    V6Status::Error
-                } else {
-                    V6Status::Ok
+                status: match r.status {
+                    Status::Error => V6Status::Error,
+                    Status::Waiting if r.confirm_token.is_some() => V6Status::PendingConfirmation,
+                    _ => V6Status::Ok,
                 },
                 timestamp: Utc::now(),
+                confirm_token: r.confirm_token,
+                confirm_expires_at: r.confirm_expires_at,
             };
             answer(200, &v6, Some(r.plan_id))
         })
-        .await?;
-    Ok(json_response(&reply))
+        .await;
+    match reply {
+        Ok(reply) => Ok(json_response(&reply)),
+        Err(e) => Err(explain_reuse(&state, &caller, key.as_ref(), e).await),
+    }
 }
 
 /// `POST /madre/control`.
@@ -253,12 +291,15 @@ pub async fn task(
     let rid = request_id(&req);
     let madre = &state.madre;
     let reply = madre
-        .once(&caller.0, key, || async {
+        .once(&caller.0, key.clone(), || async {
             let accepted: TaskAccepted = madre.task(&caller.0, task, &rid).await?;
             answer(202, &accepted, Some(accepted.task_id))
         })
-        .await?;
-    Ok(json_response(&reply))
+        .await;
+    match reply {
+        Ok(reply) => Ok(json_response(&reply)),
+        Err(e) => Err(explain_reuse(&state, &caller, key.as_ref(), e).await),
+    }
 }
 
 /// Query of the list endpoints.
@@ -562,7 +603,7 @@ pub fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> HttpRespons
     let error = ApiError::MethodNotAllowed(format!(
         "{} is not served on {}; use {allow}",
         req.method(),
-        req.path()
+        clip(req.path())
     ));
     let mut response = error.error_response();
     response.headers_mut().insert(
@@ -577,6 +618,6 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(
         "no route {} {}",
         req.method(),
-        req.path()
+        clip(req.path())
     )))
 }

@@ -14,6 +14,8 @@ pub struct AppState {
     pub madre: Arc<Madre>,
     /// Per-principal request budget.
     pub rate_limiter: crate::rate_limit::RateLimiter,
+    /// Per-address budget of failed authentications.
+    pub auth_failures: crate::rate_limit::AuthFailureLimiter,
     /// Request counters.
     pub metrics: Metrics,
 }

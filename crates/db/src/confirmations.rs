@@ -150,6 +150,43 @@ impl Db {
         })
     }
 
+    /// The plan whose confirmation, pending or not, was issued with this
+    /// token hash (a token reissued for a replay no longer names its plan).
+    pub fn plan_for_token(&self, token_sha256: &str) -> Result<Option<Uuid>, DbError> {
+        self.read(|conn| {
+            let id: Option<String> = conn
+                .prepare_cached("SELECT plan_id FROM confirmations WHERE token_sha256 = ?1")?
+                .query_row([token_sha256], |r| r.get(0))
+                .optional()?;
+            id.map(|id| Uuid::parse_str(&id).map_err(|e| DbError::InvalidData(e.to_string())))
+                .transpose()
+        })
+    }
+
+    /// The control and task plans on `module` doing `action` whose
+    /// confirmation is still pending and unexpired at `at`: the plans a
+    /// token re-posted for that action could be meant for.
+    pub fn pending_confirmations_for(
+        &self,
+        module: &str,
+        action: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>, DbError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT c.plan_id FROM confirmations c JOIN tasks t ON t.uuid = c.plan_id
+                 WHERE c.outcome IS NULL AND c.used_at IS NULL AND c.expires_at > ?3
+                   AND t.module = ?1 AND t.action = ?2 AND t.kind != 'chat'",
+            )?;
+            let ids = statement
+                .query_map(params![module, action, ts(at)], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            ids.iter()
+                .map(|id| Uuid::parse_str(id).map_err(|e| DbError::InvalidData(e.to_string())))
+                .collect()
+        })
+    }
+
     /// Consumes the pending confirmation of `plan_id` if `token_sha256`
     /// matches, it is unused, not void and not expired at `at`: marks it
     /// used by `by`, the waiting gate step DONE and the plan RUNNING, and

@@ -143,6 +143,23 @@ impl Db {
         self.read(|conn| lookup(conn, principal, key, request_hash))
     }
 
+    /// The request hash a key was first used with, if the key is known:
+    /// to tell the caller what differed when a key is refused.
+    pub fn idempotency_request_hash(
+        &self,
+        principal: &str,
+        key: &str,
+    ) -> Result<Option<String>, DbError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT request_hash FROM idempotency_keys WHERE principal = ?1 AND key = ?2",
+                )?
+                .query_row(params![principal, key], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
     /// Stores the answer of a reserved key; a `confirm_token` in the body is
     /// dropped first. False when the key was not reserved (it expired or
     /// was released meanwhile).

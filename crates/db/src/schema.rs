@@ -11,7 +11,13 @@ use crate::DbError;
 const APPLICATION_ID: i64 = 0x4D41_4452;
 
 /// The migrations, in order; migration `n` (1-based) brings the schema to version `n`.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4];
+const MIGRATIONS: &[&str] = &[
+    MIGRATION_1,
+    MIGRATION_2,
+    MIGRATION_3,
+    MIGRATION_4,
+    MIGRATION_5,
+];
 
 /// The schema version this code creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -390,4 +396,12 @@ ORDER BY t.id, c.rowid;
 DROP TABLE context;
 ALTER TABLE context_v4 RENAME TO context;
 CREATE INDEX context_by_task ON context (task_id, key);
+"#;
+
+/// Every confirmation is found by its token, spent ones too: a token
+/// re-posted after it was used, voided or expired is answered 409 or 410
+/// for its own plan, not 403 as an unknown one.
+const MIGRATION_5: &str = r#"
+DROP INDEX confirmations_by_token;
+CREATE INDEX confirmations_by_token ON confirmations (token_sha256);
 "#;

@@ -1,8 +1,8 @@
 //! Confirming a waiting plan with its token, and cancelling a plan.
 
 use chrono::Utc;
-use madre_db::{CONFIRMATION_EXPIRED, ConsumeOutcome, StoredPlan};
-use madre_models::Status;
+use madre_db::{CONFIRMATION_EXPIRED, ConsumeOutcome, PlanKind, StoredPlan};
+use madre_models::{RiskLevel, Status};
 use madre_policy::{
     ConfirmationRecord, MAX_FAILED_ATTEMPTS, Principal, Role, TokenHash, Verdict,
     check_confirmation,
@@ -134,11 +134,32 @@ impl Madre {
     }
 
     /// Cancels a plan that has not finished (a step in flight is
-    /// abandoned); answers its status now, CANCELLED. A finished plan is a
-    /// [`FlowError::Conflict`].
+    /// abandoned); answers its status now, CANCELLED. Cancelling needs the
+    /// role that may confirm the plan's risk (an operator for LOW and MED,
+    /// an admin for HIGH), and an admin for a control of Madre itself. A
+    /// finished plan is a [`FlowError::Conflict`].
     pub async fn cancel(&self, principal: &Principal, plan_id: Uuid) -> Result<Status, FlowError> {
         require(principal, Role::Operator)?;
-        self.load_plan(plan_id).await?;
+        let stored = self.load_plan(plan_id).await?;
+        if stored.meta.kind != PlanKind::Chat
+            && stored.meta.module == madre_models::Module::Madre.as_str()
+        {
+            require(principal, Role::Admin)?;
+        }
+        let risk = match &stored.intent {
+            Some(intent) => intent.risk,
+            None => self
+                .db
+                .run_blocking(move |db| db.confirmation(plan_id))
+                .await?
+                .map_or(RiskLevel::Low, |row| row.risk),
+        };
+        if !principal.role.may_confirm(risk) {
+            return Err(FlowError::Forbidden(format!(
+                "cancelling a {risk} risk plan needs the {} role, as confirming it does",
+                Role::required_to_confirm(risk).as_str()
+            )));
+        }
         Ok(self
             .runner
             .cancel(plan_id, "cancelled", &principal.name)

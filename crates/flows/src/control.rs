@@ -12,6 +12,7 @@ use madre_runner::RunnerError;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::confirm::Confirmed;
 use crate::plans::options;
 use crate::{FlowError, Madre, require};
 
@@ -235,24 +236,16 @@ impl Madre {
             .as_deref()
             .filter(|_| risk.requires_confirmation())
         {
-            let hash = TokenHash::of(presented).to_hex();
-            let plan_id = self
-                .db
-                .run_blocking(move |db| db.plan_for_pending_token(&hash))
-                .await?
-                .ok_or(FlowError::WrongConfirmToken {
-                    attempts: 0,
-                    max: MAX_FAILED_ATTEMPTS,
-                    void: false,
-                })?;
-            let pending = self.load_plan(plan_id).await?;
-            if pending.meta.module != target || pending.meta.action != action {
-                return Err(FlowError::Conflict(
-                    "that confirmation token belongs to another action".into(),
-                ));
-            }
             let confirmed = self
-                .confirm(principal, plan_id, presented, request_id)
+                .confirm_repost(
+                    principal,
+                    target,
+                    action,
+                    &command.params,
+                    presented,
+                    risk,
+                    request_id,
+                )
                 .await?;
             return Ok(ControlOutcome {
                 response: accepted(&confirmed.plan),
@@ -321,6 +314,90 @@ impl Madre {
         Ok(ControlOutcome {
             response: accepted(&stored),
             plan: Some(stored),
+        })
+    }
+
+    /// Confirms the pending action a control request re-posted with
+    /// `presented` names, answering as the confirm route does: a token
+    /// issued for another target, action or params is a 409; a used,
+    /// voided or cancelled one 409; an expired one 410. A token Madre never
+    /// issued counts as a wrong try against every pending confirmation of
+    /// this target and action (each could be the one it guesses at), so
+    /// the five-try limit holds on this route too.
+    #[allow(clippy::too_many_arguments)]
+    async fn confirm_repost(
+        &self,
+        principal: &Principal,
+        target: &str,
+        action: &str,
+        params: &Value,
+        presented: &str,
+        risk: RiskLevel,
+        request_id: &str,
+    ) -> Result<Confirmed, FlowError> {
+        let hash = TokenHash::of(presented).to_hex();
+        let now = Utc::now();
+        let (module, verb) = (target.to_owned(), action.to_owned());
+        let (owner, candidates) = self
+            .db
+            .run_blocking(move |db| {
+                Ok((
+                    db.plan_for_token(&hash)?,
+                    db.pending_confirmations_for(&module, &verb, now)?,
+                ))
+            })
+            .await?;
+        if let Some(plan_id) = owner {
+            let pending = self.load_plan(plan_id).await?;
+            if pending.meta.module != target || pending.meta.action != action {
+                return Err(FlowError::Conflict(
+                    "that confirmation token belongs to another action".into(),
+                ));
+            }
+            let issued_for = pending
+                .intent
+                .as_ref()
+                .map(|i| Value::Object(i.dsl.parameters.clone()));
+            if issued_for.as_ref() != Some(params) {
+                return Err(FlowError::Conflict(
+                    "that confirmation token was issued for other params; re-post the pending action with its own params, or post the new one without a token".into(),
+                ));
+            }
+            return self
+                .confirm(principal, plan_id, presented, request_id)
+                .await;
+        }
+        if candidates.is_empty() {
+            return Err(FlowError::Conflict(format!(
+                "no {action} on {target} waits for a confirmation; post it without a token to ask for one"
+            )));
+        }
+        if !principal.role.may_confirm(risk) {
+            return Err(FlowError::Forbidden(format!(
+                "confirming a {risk} risk action needs the {} role",
+                Role::required_to_confirm(risk).as_str()
+            )));
+        }
+        let (mut attempts, mut void) = (0, false);
+        for plan_id in candidates {
+            match self
+                .db
+                .record_failed_confirmation(plan_id, MAX_FAILED_ATTEMPTS, now)
+                .await
+            {
+                Ok(n) => {
+                    attempts = attempts.max(n);
+                    void |= n >= MAX_FAILED_ATTEMPTS;
+                }
+                // Confirmed, cancelled or expired since it was listed.
+                Err(madre_db::DbError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(FlowError::WrongConfirmToken {
+            attempts,
+            max: MAX_FAILED_ATTEMPTS,
+            void,
         })
     }
 

@@ -846,20 +846,23 @@ pub struct ActionTaken {
     pub result: Value,
 }
 
-/// `ok` or `error` in v6 answers.
+/// `ok`, `error` or `pending_confirmation` in v6 chat answers.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum V6Status {
-    /// Done (or waiting for a confirmation).
+    /// Done.
     Ok,
     /// Failed, timed out or denied.
     Error,
+    /// Nothing ran yet: the plan waits for a human confirmation with the
+    /// answer's `confirm_token` (the word the v6 `/control` answers with).
+    PendingConfirmation,
 }
 
 /// Answer of the v6 `POST /chat`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatV6Response {
     /// The conversation.
     pub session_id: SessionId,
@@ -869,10 +872,29 @@ pub struct ChatV6Response {
     pub task_id: Uuid,
     /// What was delegated.
     pub actions_taken: Vec<ActionTaken>,
-    /// ok or error.
+    /// ok, error, or pending_confirmation (with `confirm_token`).
     pub status: V6Status,
     /// Time of the answer.
     pub timestamp: DateTime<Utc>,
+    /// Token to confirm the plan `task_id` at
+    /// `POST /madre/plans/{task_id}/confirm`; only while it waits for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_token: Option<String>,
+    /// When that token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_expires_at: Option<DateTime<Utc>>,
+}
+
+impl fmt::Debug for ChatV6Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatV6Response")
+            .field("session_id", &self.session_id)
+            .field("task_id", &self.task_id)
+            .field("status", &self.status)
+            .field("timestamp", &self.timestamp)
+            .field("confirm_token", &Redacted(&self.confirm_token))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A v6 task as returned by `GET /tasks/{id}`.

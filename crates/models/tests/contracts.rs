@@ -349,6 +349,8 @@ fn control_task_health_and_error_shapes() {
         }],
         status: V6Status::Ok,
         timestamp: now(),
+        confirm_token: None,
+        confirm_expires_at: None,
     };
     assert_eq!(
         keys(&json!(v6)),
@@ -361,6 +363,16 @@ fn control_task_health_and_error_shapes() {
             "timestamp"
         ])
     );
+    let waiting = ChatV6Response {
+        status: V6Status::PendingConfirmation,
+        confirm_token: Some("t0ken-t0ken-t0ken-t0ken".into()),
+        confirm_expires_at: Some(now()),
+        ..v6
+    };
+    let v = json!(waiting);
+    assert_eq!(v["status"], json!("pending_confirmation"));
+    assert!(v["confirm_token"].is_string() && v["confirm_expires_at"].is_string());
+    assert!(!format!("{waiting:?}").contains("t0ken"), "never in Debug");
 }
 
 #[test]
