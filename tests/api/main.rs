@@ -13,6 +13,7 @@ macro_rules! test_log {
 
 mod auth;
 mod bad_input;
+mod breaker;
 mod chat;
 mod confirm;
 mod control;

@@ -6,10 +6,10 @@ use chrono::Utc;
 use madre_db::{PlanFilter, PlanKind};
 use madre_flows::{Answer, IdempotencyKey};
 use madre_models::{
-    ActionTaken, CancelResponse, ChatRequest, ChatResponse, ChatV6Request, ChatV6Response,
-    ConfirmRequest, ConfirmResponse, ControlRequest, ControlResponse, DepState, ErrorBody,
-    HealthResponse, HealthStatus, PlanDetail, PlanPage, SelfControlRequest, Status, TaskAccepted,
-    TaskPage, TaskRequest, TaskView, V6Status,
+    ActionTaken, BreakerState, CancelResponse, ChatRequest, ChatResponse, ChatV6Request,
+    ChatV6Response, ConfirmRequest, ConfirmResponse, ControlRequest, ControlResponse, DepState,
+    ErrorBody, HealthResponse, HealthStatus, PlanDetail, PlanPage, SelfControlRequest, Status,
+    TaskAccepted, TaskPage, TaskRequest, TaskView, V6Status,
 };
 use madre_policy::Role;
 use serde::Deserialize;
@@ -169,7 +169,10 @@ pub async fn health(state: Data) -> HttpResponse {
         None => DepState::Up,
         Some(_) => DepState::Down,
     };
-    let degraded = db == DepState::Down || deps.values().any(|s| *s == DepState::Down);
+    let breakers = state.madre.delegator().breaker_states();
+    let degraded = db == DepState::Down
+        || deps.values().any(|s| *s == DepState::Down)
+        || breakers.values().any(|b| *b != BreakerState::Closed);
     HttpResponse::Ok().json(HealthResponse {
         module: "madre".into(),
         status: if degraded {
@@ -181,6 +184,7 @@ pub async fn health(state: Data) -> HttpResponse {
         time: Utc::now(),
         deps,
         db,
+        breakers,
     })
 }
 
@@ -581,6 +585,17 @@ pub async fn metrics(state: Data, caller: Caller) -> Result<HttpResponse, ApiErr
             "madre_module_up{{module=\"{module}\"}} {}",
             u8::from(dep == DepState::Up)
         );
+    }
+    out.push_str("# HELP madre_module_breaker 1 for the state each module's circuit breaker is in (closed, open, half_open).\n# TYPE madre_module_breaker gauge\n");
+    for (module, current) in madre.delegator().breaker_states() {
+        for state in BreakerState::ALL {
+            let _ = writeln!(
+                out,
+                "madre_module_breaker{{module=\"{module}\",state=\"{}\"}} {}",
+                state.as_str(),
+                u8::from(state == current)
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -37,19 +37,26 @@
 //! - Each attempt has the registry's per-call timeout, over the whole
 //!   exchange (connect, send, read); answers are capped at
 //!   [`MAX_RESPONSE_BYTES`].
+//! - Every module has a circuit breaker ([`Breakers`]) fed by every
+//!   attempt and every probe: after consecutive failures it opens, and a
+//!   call to the module fails at once with `<module>_unavailable`
+//!   ([`DelegationError::Unavailable`]) until one trial call succeeds. The
+//!   trial, and any attempt the breaker would refuse, gets no retry.
 //! - Every answer is read to its end, health probes and error statuses
 //!   included, so its connection goes back to the pool: sequential calls to
 //!   a keep-alive server, actix or not, use one connection.
 
+mod breaker;
 mod client;
 mod registry;
 
+pub use breaker::{Admission, Breaker, BreakerConfig, Breakers, Signal, Ticket};
 pub use registry::{ConfigError, DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT_MS, Registry};
 
 use bytes::Bytes;
 use client::{Answer, BodyError, Exchange, ExchangeError, HttpClient};
 use futures_util::future::join_all;
-use madre_models::{DepState, Module, Step, StepType};
+use madre_models::{BreakerState, DepState, Module, Step, StepType};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -112,6 +119,12 @@ pub enum DelegationError {
         /// The module.
         module: Module,
     },
+    /// The module's circuit breaker is open (it failed repeatedly, or its
+    /// probe did): the call was not made.
+    #[error(
+        "{0} is unavailable: it failed repeatedly and is not called until a trial call succeeds"
+    )]
+    Unavailable(Module),
 }
 
 impl DelegationError {
@@ -124,6 +137,7 @@ impl DelegationError {
             DelegationError::Status { status, .. } => format!("http_{status}"),
             DelegationError::InvalidBody { .. } => "invalid_body".into(),
             DelegationError::TooLarge { .. } => "body_too_large".into(),
+            DelegationError::Unavailable(m) => format!("{m}_unavailable"),
         }
     }
 }
@@ -267,15 +281,23 @@ enum Attempt {
 pub struct Delegator {
     registry: Arc<Registry>,
     client: HttpClient,
+    breakers: Breakers,
 }
 
 impl Delegator {
     /// A delegator for these modules, sharing the process's HTTP client
     /// (started on first use).
     pub fn new(registry: Arc<Registry>) -> Self {
+        Self::with_breakers(registry, BreakerConfig::default())
+    }
+
+    /// As [`Delegator::new`], with this circuit-breaker rule instead of
+    /// the default one.
+    pub fn with_breakers(registry: Arc<Registry>, breaker: BreakerConfig) -> Self {
         Self {
             registry,
             client: HttpClient::global(),
+            breakers: Breakers::new(breaker),
         }
     }
 
@@ -284,11 +306,36 @@ impl Delegator {
         &self.registry
     }
 
+    /// The circuit breaker of every enabled module, for `/health` and
+    /// `/metrics`.
+    pub fn breaker_states(&self) -> BTreeMap<Module, BreakerState> {
+        let enabled = self.registry.enabled();
+        self.breakers.states(
+            Module::REMOTE
+                .iter()
+                .copied()
+                .filter(|m| enabled.contains(*m)),
+        )
+    }
+
+    /// The state of `module`'s circuit breaker.
+    pub fn breaker_state(&self, module: Module) -> BreakerState {
+        self.breakers.state(module)
+    }
+
     /// Makes the call, retrying once on connect error, timeout or 5xx.
+    /// Fails at once with [`DelegationError::Unavailable`] when the
+    /// module's breaker is open; the retry is made only when the breaker
+    /// still admits it (not after a failed trial, nor once the first
+    /// failure opened it).
     pub async fn call(&self, request: &ModuleRequest) -> Result<CallOutcome, DelegationError> {
         if !self.registry.enabled().contains(request.module) {
             return Err(DelegationError::Disabled(request.module));
         }
+        let ticket = self
+            .breakers
+            .admit(request.module)
+            .ok_or(DelegationError::Unavailable(request.module))?;
         // Serialized once (compact JSON; a `Value` always serializes), and
         // shared by both attempts.
         let body = request
@@ -297,15 +344,19 @@ impl Delegator {
             .map(|body| Bytes::from(body.to_string()));
         let timeout = self.registry.call_timeout();
         let first = self
-            .attempt(request, body.clone(), request.resumed, 1, timeout)
+            .attempt(request, body.clone(), 1, timeout, ticket)
             .await;
         let retry = match first {
             Attempt::Done(body) => return Ok(CallOutcome { body, attempts: 1 }),
             Attempt::Final(e) => return Err(e),
             Attempt::Retry(e) => e,
         };
+        let Some(ticket) = self.breakers.admit(request.module) else {
+            tracing::warn!(module = %request.module, error = %retry, "module call failed; its breaker is open, no retry");
+            return Err(retry);
+        };
         tracing::warn!(module = %request.module, error = %retry, "module call failed; retrying once");
-        match self.attempt(request, body, true, 2, timeout).await {
+        match self.attempt(request, body, 2, timeout, ticket).await {
             Attempt::Done(body) => Ok(CallOutcome { body, attempts: 2 }),
             Attempt::Final(e) | Attempt::Retry(e) => Err(e),
         }
@@ -323,28 +374,50 @@ impl Delegator {
         if !self.registry.enabled().contains(request.module) {
             return Err(DelegationError::Disabled(request.module));
         }
+        let ticket = self
+            .breakers
+            .admit(request.module)
+            .ok_or(DelegationError::Unavailable(request.module))?;
         let body = request
             .body
             .as_ref()
             .map(|body| Bytes::from(body.to_string()));
         let timeout = timeout.min(self.registry.call_timeout());
-        match self.attempt(request, body, false, 1, timeout).await {
+        match self.attempt(request, body, 1, timeout, ticket).await {
             Attempt::Done(body) => Ok(body),
             Attempt::Final(e) | Attempt::Retry(e) => Err(e),
         }
     }
 
+    /// One attempt, reported to the module's breaker through `ticket`:
+    /// an answer of any status is the module answering; a connect error,
+    /// a timeout, a 5xx or a broken answer is a failure.
     async fn attempt(
         &self,
         request: &ModuleRequest,
         body: Option<Bytes>,
-        with_key: bool,
+        attempts: u32,
+        timeout: Duration,
+        ticket: Ticket,
+    ) -> Attempt {
+        let outcome = self.exchange(request, body, attempts, timeout).await;
+        match outcome {
+            Attempt::Retry(_) => ticket.failed(),
+            Attempt::Done(_) | Attempt::Final(_) => ticket.answered(),
+        }
+        outcome
+    }
+
+    async fn exchange(
+        &self,
+        request: &ModuleRequest,
+        body: Option<Bytes>,
         attempts: u32,
         timeout: Duration,
     ) -> Attempt {
         let module = request.module;
         let mut headers = vec![("X-Request-Id", request.request_id.clone())];
-        if with_key {
+        if request.resumed || attempts > 1 {
             headers.push(("Idempotency-Key", request.idempotency_key.to_string()));
         }
         let exchange = Exchange {
@@ -413,7 +486,8 @@ impl Delegator {
 
     /// Probes `GET /health` of each of `modules` concurrently, each within
     /// `timeout`; 200 is up. Disabled modules are reported disabled without
-    /// a call. The answers are read (up to [`MAX_RESPONSE_BYTES`]) so their
+    /// a call. Each finding feeds the module's breaker: a failed probe opens
+    /// it, a good one lets an open breaker try its trial call now. The answers are read (up to [`MAX_RESPONSE_BYTES`]) so their
     /// connections are reused.
     pub async fn probe(&self, modules: &[Module], timeout: Duration) -> BTreeMap<Module, DepState> {
         let checks = modules.iter().map(|&module| async move {
@@ -433,6 +507,7 @@ impl Delegator {
                 Ok(Answer { status: 200, .. }) => DepState::Up,
                 _ => DepState::Down,
             };
+            self.breakers.probed(module, state == DepState::Up);
             (module, state)
         });
         join_all(checks).await.into_iter().collect()

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
 use crate::intake;
-use crate::plans::{Planned, actions_of, reply_of};
+use crate::plans::{Planned, SwitchStep, actions_of, reply_of};
 use crate::{FlowError, Madre, require};
 
 fn merge_warnings(dsl: &Dsl, plan: &Plan) -> Vec<String> {
@@ -102,10 +102,20 @@ impl Madre {
         };
         let text = command.message.as_str();
         let fallback = self.parse(text);
-        let switch = self
+        let asked = self
             .ask_switch(text, &session_id, session_mode, request_id)
             .await;
+        let (switch, unavailable) = match asked {
+            intake::Asked::Answered(answer) => (Some(answer), None),
+            intake::Asked::NoAnswer => (None, None),
+            intake::Asked::Unavailable(why) => (None, Some(why)),
+        };
         let intake = intake::decide(fallback, switch, &self.tables());
+        let switch_step = match (intake.engine, unavailable) {
+            (Some(engine), _) => SwitchStep::Answered(engine),
+            (None, Some(why)) => SwitchStep::Skip(why),
+            (None, None) => SwitchStep::Call,
+        };
         let assessment = intake.assessment;
         let dsl = intake.dsl;
         let mode = madre_parser::select_mode(command.mode, &dsl, session_mode);
@@ -138,7 +148,7 @@ impl Madre {
                 Origin::Chat,
                 assessment.is_denied(),
                 meta,
-                intake.engine,
+                switch_step,
             )
             .await?;
         let plan_id = planned.plan.plan_id;

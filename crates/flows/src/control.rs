@@ -274,7 +274,7 @@ impl Madre {
                 Origin::ModuleCall { module },
                 false,
                 meta,
-                None,
+                crate::plans::SwitchStep::Call,
             )
             .await?;
         let plan_id = planned.plan.plan_id;

@@ -5,7 +5,7 @@
 //! the risk or lift a deny. A Switch that is down, slow or answers garbage
 //! costs at most the short timeout and never fails the chat.
 
-use madre_delegation::{Method, ModuleRequest};
+use madre_delegation::{DelegationError, Method, ModuleRequest};
 use madre_models::{DepState, Dsl, DslSource, Effect, Mode, Module, SessionId, Word};
 use madre_policy::{Assessment, Decision, RiskTables};
 use serde_json::{Map, Value, json};
@@ -34,6 +34,20 @@ pub(crate) struct SwitchAnswer {
     pub(crate) effect: Option<Effect>,
 }
 
+/// What asking Switch at intake came to.
+#[derive(Debug)]
+pub(crate) enum Asked {
+    /// Not asked (`MADRE_SWITCH_INTENT=off`), or it answered an error the
+    /// plan's CALL_SWITCH step may still get past (4xx, 5xx, garbage).
+    NoAnswer,
+    /// It answered.
+    Answered(SwitchAnswer),
+    /// It did not answer at all (timeout, unreachable), or is known to be
+    /// down (its probe failed, its breaker is open): the plan's CALL_SWITCH
+    /// step does not call it again and the plan uses the fallback engine.
+    Unavailable(String),
+}
+
 /// The intent a chat runs: the chosen DSL, the other one, and the stricter
 /// of the two classifications.
 pub(crate) struct Intake {
@@ -45,18 +59,19 @@ pub(crate) struct Intake {
 
 impl Madre {
     /// Asks Switch for the intent of `text`, when enabled and not marked
-    /// down; `None` when not asked or when it did not answer in time.
+    /// down by its probe or its breaker.
     pub(crate) async fn ask_switch(
         &self,
         text: &str,
         session_id: &SessionId,
         mode: Mode,
         request_id: &str,
-    ) -> Option<SwitchAnswer> {
-        if !self.config().switch_intent
-            || self.health.snapshot().get(&Module::Switch) == Some(&DepState::Down)
-        {
-            return None;
+    ) -> Asked {
+        if !self.config().switch_intent {
+            return Asked::NoAnswer;
+        }
+        if self.health.snapshot().get(&Module::Switch) == Some(&DepState::Down) {
+            return Asked::Unavailable("its last probe failed".into());
         }
         let request = ModuleRequest {
             module: Module::Switch,
@@ -72,10 +87,20 @@ impl Madre {
             request_id: request_id.to_owned(),
         };
         match self.delegator.call_once(&request, INTAKE_TIMEOUT).await {
-            Ok(answer) => Some(read_answer(&answer, text)),
+            Ok(answer) => Asked::Answered(read_answer(&answer, text)),
             Err(e) => {
                 tracing::info!(error = %e, "switch gave no intent at intake; the fallback parse is used");
-                None
+                match e {
+                    DelegationError::Timeout { .. } => Asked::Unavailable(format!(
+                        "no answer within {} ms",
+                        INTAKE_TIMEOUT.as_millis()
+                    )),
+                    DelegationError::Unreachable { .. } => Asked::Unavailable("unreachable".into()),
+                    DelegationError::Unavailable(_) => {
+                        Asked::Unavailable("its circuit breaker is open".into())
+                    }
+                    _ => Asked::NoAnswer,
+                }
             }
         }
     }

@@ -62,6 +62,18 @@ pub(crate) fn confirm_ttl(madre: &Madre) -> ChronoDuration {
     ChronoDuration::seconds(i64::try_from(madre.config().confirm_ttl_s).unwrap_or(i64::MAX / 1000))
 }
 
+/// What a plan's CALL_SWITCH step does, from what Switch said at intake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SwitchStep {
+    /// Calls Switch (SPEC §7): it was not asked, or gave no engine.
+    Call,
+    /// Uses the engine Switch chose at intake, without a call.
+    Answered(String),
+    /// Fails at once without a call, `switch_unavailable`: Switch did not
+    /// answer the intake call (the reason).
+    Skip(String),
+}
+
 impl Madre {
     /// Plans the intent and stores plan, confirmation and audit row at once.
     pub(crate) async fn make_plan(
@@ -71,7 +83,7 @@ impl Madre {
         origin: Origin,
         denied: bool,
         meta: PlanMeta,
-        engine: Option<String>,
+        switch_step: SwitchStep,
     ) -> Result<Planned, FlowError> {
         let now = Utc::now();
         let request = PlanRequest {
@@ -84,13 +96,23 @@ impl Madre {
         // Time-ordered ids (UUID v7): new rows land at the end of every index
         // keyed by them, so concurrent chats share pages in a group commit.
         let mut plan = madre_planner::plan(&request, Uuid::now_v7);
-        if let Some(engine) = engine {
-            // Switch chose the engine at intake: its step uses that answer
-            // instead of calling Switch a second time (SPEC §4a).
-            for step in &mut plan.steps {
-                if step.step_type == madre_models::StepType::CallSwitch {
+        for step in &mut plan.steps {
+            if step.step_type != madre_models::StepType::CallSwitch {
+                continue;
+            }
+            match &switch_step {
+                SwitchStep::Call => {}
+                // Switch chose the engine at intake: its step uses that
+                // answer instead of calling Switch a second time (SPEC §4a).
+                SwitchStep::Answered(engine) => {
                     step.payload["engine"] = Value::String(engine.clone());
                     step.payload["answered_at_intake"] = Value::Bool(true);
+                }
+                // Switch did not answer the intake call: the step fails
+                // without calling it again, and the plan goes on with the
+                // fallback engine.
+                SwitchStep::Skip(why) => {
+                    step.payload[madre_runner::UNAVAILABLE_AT_INTAKE] = Value::String(why.clone());
                 }
             }
         }

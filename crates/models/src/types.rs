@@ -613,6 +613,40 @@ pub enum DepState {
     Unknown,
 }
 
+/// The state of Madre's circuit breaker for one module (SPEC §7): `closed`
+/// lets calls through; `open` fails them at once with
+/// `<module>_unavailable` after consecutive failures; `half_open` lets one
+/// trial call through, whose outcome closes or reopens it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail at once, without reaching the module.
+    Open,
+    /// One trial call is under way; the others fail at once.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// Every state, in the order `/metrics` lists them.
+    pub const ALL: [BreakerState; 3] = [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+    ];
+
+    /// The snake_case name used in JSON and in `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
 /// The database's state in an answer of a server that did not report it.
 fn db_not_reported() -> DepState {
     DepState::Unknown
@@ -638,6 +672,11 @@ pub struct HealthResponse {
     /// locked, failing). Absent from answers of older servers (`unknown`).
     #[serde(default = "db_not_reported")]
     pub db: DepState,
+    /// The circuit breaker of each enabled module. Absent from answers of
+    /// older servers (empty).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, BreakerState>))]
+    #[serde(default)]
+    pub breakers: BTreeMap<Module, BreakerState>,
 }
 
 /// One line of `GET /madre/plans`.

@@ -318,13 +318,23 @@ fn control_task_health_and_error_shapes() {
         time: now(),
         deps,
         db: DepState::Up,
+        breakers: BTreeMap::from([
+            (Module::Switch, BreakerState::HalfOpen),
+            (Module::Hermes, BreakerState::Closed),
+        ]),
     };
     let v = json!(health);
     assert_eq!(
         keys(&v),
-        sorted(&["module", "status", "version", "time", "deps", "db"])
+        sorted(&[
+            "module", "status", "version", "time", "deps", "db", "breakers"
+        ])
     );
     assert_eq!(v["db"], json!("up"));
+    assert_eq!(
+        v["breakers"],
+        json!({"switch": "half_open", "hermes": "closed"})
+    );
     assert_eq!(v["deps"], json!({"switch": "up", "shub": "disabled"}));
     assert_eq!(v["status"], json!("degraded"));
 

@@ -19,6 +19,8 @@
 
 mod steps;
 
+pub use steps::UNAVAILABLE_AT_INTAKE;
+
 use chrono::Utc;
 use madre_db::{AtEnd, Db, DbError, Event, NewAction, PlanEvent, StoredPlan};
 use madre_delegation::Delegator;
@@ -745,6 +747,9 @@ async fn drive(
                 if step.optional {
                     warnings.push(if step.step_type == StepType::CallSwitch {
                         SWITCH_UNAVAILABLE.to_owned()
+                    } else if code.ends_with("_unavailable") {
+                        // Its breaker is open: skipped, not failed.
+                        code.clone()
                     } else {
                         format!("{}_failed", step.module())
                     });

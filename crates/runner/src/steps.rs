@@ -44,6 +44,24 @@ pub(crate) fn answered_without_call(step: &madre_models::Step) -> Option<Value> 
     })
 }
 
+/// Why a CALL_SWITCH step fails without a call: Switch did not answer this
+/// chat's intake question (timeout, unreachable, or its breaker open), so
+/// calling it again, with the full call timeout and a retry, would only
+/// cost the chat more time. The plan goes on with the fallback engine.
+pub(crate) fn unavailable_at_intake(step: &madre_models::Step) -> Option<String> {
+    if step.step_type != StepType::CallSwitch {
+        return None;
+    }
+    step.payload
+        .get(UNAVAILABLE_AT_INTAKE)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// The payload key of a CALL_SWITCH step whose Switch did not answer at
+/// intake; its value says why.
+pub const UNAVAILABLE_AT_INTAKE: &str = "unavailable_at_intake";
+
 /// The text a step's result offers the user, if any.
 pub(crate) fn reply_of(result: &Value) -> Option<String> {
     reply_text(result)
@@ -75,6 +93,14 @@ pub(crate) async fn run_step(
         return StepOutcome::Done {
             result,
             retried: false,
+        };
+    }
+    if let Some(why) = unavailable_at_intake(step) {
+        return StepOutcome::Failed {
+            code: format!("{}_unavailable", Module::Switch),
+            message: format!(
+                "switch was not called again: it did not answer this chat's intake call ({why})"
+            ),
         };
     }
     match step.step_type {
