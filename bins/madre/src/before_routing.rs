@@ -149,8 +149,8 @@ impl Stamper {
         };
         let taken = input.len() - (self.head.len() - end);
         self.head.truncate(end);
-        let head = std::mem::take(&mut self.head);
-        self.framing = stamp(&head, out);
+        self.framing = stamp(&self.head, out);
+        self.head.clear();
         taken
     }
 }
