@@ -674,7 +674,6 @@ async fn drive(
             }
             Status::Pending | Status::Running => {}
         }
-        let resumed = options.resumed && step.status == Status::Running;
         if step.status == Status::Running && !options.resumed {
             // Started with the plan's creation (see [`open`]):
             // durably RUNNING already, so only what is carried commits.
@@ -708,7 +707,7 @@ async fn drive(
         let outcome = tokio::select! {
             biased;
             _ = cancelled.wait_for(|c| *c) => return Ok(None),
-            outcome = steps::run_step(inner, &plan, idx, engine.as_deref(), &options.request_id, resumed).instrument(span.clone()) => outcome,
+            outcome = steps::run_step(inner, &plan, idx, engine.as_deref(), &options.request_id).instrument(span.clone()) => outcome,
         };
         span.in_scope(|| {
             tracing::debug!(
