@@ -920,3 +920,38 @@ async fn a_plan_left_running_by_a_stopped_execution_is_resumed() {
     }
     assert_eq!(h.calls(Module::Hermes).await, 1);
 }
+
+/// A resumed plan that waits for a slot is busy (issue 21): the orphan
+/// pass, however often it runs, does not admit it again, so it takes one
+/// queue place and runs once.
+#[tokio::test]
+async fn a_plan_waiting_for_a_slot_is_not_admitted_again_by_the_orphan_pass() {
+    let h = one_slot_and_a_slow_hermes().await;
+    let first = h
+        .runner
+        .start(h.plan("one", Mode::Madre).await, opts())
+        .unwrap();
+    // A plan a crash left RUNNING, resumed while the one slot is taken.
+    let id = h.plan("two", Mode::Madre).await;
+    let started = PlanEvent::new(Event::StepStarted { step: 0 }, Utc::now());
+    h.db.apply_events(id, vec![started], None).await.unwrap();
+    let resumed = RunOptions {
+        resumed: true,
+        ..opts()
+    };
+    let run = h.runner.admit(id, resumed).expect("a place in the queue");
+    assert_eq!(h.runner.queued(), 1);
+    // Cleanup passes while it waits, each past its 30 s of stillness.
+    for pass in 0..3 {
+        let later = Utc::now() + chrono::Duration::hours(1);
+        assert_eq!(
+            h.runner.resume_orphans(later).await.unwrap(),
+            0,
+            "pass {pass}: the plan is waiting for a slot, not orphaned"
+        );
+    }
+    assert_eq!(h.runner.queued(), 1, "one queue place, not one per pass");
+    first.finished().await.unwrap();
+    assert_eq!(run.finished().await.unwrap().plan.status, Status::Done);
+    assert_eq!(h.calls(Module::Switch).await, 2, "each plan ran once");
+}
