@@ -456,22 +456,35 @@ fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(future: F) {
     tokio::spawn(future);
 }
 
-/// Runs plans deferred by [`Runner::admit`] on a slot that just freed.
-async fn run_deferred(inner: &Arc<Inner>, permit: OwnedSemaphorePermit) {
+/// Runs plans deferred by [`Runner::admit`] on a slot that just freed, and
+/// frees it when none is left.
+async fn run_deferred(inner: &Arc<Inner>, mut permit: OwnedSemaphorePermit) {
     loop {
-        let next = inner
-            .deferred
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front();
+        let next = lock(&inner.deferred).pop_front();
         let Some((plan_id, options)) = next else {
-            break;
+            drop(permit);
+            // A plan deferred between the look above and the drop found
+            // this slot still taken when it tried for one itself
+            // ([`Runner::admit`] defers, then tries): unless it is looked
+            // for again now that the slot is free, it would wait for some
+            // other plan's end, and with no queue there may be none.
+            if lock(&inner.deferred).is_empty() {
+                return;
+            }
+            match inner.slots.clone().try_acquire_owned() {
+                Ok(again) => {
+                    permit = again;
+                    continue;
+                }
+                // Taken meanwhile: its holder runs the deferred plans
+                // when its own plan ends.
+                Err(_) => return,
+            }
         };
         if let Err(e) = execute(inner, plan_id, None, &options).await {
             tracing::error!(%plan_id, error = %e, "deferred plan failed to run");
         }
     }
-    drop(permit);
 }
 
 /// Locks `mutex`; a poisoned lock is taken as is (every value kept under

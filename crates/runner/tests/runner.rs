@@ -955,3 +955,57 @@ async fn a_plan_waiting_for_a_slot_is_not_admitted_again_by_the_orphan_pass() {
     assert_eq!(run.finished().await.unwrap().plan.status, Status::Done);
     assert_eq!(h.calls(Module::Switch).await, 2, "each plan ran once");
 }
+
+/// With no queue (`MADRE_MAX_QUEUED_TASKS=0`), plans that must run
+/// (confirmed or resumed) are deferred when the one slot is busy; each one
+/// runs, even when it is deferred just as the slot frees (issue 21: one
+/// deferred then stayed until some other plan ended, which here none does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_no_queue_every_plan_that_must_run_runs() {
+    let h = Harness::new(Setup {
+        config: RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 0,
+            ..RunnerConfig::default()
+        },
+        ..Default::default()
+    });
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        // `help` is answered in-process: plans end as fast as they can,
+        // so slots free while others are being deferred.
+        ids.push(h.plan(&format!("help {i}"), Mode::Madre).await);
+    }
+    let senders: Vec<_> = ids
+        .chunks(50)
+        .map(|chunk| {
+            let runner = h.runner.clone();
+            let chunk = chunk.to_vec();
+            tokio::spawn(async move {
+                for id in chunk {
+                    runner.admit(id, opts());
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in ids {
+        loop {
+            let status = h.db.plan(id).unwrap().unwrap().plan.status;
+            if status == Status::Done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plan {id} is still {status}; {} deferred, {} running",
+                h.runner.deferred(),
+                h.runner.running()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
