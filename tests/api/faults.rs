@@ -315,3 +315,49 @@ const OTHER_MODULES: [(Module, Via); 4] = [
     (Module::Mcp, Via::Control),
     (Module::Spawner, Via::Control),
 ];
+
+/// SPEC §7: every attempt of a step carries `Idempotency-Key: <step_id>`,
+/// the first included, so a module that ran a first attempt whose answer
+/// was lost can match the retry to it and not run it twice.
+#[actix_rt::test]
+async fn every_attempt_carries_the_step_idempotency_key() {
+    let app = spawn_app().await;
+    app.stubs
+        .behave(
+            Module::Hermes,
+            &Behaviour {
+                fail_first: 1,
+                ..Behaviour::default()
+            },
+        )
+        .await
+        .unwrap();
+    let r = timed_chat(&app, "hello").await;
+    assert_eq!(s(&r.body["status"]), "DONE", "{}", r.body);
+    let detail = app
+        .send(
+            "GET",
+            &format!("/madre/plans/{}", s(&r.body["plan_id"])),
+            Some(VIEWER),
+            None,
+        )
+        .await;
+    let steps = detail.body["plan"]["steps"].as_array().unwrap().clone();
+    let hermes = steps
+        .iter()
+        .find(|step| step["type"] == json!("CALL_HERMES"))
+        .unwrap();
+    let stats = app.stubs.stats(Module::Hermes).await.unwrap();
+    assert_eq!(stats.calls, 2);
+    assert_eq!(
+        stats.idempotency_keys,
+        vec![s(&hermes["step_id"]).to_owned(); 2],
+        "the first attempt and the retry"
+    );
+    // A call that succeeds at once carries it too.
+    let r = timed_chat(&app, "hello again").await;
+    assert_eq!(s(&r.body["status"]), "DONE", "{}", r.body);
+    let stats = app.stubs.stats(Module::Hermes).await.unwrap();
+    assert_eq!((stats.calls, stats.idempotency_keys.len()), (3, 3));
+    app.stop().await;
+}

@@ -180,7 +180,6 @@ impl Design {
                     path: "/hermes/execute".into(),
                     body: Some(call.body.clone()),
                     idempotency_key: Uuid::nil(),
-                    resumed: false,
                     request_id: call.request_id.clone(),
                 };
                 delegator.call(&request).await.expect("delegator call");

@@ -32,8 +32,8 @@
 //! # Rules
 //!
 //! - The retry rule of SPEC §7: a module that does not answer (connect
-//!   error, timeout, 5xx) is tried exactly once more, with the step's
-//!   `Idempotency-Key`; a 4xx is final.
+//!   error, timeout, 5xx) is tried exactly once more; a 4xx is final. Every
+//!   attempt, the first included, carries the step's `Idempotency-Key`.
 //! - Each attempt has the registry's per-call timeout, over the whole
 //!   exchange (connect, send, read); answers are capped at
 //!   [`MAX_RESPONSE_BYTES`].
@@ -162,11 +162,10 @@ pub struct ModuleRequest {
     pub path: String,
     /// JSON body for POST.
     pub body: Option<Value>,
-    /// Sent as `Idempotency-Key` on the retry, and on the first attempt
-    /// when `resumed` (the step was interrupted before).
+    /// Sent as `Idempotency-Key` on every attempt, the first included
+    /// (SPEC §7): the step's id, so a module can match a retry or a resumed
+    /// call to an attempt it already ran.
     pub idempotency_key: Uuid,
-    /// True when the step is being resumed after a crash.
-    pub resumed: bool,
     /// Sent as `X-Request-Id`.
     pub request_id: String,
 }
@@ -187,7 +186,6 @@ pub fn request_for_step(
     step: &Step,
     engine: Option<&str>,
     request_id: &str,
-    resumed: bool,
 ) -> Option<ModuleRequest> {
     let payload = &step.payload;
     let (module, method, path, body) = match step.step_type {
@@ -244,7 +242,6 @@ pub fn request_for_step(
         path,
         body,
         idempotency_key: step.step_id,
-        resumed,
         request_id: request_id.to_owned(),
     })
 }
@@ -416,10 +413,13 @@ impl Delegator {
         timeout: Duration,
     ) -> Attempt {
         let module = request.module;
-        let mut headers = vec![("X-Request-Id", request.request_id.clone())];
-        if request.resumed || attempts > 1 {
-            headers.push(("Idempotency-Key", request.idempotency_key.to_string()));
-        }
+        // On every attempt, the first included (SPEC §7): a module whose
+        // first attempt ran but whose answer was lost (a timeout, a crash
+        // of Madre) can match the retry or the resumed call to it.
+        let headers = vec![
+            ("X-Request-Id", request.request_id.clone()),
+            ("Idempotency-Key", request.idempotency_key.to_string()),
+        ];
         let exchange = Exchange {
             method: request.method,
             url: format!("{}{}", self.registry.url(module), request.path),

@@ -33,22 +33,25 @@ fn hermes_step() -> Step {
     )
 }
 
-fn request(step: &Step, resumed: bool) -> ModuleRequest {
-    request_for_step(step, Some("e1"), "req-1", resumed).unwrap()
+fn request(step: &Step) -> ModuleRequest {
+    request_for_step(step, Some("e1"), "req-1").unwrap()
 }
 
 #[tokio::test]
 async fn a_healthy_call_is_made_once_with_the_token_and_the_engine() {
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let d = delegator(&stubs, 2000, &[]);
-    let out = d.call(&request(&hermes_step(), false)).await.unwrap();
+    let step = hermes_step();
+    let hermes_step_id = step.step_id;
+    let out = d.call(&request(&step)).await.unwrap();
     assert_eq!(out.attempts, 1);
     assert_eq!(reply_text(&out.body).unwrap(), "[hermes stub via e1] hello");
     let s = stubs.stats(Module::Hermes).await.unwrap();
     assert_eq!((s.calls, s.all_calls_had_token), (1, true));
-    assert!(
-        s.idempotency_keys.is_empty(),
-        "a first attempt carries no key"
+    assert_eq!(
+        s.idempotency_keys,
+        vec![hermes_step_id.to_string()],
+        "every attempt carries the key, the first included (SPEC §7)"
     );
 
     let switch = Step::new(
@@ -58,7 +61,7 @@ async fn a_healthy_call_is_made_once_with_the_token_and_the_engine() {
         Utc::now(),
     );
     let out = d
-        .call(&request_for_step(&switch, None, "r", false).unwrap())
+        .call(&request_for_step(&switch, None, "r").unwrap())
         .await
         .unwrap();
     assert_eq!(
@@ -83,11 +86,11 @@ async fn one_5xx_is_retried_once_with_the_idempotency_key() {
         .await
         .unwrap();
     let step = hermes_step();
-    let out = d.call(&request(&step, false)).await.unwrap();
+    let out = d.call(&request(&step)).await.unwrap();
     assert_eq!(out.attempts, 2);
     let s = stubs.stats(Module::Hermes).await.unwrap();
     assert_eq!(s.calls, 2);
-    assert_eq!(s.idempotency_keys, vec![step.step_id.to_string()]);
+    assert_eq!(s.idempotency_keys, vec![step.step_id.to_string(); 2]);
 
     stubs
         .behave(
@@ -100,7 +103,7 @@ async fn one_5xx_is_retried_once_with_the_idempotency_key() {
         .await
         .unwrap();
     let before = stubs.stats(Module::Hermes).await.unwrap().calls;
-    let err = d.call(&request(&step, false)).await.unwrap_err();
+    let err = d.call(&request(&step)).await.unwrap_err();
     assert_eq!(
         err,
         DelegationError::Status {
@@ -126,7 +129,7 @@ async fn one_5xx_is_retried_once_with_the_idempotency_key() {
         .await
         .unwrap();
     let before = stubs.stats(Module::Hermes).await.unwrap().calls;
-    let err = d.call(&request(&step, false)).await.unwrap_err();
+    let err = d.call(&request(&step)).await.unwrap_err();
     assert_eq!(err.code(), "http_400");
     assert_eq!(
         stubs.stats(Module::Hermes).await.unwrap().calls - before,
@@ -141,7 +144,7 @@ async fn resumed_steps_send_the_key_on_the_first_attempt() {
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let d = delegator(&stubs, 2000, &[]);
     let step = hermes_step();
-    d.call(&request(&step, true)).await.unwrap();
+    d.call(&request(&step)).await.unwrap();
     assert_eq!(
         stubs.stats(Module::Hermes).await.unwrap().idempotency_keys,
         vec![step.step_id.to_string()]
@@ -164,7 +167,7 @@ async fn hanging_refusing_garbage_and_oversized_modules_fail_with_typed_errors()
         .await
         .unwrap();
     let started = Instant::now();
-    let err = d.call(&request(&hermes_step(), false)).await.unwrap_err();
+    let err = d.call(&request(&hermes_step())).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -192,7 +195,7 @@ async fn hanging_refusing_garbage_and_oversized_modules_fail_with_typed_errors()
         )
         .await
         .unwrap();
-    let err = d.call(&request(&hermes_step(), false)).await.unwrap_err();
+    let err = d.call(&request(&hermes_step())).await.unwrap_err();
     assert!(matches!(err, DelegationError::InvalidBody { .. }), "{err}");
 
     stubs
@@ -205,7 +208,7 @@ async fn hanging_refusing_garbage_and_oversized_modules_fail_with_typed_errors()
         )
         .await
         .unwrap();
-    let err = d.call(&request(&hermes_step(), false)).await.unwrap_err();
+    let err = d.call(&request(&hermes_step())).await.unwrap_err();
     assert_eq!(
         err,
         DelegationError::TooLarge {
@@ -228,7 +231,7 @@ async fn hanging_refusing_garbage_and_oversized_modules_fail_with_typed_errors()
     )));
     let switch = Step::new(Uuid::new_v4(), StepType::CallSwitch, json!({}), Utc::now());
     let err = d
-        .call(&request_for_step(&switch, None, "r", false).unwrap())
+        .call(&request_for_step(&switch, None, "r").unwrap())
         .await
         .unwrap_err();
     assert!(
@@ -250,7 +253,7 @@ async fn disabled_modules_are_never_called_and_probe_as_disabled() {
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let d = delegator(&stubs, 2000, &[Module::Hermes]);
     assert_eq!(
-        d.call(&request(&hermes_step(), false)).await.unwrap_err(),
+        d.call(&request(&hermes_step())).await.unwrap_err(),
         DelegationError::Disabled(Module::Hermes)
     );
     assert_eq!(stubs.stats(Module::Hermes).await.unwrap().calls, 0);
@@ -274,7 +277,7 @@ fn step_requests_follow_the_spec_table() {
     let now = Utc::now();
     let check = |ty: StepType, payload: Value, module: Module, path: &str| {
         let step = Step::new(Uuid::new_v4(), ty, payload, now);
-        let r = request_for_step(&step, None, "r", false).unwrap();
+        let r = request_for_step(&step, None, "r").unwrap();
         assert_eq!((r.module, r.path.as_str()), (module, path));
         r
     };
@@ -329,13 +332,7 @@ fn step_requests_follow_the_spec_table() {
         StepType::Noop,
     ] {
         assert!(
-            request_for_step(
-                &Step::new(Uuid::new_v4(), ty, json!({}), now),
-                None,
-                "r",
-                false
-            )
-            .is_none()
+            request_for_step(&Step::new(Uuid::new_v4(), ty, json!({}), now), None, "r").is_none()
         );
     }
     assert_eq!(reply_text(&json!({"response": "a"})).as_deref(), Some("a"));
@@ -405,7 +402,7 @@ fn the_delegator_and_its_futures_are_send() {
         Duration::from_millis(10),
     )));
     let step = hermes_step();
-    let request = request(&step, false);
+    let request = request(&step);
     // Built, checked, and dropped unpolled: only the types matter here.
     drop(assert_send(d.call(&request)));
     drop(assert_send(d.probe(&[Module::Hermes], PROBE_TIMEOUT)));
@@ -422,7 +419,7 @@ async fn calls_run_on_a_multi_thread_runtime_from_spawned_tasks() {
             tokio::spawn(async move {
                 let mut step = hermes_step();
                 step.payload["prompt"] = json!(format!("hello {i}"));
-                let out = d.call(&request(&step, false)).await.unwrap();
+                let out = d.call(&request(&step)).await.unwrap();
                 let probe = d.probe(&[Module::Switch], PROBE_TIMEOUT).await;
                 (reply_text(&out.body).unwrap(), probe[&Module::Switch])
             })
@@ -449,7 +446,7 @@ async fn a_cancelled_call_is_abandoned_and_the_client_carries_on() {
         SecretString::from("t"),
         Duration::from_secs(30),
     )));
-    let mut hanging = request(&hermes_step(), false);
+    let mut hanging = request(&hermes_step());
     hanging.path = "/hang".into();
     let call = d.call(&hanging);
     assert!(
@@ -468,7 +465,7 @@ async fn a_cancelled_call_is_abandoned_and_the_client_carries_on() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let out = d.call(&request(&hermes_step(), false)).await.unwrap();
+    let out = d.call(&request(&hermes_step())).await.unwrap();
     assert_eq!(out.attempts, 1);
 }
 
@@ -585,7 +582,7 @@ async fn sequential_calls_reuse_one_connection_to_a_plain_keep_alive_server() {
         Duration::from_millis(2000),
     )));
     for i in 0..8 {
-        let out = d.call(&request(&hermes_step(), false)).await.unwrap();
+        let out = d.call(&request(&hermes_step())).await.unwrap();
         assert_eq!(reply_text(&out.body).as_deref(), Some("plain http/1.1"));
         assert_eq!(out.attempts, 1);
         // a probe between calls reads its answer too, so it reuses it as well
@@ -596,7 +593,7 @@ async fn sequential_calls_reuse_one_connection_to_a_plain_keep_alive_server() {
     }
     // a call from another task (on whichever worker) still finds it idle
     let other = d.clone();
-    tokio::spawn(async move { other.call(&request(&hermes_step(), false)).await })
+    tokio::spawn(async move { other.call(&request(&hermes_step())).await })
         .await
         .unwrap()
         .unwrap();

@@ -83,7 +83,6 @@ impl Madre {
                 "source": "madre",
             })),
             idempotency_key: Uuid::new_v4(),
-            resumed: false,
             request_id: request_id.to_owned(),
         };
         match self.delegator.call_once(&request, INTAKE_TIMEOUT).await {

@@ -26,7 +26,7 @@ use madre_db::{AtEnd, Db, DbError, Event, NewAction, PlanEvent, StoredPlan};
 use madre_delegation::Delegator;
 use madre_models::{Module, Plan, Status, StepType};
 use serde_json::json;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -129,6 +129,9 @@ struct Inner {
     /// Stored plans that must run but found every place taken (resumed or
     /// confirmed plans): they take the next free slot.
     deferred: Mutex<VecDeque<(Uuid, RunOptions)>>,
+    /// Plans that have a place in the queue and wait for a slot: busy, so
+    /// the orphan pass does not admit them a second time.
+    waiting: Mutex<HashSet<Uuid>>,
     /// What a CALL_MODULE step addressed to Madre itself runs.
     own_actions: std::sync::OnceLock<Arc<dyn OwnActions>>,
 }
@@ -166,6 +169,7 @@ impl Runner {
                 queued: AtomicUsize::new(0),
                 active: Mutex::new(HashMap::new()),
                 deferred: Mutex::new(VecDeque::new()),
+                waiting: Mutex::new(HashSet::new()),
                 own_actions: std::sync::OnceLock::new(),
             }),
         }
@@ -235,6 +239,7 @@ impl Runner {
                     inner.queued.fetch_sub(1, Ordering::AcqRel);
                     return Err(RunnerError::QueueFull { queued });
                 }
+                lock(&inner.waiting).insert(plan_id);
                 None
             }
         };
@@ -254,12 +259,16 @@ impl Runner {
                         Ok(permit) => permit,
                         Err(_) => {
                             inner.unregister(plan_id);
+                            lock(&inner.waiting).remove(&plan_id);
                             return;
                         }
                     }
                 }
             };
             let outcome = execute(&inner, plan_id, opened, &options).await;
+            // Busy until it is no longer executing: no moment between the
+            // queue and the execution when the orphan pass could take it.
+            lock(&inner.waiting).remove(&plan_id);
             let _ = tx.send(outcome);
             run_deferred(&inner, permit).await;
         });
@@ -307,15 +316,7 @@ impl Runner {
             .await?;
         let mut admitted = 0;
         for plan_id in ids {
-            let busy = self.inner.active_signal(plan_id).is_some()
-                || self
-                    .inner
-                    .deferred
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .any(|(id, _)| *id == plan_id);
-            if busy {
+            if self.inner.is_busy(plan_id) {
                 continue;
             }
             tracing::warn!(%plan_id, "resuming a plan left RUNNING by a stopped execution");
@@ -455,25 +456,52 @@ fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(future: F) {
     tokio::spawn(future);
 }
 
-/// Runs plans deferred by [`Runner::admit`] on a slot that just freed.
-async fn run_deferred(inner: &Arc<Inner>, permit: OwnedSemaphorePermit) {
+/// Runs plans deferred by [`Runner::admit`] on a slot that just freed, and
+/// frees it when none is left.
+async fn run_deferred(inner: &Arc<Inner>, mut permit: OwnedSemaphorePermit) {
     loop {
-        let next = inner
-            .deferred
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front();
+        let next = lock(&inner.deferred).pop_front();
         let Some((plan_id, options)) = next else {
-            break;
+            drop(permit);
+            // A plan deferred between the look above and the drop found
+            // this slot still taken when it tried for one itself
+            // ([`Runner::admit`] defers, then tries): unless it is looked
+            // for again now that the slot is free, it would wait for some
+            // other plan's end, and with no queue there may be none.
+            if lock(&inner.deferred).is_empty() {
+                return;
+            }
+            match inner.slots.clone().try_acquire_owned() {
+                Ok(again) => {
+                    permit = again;
+                    continue;
+                }
+                // Taken meanwhile: its holder runs the deferred plans
+                // when its own plan ends.
+                Err(_) => return,
+            }
         };
         if let Err(e) = execute(inner, plan_id, None, &options).await {
             tracing::error!(%plan_id, error = %e, "deferred plan failed to run");
         }
     }
-    drop(permit);
+}
+
+/// Locks `mutex`; a poisoned lock is taken as is (every value kept under
+/// these locks is valid between two statements).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Inner {
+    /// Whether the plan is executing here, waits in the queue for a slot,
+    /// or is deferred: then it must not be admitted again.
+    fn is_busy(&self, plan_id: Uuid) -> bool {
+        self.active_signal(plan_id).is_some()
+            || lock(&self.waiting).contains(&plan_id)
+            || lock(&self.deferred).iter().any(|(id, _)| *id == plan_id)
+    }
+
     /// Marks the plan as executing here, with the signal that cancels it;
     /// `None` when it already is.
     fn register(&self, plan_id: Uuid) -> Option<Arc<CancelSignal>> {
@@ -674,7 +702,6 @@ async fn drive(
             }
             Status::Pending | Status::Running => {}
         }
-        let resumed = options.resumed && step.status == Status::Running;
         if step.status == Status::Running && !options.resumed {
             // Started with the plan's creation (see [`open`]):
             // durably RUNNING already, so only what is carried commits.
@@ -708,7 +735,7 @@ async fn drive(
         let outcome = tokio::select! {
             biased;
             _ = cancelled.wait_for(|c| *c) => return Ok(None),
-            outcome = steps::run_step(inner, &plan, idx, engine.as_deref(), &options.request_id, resumed).instrument(span.clone()) => outcome,
+            outcome = steps::run_step(inner, &plan, idx, engine.as_deref(), &options.request_id).instrument(span.clone()) => outcome,
         };
         span.in_scope(|| {
             tracing::debug!(

@@ -86,7 +86,6 @@ pub(crate) async fn run_step(
     idx: usize,
     engine: Option<&str>,
     request_id: &str,
-    resumed: bool,
 ) -> StepOutcome {
     let step = &plan.steps[idx];
     if let Some(result) = answered_without_call(step) {
@@ -200,7 +199,7 @@ pub(crate) async fn run_step(
         | StepType::CallManifestator
         | StepType::CallShub
         | StepType::CallModule => {
-            let Some(request) = request_for_step(step, engine, request_id, resumed) else {
+            let Some(request) = request_for_step(step, engine, request_id) else {
                 return StepOutcome::Failed {
                     code: "bad_step".into(),
                     message: "step has no module call".into(),

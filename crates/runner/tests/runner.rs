@@ -550,7 +550,14 @@ async fn an_interrupted_plan_is_resumed_with_the_idempotency_key() {
         "only the never-started plan calls Switch: finished steps never run twice"
     );
     let stats = h.stubs.stats(Module::Hermes).await.unwrap();
-    assert_eq!(stats.idempotency_keys, vec![hermes_step.to_string()]);
+    // Every call carries its step's key (SPEC §7): the resumed step's call
+    // carries the key of the call the crash interrupted.
+    let resumed_hermes = stats
+        .idempotency_keys
+        .iter()
+        .filter(|k| **k == hermes_step.to_string())
+        .count();
+    assert_eq!((stats.idempotency_keys.len(), resumed_hermes), (2, 1));
     assert_eq!(done.plan.steps[1].attempts, 2);
 }
 
@@ -912,4 +919,93 @@ async fn a_plan_left_running_by_a_stopped_execution_is_resumed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(h.calls(Module::Hermes).await, 1);
+}
+
+/// A resumed plan that waits for a slot is busy (issue 21): the orphan
+/// pass, however often it runs, does not admit it again, so it takes one
+/// queue place and runs once.
+#[tokio::test]
+async fn a_plan_waiting_for_a_slot_is_not_admitted_again_by_the_orphan_pass() {
+    let h = one_slot_and_a_slow_hermes().await;
+    let first = h
+        .runner
+        .start(h.plan("one", Mode::Madre).await, opts())
+        .unwrap();
+    // A plan a crash left RUNNING, resumed while the one slot is taken.
+    let id = h.plan("two", Mode::Madre).await;
+    let started = PlanEvent::new(Event::StepStarted { step: 0 }, Utc::now());
+    h.db.apply_events(id, vec![started], None).await.unwrap();
+    let resumed = RunOptions {
+        resumed: true,
+        ..opts()
+    };
+    let run = h.runner.admit(id, resumed).expect("a place in the queue");
+    assert_eq!(h.runner.queued(), 1);
+    // Cleanup passes while it waits, each past its 30 s of stillness.
+    for pass in 0..3 {
+        let later = Utc::now() + chrono::Duration::hours(1);
+        assert_eq!(
+            h.runner.resume_orphans(later).await.unwrap(),
+            0,
+            "pass {pass}: the plan is waiting for a slot, not orphaned"
+        );
+    }
+    assert_eq!(h.runner.queued(), 1, "one queue place, not one per pass");
+    first.finished().await.unwrap();
+    assert_eq!(run.finished().await.unwrap().plan.status, Status::Done);
+    assert_eq!(h.calls(Module::Switch).await, 2, "each plan ran once");
+}
+
+/// With no queue (`MADRE_MAX_QUEUED_TASKS=0`), plans that must run
+/// (confirmed or resumed) are deferred when the one slot is busy; each one
+/// runs, even when it is deferred just as the slot frees (issue 21: one
+/// deferred then stayed until some other plan ended, which here none does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_no_queue_every_plan_that_must_run_runs() {
+    let h = Harness::new(Setup {
+        config: RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 0,
+            ..RunnerConfig::default()
+        },
+        ..Default::default()
+    });
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        // `help` is answered in-process: plans end as fast as they can,
+        // so slots free while others are being deferred.
+        ids.push(h.plan(&format!("help {i}"), Mode::Madre).await);
+    }
+    let senders: Vec<_> = ids
+        .chunks(50)
+        .map(|chunk| {
+            let runner = h.runner.clone();
+            let chunk = chunk.to_vec();
+            tokio::spawn(async move {
+                for id in chunk {
+                    runner.admit(id, opts());
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in ids {
+        loop {
+            let status = h.db.plan(id).unwrap().unwrap().plan.status;
+            if status == Status::Done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plan {id} is still {status}; {} deferred, {} running",
+                h.runner.deferred(),
+                h.runner.running()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
