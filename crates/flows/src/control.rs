@@ -354,11 +354,12 @@ impl Madre {
                     "that confirmation token belongs to another action".into(),
                 ));
             }
+            // A plan stored without its intent has no params to compare.
             let issued_for = pending
                 .intent
                 .as_ref()
                 .map(|i| Value::Object(i.dsl.parameters.clone()));
-            if issued_for.as_ref() != Some(params) {
+            if issued_for.is_some_and(|issued| issued != *params) {
                 return Err(FlowError::Conflict(
                     "that confirmation token was issued for other params; re-post the pending action with its own params, or post the new one without a token".into(),
                 ));
