@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
 use crate::intake;
-use crate::plans::{Planned, SwitchStep, actions_of, reply_of};
+use crate::plans::{Planned, SwitchStep, actions_of, no_place, reply_of};
 use crate::{FlowError, Madre, require};
 
 fn merge_warnings(dsl: &Dsl, plan: &Plan) -> Vec<String> {
@@ -157,6 +157,7 @@ impl Madre {
             plan,
             token,
             expires_at,
+            place,
         } = planned;
 
         let turn = Turn {
@@ -196,8 +197,9 @@ impl Madre {
             // The history turn and the intent's close commit with the
             // plan's end when the run ends it: one commit fewer.
             let (at_end, made) = turn.clone().at_end(&self.db);
+            let place = place.ok_or_else(no_place)?;
             let stored = self
-                .run_new_plan(principal, plan, request_id, Some(at_end))
+                .run_new_plan(principal, plan, place, request_id, Some(at_end))
                 .await?;
             turn_recorded = made.load(Ordering::Acquire);
             (

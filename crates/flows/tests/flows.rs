@@ -472,3 +472,37 @@ async fn cancel_is_journaled() {
         ("plan_finished", Some("ada"), Some("cancelled"))
     );
 }
+
+/// A chat refused for a full queue is refused before its plan is stored
+/// (issue 21): nothing it leaves on disk is RUNNING, so no later pass (the
+/// orphan pass, a restart) can run a plan whose client was told 503, even
+/// if a write after the refusal fails.
+#[tokio::test]
+async fn a_chat_refused_for_a_full_queue_leaves_no_plan_to_run() {
+    let h = harness(
+        RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 0,
+            ..RunnerConfig::default()
+        },
+        MadreConfig::default(),
+    );
+    let busy = h.occupy_the_only_slot(500).await;
+    let refused = h
+        .madre
+        .chat(&admin(), chat_command("hello too"), "chat", "t")
+        .await;
+    assert!(
+        matches!(refused, Err(FlowError::QueueFull(_))),
+        "{refused:?}"
+    );
+    let db = h.madre.db();
+    let stored: Vec<Uuid> = [Status::Running, Status::Pending, Status::Cancelled]
+        .into_iter()
+        .flat_map(|status| db.plan_ids_with_status(status).unwrap())
+        .collect();
+    assert_eq!(stored.len(), 1, "only the busy chat's plan: {stored:?}");
+    busy.await.unwrap();
+    assert!(db.plan_ids_with_status(Status::Running).unwrap().is_empty());
+    assert_eq!(h.calls(Module::Hermes).await, 1);
+}

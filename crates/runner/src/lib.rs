@@ -194,7 +194,55 @@ impl Runner {
     /// Queues the plan for execution, or refuses it when every slot is busy
     /// and `max_queued` plans already wait.
     pub fn start(&self, plan_id: Uuid, options: RunOptions) -> Result<PlanRun, RunnerError> {
-        self.queue(plan_id, None, options)
+        let place = self.reserve()?;
+        Ok(self.queue(plan_id, None, options, place))
+    }
+
+    /// Holds a place for a plan about to be stored and run at once: a free
+    /// slot, else a place among the `max_queued` waiters, else
+    /// [`RunnerError::QueueFull`]. Taken before the plan is stored, a
+    /// refusal leaves nothing on disk that a later pass could run; hand the
+    /// place to [`Runner::start_reserved`] once the plan is stored. A place
+    /// dropped unused is given back.
+    pub fn reserve(&self) -> Result<Place, RunnerError> {
+        let inner = self.inner.clone();
+        match inner.slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Place {
+                inner,
+                permit: Some(permit),
+                queued: false,
+            }),
+            Err(_) => {
+                let queued = inner.queued.fetch_add(1, Ordering::AcqRel);
+                if queued >= inner.config.max_queued {
+                    inner.queued.fetch_sub(1, Ordering::AcqRel);
+                    return Err(RunnerError::QueueFull { queued });
+                }
+                Ok(Place {
+                    inner,
+                    permit: None,
+                    queued: true,
+                })
+            }
+        }
+    }
+
+    /// As [`Runner::start_opened`], on a place taken beforehand with
+    /// [`Runner::reserve`]: it cannot be refused.
+    pub fn start_reserved(
+        &self,
+        place: Place,
+        plan: Plan,
+        options: RunOptions,
+        at_end: Option<AtEnd>,
+    ) -> PlanRun {
+        let plan_id = plan.plan_id;
+        let opened = self.inner.register(plan_id).map(|signal| Opened {
+            plan: Some(plan),
+            at_end,
+            signal,
+        });
+        self.queue(plan_id, opened, options, place)
     }
 
     /// As [`Runner::start`], for a plan just stored with the events of
@@ -211,17 +259,8 @@ impl Runner {
         options: RunOptions,
         at_end: Option<AtEnd>,
     ) -> Result<PlanRun, RunnerError> {
-        let plan_id = plan.plan_id;
-        let opened = self.inner.register(plan_id).map(|signal| Opened {
-            plan: Some(plan),
-            at_end,
-            signal,
-        });
-        let run = self.queue(plan_id, opened, options);
-        if run.is_err() {
-            self.inner.unregister(plan_id);
-        }
-        run
+        let place = self.reserve()?;
+        Ok(self.start_reserved(place, plan, options, at_end))
     }
 
     fn queue(
@@ -229,20 +268,17 @@ impl Runner {
         plan_id: Uuid,
         opened: Option<Opened>,
         options: RunOptions,
-    ) -> Result<PlanRun, RunnerError> {
+        mut place: Place,
+    ) -> PlanRun {
         let inner = self.inner.clone();
-        let permit = match inner.slots.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                let queued = inner.queued.fetch_add(1, Ordering::AcqRel);
-                if queued >= inner.config.max_queued {
-                    inner.queued.fetch_sub(1, Ordering::AcqRel);
-                    return Err(RunnerError::QueueFull { queued });
-                }
-                lock(&inner.waiting).insert(plan_id);
-                None
-            }
-        };
+        // The place is used now: its queue place is given back when the
+        // plan gets its slot, not when `place` is dropped.
+        let permit = place.permit.take();
+        if place.queued {
+            place.queued = false;
+            lock(&inner.waiting).insert(plan_id);
+        }
+        drop(place);
         let (tx, done) = oneshot::channel();
         spawn(async move {
             let mut opened = opened;
@@ -272,7 +308,7 @@ impl Runner {
             let _ = tx.send(outcome);
             run_deferred(&inner, permit).await;
         });
-        Ok(PlanRun { plan_id, done })
+        PlanRun { plan_id, done }
     }
 
     /// Runs a stored plan that must not be refused (it was confirmed, or
@@ -438,6 +474,41 @@ pub fn open(plan: &mut Plan, at: chrono::DateTime<Utc>) -> Vec<PlanEvent> {
         plan.updated_at = at;
     }
     events
+}
+
+/// A place for one plan, held by [`Runner::reserve`] before the plan is
+/// stored: a slot, or a place in the queue. Dropped unused, it is given
+/// back (a slot goes first to the plans deferred meanwhile).
+pub struct Place {
+    inner: Arc<Inner>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// Holds one of the `max_queued` places.
+    queued: bool,
+}
+
+impl std::fmt::Debug for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Place")
+            .field("slot", &self.permit.is_some())
+            .field("queued", &self.queued)
+            .finish()
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if self.queued {
+            self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(permit) = self.permit.take() {
+            // Through the deferred loop, which frees the slot when no plan
+            // was deferred meanwhile.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let inner = self.inner.clone();
+                runtime.spawn(async move { run_deferred(&inner, permit).await });
+            }
+        }
+    }
 }
 
 /// A plan handed over as stored, with the write to make at its end.
