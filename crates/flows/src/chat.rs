@@ -32,9 +32,30 @@ impl Madre {
     /// A chat message from `principal` (operator or above). `source` names
     /// the endpoint in the intent log (`chat`, `chat_v6`). The intent log
     /// row opened first is closed whatever happens: with the plan's status,
-    /// `denied`, or `error` when the flow fails.
-    #[tracing::instrument(skip_all, fields(session_id, plan_id))]
+    /// `denied`, or `error` when the flow fails. Cancel-safe: the flow runs
+    /// on a task of its own, so dropping this future (a client that went
+    /// away, a server's shutdown timeout) does not stop its bookkeeping.
     pub async fn chat(
+        self: &Arc<Self>,
+        principal: &Principal,
+        command: ChatCommand,
+        source: &str,
+        request_id: &str,
+    ) -> Result<ChatResponse, FlowError> {
+        let madre = self.clone();
+        let principal = principal.clone();
+        let source = source.to_owned();
+        let request_id = request_id.to_owned();
+        crate::detached(async move {
+            madre
+                .chat_here(&principal, command, &source, &request_id)
+                .await
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id, plan_id))]
+    async fn chat_here(
         &self,
         principal: &Principal,
         command: ChatCommand,

@@ -74,15 +74,16 @@ impl Harness {
 
     /// A chat through `once`, as the HTTP layer sends one with a key.
     async fn keyed_chat(&self, key: &str, message: &str) -> Result<Answer, FlowError> {
-        let madre = &self.madre;
+        let madre = self.madre.clone();
+        let message = message.to_owned();
         let idem = IdempotencyKey {
             key: key.into(),
             request_hash: format!("hash of {message}"),
         };
-        madre
-            .once(&admin(), Some(idem), || async {
+        self.madre
+            .once(&admin(), Some(idem), move || async move {
                 let r = madre
-                    .chat(&admin(), chat_command(message), "chat", "test")
+                    .chat(&admin(), chat_command(&message), "chat", "test")
                     .await?;
                 Ok(Answer {
                     status: 200,
@@ -505,4 +506,49 @@ async fn a_chat_refused_for_a_full_queue_leaves_no_plan_to_run() {
     busy.await.unwrap();
     assert!(db.plan_ids_with_status(Status::Running).unwrap().is_empty());
     assert_eq!(h.calls(Module::Hermes).await, 1);
+}
+
+/// Cancel safety (issue 21): a chat whose future is dropped mid-flight (an
+/// HTTP server's shutdown timeout, an embedder on every client disconnect)
+/// still finishes its bookkeeping: its intent is closed and its
+/// `Idempotency-Key` holds the answer, so a retry replays it instead of
+/// waiting minutes for a stale reservation.
+#[tokio::test]
+async fn a_chat_dropped_mid_flight_still_closes_its_intent_and_keeps_its_key() {
+    let h = harness(RunnerConfig::default(), MadreConfig::default());
+    let slow = Behaviour {
+        latency_ms: 300,
+        ..Behaviour::default()
+    };
+    // Dropped while Switch is asked for the intent (before the plan
+    // exists), and while Hermes is answering (the plan runs).
+    h.stubs.behave(Module::Switch, &slow).await.unwrap();
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(100), h.keyed_chat("k-intake", "hi")).await;
+    assert!(dropped.is_err(), "the chat should still be asking Switch");
+    h.stubs
+        .behave(Module::Switch, &Behaviour::default())
+        .await
+        .unwrap();
+    h.stubs.behave(Module::Hermes, &slow).await.unwrap();
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(100), h.keyed_chat("k-drop", "hello")).await;
+    assert!(dropped.is_err(), "the chat should still be running");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.madre.db().count_open_intents().unwrap() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped chat's intent is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let replay = h.keyed_chat("k-drop", "hello").await.unwrap();
+    assert_eq!(replay.body["status"], "DONE", "{:?}", replay);
+    let replay = h.keyed_chat("k-intake", "hi").await.unwrap();
+    assert_eq!(replay.body["status"], "DONE", "{:?}", replay);
+    assert_eq!(
+        h.calls(Module::Hermes).await,
+        2,
+        "the retries replay, run nothing"
+    );
 }
