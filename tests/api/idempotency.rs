@@ -186,7 +186,11 @@ async fn a_client_that_gives_up_mid_chat_gets_the_answer_on_retry() {
         assert!(std::time::Instant::now() < deadline, "never answered");
     };
     assert_eq!(s(&replay.body["status"]), "DONE", "{}", replay.body);
-    assert_eq!(app.calls(Module::Hermes).await, 1, "replayed, not run again");
+    assert_eq!(
+        app.calls(Module::Hermes).await,
+        1,
+        "replayed, not run again"
+    );
     assert_eq!(app.madre.db().count_open_intents().unwrap(), 0);
     app.stop().await;
 }

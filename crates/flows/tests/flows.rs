@@ -552,3 +552,69 @@ async fn a_chat_dropped_mid_flight_still_closes_its_intent_and_keeps_its_key() {
         "the retries replay, run nothing"
     );
 }
+
+/// The plans deferred to the next free slot are bounded (issue 21): past
+/// `max_deferred`, a confirmation is refused with `QueueFull` (503) before
+/// its token is consumed, so the same token works once there is room, and
+/// every plan confirmed runs.
+#[tokio::test]
+async fn past_the_deferred_bound_a_confirmation_is_refused_and_its_token_kept() {
+    let h = harness(
+        RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 0,
+            max_deferred: 1,
+            ..RunnerConfig::default()
+        },
+        MadreConfig::default(),
+    );
+    let first = h.chat("delete all data").await;
+    let second = h.chat("delete all logs").await;
+    let busy = h.occupy_the_only_slot(600).await;
+    let deferred = h
+        .madre
+        .confirm(
+            &admin(),
+            first.plan_id,
+            first.confirm_token.as_deref().unwrap(),
+            "t",
+        )
+        .await
+        .unwrap();
+    assert_eq!(deferred.plan.plan.status, Status::Running);
+    assert_eq!(h.madre.runner().deferred(), 1);
+    let token = second.confirm_token.clone().unwrap();
+    let refused = h.madre.confirm(&admin(), second.plan_id, &token, "t").await;
+    assert!(
+        matches!(refused, Err(FlowError::QueueFull(_))),
+        "{refused:?}"
+    );
+    assert_eq!(h.madre.runner().deferred(), 1, "the list did not grow");
+    assert_eq!(
+        h.madre.load_plan(second.plan_id).await.unwrap().plan.status,
+        Status::Waiting,
+        "refused before the confirmation was consumed"
+    );
+    busy.await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let confirmed = loop {
+        match h.madre.confirm(&admin(), second.plan_id, &token, "t").await {
+            Ok(confirmed) => break confirmed,
+            Err(FlowError::QueueFull(_)) => {
+                assert!(tokio::time::Instant::now() < deadline, "never room");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    for plan_id in [first.plan_id, confirmed.plan.plan.plan_id] {
+        loop {
+            let status = h.madre.load_plan(plan_id).await.unwrap().plan.status;
+            if status == Status::Done {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
