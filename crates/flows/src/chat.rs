@@ -130,6 +130,8 @@ impl Madre {
             intake::Asked::Answered(answer) => (Some(answer), None),
             intake::Asked::NoAnswer => (None, None),
             intake::Asked::Unavailable(why) => (None, Some(why)),
+            // The same answer as a full queue: at capacity, retry later.
+            intake::Asked::Busy => return Err(FlowError::QueueFull(self.runner.queued())),
         };
         let intake = intake::decide(fallback, switch, &self.tables());
         let switch_step = match (intake.engine, unavailable) {
