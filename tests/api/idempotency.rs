@@ -204,5 +204,53 @@ async fn a_key_reused_on_another_endpoint_says_so() {
         other_body.body
     );
     assert_eq!(app.calls(Module::Hermes).await, 1, "ran once");
+}
+
+/// A client that gives up mid-chat (its connection dropped) does not leave
+/// the chat half done: the intent is closed and the key holds the answer,
+/// so the retry replays it (issue 21, cancel safety).
+#[actix_rt::test]
+async fn a_client_that_gives_up_mid_chat_gets_the_answer_on_retry() {
+    let app = spawn_app().await;
+    let slow = Behaviour {
+        latency_ms: 400,
+        ..Behaviour::default()
+    };
+    app.stubs.behave(Module::Hermes, &slow).await.unwrap();
+    let impatient = awc::Client::builder()
+        .timeout(std::time::Duration::from_millis(100))
+        .finish();
+    let gave_up = impatient
+        .post(format!("{}/madre/chat", app.base))
+        .insert_header(("X-VX11-Token", OPERATOR))
+        .insert_header(("Idempotency-Key", "k-impatient"))
+        .send_json(&json!({"message": "hello, slowly"}))
+        .await;
+    assert!(gave_up.is_err(), "the client should have given up");
+    drop(impatient);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let replay = loop {
+        let r = app
+            .send_with(
+                "POST",
+                "/madre/chat",
+                Some(OPERATOR),
+                Some(json!({"message": "hello, slowly"})),
+                &[("Idempotency-Key", "k-impatient")],
+            )
+            .await;
+        if r.status == 200 {
+            break r;
+        }
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert!(std::time::Instant::now() < deadline, "never answered");
+    };
+    assert_eq!(s(&replay.body["status"]), "DONE", "{}", replay.body);
+    assert_eq!(
+        app.calls(Module::Hermes).await,
+        1,
+        "replayed, not run again"
+    );
+    assert_eq!(app.madre.db().count_open_intents().unwrap(), 0);
     app.stop().await;
 }

@@ -11,6 +11,7 @@ macro_rules! test_log {
     };
 }
 
+mod admission;
 mod auth;
 mod bad_input;
 mod breaker;

@@ -129,6 +129,7 @@ impl Application {
                 max_concurrent: settings.max_concurrent_tasks,
                 max_queued: settings.max_queued_tasks,
                 task_timeout: Duration::from_secs(settings.task_timeout_s),
+                ..RunnerConfig::default()
             },
         );
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartError::Bind {

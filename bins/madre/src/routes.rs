@@ -200,10 +200,14 @@ pub async fn chat(
     let key = idempotency_key(&req, &*body)?;
     let command = body.into_inner().validate()?;
     let rid = request_id(&req);
-    let madre = &state.madre;
-    let reply = madre
-        .once(&caller.0, key.clone(), || async {
-            let r = madre.chat(&caller.0, command, "chat", &rid).await?;
+    // Owned: the flow runs to its end on a task of its own even if this
+    // request is dropped (cancel safety).
+    let madre = state.madre.clone();
+    let principal = caller.0.clone();
+    let reply = state
+        .madre
+        .once(&caller.0, key.clone(), move || async move {
+            let r = madre.chat(&principal, command, "chat", &rid).await?;
             answer(200, &r, Some(r.plan_id))
         })
         .await;
@@ -225,10 +229,12 @@ pub async fn chat_v6(
     let key = idempotency_key(&req, &*body)?;
     let command = body.into_inner().validate()?;
     let rid = request_id(&req);
-    let madre = &state.madre;
-    let reply = madre
-        .once(&caller.0, key.clone(), || async {
-            let r = madre.chat(&caller.0, command, "chat_v6", &rid).await?;
+    let madre = state.madre.clone();
+    let principal = caller.0.clone();
+    let reply = state
+        .madre
+        .once(&caller.0, key.clone(), move || async move {
+            let r = madre.chat(&principal, command, "chat_v6", &rid).await?;
             let actions_taken = r
                 .actions
                 .iter()
@@ -293,10 +299,12 @@ pub async fn task(
     let key = idempotency_key(&req, &*body)?;
     let task = body.into_inner().validate()?;
     let rid = request_id(&req);
-    let madre = &state.madre;
-    let reply = madre
-        .once(&caller.0, key.clone(), || async {
-            let accepted: TaskAccepted = madre.task(&caller.0, task, &rid).await?;
+    let madre = state.madre.clone();
+    let principal = caller.0.clone();
+    let reply = state
+        .madre
+        .once(&caller.0, key.clone(), move || async move {
+            let accepted: TaskAccepted = madre.task(&principal, task, &rid).await?;
             answer(202, &accepted, Some(accepted.task_id))
         })
         .await;

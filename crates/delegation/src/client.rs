@@ -56,9 +56,19 @@ pub(crate) enum BodyError {
     Broken(String),
 }
 
+/// Exchanges waiting for the client thread to take them, at most. The
+/// thread takes each one at once (it only spawns it), so the channel fills
+/// only when that thread is starved; then a caller waits for room within
+/// its own deadline, and past it gets [`ExchangeError::Busy`] instead of
+/// growing the queue without bound.
+pub(crate) const JOB_QUEUE: usize = 1024;
+
 /// Why an exchange got no answer.
 #[derive(Debug)]
 pub(crate) enum ExchangeError {
+    /// The client thread's queue stayed full until the deadline: the
+    /// exchange was never sent, and says nothing about the module.
+    Busy,
     /// The deadline passed first.
     Timeout,
     /// No connection, or it failed before an answer head arrived; also used
@@ -75,7 +85,7 @@ struct Job {
 /// and any Tokio runtime.
 #[derive(Clone)]
 pub(crate) struct HttpClient {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -98,7 +108,7 @@ impl HttpClient {
     }
 
     fn start() -> HttpClient {
-        let (jobs, queue) = mpsc::unbounded_channel();
+        let (jobs, queue) = mpsc::channel(JOB_QUEUE);
         // If the thread cannot be spawned, `queue` is dropped with the
         // closure and every exchange answers `Unreachable`.
         let spawned = std::thread::Builder::new()
@@ -115,15 +125,18 @@ impl HttpClient {
     pub(crate) async fn send(&self, exchange: Exchange) -> Result<Answer, ExchangeError> {
         let gone = || ExchangeError::Unreachable("the HTTP client thread has stopped".into());
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { exchange, reply })
-            .map_err(|_| gone())?;
+        let deadline = exchange.timeout;
+        match tokio::time::timeout(deadline, self.jobs.send(Job { exchange, reply })).await {
+            Err(_) => return Err(ExchangeError::Busy),
+            Ok(Err(_)) => return Err(gone()),
+            Ok(Ok(())) => {}
+        }
         answer.await.map_err(|_| gone())?
     }
 }
 
 /// The client thread: one awc client (one connection pool) for every job.
-fn serve(mut queue: mpsc::UnboundedReceiver<Job>) {
+fn serve(mut queue: mpsc::Receiver<Job>) {
     actix_rt::System::new().block_on(async move {
         let client = awc::Client::builder()
             // Deadlines are ours (`Exchange::timeout`), over the whole exchange.
@@ -198,4 +211,49 @@ async fn run(client: &awc::Client, exchange: Exchange) -> Result<Answer, Exchang
     tokio::time::timeout(timeout, work)
         .await
         .unwrap_or(Err(ExchangeError::Timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange(timeout_ms: u64) -> Exchange {
+        Exchange {
+            method: crate::Method::Get,
+            url: "http://127.0.0.1:9/health".into(),
+            token: SecretString::from("t"),
+            headers: Vec::new(),
+            body: None,
+            timeout: Duration::from_millis(timeout_ms),
+            limit: 1024,
+        }
+    }
+
+    /// A full job queue makes a caller wait at most its deadline, then
+    /// answers `Busy`: the queue never grows past its bound.
+    #[tokio::test]
+    async fn a_full_job_queue_answers_busy_within_the_deadline() {
+        // A client whose thread takes nothing: one job fills its queue.
+        let (jobs, mut queue) = mpsc::channel(1);
+        let client = HttpClient { jobs };
+        let waiting = tokio::spawn({
+            let client = client.clone();
+            async move { client.send(exchange(60_000)).await }
+        });
+        while client.jobs.capacity() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        let busy = client.send(exchange(50)).await;
+        assert!(matches!(busy, Err(ExchangeError::Busy)), "{busy:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Once the thread takes the first job, there is room again.
+        let first = queue.recv().await.unwrap();
+        drop(first);
+        let gone = waiting.await.unwrap();
+        assert!(
+            matches!(gone, Err(ExchangeError::Unreachable(_))),
+            "{gone:?}"
+        );
+    }
 }

@@ -119,6 +119,11 @@ pub enum DelegationError {
         /// The module.
         module: Module,
     },
+    /// Madre's own HTTP client had more calls waiting than it takes, past
+    /// the call's deadline: the call was not sent (nothing is known of the
+    /// module). Answered 503 where it can still be refused.
+    #[error("the call to {0} was not sent: Madre's HTTP client is saturated; retry later")]
+    Busy(Module),
     /// The module's circuit breaker is open (it failed repeatedly, or its
     /// probe did): the call was not made.
     #[error(
@@ -138,6 +143,7 @@ impl DelegationError {
             DelegationError::InvalidBody { .. } => "invalid_body".into(),
             DelegationError::TooLarge { .. } => "body_too_large".into(),
             DelegationError::Unavailable(m) => format!("{m}_unavailable"),
+            DelegationError::Busy(_) => "madre_busy".into(),
         }
     }
 }
@@ -266,6 +272,8 @@ pub fn reply_text(answer: &Value) -> Option<String> {
 
 enum Attempt {
     Done(Value),
+    /// Never sent: nothing to tell the breaker, no retry.
+    NotSent(DelegationError),
     /// Worth one more try.
     Retry(DelegationError),
     Final(DelegationError),
@@ -345,7 +353,7 @@ impl Delegator {
             .await;
         let retry = match first {
             Attempt::Done(body) => return Ok(CallOutcome { body, attempts: 1 }),
-            Attempt::Final(e) => return Err(e),
+            Attempt::Final(e) | Attempt::NotSent(e) => return Err(e),
             Attempt::Retry(e) => e,
         };
         let Some(ticket) = self.breakers.admit(request.module) else {
@@ -355,7 +363,7 @@ impl Delegator {
         tracing::warn!(module = %request.module, error = %retry, "module call failed; retrying once");
         match self.attempt(request, body, 2, timeout, ticket).await {
             Attempt::Done(body) => Ok(CallOutcome { body, attempts: 2 }),
-            Attempt::Final(e) | Attempt::Retry(e) => Err(e),
+            Attempt::Final(e) | Attempt::Retry(e) | Attempt::NotSent(e) => Err(e),
         }
     }
 
@@ -382,7 +390,7 @@ impl Delegator {
         let timeout = timeout.min(self.registry.call_timeout());
         match self.attempt(request, body, 1, timeout, ticket).await {
             Attempt::Done(body) => Ok(body),
-            Attempt::Final(e) | Attempt::Retry(e) => Err(e),
+            Attempt::Final(e) | Attempt::Retry(e) | Attempt::NotSent(e) => Err(e),
         }
     }
 
@@ -401,6 +409,8 @@ impl Delegator {
         match outcome {
             Attempt::Retry(_) => ticket.failed(),
             Attempt::Done(_) | Attempt::Final(_) => ticket.answered(),
+            // A trial not sent lets the next call try.
+            Attempt::NotSent(_) => drop(ticket),
         }
         outcome
     }
@@ -430,6 +440,7 @@ impl Delegator {
             limit: MAX_RESPONSE_BYTES,
         };
         match self.client.send(exchange).await {
+            Err(ExchangeError::Busy) => Attempt::NotSent(DelegationError::Busy(module)),
             Err(ExchangeError::Timeout) => Attempt::Retry(DelegationError::Timeout {
                 module,
                 attempts,
@@ -505,6 +516,8 @@ impl Delegator {
             };
             let state = match self.client.send(exchange).await {
                 Ok(Answer { status: 200, .. }) => DepState::Up,
+                // Not sent: Madre's client is saturated, the module unknown.
+                Err(ExchangeError::Busy) => return (module, DepState::Unknown),
                 _ => DepState::Down,
             };
             self.breakers.probed(module, state == DepState::Up);

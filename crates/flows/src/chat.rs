@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
 use crate::intake;
-use crate::plans::{Planned, SwitchStep, actions_of, reply_of};
+use crate::plans::{Planned, SwitchStep, actions_of, no_place, reply_of};
 use crate::{FlowError, Madre, require};
 
 fn merge_warnings(dsl: &Dsl, plan: &Plan) -> Vec<String> {
@@ -32,9 +32,30 @@ impl Madre {
     /// A chat message from `principal` (operator or above). `source` names
     /// the endpoint in the intent log (`chat`, `chat_v6`). The intent log
     /// row opened first is closed whatever happens: with the plan's status,
-    /// `denied`, or `error` when the flow fails.
-    #[tracing::instrument(skip_all, fields(session_id, plan_id))]
+    /// `denied`, or `error` when the flow fails. Cancel-safe: the flow runs
+    /// on a task of its own, so dropping this future (a client that went
+    /// away, a server's shutdown timeout) does not stop its bookkeeping.
     pub async fn chat(
+        self: &Arc<Self>,
+        principal: &Principal,
+        command: ChatCommand,
+        source: &str,
+        request_id: &str,
+    ) -> Result<ChatResponse, FlowError> {
+        let madre = self.clone();
+        let principal = principal.clone();
+        let source = source.to_owned();
+        let request_id = request_id.to_owned();
+        crate::detached(async move {
+            madre
+                .chat_here(&principal, command, &source, &request_id)
+                .await
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id, plan_id))]
+    async fn chat_here(
         &self,
         principal: &Principal,
         command: ChatCommand,
@@ -109,6 +130,8 @@ impl Madre {
             intake::Asked::Answered(answer) => (Some(answer), None),
             intake::Asked::NoAnswer => (None, None),
             intake::Asked::Unavailable(why) => (None, Some(why)),
+            // The same answer as a full queue: at capacity, retry later.
+            intake::Asked::Busy => return Err(FlowError::QueueFull(self.runner.queued())),
         };
         let intake = intake::decide(fallback, switch, &self.tables());
         let switch_step = match (intake.engine, unavailable) {
@@ -157,6 +180,7 @@ impl Madre {
             plan,
             token,
             expires_at,
+            place,
         } = planned;
 
         let turn = Turn {
@@ -196,8 +220,9 @@ impl Madre {
             // The history turn and the intent's close commit with the
             // plan's end when the run ends it: one commit fewer.
             let (at_end, made) = turn.clone().at_end(&self.db);
+            let place = place.ok_or_else(no_place)?;
             let stored = self
-                .run_new_plan(principal, plan, request_id, Some(at_end))
+                .run_new_plan(principal, plan, place, request_id, Some(at_end))
                 .await?;
             turn_recorded = made.load(Ordering::Acquire);
             (

@@ -75,6 +75,11 @@ impl Madre {
         let now = Utc::now();
         match check_confirmation(&record, presented, now) {
             Verdict::Accepted => {
+                // A place first: when even the deferred plans are too many
+                // the answer is 503 and the token still works, rather than
+                // a consumed confirmation whose plan runs behind the
+                // client's back.
+                let place = self.runner.reserve_must_run()?;
                 let action = audit(
                     principal,
                     "madre",
@@ -97,7 +102,10 @@ impl Madre {
                         "plan {plan_id} was already confirmed or cancelled"
                     )));
                 }
-                let plan = match self.runner.admit(plan_id, options(principal, request_id)) {
+                let run =
+                    self.runner
+                        .admit_reserved(place, plan_id, options(principal, request_id));
+                let plan = match run {
                     Some(run) => {
                         match tokio::time::timeout(self.wait_for_plan(), run.finished()).await {
                             Ok(done) => done?,

@@ -8,12 +8,11 @@ use madre_models::{
 };
 use madre_planner::Origin;
 use madre_policy::{Decision, MAX_FAILED_ATTEMPTS, Principal, Role, TokenHash};
-use madre_runner::RunnerError;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::confirm::Confirmed;
-use crate::plans::options;
+use crate::plans::{no_place, options};
 use crate::{FlowError, Madre, require};
 
 /// What a control action did: the answer, and the plan when one was made.
@@ -293,22 +292,18 @@ impl Madre {
                 plan: None,
             });
         }
+        let place = planned.place.ok_or_else(no_place)?;
         let stored = if kind == PlanKind::Task {
             // v6 tasks run in the background; the caller polls /tasks/{id}.
-            match self
-                .runner
-                .start_opened(planned.plan, options(principal, request_id), None)
-            {
-                Ok(_run) => {}
-                Err(RunnerError::QueueFull { queued }) => {
-                    self.refuse_queue_full(plan_id).await;
-                    return Err(FlowError::QueueFull(queued));
-                }
-                Err(e) => return Err(e.into()),
-            }
+            let _run = self.runner.start_reserved(
+                place,
+                planned.plan,
+                options(principal, request_id),
+                None,
+            );
             self.load_plan(plan_id).await?
         } else {
-            self.run_new_plan(principal, planned.plan, request_id, None)
+            self.run_new_plan(principal, planned.plan, place, request_id, None)
                 .await?
         };
         Ok(ControlOutcome {

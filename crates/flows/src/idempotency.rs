@@ -9,6 +9,7 @@ use madre_db::{Reservation, StoredResponse};
 use madre_policy::Principal;
 use serde_json::{Value, json};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -65,7 +66,25 @@ impl Madre {
     /// it and its answer is stored (without any confirmation token); a
     /// retry replays that answer; a concurrent duplicate waits for it. With
     /// no key, `work` just runs. A failed `work` frees the key.
+    /// Cancel-safe: the reservation, `work` and the storing of its answer
+    /// run on a task of their own, so dropping this future never leaves a
+    /// key reserved with no answer to come.
     pub async fn once<F, Fut>(
+        self: &Arc<Self>,
+        principal: &Principal,
+        key: Option<IdempotencyKey>,
+        work: F,
+    ) -> Result<Answer, FlowError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Answer, FlowError>> + Send + 'static,
+    {
+        let madre = self.clone();
+        let principal = principal.clone();
+        crate::detached(async move { madre.once_here(&principal, key, work).await }).await
+    }
+
+    async fn once_here<F, Fut>(
         &self,
         principal: &Principal,
         key: Option<IdempotencyKey>,

@@ -42,6 +42,9 @@ pub(crate) enum Asked {
     NoAnswer,
     /// It answered.
     Answered(SwitchAnswer),
+    /// Madre's own HTTP client is saturated: the chat is refused (503)
+    /// before anything is planned.
+    Busy,
     /// It did not answer at all (timeout, unreachable), or is known to be
     /// down (its probe failed, its breaker is open): the plan's CALL_SWITCH
     /// step does not call it again and the plan uses the fallback engine.
@@ -98,6 +101,7 @@ impl Madre {
                     DelegationError::Unavailable(_) => {
                         Asked::Unavailable("its circuit breaker is open".into())
                     }
+                    DelegationError::Busy(_) => Asked::Busy,
                     _ => Asked::NoAnswer,
                 }
             }

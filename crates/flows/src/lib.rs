@@ -232,6 +232,20 @@ impl Madre {
     }
 }
 
+/// Runs `flow` on a task of its own, in the caller's span, and waits for
+/// it: dropping the returned future leaves the flow running to its end, so
+/// its bookkeeping (closing an intent, storing an idempotent answer) is
+/// never cut in the middle. A flow that panicked, or whose runtime shut
+/// down, answers [`FlowError::Internal`].
+pub(crate) async fn detached<T: Send + 'static>(
+    flow: impl std::future::Future<Output = Result<T, FlowError>> + Send + 'static,
+) -> Result<T, FlowError> {
+    use tracing::Instrument;
+    tokio::spawn(flow.instrument(tracing::Span::current()))
+        .await
+        .map_err(|e| FlowError::Internal(format!("the flow's task ended early: {e}")))?
+}
+
 /// The parser's lists extended by the policy's `[families]`, or `None` when
 /// it adds nothing.
 fn lexicon_for(tables: &RiskTables) -> Result<Option<Arc<madre_parser::Lexicon>>, FlowError> {

@@ -1,18 +1,15 @@
 //! Making, running and reading plans: what every flow shares.
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use madre_db::{AtEnd, NewAction, NewConfirmation, NewPlanRecord, PlanEvent, PlanMeta, StoredPlan};
+use madre_db::{AtEnd, NewAction, NewConfirmation, NewPlanRecord, PlanMeta, StoredPlan};
 use madre_models::{ActionSummary, Intent, Plan, Status};
 use madre_planner::{Origin, PlanRequest};
 use madre_policy::{ConfirmToken, Principal};
-use madre_runner::{RunOptions, RunnerError};
+use madre_runner::{Place, RunOptions};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{FlowError, Madre};
-
-/// Reason recorded on a plan refused because every place was taken.
-pub(crate) const QUEUE_FULL: &str = "queue_full";
 
 /// A plan made and stored, as stored (opened by `madre_runner::open` when
 /// it runs at once), with the token to confirm it when it waits.
@@ -20,6 +17,9 @@ pub(crate) struct Planned {
     pub(crate) plan: Plan,
     pub(crate) token: Option<ConfirmToken>,
     pub(crate) expires_at: Option<DateTime<Utc>>,
+    /// The runner's place, taken before the plan was stored, for a plan
+    /// that runs at once; `None` for one that waits or was denied.
+    pub(crate) place: Option<Place>,
 }
 
 /// An audit row by `principal` about `plan_id`.
@@ -139,53 +139,45 @@ impl Madre {
             confirmation,
             actions: vec![action],
         };
-        if waits || denied {
+        let place = if waits || denied {
             self.db.insert_plan(record).await?;
+            None
         } else {
-            // It runs at once: its first call's step starts in the same
-            // commit, and the runner gets the plan as stored.
+            // It runs at once. Its place is taken first: a plan refused
+            // for a full queue is never stored, so nothing on disk can run
+            // it after its client was told 503. Its first call's step
+            // starts in the creation commit, and the runner gets the plan
+            // as stored.
+            let place = self.runner.reserve()?;
             let opening = madre_runner::open(&mut plan, now);
             self.db.insert_plan_with(record, opening).await?;
-        }
+            Some(place)
+        };
         Ok(Planned {
             plan,
             token,
             expires_at,
+            place,
         })
     }
 
-    /// Runs a new plan and waits for it; when every place is taken the
-    /// plan is cancelled (`queue_full`) and the caller told to retry.
+    /// Runs a new plan on the place [`Madre::make_plan`] took for it, and
+    /// waits for it.
     pub(crate) async fn run_new_plan(
         &self,
         principal: &Principal,
         plan: Plan,
+        place: Place,
         request_id: &str,
         at_end: Option<AtEnd>,
     ) -> Result<StoredPlan, FlowError> {
         let plan_id = plan.plan_id;
-        let run = match self
+        let run = self
             .runner
-            .start_opened(plan, options(principal, request_id), at_end)
-        {
-            Ok(run) => run,
-            Err(RunnerError::QueueFull { queued }) => {
-                self.refuse_queue_full(plan_id).await;
-                return Err(FlowError::QueueFull(queued));
-            }
-            Err(e) => return Err(e.into()),
-        };
+            .start_reserved(place, plan, options(principal, request_id), at_end);
         match tokio::time::timeout(self.wait_for_plan(), run.finished()).await {
             Ok(done) => Ok(done?),
             Err(_) => self.load_plan(plan_id).await,
-        }
-    }
-
-    /// Ends a plan that found no place, through the journal.
-    pub(crate) async fn refuse_queue_full(&self, plan_id: Uuid) {
-        let end = PlanEvent::finished(Status::Cancelled, Some(QUEUE_FULL), Utc::now());
-        if let Err(e) = self.db.apply_events(plan_id, vec![end], None).await {
-            tracing::error!(%plan_id, error = %e, "could not cancel a plan refused for a full queue");
         }
     }
 
@@ -218,6 +210,12 @@ impl Madre {
             events,
         })
     }
+}
+
+/// [`Madre::make_plan`] takes a place for every plan that runs at once;
+/// a plan that runs without one is a bug, answered as one.
+pub(crate) fn no_place() -> FlowError {
+    FlowError::Internal("a plan that runs at once was stored without a place".into())
 }
 
 pub(crate) fn options(principal: &Principal, request_id: &str) -> RunOptions {

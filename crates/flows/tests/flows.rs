@@ -74,15 +74,16 @@ impl Harness {
 
     /// A chat through `once`, as the HTTP layer sends one with a key.
     async fn keyed_chat(&self, key: &str, message: &str) -> Result<Answer, FlowError> {
-        let madre = &self.madre;
+        let madre = self.madre.clone();
+        let message = message.to_owned();
         let idem = IdempotencyKey {
             key: key.into(),
             request_hash: format!("hash of {message}"),
         };
-        madre
-            .once(&admin(), Some(idem), || async {
+        self.madre
+            .once(&admin(), Some(idem), move || async move {
                 let r = madre
-                    .chat(&admin(), chat_command(message), "chat", "test")
+                    .chat(&admin(), chat_command(&message), "chat", "test")
                     .await?;
                 Ok(Answer {
                     status: 200,
@@ -471,4 +472,149 @@ async fn cancel_is_journaled() {
         ),
         ("plan_finished", Some("ada"), Some("cancelled"))
     );
+}
+
+/// A chat refused for a full queue is refused before its plan is stored
+/// (issue 21): nothing it leaves on disk is RUNNING, so no later pass (the
+/// orphan pass, a restart) can run a plan whose client was told 503, even
+/// if a write after the refusal fails.
+#[tokio::test]
+async fn a_chat_refused_for_a_full_queue_leaves_no_plan_to_run() {
+    let h = harness(
+        RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 0,
+            ..RunnerConfig::default()
+        },
+        MadreConfig::default(),
+    );
+    let busy = h.occupy_the_only_slot(500).await;
+    let refused = h
+        .madre
+        .chat(&admin(), chat_command("hello too"), "chat", "t")
+        .await;
+    assert!(
+        matches!(refused, Err(FlowError::QueueFull(_))),
+        "{refused:?}"
+    );
+    let db = h.madre.db();
+    let stored: Vec<Uuid> = [Status::Running, Status::Pending, Status::Cancelled]
+        .into_iter()
+        .flat_map(|status| db.plan_ids_with_status(status).unwrap())
+        .collect();
+    assert_eq!(stored.len(), 1, "only the busy chat's plan: {stored:?}");
+    busy.await.unwrap();
+    assert!(db.plan_ids_with_status(Status::Running).unwrap().is_empty());
+    assert_eq!(h.calls(Module::Hermes).await, 1);
+}
+
+/// Cancel safety (issue 21): a chat whose future is dropped mid-flight (an
+/// HTTP server's shutdown timeout, an embedder on every client disconnect)
+/// still finishes its bookkeeping: its intent is closed and its
+/// `Idempotency-Key` holds the answer, so a retry replays it instead of
+/// waiting minutes for a stale reservation.
+#[tokio::test]
+async fn a_chat_dropped_mid_flight_still_closes_its_intent_and_keeps_its_key() {
+    let h = harness(RunnerConfig::default(), MadreConfig::default());
+    let slow = Behaviour {
+        latency_ms: 300,
+        ..Behaviour::default()
+    };
+    // Dropped while Switch is asked for the intent (before the plan
+    // exists), and while Hermes is answering (the plan runs).
+    h.stubs.behave(Module::Switch, &slow).await.unwrap();
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(100), h.keyed_chat("k-intake", "hi")).await;
+    assert!(dropped.is_err(), "the chat should still be asking Switch");
+    h.stubs
+        .behave(Module::Switch, &Behaviour::default())
+        .await
+        .unwrap();
+    h.stubs.behave(Module::Hermes, &slow).await.unwrap();
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(100), h.keyed_chat("k-drop", "hello")).await;
+    assert!(dropped.is_err(), "the chat should still be running");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.madre.db().count_open_intents().unwrap() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped chat's intent is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let replay = h.keyed_chat("k-drop", "hello").await.unwrap();
+    assert_eq!(replay.body["status"], "DONE", "{:?}", replay);
+    let replay = h.keyed_chat("k-intake", "hi").await.unwrap();
+    assert_eq!(replay.body["status"], "DONE", "{:?}", replay);
+    assert_eq!(
+        h.calls(Module::Hermes).await,
+        2,
+        "the retries replay, run nothing"
+    );
+}
+
+/// The plans deferred to the next free slot are bounded (issue 21): past
+/// `max_deferred`, a confirmation is refused with `QueueFull` (503) before
+/// its token is consumed, so the same token works once there is room, and
+/// every plan confirmed runs.
+#[tokio::test]
+async fn past_the_deferred_bound_a_confirmation_is_refused_and_its_token_kept() {
+    let h = harness(
+        RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 0,
+            max_deferred: 1,
+            ..RunnerConfig::default()
+        },
+        MadreConfig::default(),
+    );
+    let first = h.chat("delete all data").await;
+    let second = h.chat("delete all logs").await;
+    let busy = h.occupy_the_only_slot(600).await;
+    let deferred = h
+        .madre
+        .confirm(
+            &admin(),
+            first.plan_id,
+            first.confirm_token.as_deref().unwrap(),
+            "t",
+        )
+        .await
+        .unwrap();
+    assert_eq!(deferred.plan.plan.status, Status::Running);
+    assert_eq!(h.madre.runner().deferred(), 1);
+    let token = second.confirm_token.clone().unwrap();
+    let refused = h.madre.confirm(&admin(), second.plan_id, &token, "t").await;
+    assert!(
+        matches!(refused, Err(FlowError::QueueFull(_))),
+        "{refused:?}"
+    );
+    assert_eq!(h.madre.runner().deferred(), 1, "the list did not grow");
+    assert_eq!(
+        h.madre.load_plan(second.plan_id).await.unwrap().plan.status,
+        Status::Waiting,
+        "refused before the confirmation was consumed"
+    );
+    busy.await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let confirmed = loop {
+        match h.madre.confirm(&admin(), second.plan_id, &token, "t").await {
+            Ok(confirmed) => break confirmed,
+            Err(FlowError::QueueFull(_)) => {
+                assert!(tokio::time::Instant::now() < deadline, "never room");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    for plan_id in [first.plan_id, confirmed.plan.plan.plan_id] {
+        loop {
+            let status = h.madre.load_plan(plan_id).await.unwrap().plan.status;
+            if status == Status::Done {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

@@ -50,6 +50,11 @@ pub struct RunnerConfig {
     pub max_queued: usize,
     /// Deadline of a whole plan (`MADRE_TASK_TIMEOUT_S`).
     pub task_timeout: Duration,
+    /// Plans that must run (confirmed, resumed) kept waiting for a slot
+    /// once the queue is full; past it a confirmation is refused with
+    /// [`RunnerError::QueueFull`] (503) before it is consumed, and a
+    /// resumed plan stays RUNNING on disk for a later orphan pass.
+    pub max_deferred: usize,
 }
 
 impl Default for RunnerConfig {
@@ -58,6 +63,7 @@ impl Default for RunnerConfig {
             max_concurrent: 10,
             max_queued: 1000,
             task_timeout: Duration::from_secs(120),
+            max_deferred: 10_000,
         }
     }
 }
@@ -129,6 +135,9 @@ struct Inner {
     /// Stored plans that must run but found every place taken (resumed or
     /// confirmed plans): they take the next free slot.
     deferred: Mutex<VecDeque<(Uuid, RunOptions)>>,
+    /// Deferred places held: reserved by [`Runner::reserve_must_run`] or
+    /// in `deferred`; at most `max_deferred`.
+    deferred_places: AtomicUsize,
     /// Plans that have a place in the queue and wait for a slot: busy, so
     /// the orphan pass does not admit them a second time.
     waiting: Mutex<HashSet<Uuid>>,
@@ -170,6 +179,7 @@ impl Runner {
                 active: Mutex::new(HashMap::new()),
                 deferred: Mutex::new(VecDeque::new()),
                 waiting: Mutex::new(HashSet::new()),
+                deferred_places: AtomicUsize::new(0),
                 own_actions: std::sync::OnceLock::new(),
             }),
         }
@@ -194,7 +204,70 @@ impl Runner {
     /// Queues the plan for execution, or refuses it when every slot is busy
     /// and `max_queued` plans already wait.
     pub fn start(&self, plan_id: Uuid, options: RunOptions) -> Result<PlanRun, RunnerError> {
-        self.queue(plan_id, None, options)
+        let place = self.reserve()?;
+        Ok(self.queue(plan_id, None, options, place))
+    }
+
+    /// Holds a place for a plan about to be stored and run at once: a free
+    /// slot, else a place among the `max_queued` waiters, else
+    /// [`RunnerError::QueueFull`]. Taken before the plan is stored, a
+    /// refusal leaves nothing on disk that a later pass could run; hand the
+    /// place to [`Runner::start_reserved`] once the plan is stored. A place
+    /// dropped unused is given back.
+    pub fn reserve(&self) -> Result<Place, RunnerError> {
+        let inner = self.inner.clone();
+        match inner.slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Place::new(inner, Hold::Slot(permit))),
+            Err(_) => {
+                let queued = inner.queued.fetch_add(1, Ordering::AcqRel);
+                if queued >= inner.config.max_queued {
+                    inner.queued.fetch_sub(1, Ordering::AcqRel);
+                    return Err(RunnerError::QueueFull { queued });
+                }
+                Ok(Place::new(inner, Hold::Queue))
+            }
+        }
+    }
+
+    /// As [`Runner::reserve`], for a plan that must run (confirmed or
+    /// resumed): past the queue, a place among the `max_deferred` plans
+    /// that take the next free slot; refused only past those too. Taken
+    /// before a confirmation is consumed, a refusal (503) leaves the plan
+    /// waiting for the same token.
+    pub fn reserve_must_run(&self) -> Result<Place, RunnerError> {
+        match self.reserve() {
+            Ok(place) => Ok(place),
+            Err(RunnerError::QueueFull { queued }) => {
+                let inner = self.inner.clone();
+                let held = inner.deferred_places.fetch_add(1, Ordering::AcqRel);
+                if held >= inner.config.max_deferred {
+                    inner.deferred_places.fetch_sub(1, Ordering::AcqRel);
+                    return Err(RunnerError::QueueFull {
+                        queued: queued + held,
+                    });
+                }
+                Ok(Place::new(inner, Hold::Deferred))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// As [`Runner::start_opened`], on a place taken beforehand with
+    /// [`Runner::reserve`]: it cannot be refused.
+    pub fn start_reserved(
+        &self,
+        place: Place,
+        plan: Plan,
+        options: RunOptions,
+        at_end: Option<AtEnd>,
+    ) -> PlanRun {
+        let plan_id = plan.plan_id;
+        let opened = self.inner.register(plan_id).map(|signal| Opened {
+            plan: Some(plan),
+            at_end,
+            signal,
+        });
+        self.queue(plan_id, opened, options, place)
     }
 
     /// As [`Runner::start`], for a plan just stored with the events of
@@ -211,17 +284,8 @@ impl Runner {
         options: RunOptions,
         at_end: Option<AtEnd>,
     ) -> Result<PlanRun, RunnerError> {
-        let plan_id = plan.plan_id;
-        let opened = self.inner.register(plan_id).map(|signal| Opened {
-            plan: Some(plan),
-            at_end,
-            signal,
-        });
-        let run = self.queue(plan_id, opened, options);
-        if run.is_err() {
-            self.inner.unregister(plan_id);
-        }
-        run
+        let place = self.reserve()?;
+        Ok(self.start_reserved(place, plan, options, at_end))
     }
 
     fn queue(
@@ -229,20 +293,28 @@ impl Runner {
         plan_id: Uuid,
         opened: Option<Opened>,
         options: RunOptions,
-    ) -> Result<PlanRun, RunnerError> {
+        mut place: Place,
+    ) -> PlanRun {
         let inner = self.inner.clone();
-        let permit = match inner.slots.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                let queued = inner.queued.fetch_add(1, Ordering::AcqRel);
-                if queued >= inner.config.max_queued {
-                    inner.queued.fetch_sub(1, Ordering::AcqRel);
-                    return Err(RunnerError::QueueFull { queued });
-                }
+        // The place is used now: a queue place is given back when the plan
+        // gets its slot, not when `place` is dropped.
+        let permit = match place.hold.take() {
+            Some(Hold::Slot(permit)) => Some(permit),
+            Some(Hold::Queue) => {
                 lock(&inner.waiting).insert(plan_id);
                 None
             }
+            // Deferred places go through `admit_reserved`, never here; as
+            // a waiter it still gets the next slot.
+            Some(Hold::Deferred) => {
+                inner.deferred_places.fetch_sub(1, Ordering::AcqRel);
+                inner.queued.fetch_add(1, Ordering::AcqRel);
+                lock(&inner.waiting).insert(plan_id);
+                None
+            }
+            None => None,
         };
+        drop(place);
         let (tx, done) = oneshot::channel();
         spawn(async move {
             let mut opened = opened;
@@ -272,32 +344,46 @@ impl Runner {
             let _ = tx.send(outcome);
             run_deferred(&inner, permit).await;
         });
-        Ok(PlanRun { plan_id, done })
+        PlanRun { plan_id, done }
     }
 
     /// Runs a stored plan that must not be refused (it was confirmed, or
     /// is resumed): now or in the queue when there is room, else as soon as
     /// a slot frees, however many wait. Answers its run when it got a place
     /// now, `None` when it was deferred.
-    pub fn admit(&self, plan_id: Uuid, options: RunOptions) -> Option<PlanRun> {
-        match self.start(plan_id, options.clone()) {
-            Ok(run) => Some(run),
-            Err(_) => {
-                self.inner
-                    .deferred
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_back((plan_id, options));
-                tracing::info!(%plan_id, "every place is taken: the plan runs when a slot frees");
-                // Every slot may have freed between the refusal and the
-                // push: then nobody would pick the plan up.
-                if let Ok(permit) = self.inner.slots.clone().try_acquire_owned() {
-                    let inner = self.inner.clone();
-                    spawn(async move { run_deferred(&inner, permit).await });
-                }
-                None
-            }
+    pub fn admit(
+        &self,
+        plan_id: Uuid,
+        options: RunOptions,
+    ) -> Result<Option<PlanRun>, RunnerError> {
+        let place = self.reserve_must_run()?;
+        Ok(self.admit_reserved(place, plan_id, options))
+    }
+
+    /// Runs a stored plan that must run on a place from
+    /// [`Runner::reserve_must_run`]: now, in the queue, or deferred to the
+    /// next free slot. Answers its run, or `None` when it was deferred.
+    pub fn admit_reserved(
+        &self,
+        mut place: Place,
+        plan_id: Uuid,
+        options: RunOptions,
+    ) -> Option<PlanRun> {
+        if !matches!(place.hold, Some(Hold::Deferred)) {
+            return Some(self.queue(plan_id, None, options, place));
         }
+        // The deferred place moves into the list: given back when the plan
+        // leaves it.
+        place.hold = None;
+        lock(&self.inner.deferred).push_back((plan_id, options));
+        tracing::info!(%plan_id, "every place is taken: the plan runs when a slot frees");
+        // Every slot may have freed between the reservation and the push:
+        // then nobody would pick the plan up.
+        if let Ok(permit) = self.inner.slots.clone().try_acquire_owned() {
+            let inner = self.inner.clone();
+            spawn(async move { run_deferred(&inner, permit).await });
+        }
+        None
     }
 
     /// Runs again the plans left RUNNING by an execution that stopped
@@ -325,7 +411,11 @@ impl Runner {
                 principal: "madre".into(),
                 resumed: true,
             };
-            self.admit(plan_id, options);
+            if let Err(e) = self.admit(plan_id, options) {
+                // Still RUNNING on disk: a later pass takes it.
+                tracing::warn!(%plan_id, error = %e, "no room to resume an orphaned plan yet");
+                break;
+            }
             admitted += 1;
         }
         Ok(admitted)
@@ -368,8 +458,14 @@ impl Runner {
                 resumed: true,
             };
             // Never give up on a backlog: what finds no place now is
-            // deferred and runs as slots free.
-            runs.extend(self.admit(plan_id, options));
+            // deferred and runs as slots free; past the deferred bound a
+            // RUNNING plan stays on disk for the orphan pass.
+            match self.admit(plan_id, options) {
+                Ok(run) => runs.extend(run),
+                Err(e) => {
+                    tracing::warn!(%plan_id, error = %e, "no room to resume this plan now; the cleanup pass will");
+                }
+            }
         }
         Ok(runs)
     }
@@ -440,6 +536,68 @@ pub fn open(plan: &mut Plan, at: chrono::DateTime<Utc>) -> Vec<PlanEvent> {
     events
 }
 
+/// A place for one plan, held by [`Runner::reserve`] before the plan is
+/// stored: a slot, or a place in the queue. Dropped unused, it is given
+/// back (a slot goes first to the plans deferred meanwhile).
+pub struct Place {
+    inner: Arc<Inner>,
+    /// `None` once used.
+    hold: Option<Hold>,
+}
+
+/// What a [`Place`] holds.
+enum Hold {
+    /// A free slot.
+    Slot(OwnedSemaphorePermit),
+    /// One of the `max_queued` places.
+    Queue,
+    /// One of the `max_deferred` places.
+    Deferred,
+}
+
+impl Place {
+    fn new(inner: Arc<Inner>, hold: Hold) -> Self {
+        Self {
+            inner,
+            hold: Some(hold),
+        }
+    }
+}
+
+impl std::fmt::Debug for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hold = match self.hold {
+            Some(Hold::Slot(_)) => "slot",
+            Some(Hold::Queue) => "queue",
+            Some(Hold::Deferred) => "deferred",
+            None => "used",
+        };
+        f.debug_struct("Place").field("hold", &hold).finish()
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        match self.hold.take() {
+            Some(Hold::Slot(permit)) => {
+                // Through the deferred loop, which frees the slot when no
+                // plan was deferred meanwhile.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let inner = self.inner.clone();
+                    runtime.spawn(async move { run_deferred(&inner, permit).await });
+                }
+            }
+            Some(Hold::Queue) => {
+                self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            Some(Hold::Deferred) => {
+                self.inner.deferred_places.fetch_sub(1, Ordering::AcqRel);
+            }
+            None => {}
+        }
+    }
+}
+
 /// A plan handed over as stored, with the write to make at its end.
 struct Opened {
     /// The plan as stored when it was handed over; dropped when it had to
@@ -461,6 +619,9 @@ fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(future: F) {
 async fn run_deferred(inner: &Arc<Inner>, mut permit: OwnedSemaphorePermit) {
     loop {
         let next = lock(&inner.deferred).pop_front();
+        if next.is_some() {
+            inner.deferred_places.fetch_sub(1, Ordering::AcqRel);
+        }
         let Some((plan_id, options)) = next else {
             drop(permit);
             // A plan deferred between the look above and the drop found

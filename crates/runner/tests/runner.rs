@@ -939,7 +939,11 @@ async fn a_plan_waiting_for_a_slot_is_not_admitted_again_by_the_orphan_pass() {
         resumed: true,
         ..opts()
     };
-    let run = h.runner.admit(id, resumed).expect("a place in the queue");
+    let run = h
+        .runner
+        .admit(id, resumed)
+        .unwrap()
+        .expect("a place in the queue");
     assert_eq!(h.runner.queued(), 1);
     // Cleanup passes while it waits, each past its 30 s of stillness.
     for pass in 0..3 {
@@ -983,7 +987,7 @@ async fn with_no_queue_every_plan_that_must_run_runs() {
             let chunk = chunk.to_vec();
             tokio::spawn(async move {
                 for id in chunk {
-                    runner.admit(id, opts());
+                    runner.admit(id, opts()).unwrap();
                     tokio::task::yield_now().await;
                 }
             })
