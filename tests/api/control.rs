@@ -64,10 +64,14 @@ async fn control_denies_gates_and_confirms_by_reposting_the_token() {
 async fn a_restart_of_madre_waits_for_a_confirmation_and_reloads_the_policy() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, "").unwrap();
+    std::fs::write(
+        &policy,
+        "low_actions = [\"status\", \"health\", \"read\", \"list\", \"analyze\", \"purge\"]\n",
+    )
+    .unwrap();
     let app = spawn_app_with(&[("MADRE_POLICY_FILE", policy.to_str().unwrap())]).await;
 
-    // Today "purge" is LOW on the switch.
+    // Today the operator's file makes "purge" LOW on the switch.
     let low = json!({"target": "switch", "action": "purge"});
     let before = app
         .send("POST", "/madre/control", Some(ADMIN), Some(low.clone()))

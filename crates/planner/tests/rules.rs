@@ -158,18 +158,26 @@ fn rule4_drift_parallel_spawn_and_help() {
         vec![StepType::CallManifestator]
     );
 
+    // Running tests or an import runs code: the effect is execute, so the
+    // plan waits for a human before the delegated step.
     let plan = Case::new("run the tests in parallel").run();
-    assert_eq!(types(&plan), vec![StepType::CallHormigueroTask]);
     assert_eq!(
-        plan.steps[0].payload["prompt"],
+        types(&plan),
+        vec![StepType::AwaitConfirmation, StepType::CallHormigueroTask]
+    );
+    assert_eq!(
+        plan.steps[1].payload["prompt"],
         json!("run the tests in parallel")
     );
-    assert_eq!(plan.steps[0].payload["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(plan.steps[1].payload["tasks"].as_array().unwrap().len(), 1);
 
     let plan = Case::new("run the import in the background").run();
-    assert_eq!(types(&plan), vec![StepType::SpawnerRequest]);
     assert_eq!(
-        plan.steps[0].payload["description"],
+        types(&plan),
+        vec![StepType::AwaitConfirmation, StepType::SpawnerRequest]
+    );
+    assert_eq!(
+        plan.steps[1].payload["description"],
         json!("run the import in the background")
     );
 

@@ -19,6 +19,35 @@ pub const FAMILY_NAMES: &[&str] = &[
     "analyze", "status", "list", "help",
 ];
 
+/// Programmatic actions known to be harmless beyond the LOW allowlist: they
+/// read (a health check, a description) or generate output for the caller
+/// alone (a mix, a render, a summary). [`RiskTables::classify`] keeps them
+/// LOW; any other action no table names is MED (SPEC §5, "else MED").
+pub const HARMLESS_ACTIONS: &[&str] = &[
+    "healthcheck",
+    "ping",
+    "get",
+    "show",
+    "describe",
+    "inspect",
+    "info",
+    "version",
+    "help",
+    "chat",
+    "explain",
+    "search",
+    "drift",
+    "mix",
+    "render",
+    "transcribe",
+    "translate",
+    "summarize",
+    "summarise",
+    "generate",
+    "draft",
+    "recommend",
+];
+
 /// The outcome of classifying one target and action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -196,13 +225,17 @@ impl RiskTables {
     }
 
     /// Classifies one `target` and `action` (compared lower-cased), in the
-    /// order of SPEC §5: deny rule, LOW allowlist, HIGH, MED, else MED:
-    /// an action that is not known to be harmless waits ("Safety by
-    /// effect"). This is the rule for programmatic actions (control, v6
-    /// tasks), which name their action and have no text to read.
+    /// order of SPEC §5: deny rule, LOW allowlist, HIGH, MED, then LOW for
+    /// the [`HARMLESS_ACTIONS`], else MED: an action that is not known to be
+    /// harmless waits ("Safety by effect"). This is the rule for
+    /// programmatic actions (control, v6 tasks), which name their action
+    /// and have no text to read.
     pub fn classify(&self, target: &str, action: &str) -> Decision {
         match self.classify_known(target, action) {
             Some(decision) => decision,
+            None if HARMLESS_ACTIONS.contains(&action.trim().to_lowercase().as_str()) => {
+                Decision::Risk(RiskLevel::Low)
+            }
             None => Decision::Risk(RiskLevel::Med),
         }
     }

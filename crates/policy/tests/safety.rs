@@ -286,8 +286,10 @@ fn a_command_line_is_high_whatever_the_policy_file_says() {
     );
     let denied = dsl("system", "delete", M, &[SHELL]);
     assert_eq!(tables.assess(&denied).decision, DENY);
-    // the floor is for intents; classify() of one target and action is unchanged
+    // classify() of one target and action has no effect to go by: an action
+    // no table names is MED unless known to be harmless
     assert_eq!(RiskTables::default().classify("system", "chat"), LOW);
+    assert_eq!(RiskTables::default().classify("system", "frobnicate"), MED);
 }
 
 #[test]

@@ -603,7 +603,7 @@ async fn waiting_plans_are_not_run_and_cancel_stops_a_running_plan() {
 #[tokio::test]
 async fn spawner_requests_wait_for_the_queue_and_finish_the_plan() {
     let h = Harness::new(Setup::default());
-    let stored = h.run("run the import in the background").await;
+    let stored = h.run("transcribe the interviews in the background").await;
     assert_eq!(stored.plan.status, Status::Waiting);
     assert_eq!(stored.plan.steps[0].status, Status::Waiting);
     let task =
@@ -709,7 +709,7 @@ async fn a_backlog_larger_than_the_queue_is_resumed_whole() {
 async fn a_resumed_spawner_step_queues_its_task_once() {
     let h = Harness::new(Setup::default());
     let id = h
-        .plan("run the import in the background", Mode::Madre)
+        .plan("transcribe the interviews in the background", Mode::Madre)
         .await;
     let step = h.db.plan(id).unwrap().unwrap().plan.steps[0].clone();
     assert_eq!(step.step_type, StepType::SpawnerRequest);
