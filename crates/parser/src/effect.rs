@@ -14,7 +14,7 @@ use std::ops::Range;
 use madre_models::Effect;
 
 use crate::lexicon::{Category, EffectWord, Lexicon, ObjectClass, VerbClass};
-use crate::text::Words;
+use crate::text::{Class, Classes, Words};
 
 /// The index of the `run` family among the action families, and of the
 /// families that only read (`analyze`, `status`, `list`, `help`).
@@ -26,47 +26,60 @@ fn is_invisible(c: char) -> bool {
     matches!(c, '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}')
 }
 
-/// Whether the words after a comma go on with the same clause: a relative
-/// pronoun or an article ("…, that starts my script", "…, el servidor").
-fn continues_after_comma(rest: &str) -> bool {
-    let word: String = rest
-        .trim_start()
+/// The first word of `rest`, lower-cased, past dashes and quotes.
+fn first_word(rest: &str) -> String {
+    rest.trim_start_matches(|c: char| !c.is_alphanumeric())
         .chars()
         .take_while(|c| c.is_alphanumeric())
         .flat_map(char::to_lowercase)
-        .collect();
-    matches!(
-        word.as_str(),
-        "that"
-            | "which"
-            | "who"
-            | "whose"
-            | "where"
-            | "the"
-            | "a"
-            | "an"
-            | "to"
-            | "into"
-            | "on"
-            | "in"
-            | "at"
-            | "for"
-            | "with"
-            | "from"
-            | "que"
-            | "quien"
-            | "en"
-            | "para"
-            | "con"
-            | "cual"
-            | "donde"
-            | "el"
-            | "la"
-            | "los"
-            | "las"
-            | "un"
-            | "una"
-    )
+        .collect()
+}
+
+/// Prepositions that go on with the clause before them, whatever ends it:
+/// "add this line! to /etc/rc.local" is one order, its object after the cut.
+const PREPOSITIONS: &[&str] = &[
+    "to", "into", "onto", "on", "in", "at", "for", "with", "from", "en", "para", "con", "a", "al",
+    "hacia", "sobre",
+];
+
+/// Relative pronouns, which go on with the clause before them whatever
+/// ends it: "add a line! that sends the history to this url".
+const RELATIVES: &[&str] = &[
+    "that", "which", "who", "whose", "where", "que", "quien", "cual", "donde",
+];
+
+/// Articles that go on with the clause before a comma ("…, el servidor").
+const ARTICLES: &[&str] = &["the", "an", "el", "la", "los", "las", "un", "una"];
+
+/// Whether the words after a sentence mark `mark` go on with the same clause.
+fn continues_after(mark: char, rest: &str) -> bool {
+    let word = first_word(rest);
+    let word = word.as_str();
+    PREPOSITIONS.contains(&word)
+        || RELATIVES.contains(&word)
+        || (mark == ',' && ARTICLES.contains(&word))
+}
+
+/// Whether `word` (as written, maybe with invisible characters or letters
+/// of other scripts that look Latin) is a conjunction that starts a clause.
+fn is_clause_word(word: &str, classes: &mut Classes) -> bool {
+    if word.len() > 40 {
+        return false;
+    }
+    let mut folded = String::with_capacity(word.len());
+    for c in word.chars() {
+        if c.is_ascii() {
+            folded.push(c.to_ascii_lowercase());
+            continue;
+        }
+        match classes.of(c) {
+            Class::Latin(latin) => folded.push_str(latin.as_str()),
+            Class::Letter(letter) => folded.push(letter),
+            Class::Mark | Class::Ignorable => {}
+            Class::Punct(_) | Class::Other => return false,
+        }
+    }
+    CLAUSE_WORDS.contains(&folded.as_str())
 }
 
 /// Whether an action family changes something (everything but `run`, which
@@ -122,8 +135,11 @@ pub(crate) struct Reading {
 /// Byte ranges of the clauses of `text`: cut at line breaks, `;`, at `.`,
 /// `?`, `!`, `,` and `:` that end a sentence (followed by a space or the
 /// end), before `¿` and `¡`, and before a conjunction that starts a new
-/// clause. Never empty for a non-empty text; the ranges cover the text.
-pub(crate) fn clauses(text: &str) -> Vec<Range<usize>> {
+/// clause (also when written with invisible characters or look-alike
+/// letters: "a\u{200B}nd", Cyrillic "аnd"). A sentence mark followed by a
+/// preposition does not cut. Never empty for a non-empty text; the ranges
+/// cover the text.
+pub(crate) fn clauses(text: &str, classes: &mut Classes) -> Vec<Range<usize>> {
     let bytes = text.as_bytes();
     let mut cuts = vec![0];
     let mut word_start: Option<usize> = None;
@@ -135,8 +151,8 @@ pub(crate) fn clauses(text: &str) -> Vec<Range<usize>> {
             '\n' => cuts.push(i + 1),
             // "tl;dr" is a word; "ls; rm" two commands
             ';' if next.is_none_or(|n| !n.is_alphanumeric()) => cuts.push(i + 1),
-            // ", that starts my script": a relative clause goes on
-            ',' if ends_sentence && continues_after_comma(&text[i + 1..]) => {}
+            // ", that starts my script", "! to /etc/rc.local": the clause goes on
+            '.' | '!' | ',' | ':' if ends_sentence && continues_after(c, &text[i + 1..]) => {}
             '.' | '?' | '!' | ',' | ':' if ends_sentence => {
                 // "find . -delete": a lone dot is an argument, not an end
                 let lone = c == '.' && (i == 0 || bytes[i - 1].is_ascii_whitespace());
@@ -149,11 +165,13 @@ pub(crate) fn clauses(text: &str) -> Vec<Range<usize>> {
         }
         if c.is_alphanumeric() {
             word_start.get_or_insert(i);
-        } else if let Some(start) = word_start.take() {
-            let word = &text[start..i];
-            if c.is_whitespace() && CLAUSE_WORDS.iter().any(|w| w.eq_ignore_ascii_case(word)) {
-                cuts.push(start);
-            }
+        } else if is_invisible(c) && word_start.is_some() {
+            // "a\u{200B}nd" is one word
+        } else if let Some(start) = word_start.take()
+            && c.is_whitespace()
+            && is_clause_word(&text[start..i], classes)
+        {
+            cuts.push(start);
         }
     }
     cuts.push(text.len());
@@ -309,6 +327,14 @@ impl Reader<'_, '_> {
                         at = self.skip_negation(self.skip_fillers(modal));
                         continue;
                     }
+                    // "could, you please fix the records": a second person
+                    // before a verb is still asked to do it
+                    None if matches!(self.words.word(at), "you" | "u" | "usted" | "ustedes")
+                        && (self.skip_to(after) > after || self.verb_at(after).is_some()) =>
+                    {
+                        at = self.skip_to(after);
+                        break;
+                    }
                     None => return reading(Mood::Statement, Effect::Read, "statement"),
                 }
             }
@@ -324,7 +350,20 @@ impl Reader<'_, '_> {
         // "de-ploy", "en/vía": a word cut in two is read as the word it spells
         let obfuscated = self.words.alternatives(at).next().is_some();
         if obfuscated && self.verb_at(at).is_some() {
-            let (effect, rule, doing) = self.order(at);
+            let (mut effect, mut rule, doing) = self.order(at);
+            // "r\u{200B}equest": the word as folded may be a verb no list
+            // knows, read as such when that is more dangerous than a piece
+            if self
+                .lexicon
+                .matches_from(self.words, at, false)
+                .next()
+                .is_none()
+            {
+                let (spelled, spelled_rule, _) = self.unknown_verb(at);
+                if spelled > effect {
+                    (effect, rule) = (spelled, spelled_rule);
+                }
+            }
             return Reading {
                 mood: Mood::Order,
                 effect,
@@ -336,7 +375,7 @@ impl Reader<'_, '_> {
         if self.is(at, EffectWord::NotVerb) {
             return reading(Mood::Statement, Effect::Read, "statement");
         }
-        if self.is(at, EffectWord::Determiner) || is_number(self.words.word(at)) {
+        if self.is(at, EffectWord::Determiner) || self.number_at(at) {
             return reading(Mood::Statement, Effect::Read, "noun_phrase");
         }
         let (effect, rule, doing) = self.order(at);
@@ -346,6 +385,26 @@ impl Reader<'_, '_> {
             rule,
             doing,
             named,
+        }
+    }
+
+    /// Whether the word at `i` is a number, as folded or as written ("1100"
+    /// folds to letters).
+    fn number_at(&self, i: usize) -> bool {
+        let written = self.words.source(i, i + 1);
+        is_number(self.words.word(i))
+            || (written.chars().any(|c| c.is_ascii_digit())
+                && written
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || matches!(c, '.' | ',' | '_')))
+    }
+
+    /// "to" before an infinitive ("you to execute").
+    fn skip_to(&self, at: usize) -> usize {
+        if self.words.word(at) == "to" {
+            at + 1
+        } else {
+            at
         }
     }
 
@@ -442,7 +501,7 @@ impl Reader<'_, '_> {
                     .any(|(w, _)| matches!(w, EffectWord::Object(c) if c != ObjectClass::Content))
         };
         let shaped = self.is(at + 1, EffectWord::AfterVerb)
-            || is_number(self.words.word(at + 1))
+            || self.number_at(at + 1)
             || (at + 1..(at + 4).min(self.n())).any(|i| self.is(i, EffectWord::Determiner))
             || (at + 1..(at + 3).min(self.n())).any(concern_at);
         if !shaped {
@@ -679,7 +738,10 @@ mod tests {
     use super::*;
 
     fn cut(text: &str) -> Vec<&str> {
-        clauses(text).into_iter().map(|r| &text[r]).collect()
+        clauses(text, &mut Classes::default())
+            .into_iter()
+            .map(|r| &text[r])
+            .collect()
     }
 
     #[test]
@@ -702,6 +764,14 @@ mod tests {
             ["thanks, that sounds good"]
         );
         assert_eq!(cut("hi, delete it"), ["hi,", " delete it"]);
+        assert_eq!(
+            cut("add this line! to /etc/rc.local"),
+            ["add this line! to /etc/rc.local"]
+        );
+        for and in ["a\u{200B}nd", "\u{430}nd", "AND"] {
+            let text = format!("translate it {and} send it");
+            assert_eq!(cut(&text).len(), 2, "{text:?}");
+        }
         assert_eq!(cut(""), Vec::<&str>::new());
     }
 

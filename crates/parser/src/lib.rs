@@ -72,6 +72,14 @@ pub const SHELL_WARNING: &str = "shell_command_detected";
 /// `{kind, family, rule, text}` (see [`Lexicon::parse`]).
 pub const SAFETY_PARAMETER: &str = "safety";
 
+/// The longest order and its verbless fragments read again as one clause.
+const MAX_JOINED_ORDER: usize = 600;
+
+/// The byte offset of `part`, a slice of `text`, within it.
+fn offset_in(text: &str, part: &str) -> usize {
+    part.as_ptr() as usize - text.as_ptr() as usize
+}
+
 /// Parses `text` into a DSL with the built-in word lists. Never fails and
 /// never panics, whatever the input.
 pub fn parse(text: &str) -> Dsl {
@@ -90,7 +98,7 @@ impl Lexicon {
     /// as written, or the command as read).
     pub fn parse(&self, text: &str) -> Dsl {
         let mut classes = Classes::default();
-        let ranges = effect::clauses(text);
+        let ranges = effect::clauses(text, &mut classes);
         let mut clauses: Vec<Clause> = Vec::with_capacity(ranges.len());
         for range in ranges {
             let raw = &text[range];
@@ -137,6 +145,17 @@ impl Lexicon {
                 clauses[i].delete = Some(self.record(&whole, hit, "delete"));
                 clauses[i].hits.delete = Some(hit);
             }
+            // "stop tentaculo, link": a module name cut by punctuation
+            for &(start, module) in &whole_hits.targets {
+                let at = whole.source(start, start + 1).as_ptr() as usize - text.as_ptr() as usize;
+                if let Some(i) = spans.iter().position(|span| span.contains(&at))
+                    && !clauses
+                        .iter()
+                        .any(|c| c.hits.targets.iter().any(|(_, m)| *m == module))
+                {
+                    clauses[i].hits.targets.push((usize::MAX, module));
+                }
+            }
             for (f, hit) in whole_hits.families.iter().enumerate() {
                 if let Some(hit) = hit
                     && let Some(i) = clause_of(*hit)
@@ -153,6 +172,48 @@ impl Lexicon {
                 if clauses[i].reading.mood == Mood::Question {
                     clauses[i].reading.effect = Effect::Read;
                 }
+            }
+        }
+        // "add a line that sends! the history to this url", "create 10,000,
+        // test users in production": an order cut by a comma, a colon, an
+        // exclamation or a full stop, or followed by a fragment with no verb
+        // of its own, is read again with what follows (up to
+        // MAX_JOINED_ORDER bytes). The joined reading can only raise it.
+        let mut order_start: Option<usize> = None;
+        for i in 0..clauses.len() {
+            // no verb of its own, or a question that is not asked ("esta
+            // build a prod" reads like "¿está…" but has no question mark)
+            let fragment = matches!(
+                clauses[i].reading.rule,
+                "noun_phrase" | "no_verb" | "statement"
+            ) || (clauses[i].reading.mood == Mood::Question
+                && !clauses[i].raw.trim_end().ends_with('?'));
+            let weak_cut = i > 0
+                && clauses[i - 1]
+                    .raw
+                    .trim_end()
+                    .ends_with([',', ':', '!', '.']);
+            match order_start {
+                Some(k) if fragment || weak_cut => {
+                    let start = offset_in(text, clauses[k].raw);
+                    let end = offset_in(text, clauses[i].raw) + clauses[i].raw.len();
+                    if end - start > MAX_JOINED_ORDER {
+                        order_start = (clauses[i].reading.mood == Mood::Order).then_some(i);
+                        continue;
+                    }
+                    let joined = &text[start..end];
+                    let words = self.words(joined, &mut classes);
+                    let reading = self.read_clause(&words, joined);
+                    let order = &mut clauses[k].reading;
+                    if reading.effect > order.effect {
+                        order.effect = reading.effect;
+                        order.rule = reading.rule;
+                    }
+                }
+                // "quiesce! the primary database": an unknown word alone
+                // may be the verb of the fragment after it
+                _ if clauses[i].reading.mood == Mood::Order => order_start = Some(i),
+                _ => order_start = None,
             }
         }
         // "explain X, then do it": the doing makes every clause count.

@@ -71,7 +71,8 @@ pub(crate) struct Detection {
 pub(crate) fn detect(text: &str, classes: &mut Classes) -> Vec<Detection> {
     let mut found = detect_in(text, classes);
     if text.contains(['\\', '\'', '"']) {
-        for detection in detect_in(&dequote(text), classes) {
+        let dequoted = dequote(text, classes);
+        for detection in detect_in(&dequoted, classes) {
             if found.len() < MAX_DETECTIONS && !found.contains(&detection) {
                 found.push(detection);
             }
@@ -81,9 +82,13 @@ pub(crate) fn detect(text: &str, classes: &mut Classes) -> Vec<Detection> {
 }
 
 /// `text` without the quoting a shell removes inside a word: backslashes,
-/// and quotes that touch a letter or digit.
-fn dequote(text: &str) -> String {
-    let chars: Vec<char> = text.chars().collect();
+/// and quotes that touch a letter or digit (invisible format characters and
+/// lone marks dropped first, so `r"\u{200B}"m` is still `rm`).
+fn dequote(text: &str, classes: &mut Classes) -> String {
+    let chars: Vec<char> = text
+        .chars()
+        .filter(|&c| c.is_ascii() || !matches!(classes.of(c), Class::Ignorable | Class::Mark))
+        .collect();
     let touches = |i: usize| {
         let near = |j: Option<usize>| {
             j.and_then(|j| chars.get(j))

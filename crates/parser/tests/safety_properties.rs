@@ -129,6 +129,21 @@ fn spaces(text: &str) -> Vec<usize> {
         .collect()
 }
 
+/// Whether `text` spells a word apart on purpose ("borr a todos", "k i l
+/// l"): a space there is inside a word, and punctuation in it makes
+/// another word.
+fn spelled_apart(text: &str) -> bool {
+    let letter_spaced = text
+        .split(' ')
+        .collect::<Vec<_>>()
+        .windows(3)
+        .any(|w| w.iter().all(|piece| piece.chars().count() == 1));
+    letter_spaced
+        || dangerous().any(|(family, t, _)| {
+            t == text && matches!(family, "spelling_evasions" | "obfuscations")
+        })
+}
+
 fn is_command(text: &str) -> bool {
     parse(text).warnings.iter().any(|w| w == SHELL_WARNING)
 }
@@ -200,11 +215,12 @@ proptest! {
             0..3,
         ),
     ) {
-        // Inside a command line, punctuation changes the command itself, so
-        // it only goes around it; inside a sentence it may go after any word.
+        // Inside a command line or a word spelled apart, punctuation changes
+        // the command or the word itself, so it only goes around it; inside
+        // a sentence it may go after any word.
         let mut chars: Vec<char> = text.chars().collect();
         let boundaries = spaces(text);
-        if !is_command(text) && !boundaries.is_empty() {
+        if !is_command(text) && !spelled_apart(text) && !boundaries.is_empty() {
             let mut picked: Vec<(usize, &str)> = inner
                 .iter()
                 .map(|(at, p)| (boundaries[at.index(boundaries.len())], *p))
