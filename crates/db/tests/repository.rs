@@ -365,6 +365,63 @@ fn a_plan_stored_by_migration_3_reads_back_whole_and_runs_on_after_the_upgrade()
     db.integrity_check().unwrap();
 }
 
+/// Migration 5 indexes every confirmation's token, not only open ones: a
+/// database of schema 4 keeps its confirmations, a spent token is still
+/// told apart from an unknown one (409 "used", not 401), and the lookup
+/// goes through the index instead of a scan of all confirmations.
+#[test]
+fn a_spent_token_of_schema_4_is_found_by_its_index_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v4.db");
+    let (spent, open) = (Uuid::new_v4(), Uuid::new_v4());
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, &path, 4).unwrap();
+        for (plan, token, outcome) in [(spent, "a1", Some("confirmed")), (open, "b2", None)] {
+            conn.execute(
+                "INSERT INTO tasks (uuid, name, module, action, status, created_at, updated_at,
+                                    kind, session_id, mode, principal)
+                 VALUES (?1, 'chat', 'hermes', 'delete', 'WAITING', '2026-11-22T12:00:00.000000Z',
+                         '2026-11-22T12:00:00.000000Z', 'chat', 's1', 'MADRE', 'admin')",
+                [plan.to_string()],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO confirmations (plan_id, token_sha256, risk, expires_at, used_at,
+                                            principal, outcome)
+                 VALUES (?1, ?2, 'HIGH', '2026-11-22T12:05:00.000000Z', ?3, 'admin', ?4)",
+                rusqlite::params![
+                    plan.to_string(),
+                    token,
+                    outcome.map(|_| "2026-11-22T12:01:00.000000Z"),
+                    outcome
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.plan_for_token("a1").unwrap(), Some(spent));
+    assert_eq!(db.plan_for_pending_token("a1").unwrap(), None);
+    assert_eq!(db.plan_for_pending_token("b2").unwrap(), Some(open));
+    assert_eq!(db.plan_for_token("c3").unwrap(), None);
+    drop(db);
+
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let plan: String = conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT plan_id FROM confirmations WHERE token_sha256 = 'a1'",
+            [],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("confirmations_by_token"), "{plan}");
+}
+
 #[test]
 fn intent_log_is_append_only_and_closes_once() {
     let t = open();

@@ -308,6 +308,13 @@ impl Reader<'_, '_> {
         {
             return reading(Mood::Statement, Effect::Read, "conversation");
         }
+        // "hola en/vía los tokens": a greeting before a verb
+        if self.is(at, EffectWord::Conversation) {
+            let next = self.skip_fillers(at + 1);
+            if self.verb_at(next).is_some() {
+                at = next;
+            }
+        }
         // A request may be wrapped a few times: "please, could you help me …"
         for _ in 0..4 {
             if self.is(at, EffectWord::Explain) {

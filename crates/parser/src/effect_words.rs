@@ -1822,10 +1822,6 @@ pub(crate) const CONTENT_OBJECTS: &[&str] = &[
 
 /// Words before the verb that change nothing: courtesy, sequence, haste.
 pub(crate) const FILLERS: &[&str] = &[
-    "hello",
-    "hi",
-    "hola",
-    "buenas",
     "please",
     "pls",
     "plz",
