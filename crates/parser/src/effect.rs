@@ -683,7 +683,7 @@ impl Reader<'_, '_> {
 }
 
 /// Forms a verb's stem may take in English: "sending", "moved", "pushes".
-fn stems(word: &str) -> Vec<String> {
+pub(crate) fn stems(word: &str) -> Vec<String> {
     let mut out = Vec::new();
     for suffix in ["ing", "ed", "es", "s", "d"] {
         if let Some(stem) = word.strip_suffix(suffix)

@@ -1,7 +1,7 @@
 //! The word lists compiled for matching: every phrase folded once, indexed by
 //! its first word, so a text is scanned once whatever the size of the lists.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::LazyLock;
 
@@ -370,6 +370,77 @@ impl Lexicon {
                     _ => None,
                 })
         })
+    }
+
+    /// The phrases of the danger vocabulary that match anywhere in `text`,
+    /// as written in the word lists: destructive and changing or running
+    /// family words, verbs that change, run, send or act on what was said,
+    /// objects of concern, command-line tools and verbs of speaking. It
+    /// says which words a request relies on to wait; the leave-one-family-
+    /// out measurement (docs/safety.md) uses it to find the words only one
+    /// family of dangerous requests brought.
+    ///
+    /// ```
+    /// let lexicon = madre_parser::Lexicon::builtin();
+    /// assert!(lexicon.danger_phrases("please wire the money").contains("wire"));
+    /// ```
+    pub fn danger_phrases(&self, text: &str) -> BTreeSet<String> {
+        let mut classes = Classes::default();
+        let words = self.words(text, &mut classes);
+        let mut found = BTreeSet::new();
+        for at in 0..words.len() {
+            let stems = crate::effect::stems(words.word(at));
+            let candidates = std::iter::once(words.word(at))
+                .chain(words.alternatives(at))
+                .chain(stems.iter().map(String::as_str));
+            for &id in candidates.filter_map(|w| self.index.get(w)).flatten() {
+                let Some(entry) = self.entries.get(id) else {
+                    continue;
+                };
+                if self.is_danger(entry.category)
+                    && match_rest(&words, at + 1, &entry.rest).is_some()
+                {
+                    found.insert(entry.display.to_string());
+                }
+            }
+        }
+        found
+    }
+
+    /// This lexicon without the danger phrases named in `phrases` (see
+    /// [`Lexicon::danger_phrases`]); every other phrase, and the grammar
+    /// words, stay. For measuring how the gate does on requests whose own
+    /// words it was never given.
+    pub fn without_danger_phrases(&self, phrases: &HashSet<String>) -> Lexicon {
+        let mut lexicon = self.clone();
+        for ids in lexicon.index.values_mut() {
+            ids.retain(|&id| {
+                self.entries.get(id).is_none_or(|entry| {
+                    !(self.is_danger(entry.category) && phrases.contains(&*entry.display))
+                })
+            });
+        }
+        lexicon
+    }
+
+    /// Whether a phrase of this category is danger vocabulary.
+    fn is_danger(&self, category: Category) -> bool {
+        use EffectWord as W;
+        match category {
+            Category::Delete => true,
+            Category::Family(i) => self
+                .actions
+                .get(i)
+                .is_some_and(|a| crate::effect::changes(a) || *a == "run"),
+            Category::Effect(
+                W::Verb(VerbClass::Change | VerbClass::Execute | VerbClass::Send)
+                | W::Verb(VerbClass::Shaper | VerbClass::Doing)
+                | W::Tool
+                | W::Speak,
+            ) => true,
+            Category::Effect(W::Object(object)) => object != ObjectClass::Content,
+            _ => false,
+        }
     }
 
     /// The action of each non-destructive family, in priority order.
