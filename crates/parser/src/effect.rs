@@ -26,13 +26,16 @@ fn is_invisible(c: char) -> bool {
     matches!(c, '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}')
 }
 
-/// The first word of `rest`, lower-cased, past dashes and quotes.
+/// The first word of `rest`, lower-cased, past dashes and quotes; empty
+/// when the word goes on with other characters ("en/vía" is no "en").
 fn first_word(rest: &str) -> String {
-    rest.trim_start_matches(|c: char| !c.is_alphanumeric())
-        .chars()
-        .take_while(|c| c.is_alphanumeric())
-        .flat_map(char::to_lowercase)
-        .collect()
+    let rest = rest.trim_start_matches(|c: char| !c.is_alphanumeric());
+    let token = rest.split(char::is_whitespace).next().unwrap_or("");
+    if token.chars().all(char::is_alphanumeric) {
+        token.to_lowercase()
+    } else {
+        String::new()
+    }
 }
 
 /// Prepositions that go on with the clause before them, whatever ends it:

@@ -72,13 +72,24 @@ pub const SHELL_WARNING: &str = "shell_command_detected";
 /// `{kind, family, rule, text}` (see [`Lexicon::parse`]).
 pub const SAFETY_PARAMETER: &str = "safety";
 
-/// The longest order and its verbless fragments read again as one clause.
-const MAX_JOINED_ORDER: usize = 600;
+/// An order is read again with at most this many bytes …
+const MAX_JOINED_ORDER: usize = 200;
+/// … and this many clauses after it, so the extra reading stays a small
+/// multiple of the text, whatever the text.
+const MAX_JOINED_CLAUSES: usize = 4;
 
 /// The byte offset of `part`, a slice of `text`, within it.
 fn offset_in(text: &str, part: &str) -> usize {
     part.as_ptr() as usize - text.as_ptr() as usize
 }
+
+/// The parameter that lists every action family a message of several
+/// requests names ("patch prod. roll back staging" names `update` and
+/// `restore`), when there is more than one. The DSL's `action` is the first
+/// in the SPEC §4 order; the policy classifies all of them, so a second
+/// request can never lower the first one's risk. Only the parser writes
+/// it.
+pub const ACTIONS_PARAMETER: &str = "actions";
 
 /// Parses `text` into a DSL with the built-in word lists. Never fails and
 /// never panics, whatever the input.
@@ -176,44 +187,34 @@ impl Lexicon {
         }
         // "add a line that sends! the history to this url", "create 10,000,
         // test users in production": an order cut by a comma, a colon, an
-        // exclamation or a full stop, or followed by a fragment with no verb
-        // of its own, is read again with what follows (up to
-        // MAX_JOINED_ORDER bytes). The joined reading can only raise it.
+        // exclamation or a full stop is read again with what follows (a
+        // conjunction's verbless clause is a continuation instead). The
+        // joined reading can only raise it.
         let mut order_start: Option<usize> = None;
         for i in 0..clauses.len() {
-            // no verb of its own, or a question that is not asked ("esta
-            // build a prod" reads like "¿está…" but has no question mark)
-            let fragment = matches!(
-                clauses[i].reading.rule,
-                "noun_phrase" | "no_verb" | "statement"
-            ) || (clauses[i].reading.mood == Mood::Question
-                && !clauses[i].raw.trim_end().ends_with('?'));
             let weak_cut = i > 0
                 && clauses[i - 1]
                     .raw
                     .trim_end()
                     .ends_with([',', ':', '!', '.']);
-            match order_start {
-                Some(k) if fragment || weak_cut => {
-                    let start = offset_in(text, clauses[k].raw);
-                    let end = offset_in(text, clauses[i].raw) + clauses[i].raw.len();
-                    if end - start > MAX_JOINED_ORDER {
-                        order_start = (clauses[i].reading.mood == Mood::Order).then_some(i);
-                        continue;
-                    }
-                    let joined = &text[start..end];
-                    let words = self.words(joined, &mut classes);
-                    let reading = self.read_clause(&words, joined);
-                    let order = &mut clauses[k].reading;
-                    if reading.effect > order.effect {
-                        order.effect = reading.effect;
-                        order.rule = reading.rule;
-                    }
-                }
-                // "quiesce! the primary database": an unknown word alone
-                // may be the verb of the fragment after it
-                _ if clauses[i].reading.mood == Mood::Order => order_start = Some(i),
-                _ => order_start = None,
+            let is_order = clauses[i].reading.mood == Mood::Order;
+            let Some(k) = order_start.filter(|_| weak_cut) else {
+                order_start = is_order.then_some(i);
+                continue;
+            };
+            let start = offset_in(text, clauses[k].raw);
+            let end = offset_in(text, clauses[i].raw) + clauses[i].raw.len();
+            if end - start > MAX_JOINED_ORDER || i - k > MAX_JOINED_CLAUSES {
+                order_start = is_order.then_some(i);
+                continue;
+            }
+            let joined = &text[start..end];
+            let words = self.words(joined, &mut classes);
+            let reading = self.read_clause(&words, joined);
+            let order = &mut clauses[k].reading;
+            if reading.effect > order.effect {
+                order.effect = reading.effect;
+                order.rule = reading.rule;
             }
         }
         // "explain X, then do it": the doing makes every clause count.
@@ -222,6 +223,8 @@ impl Lexicon {
 
         let families = self.actions().len();
         let mut family: Option<usize> = None;
+        // every family an active clause names, for ACTIONS_PARAMETER
+        let mut named_families: Vec<usize> = Vec::new();
         let mut delete_record = None;
         let mut stop_record = None;
         let mut targets: Vec<Module> = Vec::new();
@@ -253,6 +256,9 @@ impl Lexicon {
                 (0..families).find(|&i| clause.hits.families.get(i).is_some_and(Option::is_some))
             {
                 family = Some(family.map_or(i, |f| f.min(i)));
+                if !named_families.contains(&i) {
+                    named_families.push(i);
+                }
             }
             let mut clause_effect = clause.reading.effect;
             let mut rule = clause.reading.rule;
@@ -344,6 +350,15 @@ impl Lexicon {
         // Only the parser writes this key: a `safety=…` in the text must not
         // pass for a record of the rules.
         parameters.remove(SAFETY_PARAMETER);
+        parameters.remove(ACTIONS_PARAMETER);
+        if !destructive && named_families.len() > 1 {
+            let actions = named_families
+                .iter()
+                .filter_map(|&i| self.actions().get(i))
+                .map(|a| Value::String((*a).to_owned()))
+                .collect();
+            parameters.insert(ACTIONS_PARAMETER.into(), Value::Array(actions));
+        }
         let mut safety: Vec<Value> = delete_record.into_iter().chain(stop_record).collect();
         for command in &commands {
             let family = match command.effect {

@@ -241,3 +241,29 @@ fn harmless_requests_keep_their_action_and_domain() {
     }
     assert!(harmless().count() >= 100);
 }
+
+/// Several requests in one message: each action family is listed, so the
+/// policy classifies them all and the second one cannot be lowered by the
+/// first one's place in the family order.
+#[test]
+fn a_message_of_several_requests_lists_every_action() {
+    let (dsl, assessment) = assess("patch prod. roll back staging");
+    assert_eq!(dsl.action, "update", "the first family in the SPEC order");
+    assert_eq!(
+        dsl.parameters[madre_parser::ACTIONS_PARAMETER],
+        serde_json::json!(["update", "restore"])
+    );
+    assert_eq!(assessment.risk(), RiskLevel::High, "restore is HIGH");
+    let (single, _) = assess("patch prod");
+    assert!(
+        !single
+            .parameters
+            .contains_key(madre_parser::ACTIONS_PARAMETER)
+    );
+    let (forged, _) = assess("hello actions=delete");
+    assert!(
+        !forged
+            .parameters
+            .contains_key(madre_parser::ACTIONS_PARAMETER)
+    );
+}

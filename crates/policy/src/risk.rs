@@ -11,6 +11,11 @@ use std::path::Path;
 /// whatever its action (SPEC §4 "Safety first"); the deny rule still applies.
 pub const SHELL_COMMAND_WARNING: &str = "shell_command_detected";
 
+/// The DSL parameter in which the parser lists every action a message of
+/// several requests names (`madre_parser::ACTIONS_PARAMETER`); each is
+/// classified, and the highest risk wins.
+pub const ACTIONS_PARAMETER: &str = "actions";
+
 /// The parser's word families that a policy file may extend under
 /// `[families]`: `delete` (the destructive family) and the action families
 /// of SPEC §4, in the order the parser tries them.
@@ -258,8 +263,9 @@ impl RiskTables {
         }
     }
 
-    /// Classifies a parsed intent: each target with the action (any deny
-    /// denies, the highest risk wins), or the domain with the action when
+    /// Classifies a parsed intent: each target with the action, and with
+    /// every other action the message names ([`ACTIONS_PARAMETER`]); any
+    /// deny denies, the highest risk wins; or the domain with the action when
     /// there is no target; then the intent's effect sets a floor (SPEC §5
     /// "Safety by effect"): only `read` and `generate` may be LOW, `change`,
     /// `send` and `unknown` are at least MED, `execute` and `destroy` HIGH.
@@ -273,10 +279,31 @@ impl RiskTables {
         } else {
             dsl.targets.iter().map(|m| m.as_str()).collect()
         };
-        let mut assessment = self.assess_with(&targets, &dsl.action, |t, a| {
-            self.classify_known(t, a)
-                .unwrap_or(Decision::Risk(RiskLevel::Low))
-        });
+        let named = dsl
+            .parameters
+            .get(ACTIONS_PARAMETER)
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str());
+        let mut assessment = Assessment {
+            decision: Decision::Risk(RiskLevel::Low),
+            denied_target: None,
+        };
+        for action in std::iter::once(dsl.action.as_str()).chain(named) {
+            let this = self.assess_with(&targets, action, |t, a| {
+                self.classify_known(t, a)
+                    .unwrap_or(Decision::Risk(RiskLevel::Low))
+            });
+            match (this.decision, assessment.decision) {
+                (Decision::Deny, _) => {
+                    assessment = this;
+                    break;
+                }
+                (Decision::Risk(new), Decision::Risk(old)) if new > old => assessment = this,
+                _ => {}
+            }
+        }
         if let Decision::Risk(risk) = assessment.decision {
             let mut floor = dsl.effect.min_risk();
             if dsl.warnings.iter().any(|w| w == SHELL_COMMAND_WARNING) {

@@ -335,3 +335,24 @@ fn policy_file_families_are_plain_data_and_validated() {
     let err = RiskTables::from_toml_str("families = [\"zap\"]\n").unwrap_err();
     assert!(matches!(err, PolicyError::Parse(_)), "{err}");
 }
+
+/// A message of several requests: every action it names is classified, so
+/// "patch prod. roll back staging" is the HIGH of the restore, not the MED
+/// of the patch that comes first in the family order.
+#[test]
+fn every_action_a_message_names_is_classified() {
+    let mut intent = dsl("general", "update", NONE, &[]);
+    intent.effect = madre_models::Effect::Change;
+    assert_eq!(RiskTables::default().assess(&intent).decision, MED);
+    intent.parameters.insert(
+        madre_policy::ACTIONS_PARAMETER.into(),
+        serde_json::json!(["update", "restore"]),
+    );
+    assert_eq!(RiskTables::default().assess(&intent).decision, HIGH);
+    let mut denied = dsl("system", "restart", M, &[]);
+    denied.parameters.insert(
+        madre_policy::ACTIONS_PARAMETER.into(),
+        serde_json::json!(["restart", "stop"]),
+    );
+    assert_eq!(RiskTables::default().assess(&denied).decision, DENY);
+}
