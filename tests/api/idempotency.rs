@@ -6,54 +6,33 @@ use serde_json::json;
 use std::collections::HashSet;
 use vx11_stubs::Behaviour;
 
+/// `POST /madre/chat` with `message` and `Idempotency-Key: key`, as `token`.
+async fn keyed_chat(app: &TestApp, token: &str, message: &str, key: &str) -> Reply {
+    app.send_with(
+        "POST",
+        "/madre/chat",
+        Some(token),
+        Some(json!({ "message": message })),
+        &[("Idempotency-Key", key)],
+    )
+    .await
+}
+
 #[actix_rt::test]
 async fn an_idempotency_key_replays_the_first_answer() {
     let app = spawn_app().await;
-    let body = json!({"message": "hello once"});
-    let first = app
-        .send_with(
-            "POST",
-            "/madre/chat",
-            Some(OPERATOR),
-            Some(body.clone()),
-            &[("Idempotency-Key", "k-1")],
-        )
-        .await;
-    let second = app
-        .send_with(
-            "POST",
-            "/madre/chat",
-            Some(OPERATOR),
-            Some(body),
-            &[("Idempotency-Key", "k-1")],
-        )
-        .await;
+    let first = keyed_chat(&app, OPERATOR, "hello once", "k-1").await;
+    let second = keyed_chat(&app, OPERATOR, "hello once", "k-1").await;
     assert_eq!((first.status, second.status), (200, 200));
     assert_eq!(first.body, second.body);
     assert_eq!(app.calls(Module::Hermes).await, 1, "ran once");
-    let other = app
-        .send_with(
-            "POST",
-            "/madre/chat",
-            Some(OPERATOR),
-            Some(json!({"message": "something else"})),
-            &[("Idempotency-Key", "k-1")],
-        )
-        .await;
+    let other = keyed_chat(&app, OPERATOR, "something else", "k-1").await;
     assert_eq!(
         (other.status, s(&other.body["error"])),
         (422, "idempotency_key_reused")
     );
     // keys are per principal
-    let admin = app
-        .send_with(
-            "POST",
-            "/madre/chat",
-            Some(ADMIN),
-            Some(json!({"message": "hello once"})),
-            &[("Idempotency-Key", "k-1")],
-        )
-        .await;
+    let admin = keyed_chat(&app, ADMIN, "hello once", "k-1").await;
     assert_eq!(admin.status, 200);
     assert_eq!(app.calls(Module::Hermes).await, 2);
     app.stop().await;
@@ -102,15 +81,7 @@ async fn concurrent_keys_run_once_and_no_token_is_stored() {
         .unwrap();
     assert_eq!(intents, 1, "one intent");
 
-    let waiting = app
-        .send_with(
-            "POST",
-            "/madre/chat",
-            Some(ADMIN),
-            Some(json!({"message": "delete all data"})),
-            &[("Idempotency-Key", "k-waiting")],
-        )
-        .await;
+    let waiting = keyed_chat(&app, ADMIN, "delete all data", "k-waiting").await;
     assert_eq!(s(&waiting.body["status"]), "WAITING");
     let token = s(&waiting.body["confirm_token"]).to_owned();
     assert!(token.len() >= 22);
@@ -128,15 +99,7 @@ async fn concurrent_keys_run_once_and_no_token_is_stored() {
         );
     }
     // The lost answer, replayed, carries a fresh token that confirms.
-    let replay = app
-        .send_with(
-            "POST",
-            "/madre/chat",
-            Some(ADMIN),
-            Some(json!({"message": "delete all data"})),
-            &[("Idempotency-Key", "k-waiting")],
-        )
-        .await;
+    let replay = keyed_chat(&app, ADMIN, "delete all data", "k-waiting").await;
     let fresh = s(&replay.body["confirm_token"]).to_owned();
     assert!(fresh.len() >= 22 && fresh != token);
     let plan_id = s(&waiting.body["plan_id"]).to_owned();
@@ -151,14 +114,13 @@ async fn concurrent_keys_run_once_and_no_token_is_stored() {
 #[actix_rt::test]
 async fn a_key_reused_on_another_endpoint_says_so() {
     let app = spawn_app().await;
-    let body = json!({"message": "hello once"});
     let key = [("Idempotency-Key", "k-endpoint")];
     let first = app
         .send_with(
             "POST",
             "/madre/chat",
             Some(OPERATOR),
-            Some(body.clone()),
+            Some(json!({"message": "hello once"})),
             &key,
         )
         .await;
@@ -167,7 +129,7 @@ async fn a_key_reused_on_another_endpoint_says_so() {
         let body = if path == "/task" {
             json!({"name": "t", "module": "hermes", "action": "status"})
         } else {
-            body.clone()
+            json!({"message": "hello once"})
         };
         let other = app
             .send_with("POST", path, Some(OPERATOR), Some(body), &key)
@@ -230,15 +192,7 @@ async fn a_client_that_gives_up_mid_chat_gets_the_answer_on_retry() {
     drop(impatient);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let replay = loop {
-        let r = app
-            .send_with(
-                "POST",
-                "/madre/chat",
-                Some(OPERATOR),
-                Some(json!({"message": "hello, slowly"})),
-                &[("Idempotency-Key", "k-impatient")],
-            )
-            .await;
+        let r = keyed_chat(&app, OPERATOR, "hello, slowly", "k-impatient").await;
         if r.status == 200 {
             break r;
         }

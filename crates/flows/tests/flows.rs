@@ -38,6 +38,18 @@ fn chat_command(message: &str) -> ChatCommand {
     .unwrap()
 }
 
+/// One plan slot and no queue: the second plan to run finds it full.
+fn one_slot_no_queue() -> Harness {
+    harness(
+        RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 0,
+            ..RunnerConfig::default()
+        },
+        MadreConfig::default(),
+    )
+}
+
 fn harness(runner: RunnerConfig, config: MadreConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(&dir.path().join("vx11.db")).unwrap();
@@ -92,6 +104,19 @@ impl Harness {
                 })
             })
             .await
+    }
+
+    /// A chat sent while the only slot is taken and there is no queue:
+    /// refused with `QueueFull` (503).
+    async fn chat_refused_for_a_full_queue(&self) {
+        let refused = self
+            .madre
+            .chat(&admin(), chat_command("hello too"), "chat", "t")
+            .await;
+        assert!(
+            matches!(refused, Err(FlowError::QueueFull(_))),
+            "{refused:?}"
+        );
     }
 
     /// Starts a LOW chat whose Hermes call takes `hermes_ms`, and waits
@@ -260,14 +285,7 @@ async fn a_replayed_waiting_answer_carries_a_fresh_token_and_none_is_stored() {
 /// answer is RUNNING, not "retry".
 #[tokio::test]
 async fn confirming_with_a_full_queue_runs_the_plan_later() {
-    let h = harness(
-        RunnerConfig {
-            max_concurrent: 1,
-            max_queued: 0,
-            ..RunnerConfig::default()
-        },
-        MadreConfig::default(),
-    );
+    let h = one_slot_no_queue();
     let waiting = h.chat("delete all data").await;
     let token = waiting.confirm_token.clone().unwrap();
     let busy = h.occupy_the_only_slot(600).await;
@@ -384,23 +402,9 @@ async fn every_chat_records_one_turn_and_closes_its_intent_with_the_plans_status
 /// start-up closes those a crashed process left open.
 #[tokio::test]
 async fn no_intent_is_left_open() {
-    let h = harness(
-        RunnerConfig {
-            max_concurrent: 1,
-            max_queued: 0,
-            ..RunnerConfig::default()
-        },
-        MadreConfig::default(),
-    );
+    let h = one_slot_no_queue();
     let busy = h.occupy_the_only_slot(500).await;
-    let refused = h
-        .madre
-        .chat(&admin(), chat_command("hello too"), "chat", "t")
-        .await;
-    assert!(
-        matches!(refused, Err(FlowError::QueueFull(_))),
-        "{refused:?}"
-    );
+    h.chat_refused_for_a_full_queue().await;
     busy.await.unwrap();
     assert_eq!(h.madre.db().count_open_intents().unwrap(), 0);
 
@@ -480,23 +484,9 @@ async fn cancel_is_journaled() {
 /// if a write after the refusal fails.
 #[tokio::test]
 async fn a_chat_refused_for_a_full_queue_leaves_no_plan_to_run() {
-    let h = harness(
-        RunnerConfig {
-            max_concurrent: 1,
-            max_queued: 0,
-            ..RunnerConfig::default()
-        },
-        MadreConfig::default(),
-    );
+    let h = one_slot_no_queue();
     let busy = h.occupy_the_only_slot(500).await;
-    let refused = h
-        .madre
-        .chat(&admin(), chat_command("hello too"), "chat", "t")
-        .await;
-    assert!(
-        matches!(refused, Err(FlowError::QueueFull(_))),
-        "{refused:?}"
-    );
+    h.chat_refused_for_a_full_queue().await;
     let db = h.madre.db();
     let stored: Vec<Uuid> = [Status::Running, Status::Pending, Status::Cancelled]
         .into_iter()
