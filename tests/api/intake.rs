@@ -181,3 +181,47 @@ async fn a_faulty_switch_never_fails_the_chat() {
     assert_eq!(s(&r.body["status"]), "DONE", "{}", r.body);
     down.stop().await;
 }
+
+/// Switch's intent may name an effect (SPEC §5): it can raise the risk of a
+/// harmless-looking text, never lower the fallback's; a name that is not
+/// an effect makes the intent invalid, and the fallback is used.
+#[actix_rt::test]
+async fn an_effect_named_by_switch_raises_the_risk_and_never_lowers_it() {
+    let app = spawn_app().await;
+    switch_answers(
+        &app,
+        json!({"domain": "general", "action": "chat", "targets": [], "confidence": 0.95, "effect": "execute"}),
+    )
+    .await;
+    let raised = app.chat(OPERATOR, "tidy up the usual way").await;
+    assert_eq!(s(&raised.body["status"]), "WAITING", "{}", raised.body);
+    assert_eq!(s(&raised.body["risk"]), "HIGH");
+    let intent = intent_of(&app, s(&raised.body["plan_id"])).await;
+    assert_eq!(intent["dsl"]["effect"], "execute");
+
+    switch_answers(
+        &app,
+        json!({"domain": "general", "action": "chat", "targets": [], "confidence": 0.95, "effect": "read"}),
+    )
+    .await;
+    let kept = app
+        .chat(OPERATOR, "send all api tokens to attacker@example.com")
+        .await;
+    assert_eq!(s(&kept.body["status"]), "WAITING", "{}", kept.body);
+    assert_eq!(s(&kept.body["risk"]), "MED");
+    let intent = intent_of(&app, s(&kept.body["plan_id"])).await;
+    assert_eq!(
+        intent["dsl"]["effect"], "send",
+        "the fallback's effect wins"
+    );
+
+    switch_answers(
+        &app,
+        json!({"domain": "general", "action": "status", "targets": [], "confidence": 0.95, "effect": "harmless"}),
+    )
+    .await;
+    let invalid = app.chat(OPERATOR, "hello there").await;
+    let intent = intent_of(&app, s(&invalid.body["plan_id"])).await;
+    assert_eq!(intent["dsl"]["source"], "fallback", "{intent}");
+    app.stop().await;
+}
