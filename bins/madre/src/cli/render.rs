@@ -262,6 +262,8 @@ pub(crate) fn plan(value: &Value, cx: &Context) -> String {
     struct Dsl {
         #[serde(default)]
         original_text: String,
+        /// What the request does (SPEC §5); older servers send none.
+        effect: Option<String>,
     }
     #[derive(Deserialize)]
     struct Audit {
@@ -300,6 +302,9 @@ pub(crate) fn plan(value: &Value, cx: &Context) -> String {
                 let _ = write!(line, " (targets: {})", one_line(&intent.targets.join(", ")));
             }
             header.push(("risk", line));
+        }
+        if let Some(effect) = intent.dsl.as_ref().and_then(|d| d.effect.as_deref()) {
+            header.push(("effect", one_line(effect)));
         }
     }
     if let Some(session) = &plan.session_id {

@@ -248,7 +248,7 @@ fn detail() -> Value {
             "created_at": "2026-12-01T07:21:23.924384910Z",
             "dsl": { "action": "delete", "confidence": 0.9, "domain": "system",
                      "original_text": "delete all data", "parameters": {}, "targets": [],
-                     "warnings": ["destructive_intent_detected"] },
+                     "warnings": ["destructive_intent_detected"], "effect": "destroy" },
             "intent_id": "0a14e08c-e46a-4126-95d9-3c74e9a2d122",
             "mode": "MADRE", "requires_confirmation": true, "risk": "HIGH",
             "session_id": "s1", "targets": ["madre"]
@@ -330,6 +330,7 @@ fn plan_with_its_journal() {
             status    DONE
             request   "delete all data"
             risk      HIGH (targets: madre)
+            effect    destroy
             session   s1
             mode      MADRE
             created   2026-12-01T07:21:23Z (4m ago)
@@ -371,6 +372,7 @@ fn plan_without_a_journal_times_steps_one_after_the_other() {
             status    DONE
             request   "delete all data"
             risk      HIGH (targets: madre)
+            effect    destroy
             session   s1
             mode      MADRE
             created   2026-12-01T07:21:23Z (4m ago)
