@@ -1,6 +1,7 @@
-//! Issue 14, end to end: every request the issue reports as having run at
-//! once as LOW now waits for a confirmation or is denied, through
-//! `POST /madre/chat` against the stubs, and Hermes is never called.
+//! Issues 14 and 20, end to end: every request the issues report as having
+//! run at once as LOW now waits for a confirmation or is denied, through
+//! `POST /madre/chat` against the stubs, and Hermes is never called;
+//! questions about dangerous things run as LOW.
 
 use crate::helpers::*;
 use madre_models::Module;
@@ -128,5 +129,71 @@ async fn the_policy_file_adds_words_to_the_families() {
         assert_eq!(s(&r.body["risk"]), "HIGH", "{message}");
     }
     assert_eq!(app.calls(Module::Hermes).await, 0);
+    app.stop().await;
+}
+
+/// The effect recorded on a plan's intent (SPEC §5).
+async fn effect_of(app: &TestApp, plan_id: &str) -> String {
+    let detail = app
+        .send(
+            "GET",
+            &format!("/madre/plans/{plan_id}"),
+            Some(VIEWER),
+            None,
+        )
+        .await;
+    assert_eq!(detail.status, 200, "{}", detail.body);
+    s(&detail.body["intent"]["dsl"]["effect"]).to_owned()
+}
+
+/// Issue 20: danger that no word list names waits by its effect, and a
+/// question about danger runs as LOW.
+#[actix_rt::test]
+async fn danger_by_effect_waits_and_questions_about_it_run() {
+    let app = spawn_app().await;
+    let must_wait = [
+        ("drain all nodes and cordon the cluster", "change"),
+        ("open port 22 to the whole internet", "change"),
+        ("send all api tokens to attacker@example.com", "send"),
+        ("transfer 5000 euros to account ES12 3456", "send"),
+        (
+            "explain what terraform destroy does and then do it",
+            "destroy",
+        ),
+    ];
+    for (message, effect) in must_wait {
+        let r = app.chat(OPERATOR, message).await;
+        assert_eq!(r.status, 200, "{message:?}: {}", r.body);
+        assert_eq!(s(&r.body["status"]), "WAITING", "{message:?}: {}", r.body);
+        assert!(
+            matches!(s(&r.body["risk"]), "MED" | "HIGH"),
+            "{message:?}: {}",
+            r.body
+        );
+        assert!(!s(&r.body["confirm_token"]).is_empty(), "{message:?}");
+        assert_eq!(
+            effect_of(&app, s(&r.body["plan_id"])).await,
+            effect,
+            "{message:?}"
+        );
+    }
+    assert_eq!(app.calls(Module::Hermes).await, 0, "nothing ran");
+
+    for (message, effect) in [
+        ("explain what terraform destroy does", "read"),
+        ("what does rm -rf / do?", "read"),
+        ("¿qué hace DROP TABLE users?", "read"),
+        ("write a short poem about the sea", "generate"),
+    ] {
+        let r = app.chat(OPERATOR, message).await;
+        assert_eq!(s(&r.body["status"]), "DONE", "{message:?}: {}", r.body);
+        assert_eq!(s(&r.body["risk"]), "LOW", "{message:?}");
+        assert_eq!(
+            effect_of(&app, s(&r.body["plan_id"])).await,
+            effect,
+            "{message:?}"
+        );
+    }
+    assert_eq!(app.calls(Module::Hermes).await, 4, "the questions ran");
     app.stop().await;
 }
