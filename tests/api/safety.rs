@@ -5,7 +5,7 @@
 
 use crate::helpers::*;
 use madre_models::Module;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Requests that must wait for a human, and whether they hold a command
 /// line (so the answer carries `shell_command_detected`).
@@ -195,5 +195,51 @@ async fn danger_by_effect_waits_and_questions_about_it_run() {
         );
     }
     assert_eq!(app.calls(Module::Hermes).await, 4, "the questions ran");
+    app.stop().await;
+}
+
+/// `[effects]` in `MADRE_POLICY_FILE`: an operator's own tool waits as
+/// `execute`, harmless material they name stays LOW; a file that would
+/// make a send verb harmless is refused at restart, and the words in force
+/// stay.
+#[actix_rt::test]
+async fn the_policy_file_adds_words_to_effects_but_cannot_make_danger_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[effects.execute]\nverbs = [\"vxctl\"]\n[effects.generate]\nobjects = [\"runbook\"]\n",
+    )
+    .unwrap();
+    let app = spawn_app_with(&[("MADRE_POLICY_FILE", policy.to_str().unwrap())]).await;
+    let tool = app.chat(OPERATOR, "vxctl rollout").await;
+    assert_eq!(s(&tool.body["status"]), "WAITING", "{}", tool.body);
+    assert_eq!(s(&tool.body["risk"]), "HIGH");
+    assert_eq!(effect_of(&app, s(&tool.body["plan_id"])).await, "execute");
+    let material = app.chat(OPERATOR, "frobnicate the runbook").await;
+    assert_eq!(s(&material.body["status"]), "DONE", "{}", material.body);
+    assert_eq!(
+        effect_of(&app, s(&material.body["plan_id"])).await,
+        "generate"
+    );
+
+    std::fs::write(&policy, "[effects.read]\nverbs = [\"send\"]\n").unwrap();
+    let restart = json!({"target": "madre", "action": "restart"});
+    let pending = app
+        .send("POST", "/madre/control", Some(ADMIN), Some(restart.clone()))
+        .await;
+    let mut confirmed = restart;
+    confirmed["confirm_token"] = pending.body["confirm_token"].clone();
+    let reloaded = app
+        .send("POST", "/madre/control", Some(ADMIN), Some(confirmed))
+        .await;
+    let reason = s(&reloaded.body["result"]["error"]);
+    assert!(
+        reason.contains("\"send\"") && reason.contains("cannot be made LOW"),
+        "{}",
+        reloaded.body
+    );
+    let still = app.chat(OPERATOR, "vxctl rollout").await;
+    assert_eq!(s(&still.body["risk"]), "HIGH", "the words in force stay");
     app.stop().await;
 }

@@ -246,15 +246,27 @@ pub(crate) async fn detached<T: Send + 'static>(
         .map_err(|e| FlowError::Internal(format!("the flow's task ended early: {e}")))?
 }
 
-/// The parser's lists extended by the policy's `[families]`, or `None` when
-/// it adds nothing.
+/// The parser's lists extended by the policy's `[families]` and
+/// `[effects]`, or `None` when it adds nothing. A file that would make a
+/// verb Madre knows as send, execute or destroy harmless is refused here.
 fn lexicon_for(tables: &RiskTables) -> Result<Option<Arc<madre_parser::Lexicon>>, FlowError> {
-    if tables.families.values().all(Vec::is_empty) {
+    let no_effects = tables
+        .effects
+        .values()
+        .all(|w| w.verbs.is_empty() && w.objects.is_empty());
+    if tables.families.values().all(Vec::is_empty) && no_effects {
         return Ok(None);
     }
-    madre_parser::Lexicon::with_extras(&tables.families)
+    let effects = tables
+        .effect_words()
+        .map(|(effect, words)| madre_parser::EffectExtras {
+            effect,
+            verbs: &words.verbs,
+            objects: &words.objects,
+        });
+    madre_parser::Lexicon::with_policy(&tables.families, effects)
         .map(|l| Some(Arc::new(l)))
-        .map_err(|e| FlowError::Reload(format!("policy `families`: {e}")))
+        .map_err(|e| FlowError::Reload(e.to_string()))
 }
 
 /// Fails with [`FlowError::Forbidden`] unless `principal` has at least `role`.

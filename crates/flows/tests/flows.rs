@@ -608,3 +608,49 @@ async fn past_the_deferred_bound_a_confirmation_is_refused_and_its_token_kept() 
         }
     }
 }
+
+/// `[effects]` of the policy file reaches the parser (SPEC §5): an
+/// operator's own tool waits as `execute`; and a file that would make a
+/// verb Madre knows as send, execute or destroy harmless is refused when
+/// Madre is built, naming the verb.
+#[tokio::test]
+async fn policy_effects_reach_the_parser_and_cannot_make_danger_harmless() {
+    let parts = |tables: RiskTables| {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("vx11.db")).unwrap();
+        let registry = Registry::new(
+            BTreeMap::new(),
+            &[],
+            SecretString::from("t"),
+            Duration::from_secs(2),
+        );
+        let delegator = Delegator::new(Arc::new(registry));
+        let runner = Runner::new(db.clone(), delegator.clone(), RunnerConfig::default());
+        let parts = Parts {
+            db,
+            runner,
+            delegator,
+            tables,
+            principals: Principals::new(),
+            config: MadreConfig::default(),
+            reloader: None,
+        };
+        (dir, parts)
+    };
+    let tables = RiskTables::from_toml_str("[effects.execute]\nverbs = [\"vxctl\"]\n").unwrap();
+    let (_dir, good) = parts(tables);
+    let madre = Madre::new(good).unwrap();
+    let answer = madre
+        .chat(&admin(), chat_command("vxctl rollout"), "chat", "t")
+        .await
+        .unwrap();
+    assert_eq!(answer.status, Status::Waiting);
+    assert_eq!(answer.risk, madre_models::RiskLevel::High);
+
+    let tables = RiskTables::from_toml_str("[effects.read]\nverbs = [\"send\"]\n").unwrap();
+    let (_dir, bad) = parts(tables);
+    let Err(refused) = Madre::new(bad) else {
+        panic!("a send verb cannot be made LOW")
+    };
+    assert!(refused.to_string().contains("\"send\""), "{refused}");
+}

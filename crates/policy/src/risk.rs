@@ -1,7 +1,7 @@
 //! Risk classification (SPEC §5) with tables that a TOML file may replace,
 //! and word-family extensions that a TOML file may add for the parser.
 
-use madre_models::{Dsl, RiskLevel};
+use madre_models::{Dsl, Effect, RiskLevel};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -82,6 +82,34 @@ pub struct RiskTables {
     /// depend on the parser; the server hands this map to
     /// `madre_parser::Lexicon::with_extras`. Empty by default.
     pub families: BTreeMap<String, Vec<String>>,
+    /// Verbs and objects an operator adds to an effect (SPEC §5), by effect
+    /// name (`read`, `generate`, `unknown`, `change`, `send`, `execute`,
+    /// `destroy`): TOML `[effects.execute]` with `verbs = ["vxctl"]` and
+    /// `objects = [...]`. Plain data like `families`; the server hands it
+    /// to `madre_parser::Lexicon::with_policy`, which refuses to make a
+    /// verb it knows as send, execute or destroy LOW. Empty by default.
+    pub effects: BTreeMap<String, EffectWords>,
+}
+
+/// The words a policy file adds to one effect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EffectWords {
+    /// Verbs and verb phrases that have the effect.
+    pub verbs: Vec<String>,
+    /// Nouns and noun phrases: harmless material for `read` and
+    /// `generate`, objects of concern for the other effects.
+    pub objects: Vec<String>,
+}
+
+impl RiskTables {
+    /// The `[effects]` entries with their effect, in the shape
+    /// `madre_parser::Lexicon::with_policy` takes.
+    pub fn effect_words(&self) -> impl Iterator<Item = (Effect, &EffectWords)> {
+        self.effects
+            .iter()
+            .filter_map(|(name, words)| Some((name.parse().ok()?, words)))
+    }
 }
 
 fn words(list: &[&str]) -> Vec<String> {
@@ -110,6 +138,7 @@ impl Default for RiskTables {
             deny_targets: words(&["madre", "tentaculo_link"]),
             deny_actions: words(&["delete", "stop", "kill", "destroy", "terminate", "wipe"]),
             families: BTreeMap::new(),
+            effects: BTreeMap::new(),
         }
     }
 }
@@ -127,7 +156,7 @@ pub enum PolicyError {
     },
     /// The file is not valid TOML of the expected shape.
     #[error(
-        "policy file is not valid (expected arrays `high`, `med`, `low_actions`, `deny_targets`, `deny_actions` and a table `families`): {0}"
+        "policy file is not valid (expected arrays `high`, `med`, `low_actions`, `deny_targets`, `deny_actions` and tables `families` and `effects`): {0}"
     )]
     Parse(#[from] toml::de::Error),
     /// A list holds something that is not a lower-case word.
@@ -151,6 +180,26 @@ pub enum PolicyError {
     BadPhrase {
         /// Which family.
         family: String,
+        /// The offending entry.
+        phrase: String,
+    },
+    /// `[effects]` names something that is not an effect.
+    #[error(
+        "policy `effects` has {effect:?}, which is not an effect (expected one of read, generate, unknown, change, send, execute, destroy)"
+    )]
+    UnknownEffect {
+        /// The name given.
+        effect: String,
+    },
+    /// An effect's verb or object is not a lower-case phrase.
+    #[error(
+        "policy `effects.{effect}.{list}` holds {phrase:?}, which is not a lower-case phrase (words separated by spaces, `*` between two words for a gap)"
+    )]
+    BadEffectPhrase {
+        /// Which effect.
+        effect: String,
+        /// `verbs` or `objects`.
+        list: &'static str,
         /// The offending entry.
         phrase: String,
     },
@@ -202,6 +251,22 @@ impl RiskTables {
                     list,
                     word: bad.clone(),
                 });
+            }
+        }
+        for (effect, words) in &tables.effects {
+            if effect.parse::<Effect>().is_err() {
+                return Err(PolicyError::UnknownEffect {
+                    effect: effect.clone(),
+                });
+            }
+            for (list, phrases) in [("verbs", &words.verbs), ("objects", &words.objects)] {
+                if let Some(bad) = phrases.iter().find(|p| !is_lower_phrase(p)) {
+                    return Err(PolicyError::BadEffectPhrase {
+                        effect: effect.clone(),
+                        list,
+                        phrase: bad.clone(),
+                    });
+                }
             }
         }
         for (family, phrases) in &tables.families {

@@ -356,3 +356,37 @@ fn every_action_a_message_names_is_classified() {
     );
     assert_eq!(RiskTables::default().assess(&denied).decision, DENY);
 }
+
+/// `[effects]`: plain data, validated like `[families]`; the parser turns
+/// it into words (and refuses to make danger harmless, see madre-parser).
+#[test]
+fn policy_file_effects_are_plain_data_and_validated() {
+    let tables = RiskTables::from_toml_str(
+        "[effects.execute]\nverbs = [\"vxctl\", \"deploy tool\"]\n[effects.generate]\nobjects = [\"runbook\"]\n",
+    )
+    .unwrap();
+    let effects: Vec<_> = tables
+        .effect_words()
+        .map(|(effect, words)| (effect, words.verbs.len(), words.objects.len()))
+        .collect();
+    assert_eq!(
+        effects,
+        [
+            (madre_models::Effect::Execute, 2, 0),
+            (madre_models::Effect::Generate, 0, 1)
+        ]
+    );
+    assert!(RiskTables::default().effects.is_empty());
+    assert_eq!(tables.high, RiskTables::default().high, "other lists kept");
+
+    let err = RiskTables::from_toml_str("[effects.harmless]\nverbs = [\"x\"]\n").unwrap_err();
+    assert!(matches!(err, PolicyError::UnknownEffect { .. }), "{err}");
+    assert!(err.to_string().contains("harmless"), "{err}");
+    let err = RiskTables::from_toml_str("[effects.change]\nverbs = [\"Drain Now\"]\n").unwrap_err();
+    assert!(
+        matches!(err, PolicyError::BadEffectPhrase { list: "verbs", .. }),
+        "{err}"
+    );
+    let err = RiskTables::from_toml_str("[effects.change]\nverbz = [\"drain\"]\n").unwrap_err();
+    assert!(err.to_string().contains("verbz"), "{err}");
+}
