@@ -118,7 +118,7 @@ impl Application {
     /// Opens storage, reads policy and principals, and binds the listener
     /// (`MADRE_BIND`; port 0 picks a free port).
     pub fn build(settings: Settings) -> Result<Self, StartError> {
-        let db = Db::open(&settings.db_path)?;
+        let db = Db::open_with(&settings.db_path, settings.sqlite_sync)?;
         let tables = load_tables(&settings)?;
         let principals = load_principals(&settings)?;
         let delegator = Delegator::new(Arc::new(settings.registry.clone()));

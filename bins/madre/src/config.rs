@@ -18,6 +18,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// SQLite file (`MADRE_DB_PATH`).
     pub db_path: PathBuf,
+    /// How commits are synced (`MADRE_SQLITE_SYNC`: `normal`, the default,
+    /// survives a process crash; `full` also a power loss).
+    pub sqlite_sync: madre_db::SyncMode,
     /// The API token (`VX11_TOKEN`, or generated into `$MADRE_DATA_DIR/token`).
     pub api_token: SecretString,
     /// Where a generated token was written, to tell the operator.
@@ -127,6 +130,7 @@ const KNOWN_KEYS: &[&str] = &[
     "MADRE_BIND",
     "MADRE_DATA_DIR",
     "MADRE_DB_PATH",
+    "MADRE_SQLITE_SYNC",
     "VX11_TOKEN",
     "MADRE_TOKENS_FILE",
     "VX11_OUTBOUND_TOKEN",
@@ -250,6 +254,12 @@ impl Settings {
             .get("MADRE_DB_PATH")
             .map(PathBuf::from)
             .unwrap_or_else(|| data_dir.join("vx11.db"));
+        let sqlite_sync = match source.get("MADRE_SQLITE_SYNC") {
+            None => madre_db::SyncMode::default(),
+            Some(value) => value
+                .parse()
+                .map_err(|why: String| bad("MADRE_SQLITE_SYNC", why))?,
+        };
         let (api_token, generated_token_file) = match source.get("VX11_TOKEN") {
             Some(token) => (SecretString::from(token), None),
             None => {
@@ -288,6 +298,7 @@ impl Settings {
         Ok(Self {
             bind,
             db_path,
+            sqlite_sync,
             api_token,
             generated_token_file,
             tokens_file: source.get("MADRE_TOKENS_FILE").map(PathBuf::from),
@@ -484,5 +495,16 @@ mod tests {
         let err = settings(&[("RUST_LOG", "info,[=")]).unwrap_err();
         assert_eq!(err.variable, "RUST_LOG");
         assert!(settings(&[("RUST_LOG", "madre=debug,warn")]).is_ok());
+    }
+
+    #[test]
+    fn the_sqlite_sync_mode_is_normal_unless_full_is_asked() {
+        use madre_db::SyncMode;
+        assert_eq!(settings(&[]).unwrap().sqlite_sync, SyncMode::Normal);
+        let full = settings(&[("MADRE_SQLITE_SYNC", "full")]).unwrap();
+        assert_eq!(full.sqlite_sync, SyncMode::Full);
+        let err = settings(&[("MADRE_SQLITE_SYNC", "always")]).unwrap_err();
+        assert_eq!(err.variable, "MADRE_SQLITE_SYNC");
+        assert!(err.to_string().contains("always"), "{err}");
     }
 }

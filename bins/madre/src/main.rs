@@ -27,6 +27,7 @@ async fn serve() -> i32 {
     if let Some(path) = &settings.generated_token_file {
         tracing::info!(path = %path.display(), "VX11_TOKEN unset: using the API token stored in this file (mode 0600)");
     }
+    let sync = settings.sqlite_sync.as_str();
     let app = match Application::build(settings) {
         Ok(app) => app,
         Err(e) => {
@@ -35,7 +36,7 @@ async fn serve() -> i32 {
             return 2;
         }
     };
-    tracing::info!(port = app.port(), "madre listening");
+    tracing::info!(port = app.port(), sqlite_sync = sync, "madre listening");
     match app.run_until_stopped().await {
         Ok(()) => 0,
         Err(e) => {

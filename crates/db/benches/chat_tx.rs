@@ -15,7 +15,7 @@ mod chat_workload;
 
 use chat_workload::{Commits, low_chat, one_chat};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use madre_db::Db;
+use madre_db::{Db, SyncMode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,5 +57,21 @@ fn chat_transactions(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, chat_transactions);
+/// The same LOW chat's three commits on a database opened with
+/// `SyncMode::Full` (`MADRE_SQLITE_SYNC=full`: one fsync per commit), to
+/// compare with `db/low_chat_3_commits_*` of the same run.
+fn chat_transactions_synced(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench-full.db");
+    let db = Arc::new(Db::open_with(&path, SyncMode::Full).unwrap());
+    let mut group = c.benchmark_group("db_sync_full");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(8));
+    group.bench_function("low_chat_3_commits_1_writer", |b| {
+        b.iter(|| low_chat(&db, Commits::Seven))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, chat_transactions, chat_transactions_synced);
 criterion_main!(benches);

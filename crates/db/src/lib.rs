@@ -102,17 +102,64 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// How hard a commit presses its data to the disk (`PRAGMA synchronous`
+/// in WAL mode). Both survive a crash of the process; they differ on a
+/// power loss or an operating-system crash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `NORMAL`: the WAL is synced at each checkpoint, not at each commit.
+    /// A process crash (kill -9, panic, OOM) loses nothing committed; a
+    /// power loss may roll back the last commits (never corrupting the
+    /// file). The default: about the cost of no sync at all.
+    #[default]
+    Normal,
+    /// `FULL`: each commit syncs the WAL before it returns, so an
+    /// acknowledged write survives a power loss too, at the cost of one
+    /// `fsync` per commit.
+    Full,
+}
+
+impl SyncMode {
+    /// The name used by `MADRE_SQLITE_SYNC`: `normal` or `full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Normal => "normal",
+            SyncMode::Full => "full",
+        }
+    }
+
+    fn pragma(self) -> &'static str {
+        match self {
+            SyncMode::Normal => "NORMAL",
+            SyncMode::Full => "FULL",
+        }
+    }
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "normal" => Ok(SyncMode::Normal),
+            "full" => Ok(SyncMode::Full),
+            other => Err(format!("{other:?} is not \"normal\" or \"full\"")),
+        }
+    }
+}
+
 /// Applies the per-connection settings of SPEC §8.
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+fn configure(conn: &Connection, sync: SyncMode) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = NORMAL;
+         PRAGMA synchronous = {};
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
          PRAGMA journal_size_limit = 67108864;
          PRAGMA cache_size = -256;",
-    )?;
+        sync.pragma()
+    ))?;
     conn.set_prepared_statement_cache_capacity(64);
     // Query-planner stability: without it, a statement whose plan could
     // depend on a bound value (any `LIMIT ?`) is compiled again every time
@@ -125,8 +172,14 @@ impl Db {
     /// Opens (creating if needed) the database at `path`, creates its
     /// directory with mode 0700 and the file with mode 0600, and applies any
     /// pending migration. Refuses a file that is not a Madre database or
-    /// whose schema is newer than this code.
+    /// whose schema is newer than this code. Commits sync as
+    /// [`SyncMode::Normal`].
     pub fn open(path: &Path) -> Result<Self, DbError> {
+        Self::open_with(path, SyncMode::default())
+    }
+
+    /// [`Db::open`], with commits synced as `sync` says.
+    pub fn open_with(path: &Path, sync: SyncMode) -> Result<Self, DbError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             create_private_dir(dir)?;
         }
@@ -134,11 +187,11 @@ impl Db {
         // Refuse foreign files before any setting could write to them.
         schema::check_owner(&conn, path)?;
         set_private_mode(path)?;
-        configure(&conn).map_err(|e| DbError::open(path, e))?;
+        configure(&conn, sync).map_err(|e| DbError::open(path, e))?;
         schema::migrate(&mut conn, path)?;
 
-        let manager =
-            SqliteConnectionManager::file(path).with_init(|c: &mut Connection| configure(c));
+        let manager = SqliteConnectionManager::file(path)
+            .with_init(move |c: &mut Connection| configure(c, sync));
         let readers = Pool::builder()
             .max_size(READ_POOL_SIZE)
             .min_idle(Some(1))
@@ -157,7 +210,7 @@ impl Db {
              PRAGMA cache_size = -{WRITER_CACHE_KIB};"
         ))?;
         let checkpoint_conn = Connection::open(path).map_err(|e| DbError::open(path, e))?;
-        configure(&checkpoint_conn).map_err(|e| DbError::open(path, e))?;
+        configure(&checkpoint_conn, sync).map_err(|e| DbError::open(path, e))?;
         let writer = writer::Writer::new(conn);
         let writer_thread = writer
             .start_thread()
@@ -179,6 +232,19 @@ impl Db {
     pub fn with_replica(mut self, replica: &str) -> Self {
         self.replica = replica.into();
         self
+    }
+
+    /// How commits are synced, as the database connection reports it.
+    pub fn sync_mode(&self) -> Result<SyncMode, DbError> {
+        self.read(|conn| {
+            let level: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+            // 1 = NORMAL, 2 = FULL, 3 = EXTRA (at least as hard as FULL)
+            Ok(if level >= 2 {
+                SyncMode::Full
+            } else {
+                SyncMode::Normal
+            })
+        })
     }
 
     /// The database file.

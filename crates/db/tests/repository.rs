@@ -1656,3 +1656,16 @@ fn the_wal_stays_bounded_under_a_steady_stream_of_writes() {
     );
     t.db.integrity_check().unwrap();
 }
+
+/// `SyncMode::Full` (`MADRE_SQLITE_SYNC=full`) reaches every connection:
+/// the database reports FULL, and the default stays NORMAL.
+#[test]
+fn the_sync_mode_is_applied_to_the_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = Db::open_with(&dir.path().join("full.db"), SyncMode::Full).unwrap();
+    assert_eq!(full.sync_mode().unwrap(), SyncMode::Full);
+    let normal = Db::open(&dir.path().join("normal.db")).unwrap();
+    assert_eq!(normal.sync_mode().unwrap(), SyncMode::Normal);
+    assert_eq!("FULL".parse::<SyncMode>(), Ok(SyncMode::Full));
+    assert!("fsync".parse::<SyncMode>().unwrap_err().contains("fsync"));
+}
