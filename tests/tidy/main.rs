@@ -1,0 +1,230 @@
+//! Tidy tests: the invariants of ARCHITECTURE.md, checked on the code so
+//! that they cannot drift from it unseen (in the manner of rust-analyzer's
+//! tidy tests). Each failure names the file or crate and the rule.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace root")
+        .to_owned()
+}
+
+/// `cargo metadata` of the workspace members.
+fn metadata() -> Value {
+    let output = std::process::Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(workspace_root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON")
+}
+
+/// Each crate's layer: a crate may depend (outside its tests) only on
+/// crates of lower layers.
+const LAYERS: &[(&str, u8)] = &[
+    ("madre-models", 0),
+    ("madre-parser", 1),
+    ("madre-policy", 1),
+    ("madre-planner", 1),
+    ("madre-lifecycle", 1),
+    ("madre-db", 2),
+    ("madre-delegation", 2),
+    ("madre-runner", 3),
+    ("madre-flows", 4),
+    ("madre", 5),
+    ("vx11-stubs", 5),
+    ("madre-e2e", 6),
+];
+
+fn layer(name: &str) -> Option<u8> {
+    LAYERS.iter().find(|(n, _)| *n == name).map(|(_, l)| *l)
+}
+
+/// The workspace members with their normal (not dev, not build)
+/// dependencies.
+fn members() -> Vec<(String, Vec<String>)> {
+    let metadata = metadata();
+    metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|package| {
+            let name = package["name"].as_str().unwrap_or_default().to_owned();
+            let deps = package["dependencies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| d["kind"].is_null())
+                .filter_map(|d| d["name"].as_str().map(str::to_owned))
+                .collect();
+            (name, deps)
+        })
+        .collect()
+}
+
+#[test]
+fn dependencies_point_down() {
+    let members = members();
+    let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+    let mut wrong = Vec::new();
+    for (name, deps) in &members {
+        let Some(own) = layer(name) else {
+            wrong.push(format!("{name} has no layer in tests/tidy: place it"));
+            continue;
+        };
+        for dep in deps.iter().filter(|d| names.contains(&d.as_str())) {
+            match layer(dep) {
+                Some(theirs) if theirs < own => {}
+                _ => wrong.push(format!("{name} (layer {own}) depends on {dep}")),
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "dependencies must point down:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// The pure crates: no I/O, no clock, no randomness, so they cannot fail
+/// on any input and test alone without a runtime.
+const PURE: &[&str] = &[
+    "madre-parser",
+    "madre-policy",
+    "madre-planner",
+    "madre-lifecycle",
+];
+
+/// Crates that bring I/O, a runtime or a clock-driven engine.
+const IMPURE_DEPENDENCIES: &[&str] = &[
+    "tokio",
+    "actix-web",
+    "actix-rt",
+    "awc",
+    "reqwest",
+    "hyper",
+    "rusqlite",
+    "r2d2",
+    "postgres",
+    "tokio-postgres",
+    "sqlx",
+];
+
+/// What pure code must not call.
+const IMPURE_CALLS: &[&str] = &[
+    "std::fs",
+    "std::net",
+    "std::process",
+    "std::thread",
+    "tokio",
+    "Utc::now",
+    "Local::now",
+    "SystemTime::now",
+    "Instant::now",
+    "getrandom",
+    "now_v7",
+    "new_v4",
+];
+
+/// The known exceptions, with their reason: each must still be used, so
+/// that the list shrinks with the code.
+const ALLOWED: &[(&str, &str, &str)] = &[
+    (
+        "crates/policy/src/risk.rs",
+        "std::fs",
+        "RiskTables::load reads MADRE_POLICY_FILE when asked",
+    ),
+    (
+        "crates/policy/src/roles.rs",
+        "std::fs",
+        "Principals::load reads MADRE_TOKENS_FILE when asked",
+    ),
+    (
+        "crates/policy/src/confirm.rs",
+        "getrandom",
+        "ConfirmToken::generate reads the OS CSPRNG (its pure twin: from_entropy)",
+    ),
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir)
+        .expect("a source directory")
+        .flatten()
+    {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn pure_crates_do_no_io_read_no_clock_and_draw_no_randomness() {
+    let root = workspace_root();
+    let mut wrong = Vec::new();
+    for (name, deps) in members().iter().filter(|(n, _)| PURE.contains(&n.as_str())) {
+        for dep in deps
+            .iter()
+            .filter(|d| IMPURE_DEPENDENCIES.contains(&d.as_str()))
+        {
+            wrong.push(format!("{name} depends on {dep}"));
+        }
+    }
+    let mut used = vec![false; ALLOWED.len()];
+    for name in PURE {
+        let dir = root
+            .join("crates")
+            .join(name.trim_start_matches("madre-"))
+            .join("src");
+        let mut files = Vec::new();
+        rust_files(&dir, &mut files);
+        for file in files {
+            let relative = file
+                .strip_prefix(&root)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(&file).expect("a readable source file");
+            for (number, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                for call in IMPURE_CALLS.iter().filter(|c| code.contains(*c)) {
+                    match ALLOWED
+                        .iter()
+                        .position(|(f, c, _)| *f == relative && c == call)
+                    {
+                        Some(i) => used[i] = true,
+                        None => wrong.push(format!("{relative}:{}: {call}", number + 1)),
+                    }
+                }
+            }
+        }
+    }
+    for (i, (file, call, why)) in ALLOWED.iter().enumerate() {
+        if !used[i] {
+            wrong.push(format!(
+                "{file}: the exception for {call} ({why}) is no longer used: remove it"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "pure crates must stay pure:\n{}",
+        wrong.join("\n")
+    );
+}
