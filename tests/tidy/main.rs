@@ -228,3 +228,33 @@ fn pure_crates_do_no_io_read_no_clock_and_draw_no_randomness() {
         wrong.join("\n")
     );
 }
+
+/// The HTTP face takes no type and no handle from madre-db: storage comes
+/// through madre-flows. Only `app.rs`, which composes the server, opens
+/// the database; tests may build storage errors.
+#[test]
+fn the_http_face_takes_nothing_from_the_database_crate() {
+    let src = workspace_root().join("bins/madre/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut wrong = Vec::new();
+    for file in files.iter().filter(|f| !f.ends_with("app.rs")) {
+        let text = std::fs::read_to_string(file).expect("a readable source file");
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (number, line) in code.lines().enumerate() {
+            if line.contains("madre_db") || line.contains(".db()") {
+                wrong.push(format!(
+                    "{}:{}: {}",
+                    file.display(),
+                    number + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "storage comes through madre-flows:\n{}",
+        wrong.join("\n")
+    );
+}

@@ -20,7 +20,7 @@ pub struct Settings {
     pub db_path: PathBuf,
     /// How commits are synced (`MADRE_SQLITE_SYNC`: `normal`, the default,
     /// survives a process crash; `full` also a power loss).
-    pub sqlite_sync: madre_db::SyncMode,
+    pub sqlite_sync: madre_flows::SyncMode,
     /// The API token (`VX11_TOKEN`, or generated into `$MADRE_DATA_DIR/token`).
     pub api_token: SecretString,
     /// Where a generated token was written, to tell the operator.
@@ -255,7 +255,7 @@ impl Settings {
             .map(PathBuf::from)
             .unwrap_or_else(|| data_dir.join("vx11.db"));
         let sqlite_sync = match source.get("MADRE_SQLITE_SYNC") {
-            None => madre_db::SyncMode::default(),
+            None => madre_flows::SyncMode::default(),
             Some(value) => value
                 .parse()
                 .map_err(|why: String| bad("MADRE_SQLITE_SYNC", why))?,
@@ -499,7 +499,7 @@ mod tests {
 
     #[test]
     fn the_sqlite_sync_mode_is_normal_unless_full_is_asked() {
-        use madre_db::SyncMode;
+        use madre_flows::SyncMode;
         assert_eq!(settings(&[]).unwrap().sqlite_sync, SyncMode::Normal);
         let full = settings(&[("MADRE_SQLITE_SYNC", "full")]).unwrap();
         assert_eq!(full.sqlite_sync, SyncMode::Full);

@@ -4,8 +4,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use madre_db::StorageFault;
 use madre_flows::FlowError;
+use madre_flows::StorageFault;
 use madre_models::{ErrorBody, ValidationError};
 
 use crate::request_id;
@@ -120,12 +120,6 @@ impl From<FlowError> for ApiError {
                 ApiError::Internal(e.to_string())
             }
         }
-    }
-}
-
-impl From<madre_db::DbError> for ApiError {
-    fn from(e: madre_db::DbError) -> Self {
-        FlowError::from(e).into()
     }
 }
 
@@ -281,10 +275,10 @@ mod tests {
             StorageFault::Locked,
             StorageFault::Io,
         ] {
-            let error = ApiError::from(DbError::Unavailable {
+            let error = ApiError::from(FlowError::from(DbError::Unavailable {
                 reason: fault,
                 detail: "disk I/O error on /var/lib/vx11/vx11.db".into(),
-            });
+            }));
             assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(error.code(), "storage_unavailable");
             let response = error.error_response();
@@ -320,7 +314,9 @@ mod tests {
     /// Other storage failures stay 500s: they are bugs or corruption.
     #[test]
     fn other_storage_failures_stay_internal() {
-        let error = ApiError::from(DbError::Corrupt("page 3 is never used".into()));
+        let error = ApiError::from(FlowError::from(DbError::Corrupt(
+            "page 3 is never used".into(),
+        )));
         assert_eq!(error.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -3,8 +3,8 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
-use madre_db::{PlanFilter, PlanKind};
 use madre_flows::{Answer, IdempotencyKey};
+use madre_flows::{PlanFilter, PlanKind};
 use madre_models::{
     ActionTaken, BreakerState, CancelResponse, ChatRequest, ChatResponse, ChatV6Request,
     ChatV6Response, ConfirmRequest, ConfirmResponse, ControlRequest, ControlResponse, DepState,
@@ -123,11 +123,7 @@ async fn explain_reuse(
         return error.into();
     };
     let (principal, raw_key) = (caller.name().to_owned(), key.key.clone());
-    let first = state
-        .madre
-        .db()
-        .run_blocking(move |db| db.idempotency_request_hash(&principal, &raw_key))
-        .await;
+    let first = state.madre.first_request_of_key(principal, raw_key).await;
     let endpoint = |hash: &str| hash.split_once(' ').map(|(path, _)| path.to_owned());
     match first.ok().flatten().as_deref().and_then(endpoint) {
         Some(first) if Some(&first) != endpoint(&key.request_hash).as_ref() => {
@@ -165,7 +161,7 @@ fn to_value<T: serde::Serialize>(value: &T) -> Result<Value, ApiError> {
 #[utoipa::path(get, path = "/health", tag = "v7", responses((status = 200, description = "Madre, its database and the last probe of each module", body = HealthResponse)))]
 pub async fn health(state: Data) -> HttpResponse {
     let deps = state.madre.health().snapshot();
-    let db = match state.madre.db().storage_fault() {
+    let db = match state.madre.storage_fault() {
         None => DepState::Up,
         Some(_) => DepState::Down,
     };
@@ -395,11 +391,7 @@ pub async fn list_plans(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let (filter, limit, cursor) = list_args(&query)?;
-    let (plans, next) = state
-        .madre
-        .db()
-        .run_blocking(move |db| db.list_plans(&filter, limit, cursor))
-        .await?;
+    let (plans, next) = state.madre.list_plans(filter, limit, cursor).await?;
     Ok(HttpResponse::Ok().json(PlanPage {
         plans,
         next_cursor: next.map(|n| n.to_string()),
@@ -416,11 +408,7 @@ pub async fn list_tasks(
     caller.require(Role::Viewer)?;
     let (mut filter, limit, cursor) = list_args(&query)?;
     filter.kind = Some(PlanKind::Task);
-    let (tasks, next) = state
-        .madre
-        .db()
-        .run_blocking(move |db| db.list_tasks(&filter, limit, cursor))
-        .await?;
+    let (tasks, next) = state.madre.list_tasks(filter, limit, cursor).await?;
     Ok(HttpResponse::Ok().json(TaskPage {
         tasks,
         next_cursor: next.map(|n| n.to_string()),
@@ -579,7 +567,7 @@ pub async fn self_control(
 pub async fn metrics(state: Data, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let madre = &state.madre;
-    let counts = madre.db().run_blocking(|db| db.plan_counts()).await?;
+    let counts = madre.plan_counts().await?;
     let mut out = String::new();
     state.metrics.render_requests(&mut out);
     out.push_str("# HELP madre_plans Plans by status.\n# TYPE madre_plans gauge\n");

@@ -22,14 +22,20 @@ mod idempotency;
 mod intake;
 mod own;
 mod plans;
+mod reads;
 
 pub use background::{Background, StartupReport};
 pub use confirm::Confirmed;
 pub use control::ControlOutcome;
 pub use error::FlowError;
 pub use idempotency::{Answer, IdempotencyKey};
+/// Storage types the HTTP face needs, so that it takes none from madre-db
+/// itself: the plan list's filter and kinds, the storage fault a 503
+/// names, and the commit sync mode of the settings.
+pub use madre_db::{PlanFilter, PlanKind, StorageFault, SyncMode};
 pub use own::Reload;
 pub use plans::{actions_of, reply_of};
+pub use reads::Page;
 
 use madre_db::Db;
 use madre_delegation::{Delegator, HealthTable};
