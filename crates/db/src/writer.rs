@@ -360,44 +360,6 @@ impl Writer {
             state = lock(&self.state);
         }
     }
-
-    /// Queues `job` and returns once `answered` says its answer is ready.
-    /// A waiter whose job is still queued when the connection is free takes
-    /// the turn: it commits everything queued so far, in one transaction,
-    /// then hands the turn on. Jobs that queue up during a commit go into
-    /// the next one together (group commit); a lone writer commits its own
-    /// job at once, with no thread hand-off; and no caller ever commits more
-    /// than one batch for others, so none is held up under steady load.
-    fn run(&self, job: Box<dyn Job>, mut answered: impl FnMut() -> bool) {
-        let mut state = lock(&self.state);
-        state.queue.push(job);
-        loop {
-            while state.busy {
-                state = self
-                    .turn_ended
-                    .wait(state)
-                    .unwrap_or_else(|p| p.into_inner());
-                if answered() {
-                    return;
-                }
-            }
-            if answered() {
-                return;
-            }
-            // The connection is free and this job (at least) is queued.
-            state.busy = true;
-            let batch = std::mem::take(&mut state.queue);
-            drop(state);
-            {
-                let _turn = Turn(self);
-                commit_batch(&lock(&self.conn), batch, &self.health);
-            }
-            if answered() {
-                return;
-            }
-            state = lock(&self.state);
-        }
-    }
 }
 
 /// Stops the writer thread when dropped (the last database handle went),
@@ -645,22 +607,16 @@ impl<T: Send + 'static> Write<T> {
 
 impl<T> Write<T> {
     /// Runs the write (with any others waiting) and answers its outcome
-    /// once committed. Blocks the calling thread.
+    /// once committed. Blocks the calling thread, which must not be an
+    /// async executor's (use `.await` there): the write goes to the writer
+    /// thread like an awaited one, so there is one commit path.
     pub fn wait(mut self) -> Result<T, DbError> {
         if let Some(job) = self.job.take() {
-            let mut ready = None;
-            let answer = &mut self.answer;
-            self.writer.run(job, || {
-                if ready.is_none() {
-                    ready = answer.try_recv().ok();
-                }
-                ready.is_some()
-            });
-            if let Some(outcome) = ready {
-                return outcome;
-            }
+            self.writer.enqueue(job);
         }
-        Err(DbError::Internal("a queued write was dropped".into()))
+        self.answer
+            .blocking_recv()
+            .map_err(|_| DbError::Internal("a queued write was dropped".into()))?
     }
 }
 
