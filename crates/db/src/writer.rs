@@ -435,7 +435,15 @@ pub(crate) fn in_named_savepoint<T>(
     } else {
         control(conn, savepoint.rollback).and_then(|()| control(conn, savepoint.release))
     };
-    end.map_err(DbError::from).and(result)
+    if let Err(e) = end {
+        // The savepoint could not be ended: what the work wrote cannot be
+        // told apart from the rest any more, so the whole transaction is
+        // lost (its batch answers the failure) rather than committed with
+        // a failed write's rows in it.
+        leave_transaction(conn);
+        return Err(transaction_error("ending a savepoint", e));
+    }
+    result
 }
 
 /// Rolls back a transaction a failure left open (SQLite leaves some open
@@ -639,5 +647,32 @@ where
                 .await
                 .map_err(|_| DbError::Internal("a queued write was dropped".into()))?
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A savepoint whose end fails loses the whole transaction: the failed
+    /// write's rows are not committed with the others (issue 22).
+    #[test]
+    fn a_failed_savepoint_end_loses_the_transaction() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER); BEGIN IMMEDIATE;")
+            .unwrap();
+        conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let outcome = in_savepoint(&conn, || {
+            conn.execute("INSERT INTO t VALUES (2)", [])?;
+            // the work ends the savepoint itself, so ROLLBACK TO fails
+            conn.execute_batch("RELEASE job")?;
+            Err::<(), _>(DbError::Internal("the write failed".into()))
+        });
+        assert!(outcome.is_err());
+        assert!(conn.is_autocommit(), "the transaction is gone");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "neither write was committed");
     }
 }
