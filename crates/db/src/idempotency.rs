@@ -100,18 +100,25 @@ impl Db {
     /// answer that was made before `stale_before` is taken over: its request
     /// died without freeing it (a crash, or storage that refused the
     /// release).
+    ///
+    /// `owner` names this attempt: only its owner may later store the
+    /// answer or release the key, so a request whose reservation was taken
+    /// over as stale can no longer touch the new owner's row (the work
+    /// would otherwise run twice).
     pub fn reserve_idempotency_key(
         &self,
         principal: &str,
         key: &str,
         request_hash: &str,
+        owner: Uuid,
         at: DateTime<Utc>,
         stale_before: DateTime<Utc>,
     ) -> Write<Reservation> {
-        let (principal, key, hash) = (
+        let (principal, key, hash, owner) = (
             principal.to_owned(),
             key.to_owned(),
             request_hash.to_owned(),
+            owner.to_string(),
         );
         self.write(move |conn| {
             conn.prepare_cached(
@@ -121,10 +128,10 @@ impl Db {
             .execute(params![principal, key, ts(stale_before)])?;
             let inserted = conn
                 .prepare_cached(
-                    "INSERT INTO idempotency_keys (principal, key, request_hash, created_at)
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (principal, key) DO NOTHING",
+                    "INSERT INTO idempotency_keys (principal, key, request_hash, created_at, owner)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (principal, key) DO NOTHING",
                 )?
-                .execute(params![principal, key, hash, ts(at)])?;
+                .execute(params![principal, key, hash, ts(at), owner])?;
             if inserted == 1 {
                 return Ok(Reservation::Reserved);
             }
@@ -160,16 +167,17 @@ impl Db {
         })
     }
 
-    /// Stores the answer of a reserved key; a `confirm_token` in the body is
-    /// dropped first. False when the key was not reserved (it expired or
-    /// was released meanwhile).
+    /// Stores the answer of a key reserved by `owner`; a `confirm_token` in
+    /// the body is dropped first. False when the key is not reserved by
+    /// `owner` (it expired, was released, or was taken over meanwhile).
     pub fn store_idempotent_response(
         &self,
         principal: &str,
         key: &str,
+        owner: Uuid,
         mut response: StoredResponse,
     ) -> Write<bool> {
-        let (principal, key) = (principal.to_owned(), key.to_owned());
+        let (principal, key, owner) = (principal.to_owned(), key.to_owned(), owner.to_string());
         if let Some(body) = response.body.as_object_mut() {
             body.remove("confirm_token");
         }
@@ -177,7 +185,8 @@ impl Db {
             let n = conn
                 .prepare_cached(
                     "UPDATE idempotency_keys SET status_code = ?3, response_json = ?4, plan_id = ?5
-                     WHERE principal = ?1 AND key = ?2 AND request_hash = ?6 AND response_json IS NULL",
+                     WHERE principal = ?1 AND key = ?2 AND request_hash = ?6 AND response_json IS NULL
+                       AND owner = ?7",
                 )?
                 .execute(params![
                     principal,
@@ -186,19 +195,22 @@ impl Db {
                     serde_json::to_string(&response.body)?,
                     response.plan_id.map(|p| p.to_string()),
                     response.request_hash,
+                    owner,
                 ])?;
             Ok(n == 1)
         })
     }
 
-    /// Frees a reserved key whose work failed, so a retry runs it again.
-    pub fn release_idempotency_key(&self, principal: &str, key: &str) -> Write<()> {
-        let (principal, key) = (principal.to_owned(), key.to_owned());
+    /// Frees a key `owner` reserved and whose work failed, so a retry runs
+    /// it again. A key taken over by another owner meanwhile stays theirs.
+    pub fn release_idempotency_key(&self, principal: &str, key: &str, owner: Uuid) -> Write<()> {
+        let (principal, key, owner) = (principal.to_owned(), key.to_owned(), owner.to_string());
         self.write(move |conn| {
             conn.prepare_cached(
-                "DELETE FROM idempotency_keys WHERE principal = ?1 AND key = ?2 AND response_json IS NULL",
+                "DELETE FROM idempotency_keys
+                 WHERE principal = ?1 AND key = ?2 AND response_json IS NULL AND owner = ?3",
             )?
-            .execute(params![principal, key])?;
+            .execute(params![principal, key, owner])?;
             Ok(())
         })
     }

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     MIGRATION_3,
     MIGRATION_4,
     MIGRATION_5,
+    MIGRATION_6,
 ];
 
 /// The schema version this code creates and understands.
@@ -404,4 +405,11 @@ CREATE INDEX context_by_task ON context (task_id, key);
 const MIGRATION_5: &str = r#"
 DROP INDEX confirmations_by_token;
 CREATE INDEX confirmations_by_token ON confirmations (token_sha256);
+"#;
+
+/// Idempotency reservations get an owner (the attempt that made them), so
+/// that only it may store the answer or release the key (issue 22).
+/// Reservations of older processes have none; the start releases them.
+const MIGRATION_6: &str = r#"
+ALTER TABLE idempotency_keys ADD COLUMN owner TEXT;
 "#;

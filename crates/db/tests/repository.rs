@@ -184,6 +184,7 @@ fn a_database_made_by_migration_1_is_upgraded_with_its_data() {
     db.store_idempotent_response(
         "a",
         "k",
+        Uuid::new_v4(),
         StoredResponse {
             request_hash: "h".into(),
             status_code: 200,
@@ -1279,8 +1280,9 @@ fn module_policies_and_idempotent_responses() {
     );
 
     // The first request reserves the key; a duplicate sees it in progress.
+    let owner = Uuid::new_v4();
     let reserve = |who: &str, key: &str, hash: &str| {
-        t.db.reserve_idempotency_key(who, key, hash, t0(), t0() - Duration::hours(1))
+        t.db.reserve_idempotency_key(who, key, hash, owner, t0(), t0() - Duration::hours(1))
             .wait()
             .unwrap()
     };
@@ -1302,7 +1304,7 @@ fn module_policies_and_idempotent_responses() {
         plan_id: Some(plan_id),
     };
     assert!(
-        t.db.store_idempotent_response("alice", "k1", answer.clone())
+        t.db.store_idempotent_response("alice", "k1", owner, answer.clone())
             .wait()
             .unwrap()
     );
@@ -1316,22 +1318,43 @@ fn module_policies_and_idempotent_responses() {
     assert_eq!(replayed.plan_id, Some(plan_id));
     assert!(
         !t.db
-            .store_idempotent_response("alice", "k1", answer)
+            .store_idempotent_response("alice", "k1", owner, answer)
             .wait()
             .unwrap(),
         "the first answer stays"
     );
 
     // A reservation whose request died is taken over once it is stale.
+    let second = Uuid::new_v4();
     assert_eq!(
-        t.db.reserve_idempotency_key("bob", "k1", "h1", t0(), t0() + Duration::seconds(1))
+        t.db.reserve_idempotency_key("bob", "k1", "h1", second, t0(), t0() + Duration::seconds(1))
             .wait()
             .unwrap(),
         Reservation::Reserved,
         "bob's stale reservation was taken over"
     );
+    // The first owner, late, can neither free nor fill it any more: the
+    // work is not run twice, and the second owner's answer stands.
+    t.db.release_idempotency_key("bob", "k1", owner)
+        .wait()
+        .unwrap();
+    assert_eq!(reserve("bob", "k1", "h1"), Reservation::InProgress);
+    let late = StoredResponse {
+        request_hash: "h1".into(),
+        status_code: 200,
+        body: json!({"from": "the first owner"}),
+        plan_id: None,
+    };
+    assert!(
+        !t.db
+            .store_idempotent_response("bob", "k1", owner, late)
+            .wait()
+            .unwrap()
+    );
     // A failed request frees its key; a restart frees every orphan.
-    t.db.release_idempotency_key("bob", "k1").wait().unwrap();
+    t.db.release_idempotency_key("bob", "k1", second)
+        .wait()
+        .unwrap();
     assert_eq!(reserve("bob", "k1", "h9"), Reservation::Reserved);
     assert_eq!(t.db.release_abandoned_idempotency_keys().wait().unwrap(), 1);
     assert_eq!(
@@ -1711,4 +1734,47 @@ fn blocking_writes_take_the_writer_thread_even_after_the_database_closed() {
     write.wait().unwrap();
     let reopened = Db::open(&path).unwrap();
     assert!(reopened.intent_log(late).unwrap().is_some());
+}
+
+/// Migration 6 gives idempotency reservations an owner: answers stored by
+/// schema 5 still replay, and its unanswered reservations (no owner) are
+/// freed by the start's sweep like any abandoned one.
+#[test]
+fn idempotency_keys_of_schema_5_replay_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v5.db");
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, &path, 5).unwrap();
+        conn.execute_batch(
+            "INSERT INTO idempotency_keys (principal, key, request_hash, status_code, response_json, created_at)
+             VALUES ('alice', 'done', 'h1', 200, '{\"status\":\"DONE\"}', '2026-11-22T12:00:00.000000Z');
+             INSERT INTO idempotency_keys (principal, key, request_hash, created_at)
+             VALUES ('alice', 'running', 'h2', '2026-11-22T12:00:00.000000Z');",
+        )
+        .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    let Reservation::Done(stored) = db.idempotency_key("alice", "done", "h1").unwrap() else {
+        panic!("the answer of schema 5 replays");
+    };
+    assert_eq!(stored.body, json!({"status": "DONE"}));
+    assert_eq!(
+        db.idempotency_key("alice", "running", "h2").unwrap(),
+        Reservation::InProgress
+    );
+    assert_eq!(db.release_abandoned_idempotency_keys().wait().unwrap(), 1);
+    let owner = Uuid::new_v4();
+    let again = db
+        .reserve_idempotency_key(
+            "alice",
+            "running",
+            "h2",
+            owner,
+            t0(),
+            t0() - Duration::hours(1),
+        )
+        .wait()
+        .unwrap();
+    assert_eq!(again, Reservation::Reserved);
 }

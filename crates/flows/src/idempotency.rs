@@ -100,6 +100,8 @@ impl Madre {
         // Reserve, or wait (bounded) while another request holds the key;
         // if that one fails and frees it, this one takes it and runs.
         let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
+        // This attempt's name on the reservation: only it may fill or free it.
+        let owner = Uuid::now_v7();
         loop {
             let now = Utc::now();
             // A reservation older than any request can last was abandoned.
@@ -112,6 +114,7 @@ impl Madre {
                     &principal.name,
                     &key.key,
                     &key.request_hash,
+                    owner,
                     now,
                     stale_before,
                 )
@@ -139,7 +142,7 @@ impl Madre {
                 // reservation then lapses after the stale window.
                 if let Err(e) = self
                     .db
-                    .store_idempotent_response(&principal.name, &key.key, stored)
+                    .store_idempotent_response(&principal.name, &key.key, owner, stored)
                     .await
                 {
                     tracing::error!(error = %e, "could not store an idempotent answer");
@@ -149,7 +152,7 @@ impl Madre {
             Err(e) => {
                 if let Err(release) = self
                     .db
-                    .release_idempotency_key(&principal.name, &key.key)
+                    .release_idempotency_key(&principal.name, &key.key, owner)
                     .await
                 {
                     tracing::error!(error = %release, "could not free an idempotency key");
