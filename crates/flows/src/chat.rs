@@ -224,7 +224,12 @@ impl Madre {
             let stored = self
                 .run_new_plan(principal, plan, place, request_id, Some(at_end))
                 .await?;
-            turn_recorded = made.load(Ordering::Acquire);
+            // A plan still queued or running when the wait ended records
+            // its turn and closes its intent with its final status when it
+            // ends; the chat must not close it as RUNNING now. A finished
+            // plan's end committed before its state came back, so the flag
+            // says whether the turn went with it.
+            turn_recorded = made.load(Ordering::Acquire) || !stored.plan.status.is_terminal();
             (
                 stored.plan.status,
                 reply_of(&stored),

@@ -654,3 +654,66 @@ async fn policy_effects_reach_the_parser_and_cannot_make_danger_harmless() {
     };
     assert!(refused.to_string().contains("\"send\""), "{refused}");
 }
+
+/// A chat whose plan is still queued when the chat stops waiting answers
+/// RUNNING or PENDING, but its intent is closed with the plan's final
+/// status when the plan ends, and the history turn holds the final reply
+/// (issue 22: it used to be closed as RUNNING for ever).
+#[tokio::test]
+async fn a_plan_that_outlives_the_chat_closes_its_intent_when_it_ends() {
+    let h = harness(
+        RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 16,
+            ..RunnerConfig::default()
+        },
+        MadreConfig {
+            task_timeout_s: 1,
+            ..MadreConfig::default()
+        },
+    );
+    // Each plan holds the only slot for its 1 s deadline (Hermes takes
+    // longer), so the eighth waits in the queue past the chat's 6 s wait.
+    let slow = Behaviour {
+        latency_ms: 1_500,
+        ..Behaviour::default()
+    };
+    h.stubs.behave(Module::Hermes, &slow).await.unwrap();
+    let chats: Vec<_> = (0..8)
+        .map(|i| {
+            let madre = h.madre.clone();
+            tokio::spawn(async move {
+                madre
+                    .chat(&admin(), chat_command(&format!("hello {i}")), "chat", "t")
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for chat in chats {
+        answers.push(chat.await.unwrap());
+    }
+    let outlived: Vec<_> = answers.iter().filter(|a| !a.status.is_terminal()).collect();
+    assert!(!outlived.is_empty(), "some plan outlived its chat's wait");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for answer in outlived {
+        loop {
+            let log = h.madre.db().intent_log(answer.intent_id).unwrap().unwrap();
+            if let Some(outcome) = log.result_status {
+                assert!(
+                    matches!(outcome.as_str(), "DONE" | "ERROR"),
+                    "closed with the final status, not {outcome}"
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the intent was never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let plan = h.madre.load_plan(answer.plan_id).await.unwrap();
+        assert!(plan.plan.status.is_terminal());
+    }
+}
