@@ -92,6 +92,29 @@ where
     }
 }
 
+thread_local! {
+    /// Set while this thread runs writes inside a transaction: a write
+    /// waited for from there could never run (the transaction holds the
+    /// writer), so it fails instead of hanging.
+    static IN_TRANSACTION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the current thread as inside a write transaction until dropped.
+struct InTransaction;
+
+impl InTransaction {
+    fn enter() -> Self {
+        IN_TRANSACTION.with(|flag| flag.set(true));
+        InTransaction
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        IN_TRANSACTION.with(|flag| flag.set(false));
+    }
+}
+
 /// The writer connection, the jobs waiting for it, whose turn it is, and
 /// whether storage took the last write.
 pub(crate) struct Writer {
@@ -493,6 +516,7 @@ fn transaction_error(what: &str, e: rusqlite::Error) -> DbError {
 /// the writes that ran before are gone, and the rest do not run outside a
 /// transaction. Records in `health` whether storage took the batch.
 fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>, health: &StorageHealth) {
+    let _inside = InTransaction::enter();
     leave_transaction(conn);
     let shared = batch.len() > 1;
     let changes_before = conn.total_changes();
@@ -618,7 +642,17 @@ impl<T> Write<T> {
     /// once committed. Blocks the calling thread, which must not be an
     /// async executor's (use `.await` there): the write goes to the writer
     /// thread like an awaited one, so there is one commit path.
+    ///
+    /// Called inside another write (an [`crate::AtEnd`] closure or a
+    /// [`Write::map`] function), it fails at once instead of waiting for
+    /// ever: that write's transaction holds the writer. Join writes with
+    /// [`Write::and`] instead.
     pub fn wait(mut self) -> Result<T, DbError> {
+        if IN_TRANSACTION.with(std::cell::Cell::get) {
+            return Err(DbError::Internal(
+                "a write was waited for inside another write's transaction, which would never end: join them with Write::and".into(),
+            ));
+        }
         if let Some(job) = self.job.take() {
             self.writer.enqueue(job);
         }

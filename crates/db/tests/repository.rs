@@ -1778,3 +1778,50 @@ fn idempotency_keys_of_schema_5_replay_after_the_upgrade() {
         .unwrap();
     assert_eq!(again, Reservation::Reserved);
 }
+
+/// A write waited for inside another write's transaction (here, in the
+/// closure that makes a plan's end write) fails at once instead of
+/// deadlocking the writer; the plan's end still commits (issue 22).
+#[test]
+fn waiting_for_a_write_inside_a_write_fails_instead_of_deadlocking() {
+    let t = open();
+    let plan = chat_plan(&t.db, "s1");
+    let db = t.db.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let at_end: AtEnd = Box::new(move |_: &StoredPlan| {
+        let inner = db
+            .log_intent(NewIntentLog {
+                id: Uuid::new_v4(),
+                source: "chat".into(),
+                principal: "alice".into(),
+                payload: json!({}),
+                created_at: t0(),
+            })
+            .wait();
+        tx.send(inner.map_err(|e| e.to_string())).unwrap();
+        db.log_intent(NewIntentLog {
+            id: Uuid::new_v4(),
+            source: "chat".into(),
+            principal: "alice".into(),
+            payload: json!({}),
+            created_at: t0(),
+        })
+    });
+    let events = vec![PlanEvent::finished(
+        Status::Cancelled,
+        Some("cancelled"),
+        t0(),
+    )];
+    let db = t.db.clone();
+    let id = plan.plan_id;
+    let ended =
+        std::thread::spawn(move || db.apply_events_and_read(id, events, Some(at_end)).wait());
+    let inner = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the inner wait answered instead of hanging");
+    assert!(inner.unwrap_err().contains("Write::and"));
+    assert_eq!(
+        ended.join().unwrap().unwrap().plan.status,
+        Status::Cancelled
+    );
+}
