@@ -17,8 +17,9 @@ use crate::config::Settings;
 /// logs. Lines are formatted on the thread that logs and written by a
 /// thread of each output's own, in batches: no request waits on a write
 /// to stderr or to a file (a blocking write per line was about 4 % of
-/// Madre's CPU under chat load at the default level). Nothing is dropped:
-/// when an output falls behind, loggers wait for it.
+/// Madre's CPU under chat load at the default level). The file log drops
+/// nothing: when it falls behind, loggers wait for it. stderr drops the
+/// lines it cannot take, so a reader that stops never stalls Madre.
 pub fn init(settings: &Settings) -> Vec<WorkerGuard> {
     // Checked when the settings were read: an invalid RUST_LOG stops the start.
     let filter =
@@ -44,7 +45,12 @@ pub fn init(settings: &Settings) -> Vec<WorkerGuard> {
         }
     };
     let colours = std::io::stderr().is_terminal();
-    let (stderr, guard) = lossless(std::io::stderr());
+    // stderr may be a pipe nobody reads (a stalled terminal, a full log
+    // shipper): lines it cannot take are dropped rather than stall Madre.
+    // The file log keeps every line.
+    let (stderr, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .finish(std::io::stderr());
     guards.push(guard);
     let (pretty, json) = if settings.log_json {
         (None, Some(fmt::layer().json().with_writer(stderr)))
