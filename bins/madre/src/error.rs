@@ -274,6 +274,7 @@ mod tests {
             StorageFault::ReadOnly,
             StorageFault::Locked,
             StorageFault::Io,
+            StorageFault::Busy,
         ] {
             let error = ApiError::from(FlowError::from(DbError::Unavailable {
                 reason: fault,

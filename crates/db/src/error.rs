@@ -21,6 +21,10 @@ pub enum StorageFault {
     /// The operating system failed a read or a write, or a file of the
     /// database could not be opened (`SQLITE_IOERR`, `SQLITE_CANTOPEN`).
     Io,
+    /// The writer has more writes queued than it takes
+    /// ([`crate::Db::set_write_queue_limit`]): Madre is overloaded, storage
+    /// itself is fine, and `/health` does not call it down.
+    Busy,
 }
 
 impl StorageFault {
@@ -45,6 +49,7 @@ impl StorageFault {
             StorageFault::ReadOnly => "the database file cannot be written",
             StorageFault::Locked => "the database stayed locked past the busy timeout",
             StorageFault::Io => "the disk reported an I/O error",
+            StorageFault::Busy => "the database writer has more writes queued than it takes",
         }
     }
 }

@@ -234,6 +234,19 @@ impl Db {
         self
     }
 
+    /// Sets how many writes may wait for the writer thread (default
+    /// 10,000). Past it a write is refused at once with
+    /// [`StorageFault::Busy`] (a 503 with `Retry-After` at the HTTP face)
+    /// rather than wait in a queue that grows without end.
+    pub fn set_write_queue_limit(&self, limit: usize) {
+        self.writer.set_queue_limit(limit);
+    }
+
+    /// How many writes wait for the writer thread now (for `/metrics`).
+    pub fn write_queue_depth(&self) -> usize {
+        self.writer.queue_depth()
+    }
+
     /// How commits are synced, as the database connection reports it.
     pub fn sync_mode(&self) -> Result<SyncMode, DbError> {
         self.read(|conn| {

@@ -158,6 +158,8 @@ impl StorageHealth {
             StorageFault::ReadOnly => 2,
             StorageFault::Locked => 3,
             StorageFault::Io => 4,
+            // overload is not an outage: storage still takes writes
+            StorageFault::Busy => return,
         };
         if self.0.swap(code, Ordering::AcqRel) != code {
             tracing::warn!(reason = %fault, "storage unavailable: writes answer 503 until it recovers");
@@ -197,7 +199,16 @@ struct State {
     /// The database was closed: the writer thread commits what is queued
     /// and ends.
     stopped: bool,
+    /// Writes that may wait in `queue`; past it a write is refused at once
+    /// with [`StorageFault::Busy`].
+    limit: usize,
 }
+
+/// How many writes may wait for the writer by default: far more than a
+/// healthy Madre queues (its plan slots and queue bound the chats in
+/// flight), few enough that an overload answers 503 instead of growing
+/// memory and latency without end.
+pub(crate) const DEFAULT_WRITE_QUEUE_LIMIT: usize = 10_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Jobs run under catch_unwind, so a poisoned lock only means a panic
@@ -210,6 +221,7 @@ impl Writer {
         Arc::new(Self {
             state: Mutex::new(State {
                 queue: Vec::new(),
+                limit: DEFAULT_WRITE_QUEUE_LIMIT,
                 busy: false,
                 thread_idle: false,
                 outsiders: 0,
@@ -230,6 +242,16 @@ impl Writer {
             .name("madre-db-writer".into())
             .spawn(move || writer.serve())?;
         Ok(WriterThread(Arc::clone(self)))
+    }
+
+    /// How many writes wait for the writer now.
+    pub(crate) fn queue_depth(&self) -> usize {
+        lock(&self.state).queue.len()
+    }
+
+    /// Sets how many writes may wait for the writer (at least 1).
+    pub(crate) fn set_queue_limit(&self, limit: usize) {
+        lock(&self.state).limit = limit.max(1);
     }
 
     /// Whether storage took the last write (see [`StorageHealth`]).
@@ -327,6 +349,15 @@ impl Writer {
     /// with whatever else is queued by then.
     fn enqueue(self: &Arc<Self>, job: Box<dyn Job>) {
         let mut state = lock(&self.state);
+        if state.queue.len() >= state.limit {
+            let queued = state.queue.len();
+            drop(state);
+            job.finish(Err(&DbError::Unavailable {
+                reason: StorageFault::Busy,
+                detail: format!("{queued} writes are queued"),
+            }));
+            return;
+        }
         state.queue.push(job);
         if state.stopped {
             // The database was closed while this write was prepared: a

@@ -1825,3 +1825,79 @@ fn waiting_for_a_write_inside_a_write_fails_instead_of_deadlocking() {
         Status::Cancelled
     );
 }
+
+/// The writer queue is bounded (issue 22): while the writer is busy, writes
+/// past the limit are refused at once as `Busy` (a 503 with Retry-After at
+/// the HTTP face), the queued ones commit once it is free, and `/health`
+/// does not call storage down for it.
+#[test]
+fn writes_past_the_queue_limit_are_refused_at_once() {
+    let t = open();
+    t.db.set_write_queue_limit(2);
+    let plan = chat_plan(&t.db, "s1");
+    // An end write that holds the writer until told to go on.
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let db = t.db.clone();
+    let at_end: AtEnd = Box::new(move |_: &StoredPlan| {
+        started_tx.send(()).unwrap();
+        let _ = go_rx.recv_timeout(std::time::Duration::from_secs(10));
+        db.log_intent(NewIntentLog {
+            id: Uuid::new_v4(),
+            source: "chat".into(),
+            principal: "alice".into(),
+            payload: json!({}),
+            created_at: t0(),
+        })
+    });
+    let events = vec![PlanEvent::finished(
+        Status::Cancelled,
+        Some("cancelled"),
+        t0(),
+    )];
+    let (db, id) = (t.db.clone(), plan.plan_id);
+    let holder =
+        std::thread::spawn(move || db.apply_events_and_read(id, events, Some(at_end)).wait());
+    started
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+
+    let intent = |n: u128| NewIntentLog {
+        id: Uuid::from_u128(n),
+        source: "chat".into(),
+        principal: "alice".into(),
+        payload: json!({}),
+        created_at: t0(),
+    };
+    let queued: Vec<_> = (1..=2)
+        .map(|n| {
+            let db = t.db.clone();
+            let write = db.log_intent(intent(n));
+            std::thread::spawn(move || write.wait())
+        })
+        .collect();
+    // wait (bounded) until both are queued behind the held writer
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while t.db.write_queue_depth() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writes never queued"
+        );
+        std::thread::yield_now();
+    }
+    let Err(DbError::Unavailable {
+        reason: refused, ..
+    }) = t.db.log_intent(intent(3)).wait()
+    else {
+        panic!("a third write was taken while two were queued");
+    };
+    assert_eq!(refused, StorageFault::Busy);
+    assert_eq!(t.db.storage_fault(), None, "overload is not an outage");
+    go.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    for write in queued {
+        write.join().unwrap().unwrap();
+    }
+    assert!(t.db.intent_log(Uuid::from_u128(1)).unwrap().is_some());
+    assert!(t.db.intent_log(Uuid::from_u128(3)).unwrap().is_none());
+}
