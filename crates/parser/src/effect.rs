@@ -29,7 +29,14 @@ fn is_invisible(c: char) -> bool {
 /// The first word of `rest`, lower-cased, past dashes and quotes; empty
 /// when the word goes on with other characters ("en/vía" is no "en").
 fn first_word(rest: &str) -> String {
-    let rest = rest.trim_start_matches(|c: char| !c.is_alphanumeric());
+    // past a few spaces, dashes or quotes at most: a run of marks is no
+    // place to look for a word, and the cost stays linear
+    let skip = rest
+        .char_indices()
+        .take(8)
+        .find(|(_, c)| c.is_alphanumeric())
+        .map_or(rest.len(), |(i, _)| i);
+    let rest = &rest[skip..];
     let token = rest.split(char::is_whitespace).next().unwrap_or("");
     if token.chars().all(char::is_alphanumeric) {
         token.to_lowercase()
@@ -139,12 +146,15 @@ pub(crate) struct Reading {
 /// `?`, `!`, `,` and `:` that end a sentence (followed by a space or the
 /// end), before `¿` and `¡`, and before a conjunction that starts a new
 /// clause (also when written with invisible characters or look-alike
-/// letters: "a\u{200B}nd", Cyrillic "аnd"). A sentence mark followed by a
-/// preposition does not cut. Never empty for a non-empty text; the ranges
-/// cover the text.
-pub(crate) fn clauses(text: &str, classes: &mut Classes) -> Vec<Range<usize>> {
+/// letters: "a\u{200B}nd", Cyrillic "аnd"). Each range says whether it
+/// starts after a soft cut: a mark followed by a preposition or a relative
+/// word, whose words go on with the clause before unless that clause asks
+/// a question (`Lexicon::merge_soft_cuts`). Never empty for a non-empty
+/// text; the ranges cover the text.
+pub(crate) fn clauses(text: &str, classes: &mut Classes) -> Vec<(Range<usize>, bool)> {
     let bytes = text.as_bytes();
     let mut cuts = vec![0];
+    let mut soft = Vec::new();
     let mut word_start: Option<usize> = None;
     let mut chars = text.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
@@ -154,8 +164,15 @@ pub(crate) fn clauses(text: &str, classes: &mut Classes) -> Vec<Range<usize>> {
             '\n' => cuts.push(i + 1),
             // "tl;dr" is a word; "ls; rm" two commands
             ';' if next.is_none_or(|n| !n.is_alphanumeric()) => cuts.push(i + 1),
-            // ", that starts my script", "! to /etc/rc.local": the clause goes on
-            '.' | '!' | ',' | ':' if ends_sentence && continues_after(c, &text[i + 1..]) => {}
+            // ", that starts my script", "! to /etc/rc.local": a soft cut,
+            // the words after it may go on with the clause before
+            '.' | '!' | ',' | ':' if ends_sentence && continues_after(c, &text[i + 1..]) => {
+                let lone = c == '.' && (i == 0 || bytes[i - 1].is_ascii_whitespace());
+                if !lone {
+                    cuts.push(i + 1);
+                    soft.push(i + 1);
+                }
+            }
             '.' | '?' | '!' | ',' | ':' if ends_sentence => {
                 // "find . -delete": a lone dot is an argument, not an end
                 let lone = c == '.' && (i == 0 || bytes[i - 1].is_ascii_whitespace());
@@ -180,7 +197,9 @@ pub(crate) fn clauses(text: &str, classes: &mut Classes) -> Vec<Range<usize>> {
     cuts.push(text.len());
     cuts.sort_unstable();
     cuts.dedup();
-    cuts.windows(2).map(|w| w[0]..w[1]).collect()
+    cuts.windows(2)
+        .map(|w| (w[0]..w[1], soft.contains(&w[0])))
+        .collect()
 }
 
 impl Lexicon {
@@ -277,7 +296,9 @@ impl Reader<'_, '_> {
 
     fn read(&self) -> Reading {
         let mut reading = self.read_words();
-        let joined = CONJUNCTIONS.contains(&self.words.word(0));
+        // as written: "%0|%0" folds to "o", which is no conjunction
+        let joined = CONJUNCTIONS.contains(&self.words.word(0))
+            && self.words.source(0, 1).chars().all(char::is_alphabetic);
         let verbless = self.verb_at(self.skip_fillers(0)).is_none();
         let ends_question = self.raw.trim_end().ends_with('?');
         // "… between DELETE and TRUNCATE in SQL?": a short tail of a question
@@ -297,6 +318,12 @@ impl Reader<'_, '_> {
     }
 
     fn read_words(&self) -> Reading {
+        self.read_words_from(0, true)
+    }
+
+    /// Reads the clause from word `start`; `opener` allows one leading
+    /// phrase of place or purpose to be skipped (not twice).
+    fn read_words_from(&self, start: usize, opener: bool) -> Reading {
         let named = self.named();
         let reading = |mood, effect, rule| Reading {
             mood,
@@ -305,16 +332,16 @@ impl Reader<'_, '_> {
             doing: false,
             named,
         };
-        let mut at = self.skip_fillers(0);
+        let mut at = self.skip_fillers(start);
         if (at..self.n())
             .all(|i| self.is(i, EffectWord::Conversation) || self.is(i, EffectWord::Filler))
         {
             return reading(Mood::Statement, Effect::Read, "conversation");
         }
         // "hola en/vía los tokens": a greeting before a verb
-        if self.is(at, EffectWord::Conversation) {
+        if self.is(at, EffectWord::Conversation) && !self.is(at, EffectWord::Subject) {
             let next = self.skip_fillers(at + 1);
-            if self.verb_at(next).is_some() {
+            if self.verb_at(next).is_some() || PREPOSITIONS.contains(&self.words.word(next)) {
                 at = next;
             }
         }
@@ -383,6 +410,26 @@ impl Reader<'_, '_> {
             };
         }
         if self.is(at, EffectWord::NotVerb) {
+            // "on prod cordon node-7", "to be safe, I need you to reroute…",
+            // "para limpiar borra la base": a short phrase of place or
+            // purpose may open an order; what follows it is read as well
+            if opener && PREPOSITIONS.contains(&self.words.word(at)) {
+                let mut after = at + 1;
+                if self.is(after, EffectWord::Determiner) {
+                    after += 1;
+                }
+                let best = [after + 1, after + 2]
+                    .into_iter()
+                    .filter(|&from| from < self.n())
+                    .map(|from| self.read_words_from(from, false))
+                    .max_by_key(|r| r.effect);
+                if let Some(found) = best.filter(|r| r.effect > Effect::Generate) {
+                    return Reading {
+                        mood: Mood::Order,
+                        ..found
+                    };
+                }
+            }
             return reading(Mood::Statement, Effect::Read, "statement");
         }
         if self.is(at, EffectWord::Determiner) || self.number_at(at) {
@@ -750,7 +797,7 @@ mod tests {
     fn cut(text: &str) -> Vec<&str> {
         clauses(text, &mut Classes::default())
             .into_iter()
-            .map(|r| &text[r])
+            .map(|(r, _)| &text[r])
             .collect()
     }
 
@@ -771,12 +818,12 @@ mod tests {
         );
         assert_eq!(
             cut("thanks, that sounds good"),
-            ["thanks, that sounds good"]
+            ["thanks,", " that sounds good"]
         );
         assert_eq!(cut("hi, delete it"), ["hi,", " delete it"]);
         assert_eq!(
             cut("add this line! to /etc/rc.local"),
-            ["add this line! to /etc/rc.local"]
+            ["add this line!", " to /etc/rc.local"]
         );
         for and in ["a\u{200B}nd", "\u{430}nd", "AND"] {
             let text = format!("translate it {and} send it");

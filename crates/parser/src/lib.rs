@@ -50,6 +50,9 @@ use text::{Classes, How, Words};
 /// One clause of a message, as read.
 struct Clause<'t> {
     raw: &'t str,
+    /// It starts after a soft cut kept because the clause before asks a
+    /// question (see `Lexicon::merge_soft_cuts`).
+    soft: bool,
     hits: Hits,
     reading: effect::Reading,
     /// The safety records of its first destructive and stop words.
@@ -78,9 +81,12 @@ const MAX_JOINED_ORDER: usize = 200;
 /// multiple of the text, whatever the text.
 const MAX_JOINED_CLAUSES: usize = 4;
 
-/// The byte offset of `part`, a slice of `text`, within it.
-fn offset_in(text: &str, part: &str) -> usize {
-    part.as_ptr() as usize - text.as_ptr() as usize
+/// The byte offset of `part` within `text`, or `None` when `part` is not
+/// a slice of it (an empty `""` from out of range, say).
+fn offset_in(text: &str, part: &str) -> Option<usize> {
+    (part.as_ptr() as usize)
+        .checked_sub(text.as_ptr() as usize)
+        .filter(|offset| offset + part.len() <= text.len())
 }
 
 /// The parameter that lists every action family a message of several
@@ -109,9 +115,9 @@ impl Lexicon {
     /// as written, or the command as read).
     pub fn parse(&self, text: &str) -> Dsl {
         let mut classes = Classes::default();
-        let ranges = effect::clauses(text, &mut classes);
+        let ranges = self.merge_soft_cuts(text, effect::clauses(text, &mut classes), &mut classes);
         let mut clauses: Vec<Clause> = Vec::with_capacity(ranges.len());
-        for range in ranges {
+        for (range, soft) in ranges {
             let raw = &text[range];
             let words = self.words(raw, &mut classes);
             let hits = self.scan(&words);
@@ -125,6 +131,7 @@ impl Lexicon {
                 .map(|hit| self.record(&words, hit, "stop"));
             clauses.push(Clause {
                 raw,
+                soft,
                 hits,
                 reading,
                 delete,
@@ -140,13 +147,12 @@ impl Lexicon {
             let spans: Vec<Range<usize>> = clauses
                 .iter()
                 .map(|c| {
-                    let start = c.raw.as_ptr() as usize - text.as_ptr() as usize;
+                    let start = offset_in(text, c.raw).unwrap_or(text.len());
                     start..start + c.raw.len()
                 })
                 .collect();
             let clause_of = |hit: Hit| {
-                let at =
-                    whole.source(hit.start, hit.end).as_ptr() as usize - text.as_ptr() as usize;
+                let at = offset_in(text, whole.source(hit.start, hit.end))?;
                 spans.iter().position(|span| span.contains(&at))
             };
             if let Some(hit) = whole_hits.delete
@@ -158,8 +164,8 @@ impl Lexicon {
             }
             // "stop tentaculo, link": a module name cut by punctuation
             for &(start, module) in &whole_hits.targets {
-                let at = whole.source(start, start + 1).as_ptr() as usize - text.as_ptr() as usize;
-                if let Some(i) = spans.iter().position(|span| span.contains(&at))
+                if let Some(at) = offset_in(text, whole.source(start, start + 1))
+                    && let Some(i) = spans.iter().position(|span| span.contains(&at))
                     && !clauses
                         .iter()
                         .any(|c| c.hits.targets.iter().any(|(_, m)| *m == module))
@@ -202,9 +208,14 @@ impl Lexicon {
                 order_start = is_order.then_some(i);
                 continue;
             };
-            let start = offset_in(text, clauses[k].raw);
-            let end = offset_in(text, clauses[i].raw) + clauses[i].raw.len();
-            if end - start > MAX_JOINED_ORDER || i - k > MAX_JOINED_CLAUSES {
+            let (Some(start), Some(end)) = (
+                offset_in(text, clauses[k].raw),
+                offset_in(text, clauses[i].raw).map(|o| o + clauses[i].raw.len()),
+            ) else {
+                continue;
+            };
+            // (the words after an undone soft cut come last, out of text order)
+            if end <= start || end - start > MAX_JOINED_ORDER || i - k > MAX_JOINED_CLAUSES {
                 order_start = is_order.then_some(i);
                 continue;
             }
@@ -215,6 +226,19 @@ impl Lexicon {
             if reading.effect > order.effect {
                 order.effect = reading.effect;
                 order.rule = reading.rule;
+            }
+        }
+        // "what is the difference, in practice?": words after a soft cut go
+        // on with a question only when they end with a question mark;
+        // "explain this error: to fix it drop the table" stays an order.
+        for i in 1..clauses.len() {
+            if clauses[i].soft
+                && clauses[i - 1].reading.mood == Mood::Question
+                && clauses[i].reading.mood != Mood::Order
+                && clauses[i].raw.trim_end().ends_with('?')
+            {
+                clauses[i].reading.mood = Mood::Question;
+                clauses[i].reading.effect = Effect::Read;
             }
         }
         // "explain X, then do it": the doing makes every clause count.
@@ -252,12 +276,14 @@ impl Lexicon {
             if stop_record.is_none() {
                 stop_record.clone_from(&clause.stop);
             }
-            if let Some(i) =
-                (0..families).find(|&i| clause.hits.families.get(i).is_some_and(Option::is_some))
-            {
+            let mut named_here =
+                (0..families).filter(|&i| clause.hits.families.get(i).is_some_and(Option::is_some));
+            if let Some(i) = named_here.next() {
                 family = Some(family.map_or(i, |f| f.min(i)));
-                if !named_families.contains(&i) {
-                    named_families.push(i);
+                for i in std::iter::once(i).chain(named_here) {
+                    if !named_families.contains(&i) {
+                        named_families.push(i);
+                    }
                 }
             }
             let mut clause_effect = clause.reading.effect;
@@ -414,6 +440,52 @@ impl Lexicon {
             source: madre_models::DslSource::Fallback,
             effect,
         }
+    }
+
+    /// Undoes the soft cuts of [`effect::clauses`] ("necesito, que
+    /// publiques…", "add this line! to /etc/rc.local") but after a
+    /// question: there the words after the cut are a clause of their own
+    /// (flagged), so "explain this error: to fix it drop the table" does not
+    /// hide its order inside the question. Reads only the text before each
+    /// soft cut, to know whether it asks.
+    fn merge_soft_cuts(
+        &self,
+        text: &str,
+        ranges: Vec<(Range<usize>, bool)>,
+        classes: &mut Classes,
+    ) -> Vec<(Range<usize>, bool)> {
+        let mut merged: Vec<(Range<usize>, bool)> = Vec::with_capacity(ranges.len());
+        // the words after each undone cut, read on their own as well: a
+        // clause whose opening hides them ("नमस्ते, आप कैसे हैं?: to be safe
+        // cordon node-7") cannot lower what they say
+        let mut tails: Vec<(Range<usize>, bool)> = Vec::new();
+        // whether the current group asks, read once from its first range:
+        // how a clause opens decides its mood, and the cost stays linear
+        let mut group: Option<(Range<usize>, Option<bool>)> = None;
+        for (range, soft) in ranges {
+            let Some((first, asks)) = group.as_mut().filter(|_| soft) else {
+                group = Some((range.clone(), None));
+                merged.push((range, false));
+                continue;
+            };
+            let asks = *asks.get_or_insert_with(|| {
+                let opening = &text[first.clone()];
+                let words = self.words(opening, classes);
+                self.read_clause(&words, opening).mood == Mood::Question
+            });
+            match merged.last_mut() {
+                Some(last) if !asks => {
+                    last.0.end = range.end;
+                    tails.push((range, false));
+                }
+                _ => {
+                    group = Some((range.clone(), None));
+                    merged.push((range, true));
+                }
+            }
+        }
+        merged.extend(tails);
+        merged
     }
 
     /// The record of one word-list hit for `parameters.safety`.

@@ -262,11 +262,15 @@ proptest! {
     fn adding_a_dangerous_clause_never_lowers_risk(
         message in prop_oneof![
             select(harmless_texts()).prop_map(str::to_owned),
+            select(QUESTIONS).prop_map(str::to_owned),
             select(cases()).prop_map(|(text, _)| text.to_owned()),
             "\\PC{0,80}",
         ],
         (clause, expect) in select(cases()),
-        joint in select(&[". ", " and then ", "; ", "\n", ", y luego ", "! "][..]),
+        joint in select(&[
+            ". ", " and then ", "; ", "\n", ", y luego ", "! ", ": to be safe ", ". in the meantime ",
+            "! for cleanup ", ", para limpiar ", ": on prod ",
+        ][..]),
         first in any::<bool>(),
     ) {
         let combined = if first {
@@ -281,7 +285,9 @@ proptest! {
             before.decision,
             after.decision
         );
-        if !first && harmless_texts().contains(&message.as_str()) {
+        if !first
+            && (harmless_texts().contains(&message.as_str()) || QUESTIONS.contains(&message.as_str()))
+        {
             prop_assert!(
                 rank(&after) >= 1,
                 "{combined:?}: the dangerous clause ({expect:?}) runs at once"
@@ -289,6 +295,18 @@ proptest! {
         }
     }
 }
+
+/// Questions and requests for explanations: a dangerous order after one
+/// must still wait.
+const QUESTIONS: &[&str] = &[
+    "explain this error",
+    "what is DNS",
+    "how does git work",
+    "tell me about cron",
+    "¿qué hace este comando?",
+    "explica esto",
+    "what does rm -rf / do?",
+];
 
 fn harmless_texts() -> Vec<&'static str> {
     safety_corpus::harmless().map(|(_, text)| text).collect()

@@ -15,7 +15,7 @@ pub use confirm::{
     check_confirmation,
 };
 pub use risk::{
-    ACTIONS_PARAMETER, Assessment, Decision, EffectWords, FAMILY_NAMES, HARMLESS_ACTIONS,
-    PolicyError, RiskTables, SHELL_COMMAND_WARNING,
+    ACTIONS_PARAMETER, Assessment, Decision, EffectWords, FAMILY_NAMES, PolicyError, RiskTables,
+    SHELL_COMMAND_WARNING,
 };
 pub use roles::{Principal, Principals, PrincipalsError, Role};

@@ -24,35 +24,6 @@ pub const FAMILY_NAMES: &[&str] = &[
     "analyze", "status", "list", "help",
 ];
 
-/// Programmatic actions known to be harmless beyond the LOW allowlist: they
-/// read (a health check, a description) or generate output for the caller
-/// alone (a mix, a render, a summary). [`RiskTables::classify`] keeps them
-/// LOW; any other action no table names is MED (SPEC §5, "else MED").
-pub const HARMLESS_ACTIONS: &[&str] = &[
-    "healthcheck",
-    "ping",
-    "get",
-    "show",
-    "describe",
-    "inspect",
-    "info",
-    "version",
-    "help",
-    "chat",
-    "explain",
-    "search",
-    "drift",
-    "mix",
-    "render",
-    "transcribe",
-    "translate",
-    "summarize",
-    "summarise",
-    "generate",
-    "draft",
-    "recommend",
-];
-
 /// The outcome of classifying one target and action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -295,19 +266,15 @@ impl RiskTables {
     }
 
     /// Classifies one `target` and `action` (compared lower-cased), in the
-    /// order of SPEC §5: deny rule, LOW allowlist, HIGH, MED, then LOW for
-    /// the [`HARMLESS_ACTIONS`], else MED: an action that is not known to be
-    /// harmless waits ("Safety by effect"). This is the rule for
-    /// programmatic actions (control, v6 tasks), which name their action
-    /// and have no text to read.
+    /// order of SPEC §5: deny rule, LOW allowlist, HIGH, MED, else MED: an
+    /// action that is not known to be harmless waits ("Safety by effect").
+    /// This is the rule for programmatic actions (control, v6 tasks), which
+    /// name their action and have no text to read: only the allowlist
+    /// (`low_actions`) is known to be harmless, since the action's payload
+    /// goes to the module unread.
     pub fn classify(&self, target: &str, action: &str) -> Decision {
-        match self.classify_known(target, action) {
-            Some(decision) => decision,
-            None if HARMLESS_ACTIONS.contains(&action.trim().to_lowercase().as_str()) => {
-                Decision::Risk(RiskLevel::Low)
-            }
-            None => Decision::Risk(RiskLevel::Med),
-        }
+        self.classify_known(target, action)
+            .unwrap_or(Decision::Risk(RiskLevel::Med))
     }
 
     /// The tables' verdict, or `None` when no table names the action.

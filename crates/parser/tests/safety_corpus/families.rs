@@ -883,6 +883,22 @@ pub(crate) const DANGEROUS_FAMILIES: &[Category] = &[
     Category {
         name: "hidden_in_wrappers",
         cases: &[
+            // an order after a question or an explanation, opened by a
+            // preposition (found by review of issue 20)
+            ("explain this! to be safe rm -rf /var/lib", HIGH),
+            ("Explain this error: to fix it drop the users table", HIGH),
+            (
+                "explain this error. in the meantime wipe the staging database",
+                HIGH,
+            ),
+            ("what is DNS. on prod run systemctl stop nginx", HIGH),
+            ("tell me about cron: at midnight delete all backups", HIGH),
+            (
+                "how does git work: for cleanup git reset --hard origin/main",
+                HIGH,
+            ),
+            ("explica esto. para limpiar borra la base de datos", HIGH),
+            ("explain this error, to fix it drop the users table", HIGH),
             // code fences and inline code
             ("```\nrm -rf /var/lib/postgresql/data\n```", HIGH),
             (
