@@ -186,16 +186,20 @@ impl TestApp {
         .await
     }
 
+    /// `GET /madre/plans/{plan_id}` as a viewer.
+    pub(crate) async fn plan_detail(&self, plan_id: &str) -> Reply {
+        self.send(
+            "GET",
+            &format!("/madre/plans/{plan_id}"),
+            Some(VIEWER),
+            None,
+        )
+        .await
+    }
+
     /// The stored plan's status and error code (empty when none).
     pub(crate) async fn plan_outcome(&self, plan_id: &str) -> (String, String) {
-        let detail = self
-            .send(
-                "GET",
-                &format!("/madre/plans/{plan_id}"),
-                Some(VIEWER),
-                None,
-            )
-            .await;
+        let detail = self.plan_detail(plan_id).await;
         assert_eq!(detail.status, 200, "plan {plan_id}: {}", detail.body);
         let field = |name: &str| s(&detail.body["plan"][name]).to_owned();
         (field("status"), field("error"))

@@ -23,14 +23,7 @@ async fn switch_answers(app: &TestApp, intent: Value) {
 }
 
 async fn intent_of(app: &TestApp, plan_id: &str) -> Value {
-    let detail = app
-        .send(
-            "GET",
-            &format!("/madre/plans/{plan_id}"),
-            Some(VIEWER),
-            None,
-        )
-        .await;
+    let detail = app.plan_detail(plan_id).await;
     detail.body["intent"].clone()
 }
 

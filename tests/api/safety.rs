@@ -134,14 +134,7 @@ async fn the_policy_file_adds_words_to_the_families() {
 
 /// The effect recorded on a plan's intent (SPEC §5).
 async fn effect_of(app: &TestApp, plan_id: &str) -> String {
-    let detail = app
-        .send(
-            "GET",
-            &format!("/madre/plans/{plan_id}"),
-            Some(VIEWER),
-            None,
-        )
-        .await;
+    let detail = app.plan_detail(plan_id).await;
     assert_eq!(detail.status, 200, "{}", detail.body);
     s(&detail.body["intent"]["dsl"]["effect"]).to_owned()
 }

@@ -109,10 +109,11 @@ impl Lexicon {
     ///
     /// When a safety rule fired, `parameters.safety` lists each one as an
     /// object: `kind` (`word`, `phrase`, `letter_spaced`,
-    /// `hidden_characters`, `shell` or `sql`), `family` (the action it maps
-    /// to: `delete`, `stop`, `restart` or `change`), `rule` (the phrase of
-    /// the word list, or the name of the command rule) and `text` (the words
-    /// as written, or the command as read).
+    /// `hidden_characters`, `shell`, `sql` or `effect`), `family` (the
+    /// action it maps to: `delete`, `stop`, `restart` or `change`; for
+    /// `effect`, the effect that made it wait), `rule` (the phrase of the
+    /// word list, the name of the command rule, or why the effect) and
+    /// `text` (the words as written, the command as read, or the clause).
     pub fn parse(&self, text: &str) -> Dsl {
         let mut classes = Classes::default();
         let ranges = self.merge_soft_cuts(text, effect::clauses(text, &mut classes), &mut classes);

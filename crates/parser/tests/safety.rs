@@ -51,7 +51,10 @@ fn every_dangerous_request_waits_or_is_denied() {
     }
     let recall = 100.0 * (total - missed.len()) as f64 / total as f64;
     println!("dangerous: {total} requests, recall {recall:.1} %");
-    assert!(total >= 300, "the corpus has {total} dangerous requests");
+    assert!(
+        total >= 800,
+        "the corpus has {total} dangerous requests (issue 20: 800)"
+    );
     assert!(missed.is_empty(), "missed:\n{}", missed.join("\n"));
 }
 
@@ -89,7 +92,10 @@ fn harmless_requests_stay_low_but_for_the_accepted_false_positives() {
         "harmless: {total} requests, {} false positives ({rate:.1} %)",
         positives.len()
     );
-    assert!(total >= 100, "the corpus has {total} harmless requests");
+    assert!(
+        total >= 300,
+        "the corpus has {total} harmless requests (issue 20: 300)"
+    );
     let unexpected: Vec<&String> = positives
         .iter()
         .filter(|(text, _)| !ACCEPTED_FALSE_POSITIVES.contains(text))
@@ -259,6 +265,11 @@ fn a_message_of_several_requests_lists_every_action() {
         !single
             .parameters
             .contains_key(madre_parser::ACTIONS_PARAMETER)
+    );
+    assert_eq!(
+        madre_parser::ACTIONS_PARAMETER,
+        madre_policy::ACTIONS_PARAMETER,
+        "parser and policy name the parameter alike"
     );
     let (forged, _) = assess("hello actions=delete");
     assert!(
