@@ -258,3 +258,45 @@ fn the_http_face_takes_nothing_from_the_database_crate() {
         wrong.join("\n")
     );
 }
+
+/// The journal invariant: no plan or step status is written outside the
+/// journal module. Only `crates/db/src/journal.rs` (and the migrations in
+/// `schema.rs`) may insert or update the rows of `tasks` and `plan_steps`;
+/// every other write of a plan's state goes through `journal::append`.
+#[test]
+fn plan_and_step_status_is_written_only_by_the_journal() {
+    let src = workspace_root().join("crates/db/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let writes = [
+        "INSERT INTO tasks",
+        "INSERT INTO plan_steps",
+        "UPDATE tasks",
+        "UPDATE plan_steps",
+        "REPLACE INTO tasks",
+        "REPLACE INTO plan_steps",
+    ];
+    let mut wrong = Vec::new();
+    for file in &files {
+        if file.ends_with("journal.rs") || file.ends_with("schema.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).expect("a readable source file");
+        for (number, line) in text.lines().enumerate() {
+            let upper = line.to_uppercase();
+            if writes.iter().any(|w| upper.contains(&w.to_uppercase())) {
+                wrong.push(format!(
+                    "{}:{}: {}",
+                    file.display(),
+                    number + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "plan and step rows are written by crates/db/src/journal.rs only:\n{}",
+        wrong.join("\n")
+    );
+}

@@ -135,50 +135,7 @@ fn insert_record(
     then: &[journal::PlanEvent],
 ) -> Result<(), DbError> {
     let plan = &record.plan;
-    conn.prepare_cached(
-        "INSERT INTO tasks (uuid, name, module, action, status, created_at, updated_at, error,
-                            kind, intent_id, session_id, mode, principal, warnings_json, risk)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-    )?
-    .execute(params![
-        plan.plan_id.to_string(),
-        record.meta.name,
-        record.meta.module,
-        record.meta.action,
-        Status::Pending.as_str(),
-        ts(plan.created_at),
-        Option::<String>::None,
-        record.meta.kind.as_str(),
-        plan.intent_id.to_string(),
-        plan.session_id.as_str(),
-        plan.mode.as_str(),
-        record.meta.principal,
-        serde_json::to_string(&plan.warnings)?,
-        record.intent.as_ref().map(|i| i.risk.as_str()),
-    ])?;
-    let task_id = conn.last_insert_rowid();
-    let mut insert_step = conn.prepare_cached(
-        "INSERT INTO plan_steps (task_id, idx, step_id, type, payload_json, blocking, optional,
-                                 status, attempts, result_json, error, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?;
-    for (idx, step) in plan.steps.iter().enumerate() {
-        insert_step.execute(params![
-            task_id,
-            idx as i64,
-            step.step_id.to_string(),
-            step.step_type.as_str(),
-            serde_json::to_string(&step.payload)?,
-            step.blocking,
-            step.optional,
-            Status::Pending.as_str(),
-            0,
-            Option::<String>::None,
-            Option::<String>::None,
-            ts(step.created_at),
-            ts(step.updated_at),
-        ])?;
-    }
+    let task_id = journal::insert_plan_rows(conn, record)?;
     let intent_json = record
         .intent
         .as_ref()
