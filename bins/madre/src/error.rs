@@ -275,6 +275,7 @@ mod tests {
             StorageFault::Locked,
             StorageFault::Io,
             StorageFault::Busy,
+            StorageFault::Stopped,
         ] {
             let error = ApiError::from(FlowError::from(DbError::Unavailable {
                 reason: fault,

@@ -25,6 +25,9 @@ pub enum StorageFault {
     /// ([`crate::Db::set_write_queue_limit`]): Madre is overloaded, storage
     /// itself is fine, and `/health` does not call it down.
     Busy,
+    /// The writer thread died (a panic outside any write): no write can
+    /// commit until Madre restarts. `/health` calls storage down.
+    Stopped,
 }
 
 impl StorageFault {
@@ -50,6 +53,7 @@ impl StorageFault {
             StorageFault::Locked => "the database stayed locked past the busy timeout",
             StorageFault::Io => "the disk reported an I/O error",
             StorageFault::Busy => "the database writer has more writes queued than it takes",
+            StorageFault::Stopped => "the database writer stopped; Madre must be restarted",
         }
     }
 }

@@ -147,6 +147,7 @@ impl StorageHealth {
             2 => Some(StorageFault::ReadOnly),
             3 => Some(StorageFault::Locked),
             4 => Some(StorageFault::Io),
+            5 => Some(StorageFault::Stopped),
             _ => None,
         }
     }
@@ -158,6 +159,7 @@ impl StorageHealth {
             StorageFault::ReadOnly => 2,
             StorageFault::Locked => 3,
             StorageFault::Io => 4,
+            StorageFault::Stopped => 5,
             // overload is not an outage: storage still takes writes
             StorageFault::Busy => return,
         };
@@ -176,8 +178,12 @@ impl StorageHealth {
         }
     }
 
-    /// Storage takes writes; logged when it had been failing.
+    /// Storage takes writes; logged when it had been failing. A stopped
+    /// writer stays stopped: nothing commits until a restart.
     pub(crate) fn record_ok(&self) {
+        if self.fault() == Some(StorageFault::Stopped) {
+            return;
+        }
         let before = self.0.swap(UP, Ordering::AcqRel);
         if before != UP {
             tracing::info!("storage available again");
@@ -202,6 +208,8 @@ struct State {
     /// Writes that may wait in `queue`; past it a write is refused at once
     /// with [`StorageFault::Busy`].
     limit: usize,
+    /// The writer thread died: every write is refused at once.
+    dead: bool,
 }
 
 /// How many writes may wait for the writer by default: far more than a
@@ -222,6 +230,7 @@ impl Writer {
             state: Mutex::new(State {
                 queue: Vec::new(),
                 limit: DEFAULT_WRITE_QUEUE_LIMIT,
+                dead: false,
                 busy: false,
                 thread_idle: false,
                 outsiders: 0,
@@ -240,7 +249,10 @@ impl Writer {
         let writer = Arc::clone(self);
         std::thread::Builder::new()
             .name("madre-db-writer".into())
-            .spawn(move || writer.serve())?;
+            .spawn(move || {
+                let _watch = Supervised(Arc::clone(&writer));
+                writer.serve();
+            })?;
         Ok(WriterThread(Arc::clone(self)))
     }
 
@@ -349,6 +361,11 @@ impl Writer {
     /// with whatever else is queued by then.
     fn enqueue(self: &Arc<Self>, job: Box<dyn Job>) {
         let mut state = lock(&self.state);
+        if state.dead {
+            drop(state);
+            job.finish(Err(&stopped()));
+            return;
+        }
         if state.queue.len() >= state.limit {
             let queued = state.queue.len();
             drop(state);
@@ -413,6 +430,39 @@ impl Writer {
             }
             state = lock(&self.state);
         }
+    }
+}
+
+/// The error of every write once the writer thread died.
+fn stopped() -> DbError {
+    DbError::Unavailable {
+        reason: StorageFault::Stopped,
+        detail: "the database writer thread stopped".into(),
+    }
+}
+
+/// Watches the writer thread: should it ever unwind (a panic outside the
+/// writes, which run under `catch_unwind`), every queued write is answered
+/// with an error instead of waiting for ever, later writes are refused at
+/// once, and `/health` calls storage down.
+struct Supervised(Arc<Writer>);
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut state = lock(&self.0.state);
+        state.dead = true;
+        state.busy = false;
+        let orphans = std::mem::take(&mut state.queue);
+        drop(state);
+        self.0.health.record_fault(StorageFault::Stopped);
+        let error = stopped();
+        for job in orphans {
+            job.finish(Err(&error));
+        }
+        self.0.turn_ended.notify_all();
     }
 }
 
@@ -718,6 +768,43 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Should the writer thread die, queued writes are answered with an
+    /// error instead of hanging, later ones are refused at once, and
+    /// storage reads as down (issue 22, supervision).
+    #[test]
+    fn a_dead_writer_thread_answers_every_write() {
+        let writer = Writer::new(Connection::open_in_memory().unwrap());
+        let queued = writer.submit(|_| Ok(1));
+        let Write { job, answer, .. } = queued;
+        lock(&writer.state).queue.push(job.unwrap());
+        let dying = Arc::clone(&writer);
+        let died = std::thread::spawn(move || {
+            let _watch = Supervised(dying);
+            panic!("the writer thread dies");
+        })
+        .join();
+        assert!(died.is_err());
+        let answered = answer.blocking_recv().unwrap();
+        assert!(matches!(
+            answered,
+            Err(DbError::Unavailable {
+                reason: StorageFault::Stopped,
+                ..
+            })
+        ));
+        let later = writer.submit(|_| Ok(2)).wait();
+        assert!(matches!(
+            later,
+            Err(DbError::Unavailable {
+                reason: StorageFault::Stopped,
+                ..
+            })
+        ));
+        assert_eq!(writer.health().fault(), Some(StorageFault::Stopped));
+        writer.health().record_ok();
+        assert_eq!(writer.health().fault(), Some(StorageFault::Stopped));
+    }
 
     /// A savepoint whose end fails loses the whole transaction: the failed
     /// write's rows are not committed with the others (issue 22).
