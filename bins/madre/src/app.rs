@@ -30,6 +30,9 @@ use crate::{request_id, routes};
 /// plans under load).
 const BLOCKING_THREADS_PER_WORKER: usize = 2;
 
+/// How long a shutdown waits for queued database writes to commit.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why Madre could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -306,7 +309,10 @@ impl Application {
         madre.start_background();
         let result = self.server.await;
         madre.stop_background();
-        tracing::info!("madre stopped");
+        // What requests and plans queued is written before the process
+        // ends, within a deadline.
+        let drained = madre.drain_writes(SHUTDOWN_DRAIN).await;
+        tracing::info!(writes_drained = drained, "madre stopped");
         result
     }
 }

@@ -242,6 +242,13 @@ impl Db {
         self.writer.set_queue_limit(limit);
     }
 
+    /// Waits (at most `deadline`) until every write queued so far has
+    /// committed: for a shutdown that drains before it exits. Answers
+    /// whether the writer is idle.
+    pub fn drain_writes(&self, deadline: Duration) -> bool {
+        self.writer.drain(deadline)
+    }
+
     /// How many writes wait for the writer thread now (for `/metrics`).
     pub fn write_queue_depth(&self) -> usize {
         self.writer.queue_depth()

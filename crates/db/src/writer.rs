@@ -256,6 +256,27 @@ impl Writer {
         Ok(WriterThread(Arc::clone(self)))
     }
 
+    /// Waits until every queued write has committed and no turn is held,
+    /// or `deadline` passed; answers whether the writer is idle.
+    pub(crate) fn drain(&self, deadline: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + deadline;
+        let mut state = lock(&self.state);
+        loop {
+            if state.queue.is_empty() && !state.busy {
+                return true;
+            }
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || state.dead {
+                return false;
+            }
+            state = self
+                .turn_ended
+                .wait_timeout(state, left.min(std::time::Duration::from_millis(50)))
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
     /// How many writes wait for the writer now.
     pub(crate) fn queue_depth(&self) -> usize {
         lock(&self.state).queue.len()

@@ -1901,3 +1901,63 @@ fn writes_past_the_queue_limit_are_refused_at_once() {
     assert!(t.db.intent_log(Uuid::from_u128(1)).unwrap().is_some());
     assert!(t.db.intent_log(Uuid::from_u128(3)).unwrap().is_none());
 }
+
+/// A shutdown drains the writer (issue 22): `drain_writes` returns once
+/// every write queued so far has committed, or says it could not within
+/// its deadline.
+#[test]
+fn drain_writes_waits_for_what_is_queued() {
+    let t = open();
+    let plan = chat_plan(&t.db, "s1");
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let db = t.db.clone();
+    let at_end: AtEnd = Box::new(move |_: &StoredPlan| {
+        started_tx.send(()).unwrap();
+        let _ = go_rx.recv_timeout(std::time::Duration::from_secs(10));
+        db.log_intent(NewIntentLog {
+            id: Uuid::from_u128(10),
+            source: "chat".into(),
+            principal: "alice".into(),
+            payload: json!({}),
+            created_at: t0(),
+        })
+    });
+    let events = vec![PlanEvent::finished(
+        Status::Cancelled,
+        Some("cancelled"),
+        t0(),
+    )];
+    let (db, id) = (t.db.clone(), plan.plan_id);
+    let holder =
+        std::thread::spawn(move || db.apply_events_and_read(id, events, Some(at_end)).wait());
+    started
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    let write = t.db.log_intent(NewIntentLog {
+        id: Uuid::from_u128(11),
+        source: "chat".into(),
+        principal: "alice".into(),
+        payload: json!({}),
+        created_at: t0(),
+    });
+    let waiter = std::thread::spawn(move || write.wait());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while t.db.write_queue_depth() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never queued"
+        );
+        std::thread::yield_now();
+    }
+    assert!(
+        !t.db.drain_writes(std::time::Duration::from_millis(50)),
+        "a held writer is not drained"
+    );
+    go.send(()).unwrap();
+    assert!(t.db.drain_writes(std::time::Duration::from_secs(10)));
+    assert!(t.db.intent_log(Uuid::from_u128(10)).unwrap().is_some());
+    assert!(t.db.intent_log(Uuid::from_u128(11)).unwrap().is_some());
+    holder.join().unwrap().unwrap();
+    waiter.join().unwrap().unwrap();
+}

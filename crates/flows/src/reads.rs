@@ -63,4 +63,14 @@ impl Madre {
             .run_blocking(move |db| db.idempotency_request_hash(&principal, &key))
             .await?)
     }
+
+    /// Waits (at most `deadline`, on a blocking thread) until every write
+    /// queued so far has committed: the last step of a shutdown. Answers
+    /// whether everything was written.
+    pub async fn drain_writes(&self, deadline: std::time::Duration) -> bool {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.drain_writes(deadline))
+            .await
+            .unwrap_or(false)
+    }
 }
