@@ -174,6 +174,30 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Every line of the Rust files under `dir` (relative to the workspace)
+/// for which `offends(file, line)` holds, as `file:line: text`; the code
+/// after a file's `#[cfg(test)]` is left out.
+fn offending_lines(dir: &str, offends: impl Fn(&Path, &str) -> bool) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(&workspace_root().join(dir), &mut files);
+    let mut wrong = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("a readable source file");
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (number, line) in code.lines().enumerate() {
+            if offends(file, line) {
+                wrong.push(format!(
+                    "{}:{}: {}",
+                    file.display(),
+                    number + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    wrong
+}
+
 #[test]
 fn pure_crates_do_no_io_read_no_clock_and_draw_no_randomness() {
     let root = workspace_root();
@@ -234,24 +258,9 @@ fn pure_crates_do_no_io_read_no_clock_and_draw_no_randomness() {
 /// the database; tests may build storage errors.
 #[test]
 fn the_http_face_takes_nothing_from_the_database_crate() {
-    let src = workspace_root().join("bins/madre/src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    let mut wrong = Vec::new();
-    for file in files.iter().filter(|f| !f.ends_with("app.rs")) {
-        let text = std::fs::read_to_string(file).expect("a readable source file");
-        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-        for (number, line) in code.lines().enumerate() {
-            if line.contains("madre_db") || line.contains(".db()") {
-                wrong.push(format!(
-                    "{}:{}: {}",
-                    file.display(),
-                    number + 1,
-                    line.trim()
-                ));
-            }
-        }
-    }
+    let wrong = offending_lines("bins/madre/src", |file, line| {
+        !file.ends_with("app.rs") && (line.contains("madre_db") || line.contains(".db()"))
+    });
     assert!(
         wrong.is_empty(),
         "storage comes through madre-flows:\n{}",
@@ -265,35 +274,20 @@ fn the_http_face_takes_nothing_from_the_database_crate() {
 /// every other write of a plan's state goes through `journal::append`.
 #[test]
 fn plan_and_step_status_is_written_only_by_the_journal() {
-    let src = workspace_root().join("crates/db/src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
     let writes = [
-        "INSERT INTO tasks",
-        "INSERT INTO plan_steps",
-        "UPDATE tasks",
-        "UPDATE plan_steps",
-        "REPLACE INTO tasks",
-        "REPLACE INTO plan_steps",
+        "INSERT INTO TASKS",
+        "INSERT INTO PLAN_STEPS",
+        "UPDATE TASKS",
+        "UPDATE PLAN_STEPS",
+        "REPLACE INTO TASKS",
+        "REPLACE INTO PLAN_STEPS",
     ];
-    let mut wrong = Vec::new();
-    for file in &files {
-        if file.ends_with("journal.rs") || file.ends_with("schema.rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(file).expect("a readable source file");
-        for (number, line) in text.lines().enumerate() {
-            let upper = line.to_uppercase();
-            if writes.iter().any(|w| upper.contains(&w.to_uppercase())) {
-                wrong.push(format!(
-                    "{}:{}: {}",
-                    file.display(),
-                    number + 1,
-                    line.trim()
-                ));
-            }
-        }
-    }
+    let wrong = offending_lines("crates/db/src", |file, line| {
+        let upper = line.to_uppercase();
+        !file.ends_with("journal.rs")
+            && !file.ends_with("schema.rs")
+            && writes.iter().any(|w| upper.contains(w))
+    });
     assert!(
         wrong.is_empty(),
         "plan and step rows are written by crates/db/src/journal.rs only:\n{}",

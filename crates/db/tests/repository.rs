@@ -1834,67 +1834,23 @@ fn waiting_for_a_write_inside_a_write_fails_instead_of_deadlocking() {
 fn writes_past_the_queue_limit_are_refused_at_once() {
     let t = open();
     t.db.set_write_queue_limit(2);
-    let plan = chat_plan(&t.db, "s1");
-    // An end write that holds the writer until told to go on.
-    let (started_tx, started) = std::sync::mpsc::channel();
-    let (go, go_rx) = std::sync::mpsc::channel::<()>();
-    let db = t.db.clone();
-    let at_end: AtEnd = Box::new(move |_: &StoredPlan| {
-        started_tx.send(()).unwrap();
-        let _ = go_rx.recv_timeout(std::time::Duration::from_secs(10));
-        db.log_intent(NewIntentLog {
-            id: Uuid::new_v4(),
-            source: "chat".into(),
-            principal: "alice".into(),
-            payload: json!({}),
-            created_at: t0(),
-        })
-    });
-    let events = vec![PlanEvent::finished(
-        Status::Cancelled,
-        Some("cancelled"),
-        t0(),
-    )];
-    let (db, id) = (t.db.clone(), plan.plan_id);
-    let holder =
-        std::thread::spawn(move || db.apply_events_and_read(id, events, Some(at_end)).wait());
-    started
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
-
-    let intent = |n: u128| NewIntentLog {
-        id: Uuid::from_u128(n),
-        source: "chat".into(),
-        principal: "alice".into(),
-        payload: json!({}),
-        created_at: t0(),
-    };
+    let held = HeldWriter::hold(&t, 20);
     let queued: Vec<_> = (1..=2)
         .map(|n| {
-            let db = t.db.clone();
-            let write = db.log_intent(intent(n));
+            let write = t.db.log_intent(intent_row(n));
             std::thread::spawn(move || write.wait())
         })
         .collect();
-    // wait (bounded) until both are queued behind the held writer
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while t.db.write_queue_depth() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writes never queued"
-        );
-        std::thread::yield_now();
-    }
+    wait_for_queued(&t.db, 2);
     let Err(DbError::Unavailable {
         reason: refused, ..
-    }) = t.db.log_intent(intent(3)).wait()
+    }) = t.db.log_intent(intent_row(3)).wait()
     else {
         panic!("a third write was taken while two were queued");
     };
     assert_eq!(refused, StorageFault::Busy);
     assert_eq!(t.db.storage_fault(), None, "overload is not an outage");
-    go.send(()).unwrap();
-    holder.join().unwrap().unwrap();
+    held.release();
     for write in queued {
         write.join().unwrap().unwrap();
     }
@@ -1908,56 +1864,81 @@ fn writes_past_the_queue_limit_are_refused_at_once() {
 #[test]
 fn drain_writes_waits_for_what_is_queued() {
     let t = open();
-    let plan = chat_plan(&t.db, "s1");
-    let (started_tx, started) = std::sync::mpsc::channel();
-    let (go, go_rx) = std::sync::mpsc::channel::<()>();
-    let db = t.db.clone();
-    let at_end: AtEnd = Box::new(move |_: &StoredPlan| {
-        started_tx.send(()).unwrap();
-        let _ = go_rx.recv_timeout(std::time::Duration::from_secs(10));
-        db.log_intent(NewIntentLog {
-            id: Uuid::from_u128(10),
-            source: "chat".into(),
-            principal: "alice".into(),
-            payload: json!({}),
-            created_at: t0(),
-        })
-    });
-    let events = vec![PlanEvent::finished(
-        Status::Cancelled,
-        Some("cancelled"),
-        t0(),
-    )];
-    let (db, id) = (t.db.clone(), plan.plan_id);
-    let holder =
-        std::thread::spawn(move || db.apply_events_and_read(id, events, Some(at_end)).wait());
-    started
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
-    let write = t.db.log_intent(NewIntentLog {
-        id: Uuid::from_u128(11),
-        source: "chat".into(),
-        principal: "alice".into(),
-        payload: json!({}),
-        created_at: t0(),
-    });
+    let held = HeldWriter::hold(&t, 10);
+    let write = t.db.log_intent(intent_row(11));
     let waiter = std::thread::spawn(move || write.wait());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while t.db.write_queue_depth() < 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the write never queued"
-        );
-        std::thread::yield_now();
-    }
+    wait_for_queued(&t.db, 1);
     assert!(
         !t.db.drain_writes(std::time::Duration::from_millis(50)),
         "a held writer is not drained"
     );
-    go.send(()).unwrap();
+    held.go.send(()).unwrap();
     assert!(t.db.drain_writes(std::time::Duration::from_secs(10)));
     assert!(t.db.intent_log(Uuid::from_u128(10)).unwrap().is_some());
     assert!(t.db.intent_log(Uuid::from_u128(11)).unwrap().is_some());
-    holder.join().unwrap().unwrap();
+    held.holder.join().unwrap().unwrap();
     waiter.join().unwrap().unwrap();
+}
+
+/// A new intent-log row with a known id, for writes that only need to land.
+fn intent_row(n: u128) -> NewIntentLog {
+    NewIntentLog {
+        id: Uuid::from_u128(n),
+        source: "chat".into(),
+        principal: "alice".into(),
+        payload: json!({}),
+        created_at: t0(),
+    }
+}
+
+/// The writer, held: a plan's end write that blocks until `go` is sent
+/// (or 10 s pass), then logs intent `end_intent`. Returns once the writer
+/// is held.
+struct HeldWriter {
+    go: std::sync::mpsc::Sender<()>,
+    holder: std::thread::JoinHandle<Result<StoredPlan, DbError>>,
+}
+
+impl HeldWriter {
+    fn hold(t: &TestDb, end_intent: u128) -> Self {
+        let plan = chat_plan(&t.db, "s1");
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let db = t.db.clone();
+        let at_end: AtEnd = Box::new(move |_: &StoredPlan| {
+            started_tx.send(()).unwrap();
+            let _ = go_rx.recv_timeout(std::time::Duration::from_secs(10));
+            db.log_intent(intent_row(end_intent))
+        });
+        let events = vec![PlanEvent::finished(
+            Status::Cancelled,
+            Some("cancelled"),
+            t0(),
+        )];
+        let (db, id) = (t.db.clone(), plan.plan_id);
+        let holder =
+            std::thread::spawn(move || db.apply_events_and_read(id, events, Some(at_end)).wait());
+        started
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        Self { go, holder }
+    }
+
+    /// Lets the writer go on and waits for the held write's commit.
+    fn release(self) {
+        self.go.send(()).unwrap();
+        self.holder.join().unwrap().unwrap();
+    }
+}
+
+/// Waits (bounded) until `n` writes are queued for the writer.
+fn wait_for_queued(db: &Db, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while db.write_queue_depth() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writes never queued"
+        );
+        std::thread::yield_now();
+    }
 }
