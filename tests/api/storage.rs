@@ -84,7 +84,7 @@ async fn a_chat_that_cannot_be_stored_answers_503_and_madre_recovers_by_itself()
 
     let other = intruder(&app);
     let intents = count(&other, "intents_log");
-    let plans = count(&other, "tasks");
+    let plans = count(&other, "plans");
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
 
     let (status, retry_after, body) = chat(&app, "hello again").await;
@@ -108,7 +108,7 @@ async fn a_chat_that_cannot_be_stored_answers_503_and_madre_recovers_by_itself()
     other.execute_batch("ROLLBACK").unwrap();
     // Nothing of the refused chat was written.
     assert_eq!(count(&other, "intents_log"), intents);
-    assert_eq!(count(&other, "tasks"), plans);
+    assert_eq!(count(&other, "plans"), plans);
 
     let (status, _, body) = chat(&app, "hello once more").await;
     assert_eq!(status, 200, "{body}");

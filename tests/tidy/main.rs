@@ -270,17 +270,16 @@ fn the_http_face_takes_nothing_from_the_database_crate() {
 
 /// The journal invariant: no plan or step status is written outside the
 /// journal module. Only `crates/db/src/journal.rs` (and the migrations in
-/// `schema.rs`) may insert or update the rows of `tasks` and `plan_steps`;
-/// every other write of a plan's state goes through `journal::append`.
+/// `schema.rs`) may write the rows of `plans` and `plan_events` (a step's
+/// status is folded from the events); every other change of a plan's
+/// state goes through `journal::append`.
 #[test]
 fn plan_and_step_status_is_written_only_by_the_journal() {
     let writes = [
-        "INSERT INTO TASKS",
-        "INSERT INTO PLAN_STEPS",
-        "UPDATE TASKS",
-        "UPDATE PLAN_STEPS",
-        "REPLACE INTO TASKS",
-        "REPLACE INTO PLAN_STEPS",
+        "INSERT INTO PLANS",
+        "INSERT INTO PLAN_EVENTS",
+        "UPDATE PLANS",
+        "REPLACE INTO PLANS",
     ];
     let wrong = offending_lines("crates/db/src", |file, line| {
         let upper = line.to_uppercase();

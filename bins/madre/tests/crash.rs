@@ -201,9 +201,9 @@ async fn three_sigkills_mid_load_lose_nothing_acknowledged() {
     // its events were always written together
     let mismatched: i64 = conn
         .query_row(
-            "SELECT count(*) FROM tasks t WHERE t.status IS NOT (
+            "SELECT count(*) FROM plans t WHERE t.status IS NOT (
                  SELECT json_extract(e.payload_json, '$.status') FROM plan_events e
-                 WHERE e.task_id = t.id AND e.type NOT IN ('step_started', 'step_finished')
+                 WHERE e.plan = t.id AND e.type NOT IN ('step_started', 'step_finished')
                  ORDER BY e.seq DESC LIMIT 1)",
             [],
             |r| r.get(0),

@@ -174,7 +174,7 @@ impl Db {
     ) -> Result<Vec<Uuid>, DbError> {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT c.plan_id FROM confirmations c JOIN tasks t ON t.uuid = c.plan_id
+                "SELECT c.plan_id FROM confirmations c JOIN plans t ON t.uuid = c.plan_id
                  WHERE c.outcome IS NULL AND c.used_at IS NULL AND c.expires_at > ?3
                    AND t.module = ?1 AND t.action = ?2 AND t.kind != 'chat'",
             )?;

@@ -66,21 +66,6 @@ impl Db {
         self.write(move |conn| insert_intent(conn, &entry))
     }
 
-    /// Appends a row to the intent log and answers the session
-    /// `session_id` as it stands, read in the same transaction: a chat's
-    /// first two steps in one trip to the writer. The row is logged even
-    /// when the session cannot be read: that failure is the inner result.
-    pub fn log_intent_in_session(
-        &self,
-        entry: NewIntentLog,
-        session_id: String,
-    ) -> Write<Result<Option<crate::SessionRow>, DbError>> {
-        self.write(move |conn| {
-            insert_intent(conn, &entry)?;
-            Ok(crate::sessions::session_in(conn, &session_id))
-        })
-    }
-
     /// Closes an open intent-log row with its outcome. A row closes once:
     /// closing it again is a conflict.
     pub fn close_intent(

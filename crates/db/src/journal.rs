@@ -1,16 +1,21 @@
-//! The plan journal (SPEC §8): the one place that writes plan and step
-//! status. Each change is an event appended to `plan_events` in the same
-//! transaction as the state it produces; which change is legal is decided
-//! by the pure state machine of `madre-lifecycle`, never here.
+//! The plan journal (SPEC §8): the truth of every plan, and the one place
+//! that writes plan status. Each change is an event appended to
+//! `plan_events`; a step's status, attempts, answer and error are what the
+//! plan's events fold to, and the plan's row in `plans` (status, error,
+//! result, warnings: what listings read) is updated in the same
+//! transaction. Which change is legal is decided by the pure state machine
+//! of `madre-lifecycle`, never here.
 
 use chrono::{DateTime, Utc};
 use madre_lifecycle::{Change, Event, PlanState, StepState};
-use madre_models::{JournalEvent, Status, StepType};
+use madre_models::{Intent, JournalEvent, Mode, Plan, SessionId, Status, Step, StepType};
 use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::audit::{NewAction, insert_action};
+use crate::plans::{PlanKind, PlanMeta, StoredPlan};
 use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
 
@@ -87,54 +92,17 @@ impl PlanEvent {
     }
 }
 
-/// A plan's state as the journal reads it inside a transaction.
+/// A plan as the journal reads it: its row, its steps and its state,
+/// folded from its events.
 pub(crate) struct Loaded {
-    task_id: i64,
-    session_id: Option<String>,
-    step_ids: Vec<String>,
+    /// The plan's row id (`plans.id`), which its events carry.
+    row: i64,
+    /// The plan with its steps as the events left them.
+    pub(crate) stored: StoredPlan,
+    /// What the state machine sees.
     pub(crate) state: PlanState,
-}
-
-pub(crate) fn load_state(conn: &Connection, plan_id: Uuid) -> Result<Loaded, DbError> {
-    let id = plan_id.to_string();
-    let head: Option<(i64, String, Option<String>)> = conn
-        .prepare_cached("SELECT id, status, session_id FROM tasks WHERE uuid = ?1")?
-        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    let Some((task_id, status, session_id)) = head else {
-        return Err(DbError::not_found("plan", plan_id));
-    };
-    let mut stmt = conn.prepare_cached(
-        "SELECT step_id, type, status, attempts FROM plan_steps WHERE task_id = ?1 ORDER BY idx",
-    )?;
-    let mut step_ids = Vec::new();
-    let mut steps = Vec::new();
-    let rows = stmt.query_map([task_id], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, u32>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (step_id, ty, status, attempts) = row?;
-        step_ids.push(step_id);
-        steps.push(StepState {
-            step_type: parse_enum(&ty, "step type")?,
-            status: parse_enum(&status, "status")?,
-            attempts,
-        });
-    }
-    Ok(Loaded {
-        task_id,
-        session_id,
-        step_ids,
-        state: PlanState {
-            status: parse_enum(&status, "status")?,
-            steps,
-        },
-    })
+    /// The row's status, error, result or warnings changed.
+    row_changed: bool,
 }
 
 fn parse_enum<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, DbError> {
@@ -142,50 +110,258 @@ fn parse_enum<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, DbError
         .map_err(|_| DbError::InvalidData(format!("unknown {what} {text:?}")))
 }
 
-/// Appends `events` to the plan's journal and persists the changes the state
-/// machine answers for each, in order, inside the caller's transaction. The
-/// first illegal event fails the whole call (the caller's transaction or
-/// savepoint rolls back, so nothing of it stays). Answers the state after.
-pub(crate) fn append(
-    conn: &Connection,
-    plan_id: Uuid,
-    events: &[PlanEvent],
-    replica: &str,
-) -> Result<PlanState, DbError> {
-    let mut loaded = load_state(conn, plan_id)?;
-    for event in events {
-        step(conn, plan_id, &mut loaded, event, replica)?;
+fn parse_uuid(text: &str) -> Result<Uuid, DbError> {
+    Uuid::parse_str(text).map_err(|_| DbError::InvalidData(format!("bad uuid {text:?}")))
+}
+
+/// The body a `plan_created` event carries: the plan's steps (PENDING for
+/// a new plan; for a plan made before storage v2, their state at the
+/// upgrade), its intent, and for such a plan the last event already
+/// counted in its steps and its status then.
+#[derive(Serialize, Deserialize)]
+struct Body {
+    steps: Vec<Step>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    intent: Option<Intent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state_through: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plan_status: Option<Status>,
+}
+
+/// One stored event, before it is read as a lifecycle event.
+struct Row {
+    seq: i64,
+    event_type: String,
+    step: Option<usize>,
+    payload: Value,
+    principal: Option<String>,
+    replica: String,
+    at: DateTime<Utc>,
+}
+
+type Head = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Ts,
+    Ts,
+);
+
+const HEAD: &str = "SELECT id, kind, name, module, action, principal, mode, session_id, intent_id,
+                           status, error, result, warnings_json, created_at, updated_at
+                    FROM plans WHERE uuid = ?1";
+
+fn rows_of(conn: &Connection, row: i64) -> Result<Vec<Row>, DbError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, type, step, payload_json, principal, replica, created_at
+         FROM plan_events WHERE plan = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([row], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<i64>>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, Ts>(6)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, event_type, step, payload, principal, replica, at) = row?;
+        out.push(Row {
+            seq,
+            event_type,
+            step: step.map(|s| s as usize),
+            payload: serde_json::from_str(&payload)?,
+            principal,
+            replica,
+            at: at.0,
+        });
     }
-    Ok(loaded.state)
+    Ok(out)
 }
 
-/// One event: the state machine decides, then the changes and the event
-/// row are written.
-fn step(
-    conn: &Connection,
-    plan_id: Uuid,
-    loaded: &mut Loaded,
-    event: &PlanEvent,
-    replica: &str,
-) -> Result<(), DbError> {
-    let changes = madre_lifecycle::apply(&loaded.state, &event.event)
-        .map_err(|c| DbError::Conflict(format!("plan {plan_id}: {c}")))?;
-    persist(conn, plan_id, loaded, event, &changes)?;
-    loaded.state.change(&changes);
-    insert_event(conn, plan_id, loaded, event, replica)
+/// The lifecycle event a stored row records.
+fn event_of(plan_id: Uuid, row: &Row) -> Result<Event, DbError> {
+    let refused = || {
+        DbError::InvalidData(format!(
+            "plan {plan_id}: journal event {} ({}) cannot be read",
+            row.seq, row.event_type
+        ))
+    };
+    let step = || row.step.ok_or_else(refused);
+    let status = || {
+        row.payload
+            .get("status")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Status>().ok())
+            .ok_or_else(refused)
+    };
+    Ok(match row.event_type.as_str() {
+        "plan_created" => Event::PlanCreated,
+        "plan_waiting" => Event::PlanWaiting { step: step()? },
+        "approval_recorded" => Event::ApprovalRecorded,
+        "plan_confirmed" => Event::PlanConfirmed,
+        "plan_rejected" => Event::PlanRejected,
+        "plan_expired" => Event::PlanExpired,
+        "step_started" => Event::StepStarted { step: step()? },
+        "step_finished" => Event::StepFinished {
+            step: step()?,
+            status: status()?,
+        },
+        "plan_finished" => Event::PlanFinished { status: status()? },
+        "plan_taken_over" => Event::PlanTakenOver,
+        _ => return Err(refused()),
+    })
 }
 
-/// Writes the changes of one event to `tasks` and `plan_steps`.
-fn persist(
-    conn: &Connection,
-    plan_id: Uuid,
-    loaded: &Loaded,
-    event: &PlanEvent,
-    changes: &[Change],
-) -> Result<(), DbError> {
-    let id = plan_id.to_string();
-    let at = ts(event.at);
+/// Reads the plan and folds its journal, on `conn`; `None` for an
+/// unknown plan. An event the state machine refuses fails with an error
+/// naming the plan and the event: the journal is never silently trusted.
+pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, DbError> {
+    let head: Option<Head> = conn
+        .prepare_cached(HEAD)?
+        .query_row([plan_id.to_string()], |r| r.try_into())
+        .optional()?;
+    let Some((
+        row,
+        kind,
+        name,
+        module,
+        action,
+        principal,
+        mode,
+        session_id,
+        intent_id,
+        status,
+        error,
+        result,
+        warnings,
+        created,
+        updated,
+    )) = head
+    else {
+        return Ok(None);
+    };
+    let rows = rows_of(conn, row)?;
+    // First, but for a plan stored before the journal: then the one the
+    // upgrade synthesized, whose `state_through` covers the older events.
+    let first = rows
+        .iter()
+        .find(|r| r.event_type == "plan_created")
+        .ok_or_else(|| {
+            DbError::InvalidData(format!("plan {plan_id}: its journal has no plan_created"))
+        })?;
+    let body: Body = serde_json::from_value(first.payload.clone())
+        .map_err(|e| DbError::InvalidData(format!("plan {plan_id}: its body: {e}")))?;
+    let through = body.state_through.unwrap_or(first.seq);
+    let session_id = SessionId::parse(session_id.unwrap_or_else(|| "none".into()))
+        .map_err(|e| DbError::InvalidData(e.to_string()))?;
+    let state = PlanState {
+        status: body.plan_status.unwrap_or(Status::Pending),
+        steps: body
+            .steps
+            .iter()
+            .map(|s| StepState {
+                step_type: s.step_type,
+                status: s.status,
+                attempts: s.attempts,
+            })
+            .collect(),
+    };
+    let mut loaded = Loaded {
+        row,
+        stored: StoredPlan {
+            plan: Plan {
+                plan_id,
+                intent_id: intent_id
+                    .as_deref()
+                    .map(parse_uuid)
+                    .transpose()?
+                    .unwrap_or(plan_id),
+                session_id,
+                status: parse_enum(&status, "status")?,
+                mode: parse_enum::<Mode>(&mode, "mode")?,
+                steps: body.steps,
+                warnings: serde_json::from_str(&warnings)?,
+                error,
+                created_at: created.0,
+                updated_at: updated.0,
+            },
+            meta: PlanMeta {
+                kind: PlanKind::parse(&kind)?,
+                name,
+                module,
+                action,
+                principal,
+            },
+            intent: body.intent,
+            result: result.as_deref().map(serde_json::from_str).transpose()?,
+        },
+        state,
+        row_changed: false,
+    };
+    for stored in rows.iter().filter(|r| r.seq > through) {
+        let event = event_of(plan_id, stored)?;
+        let changes = madre_lifecycle::apply(&loaded.state, &event).map_err(|c| {
+            DbError::InvalidData(format!(
+                "plan {plan_id}: journal event {} refused by the state machine: {c}",
+                stored.seq
+            ))
+        })?;
+        let text = |name: &str| stored.payload.get(name).and_then(Value::as_str);
+        let step_level = matches!(
+            event,
+            Event::StepStarted { .. } | Event::StepFinished { .. }
+        );
+        let mut replay = PlanEvent::new(event, stored.at);
+        replay.result = stored
+            .payload
+            .get("result")
+            .cloned()
+            .filter(|v| !v.is_null());
+        replay.error = if step_level {
+            text("error")
+        } else {
+            text("reason")
+        }
+        .map(str::to_owned);
+        fold_steps(&mut loaded, &replay, &changes);
+    }
+    // The row is the projection of what the events said; its fields stand.
+    loaded.row_changed = false;
+    Ok(Some(loaded))
+}
+
+/// The plan with its steps, metadata and intent, read on `conn`.
+pub(crate) fn plan_in(conn: &Connection, plan_id: Uuid) -> Result<Option<StoredPlan>, DbError> {
+    Ok(load(conn, plan_id)?.map(|l| l.stored))
+}
+
+/// The state machine's view of a plan, or not found.
+pub(crate) fn load_existing(conn: &Connection, plan_id: Uuid) -> Result<Loaded, DbError> {
+    load(conn, plan_id)?.ok_or_else(|| DbError::not_found("plan", plan_id))
+}
+
+/// Applies one event's changes to the steps in memory, as the event's
+/// data says (a step's answer and error; a plan's status, reason and
+/// result), and to the state machine's view.
+fn fold_steps(loaded: &mut Loaded, event: &PlanEvent, changes: &[Change]) {
     let plan_level = event.is_plan_level();
+    let plan = &mut loaded.stored.plan;
     for change in changes {
         match *change {
             Change::Step {
@@ -193,86 +369,133 @@ fn persist(
                 status,
                 attempt,
             } => {
-                let (result, error) = if plan_level {
-                    (None, None)
-                } else {
-                    (
-                        event
-                            .result
-                            .as_ref()
-                            .map(serde_json::to_string)
-                            .transpose()?,
-                        event.error.as_deref(),
-                    )
-                };
-                conn.prepare_cached(
-                    "UPDATE plan_steps SET
-                        status = ?3,
-                        attempts = attempts + ?4,
-                        started_at = CASE WHEN ?4 = 1 THEN ?7 ELSE started_at END,
-                        finished_at = CASE WHEN ?3 IN ('DONE','ERROR','CANCELLED') THEN ?7 ELSE finished_at END,
-                        result_json = COALESCE(?5, result_json),
-                        error = COALESCE(?6, error),
-                        updated_at = ?7
-                     WHERE task_id = ?1 AND idx = ?2",
-                )?
-                .execute(params![
-                    loaded.task_id,
-                    step as i64,
-                    status.as_str(),
-                    i64::from(attempt),
-                    result,
-                    error,
-                    at
-                ])?;
+                if let Some(s) = plan.steps.get_mut(step) {
+                    s.status = status;
+                    s.attempts += u32::from(attempt);
+                    if !plan_level {
+                        if let Some(result) = &event.result {
+                            s.result = Some(result.clone());
+                        }
+                        if let Some(error) = &event.error {
+                            s.error = Some(error.clone());
+                        }
+                    }
+                    s.updated_at = event.at;
+                }
             }
             Change::CancelOpenSteps => {
-                conn.prepare_cached(
-                    "UPDATE plan_steps SET status = 'CANCELLED', finished_at = ?2, updated_at = ?2
-                     WHERE task_id = ?1 AND status NOT IN ('DONE','ERROR','CANCELLED')",
-                )?
-                .execute(params![loaded.task_id, at])?;
+                for s in &mut plan.steps {
+                    if !s.status.is_terminal() {
+                        s.status = Status::Cancelled;
+                        s.updated_at = event.at;
+                    }
+                }
             }
             Change::Plan { status } => {
-                let (result, error) = if plan_level {
-                    (
-                        event
-                            .result
-                            .as_ref()
-                            .map(serde_json::to_string)
-                            .transpose()?,
-                        event.error.as_deref(),
-                    )
-                } else {
-                    (None, None)
-                };
-                conn.prepare_cached(
-                    "UPDATE tasks SET status = ?2, error = COALESCE(?3, error),
-                                      result = COALESCE(?4, result), updated_at = ?5
-                     WHERE id = ?1",
-                )?
-                .execute(params![
-                    loaded.task_id,
-                    status.as_str(),
-                    error,
-                    result,
-                    at
-                ])?;
-                if status.is_terminal() && has_gate(&loaded.state) {
-                    // A pending confirmation ends with its plan.
-                    let outcome = error.unwrap_or("cancelled");
-                    conn.prepare_cached(
-                        "UPDATE confirmations SET outcome = ?2 WHERE plan_id = ?1 AND outcome IS NULL",
-                    )?
-                    .execute(params![id, outcome])?;
+                plan.status = status;
+                if plan_level {
+                    if let Some(error) = &event.error {
+                        plan.error = Some(error.clone());
+                    }
+                    if let Some(result) = &event.result {
+                        loaded.stored.result = Some(result.clone());
+                    }
                 }
+                plan.updated_at = event.at;
+                loaded.row_changed = true;
             }
         }
     }
-    if !event.warnings.is_empty() {
-        add_warnings(conn, loaded.task_id, &event.warnings)?;
+    for w in &event.warnings {
+        if !plan.warnings.contains(w) {
+            plan.warnings.push(w.clone());
+            loaded.row_changed = true;
+        }
     }
+    loaded.state.change(changes);
+}
+
+/// Appends `events` to the plan's journal and updates its row once, inside
+/// the caller's transaction. The first illegal event fails the whole call
+/// (the caller's transaction rolls back, so nothing of it stays). Answers
+/// the plan as it is after them.
+pub(crate) fn append(
+    conn: &Connection,
+    plan_id: Uuid,
+    events: &[PlanEvent],
+    replica: &str,
+) -> Result<Loaded, DbError> {
+    let mut loaded = load_existing(conn, plan_id)?;
+    let status_before = loaded.state.status;
+    let mut rows = Vec::with_capacity(events.len());
+    for event in events {
+        rows.push(step(plan_id, &mut loaded, event)?);
+    }
+    insert_events(conn, loaded.row, &rows, replica)?;
+    if loaded.row_changed {
+        let plan = &loaded.stored.plan;
+        conn.prepare_cached(
+            "UPDATE plans SET status = ?2, error = ?3, result = ?4, warnings_json = ?5,
+                              updated_at = ?6
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            loaded.row,
+            plan.status.as_str(),
+            plan.error,
+            loaded
+                .stored
+                .result
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?,
+            serde_json::to_string(&plan.warnings)?,
+            ts(plan.updated_at),
+        ])?;
+    }
+    let status = loaded.state.status;
+    if status != status_before && status.is_terminal() {
+        count_finished(conn, status)?;
+        if has_gate(&loaded.state) {
+            // A pending confirmation ends with its plan.
+            let outcome = loaded.stored.plan.error.as_deref().unwrap_or("cancelled");
+            conn.prepare_cached(
+                "UPDATE confirmations SET outcome = ?2 WHERE plan_id = ?1 AND outcome IS NULL",
+            )?
+            .execute(params![plan_id.to_string(), outcome])?;
+        }
+    }
+    loaded.row_changed = false;
+    Ok(loaded)
+}
+
+/// Counts one more finished plan in `status` (`/metrics` reads these
+/// counters; open plans are counted through their own index).
+fn count_finished(conn: &Connection, status: Status) -> Result<(), DbError> {
+    conn.prepare_cached(
+        "INSERT INTO plan_status_counts (status, n) VALUES (?1, 1)
+         ON CONFLICT (status) DO UPDATE SET n = n + 1",
+    )?
+    .execute([status.as_str()])?;
     Ok(())
+}
+
+/// An event row to insert.
+struct NewRow {
+    event_type: &'static str,
+    step: Option<usize>,
+    payload: String,
+    principal: Option<String>,
+    at: DateTime<Utc>,
+}
+
+/// One event: the state machine decides, the plan in memory changes, and
+/// the row recording it is answered.
+fn step(plan_id: Uuid, loaded: &mut Loaded, event: &PlanEvent) -> Result<NewRow, DbError> {
+    let changes = madre_lifecycle::apply(&loaded.state, &event.event)
+        .map_err(|c| DbError::Conflict(format!("plan {plan_id}: {c}")))?;
+    fold_steps(loaded, event, &changes);
+    Ok(event_row(loaded, event))
 }
 
 fn has_gate(state: &PlanState) -> bool {
@@ -280,24 +503,6 @@ fn has_gate(state: &PlanState) -> bool {
         .steps
         .iter()
         .any(|s| s.step_type == StepType::AwaitConfirmation)
-}
-
-fn add_warnings(conn: &Connection, task_id: i64, add: &[String]) -> Result<(), DbError> {
-    let current: String = conn
-        .prepare_cached("SELECT warnings_json FROM tasks WHERE id = ?1")?
-        .query_row([task_id], |r| r.get(0))?;
-    let mut warnings: Vec<String> = serde_json::from_str(&current)?;
-    let before = warnings.len();
-    for w in add {
-        if !warnings.contains(w) {
-            warnings.push(w.clone());
-        }
-    }
-    if warnings.len() != before {
-        conn.prepare_cached("UPDATE tasks SET warnings_json = ?2 WHERE id = ?1")?
-            .execute(params![task_id, serde_json::to_string(&warnings)?])?;
-    }
-    Ok(())
 }
 
 /// The status an event leads to: the step's for step events, else the plan's.
@@ -310,74 +515,142 @@ fn status_after(state: &PlanState, event: &Event) -> Status {
     }
 }
 
-fn insert_event(
-    conn: &Connection,
-    plan_id: Uuid,
-    loaded: &Loaded,
-    event: &PlanEvent,
-    replica: &str,
-) -> Result<(), DbError> {
+/// The row of an event already folded into `loaded`: what the API shows
+/// (status after, step type and attempts, reason) and what folding needs
+/// again (a step's answer and error, a plan's result).
+fn event_row(loaded: &Loaded, event: &PlanEvent) -> NewRow {
+    let state = &loaded.state;
     let step = event.event.step();
-    let step_id = step.and_then(|i| loaded.step_ids.get(i));
-    let mut payload = json!({ "status": status_after(&loaded.state, &event.event) });
+    let mut payload = json!({ "status": status_after(state, &event.event) });
     if let Some(i) = step
-        && let Some(s) = loaded.state.steps.get(i)
+        && let Some(s) = state.steps.get(i)
     {
         payload["step_type"] = json!(s.step_type);
         payload["attempts"] = json!(s.attempts);
     }
-    // Reasons are short codes; a step's error message is kept on the step.
-    let reason = match event.event {
-        Event::StepFinished { .. } | Event::StepStarted { .. } => None,
-        _ => event.error.as_deref(),
-    };
-    if let Some(reason) = reason {
-        payload["reason"] = json!(reason);
+    match event.event {
+        Event::StepFinished { .. } | Event::StepStarted { .. } => {
+            if let Some(error) = &event.error {
+                payload["error"] = json!(error);
+            }
+        }
+        _ => {
+            if let Some(reason) = &event.error {
+                payload["reason"] = json!(reason);
+            }
+        }
     }
-    conn.prepare_cached(
-        "INSERT INTO plan_events (task_id, plan_id, session_id, type, step_id, payload_json,
-                                  principal, replica, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        loaded.task_id,
-        plan_id.to_string(),
-        loaded.session_id,
-        event.event.name(),
-        step_id,
-        payload.to_string(),
-        event.principal,
-        replica,
-        ts(event.at),
-    ])?;
+    if let Some(result) = &event.result {
+        payload["result"] = result.clone();
+    }
+    if !event.warnings.is_empty() {
+        payload["warnings"] = json!(event.warnings);
+    }
+    NewRow {
+        event_type: event.event.name(),
+        step,
+        payload: payload.to_string(),
+        principal: event.principal.clone(),
+        at: event.at,
+    }
+}
+
+/// Inserts event rows in one statement.
+fn insert_events(
+    conn: &Connection,
+    plan_row: i64,
+    rows: &[NewRow],
+    replica: &str,
+) -> Result<(), DbError> {
+    for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO plan_events (plan, type, step, payload_json, principal, replica, created_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str("(?, ?, ?, ?, ?, ?, ?)");
+        }
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 7);
+        let times: Vec<Ts> = chunk.iter().map(|r| ts(r.at)).collect();
+        let steps: Vec<Option<i64>> = chunk.iter().map(|r| r.step.map(|s| s as i64)).collect();
+        for (i, row) in chunk.iter().enumerate() {
+            args.push(&plan_row);
+            args.push(&row.event_type);
+            args.push(&steps[i]);
+            args.push(&row.payload);
+            args.push(&row.principal);
+            args.push(&replica);
+            args.push(&times[i]);
+        }
+        stmt.execute(args.as_slice())?;
+    }
     Ok(())
 }
 
-/// Journals a plan just inserted with every row PENDING: `plan_created`,
+/// Event rows per INSERT statement: a plan's commit rarely has more, and
+/// each count is one cached statement.
+const MAX_ROWS_PER_INSERT: usize = 8;
+
+/// Stores a new plan: its row, with the status the events of its first
+/// commit leave it in, and its journal: `plan_created` carrying its body,
 /// then `plan_waiting` on its gate when it waits for a confirmation, or
 /// `plan_finished` when it was refused (the planner's status says which),
 /// or else the events `starting` (a plan that runs at once starts there).
-pub(crate) fn created(
+pub(crate) fn create(
     conn: &Connection,
     record: &crate::NewPlanRecord,
-    task_id: i64,
     replica: &str,
     starting: &[PlanEvent],
 ) -> Result<(), DbError> {
     let plan = &record.plan;
     let types: Vec<StepType> = plan.steps.iter().map(|s| s.step_type).collect();
+    let pending: Vec<Step> = plan
+        .steps
+        .iter()
+        .map(|s| Step {
+            status: Status::Pending,
+            attempts: 0,
+            result: None,
+            error: None,
+            ..s.clone()
+        })
+        .collect();
+    let body = Body {
+        steps: pending.clone(),
+        intent: record.intent.clone(),
+        state_through: None,
+        plan_status: None,
+    };
+    let mut created_payload = serde_json::to_value(&body)?;
+    created_payload["status"] = json!(Status::Pending);
     let mut loaded = Loaded {
-        task_id,
-        session_id: Some(plan.session_id.as_str().to_owned()),
-        step_ids: plan.steps.iter().map(|s| s.step_id.to_string()).collect(),
+        row: 0,
+        stored: StoredPlan {
+            plan: Plan {
+                status: Status::Pending,
+                steps: pending,
+                error: None,
+                updated_at: plan.created_at,
+                ..plan.clone()
+            },
+            meta: record.meta.clone(),
+            intent: record.intent.clone(),
+            result: None,
+        },
         state: PlanState::created(&types),
+        row_changed: false,
     };
     let principal = Some(record.meta.principal.clone());
-    let first = PlanEvent {
+    let mut rows = vec![NewRow {
+        event_type: Event::PlanCreated.name(),
+        step: None,
+        payload: created_payload.to_string(),
         principal: principal.clone(),
-        ..PlanEvent::new(Event::PlanCreated, plan.created_at)
-    };
-    insert_event(conn, plan.plan_id, &loaded, &first, replica)?;
+        at: plan.created_at,
+    }];
     let then = match plan.status {
         Status::Pending => None,
         Status::Waiting => {
@@ -401,67 +674,101 @@ pub(crate) fn created(
     match then {
         Some(mut event) => {
             event.principal = principal;
-            step(conn, plan.plan_id, &mut loaded, &event, replica)?;
+            rows.push(step(plan.plan_id, &mut loaded, &event)?);
         }
         None => {
             for event in starting {
-                step(conn, plan.plan_id, &mut loaded, event, replica)?;
+                rows.push(step(plan.plan_id, &mut loaded, event)?);
             }
         }
+    }
+    let stored = &loaded.stored;
+    conn.prepare_cached(
+        "INSERT INTO plans (uuid, kind, name, module, action, principal, mode, risk, session_id,
+                            intent_id, status, error, result, warnings_json, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+        plan.plan_id.to_string(),
+        record.meta.kind.as_str(),
+        record.meta.name,
+        record.meta.module,
+        record.meta.action,
+        record.meta.principal,
+        plan.mode.as_str(),
+        record.intent.as_ref().map(|i| i.risk.as_str()),
+        plan.session_id.as_str(),
+        plan.intent_id.to_string(),
+        stored.plan.status.as_str(),
+        stored.plan.error,
+        stored
+            .result
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?,
+        serde_json::to_string(&stored.plan.warnings)?,
+        ts(plan.created_at),
+        ts(stored.plan.updated_at),
+    ])?;
+    let row = conn.last_insert_rowid();
+    insert_events(conn, row, &rows, replica)?;
+    if stored.plan.status.is_terminal() {
+        count_finished(conn, stored.plan.status)?;
     }
     Ok(())
 }
 
-/// The journal of one plan, in order.
+/// The journal of one plan, in order; empty for an unknown plan.
 pub(crate) fn events_of(conn: &Connection, plan_id: Uuid) -> Result<Vec<JournalEvent>, DbError> {
-    let Some(task_id) = crate::plans::task_row_id(conn, plan_id)? else {
+    let head: Option<(i64, Option<String>)> = conn
+        .prepare_cached("SELECT id, session_id FROM plans WHERE uuid = ?1")?
+        .query_row([plan_id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((row, session_id)) = head else {
         return Ok(Vec::new());
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, plan_id, session_id, type, step_id, payload_json, principal, replica, created_at
-         FROM plan_events WHERE task_id = ?1 ORDER BY seq",
-    )?;
-    let rows = stmt.query_map([task_id], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Option<String>>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, Option<String>>(4)?,
-            r.get::<_, String>(5)?,
-            r.get::<_, Option<String>>(6)?,
-            r.get::<_, String>(7)?,
-            r.get::<_, Ts>(8)?,
-        ))
-    })?;
-    let mut events = Vec::new();
-    for row in rows {
-        let (seq, plan, session_id, event_type, step_id, payload, principal, replica, at) = row?;
-        let payload: Value = serde_json::from_str(&payload)?;
-        let field = |name: &str| payload.get(name).and_then(Value::as_str);
-        events.push(JournalEvent {
-            seq,
-            plan_id: Uuid::parse_str(&plan).map_err(|e| DbError::InvalidData(e.to_string()))?,
-            session_id,
-            event_type,
-            step_id: step_id
-                .as_deref()
-                .map(Uuid::parse_str)
-                .transpose()
-                .map_err(|e| DbError::InvalidData(e.to_string()))?,
-            step_type: field("step_type")
-                .map(|t| parse_enum(t, "step type"))
-                .transpose()?,
-            status: field("status")
-                .map(|s| parse_enum(s, "status"))
-                .transpose()?,
-            principal,
-            reason: field("reason").map(str::to_owned),
-            replica,
-            at: at.0,
-        });
-    }
-    Ok(events)
+    let rows = rows_of(conn, row)?;
+    let step_ids: Vec<Uuid> = match rows.iter().find(|r| r.event_type == "plan_created") {
+        Some(first) => first
+            .payload
+            .get("steps")
+            .and_then(Value::as_array)
+            .map(|steps| {
+                steps
+                    .iter()
+                    .map(|s| {
+                        s.get("step_id")
+                            .and_then(Value::as_str)
+                            .map_or(Ok(Uuid::nil()), parse_uuid)
+                    })
+                    .collect::<Result<_, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    rows.into_iter()
+        .map(|row| {
+            let field = |name: &str| row.payload.get(name).and_then(Value::as_str);
+            Ok(JournalEvent {
+                seq: row.seq,
+                plan_id,
+                session_id: session_id.clone(),
+                step_id: row.step.and_then(|i| step_ids.get(i).copied()),
+                step_type: field("step_type")
+                    .map(|t| parse_enum(t, "step type"))
+                    .transpose()?,
+                status: field("status")
+                    .map(|s| parse_enum(s, "status"))
+                    .transpose()?,
+                principal: row.principal.clone(),
+                reason: field("reason").map(str::to_owned),
+                replica: row.replica.clone(),
+                at: row.at,
+                event_type: row.event_type,
+            })
+        })
+        .collect()
 }
 
 impl Db {
@@ -479,7 +786,7 @@ impl Db {
     ) -> Write<PlanState> {
         let replica = self.replica.clone();
         self.write(move |conn| {
-            let state = append(conn, plan_id, &events, &replica)?;
+            let state = append(conn, plan_id, &events, &replica)?.state;
             if let Some(action) = &action {
                 insert_action(conn, action)?;
             }
@@ -494,67 +801,11 @@ impl Db {
 
     /// The plan's current state, as the state machine sees it.
     pub fn plan_state(&self, plan_id: Uuid) -> Result<PlanState, DbError> {
-        self.read(|conn| load_state(conn, plan_id).map(|l| l.state))
+        self.read(|conn| load_existing(conn, plan_id).map(|l| l.state))
     }
 
     /// The name this process writes in the journal's `replica` column.
     pub fn replica(&self) -> &str {
         &self.replica
     }
-}
-
-/// Inserts a new plan's row and its steps' rows, all PENDING: the only
-/// place besides [`append`] that writes a plan or step status. The caller
-/// records the plan's `plan_created` event ([`created`]) in the same
-/// transaction. Answers the plan's row id.
-pub(crate) fn insert_plan_rows(
-    conn: &Connection,
-    record: &crate::NewPlanRecord,
-) -> Result<i64, DbError> {
-    let plan = &record.plan;
-    conn.prepare_cached(
-        "INSERT INTO tasks (uuid, name, module, action, status, created_at, updated_at, error,
-                            kind, intent_id, session_id, mode, principal, warnings_json, risk)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-    )?
-    .execute(params![
-        plan.plan_id.to_string(),
-        record.meta.name,
-        record.meta.module,
-        record.meta.action,
-        Status::Pending.as_str(),
-        ts(plan.created_at),
-        Option::<String>::None,
-        record.meta.kind.as_str(),
-        plan.intent_id.to_string(),
-        plan.session_id.as_str(),
-        plan.mode.as_str(),
-        record.meta.principal,
-        serde_json::to_string(&plan.warnings)?,
-        record.intent.as_ref().map(|i| i.risk.as_str()),
-    ])?;
-    let task_id = conn.last_insert_rowid();
-    let mut insert_step = conn.prepare_cached(
-        "INSERT INTO plan_steps (task_id, idx, step_id, type, payload_json, blocking, optional,
-                                 status, attempts, result_json, error, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?;
-    for (idx, step) in plan.steps.iter().enumerate() {
-        insert_step.execute(params![
-            task_id,
-            idx as i64,
-            step.step_id.to_string(),
-            step.step_type.as_str(),
-            serde_json::to_string(&step.payload)?,
-            step.blocking,
-            step.optional,
-            Status::Pending.as_str(),
-            0,
-            Option::<String>::None,
-            Option::<String>::None,
-            ts(step.created_at),
-            ts(step.updated_at),
-        ])?;
-    }
-    Ok(task_id)
 }

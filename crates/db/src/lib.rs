@@ -39,6 +39,7 @@ mod error;
 mod idempotency;
 mod intents;
 mod journal;
+mod meter;
 mod plans;
 mod queue;
 mod retention;
@@ -56,6 +57,7 @@ pub use idempotency::{ModulePolicy, Reservation, StoredResponse};
 pub use intents::{IntentLogRow, NewIntentLog};
 pub use journal::PlanEvent;
 pub use madre_lifecycle::{Conflict, Event, PlanState, StepState};
+pub use meter::WriterStats;
 pub use plans::{AtEnd, NewPlanRecord, PlanFilter, PlanKind, PlanMeta, StoredPlan};
 pub use queue::{DaughterStatus, DaughterTask, NewDaughterTask};
 pub use retention::{CleanupReport, RetentionPolicy};
@@ -205,10 +207,8 @@ impl Db {
         // which throttles writers instead of letting the WAL grow. The
         // writer keeps a larger page cache than readers: every write walks
         // the indexes.
-        conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_FRAMES};
-             PRAGMA cache_size = -{WRITER_CACHE_KIB};"
-        ))?;
+        conn.execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB};"))?;
+        meter::install(&conn, WRITER_CHECKPOINT_FRAMES);
         let checkpoint_conn = Connection::open(path).map_err(|e| DbError::open(path, e))?;
         configure(&checkpoint_conn, sync).map_err(|e| DbError::open(path, e))?;
         let writer = writer::Writer::new(conn);
@@ -252,6 +252,13 @@ impl Db {
     /// How many writes wait for the writer thread now (for `/metrics`).
     pub fn write_queue_depth(&self) -> usize {
         self.writer.queue_depth()
+    }
+
+    /// What the writer did since the database was opened: commits, writes,
+    /// statements, WAL frames, commit time (for `/metrics`, and to count
+    /// what a request costs).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.writer.stats()
     }
 
     /// How commits are synced, as the database connection reports it.

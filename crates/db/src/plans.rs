@@ -1,9 +1,10 @@
-//! Plans (rows of `tasks`) and their steps (`plan_steps`), context rows,
-//! state transitions and keyset-paginated listing.
+//! Plans: storing a new one, reading one (folded from its journal by
+//! [`crate::journal`]) and keyset-paginated listing of their rows in
+//! `plans`.
 
 use chrono::{DateTime, Utc};
-use madre_models::{Intent, Mode, Plan, PlanSummary, SessionId, Status, Step, StepType, TaskView};
-use rusqlite::{Connection, OptionalExtension, Row, ToSql, params};
+use madre_models::{Intent, Plan, PlanSummary, Status, TaskView};
+use rusqlite::{Connection, Row, ToSql};
 use serde_json::Value;
 use std::str::FromStr;
 use uuid::Uuid;
@@ -36,7 +37,7 @@ impl PlanKind {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, DbError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, DbError> {
         match text {
             "chat" => Ok(PlanKind::Chat),
             "control" => Ok(PlanKind::Control),
@@ -113,122 +114,30 @@ fn parse_uuid(text: &str) -> Result<Uuid, DbError> {
     Uuid::parse_str(text).map_err(|_| DbError::InvalidData(format!("bad uuid {text:?}")))
 }
 
-fn insert_context(
-    conn: &Connection,
-    task_id: i64,
-    key: &str,
-    value: &str,
-    scope: &str,
-    at: DateTime<Utc>,
-) -> Result<(), DbError> {
-    conn.prepare_cached(
-        "INSERT INTO context (task_id, key, value, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![task_id, key, value, scope, ts(at)])?;
-    Ok(())
-}
-
 fn insert_record(
     conn: &Connection,
     record: &NewPlanRecord,
     replica: &str,
     then: &[journal::PlanEvent],
 ) -> Result<(), DbError> {
-    let plan = &record.plan;
-    let task_id = journal::insert_plan_rows(conn, record)?;
-    let intent_json = record
-        .intent
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()?;
-    let rows = [
-        ("intent", intent_json.as_deref(), "plan"),
-        ("mode", Some(plan.mode.as_str()), "plan"),
-        ("session_id", Some(plan.session_id.as_str()), "session"),
-    ];
-    for (key, value, scope) in rows {
-        if let Some(value) = value {
-            insert_context(conn, task_id, key, value, scope, plan.created_at)?;
-        }
-    }
+    journal::create(conn, record, replica, then)?;
     if let Some(confirmation) = &record.confirmation {
-        insert_confirmation(conn, plan.plan_id, confirmation)?;
+        insert_confirmation(conn, record.plan.plan_id, confirmation)?;
     }
     for action in &record.actions {
         insert_action(conn, action)?;
     }
-    journal::created(conn, record, task_id, replica, then)
+    Ok(())
 }
 
-/// The integer key (`tasks.id`) of a plan, which its child rows use.
-pub(crate) fn task_row_id(conn: &Connection, plan_id: Uuid) -> Result<Option<i64>, DbError> {
-    Ok(conn
-        .prepare_cached("SELECT id FROM tasks WHERE uuid = ?1")?
-        .query_row([plan_id.to_string()], |r| r.get(0))
-        .optional()?)
-}
-
-/// Plans per status, from the counters triggers keep (SPEC §9 `/metrics`).
-pub(crate) const PLAN_COUNTS: &str =
-    "SELECT status, n FROM plan_status_counts WHERE n > 0 ORDER BY status";
-
-/// A `plan_steps` row before its text columns are parsed.
-type RawStep = (
-    String,
-    String,
-    String,
-    bool,
-    bool,
-    String,
-    u32,
-    Option<String>,
-    Option<String>,
-    Ts,
-    Ts,
-);
-
-fn step_from_row(r: &Row<'_>) -> rusqlite::Result<RawStep> {
-    r.try_into()
-}
-
-fn load_steps(conn: &Connection, task_id: i64) -> Result<Vec<Step>, DbError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT step_id, type, payload_json, blocking, optional, status, attempts, result_json,
-                error, created_at, updated_at
-         FROM plan_steps WHERE task_id = ?1 ORDER BY idx",
-    )?;
-    let rows = stmt.query_map([task_id], step_from_row)?;
-    let mut steps = Vec::new();
-    for row in rows {
-        let (
-            step_id,
-            ty,
-            payload,
-            blocking,
-            optional,
-            status,
-            attempts,
-            result,
-            error,
-            created,
-            updated,
-        ) = row?;
-        steps.push(Step {
-            step_id: parse_uuid(&step_id)?,
-            step_type: parse_enum::<StepType>(&ty, "step type")?,
-            payload: serde_json::from_str(&payload)?,
-            blocking,
-            optional,
-            status: parse_enum(&status, "status")?,
-            attempts,
-            result: result.as_deref().map(serde_json::from_str).transpose()?,
-            error,
-            created_at: created.0,
-            updated_at: updated.0,
-        });
-    }
-    Ok(steps)
-}
+/// Plans per status (SPEC §9 `/metrics`): open ones counted through the
+/// index that holds only them, finished ones from the counters the journal
+/// keeps in the commit that finishes a plan. Neither scans history.
+pub(crate) const PLAN_COUNTS: &str = "SELECT status, count(*) FROM plans
+     WHERE status IN ('PENDING', 'WAITING', 'RUNNING') GROUP BY status
+     UNION ALL
+     SELECT status, n FROM plan_status_counts WHERE n > 0
+     ORDER BY status";
 
 const SUMMARY_COLUMNS: &str = "id, uuid, intent_id, session_id, name, module, action, status, error, created_at, updated_at, risk";
 
@@ -275,93 +184,6 @@ fn summary_from_row(
     })())
 }
 
-/// The plan with its steps, metadata and intent, read on `conn`.
-fn plan_in(conn: &Connection, plan_id: Uuid) -> Result<Option<StoredPlan>, DbError> {
-    let id = plan_id.to_string();
-    type Head = (
-        i64,
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        String,
-        Option<String>,
-        String,
-        String,
-        Ts,
-        Ts,
-        Option<String>,
-    );
-    let head: Option<Head> = conn
-        .prepare_cached(
-            "SELECT id, kind, name, module, action, status, error, intent_id, mode, session_id,
-                    principal, warnings_json, created_at, updated_at, result
-             FROM tasks WHERE uuid = ?1",
-        )?
-        .query_row([&id], |r| r.try_into())
-        .optional()?;
-    let Some((
-        task_id,
-        kind,
-        name,
-        module,
-        action,
-        status,
-        error,
-        intent_id,
-        mode,
-        session_id,
-        principal,
-        warnings,
-        created,
-        updated,
-        result,
-    )) = head
-    else {
-        return Ok(None);
-    };
-    let intent_json: Option<String> = conn
-        .prepare_cached("SELECT value FROM context WHERE task_id = ?1 AND key = 'intent'")?
-        .query_row([task_id], |r| r.get(0))
-        .optional()?;
-    let session_id = SessionId::parse(session_id.unwrap_or_else(|| "none".into()))
-        .map_err(|e| DbError::InvalidData(e.to_string()))?;
-    let plan = Plan {
-        plan_id,
-        intent_id: intent_id
-            .as_deref()
-            .map(parse_uuid)
-            .transpose()?
-            .unwrap_or(plan_id),
-        session_id,
-        status: parse_enum(&status, "status")?,
-        mode: parse_enum::<Mode>(&mode, "mode")?,
-        steps: load_steps(conn, task_id)?,
-        warnings: serde_json::from_str(&warnings)?,
-        error,
-        created_at: created.0,
-        updated_at: updated.0,
-    };
-    Ok(Some(StoredPlan {
-        plan,
-        meta: PlanMeta {
-            kind: PlanKind::parse(&kind)?,
-            name,
-            module,
-            action,
-            principal,
-        },
-        intent: intent_json
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()?,
-        result: result.as_deref().map(serde_json::from_str).transpose()?,
-    }))
-}
-
 impl Db {
     /// Stores a new plan with its steps, context rows (intent, mode,
     /// session), optional confirmation and audit rows, atomically.
@@ -382,41 +204,9 @@ impl Db {
         self.write(move |conn| insert_record(conn, &record, &replica, &events))
     }
 
-    /// Adds a context row to a plan.
-    pub fn put_context(
-        &self,
-        task_id: Uuid,
-        key: &str,
-        value: &str,
-        scope: &str,
-        at: DateTime<Utc>,
-    ) -> Write<()> {
-        let (key, value, scope) = (key.to_owned(), value.to_owned(), scope.to_owned());
-        self.write(move |conn| {
-            let id =
-                task_row_id(conn, task_id)?.ok_or_else(|| DbError::not_found("plan", task_id))?;
-            insert_context(conn, id, &key, &value, &scope, at)
-        })
-    }
-
-    /// The context rows of a plan, oldest first, as (key, value, scope);
-    /// none for an unknown plan.
-    pub fn context_of(&self, task_id: Uuid) -> Result<Vec<(String, String, String)>, DbError> {
-        self.read(|conn| {
-            let Some(id) = task_row_id(conn, task_id)? else {
-                return Ok(Vec::new());
-            };
-            let mut stmt = conn.prepare_cached(
-                "SELECT key, value, scope FROM context WHERE task_id = ?1 ORDER BY id",
-            )?;
-            let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-    }
-
     /// The plan with its steps, metadata and intent.
     pub fn plan(&self, plan_id: Uuid) -> Result<Option<StoredPlan>, DbError> {
-        self.read(|conn| plan_in(conn, plan_id))
+        self.read(|conn| journal::plan_in(conn, plan_id))
     }
 
     /// Appends `events` to the plan's journal, as [`Db::apply_events`] does,
@@ -433,8 +223,7 @@ impl Db {
     ) -> Write<StoredPlan> {
         let replica = self.replica.clone();
         self.write(move |conn| {
-            journal::append(conn, plan_id, &events, &replica)?;
-            let plan = plan_in(conn, plan_id)?.ok_or_else(|| DbError::not_found("plan", plan_id))?;
+            let plan = journal::append(conn, plan_id, &events, &replica)?.stored;
             if let Some(at_end) = at_end {
                 let write = at_end(&plan);
                 match in_named_savepoint(conn, &AT_END, || write.run_inline(conn)) {
@@ -459,7 +248,7 @@ impl Db {
     ) -> Result<(Vec<SummaryRow>, Option<i64>), DbError> {
         self.read(|conn| {
             let extra = if with_result { ", result" } else { "" };
-            let mut sql = format!("SELECT {SUMMARY_COLUMNS}{extra} FROM tasks WHERE 1 = 1");
+            let mut sql = format!("SELECT {SUMMARY_COLUMNS}{extra} FROM plans WHERE 1 = 1");
             let mut args: Vec<Box<dyn ToSql>> = Vec::new();
             if let Some(status) = filter.status {
                 sql.push_str(" AND status = ?");
@@ -539,7 +328,7 @@ impl Db {
     pub fn plans_running_since_before(&self, before: DateTime<Utc>) -> Result<Vec<Uuid>, DbError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT uuid FROM tasks WHERE status = 'RUNNING' AND updated_at < ?1 ORDER BY id",
+                "SELECT uuid FROM plans WHERE status = 'RUNNING' AND updated_at < ?1 ORDER BY id",
             )?;
             let ids = stmt.query_map([ts(before)], |r| r.get::<_, String>(0))?;
             ids.map(|id| parse_uuid(&id?)).collect()
@@ -550,7 +339,7 @@ impl Db {
     pub fn plan_ids_with_status(&self, status: Status) -> Result<Vec<Uuid>, DbError> {
         self.read(|conn| {
             let mut stmt =
-                conn.prepare_cached("SELECT uuid FROM tasks WHERE status = ?1 ORDER BY id")?;
+                conn.prepare_cached("SELECT uuid FROM plans WHERE status = ?1 ORDER BY id")?;
             let ids = stmt.query_map([status.as_str()], |r| r.get::<_, String>(0))?;
             ids.map(|id| parse_uuid(&id?)).collect()
         })

@@ -246,21 +246,19 @@ fn settle_plan(
     let (Some(plan_id), Some(step_id)) = (task.plan_id, task.step_id) else {
         return Ok(());
     };
-    let idx: Option<i64> = conn
-        .prepare_cached(
-            "SELECT s.idx FROM tasks t JOIN plan_steps s ON s.task_id = t.id
-             WHERE t.uuid = ?1 AND s.step_id = ?2",
-        )?
-        .query_row(params![plan_id.to_string(), step_id.to_string()], |r| {
-            r.get(0)
-        })
-        .optional()?;
+    let idx = journal::load(conn, plan_id)?.and_then(|plan| {
+        plan.stored
+            .plan
+            .steps
+            .iter()
+            .position(|s| s.step_id == step_id)
+    });
     let Some(idx) = idx else {
         return Err(DbError::not_found("plan step", step_id));
     };
     let mut finished = PlanEvent::new(
         Event::StepFinished {
-            step: idx as usize,
+            step: idx,
             status,
         },
         at,
@@ -273,7 +271,7 @@ fn settle_plan(
         other => other?,
     };
     let failed = status == Status::Error;
-    let open = state.steps.iter().any(|s| !s.status.is_terminal());
+    let open = state.state.steps.iter().any(|s| !s.status.is_terminal());
     if !open || failed {
         let mut end = PlanEvent::finished(
             if failed { Status::Error } else { Status::Done },

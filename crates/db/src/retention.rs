@@ -136,8 +136,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("vx11.db")).unwrap();
         let growing = [
-            "tasks",
-            "plan_steps",
+            "plans",
             "plan_events",
             "intents_log",
             "madre_context",

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     MIGRATION_4,
     MIGRATION_5,
     MIGRATION_6,
+    MIGRATION_7,
 ];
 
 /// The schema version this code creates and understands.
@@ -412,4 +413,203 @@ CREATE INDEX confirmations_by_token ON confirmations (token_sha256);
 /// Reservations of older processes have none; the start releases them.
 const MIGRATION_6: &str = r#"
 ALTER TABLE idempotency_keys ADD COLUMN owner TEXT;
+"#;
+
+/// Storage v2 (issue 22): the journal is the truth. A plan is one small
+/// row in `plans` (what listings, filters and `/metrics` read) and its
+/// journal in `plan_events`; step rows and context rows go. The
+/// `plan_created` event carries the plan's body (its steps and intent);
+/// every step's status, attempts, result and error are folded from the
+/// events after it. A plan made before this version has its steps' state
+/// as of the upgrade in that body, with `state_through` naming the last
+/// event already counted in it. No table of a chat's path keeps
+/// AUTOINCREMENT (a row id is the next integer; nothing deletes the newest
+/// rows), counters are kept by the code in the commit that changes a
+/// status, not by triggers, and tables keyed by text ids store their rows
+/// in the key's b-tree (WITHOUT ROWID) instead of a table plus an index.
+const MIGRATION_7: &str = r#"
+PRAGMA defer_foreign_keys = ON;
+
+CREATE TABLE plans (
+    id            INTEGER PRIMARY KEY,
+    uuid          TEXT NOT NULL UNIQUE,
+    kind          TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    module        TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    principal     TEXT NOT NULL,
+    mode          TEXT NOT NULL,
+    risk          TEXT,
+    session_id    TEXT,
+    intent_id     TEXT,
+    status        TEXT NOT NULL,
+    error         TEXT,
+    result        TEXT,
+    warnings_json TEXT NOT NULL DEFAULT '[]',
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+);
+INSERT INTO plans (id, uuid, kind, name, module, action, principal, mode, risk, session_id,
+                   intent_id, status, error, result, warnings_json, created_at, updated_at)
+SELECT id, uuid, kind, name, module, action, principal, mode, risk, session_id,
+       intent_id, status, error, result, warnings_json, created_at, updated_at
+FROM tasks ORDER BY id;
+CREATE INDEX plans_active ON plans (status, id) WHERE status IN ('PENDING', 'WAITING', 'RUNNING');
+CREATE INDEX plans_by_session ON plans (session_id, id);
+
+-- Every plan's body goes in its plan_created event; a plan stored
+-- without one (outside the journal) gets one, synthesized.
+INSERT INTO plan_events (task_id, plan_id, session_id, type, payload_json, principal, replica, created_at)
+SELECT t.id, t.uuid, t.session_id, 'plan_created',
+       json_object('status', 'PENDING', 'synthesized', json('true')),
+       t.principal, 'migration-7', t.created_at
+FROM tasks t
+WHERE NOT EXISTS (SELECT 1 FROM plan_events e WHERE e.task_id = t.id AND e.type = 'plan_created')
+ORDER BY t.id;
+
+CREATE TABLE plan_events_v7 (
+    seq          INTEGER PRIMARY KEY,
+    plan         INTEGER NOT NULL,
+    type         TEXT NOT NULL,
+    step         INTEGER,
+    payload_json TEXT NOT NULL,
+    principal    TEXT,
+    replica      TEXT NOT NULL,
+    created_at   TEXT NOT NULL
+);
+INSERT INTO plan_events_v7 (seq, plan, type, step, payload_json, principal, replica, created_at)
+SELECT e.seq, e.task_id, e.type,
+       (SELECT s.idx FROM plan_steps s WHERE s.task_id = e.task_id AND s.step_id = e.step_id),
+       CASE WHEN e.type = 'plan_created' THEN json_set(e.payload_json,
+           '$.steps', json(coalesce((
+               SELECT json_group_array(json_object(
+                   'step_id', s.step_id, 'type', s.type, 'payload', json(s.payload_json),
+                   'blocking', json(CASE WHEN s.blocking THEN 'true' ELSE 'false' END),
+                   'optional', json(CASE WHEN s.optional THEN 'true' ELSE 'false' END),
+                   'status', s.status, 'attempts', s.attempts,
+                   'result', json(s.result_json), 'error', s.error,
+                   'created_at', s.created_at, 'updated_at', s.updated_at) ORDER BY s.idx)
+               FROM plan_steps s WHERE s.task_id = e.task_id), '[]')),
+           '$.intent', json((SELECT c.value FROM context c
+                             WHERE c.task_id = e.task_id AND c.key = 'intent')),
+           '$.state_through', (SELECT max(x.seq) FROM plan_events x WHERE x.task_id = e.task_id),
+           '$.plan_status', (SELECT t.status FROM tasks t WHERE t.id = e.task_id))
+       ELSE e.payload_json END,
+       e.principal, e.replica, e.created_at
+FROM plan_events e ORDER BY e.seq;
+DROP TABLE plan_events;
+ALTER TABLE plan_events_v7 RENAME TO plan_events;
+CREATE INDEX plan_events_by_plan ON plan_events (plan, seq);
+CREATE TRIGGER plan_events_no_update BEFORE UPDATE ON plan_events
+BEGIN SELECT RAISE(ABORT, 'plan_events is append-only: rows cannot be changed'); END;
+CREATE TRIGGER plan_events_no_delete BEFORE DELETE ON plan_events
+BEGIN SELECT RAISE(ABORT, 'plan_events is append-only: rows cannot be deleted'); END;
+
+CREATE TABLE confirmations_v7 (
+    plan_id         TEXT PRIMARY KEY REFERENCES plans (uuid),
+    token_sha256    TEXT NOT NULL,
+    risk            TEXT NOT NULL,
+    expires_at      TEXT NOT NULL,
+    used_at         TEXT,
+    failed_attempts INTEGER NOT NULL DEFAULT 0,
+    principal       TEXT NOT NULL,
+    confirmed_by    TEXT,
+    outcome         TEXT
+) WITHOUT ROWID;
+INSERT INTO confirmations_v7 SELECT plan_id, token_sha256, risk, expires_at, used_at,
+       failed_attempts, principal, confirmed_by, outcome FROM confirmations;
+DROP TABLE confirmations;
+ALTER TABLE confirmations_v7 RENAME TO confirmations;
+CREATE INDEX confirmations_open ON confirmations (expires_at) WHERE outcome IS NULL;
+CREATE INDEX confirmations_by_token ON confirmations (token_sha256);
+
+DROP TABLE plan_steps;
+DROP TABLE context;
+DROP TRIGGER tasks_count_insert;
+DROP TRIGGER tasks_count_update;
+DROP TRIGGER tasks_count_delete;
+DROP TABLE tasks;
+
+-- Counters of finished plans only: plans still open are counted through
+-- plans_active, which holds only them.
+DELETE FROM plan_status_counts;
+INSERT INTO plan_status_counts (status, n)
+SELECT status, count(*) FROM plans WHERE status NOT IN ('PENDING', 'WAITING', 'RUNNING')
+GROUP BY status;
+
+CREATE TABLE intents_log_v7 (
+    id                    TEXT PRIMARY KEY,
+    source                TEXT NOT NULL,
+    principal             TEXT NOT NULL,
+    payload_json          TEXT NOT NULL,
+    created_at            TEXT NOT NULL,
+    processed_by_madre_at TEXT,
+    result_status         TEXT,
+    notes                 TEXT
+) WITHOUT ROWID;
+INSERT INTO intents_log_v7 SELECT id, source, principal, payload_json, created_at,
+       processed_by_madre_at, result_status, notes FROM intents_log ORDER BY rowid;
+DROP TABLE intents_log;
+ALTER TABLE intents_log_v7 RENAME TO intents_log;
+CREATE INDEX intents_log_open ON intents_log (created_at) WHERE processed_by_madre_at IS NULL;
+CREATE TRIGGER intents_log_no_delete BEFORE DELETE ON intents_log
+BEGIN SELECT RAISE(ABORT, 'intents_log is append-only: rows cannot be deleted'); END;
+CREATE TRIGGER intents_log_close_once BEFORE UPDATE ON intents_log
+WHEN OLD.processed_by_madre_at IS NOT NULL
+  OR NEW.processed_by_madre_at IS NULL
+  OR NEW.id IS NOT OLD.id
+  OR NEW.source IS NOT OLD.source
+  OR NEW.principal IS NOT OLD.principal
+  OR NEW.payload_json IS NOT OLD.payload_json
+  OR NEW.created_at IS NOT OLD.created_at
+BEGIN SELECT RAISE(ABORT, 'intents_log is append-only: a row can only be closed, once'); END;
+
+CREATE TABLE madre_actions_v7 (
+    id         INTEGER PRIMARY KEY,
+    module     TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    principal  TEXT NOT NULL,
+    plan_id    TEXT,
+    created_at TEXT NOT NULL
+);
+INSERT INTO madre_actions_v7 SELECT id, module, action, reason, principal, plan_id, created_at
+FROM madre_actions ORDER BY id;
+DROP TABLE madre_actions;
+ALTER TABLE madre_actions_v7 RENAME TO madre_actions;
+CREATE INDEX madre_actions_by_plan ON madre_actions (plan_id, id);
+CREATE TRIGGER madre_actions_no_update BEFORE UPDATE ON madre_actions
+BEGIN SELECT RAISE(ABORT, 'madre_actions is append-only: rows cannot be changed'); END;
+CREATE TRIGGER madre_actions_no_delete BEFORE DELETE ON madre_actions
+BEGIN SELECT RAISE(ABORT, 'madre_actions is append-only: rows cannot be deleted'); END;
+
+-- `turns` counts a session's turns, so its history is trimmed every few
+-- turns rather than on each.
+CREATE TABLE sessions_v7 (
+    session_id       TEXT PRIMARY KEY,
+    mode             TEXT NOT NULL,
+    created_at       TEXT NOT NULL,
+    last_activity_at TEXT NOT NULL,
+    closed_at        TEXT,
+    turns            INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+INSERT INTO sessions_v7 (session_id, mode, created_at, last_activity_at, closed_at)
+SELECT session_id, mode, created_at, last_activity_at, closed_at FROM sessions;
+DROP TABLE sessions;
+ALTER TABLE sessions_v7 RENAME TO sessions;
+CREATE INDEX sessions_open ON sessions (last_activity_at) WHERE closed_at IS NULL;
+
+CREATE TABLE madre_context_v7 (
+    id         INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    content    TEXT NOT NULL,
+    intent_id  TEXT,
+    created_at TEXT NOT NULL
+);
+INSERT INTO madre_context_v7 SELECT id, session_id, role, content, intent_id, created_at
+FROM madre_context ORDER BY id;
+DROP TABLE madre_context;
+ALTER TABLE madre_context_v7 RENAME TO madre_context;
+CREATE INDEX madre_context_by_session ON madre_context (session_id, id);
 "#;

@@ -36,6 +36,21 @@ pub struct HistoryMessage {
     pub created_at: DateTime<Utc>,
 }
 
+/// Messages per INSERT statement (a turn has two).
+const MESSAGES_PER_INSERT: usize = 8;
+
+/// Turns between two trims of a session's history.
+const TRIM_EVERY: i64 = 8;
+
+/// Whether a session's history is trimmed after turn `turns`: every
+/// [`TRIM_EVERY`] turns once it may hold more than `keep` messages. Until
+/// then it holds at most `TRIM_EVERY` turns' messages more than `keep`,
+/// which no reader sees: [`Db::history`] answers the newest `keep` or fewer.
+fn trim_due(turns: i64, per_turn: usize, keep: u32) -> bool {
+    let most = turns.saturating_mul(per_turn.max(1) as i64);
+    most > i64::from(keep) && turns % TRIM_EVERY == 0
+}
+
 /// Drops all but the newest `?2` messages of session `?1`.
 pub(crate) const TRIM_SESSION: &str = "DELETE FROM madre_context WHERE session_id = ?1 AND id NOT IN (SELECT id FROM madre_context WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2)";
 
@@ -80,8 +95,9 @@ impl Db {
     }
 
     /// Records a conversation turn: creates or reopens the session with
-    /// `mode`, appends `messages` as (role, content), and keeps only the
-    /// newest `keep` messages of the session.
+    /// `mode`, appends `messages` as (role, content), and every few turns
+    /// trims the session to its newest `keep` messages (reads never see
+    /// more than they ask for).
     pub fn record_turn(
         &self,
         session_id: String,
@@ -92,21 +108,32 @@ impl Db {
         at: DateTime<Utc>,
     ) -> Write<()> {
         self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO sessions (session_id, mode, created_at, last_activity_at)
-                 VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT (session_id) DO UPDATE SET
-                    mode = excluded.mode, last_activity_at = excluded.last_activity_at, closed_at = NULL",
-            )?
-            .execute(params![session_id, mode.as_str(), ts(at)])?;
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO madre_context (session_id, role, content, intent_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for (role, content) in &messages {
-                insert.execute(params![session_id, role, content, intent_id.map(|i| i.to_string()), ts(at)])?;
+            let turns: i64 = conn
+                .prepare_cached(
+                    "INSERT INTO sessions (session_id, mode, created_at, last_activity_at, turns)
+                     VALUES (?1, ?2, ?3, ?3, 1)
+                     ON CONFLICT (session_id) DO UPDATE SET
+                        mode = excluded.mode, last_activity_at = excluded.last_activity_at,
+                        closed_at = NULL, turns = turns + 1
+                     RETURNING turns",
+                )?
+                .query_row(params![session_id, mode.as_str(), ts(at)], |r| r.get(0))?;
+            let intent = intent_id.map(|i| i.to_string());
+            let at = ts(at);
+            for chunk in messages.chunks(MESSAGES_PER_INSERT) {
+                let mut sql = String::from(
+                    "INSERT INTO madre_context (session_id, role, content, intent_id, created_at) VALUES ",
+                );
+                let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 5);
+                for (i, (role, content)) in chunk.iter().enumerate() {
+                    sql.push_str(if i == 0 { "(?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?)" });
+                    args.extend([&session_id as &dyn rusqlite::ToSql, role, content, &intent, &at]);
+                }
+                conn.prepare_cached(&sql)?.execute(args.as_slice())?;
             }
-            trim_session(conn, &session_id, keep)?;
+            if trim_due(turns, messages.len(), keep) {
+                trim_session(conn, &session_id, keep)?;
+            }
             Ok(())
         })
     }

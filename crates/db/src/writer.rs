@@ -29,8 +29,10 @@ use rusqlite::Connection;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
+use crate::meter::{self, Meter, WriterStats};
 use crate::{DbError, StorageFault};
 
 trait Job: Send {
@@ -127,6 +129,7 @@ pub(crate) struct Writer {
     work_ready: Condvar,
     conn: Mutex<Connection>,
     health: StorageHealth,
+    meter: Meter,
 }
 
 /// The storage fault seen last, or none since a write (or a check) went
@@ -240,6 +243,7 @@ impl Writer {
             work_ready: Condvar::new(),
             conn: Mutex::new(conn),
             health: StorageHealth::new(),
+            meter: Meter::default(),
         })
     }
 
@@ -285,6 +289,11 @@ impl Writer {
     /// Sets how many writes may wait for the writer (at least 1).
     pub(crate) fn set_queue_limit(&self, limit: usize) {
         lock(&self.state).limit = limit.max(1);
+    }
+
+    /// What the writer did since it started (see [`WriterStats`]).
+    pub(crate) fn stats(&self) -> WriterStats {
+        self.meter.snapshot(self.queue_depth())
     }
 
     /// Whether storage took the last write (see [`StorageHealth`]).
@@ -441,8 +450,9 @@ impl Writer {
                 // Jobs run under catch_unwind already; should the commit
                 // itself panic, its callers are answered (their channels
                 // close) and this thread lives on for the next writes.
-                let commit =
-                    AssertUnwindSafe(|| commit_batch(&lock(&self.conn), batch, &self.health));
+                let commit = AssertUnwindSafe(|| {
+                    commit_batch(&lock(&self.conn), batch, &self.health, &self.meter)
+                });
                 if catch_unwind(commit).is_err() {
                     tracing::error!(
                         "a database commit panicked; its writes were answered with an error"
@@ -617,9 +627,16 @@ fn transaction_error(what: &str, e: rusqlite::Error) -> DbError {
 /// (a full disk can), every job of the batch is answered that failure:
 /// the writes that ran before are gone, and the rest do not run outside a
 /// transaction. Records in `health` whether storage took the batch.
-fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>, health: &StorageHealth) {
+fn commit_batch(
+    conn: &Connection,
+    mut batch: Vec<Box<dyn Job>>,
+    health: &StorageHealth,
+    meter: &Meter,
+) {
     let _inside = InTransaction::enter();
     leave_transaction(conn);
+    meter::reset_thread();
+    let started = Instant::now();
     let shared = batch.len() > 1;
     let changes_before = conn.total_changes();
     let commit = match control(conn, "BEGIN IMMEDIATE") {
@@ -652,6 +669,7 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>, health: &Storag
             }
         }
     };
+    meter.record_batch(batch.len(), started.elapsed(), matches!(commit, Ok(true)));
     let fault = match &commit {
         Err(e) => e.storage_fault(),
         Ok(_) => batch

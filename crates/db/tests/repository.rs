@@ -342,10 +342,6 @@ fn a_plan_stored_by_migration_3_reads_back_whole_and_runs_on_after_the_upgrade()
             ),
         ]
     );
-    assert_eq!(
-        db.context_of(plan_id).unwrap(),
-        [("mode".to_owned(), "MADRE".to_owned(), "plan".to_owned())]
-    );
     let state = db
         .apply_events(
             plan_id,
@@ -532,13 +528,6 @@ fn plans_round_trip_with_context_confirmation_and_audit() {
     let stored = t.db.plan(plan.plan_id).unwrap().unwrap();
     assert_eq!(stored.plan, plan);
     assert_eq!(stored.meta.principal, "admin");
-    let keys: Vec<String> =
-        t.db.context_of(plan.plan_id)
-            .unwrap()
-            .into_iter()
-            .map(|c| c.0)
-            .collect();
-    assert_eq!(keys, vec!["mode", "session_id"]);
     assert_eq!(
         t.db.actions_for_plan(plan.plan_id).unwrap()[0].principal,
         "alice"

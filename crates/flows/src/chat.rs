@@ -70,24 +70,24 @@ impl Madre {
             .clone()
             .unwrap_or_else(SessionId::generate);
         tracing::Span::current().record("session_id", session_id.as_str());
-        // The session's mode is read in the intent log's own commit.
-        let session = self
-            .db
-            .log_intent_in_session(
-                NewIntentLog {
-                    id: intent_id,
-                    source: source.to_owned(),
-                    principal: principal.name.clone(),
-                    payload: json!({
-                        "message": command.message.as_str(),
-                        "session_id": session_id,
-                        "mode": command.mode,
-                    }),
-                    created_at: now,
-                },
-                session_id.as_str().to_owned(),
-            )
-            .await?;
+        // The session's mode is read on a reader while the intent log is
+        // written: the writer runs only the write.
+        let sid = session_id.as_str().to_owned();
+        let (logged, session) = tokio::join!(
+            self.db.log_intent(NewIntentLog {
+                id: intent_id,
+                source: source.to_owned(),
+                principal: principal.name.clone(),
+                payload: json!({
+                    "message": command.message.as_str(),
+                    "session_id": session_id,
+                    "mode": command.mode,
+                }),
+                created_at: now,
+            }),
+            self.db.run_blocking(move |db| db.session(&sid)),
+        );
+        logged?;
         let outcome = self
             .chat_logged(
                 principal, command, intent_id, session_id, session, request_id,

@@ -109,9 +109,9 @@ pub(crate) fn one_chat(db: &Db, commits: Commits) {
     }
 }
 
-/// The writes of a LOW chat as Madre makes them since issue 13: the intent
-/// with its session read; the plan (a Switch step answered at intake and a
-/// Hermes step; 3 context rows, 1 audit row) stored already opened (the
+/// The writes of a LOW chat as Madre makes them since storage v2: the
+/// intent (its session read on a reader); the plan (a Switch step answered
+/// at intake and a Hermes step; 1 audit row) stored already opened (the
 /// Switch step finished, the Hermes step started); then the Hermes step's
 /// end with the plan's, the plan read back, and the history turn with the
 /// intent's close made from it. Three commits, as a chat makes them, or one
@@ -120,16 +120,15 @@ pub(crate) fn low_chat(db: &Db, commits: Commits) {
     let now = Utc::now();
     let session = SessionId::parse(Uuid::now_v7().to_string()).unwrap();
     let intent_id = Uuid::now_v7();
-    let log = db.log_intent_in_session(
-        NewIntentLog {
-            id: intent_id,
-            source: "chat".into(),
-            principal: "bench".into(),
-            payload: json!({"message": "tell me about the weather in Lisbon"}),
-            created_at: now,
-        },
-        session.as_str().to_owned(),
-    );
+    // The session is read on a reader, beside the intent's write.
+    assert!(db.session(session.as_str()).unwrap().is_none());
+    let log = db.log_intent(NewIntentLog {
+        id: intent_id,
+        source: "chat".into(),
+        principal: "bench".into(),
+        payload: json!({"message": "tell me about the weather in Lisbon"}),
+        created_at: now,
+    });
     let metadata = json!({"session_id": session, "intent_id": intent_id});
     let steps = vec![
         Step::new(
@@ -218,11 +217,10 @@ pub(crate) fn low_chat(db: &Db, commits: Commits) {
     let finish = db.apply_events_and_read(plan_id, end, Some(at_end));
     match commits {
         Commits::One => {
-            let ((session, ()), _ended) = log.and(insert).and(finish).wait().unwrap();
-            session.unwrap();
+            log.and(insert).and(finish).wait().unwrap();
         }
         Commits::Seven => {
-            log.wait().unwrap().unwrap();
+            log.wait().unwrap();
             insert.wait().unwrap();
             finish.wait().unwrap();
         }
