@@ -29,6 +29,22 @@ async fn a_failing_module_is_reported_not_crashed() {
     assert!(text.contains("madre_http_requests_total{route=\"/madre/chat\",status=\"200\"}"));
     assert!(text.contains("madre_plans{status=\"ERROR\"} 1"));
     assert!(text.contains("madre_queue_depth 0"));
+    // The database writer's figures: the chat's three commits at least
+    // (counters), nothing queued now (gauge).
+    let counter = |name: &str| -> u64 {
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    assert!(counter("madre_db_commits_total") >= 3);
+    assert!(counter("madre_db_writes_total") >= counter("madre_db_commits_total"));
+    assert!(counter("madre_db_statements_total") > 0);
+    assert!(counter("madre_db_wal_frames_total") > 0);
+    assert_eq!(counter("madre_db_write_queue_depth"), 0);
+    assert!(text.contains("# TYPE madre_db_commit_seconds counter"));
+    assert!(!text.contains("# EOF"), "more families may follow");
     app.stop().await;
 }
 

@@ -1,7 +1,15 @@
 //! Prometheus text metrics: requests by route and status, a latency
 //! histogram, plus gauges read at scrape time (plans by status, module
-//! up/down, queue depth).
+//! up/down, queue depth) and the database writer's figures (through
+//! `prometheus-client`).
 
+use madre_flows::WriterStats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -71,5 +79,83 @@ impl Metrics {
             c.sum_seconds
         );
         let _ = writeln!(out, "madre_http_request_duration_seconds_count {}", c.count);
+    }
+}
+
+/// The database writer's figures at scrape time, in Prometheus text: the
+/// queue it serves, what its commits carried and what they cost.
+#[derive(Debug)]
+struct WriterCollector(WriterStats);
+
+impl Collector for WriterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let s = &self.0;
+        let counters: [(&str, &str, u64); 4] = [
+            (
+                "madre_db_commits",
+                "Transactions the database writer committed.",
+                s.commits,
+            ),
+            (
+                "madre_db_writes",
+                "Writes those commits carried (writes / commits is the mean batch size).",
+                s.writes,
+            ),
+            (
+                "madre_db_statements",
+                "SQL statements the writer ran, transaction control not counted.",
+                s.statements,
+            ),
+            (
+                "madre_db_wal_frames",
+                "WAL frames (database pages) the commits appended.",
+                s.wal_frames,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let seconds = ConstCounter::new(s.commit_time.as_secs_f64());
+        seconds.encode(encoder.encode_descriptor(
+            "madre_db_commit_seconds",
+            "Time the writer spent running and committing batches (divide by commits for the mean commit latency).",
+            None,
+            seconds.metric_type(),
+        )?)?;
+        let gauges: [(&str, &str, u64); 2] = [
+            (
+                "madre_db_write_queue_depth",
+                "Writes waiting for the writer now.",
+                s.queue_depth,
+            ),
+            (
+                "madre_db_largest_batch",
+                "The most writes one commit carried.",
+                s.largest_batch,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value as i64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends the writer's figures to a scrape (Prometheus text: the
+/// OpenMetrics end marker is left out, as more families follow).
+pub fn render_writer(out: &mut String, stats: WriterStats) {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(WriterCollector(stats)));
+    let mut text = String::new();
+    if encode(&mut text, &registry).is_ok() {
+        out.push_str(text.trim_end().trim_end_matches("# EOF").trim_end());
+        out.push('\n');
     }
 }

@@ -603,6 +603,7 @@ pub async fn metrics(state: Data, caller: Caller) -> Result<HttpResponse, ApiErr
         "# HELP madre_plans_executing Plans executing now.\n# TYPE madre_plans_executing gauge\nmadre_plans_executing {}",
         madre.runner().running()
     );
+    crate::metrics::render_writer(&mut out, madre.writer_stats());
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out))

@@ -256,13 +256,7 @@ fn settle_plan(
     let Some(idx) = idx else {
         return Err(DbError::not_found("plan step", step_id));
     };
-    let mut finished = PlanEvent::new(
-        Event::StepFinished {
-            step: idx,
-            status,
-        },
-        at,
-    );
+    let mut finished = PlanEvent::new(Event::StepFinished { step: idx, status }, at);
     finished.result = result.clone();
     finished.error = error;
     let state = match journal::append(conn, plan_id, &[finished], replica) {

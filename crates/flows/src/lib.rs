@@ -32,7 +32,7 @@ pub use idempotency::{Answer, IdempotencyKey};
 /// Storage types the HTTP face needs, so that it takes none from madre-db
 /// itself: the plan list's filter and kinds, the storage fault a 503
 /// names, and the commit sync mode of the settings.
-pub use madre_db::{PlanFilter, PlanKind, StorageFault, SyncMode};
+pub use madre_db::{PlanFilter, PlanKind, StorageFault, SyncMode, WriterStats};
 pub use own::Reload;
 pub use plans::{actions_of, reply_of};
 pub use reads::Page;

@@ -3,7 +3,7 @@
 //! the first request of an idempotency key. The server takes no type and
 //! no handle from madre-db (issue 22, "tidy").
 
-use madre_db::{PlanFilter, StorageFault};
+use madre_db::{PlanFilter, StorageFault, WriterStats};
 use madre_models::{PlanSummary, Status, TaskView};
 
 use crate::{FlowError, Madre};
@@ -43,6 +43,12 @@ impl Madre {
     /// How many plans are in each status (`/metrics`); never scans plans.
     pub async fn plan_counts(&self) -> Result<Vec<(Status, u64)>, FlowError> {
         Ok(self.db.run_blocking(|db| db.plan_counts()).await?)
+    }
+
+    /// What the database writer did since the start (`/metrics`): commits,
+    /// writes, statements, WAL frames, commit time, queue depth.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.db.writer_stats()
     }
 
     /// Why storage refuses writes, if it does (`/health`); never waits on
