@@ -1,0 +1,432 @@
+//! Storage v2 (schema 7) upgrades a schema-6 file in place: plans in every
+//! state, written as schema 6 stored them (a row in `tasks`, step rows in
+//! `plan_steps`, context rows, the journal keyed by step id), read back
+//! through the repository exactly as their rows said, and they go on: the
+//! waiting plan is confirmed with its token, the running one finishes.
+//! Sessions, history, idempotency keys and the spawner's queue survive. A
+//! file newer than this code is refused.
+
+use madre_db::*;
+use madre_models::{Status, StepType};
+use rusqlite::{Connection, params};
+use serde_json::{Value, json};
+use std::path::Path;
+use uuid::Uuid;
+
+const T0: &str = "2026-11-22T12:00:00.000000Z";
+const T1: &str = "2026-11-22T12:00:01.000000Z";
+
+/// One step as schema 6 stored it.
+struct OldStep {
+    step_type: StepType,
+    status: &'static str,
+    attempts: u32,
+    result: Option<Value>,
+    error: Option<&'static str>,
+}
+
+fn step(
+    step_type: StepType,
+    status: &'static str,
+    attempts: u32,
+    result: Option<Value>,
+    error: Option<&'static str>,
+) -> OldStep {
+    OldStep {
+        step_type,
+        status,
+        attempts,
+        result,
+        error,
+    }
+}
+
+/// A plan as schema 6 stored it; `events` are its journal as
+/// (type, step index, status after).
+struct OldPlan {
+    id: Uuid,
+    status: &'static str,
+    error: Option<&'static str>,
+    steps: Vec<OldStep>,
+    step_ids: Vec<Uuid>,
+    events: Vec<(&'static str, Option<usize>, &'static str)>,
+}
+
+fn old_plan(
+    status: &'static str,
+    error: Option<&'static str>,
+    steps: Vec<OldStep>,
+    events: Vec<(&'static str, Option<usize>, &'static str)>,
+) -> OldPlan {
+    let step_ids = steps.iter().map(|_| Uuid::now_v7()).collect();
+    OldPlan {
+        id: Uuid::now_v7(),
+        status,
+        error,
+        steps,
+        step_ids,
+        events,
+    }
+}
+
+fn write_v6(conn: &Connection, plan: &OldPlan) {
+    conn.execute(
+        "INSERT INTO tasks (uuid, name, module, action, status, created_at, updated_at, error,
+                            kind, intent_id, session_id, mode, principal, warnings_json, risk)
+         VALUES (?1, 'chat', 'hermes', 'chat', ?2, ?3, ?4, ?5, 'chat', ?6, 's-old', 'MADRE',
+                 'alice', '[\"hermes_slow\"]', 'LOW')",
+        params![
+            plan.id.to_string(),
+            plan.status,
+            T0,
+            T1,
+            plan.error,
+            Uuid::now_v7().to_string()
+        ],
+    )
+    .unwrap();
+    let task_id = conn.last_insert_rowid();
+    for (idx, (s, id)) in plan.steps.iter().zip(&plan.step_ids).enumerate() {
+        conn.execute(
+            "INSERT INTO plan_steps (task_id, idx, step_id, type, payload_json, blocking, optional,
+                                     status, attempts, result_json, error, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, '{\"prompt\":\"hi\"}', 1, 0, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                task_id,
+                idx as i64,
+                id.to_string(),
+                s.step_type.as_str(),
+                s.status,
+                s.attempts,
+                s.result.as_ref().map(Value::to_string),
+                s.error,
+                T0,
+                if s.status == "PENDING" { T0 } else { T1 },
+            ],
+        )
+        .unwrap();
+    }
+    conn.execute(
+        "INSERT INTO context (task_id, key, value, scope, created_at)
+         VALUES (?1, 'mode', 'MADRE', 'plan', ?2)",
+        params![task_id, T0],
+    )
+    .unwrap();
+    for (event_type, idx, status) in &plan.events {
+        let mut payload = json!({ "status": status });
+        if let Some(i) = idx {
+            payload["step_type"] = json!(plan.steps[*i].step_type);
+        }
+        conn.execute(
+            "INSERT INTO plan_events (task_id, plan_id, session_id, type, step_id, payload_json,
+                                      principal, replica, created_at)
+             VALUES (?1, ?2, 's-old', ?3, ?4, ?5, 'alice', 'old-replica', ?6)",
+            params![
+                task_id,
+                plan.id.to_string(),
+                event_type,
+                idx.map(|i| plan.step_ids[i].to_string()),
+                payload.to_string(),
+                T0
+            ],
+        )
+        .unwrap();
+    }
+}
+
+fn make_v6(path: &Path, plans: &[&OldPlan], waiting_token: &str) {
+    let mut conn = Connection::open(path).unwrap();
+    migrate_to(&mut conn, path, 6).unwrap();
+    for plan in plans {
+        write_v6(&conn, plan);
+    }
+    let waiting = plans.iter().find(|p| p.status == "WAITING").unwrap();
+    let hash = format!("sha256 of {waiting_token}");
+    conn.execute(
+        "INSERT INTO confirmations (plan_id, token_sha256, risk, expires_at, principal)
+         VALUES (?1, ?2, 'HIGH', '2999-01-01T00:00:00.000000Z', 'alice')",
+        params![waiting.id.to_string(), hash],
+    )
+    .unwrap();
+    conn.execute_batch(&format!(
+        "INSERT INTO sessions (session_id, mode, created_at, last_activity_at)
+         VALUES ('s-old', 'MADRE', '{T0}', '{T1}');
+         INSERT INTO madre_context (session_id, role, content, intent_id, created_at)
+         VALUES ('s-old', 'user', 'hello', NULL, '{T0}'),
+                ('s-old', 'assistant', 'hi there', NULL, '{T1}');
+         INSERT INTO idempotency_keys (principal, key, request_hash, status_code, response_json,
+                                       plan_id, created_at, owner)
+         VALUES ('alice', 'k1', 'h1', 200, '{{\"status\":\"DONE\"}}', NULL, '{T0}', NULL);
+         INSERT INTO daughter_tasks (source, priority, status, task_type, description,
+                                     created_at, updated_at)
+         VALUES ('spawner', 1, 'queued', 'build', 'a queued job', '{T0}', '{T0}');"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn a_schema_6_file_upgrades_in_place_and_every_plan_answers_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v6.db");
+    let gate = |status, attempts| step(StepType::AwaitConfirmation, status, attempts, None, None);
+    let waiting = old_plan(
+        "WAITING",
+        None,
+        vec![
+            gate("WAITING", 0),
+            step(StepType::CallHermes, "PENDING", 0, None, None),
+        ],
+        vec![
+            ("plan_created", None, "PENDING"),
+            ("plan_waiting", Some(0), "WAITING"),
+        ],
+    );
+    let running = old_plan(
+        "RUNNING",
+        None,
+        vec![
+            step(
+                StepType::CallSwitch,
+                "DONE",
+                1,
+                Some(json!({"engine": "local"})),
+                None,
+            ),
+            step(StepType::CallHermes, "RUNNING", 2, None, Some("http_503")),
+        ],
+        vec![
+            ("plan_created", None, "PENDING"),
+            ("step_started", Some(0), "RUNNING"),
+            ("step_finished", Some(0), "DONE"),
+            ("step_started", Some(1), "RUNNING"),
+            ("step_started", Some(1), "RUNNING"),
+        ],
+    );
+    let done = old_plan(
+        "DONE",
+        None,
+        vec![step(
+            StepType::CallHermes,
+            "DONE",
+            1,
+            Some(json!({"reply": "hello"})),
+            None,
+        )],
+        vec![
+            ("plan_created", None, "PENDING"),
+            ("step_started", Some(0), "RUNNING"),
+            ("step_finished", Some(0), "DONE"),
+            ("plan_finished", None, "DONE"),
+        ],
+    );
+    let error = old_plan(
+        "ERROR",
+        Some("http_500"),
+        vec![step(
+            StepType::CallHermes,
+            "ERROR",
+            2,
+            None,
+            Some("hermes answered HTTP 500"),
+        )],
+        vec![
+            ("plan_created", None, "PENDING"),
+            ("step_started", Some(0), "RUNNING"),
+            ("step_finished", Some(0), "ERROR"),
+            ("plan_finished", None, "ERROR"),
+        ],
+    );
+    let cancelled = old_plan(
+        "CANCELLED",
+        Some("cancelled"),
+        vec![gate("CANCELLED", 0)],
+        vec![
+            ("plan_created", None, "PENDING"),
+            ("plan_waiting", Some(0), "WAITING"),
+            ("plan_finished", None, "CANCELLED"),
+        ],
+    );
+    let plans = [&waiting, &running, &done, &error, &cancelled];
+    let token = "a-live-confirmation-token";
+    make_v6(&path, &plans, token);
+
+    let db = Db::open(&path).unwrap();
+    for old in plans {
+        let stored = db.plan(old.id).unwrap().expect("the plan survives");
+        assert_eq!(stored.plan.status.as_str(), old.status, "{}", old.id);
+        assert_eq!(stored.plan.error.as_deref(), old.error);
+        assert_eq!(stored.plan.warnings, ["hermes_slow"]);
+        assert_eq!(stored.meta.principal, "alice");
+        let steps: Vec<_> = stored
+            .plan
+            .steps
+            .iter()
+            .map(|s| {
+                (
+                    s.step_id,
+                    s.step_type,
+                    s.status.as_str().to_owned(),
+                    s.attempts,
+                    s.result.clone(),
+                    s.error.clone(),
+                    s.payload.clone(),
+                )
+            })
+            .collect();
+        let expected: Vec<_> = old
+            .steps
+            .iter()
+            .zip(&old.step_ids)
+            .map(|(s, id)| {
+                (
+                    *id,
+                    s.step_type,
+                    s.status.to_owned(),
+                    s.attempts,
+                    s.result.clone(),
+                    s.error.map(str::to_owned),
+                    json!({"prompt": "hi"}),
+                )
+            })
+            .collect();
+        assert_eq!(steps, expected, "the steps of the {} plan", old.status);
+        let journal: Vec<_> = db
+            .plan_events(old.id)
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                (
+                    e.event_type,
+                    e.step_id,
+                    e.status.map(|s| s.as_str().to_owned()),
+                )
+            })
+            .collect();
+        let expected: Vec<_> = old
+            .events
+            .iter()
+            .map(|(t, i, s)| {
+                (
+                    (*t).to_owned(),
+                    i.map(|i| old.step_ids[i]),
+                    Some((*s).to_owned()),
+                )
+            })
+            .collect();
+        assert_eq!(journal, expected, "the journal of the {} plan", old.status);
+    }
+    let (listed, _) = db.list_plans(&PlanFilter::default(), 10, None).unwrap();
+    let listed: Vec<_> = listed.iter().map(|p| (p.plan_id, p.status)).collect();
+    let newest_first: Vec<_> = plans
+        .iter()
+        .rev()
+        .map(|p| (p.id, p.status.parse::<Status>().unwrap()))
+        .collect();
+    assert_eq!(listed, newest_first);
+    let counts = db.plan_counts().unwrap();
+    let expected = vec![
+        (Status::Cancelled, 1),
+        (Status::Done, 1),
+        (Status::Error, 1),
+        (Status::Running, 1),
+        (Status::Waiting, 1),
+    ];
+    assert_eq!(counts, expected);
+    assert_eq!(
+        db.plan_ids_with_status(Status::Running).unwrap(),
+        [running.id]
+    );
+
+    // The session, its history, the key and the queued job are there.
+    assert_eq!(db.session("s-old").unwrap().unwrap().session_id, "s-old");
+    let history: Vec<_> = db
+        .history("s-old", 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(history, ["hello", "hi there"]);
+    assert!(matches!(
+        db.idempotency_key("alice", "k1", "h1").unwrap(),
+        Reservation::Done(_)
+    ));
+    let claimed = db
+        .claim_next_daughter_task("worker-1", chrono::Utc::now())
+        .wait()
+        .unwrap()
+        .expect("the queued job is claimed");
+    assert_eq!(claimed.description, "a queued job");
+
+    // The plans go on: the waiting one is confirmed with its live token,
+    // the running one finishes.
+    let consumed = db
+        .consume_confirmation(
+            waiting.id,
+            format!("sha256 of {token}"),
+            "bob".into(),
+            None,
+            chrono::Utc::now(),
+        )
+        .wait()
+        .unwrap();
+    assert_eq!(consumed, ConsumeOutcome::Consumed);
+    let gate = db.plan(waiting.id).unwrap().unwrap().plan.steps[0].status;
+    assert_eq!(gate, Status::Done);
+    let state = db
+        .apply_events(
+            running.id,
+            vec![
+                PlanEvent::new(
+                    Event::StepFinished {
+                        step: 1,
+                        status: Status::Done,
+                    },
+                    chrono::Utc::now(),
+                )
+                .result(json!({"reply": "late"})),
+                PlanEvent::finished(Status::Done, None, chrono::Utc::now()),
+            ],
+            None,
+        )
+        .wait()
+        .unwrap();
+    assert_eq!(state.status, Status::Done);
+    let ended = db.plan(running.id).unwrap().unwrap();
+    assert_eq!(ended.plan.steps[1].attempts, 2);
+    assert_eq!(ended.plan.steps[1].result, Some(json!({"reply": "late"})));
+    assert_eq!(
+        db.plan_events(running.id)
+            .unwrap()
+            .last()
+            .unwrap()
+            .event_type,
+        "plan_finished"
+    );
+    db.integrity_check().unwrap();
+}
+
+/// A file of a newer schema is refused with an error naming both
+/// versions, and left as it was.
+#[test]
+fn a_newer_file_is_refused_not_downgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    drop(Db::open(&path).unwrap());
+    let newer = SCHEMA_VERSION + 1;
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(&format!("PRAGMA user_version = {newer}"))
+        .unwrap();
+    let refused = Db::open(&path).err().expect("a newer file is refused");
+    let message = refused.to_string();
+    assert!(
+        matches!(refused, DbError::SchemaTooNew { found, supported, .. } if found == newer && supported == SCHEMA_VERSION),
+        "{message}"
+    );
+    assert!(message.contains(&newer.to_string()), "{message}");
+    let version: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, newer, "the file is left as it was");
+}
