@@ -417,7 +417,9 @@ fn a_newer_file_is_refused_not_downgraded() {
         .unwrap()
         .execute_batch(&format!("PRAGMA user_version = {newer}"))
         .unwrap();
-    let refused = Db::open(&path).err().expect("a newer file is refused");
+    let Err(refused) = Db::open(&path) else {
+        panic!("a newer file is refused");
+    };
     let message = refused.to_string();
     assert!(
         matches!(refused, DbError::SchemaTooNew { found, supported, .. } if found == newer && supported == SCHEMA_VERSION),
