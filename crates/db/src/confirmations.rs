@@ -10,23 +10,11 @@ use uuid::Uuid;
 
 use crate::audit::{NewAction, insert_action};
 use crate::journal::{self, PlanEvent};
+use crate::records::NewConfirmation;
 use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
 use madre_lifecycle::Event;
 use madre_models::Status;
-
-/// A confirmation to store with its plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewConfirmation {
-    /// Hex SHA-256 of the issued token (never the token).
-    pub token_sha256: String,
-    /// The plan's risk, which decides who may confirm.
-    pub risk: RiskLevel,
-    /// When the token stops being valid.
-    pub expires_at: DateTime<Utc>,
-    /// Who asked for the plan.
-    pub principal: String,
-}
 
 /// A stored confirmation.
 #[derive(Debug, Clone, PartialEq, Eq)]

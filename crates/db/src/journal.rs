@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::audit::{NewAction, insert_action};
-use crate::plans::{PlanKind, PlanMeta, StoredPlan};
+use crate::records::{NewPlanRecord, PlanKind, PlanMeta, StoredPlan};
 use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
 
@@ -601,7 +601,7 @@ const MAX_ROWS_PER_INSERT: usize = 8;
 /// or else the events `starting` (a plan that runs at once starts there).
 pub(crate) fn create(
     conn: &Connection,
-    record: &crate::NewPlanRecord,
+    record: &NewPlanRecord,
     replica: &str,
     starting: &[PlanEvent],
 ) -> Result<(), DbError> {

@@ -33,37 +33,34 @@
 //! a row.
 
 mod audit;
-mod checkpoint;
 mod confirmations;
-mod error;
+mod engine;
 mod idempotency;
 mod intents;
 mod journal;
-mod meter;
 mod plans;
 mod queue;
+mod records;
 mod retention;
 mod schema;
 mod sessions;
 mod time;
-mod writer;
 
 pub use audit::NewAction;
-pub use confirmations::{
-    CONFIRMATION_EXPIRED, CONFIRMATION_VOID, ConfirmationRow, ConsumeOutcome, NewConfirmation,
-};
-pub use error::{DbError, StorageFault};
+pub use confirmations::{CONFIRMATION_EXPIRED, CONFIRMATION_VOID, ConfirmationRow, ConsumeOutcome};
+pub use engine::error::{DbError, StorageFault};
+pub use engine::meter::WriterStats;
+pub use engine::writer::Write;
 pub use idempotency::{ModulePolicy, Reservation, StoredResponse};
 pub use intents::{IntentLogRow, NewIntentLog};
 pub use journal::PlanEvent;
 pub use madre_lifecycle::{Conflict, Event, PlanState, StepState};
-pub use meter::WriterStats;
-pub use plans::{AtEnd, NewPlanRecord, PlanFilter, PlanKind, PlanMeta, StoredPlan};
+pub use plans::{AtEnd, PlanFilter};
 pub use queue::{DaughterStatus, DaughterTask, NewDaughterTask};
+pub use records::{NewConfirmation, NewPlanRecord, PlanKind, PlanMeta, StoredPlan};
 pub use retention::{CleanupReport, RetentionPolicy};
 pub use schema::{SCHEMA_VERSION, migrate_to};
 pub use sessions::{HistoryMessage, SessionRow};
-pub use writer::Write;
 
 use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
@@ -87,10 +84,10 @@ const READ_POOL_SIZE: u32 = 8;
 #[derive(Clone)]
 pub struct Db {
     readers: Pool<SqliteConnectionManager>,
-    writer: Arc<writer::Writer>,
-    _checkpointer: Arc<checkpoint::Checkpointer>,
+    writer: Arc<engine::writer::Writer>,
+    _checkpointer: Arc<engine::checkpoint::Checkpointer>,
     /// Commits awaited writes; stops with the last handle.
-    _writer_thread: Arc<writer::WriterThread>,
+    _writer_thread: Arc<engine::writer::WriterThread>,
     path: PathBuf,
     /// Written in the journal's `replica` column (SPEC §16).
     replica: Arc<str>,
@@ -208,14 +205,14 @@ impl Db {
         // writer keeps a larger page cache than readers: every write walks
         // the indexes.
         conn.execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB};"))?;
-        meter::install(&conn, WRITER_CHECKPOINT_FRAMES);
+        engine::meter::install(&conn, WRITER_CHECKPOINT_FRAMES);
         let checkpoint_conn = Connection::open(path).map_err(|e| DbError::open(path, e))?;
         configure(&checkpoint_conn, sync).map_err(|e| DbError::open(path, e))?;
-        let writer = writer::Writer::new(conn);
+        let writer = engine::writer::Writer::new(conn);
         let writer_thread = writer
             .start_thread()
             .map_err(|e| DbError::Internal(format!("cannot start the writer thread: {e}")))?;
-        let checkpointer = checkpoint::Checkpointer::start(checkpoint_conn, writer.clone())
+        let checkpointer = engine::checkpoint::Checkpointer::start(checkpoint_conn, writer.clone())
             .map_err(|e| DbError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Self {
             readers,

@@ -3,92 +3,18 @@
 //! `plans`.
 
 use chrono::{DateTime, Utc};
-use madre_models::{Intent, Plan, PlanSummary, Status, TaskView};
+use madre_models::{PlanSummary, Status, TaskView};
 use rusqlite::{Connection, Row, ToSql};
-use serde_json::Value;
 use std::str::FromStr;
 use uuid::Uuid;
 
-use crate::audit::{NewAction, insert_action};
-use crate::confirmations::{NewConfirmation, insert_confirmation};
+use crate::audit::insert_action;
+use crate::confirmations::insert_confirmation;
+use crate::engine::writer::{AT_END, in_named_savepoint};
 use crate::journal::{self, PlanEvent};
+use crate::records::{NewPlanRecord, PlanKind, StoredPlan};
 use crate::time::{Ts, ts};
-use crate::writer::{AT_END, in_named_savepoint};
 use crate::{Db, DbError, Write};
-
-/// What made a plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlanKind {
-    /// A chat message (v7 `/madre/chat` or v6 `/chat`).
-    Chat,
-    /// A control action (`/madre/control`).
-    Control,
-    /// A programmatic v6 task (`/task`).
-    Task,
-}
-
-impl PlanKind {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlanKind::Chat => "chat",
-            PlanKind::Control => "control",
-            PlanKind::Task => "task",
-        }
-    }
-
-    pub(crate) fn parse(text: &str) -> Result<Self, DbError> {
-        match text {
-            "chat" => Ok(PlanKind::Chat),
-            "control" => Ok(PlanKind::Control),
-            "task" => Ok(PlanKind::Task),
-            other => Err(DbError::InvalidData(format!("unknown plan kind {other:?}"))),
-        }
-    }
-}
-
-/// Facts about a plan that are not part of [`Plan`] itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlanMeta {
-    /// What made it.
-    pub kind: PlanKind,
-    /// Short name (`chat`, the task's name, `control:shub:restart`).
-    pub name: String,
-    /// The module it mainly addresses.
-    pub module: String,
-    /// The action it carries out.
-    pub action: String,
-    /// Who asked for it.
-    pub principal: String,
-}
-
-/// A plan as stored, with its metadata and intent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredPlan {
-    /// The plan and its steps.
-    pub plan: Plan,
-    /// Its metadata.
-    pub meta: PlanMeta,
-    /// The intent it carries out.
-    pub intent: Option<Intent>,
-    /// The plan's overall result, once finished.
-    pub result: Option<Value>,
-}
-
-/// Everything written when a plan is created, in one transaction.
-#[derive(Debug, Clone)]
-pub struct NewPlanRecord {
-    /// The plan with its steps.
-    pub plan: Plan,
-    /// Its metadata.
-    pub meta: PlanMeta,
-    /// The intent, stored in the plan's context.
-    pub intent: Option<Intent>,
-    /// A pending confirmation, when the plan waits for one.
-    pub confirmation: Option<NewConfirmation>,
-    /// Audit rows to append with it.
-    pub actions: Vec<NewAction>,
-}
 
 /// Makes a write from a plan as it ended, to commit with its end (see
 /// [`Db::apply_events_and_read`]).

@@ -18,7 +18,7 @@ use rusqlite::Connection;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::writer::Writer;
+use crate::engine::writer::Writer;
 
 /// How often the WAL is looked at while writes come in. A page rewritten
 /// by many commits (the last leaf of a table every chat appends to) is

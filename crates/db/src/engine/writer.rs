@@ -32,7 +32,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
-use crate::meter::{self, Meter, WriterStats};
+use crate::engine::meter::{self, Meter, WriterStats};
 use crate::{DbError, StorageFault};
 
 trait Job: Send {
