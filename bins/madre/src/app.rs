@@ -117,11 +117,65 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     }))
 }
 
+/// What `madre check` or `madre repair` found, as text for a person.
+pub struct CheckReport {
+    /// One line per finding, and a summary line.
+    pub text: String,
+    /// Nothing was wrong (check), or everything wrong was repaired (repair).
+    pub clean: bool,
+}
+
+/// Checks (or repairs, when `repair`) the database of `settings`: every
+/// plan's row against its journal, the counters against the rows, and
+/// SQLite's own integrity check.
+pub fn check_database(settings: &Settings, repair: bool) -> Result<CheckReport, StartError> {
+    use std::fmt::Write as _;
+    let db = Db::open_with(&settings.db_path, settings.sqlite_sync)?;
+    db.integrity_check()?;
+    let mut text = String::new();
+    let path = settings.db_path.display();
+    let clean = if repair {
+        let (repaired, left) = db.repair_plans().wait()?;
+        for p in &repaired {
+            let _ = writeln!(text, "repaired {}: {}", p.plan_id, p.problem);
+        }
+        for p in &left {
+            let _ = writeln!(text, "NOT repaired {}: {}", p.plan_id, p.problem);
+        }
+        let _ = writeln!(
+            text,
+            "{path}: {} plan(s) repaired, {} left as they were; counters rebuilt",
+            repaired.len(),
+            left.len()
+        );
+        left.is_empty()
+    } else {
+        let problems = db.check_plans()?;
+        for p in &problems {
+            let _ = writeln!(text, "{}: {}", p.plan_id, p.problem);
+        }
+        if problems.is_empty() {
+            let _ = writeln!(text, "{path}: ok, every plan agrees with its journal");
+        } else {
+            let _ = writeln!(
+                text,
+                "{path}: {} problem(s); `madre repair` rebuilds rows from their journal",
+                problems.len()
+            );
+        }
+        problems.is_empty()
+    };
+    Ok(CheckReport { text, clean })
+}
+
 impl Application {
     /// Opens storage, reads policy and principals, and binds the listener
     /// (`MADRE_BIND`; port 0 picks a free port).
     pub fn build(settings: Settings) -> Result<Self, StartError> {
         let db = Db::open_with(&settings.db_path, settings.sqlite_sync)?;
+        // An open plan whose journal the state machine refuses stops the
+        // start here, named, before anything is resumed or written.
+        db.check_open_plans()?;
         let tables = load_tables(&settings)?;
         let principals = load_principals(&settings)?;
         let delegator = Delegator::new(Arc::new(settings.registry.clone()));

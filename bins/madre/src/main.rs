@@ -10,9 +10,41 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         None | Some(Command::Serve) => serve().await,
+        Some(Command::Check) => maintain(false),
+        Some(Command::Repair) => maintain(true),
         Some(command) => madre::cli::run_client(cli.client, command).await,
     };
     ExitCode::from(code as u8)
+}
+
+/// `madre check` (or `madre repair` when `repair`): the database file of
+/// this configuration, with no server.
+fn maintain(repair: bool) -> i32 {
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("madre: {e}");
+            return 2;
+        }
+    };
+    // The database's blocking calls run on a thread of their own, off the
+    // async runtime `main` runs on.
+    let Ok(outcome) =
+        std::thread::spawn(move || madre::app::check_database(&settings, repair)).join()
+    else {
+        eprintln!("madre: the check stopped unexpectedly");
+        return 2;
+    };
+    match outcome {
+        Ok(report) => {
+            print!("{}", report.text);
+            i32::from(!report.clean)
+        }
+        Err(e) => {
+            eprintln!("madre: {e}");
+            2
+        }
+    }
 }
 
 async fn serve() -> i32 {

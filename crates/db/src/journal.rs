@@ -771,6 +771,192 @@ pub(crate) fn events_of(conn: &Connection, plan_id: Uuid) -> Result<Vec<JournalE
         .collect()
 }
 
+/// What `madre check` found wrong with one plan: its row (the projection)
+/// disagrees with its journal, or its journal cannot be folded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanProblem {
+    /// The plan (as its row names it).
+    pub plan_id: String,
+    /// What is wrong, for a human.
+    pub problem: String,
+}
+
+/// The status a plan's journal alone leads to, and the reason and time of
+/// its last plan-level event: what its row must say.
+struct JournalVerdict {
+    status: Status,
+    reason: Option<String>,
+    at: Option<DateTime<Utc>>,
+}
+
+fn journal_verdict(conn: &Connection, row: i64, plan_id: Uuid) -> Result<JournalVerdict, DbError> {
+    let rows = rows_of(conn, row)?;
+    let first = rows
+        .iter()
+        .find(|r| r.event_type == "plan_created")
+        .ok_or_else(|| {
+            DbError::InvalidData(format!("plan {plan_id}: its journal has no plan_created"))
+        })?;
+    let body: Body = serde_json::from_value(first.payload.clone())
+        .map_err(|e| DbError::InvalidData(format!("plan {plan_id}: its body: {e}")))?;
+    let through = body.state_through.unwrap_or(first.seq);
+    let mut state = PlanState {
+        status: body.plan_status.unwrap_or(Status::Pending),
+        steps: body
+            .steps
+            .iter()
+            .map(|s| StepState {
+                step_type: s.step_type,
+                status: s.status,
+                attempts: s.attempts,
+            })
+            .collect(),
+    };
+    let mut verdict = JournalVerdict {
+        status: state.status,
+        reason: None,
+        at: None,
+    };
+    for stored in rows.iter().filter(|r| r.seq > through) {
+        let event = event_of(plan_id, stored)?;
+        let changes = madre_lifecycle::apply(&state, &event).map_err(|c| {
+            DbError::InvalidData(format!(
+                "plan {plan_id}: journal event {} refused by the state machine: {c}",
+                stored.seq
+            ))
+        })?;
+        if changes.iter().any(|c| matches!(c, Change::Plan { .. })) {
+            verdict.at = Some(stored.at);
+            if let Some(reason) = stored.payload.get("reason").and_then(Value::as_str) {
+                verdict.reason = Some(reason.to_owned());
+            }
+        }
+        state.change(&changes);
+    }
+    verdict.status = state.status;
+    Ok(verdict)
+}
+
+/// Every plan whose row disagrees with its journal, or whose journal
+/// cannot be folded, and finished-plan counters that disagree with the
+/// rows. Reads every plan: a maintenance command's work, not a request's.
+fn check_in(conn: &Connection) -> Result<Vec<PlanProblem>, DbError> {
+    let mut problems = Vec::new();
+    let mut stmt = conn.prepare("SELECT id, uuid, status FROM plans ORDER BY id")?;
+    let heads = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (row, uuid, status) in heads {
+        let problem = match Uuid::parse_str(&uuid) {
+            Err(_) => Some(format!("its id {uuid:?} is not a UUID")),
+            Ok(plan_id) => match journal_verdict(conn, row, plan_id) {
+                Err(e) => Some(format!("its journal cannot be read: {e}")),
+                Ok(v) if v.status.as_str() != status => Some(format!(
+                    "its row says {status}, its journal says {}",
+                    v.status
+                )),
+                Ok(_) => None,
+            },
+        };
+        if let Some(problem) = problem {
+            problems.push(PlanProblem {
+                plan_id: uuid,
+                problem,
+            });
+        }
+    }
+    let mut stmt = conn.prepare(
+        "SELECT s.status, s.n, (SELECT count(*) FROM plans p WHERE p.status = s.status)
+         FROM (SELECT status, n FROM plan_status_counts
+               UNION SELECT status, 0 FROM plans
+               WHERE status NOT IN ('PENDING', 'WAITING', 'RUNNING')
+                 AND status NOT IN (SELECT status FROM plan_status_counts)) s",
+    )?;
+    let counters = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (status, counted, rows) in counters {
+        if counted != rows {
+            problems.push(PlanProblem {
+                plan_id: "-".into(),
+                problem: format!("the counter of {status} plans says {counted}, the rows {rows}"),
+            });
+        }
+    }
+    Ok(problems)
+}
+
+/// Rewrites every row that disagrees with its journal from the journal,
+/// and the finished-plan counters from the rows. A plan whose journal
+/// cannot be folded is left as it is and answered.
+fn repair_in(conn: &Connection) -> Result<(Vec<PlanProblem>, Vec<PlanProblem>), DbError> {
+    let found = check_in(conn)?;
+    let (mut repaired, mut left) = (Vec::new(), Vec::new());
+    for problem in found {
+        let Ok(plan_id) = Uuid::parse_str(&problem.plan_id) else {
+            if problem.plan_id != "-" {
+                left.push(problem);
+            }
+            continue;
+        };
+        let row: i64 = conn
+            .prepare_cached("SELECT id FROM plans WHERE uuid = ?1")?
+            .query_row([&problem.plan_id], |r| r.get(0))?;
+        match journal_verdict(conn, row, plan_id) {
+            Err(_) => left.push(problem),
+            Ok(v) => {
+                conn.prepare_cached(
+                    "UPDATE plans SET status = ?2, error = COALESCE(?3, error),
+                                      updated_at = COALESCE(?4, updated_at)
+                     WHERE id = ?1",
+                )?
+                .execute(params![
+                    row,
+                    v.status.as_str(),
+                    v.reason,
+                    v.at.map(ts)
+                ])?;
+                repaired.push(problem);
+            }
+        }
+    }
+    conn.execute_batch(
+        "DELETE FROM plan_status_counts;
+         INSERT INTO plan_status_counts (status, n)
+         SELECT status, count(*) FROM plans
+         WHERE status NOT IN ('PENDING', 'WAITING', 'RUNNING') GROUP BY status;",
+    )?;
+    Ok((repaired, left))
+}
+
+/// Folds the journal of every open plan (PENDING, WAITING, RUNNING: the
+/// ones a start resumes or confirms), and fails on the first that cannot
+/// be, naming the plan and the event. Writes nothing.
+fn check_open_in(conn: &Connection) -> Result<(), DbError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, uuid FROM plans WHERE status IN ('PENDING', 'WAITING', 'RUNNING') ORDER BY id",
+    )?;
+    let open = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (row, uuid) in open {
+        journal_verdict(conn, row, parse_uuid(&uuid)?)?;
+    }
+    Ok(())
+}
+
 impl Db {
     /// Appends `events` to the plan's journal and applies the state changes
     /// they make, all in one transaction, with `action` appended to the
@@ -802,6 +988,28 @@ impl Db {
     /// The plan's current state, as the state machine sees it.
     pub fn plan_state(&self, plan_id: Uuid) -> Result<PlanState, DbError> {
         self.read(|conn| load_existing(conn, plan_id).map(|l| l.state))
+    }
+
+    /// Every plan whose row disagrees with its journal or whose journal
+    /// cannot be folded, and counters that disagree with the rows (`madre
+    /// check`). Reads every plan; changes nothing.
+    pub fn check_plans(&self) -> Result<Vec<PlanProblem>, DbError> {
+        self.read(check_in)
+    }
+
+    /// Rebuilds, from the journal, every plan row that disagrees with it,
+    /// and the finished-plan counters from the rows (`madre repair`).
+    /// Answers the plans repaired and those left as they were (a journal
+    /// that cannot be folded is never guessed at).
+    pub fn repair_plans(&self) -> Write<(Vec<PlanProblem>, Vec<PlanProblem>)> {
+        self.write(repair_in)
+    }
+
+    /// Fails, naming the plan and the event, when the journal of an open
+    /// plan holds an event the state machine refuses: the start stops
+    /// there, before anything is resumed or written.
+    pub fn check_open_plans(&self) -> Result<(), DbError> {
+        self.read(check_open_in)
     }
 
     /// The name this process writes in the journal's `replica` column.

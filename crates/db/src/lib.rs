@@ -53,7 +53,7 @@ pub use engine::meter::WriterStats;
 pub use engine::writer::Write;
 pub use idempotency::{ModulePolicy, Reservation, StoredResponse};
 pub use intents::{IntentLogRow, NewIntentLog};
-pub use journal::PlanEvent;
+pub use journal::{PlanEvent, PlanProblem};
 pub use madre_lifecycle::{Conflict, Event, PlanState, StepState};
 pub use plans::{AtEnd, PlanFilter};
 pub use queue::{DaughterStatus, DaughterTask, NewDaughterTask};

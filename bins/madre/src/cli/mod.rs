@@ -123,6 +123,14 @@ pub enum Command {
     },
     /// Show Madre's health and the modules' states.
     Health,
+    /// Check the database file (no server needed): every plan's row
+    /// against its journal, and the counters against the rows. Exits 1
+    /// when something is wrong.
+    Check,
+    /// Rebuild, from the journal, every plan row that disagrees with it,
+    /// and the counters (no server needed; stop Madre first). Exits 1 when
+    /// a plan could not be repaired.
+    Repair,
 }
 
 fn default_url() -> String {
@@ -168,7 +176,7 @@ pub async fn run_client(options: ClientOptions, command: Command) -> i32 {
 /// Makes the request(s) for `command`; `None` for `serve`.
 async fn call(api: &Api, command: Command) -> Result<Option<(Body, Renderer)>, Failure> {
     let answer: (Body, Renderer) = match command {
-        Command::Serve => return Ok(None),
+        Command::Serve | Command::Check | Command::Repair => return Ok(None),
         Command::Chat { message, session } => {
             let body = json!({ "message": message, "session_id": session });
             (api.post("/madre/chat", Some(body)).await?, render::chat)
