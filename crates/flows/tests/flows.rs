@@ -486,8 +486,13 @@ async fn cancel_is_journaled() {
 async fn a_chat_refused_for_a_full_queue_leaves_no_plan_to_run() {
     let h = one_slot_no_queue();
     let busy = h.occupy_the_only_slot(500).await;
+    let before = h.madre.db().writer_stats();
     h.chat_refused_for_a_full_queue().await;
     let db = h.madre.db();
+    // Admitted before anything of the plan is written: the refused chat
+    // cost its intent's log and its close, two writes (issue 22).
+    let spent = db.writer_stats().since(&before);
+    assert_eq!(spent.writes, 2, "{spent:?}");
     let stored: Vec<Uuid> = [Status::Running, Status::Pending, Status::Cancelled]
         .into_iter()
         .flat_map(|status| db.plan_ids_with_status(status).unwrap())
