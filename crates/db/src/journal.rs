@@ -8,7 +8,9 @@
 
 use chrono::{DateTime, Utc};
 use madre_lifecycle::{Change, Event, PlanState, StepState};
-use madre_models::{Intent, JournalEvent, Mode, Plan, SessionId, Status, Step, StepType};
+use madre_models::{
+    EventType, Intent, JournalEvent, Mode, Plan, SessionId, Status, Step, StepType,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -132,7 +134,7 @@ struct Body {
 /// One stored event, before it is read as a lifecycle event.
 struct Row {
     seq: i64,
-    event_type: String,
+    event_type: EventType,
     step: Option<usize>,
     payload: Value,
     principal: Option<String>,
@@ -162,7 +164,7 @@ const HEAD: &str = "SELECT id, kind, name, module, action, principal, mode, sess
                            status, error, result, warnings_json, created_at, updated_at
                     FROM plans WHERE uuid = ?1";
 
-fn rows_of(conn: &Connection, row: i64) -> Result<Vec<Row>, DbError> {
+fn rows_of(conn: &Connection, row: i64, plan_id: Uuid) -> Result<Vec<Row>, DbError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, type, step, payload_json, principal, replica, created_at
          FROM plan_events WHERE plan = ?1 ORDER BY seq",
@@ -183,7 +185,11 @@ fn rows_of(conn: &Connection, row: i64) -> Result<Vec<Row>, DbError> {
         let (seq, event_type, step, payload, principal, replica, at) = row?;
         out.push(Row {
             seq,
-            event_type,
+            event_type: event_type.parse().map_err(|_| {
+                DbError::InvalidData(format!(
+                    "plan {plan_id}: journal event {seq} has an unknown type {event_type:?}"
+                ))
+            })?,
             step: step.map(|s| s as usize),
             payload: serde_json::from_str(&payload)?,
             principal,
@@ -210,21 +216,20 @@ fn event_of(plan_id: Uuid, row: &Row) -> Result<Event, DbError> {
             .and_then(|s| s.parse::<Status>().ok())
             .ok_or_else(refused)
     };
-    Ok(match row.event_type.as_str() {
-        "plan_created" => Event::PlanCreated,
-        "plan_waiting" => Event::PlanWaiting { step: step()? },
-        "approval_recorded" => Event::ApprovalRecorded,
-        "plan_confirmed" => Event::PlanConfirmed,
-        "plan_rejected" => Event::PlanRejected,
-        "plan_expired" => Event::PlanExpired,
-        "step_started" => Event::StepStarted { step: step()? },
-        "step_finished" => Event::StepFinished {
+    Ok(match row.event_type {
+        EventType::PlanCreated => Event::PlanCreated,
+        EventType::PlanWaiting => Event::PlanWaiting { step: step()? },
+        EventType::ApprovalRecorded => Event::ApprovalRecorded,
+        EventType::PlanConfirmed => Event::PlanConfirmed,
+        EventType::PlanRejected => Event::PlanRejected,
+        EventType::PlanExpired => Event::PlanExpired,
+        EventType::StepStarted => Event::StepStarted { step: step()? },
+        EventType::StepFinished => Event::StepFinished {
             step: step()?,
             status: status()?,
         },
-        "plan_finished" => Event::PlanFinished { status: status()? },
-        "plan_taken_over" => Event::PlanTakenOver,
-        _ => return Err(refused()),
+        EventType::PlanFinished => Event::PlanFinished { status: status()? },
+        EventType::PlanTakenOver => Event::PlanTakenOver,
     })
 }
 
@@ -256,12 +261,12 @@ pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, D
     else {
         return Ok(None);
     };
-    let rows = rows_of(conn, row)?;
+    let rows = rows_of(conn, row, plan_id)?;
     // First, but for a plan stored before the journal: then the one the
     // upgrade synthesized, whose `state_through` covers the older events.
     let first = rows
         .iter()
-        .find(|r| r.event_type == "plan_created")
+        .find(|r| r.event_type == EventType::PlanCreated)
         .ok_or_else(|| {
             DbError::InvalidData(format!("plan {plan_id}: its journal has no plan_created"))
         })?;
@@ -727,8 +732,8 @@ pub(crate) fn events_of(conn: &Connection, plan_id: Uuid) -> Result<Vec<JournalE
     let Some((row, session_id)) = head else {
         return Ok(Vec::new());
     };
-    let rows = rows_of(conn, row)?;
-    let step_ids: Vec<Uuid> = match rows.iter().find(|r| r.event_type == "plan_created") {
+    let rows = rows_of(conn, row, plan_id)?;
+    let step_ids: Vec<Uuid> = match rows.iter().find(|r| r.event_type == EventType::PlanCreated) {
         Some(first) => first
             .payload
             .get("steps")
@@ -790,10 +795,10 @@ struct JournalVerdict {
 }
 
 fn journal_verdict(conn: &Connection, row: i64, plan_id: Uuid) -> Result<JournalVerdict, DbError> {
-    let rows = rows_of(conn, row)?;
+    let rows = rows_of(conn, row, plan_id)?;
     let first = rows
         .iter()
-        .find(|r| r.event_type == "plan_created")
+        .find(|r| r.event_type == EventType::PlanCreated)
         .ok_or_else(|| {
             DbError::InvalidData(format!("plan {plan_id}: its journal has no plan_created"))
         })?;

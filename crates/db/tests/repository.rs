@@ -229,7 +229,7 @@ fn a_database_made_by_migration_2_gets_a_journal_and_loses_its_clear_tokens() {
         db.plan_events(id)
             .unwrap()
             .into_iter()
-            .map(|e| (e.event_type, e.status))
+            .map(|e| (e.event_type.as_str().to_owned(), e.status))
             .collect()
     };
     assert_eq!(
@@ -620,7 +620,7 @@ fn step_transitions_count_attempts_and_finished_steps_are_final() {
         t.db.plan_events(plan.plan_id)
             .unwrap()
             .into_iter()
-            .map(|e| e.event_type)
+            .map(|e| e.event_type.as_str().to_owned())
             .collect();
     assert_eq!(
         types,

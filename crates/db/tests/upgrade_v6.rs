@@ -7,7 +7,7 @@
 //! file newer than this code is refused.
 
 use madre_db::*;
-use madre_models::{Status, StepType};
+use madre_models::{EventType, Status, StepType};
 use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -296,7 +296,7 @@ fn a_schema_6_file_upgrades_in_place_and_every_plan_answers_as_before() {
             .into_iter()
             .map(|e| {
                 (
-                    e.event_type,
+                    e.event_type.as_str().to_owned(),
                     e.step_id,
                     e.status.map(|s| s.as_str().to_owned()),
                 )
@@ -400,7 +400,7 @@ fn a_schema_6_file_upgrades_in_place_and_every_plan_answers_as_before() {
             .last()
             .unwrap()
             .event_type,
-        "plan_finished"
+        EventType::PlanFinished
     );
     db.integrity_check().unwrap();
 }

@@ -165,16 +165,22 @@ async fn a_low_chat_runs_on_plain_tokio() {
     assert_eq!(r.response, "[hermes stub via stub-engine] hello there");
     assert_eq!(h.calls(Module::Hermes).await, 1);
     let detail = h.madre.plan_detail(r.plan_id).await.unwrap();
-    assert_eq!(detail.events.first().unwrap().event_type, "plan_created");
-    assert_eq!(detail.events.last().unwrap().event_type, "plan_finished");
+    assert_eq!(
+        detail.events.first().unwrap().event_type.as_str(),
+        "plan_created"
+    );
+    assert_eq!(
+        detail.events.last().unwrap().event_type.as_str(),
+        "plan_finished"
+    );
     // The first step starts in the plan's own commit, and only once.
-    assert_eq!(detail.events[1].event_type, "step_started");
+    assert_eq!(detail.events[1].event_type.as_str(), "step_started");
     assert_eq!(detail.events[1].at, detail.events[0].at);
     let first = detail.plan.steps[0].step_id;
     let starts = detail
         .events
         .iter()
-        .filter(|e| e.event_type == "step_started" && e.step_id == Some(first))
+        .filter(|e| e.event_type.as_str() == "step_started" && e.step_id == Some(first))
         .count();
     assert_eq!((starts, detail.plan.steps[0].attempts), (1, 1));
 }
@@ -336,7 +342,7 @@ async fn a_confirmation_expired_by_cleanup_still_answers_expired() {
         "{late:?}"
     );
     let events = h.madre.db().plan_events(waiting.plan_id).unwrap();
-    assert_eq!(events.last().unwrap().event_type, "plan_expired");
+    assert_eq!(events.last().unwrap().event_type.as_str(), "plan_expired");
 }
 
 /// A chat's history turn and its intent's close: committed with the plan's

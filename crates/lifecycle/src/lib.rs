@@ -18,7 +18,7 @@
 //! assert!(apply(&state, &Event::PlanConfirmed).is_err()); // nothing to confirm
 //! ```
 
-use madre_models::{Status, StepType};
+use madre_models::{EventType, Status, StepType};
 
 /// The part of a plan the rules look at: its status and its steps'.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,20 +87,25 @@ pub enum Event {
 }
 
 impl Event {
+    /// The event's type, as the journal stores and serves it.
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Event::PlanCreated => EventType::PlanCreated,
+            Event::PlanWaiting { .. } => EventType::PlanWaiting,
+            Event::ApprovalRecorded => EventType::ApprovalRecorded,
+            Event::PlanConfirmed => EventType::PlanConfirmed,
+            Event::PlanRejected => EventType::PlanRejected,
+            Event::PlanExpired => EventType::PlanExpired,
+            Event::StepStarted { .. } => EventType::StepStarted,
+            Event::StepFinished { .. } => EventType::StepFinished,
+            Event::PlanFinished { .. } => EventType::PlanFinished,
+            Event::PlanTakenOver => EventType::PlanTakenOver,
+        }
+    }
+
     /// The journal's name of the event type (SPEC §8), snake_case.
     pub fn name(&self) -> &'static str {
-        match self {
-            Event::PlanCreated => "plan_created",
-            Event::PlanWaiting { .. } => "plan_waiting",
-            Event::ApprovalRecorded => "approval_recorded",
-            Event::PlanConfirmed => "plan_confirmed",
-            Event::PlanRejected => "plan_rejected",
-            Event::PlanExpired => "plan_expired",
-            Event::StepStarted { .. } => "step_started",
-            Event::StepFinished { .. } => "step_finished",
-            Event::PlanFinished { .. } => "plan_finished",
-            Event::PlanTakenOver => "plan_taken_over",
-        }
+        self.event_type().as_str()
     }
 
     /// The step an event is about, if any.

@@ -119,6 +119,34 @@ impl FromStr for Effect {
     }
 }
 
+/// The type of a plan journal event (SPEC §8): what changed. Stored and
+/// served as its snake_case name.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// The plan was made; its first event, carrying its steps.
+    PlanCreated,
+    /// The plan waits (for a confirmation, or a spawner job).
+    PlanWaiting,
+    /// One approval of a waiting gate was recorded.
+    ApprovalRecorded,
+    /// The confirmation gate was passed.
+    PlanConfirmed,
+    /// An approver refused.
+    PlanRejected,
+    /// The confirmation expired.
+    PlanExpired,
+    /// A step's call starts.
+    StepStarted,
+    /// A step finished (DONE or ERROR).
+    StepFinished,
+    /// The plan ended (DONE, ERROR or CANCELLED).
+    PlanFinished,
+    /// Another replica took the plan over.
+    PlanTakenOver,
+}
+
 /// Lifecycle state shared by plans and steps.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -217,6 +245,13 @@ macro_rules! text_names {
     };
 }
 
+text_names!(EventType, "event type", {
+    EventType::PlanCreated => "plan_created", EventType::PlanWaiting => "plan_waiting",
+    EventType::ApprovalRecorded => "approval_recorded", EventType::PlanConfirmed => "plan_confirmed",
+    EventType::PlanRejected => "plan_rejected", EventType::PlanExpired => "plan_expired",
+    EventType::StepStarted => "step_started", EventType::StepFinished => "step_finished",
+    EventType::PlanFinished => "plan_finished", EventType::PlanTakenOver => "plan_taken_over",
+});
 text_names!(Mode, "mode", { Mode::Madre => "MADRE", Mode::AudioEngineer => "AUDIO_ENGINEER" });
 text_names!(RiskLevel, "risk", { RiskLevel::Low => "LOW", RiskLevel::Med => "MED", RiskLevel::High => "HIGH" });
 text_names!(Status, "status", {

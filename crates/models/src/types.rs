@@ -9,7 +9,7 @@ use std::fmt;
 use uuid::Uuid;
 
 use crate::validate::{MAX_TASK_NAME_CHARS, Message, SessionId, ValidationError, Word};
-use crate::{Effect, Mode, Module, RiskLevel, Status, StepType};
+use crate::{Effect, EventType, Mode, Module, RiskLevel, Status, StepType};
 
 /// Writes `<redacted>` in place of a secret in `Debug` output.
 struct Redacted<'a>(&'a Option<String>);
@@ -772,7 +772,7 @@ pub struct JournalEvent {
     /// `plan_rejected`, `plan_expired`, `step_started`, `step_finished`,
     /// `plan_finished` or `plan_taken_over`.
     #[serde(rename = "type")]
-    pub event_type: String,
+    pub event_type: EventType,
     /// The step, for step events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_id: Option<Uuid>,

@@ -181,7 +181,7 @@ async fn an_opened_plan_calls_hermes_at_once_with_the_engine_chosen_at_intake() 
         h.db.plan_events(plan.plan_id)
             .unwrap()
             .into_iter()
-            .map(|e| e.event_type)
+            .map(|e| e.event_type.as_str().to_owned())
             .collect();
     assert_eq!(
         opening,
@@ -228,7 +228,7 @@ async fn an_opened_plan_calls_hermes_at_once_with_the_engine_chosen_at_intake() 
         h.db.plan_events(plan_id)
             .unwrap()
             .into_iter()
-            .map(|e| e.event_type)
+            .map(|e| e.event_type.as_str().to_owned())
             .collect();
     assert_eq!(
         journal,
