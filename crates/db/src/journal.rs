@@ -233,6 +233,35 @@ fn event_of(plan_id: Uuid, row: &Row) -> Result<Event, DbError> {
     })
 }
 
+/// Where a plan's fold starts: the body its `plan_created` event carries
+/// (first, but for a plan stored before the journal: then the one the
+/// upgrade synthesized), the last event already counted in it, and the
+/// state it describes.
+fn base(plan_id: Uuid, rows: &[Row]) -> Result<(Body, i64, PlanState), DbError> {
+    let first = rows
+        .iter()
+        .find(|r| r.event_type == EventType::PlanCreated)
+        .ok_or_else(|| {
+            DbError::InvalidData(format!("plan {plan_id}: its journal has no plan_created"))
+        })?;
+    let body: Body = serde_json::from_value(first.payload.clone())
+        .map_err(|e| DbError::InvalidData(format!("plan {plan_id}: its body: {e}")))?;
+    let through = body.state_through.unwrap_or(first.seq);
+    let state = PlanState {
+        status: body.plan_status.unwrap_or(Status::Pending),
+        steps: body
+            .steps
+            .iter()
+            .map(|s| StepState {
+                step_type: s.step_type,
+                status: s.status,
+                attempts: s.attempts,
+            })
+            .collect(),
+    };
+    Ok((body, through, state))
+}
+
 /// Reads the plan and folds its journal, on `conn`; `None` for an
 /// unknown plan. An event the state machine refuses fails with an error
 /// naming the plan and the event: the journal is never silently trusted.
@@ -262,31 +291,9 @@ pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, D
         return Ok(None);
     };
     let rows = rows_of(conn, row, plan_id)?;
-    // First, but for a plan stored before the journal: then the one the
-    // upgrade synthesized, whose `state_through` covers the older events.
-    let first = rows
-        .iter()
-        .find(|r| r.event_type == EventType::PlanCreated)
-        .ok_or_else(|| {
-            DbError::InvalidData(format!("plan {plan_id}: its journal has no plan_created"))
-        })?;
-    let body: Body = serde_json::from_value(first.payload.clone())
-        .map_err(|e| DbError::InvalidData(format!("plan {plan_id}: its body: {e}")))?;
-    let through = body.state_through.unwrap_or(first.seq);
+    let (body, through, state) = base(plan_id, &rows)?;
     let session_id = SessionId::parse(session_id.unwrap_or_else(|| "none".into()))
         .map_err(|e| DbError::InvalidData(e.to_string()))?;
-    let state = PlanState {
-        status: body.plan_status.unwrap_or(Status::Pending),
-        steps: body
-            .steps
-            .iter()
-            .map(|s| StepState {
-                step_type: s.step_type,
-                status: s.status,
-                attempts: s.attempts,
-            })
-            .collect(),
-    };
     let mut loaded = Loaded {
         row,
         stored: StoredPlan {
@@ -796,27 +803,7 @@ struct JournalVerdict {
 
 fn journal_verdict(conn: &Connection, row: i64, plan_id: Uuid) -> Result<JournalVerdict, DbError> {
     let rows = rows_of(conn, row, plan_id)?;
-    let first = rows
-        .iter()
-        .find(|r| r.event_type == EventType::PlanCreated)
-        .ok_or_else(|| {
-            DbError::InvalidData(format!("plan {plan_id}: its journal has no plan_created"))
-        })?;
-    let body: Body = serde_json::from_value(first.payload.clone())
-        .map_err(|e| DbError::InvalidData(format!("plan {plan_id}: its body: {e}")))?;
-    let through = body.state_through.unwrap_or(first.seq);
-    let mut state = PlanState {
-        status: body.plan_status.unwrap_or(Status::Pending),
-        steps: body
-            .steps
-            .iter()
-            .map(|s| StepState {
-                step_type: s.step_type,
-                status: s.status,
-                attempts: s.attempts,
-            })
-            .collect(),
-    };
+    let (_, through, mut state) = base(plan_id, &rows)?;
     let mut verdict = JournalVerdict {
         status: state.status,
         reason: None,

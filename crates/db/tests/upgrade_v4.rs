@@ -1,5 +1,6 @@
-//! Storage v2 (schema 7) upgrades a schema-6 file in place: plans in every
-//! state, written as schema 6 stored them (a row in `tasks`, step rows in
+//! Storage v2 (schema 7) upgrades a schema-4 file in place (through
+//! migrations 5 and 6): plans in every state, written as schema 4 stored
+//! them (a row in `tasks`, step rows in
 //! `plan_steps`, context rows, the journal keyed by step id), read back
 //! through the repository exactly as their rows said, and they go on: the
 //! waiting plan is confirmed with its token, the running one finishes.
@@ -16,7 +17,7 @@ use uuid::Uuid;
 const T0: &str = "2026-11-22T12:00:00.000000Z";
 const T1: &str = "2026-11-22T12:00:01.000000Z";
 
-/// One step as schema 6 stored it.
+/// One step as schema 4 stored it.
 struct OldStep {
     step_type: StepType,
     status: &'static str,
@@ -41,7 +42,7 @@ fn step(
     }
 }
 
-/// A plan as schema 6 stored it; `events` are its journal as
+/// A plan as schema 4 stored it; `events` are its journal as
 /// (type, step index, status after).
 struct OldPlan {
     id: Uuid,
@@ -69,7 +70,7 @@ fn old_plan(
     }
 }
 
-fn write_v6(conn: &Connection, plan: &OldPlan) {
+fn write_v4(conn: &Connection, plan: &OldPlan) {
     conn.execute(
         "INSERT INTO tasks (uuid, name, module, action, status, created_at, updated_at, error,
                             kind, intent_id, session_id, mode, principal, warnings_json, risk)
@@ -134,11 +135,11 @@ fn write_v6(conn: &Connection, plan: &OldPlan) {
     }
 }
 
-fn make_v6(path: &Path, plans: &[&OldPlan], waiting_token: &str) {
+fn make_v4(path: &Path, plans: &[&OldPlan], waiting_token: &str) {
     let mut conn = Connection::open(path).unwrap();
-    migrate_to(&mut conn, path, 6).unwrap();
+    migrate_to(&mut conn, path, 4).unwrap();
     for plan in plans {
-        write_v6(&conn, plan);
+        write_v4(&conn, plan);
     }
     let waiting = plans.iter().find(|p| p.status == "WAITING").unwrap();
     let hash = format!("sha256 of {waiting_token}");
@@ -155,8 +156,8 @@ fn make_v6(path: &Path, plans: &[&OldPlan], waiting_token: &str) {
          VALUES ('s-old', 'user', 'hello', NULL, '{T0}'),
                 ('s-old', 'assistant', 'hi there', NULL, '{T1}');
          INSERT INTO idempotency_keys (principal, key, request_hash, status_code, response_json,
-                                       plan_id, created_at, owner)
-         VALUES ('alice', 'k1', 'h1', 200, '{{\"status\":\"DONE\"}}', NULL, '{T0}', NULL);
+                                       plan_id, created_at)
+         VALUES ('alice', 'k1', 'h1', 200, '{{\"status\":\"DONE\"}}', NULL, '{T0}');
          INSERT INTO daughter_tasks (source, priority, status, task_type, description,
                                      created_at, updated_at)
          VALUES ('spawner', 1, 'queued', 'build', 'a queued job', '{T0}', '{T0}');"
@@ -165,9 +166,9 @@ fn make_v6(path: &Path, plans: &[&OldPlan], waiting_token: &str) {
 }
 
 #[test]
-fn a_schema_6_file_upgrades_in_place_and_every_plan_answers_as_before() {
+fn a_schema_4_file_upgrades_in_place_and_every_plan_answers_as_before() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v6.db");
+    let path = dir.path().join("v4.db");
     let gate = |status, attempts| step(StepType::AwaitConfirmation, status, attempts, None, None);
     let waiting = old_plan(
         "WAITING",
@@ -248,7 +249,7 @@ fn a_schema_6_file_upgrades_in_place_and_every_plan_answers_as_before() {
     );
     let plans = [&waiting, &running, &done, &error, &cancelled];
     let token = "a-live-confirmation-token";
-    make_v6(&path, &plans, token);
+    make_v4(&path, &plans, token);
 
     let db = Db::open(&path).unwrap();
     for old in plans {
