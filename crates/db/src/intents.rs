@@ -2,6 +2,7 @@
 //! and closed once with the outcome.
 
 use chrono::{DateTime, Utc};
+use madre_models::IntentOutcome;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use uuid::Uuid;
@@ -71,11 +72,11 @@ impl Db {
     pub fn close_intent(
         &self,
         id: Uuid,
-        result_status: &str,
+        outcome: IntentOutcome,
         notes: Option<&str>,
         at: DateTime<Utc>,
     ) -> Write<()> {
-        let result_status = result_status.to_owned();
+        let result_status = outcome.as_str();
         let notes = notes.map(str::to_owned);
         self.write(move |conn| {
             let changed = conn
@@ -99,16 +100,16 @@ impl Db {
     }
 
     /// Closes every intent-log row still open that was opened before
-    /// `before`, with `result_status` (e.g. `interrupted`): at start-up, the
+    /// `before`, with `outcome` (e.g. [`IntentOutcome::Interrupted`]): at start-up, the
     /// requests of a process that crashed will never close their own.
     /// Answers how many.
     pub fn close_abandoned_intents(
         &self,
         before: DateTime<Utc>,
-        result_status: &str,
+        outcome: IntentOutcome,
         at: DateTime<Utc>,
     ) -> Write<u64> {
-        let result_status = result_status.to_owned();
+        let result_status = outcome.as_str();
         self.write(move |conn| {
             let n = conn
                 .prepare_cached(

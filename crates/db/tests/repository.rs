@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use madre_db::*;
-use madre_models::{Mode, Plan, RiskLevel, SessionId, Status, Step, StepType};
+use madre_models::{IntentOutcome, Mode, Plan, RiskLevel, SessionId, Status, Step, StepType};
 use rusqlite::Connection;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -438,20 +438,26 @@ fn intent_log_is_append_only_and_closes_once() {
         ("alice", None)
     );
 
-    t.db.close_intent(id, "DONE", Some("ok"), t0())
+    t.db.close_intent(id, IntentOutcome::Plan(Status::Done), Some("ok"), t0())
         .wait()
         .unwrap();
     let row = t.db.intent_log(id).unwrap().unwrap();
     assert_eq!(row.result_status.as_deref(), Some("DONE"));
     assert!(matches!(
-        t.db.close_intent(id, "ERROR", None, t0()).wait(),
+        t.db.close_intent(id, IntentOutcome::Plan(Status::Error), None, t0())
+            .wait(),
         Err(DbError::Conflict(_))
     ));
     assert!(
-        t.db.close_intent(Uuid::new_v4(), "DONE", None, t0())
-            .wait()
-            .unwrap_err()
-            .is_not_found()
+        t.db.close_intent(
+            Uuid::new_v4(),
+            IntentOutcome::Plan(Status::Done),
+            None,
+            t0()
+        )
+        .wait()
+        .unwrap_err()
+        .is_not_found()
     );
 
     // A plain connection cannot delete or rewrite the trail either.
@@ -1542,7 +1548,7 @@ fn a_write_made_at_a_plans_end_commits_with_it_or_undoes_only_itself() {
         let intent = entry.id;
         t.db.log_intent(entry).wait().unwrap();
         if closing_twice {
-            t.db.close_intent(intent, "DONE", None, t0())
+            t.db.close_intent(intent, IntentOutcome::Plan(Status::Done), None, t0())
                 .wait()
                 .unwrap();
         }
@@ -1556,7 +1562,7 @@ fn a_write_made_at_a_plans_end_commits_with_it_or_undoes_only_itself() {
                 100,
                 t0(),
             )
-            .and(db.close_intent(intent, ended.plan.status.as_str(), None, t0()))
+            .and(db.close_intent(intent, IntentOutcome::Plan(ended.plan.status), None, t0()))
             .discard()
         });
         let events = vec![

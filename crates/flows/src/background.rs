@@ -4,7 +4,7 @@
 use chrono::Utc;
 use madre_db::{Db, RetentionPolicy};
 use madre_delegation::PROBE_TIMEOUT;
-use madre_models::Module;
+use madre_models::{IntentOutcome, Module};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
@@ -58,7 +58,7 @@ impl Madre {
         let now = Utc::now();
         let intents_closed = self
             .db
-            .close_abandoned_intents(now, "interrupted", now)
+            .close_abandoned_intents(now, IntentOutcome::Interrupted, now)
             .await?;
         let reservations_freed = self.db.release_abandoned_idempotency_keys().await?;
         self.runner.resume_interrupted("startup").await?;

@@ -6,7 +6,9 @@ use chrono::Utc;
 use madre_db::{
     AtEnd, Db, DbError, NewIntentLog, PlanKind, PlanMeta, SessionRow, StoredPlan, Write,
 };
-use madre_models::{ChatCommand, ChatResponse, Dsl, Intent, Mode, Plan, SessionId, Status};
+use madre_models::{
+    ChatCommand, ChatResponse, Dsl, Intent, IntentOutcome, Mode, Plan, SessionId, Status,
+};
 use madre_planner::Origin;
 use madre_policy::{Principal, Role};
 use serde_json::json;
@@ -97,7 +99,7 @@ impl Madre {
             let note = e.to_string();
             if let Err(close) = self
                 .db
-                .close_intent(intent_id, "error", Some(&note), Utc::now())
+                .close_intent(intent_id, IntentOutcome::Failed, Some(&note), Utc::now())
                 .await
             {
                 tracing::error!(%intent_id, error = %close, "could not close the intent of a failed chat");
@@ -239,9 +241,9 @@ impl Madre {
         };
 
         let closing = if assessment.is_denied() {
-            "denied"
+            IntentOutcome::Denied
         } else {
-            status.as_str()
+            IntentOutcome::Plan(status)
         };
         // Unless it committed with the plan's end, the turn is written
         // now. The plan ran: its answer goes back even if storage refuses
@@ -282,7 +284,7 @@ struct Turn {
 impl Turn {
     /// The turn with `response`, and its intent's close with `closing`, in
     /// one write: the history never shows a turn whose intent is still open.
-    fn write(&self, db: &Db, response: &str, closing: &str) -> Write<()> {
+    fn write(&self, db: &Db, response: &str, closing: IntentOutcome) -> Write<()> {
         let now = Utc::now();
         let messages = vec![
             ("user".to_owned(), self.message.clone()),
@@ -307,8 +309,12 @@ impl Turn {
         let flag = made.clone();
         let db = db.clone();
         let write: AtEnd = Box::new(move |stored: &StoredPlan| {
-            self.write(&db, &reply_of(stored), stored.plan.status.as_str())
-                .map(move |()| flag.store(true, Ordering::Release))
+            self.write(
+                &db,
+                &reply_of(stored),
+                IntentOutcome::Plan(stored.plan.status),
+            )
+            .map(move |()| flag.store(true, Ordering::Release))
         });
         (write, made)
     }

@@ -147,6 +147,39 @@ pub enum EventType {
     PlanTakenOver,
 }
 
+/// How the processing of an intent ended, as the intent log records it
+/// when it closes the intent's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IntentOutcome {
+    /// Its plan's status when the chat answered (`DONE`, `WAITING`…).
+    Plan(Status),
+    /// The policy refused it outright (`denied`).
+    Denied,
+    /// The flow failed before it had a plan to answer with (`error`).
+    Failed,
+    /// Madre stopped while it was being processed; closed at the next
+    /// start (`interrupted`).
+    Interrupted,
+}
+
+impl IntentOutcome {
+    /// The text stored in `intents_log.result_status`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IntentOutcome::Plan(status) => status.as_str(),
+            IntentOutcome::Denied => "denied",
+            IntentOutcome::Failed => "error",
+            IntentOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for IntentOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Lifecycle state shared by plans and steps.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

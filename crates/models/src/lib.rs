@@ -13,7 +13,9 @@ pub mod openapi;
 mod types;
 mod validate;
 
-pub use enums::{Effect, EventType, Mode, Module, ModuleSet, RiskLevel, Status, StepType};
+pub use enums::{
+    Effect, EventType, IntentOutcome, Mode, Module, ModuleSet, RiskLevel, Status, StepType,
+};
 pub use types::*;
 pub use validate::{
     MAX_MESSAGE_CHARS, MAX_SESSION_ID_CHARS, MAX_TASK_NAME_CHARS, MAX_WORD_CHARS, Message,

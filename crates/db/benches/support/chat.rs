@@ -6,7 +6,9 @@
 
 use chrono::Utc;
 use madre_db::*;
-use madre_models::{Intent, Mode, Plan, RiskLevel, SessionId, Status, Step, StepType};
+use madre_models::{
+    Intent, IntentOutcome, Mode, Plan, RiskLevel, SessionId, Status, Step, StepType,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -86,7 +88,7 @@ pub(crate) fn one_chat(db: &Db, commits: Commits) {
         }
         db.apply_events(plan_id, events, None)
     };
-    let close = db.close_intent(intent_id, "DONE", None, now);
+    let close = db.close_intent(intent_id, IntentOutcome::Plan(Status::Done), None, now);
     match commits {
         Commits::One => {
             log.and(insert)
@@ -211,7 +213,7 @@ pub(crate) fn low_chat(db: &Db, commits: Commits) {
                 100,
                 now,
             )
-            .and(turn_db.close_intent(intent_id, ended.plan.status.as_str(), None, now))
+            .and(turn_db.close_intent(intent_id, IntentOutcome::Plan(ended.plan.status), None, now))
             .discard()
     });
     let finish = db.apply_events_and_read(plan_id, end, Some(at_end));
