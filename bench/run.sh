@@ -86,21 +86,28 @@ wants ceiling && run_scenario ceiling bench/ceiling.lua /health
 wants chat-passthrough && run_passthrough
 wants chat-low && run_scenario chat-low bench/chat_low.lua /madre/chat
 wants chat-mixed && run_scenario chat-mixed bench/chat_mixed.lua /madre/chat
+# Plans stored so far: `plans` since schema 7, `tasks` before it (so the
+# same script measures an older binary for a before/after table).
+plan_count() {
+    sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM plans" 2>/dev/null \
+        || sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM tasks" 2>/dev/null \
+        || echo 0
+}
 if wants plans-read; then
 
 # plans-read needs a large table: top it up to SEED_PLANS with real chats.
 start_madre
-have=$(sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM tasks" 2>/dev/null || echo 0)
+have=$(plan_count)
 while [ "$have" -lt "$SEED_PLANS" ]; do
     # Chats run at several hundred per second here: seed in bounded slices.
     left=$((SEED_PLANS - have))
     slice=$(( left / 400 + 1 )); [ "$slice" -gt 120 ] && slice=120
     echo "bench: seeding about $left more plans through the API (${slice}s)" >&2
     wrk -t2 -c64 -d"${slice}s" --timeout 10s -s bench/seed.lua "$BASE/madre/chat" >/dev/null
-    have=$(sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM tasks")
+    have=$(plan_count)
 done
 stop "$MADRE_PID"; MADRE_PID=
-PLANS=$(sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM tasks" 2>/dev/null || echo "?")
+PLANS=$(plan_count)
 run_scenario "plans-read ($PLANS plans)" bench/plans_read.lua "/madre/plans?limit=20"
 fi
 

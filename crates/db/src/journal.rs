@@ -940,11 +940,13 @@ fn check_open_in(conn: &Connection) -> Result<(), DbError> {
     let mut stmt = conn.prepare(
         "SELECT id, uuid FROM plans WHERE status IN ('PENDING', 'WAITING', 'RUNNING') ORDER BY id",
     )?;
-    let open = stmt
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    for (row, uuid) in open {
-        journal_verdict(conn, row, parse_uuid(&uuid)?)?;
+    // One plan at a time: a start with many plans waiting holds none of
+    // them longer than its own fold.
+    let mut open = stmt.query([])?;
+    while let Some(r) = open.next()? {
+        let row: i64 = r.get(0)?;
+        let uuid = parse_uuid(&r.get::<_, String>(1)?)?;
+        journal_verdict(conn, row, uuid)?;
     }
     Ok(())
 }

@@ -291,10 +291,12 @@ impl Db {
         result
     }
 
-    /// Queues `f` to run inside the writer's transaction.
+    /// Queues `f` to run inside the writer's transaction; it runs again,
+    /// in a new transaction, when a write of its batch failed, so it must
+    /// write as a function of what it finds.
     pub(crate) fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+        f: impl FnMut(&Connection) -> Result<T, DbError> + Send + 'static,
     ) -> Write<T> {
         self.writer.submit(f)
     }

@@ -17,8 +17,9 @@ use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
 
 /// Makes a write from a plan as it ended, to commit with its end (see
-/// [`Db::apply_events_and_read`]).
-pub type AtEnd = Box<dyn FnOnce(&StoredPlan) -> Write<()> + Send>;
+/// [`Db::apply_events_and_read`]). Called once per run of the end's write,
+/// which may run again when a write it shares a commit with fails.
+pub type AtEnd = Box<dyn FnMut(&StoredPlan) -> Write<()> + Send>;
 
 /// Filters for listing plans; `None` matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -145,13 +146,13 @@ impl Db {
         &self,
         plan_id: Uuid,
         events: Vec<PlanEvent>,
-        at_end: Option<AtEnd>,
+        mut at_end: Option<AtEnd>,
     ) -> Write<StoredPlan> {
         let replica = self.replica.clone();
         self.write(move |conn| {
             let plan = journal::append(conn, plan_id, &events, &replica)?.stored;
-            if let Some(at_end) = at_end {
-                let write = at_end(&plan);
+            if let Some(at_end) = at_end.as_mut() {
+                let mut write = at_end(&plan);
                 match in_named_savepoint(conn, &AT_END, || write.run_inline(conn)) {
                     // SQLite gave the whole transaction up: nothing stands.
                     Err(e) if conn.is_autocommit() => return Err(e),

@@ -370,7 +370,7 @@ impl Db {
                  WHERE id = ?1",
             )?
             .execute(params![id, ts(at), serde_json::to_string(&result)?])?;
-            settle_plan(conn, &task, Status::Done, Some(result), None, at, &replica)
+            settle_plan(conn, &task, Status::Done, Some(result.clone()), None, at, &replica)
         })
     }
 
@@ -402,7 +402,7 @@ impl Db {
                  WHERE id = ?1",
             )?
             .execute(params![id, error, ts(at)])?;
-            settle_plan(conn, &task, Status::Error, None, Some(error), at, &replica)?;
+            settle_plan(conn, &task, Status::Error, None, Some(error.clone()), at, &replica)?;
             Ok(DaughterStatus::Failed)
         })
     }

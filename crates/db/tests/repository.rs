@@ -1875,6 +1875,57 @@ fn drain_writes_waits_for_what_is_queued() {
     waiter.join().unwrap().unwrap();
 }
 
+/// A failed write in a shared commit (issue 22: no savepoint per job): its
+/// rows are rolled back with the whole transaction, it answers its own
+/// error, and the writes it shared the batch with run again without it and
+/// commit once, neither lost nor doubled.
+#[test]
+fn a_failed_write_in_a_batch_is_retried_without_and_the_rest_commit_once() {
+    let t = open();
+    t.db.log_intent(intent_row(40)).wait().unwrap();
+    let held = HeldWriter::hold(&t, 41);
+    let before = t.db.writer_stats();
+    let db = t.db.clone();
+    let turn = std::thread::spawn(move || {
+        db.record_turn(
+            "batch".into(),
+            Mode::Madre,
+            None,
+            vec![("user".into(), "once".into())],
+            100,
+            t0(),
+        )
+        .wait()
+    });
+    // Writes intent 42, then fails on intent 40, which exists.
+    let db = t.db.clone();
+    let failing = std::thread::spawn(move || {
+        db.log_intent(intent_row(42))
+            .and(db.log_intent(intent_row(40)))
+            .wait()
+    });
+    let db = t.db.clone();
+    let plain = std::thread::spawn(move || db.log_intent(intent_row(43)).wait());
+    wait_for_queued(&t.db, 3);
+    held.release();
+    turn.join().unwrap().unwrap();
+    plain.join().unwrap().unwrap();
+    assert!(failing.join().unwrap().is_err(), "the duplicate fails");
+    let spent = t.db.writer_stats().since(&before);
+    assert!(
+        spent.largest_batch >= 3,
+        "the three shared a batch: {spent:?}"
+    );
+    assert!(t.db.intent_log(Uuid::from_u128(43)).unwrap().is_some());
+    assert!(
+        t.db.intent_log(Uuid::from_u128(42)).unwrap().is_none(),
+        "the failed write's first row was rolled back"
+    );
+    let history = t.db.history("batch", 100).unwrap();
+    assert_eq!(history.len(), 1, "the turn ran again but stands once");
+    t.db.integrity_check().unwrap();
+}
+
 /// A new intent-log row with a known id, for writes that only need to land.
 fn intent_row(n: u128) -> NewIntentLog {
     NewIntentLog {

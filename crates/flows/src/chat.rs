@@ -309,6 +309,10 @@ impl Turn {
         let flag = made.clone();
         let db = db.clone();
         let write: AtEnd = Box::new(move |stored: &StoredPlan| {
+            // Made once per run of the plan's end: a run rolled back (a
+            // write sharing its commit failed) must not leave the flag set.
+            flag.store(false, Ordering::Release);
+            let flag = flag.clone();
             self.write(
                 &db,
                 &reply_of(stored),

@@ -1,7 +1,11 @@
 //! Writes with group commit by flat combining: a writer queues its job and,
 //! when the writer connection is free, takes the turn: it runs every queued
 //! job (its own and any that arrived meanwhile) in one `BEGIN IMMEDIATE`
-//! transaction, each in a savepoint, commits once, and hands the turn on.
+//! transaction, commits once, and hands the turn on. Jobs run with no
+//! savepoint of their own: should one fail, the transaction is rolled
+//! back and the batch runs again without it (a job is a function that can
+//! run again), so a failed job's rows never commit and nobody pays for a
+//! savepoint when nothing fails.
 //! A writer that finds the connection busy waits; when the turn ends it
 //! either has its answer or takes the next turn with everything queued
 //! since, so concurrent writes share commits. Alone, a write costs one
@@ -36,9 +40,9 @@ use crate::engine::meter::{self, Meter, WriterStats};
 use crate::{DbError, StorageFault};
 
 trait Job: Send {
-    /// Runs the write inside the open transaction; inside a savepoint of
-    /// it when `savepoint` is set (other writes share the transaction).
-    fn run(&mut self, conn: &Connection, savepoint: bool);
+    /// Runs the write inside the open transaction. It may run again, in a
+    /// new transaction, when another write of its batch failed.
+    fn run(&mut self, conn: &Connection);
     /// The write's own failure, once it ran (so a lone write's transaction
     /// rolls back, and a storage fault is recorded).
     fn error(&self) -> Option<&DbError>;
@@ -46,8 +50,17 @@ trait Job: Send {
     fn finish(self: Box<Self>, commit: Result<(), &DbError>);
 }
 
-struct WriteJob<T, F> {
-    work: Option<F>,
+/// A write's work: a function of the writer connection that may run more
+/// than once (see [`Writer::submit`]).
+type Work<T> = Box<dyn FnMut(&Connection) -> Result<T, DbError> + Send>;
+
+/// Where a queued write's answer comes.
+type Answer<T> = oneshot::Receiver<Result<T, DbError>>;
+
+/// A queued write: its work, and where its answer goes once the batch it
+/// ran in is committed or lost.
+struct WriteJob<T> {
+    work: Work<T>,
     /// The span the write was prepared in: what it logs carries the
     /// request's fields, whichever thread commits it.
     span: tracing::Span,
@@ -55,23 +68,14 @@ struct WriteJob<T, F> {
     reply: oneshot::Sender<Result<T, DbError>>,
 }
 
-impl<T, F> Job for WriteJob<T, F>
-where
-    T: Send,
-    F: FnOnce(&Connection) -> Result<T, DbError> + Send,
-{
-    fn run(&mut self, conn: &Connection, savepoint: bool) {
-        let Some(work) = self.work.take() else { return };
+impl<T: Send> Job for WriteJob<T> {
+    fn run(&mut self, conn: &Connection) {
         let _in_span = self.span.enter();
-        let run = || {
+        let work = &mut self.work;
+        self.outcome = Some(
             catch_unwind(AssertUnwindSafe(|| work(conn)))
-                .unwrap_or_else(|_| Err(DbError::Internal("a database write panicked".into())))
-        };
-        self.outcome = Some(if savepoint {
-            in_savepoint(conn, run)
-        } else {
-            run()
-        });
+                .unwrap_or_else(|_| Err(DbError::Internal("a database write panicked".into()))),
+        );
     }
 
     fn error(&self) -> Option<&DbError> {
@@ -302,21 +306,18 @@ impl Writer {
     }
 
     /// Prepares a write; nothing runs until it is waited for or awaited.
+    /// `f` may run more than once, each time in a new transaction (the
+    /// ones before were rolled back): it must write the same rows each
+    /// time it runs, as a function of the database it finds.
     pub(crate) fn submit<T, F>(self: &Arc<Self>, f: F) -> Write<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+        F: FnMut(&Connection) -> Result<T, DbError> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
         Write {
             writer: Arc::clone(self),
-            job: Some(Box::new(WriteJob {
-                work: Some(f),
-                span: tracing::Span::current(),
-                outcome: None,
-                reply,
-            })),
-            answer,
+            work: Box::new(f),
+            span: tracing::Span::current(),
         }
     }
 
@@ -530,13 +531,6 @@ pub(crate) struct Savepoint {
     rollback: &'static str,
 }
 
-/// Each job of a shared batch.
-const JOB: Savepoint = Savepoint {
-    begin: "SAVEPOINT job",
-    release: "RELEASE job",
-    rollback: "ROLLBACK TO job",
-};
-
 /// A write made at a plan's end, inside that plan's job.
 pub(crate) const AT_END: Savepoint = Savepoint {
     begin: "SAVEPOINT at_end",
@@ -544,15 +538,8 @@ pub(crate) const AT_END: Savepoint = Savepoint {
     rollback: "ROLLBACK TO at_end",
 };
 
-/// Runs `work` inside a savepoint, rolling back to it when `work` fails.
-fn in_savepoint<T>(
-    conn: &Connection,
-    work: impl FnOnce() -> Result<T, DbError>,
-) -> Result<T, DbError> {
-    in_named_savepoint(conn, &JOB, work)
-}
-
-/// [`in_savepoint`] under another name, for a savepoint nested in a job's.
+/// Runs `work` inside a savepoint, rolling back to it when `work` fails:
+/// for a write nested in a job that must stand without it.
 pub(crate) fn in_named_savepoint<T>(
     conn: &Connection,
     savepoint: &Savepoint,
@@ -620,13 +607,57 @@ fn transaction_error(what: &str, e: rusqlite::Error) -> DbError {
     }
 }
 
+/// How one run of a batch ended.
+enum Attempt {
+    /// Every job ran and the transaction committed.
+    Committed,
+    /// The job at this index failed; the transaction is still open.
+    JobFailed(usize),
+    /// The transaction is gone (SQLite gave it up, or it could not begin
+    /// or commit): every job of the batch answers this.
+    Lost(DbError),
+}
+
+/// Runs every job of `batch` in one transaction and commits it, or stops
+/// at the first job that fails.
+fn attempt(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Attempt {
+    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+        return Attempt::Lost(transaction_error("begin", e));
+    }
+    for (index, job) in batch.iter_mut().enumerate() {
+        job.run(conn);
+        if conn.is_autocommit() {
+            return Attempt::Lost(match job.error() {
+                Some(e) => e.duplicate(),
+                None => DbError::Internal("a write ended the transaction".into()),
+            });
+        }
+        match job.error() {
+            // Storage refused: the jobs after it would be refused too.
+            Some(e) if e.storage_fault().is_some() => {
+                leave_transaction(conn);
+                return Attempt::Lost(e.duplicate());
+            }
+            Some(_) => return Attempt::JobFailed(index),
+            None => {}
+        }
+    }
+    match control(conn, "COMMIT") {
+        Ok(()) => Attempt::Committed,
+        Err(e) => {
+            leave_transaction(conn);
+            Attempt::Lost(transaction_error("commit", e))
+        }
+    }
+}
+
 /// Runs `batch` in one transaction and answers every job once the commit is
-/// known. Each job of a shared batch runs in its own savepoint, so a failure
-/// undoes only itself; a lone job needs none: its failure rolls back the
-/// whole transaction. When SQLite rolls the whole transaction back itself
-/// (a full disk can), every job of the batch is answered that failure:
-/// the writes that ran before are gone, and the rest do not run outside a
-/// transaction. Records in `health` whether storage took the batch.
+/// known. No job has a savepoint: when one fails, the transaction is
+/// rolled back, that job answers its own failure (none of its rows stay),
+/// and the others run again, in a new transaction, without it. When the
+/// transaction itself is lost (storage refused, SQLite gave it up), every
+/// job of the batch answers that failure. Records in `health` whether
+/// storage took the batch.
 fn commit_batch(
     conn: &Connection,
     mut batch: Vec<Box<dyn Job>>,
@@ -637,42 +668,27 @@ fn commit_batch(
     leave_transaction(conn);
     meter::reset_thread();
     let started = Instant::now();
-    let shared = batch.len() > 1;
+    let size = batch.len();
     let changes_before = conn.total_changes();
-    let commit = match control(conn, "BEGIN IMMEDIATE") {
-        Err(e) => Err(transaction_error("begin", e)),
-        Ok(()) => {
-            let mut lost = None;
-            for job in &mut batch {
-                job.run(conn, shared);
-                if conn.is_autocommit() {
-                    lost = Some(match job.error() {
-                        Some(e) => e.duplicate(),
-                        None => DbError::Internal("a write ended the transaction".into()),
-                    });
-                    break;
-                }
-            }
-            match lost {
-                Some(e) => Err(e),
-                None => {
-                    let end = if !shared && batch[0].error().is_some() {
-                        "ROLLBACK"
-                    } else {
-                        "COMMIT"
-                    };
-                    control(conn, end).map(|()| end == "COMMIT").map_err(|e| {
-                        leave_transaction(conn);
-                        transaction_error(&end.to_lowercase(), e)
-                    })
+    let mut failed: Vec<Box<dyn Job>> = Vec::new();
+    // Each failed run removes one job, so this ends within `size` runs.
+    let commit = loop {
+        match attempt(conn, &mut batch) {
+            Attempt::Committed => break Ok(!batch.is_empty()),
+            Attempt::Lost(e) => break Err(e),
+            Attempt::JobFailed(index) => {
+                leave_transaction(conn);
+                failed.push(batch.remove(index));
+                if batch.is_empty() {
+                    break Ok(false);
                 }
             }
         }
     };
-    meter.record_batch(batch.len(), started.elapsed(), matches!(commit, Ok(true)));
+    meter.record_batch(size, started.elapsed(), matches!(commit, Ok(true)));
     let fault = match &commit {
         Err(e) => e.storage_fault(),
-        Ok(_) => batch
+        Ok(_) => failed
             .iter()
             .find_map(|job| job.error().and_then(DbError::storage_fault)),
     };
@@ -685,10 +701,14 @@ fn commit_batch(
     }
     match &commit {
         Err(e) if fault.is_some() => {
-            tracing::warn!(error = %e, writes = batch.len(), "database write refused by storage");
+            tracing::warn!(error = %e, writes = size, "database write refused by storage");
         }
-        Err(e) => tracing::error!(error = %e, writes = batch.len(), "database commit failed"),
+        Err(e) => tracing::error!(error = %e, writes = size, "database commit failed"),
         Ok(_) => {}
+    }
+    // A failed job answers its own error, whatever became of the others.
+    for job in failed {
+        job.finish(Ok(()));
     }
     for job in batch {
         job.finish(commit.as_ref().map(drop));
@@ -703,8 +723,9 @@ fn commit_batch(
 #[must_use = "a write does nothing until it is waited for or awaited"]
 pub struct Write<T> {
     writer: Arc<Writer>,
-    job: Option<Box<dyn Job>>,
-    answer: oneshot::Receiver<Result<T, DbError>>,
+    work: Work<T>,
+    /// The span it was prepared in (see [`WriteJob::span`]).
+    span: tracing::Span,
 }
 
 impl<T: Send + 'static> Write<T> {
@@ -712,7 +733,7 @@ impl<T: Send + 'static> Write<T> {
     /// transaction: use it for writes that belong together (a plan's last
     /// step with the close of its intent) and to save commits. Both must be
     /// writes of the same database.
-    pub fn and<U: Send + 'static>(self, other: Write<U>) -> Write<(T, U)> {
+    pub fn and<U: Send + 'static>(mut self, mut other: Write<U>) -> Write<(T, U)> {
         let writer = Arc::clone(&self.writer);
         let same = Arc::ptr_eq(&self.writer, &other.writer);
         writer.submit(move |conn| {
@@ -728,10 +749,15 @@ impl<T: Send + 'static> Write<T> {
     }
 
     /// The same write, answering `f` of its answer; `f` runs in the
-    /// transaction, once the write succeeded in it.
-    pub fn map<U: Send + 'static>(self, f: impl FnOnce(T) -> U + Send + 'static) -> Write<U> {
+    /// transaction, once the write succeeded in it, and again should the
+    /// write run again (see [`Write`]): what it does outside the database
+    /// must bear that.
+    pub fn map<U: Send + 'static>(
+        mut self,
+        mut f: impl FnMut(T) -> U + Send + 'static,
+    ) -> Write<U> {
         let writer = Arc::clone(&self.writer);
-        writer.submit(move |conn| self.run_inline(conn).map(f))
+        writer.submit(move |conn| self.run_inline(conn).map(&mut f))
     }
 
     /// The same write, answering nothing: for callers that only need to
@@ -741,23 +767,25 @@ impl<T: Send + 'static> Write<T> {
     }
 
     /// Runs this write's work directly, inside a job that is already
-    /// running, and answers its outcome.
-    pub(crate) fn run_inline(mut self, conn: &Connection) -> Result<T, DbError> {
-        let mut job = self
-            .job
-            .take()
-            .ok_or_else(|| DbError::Internal("a write ran twice".into()))?;
-        job.run(conn, false);
-        // Hands the outcome to this write's own answer channel; the joined
-        // write's commit decides whether it stands.
-        job.finish(Ok(()));
-        self.answer
-            .try_recv()
-            .map_err(|_| DbError::Internal("a joined write gave no answer".into()))?
+    /// running, and answers its outcome; it can run again in a later
+    /// transaction, as its job can.
+    pub(crate) fn run_inline(&mut self, conn: &Connection) -> Result<T, DbError> {
+        let _in_span = self.span.enter();
+        (self.work)(conn)
     }
-}
 
-impl<T> Write<T> {
+    /// The write as a queued job, and where its answer will come.
+    fn into_job(self) -> (Arc<Writer>, Box<dyn Job>, Answer<T>) {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(WriteJob {
+            work: self.work,
+            span: self.span,
+            outcome: None,
+            reply,
+        });
+        (self.writer, job, answer)
+    }
+
     /// Runs the write (with any others waiting) and answers its outcome
     /// once committed. Blocks the calling thread, which must not be an
     /// async executor's (use `.await` there): the write goes to the writer
@@ -767,16 +795,15 @@ impl<T> Write<T> {
     /// [`Write::map`] function), it fails at once instead of waiting for
     /// ever: that write's transaction holds the writer. Join writes with
     /// [`Write::and`] instead.
-    pub fn wait(mut self) -> Result<T, DbError> {
+    pub fn wait(self) -> Result<T, DbError> {
         if IN_TRANSACTION.with(std::cell::Cell::get) {
             return Err(DbError::Internal(
                 "a write was waited for inside another write's transaction, which would never end: join them with Write::and".into(),
             ));
         }
-        if let Some(job) = self.job.take() {
-            self.writer.enqueue(job);
-        }
-        self.answer
+        let (writer, job, answer) = self.into_job();
+        writer.enqueue(job);
+        answer
             .blocking_recv()
             .map_err(|_| DbError::Internal("a queued write was dropped".into()))?
     }
@@ -789,14 +816,10 @@ where
     type Output = Result<T, DbError>;
     type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send>>;
 
-    fn into_future(mut self) -> Self::IntoFuture {
-        let job = self.job.take();
-        let writer = self.writer;
-        let answer = self.answer;
+    fn into_future(self) -> Self::IntoFuture {
+        let (writer, job, answer) = self.into_job();
         Box::pin(async move {
-            if let Some(job) = job {
-                writer.enqueue(job);
-            }
+            writer.enqueue(job);
             answer
                 .await
                 .map_err(|_| DbError::Internal("a queued write was dropped".into()))?
@@ -814,9 +837,8 @@ mod tests {
     #[test]
     fn a_dead_writer_thread_answers_every_write() {
         let writer = Writer::new(Connection::open_in_memory().unwrap());
-        let queued = writer.submit(|_| Ok(1));
-        let Write { job, answer, .. } = queued;
-        lock(&writer.state).queue.push(job.unwrap());
+        let (_, job, answer) = writer.submit(|_| Ok(1)).into_job();
+        lock(&writer.state).queue.push(job);
         let dying = Arc::clone(&writer);
         let died = std::thread::spawn(move || {
             let _watch = Supervised(dying);
@@ -845,18 +867,19 @@ mod tests {
         assert_eq!(writer.health().fault(), Some(StorageFault::Stopped));
     }
 
-    /// A savepoint whose end fails loses the whole transaction: the failed
-    /// write's rows are not committed with the others (issue 22).
+    /// The one savepoint left (a write made at a plan's end) loses the
+    /// whole transaction when its end fails: the failed write's rows are
+    /// not committed with the others (issue 22).
     #[test]
     fn a_failed_savepoint_end_loses_the_transaction() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE t (x INTEGER); BEGIN IMMEDIATE;")
             .unwrap();
         conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
-        let outcome = in_savepoint(&conn, || {
+        let outcome = in_named_savepoint(&conn, &AT_END, || {
             conn.execute("INSERT INTO t VALUES (2)", [])?;
             // the work ends the savepoint itself, so ROLLBACK TO fails
-            conn.execute_batch("RELEASE job")?;
+            conn.execute_batch("RELEASE at_end")?;
             Err::<(), _>(DbError::Internal("the write failed".into()))
         });
         assert!(outcome.is_err());
