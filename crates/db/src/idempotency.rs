@@ -37,6 +37,20 @@ pub enum Reservation {
     Mismatch,
 }
 
+/// Which reservation of a key, made but never answered, a new request may
+/// take over: its request died or outlived any request's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeOver {
+    /// None: the key's owner is known to be alive.
+    Nothing,
+    /// The one this owner holds: the process that made it knows, by its
+    /// monotonic clock, that it outlived any request's time.
+    Owner(Uuid),
+    /// Any made before this time by the wall clock: its owner is not known
+    /// to the caller (another process's, or one that died).
+    MadeBefore(DateTime<Utc>),
+}
+
 /// Per-module settings of `madre_policies`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModulePolicy {
@@ -97,9 +111,9 @@ impl Db {
     /// `request_hash`, or says why not. The insert comes first, so of
     /// concurrent requests with one key exactly one gets
     /// [`Reservation::Reserved`] and runs. A reservation still without an
-    /// answer that was made before `stale_before` is taken over: its request
-    /// died without freeing it (a crash, or storage that refused the
-    /// release).
+    /// answer that `take_over` names is taken over first: its request died
+    /// without freeing it (a crash, or storage that refused the release),
+    /// or outlived any request's time.
     ///
     /// `owner` names this attempt: only its owner may later store the
     /// answer or release the key, so a request whose reservation was taken
@@ -112,7 +126,7 @@ impl Db {
         request_hash: &str,
         owner: Uuid,
         at: DateTime<Utc>,
-        stale_before: DateTime<Utc>,
+        take_over: TakeOver,
     ) -> Write<Reservation> {
         let (principal, key, hash, owner) = (
             principal.to_owned(),
@@ -121,11 +135,21 @@ impl Db {
             owner.to_string(),
         );
         self.write(move |conn| {
-            conn.prepare_cached(
-                "DELETE FROM idempotency_keys
-                 WHERE principal = ?1 AND key = ?2 AND response_json IS NULL AND created_at < ?3",
-            )?
-            .execute(params![principal, key, ts(stale_before)])?;
+            match take_over {
+                TakeOver::Nothing => 0,
+                TakeOver::Owner(stale) => conn
+                    .prepare_cached(
+                        "DELETE FROM idempotency_keys
+                         WHERE principal = ?1 AND key = ?2 AND response_json IS NULL AND owner = ?3",
+                    )?
+                    .execute(params![principal, key, stale.to_string()])?,
+                TakeOver::MadeBefore(before) => conn
+                    .prepare_cached(
+                        "DELETE FROM idempotency_keys
+                         WHERE principal = ?1 AND key = ?2 AND response_json IS NULL AND created_at < ?3",
+                    )?
+                    .execute(params![principal, key, ts(before)])?,
+            };
             let inserted = conn
                 .prepare_cached(
                     "INSERT INTO idempotency_keys (principal, key, request_hash, created_at, owner)

@@ -51,7 +51,7 @@ pub use confirmations::{CONFIRMATION_EXPIRED, CONFIRMATION_VOID, ConfirmationRow
 pub use engine::error::{DbError, StorageFault};
 pub use engine::meter::WriterStats;
 pub use engine::writer::Write;
-pub use idempotency::{ModulePolicy, Reservation, StoredResponse};
+pub use idempotency::{ModulePolicy, Reservation, StoredResponse, TakeOver};
 pub use intents::{IntentLogRow, NewIntentLog};
 pub use journal::{PlanEvent, PlanProblem};
 pub use madre_lifecycle::{Conflict, Event, PlanState, StepState};

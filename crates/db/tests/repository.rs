@@ -1277,9 +1277,16 @@ fn module_policies_and_idempotent_responses() {
     // The first request reserves the key; a duplicate sees it in progress.
     let owner = Uuid::new_v4();
     let reserve = |who: &str, key: &str, hash: &str| {
-        t.db.reserve_idempotency_key(who, key, hash, owner, t0(), t0() - Duration::hours(1))
-            .wait()
-            .unwrap()
+        t.db.reserve_idempotency_key(
+            who,
+            key,
+            hash,
+            owner,
+            t0(),
+            TakeOver::MadeBefore(t0() - Duration::hours(1)),
+        )
+        .wait()
+        .unwrap()
     };
     assert_eq!(reserve("alice", "k1", "h1"), Reservation::Reserved);
     assert_eq!(reserve("alice", "k1", "h1"), Reservation::InProgress);
@@ -1322,9 +1329,16 @@ fn module_policies_and_idempotent_responses() {
     // A reservation whose request died is taken over once it is stale.
     let second = Uuid::new_v4();
     assert_eq!(
-        t.db.reserve_idempotency_key("bob", "k1", "h1", second, t0(), t0() + Duration::seconds(1))
-            .wait()
-            .unwrap(),
+        t.db.reserve_idempotency_key(
+            "bob",
+            "k1",
+            "h1",
+            second,
+            t0(),
+            TakeOver::MadeBefore(t0() + Duration::seconds(1))
+        )
+        .wait()
+        .unwrap(),
         Reservation::Reserved,
         "bob's stale reservation was taken over"
     );
@@ -1346,8 +1360,20 @@ fn module_policies_and_idempotent_responses() {
             .wait()
             .unwrap()
     );
+    // Taken over by its owner's name (the owner's process judged it stale
+    // by its monotonic clock): only that owner's reservation goes; with
+    // nothing named, none does, however old.
+    let third = Uuid::new_v4();
+    let take = |take_over| {
+        t.db.reserve_idempotency_key("bob", "k1", "h1", third, t0(), take_over)
+            .wait()
+            .unwrap()
+    };
+    assert_eq!(take(TakeOver::Owner(owner)), Reservation::InProgress);
+    assert_eq!(take(TakeOver::Nothing), Reservation::InProgress);
+    assert_eq!(take(TakeOver::Owner(second)), Reservation::Reserved);
     // A failed request frees its key; a restart frees every orphan.
-    t.db.release_idempotency_key("bob", "k1", second)
+    t.db.release_idempotency_key("bob", "k1", third)
         .wait()
         .unwrap();
     assert_eq!(reserve("bob", "k1", "h9"), Reservation::Reserved);
@@ -1767,7 +1793,7 @@ fn idempotency_keys_of_schema_5_replay_after_the_upgrade() {
             "h2",
             owner,
             t0(),
-            t0() - Duration::hours(1),
+            TakeOver::MadeBefore(t0() - Duration::hours(1)),
         )
         .wait()
         .unwrap();

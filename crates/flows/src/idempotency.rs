@@ -4,13 +4,14 @@
 //! Stored answers never hold a confirmation token: a replayed WAITING
 //! answer carries a fresh one, and the old one stops working.
 
-use chrono::Utc;
-use madre_db::{Reservation, StoredResponse};
+use chrono::{DateTime, Utc};
+use madre_db::{Reservation, StoredResponse, TakeOver};
 use madre_policy::Principal;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::plans::new_token;
@@ -23,6 +24,57 @@ const WAIT_FOR_FIRST: Duration = Duration::from_secs(5);
 const STALE_MARGIN: Duration = Duration::from_secs(60);
 /// Pause between two looks at the first request's answer.
 const POLL: Duration = Duration::from_millis(20);
+
+/// The reservations this process holds, each with its owner and when it
+/// was made by the monotonic clock: whether one of its own reservations is
+/// stale never depends on the wall clock, which can jump (a clock stepped
+/// forward would make a live request's key look abandoned, and its work
+/// run twice). A key held by no one here belongs to another process, or
+/// to one that died; only the wall clock can judge those.
+#[derive(Debug, Default)]
+pub(crate) struct HeldKeys(Mutex<HashMap<(String, String), (Uuid, Instant)>>);
+
+impl HeldKeys {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Uuid, Instant)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What a new request for (`principal`, `key`) may take over, when a
+    /// reservation without an answer is stale after `stale_after`.
+    fn take_over(
+        &self,
+        principal: &str,
+        key: &str,
+        stale_after: Duration,
+        now: DateTime<Utc>,
+    ) -> TakeOver {
+        match self.lock().get(&(principal.to_owned(), key.to_owned())) {
+            Some((owner, since)) if since.elapsed() >= stale_after => TakeOver::Owner(*owner),
+            Some(_) => TakeOver::Nothing,
+            None => TakeOver::MadeBefore(
+                now - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX),
+            ),
+        }
+    }
+
+    /// `owner` now holds (`principal`, `key`).
+    fn hold(&self, principal: &str, key: &str, owner: Uuid) {
+        self.lock().insert(
+            (principal.to_owned(), key.to_owned()),
+            (owner, Instant::now()),
+        );
+    }
+
+    /// `owner` answered or freed (`principal`, `key`); a key taken over by
+    /// another owner meanwhile stays theirs.
+    fn let_go(&self, principal: &str, key: &str, owner: Uuid) {
+        let mut held = self.lock();
+        let id = (principal.to_owned(), key.to_owned());
+        if held.get(&id).is_some_and(|(holder, _)| *holder == owner) {
+            held.remove(&id);
+        }
+    }
+}
 
 /// A request's `Idempotency-Key` and the hash of what it asks (method,
 /// path and body), to tell a retry from a different request.
@@ -102,12 +154,12 @@ impl Madre {
         let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
         // This attempt's name on the reservation: only it may fill or free it.
         let owner = Uuid::now_v7();
+        // A reservation older than any request can last was abandoned.
+        let stale_after = self.wait_for_plan() + STALE_MARGIN;
+        let held = &self.held_keys;
         loop {
             let now = Utc::now();
-            // A reservation older than any request can last was abandoned.
-            let stale_before = now
-                - chrono::Duration::from_std(self.wait_for_plan() + STALE_MARGIN)
-                    .unwrap_or(chrono::Duration::MAX);
+            let take_over = held.take_over(&principal.name, &key.key, stale_after, now);
             let reservation = self
                 .db
                 .reserve_idempotency_key(
@@ -116,11 +168,14 @@ impl Madre {
                     &key.request_hash,
                     owner,
                     now,
-                    stale_before,
+                    take_over,
                 )
                 .await?;
             match reservation {
-                Reservation::Reserved => break,
+                Reservation::Reserved => {
+                    held.hold(&principal.name, &key.key, owner);
+                    break;
+                }
                 Reservation::Done(stored) => return self.replay(principal, stored).await,
                 Reservation::Mismatch => return Err(FlowError::IdempotencyKeyReused),
                 Reservation::InProgress if tokio::time::Instant::now() >= deadline => {
@@ -129,7 +184,22 @@ impl Madre {
                 Reservation::InProgress => tokio::time::sleep(POLL).await,
             }
         }
-        match work().await {
+        let outcome = work().await;
+        let answered = self.answer_key(principal, &key, owner, outcome).await;
+        held.let_go(&principal.name, &key.key, owner);
+        answered
+    }
+
+    /// Stores the answer of the work `owner` ran for `key`, or frees the
+    /// key when the work failed; answers the work's outcome.
+    async fn answer_key(
+        &self,
+        principal: &Principal,
+        key: &IdempotencyKey,
+        owner: Uuid,
+        outcome: Result<Answer, FlowError>,
+    ) -> Result<Answer, FlowError> {
+        match outcome {
             Ok(answer) => {
                 let stored = StoredResponse {
                     request_hash: key.request_hash.clone(),

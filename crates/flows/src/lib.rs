@@ -133,6 +133,8 @@ pub struct Madre {
     reloader: Option<Reloader>,
     background: Mutex<Option<Background>>,
     started_at: Instant,
+    /// The `Idempotency-Key` reservations this process holds.
+    held_keys: idempotency::HeldKeys,
 }
 
 impl std::fmt::Debug for Madre {
@@ -171,6 +173,7 @@ impl Madre {
             reloader: parts.reloader,
             background: Mutex::new(None),
             started_at: Instant::now(),
+            held_keys: idempotency::HeldKeys::default(),
         });
         madre
             .runner

@@ -239,6 +239,76 @@ async fn concurrent_requests_with_one_key_execute_once() {
     assert_eq!(h.calls(Module::Hermes).await, 1);
 }
 
+/// A reservation this process holds goes stale by its monotonic clock, not
+/// the wall clock (issue 22): here the row's time is set back by years, as
+/// a wall clock stepped forward would make it look, while its request still
+/// runs. A retry with the same key does not take it over and run the work
+/// a second time: it answers "in progress", and the first answer stands.
+#[tokio::test]
+async fn a_wall_clock_jump_does_not_run_a_keyed_request_twice() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let h = default_harness();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let key = IdempotencyKey {
+        key: "jump".into(),
+        request_hash: "h".into(),
+    };
+    let work = |runs: Arc<AtomicUsize>, release: Option<tokio::sync::oneshot::Receiver<()>>| {
+        move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            if let Some(release) = release {
+                let _ = release.await;
+            }
+            Ok(Answer {
+                status: 200,
+                body: serde_json::json!({ "ran": true }),
+                plan_id: None,
+            })
+        }
+    };
+    let (release, released) = tokio::sync::oneshot::channel();
+    let madre = h.madre.clone();
+    let first_key = key.clone();
+    let first_work = work(runs.clone(), Some(released));
+    let first =
+        tokio::spawn(async move { madre.once(&admin(), Some(first_key), first_work).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while runs.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first never ran"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let file = rusqlite::Connection::open(h.dir.path().join("vx11.db")).unwrap();
+    let moved = file
+        .execute(
+            "UPDATE idempotency_keys SET created_at = '2001-01-01T00:00:00.000000Z'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(moved, 1);
+    let retry = h
+        .madre
+        .once(&admin(), Some(key.clone()), work(runs.clone(), None))
+        .await;
+    assert!(
+        matches!(retry, Err(FlowError::IdempotencyInProgress)),
+        "{retry:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the work ran once");
+    release.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    let replay = h
+        .madre
+        .once(&admin(), Some(key), work(runs.clone(), None))
+        .await
+        .unwrap();
+    assert_eq!(replay.body, serde_json::json!({ "ran": true }));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
 /// A WAITING answer stored for its key never holds the token; the replay of
 /// a lost answer hands out a fresh token that confirms, and the old one no
 /// longer works.
