@@ -439,7 +439,7 @@ pub async fn get_task(
     Ok(HttpResponse::Ok().json(TaskView {
         task_id: stored.plan.plan_id,
         name: stored.meta.name.clone(),
-        module: stored.meta.module.clone(),
+        module: stored.meta.module.as_str().to_owned(),
         action: stored.meta.action.clone(),
         status: stored.plan.status,
         result: stored.result.clone(),

@@ -62,7 +62,7 @@ fn store_plan(db: &Db) -> Uuid {
         meta: PlanMeta {
             kind: PlanKind::Chat,
             name: "chat".into(),
-            module: "hermes".into(),
+            module: madre_models::Module::Hermes,
             action: "chat".into(),
             principal: "alice".into(),
         },

@@ -3,7 +3,7 @@
 //! never both succeed, even from two processes.
 
 use chrono::{DateTime, Utc};
-use madre_models::RiskLevel;
+use madre_models::{EndReason, RiskLevel};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 use uuid::Uuid;
@@ -71,13 +71,8 @@ pub(crate) fn insert_confirmation(
 
 /// The journal event of an expired confirmation.
 pub(crate) fn expired(at: DateTime<Utc>) -> PlanEvent {
-    PlanEvent::new(Event::PlanExpired, at).error(CONFIRMATION_EXPIRED)
+    PlanEvent::new(Event::PlanExpired, at).error(EndReason::ConfirmationExpired.as_str())
 }
-
-/// Cancel reason of a plan whose confirmation expired.
-pub const CONFIRMATION_EXPIRED: &str = "confirmation_expired";
-/// Cancel reason of a plan whose confirmation had too many wrong tries.
-pub const CONFIRMATION_VOID: &str = "confirmation_void";
 
 impl Db {
     /// The confirmation of a plan.
@@ -235,7 +230,11 @@ impl Db {
                 )));
             };
             if attempts >= void_after {
-                let void = PlanEvent::finished(Status::Cancelled, Some(CONFIRMATION_VOID), at);
+                let void = PlanEvent::finished(
+                    Status::Cancelled,
+                    Some(EndReason::ConfirmationVoid.as_str()),
+                    at,
+                );
                 journal::append(conn, plan_id, &[void], &replica)?;
             }
             Ok(attempts)

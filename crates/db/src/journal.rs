@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use madre_lifecycle::{Change, Event, PlanState, StepState};
 use madre_models::{
-    EventType, Intent, JournalEvent, Mode, Plan, SessionId, Status, Step, StepType,
+    EndReason, EventType, Intent, JournalEvent, Mode, Plan, SessionId, Status, Step, StepType,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -316,7 +316,7 @@ pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, D
             meta: PlanMeta {
                 kind: PlanKind::parse(&kind)?,
                 name,
-                module,
+                module: parse_enum(&module, "module")?,
                 action,
                 principal,
             },
@@ -470,7 +470,8 @@ pub(crate) fn append(
         count_finished(conn, status)?;
         if has_gate(&loaded.state) {
             // A pending confirmation ends with its plan.
-            let outcome = loaded.stored.plan.error.as_deref().unwrap_or("cancelled");
+            let outcome =
+                (loaded.stored.plan.error.as_deref()).unwrap_or(EndReason::Cancelled.as_str());
             conn.prepare_cached(
                 "UPDATE confirmations SET outcome = ?2 WHERE plan_id = ?1 AND outcome IS NULL",
             )?
@@ -704,7 +705,7 @@ pub(crate) fn create(
         plan.plan_id.to_string(),
         record.meta.kind.as_str(),
         record.meta.name,
-        record.meta.module,
+        record.meta.module.as_str(),
         record.meta.action,
         record.meta.principal,
         plan.mode.as_str(),

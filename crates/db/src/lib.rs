@@ -47,7 +47,7 @@ mod sessions;
 mod time;
 
 pub use audit::NewAction;
-pub use confirmations::{CONFIRMATION_EXPIRED, CONFIRMATION_VOID, ConfirmationRow, ConsumeOutcome};
+pub use confirmations::{ConfirmationRow, ConsumeOutcome};
 pub use engine::error::{DbError, StorageFault};
 pub use engine::meter::WriterStats;
 pub use engine::writer::Write;

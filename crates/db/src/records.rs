@@ -4,7 +4,7 @@
 //! modules imports another that imports it back.
 
 use chrono::{DateTime, Utc};
-use madre_models::{Intent, Plan, RiskLevel};
+use madre_models::{Intent, Module, Plan, RiskLevel};
 use serde_json::Value;
 
 use crate::DbError;
@@ -49,7 +49,7 @@ pub struct PlanMeta {
     /// Short name (`chat`, the task's name, `control:shub:restart`).
     pub name: String,
     /// The module it mainly addresses.
-    pub module: String,
+    pub module: Module,
     /// The action it carries out.
     pub action: String,
     /// Who asked for it.

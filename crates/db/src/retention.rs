@@ -2,10 +2,11 @@
 //! `madre_actions`, which are append-only by trigger anyway.
 
 use chrono::{DateTime, Duration, Utc};
+use madre_models::EndReason;
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
-use crate::confirmations::{CONFIRMATION_EXPIRED, expired};
+use crate::confirmations::expired;
 use crate::journal;
 use crate::sessions::trim_session;
 use crate::time::ts;
@@ -104,7 +105,7 @@ fn cleanup_in(
             // The plan ended some other way; just close the confirmation.
             Err(DbError::Conflict(_)) => {
                 conn.prepare_cached("UPDATE confirmations SET outcome = ?2 WHERE plan_id = ?1")?
-                    .execute(params![plan, CONFIRMATION_EXPIRED])?;
+                    .execute(params![plan, EndReason::ConfirmationExpired.as_str()])?;
             }
             Err(e) => return Err(e),
         }

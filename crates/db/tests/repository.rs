@@ -62,7 +62,7 @@ fn record(plan: Plan) -> NewPlanRecord {
         meta: PlanMeta {
             kind: PlanKind::Chat,
             name: "chat".into(),
-            module: "hermes".into(),
+            module: madre_models::Module::Hermes,
             action: "chat".into(),
             principal: "admin".into(),
         },
@@ -762,7 +762,7 @@ fn five_wrong_tries_void_the_confirmation_and_expiry_cancels() {
     let stored = t.db.plan(id).unwrap().unwrap().plan;
     assert_eq!(
         (stored.status, stored.error.as_deref()),
-        (Status::Cancelled, Some(CONFIRMATION_VOID))
+        (Status::Cancelled, Some("confirmation_void"))
     );
     assert!(t.db.record_failed_confirmation(id, 5, t0()).wait().is_err());
     assert_eq!(
@@ -792,11 +792,11 @@ fn five_wrong_tries_void_the_confirmation_and_expiry_cancels() {
     let stored = t.db.plan(id).unwrap().unwrap().plan;
     assert_eq!(
         (stored.status, stored.error.as_deref()),
-        (Status::Cancelled, Some(CONFIRMATION_EXPIRED))
+        (Status::Cancelled, Some("confirmation_expired"))
     );
     assert_eq!(
         t.db.confirmation(id).unwrap().unwrap().outcome.as_deref(),
-        Some(CONFIRMATION_EXPIRED)
+        Some("confirmation_expired")
     );
 }
 
@@ -1139,7 +1139,7 @@ fn cleanup_applies_retention_and_never_touches_the_audit_trail() {
             .plan
             .error
             .as_deref(),
-        Some(CONFIRMATION_EXPIRED)
+        Some("confirmation_expired")
     );
     // a second pass finds nothing more to do
     let again = t.db.cleanup(policy, t0()).wait().unwrap();

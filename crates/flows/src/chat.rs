@@ -161,8 +161,8 @@ impl Madre {
             module: intent
                 .targets
                 .first()
-                .map_or("madre", |m| m.as_str())
-                .to_owned(),
+                .copied()
+                .unwrap_or(madre_models::Module::Madre),
             action: intent.dsl.action.clone(),
             principal: principal.name.clone(),
         };

@@ -1,8 +1,8 @@
 //! Confirming a waiting plan with its token, and cancelling a plan.
 
 use chrono::Utc;
-use madre_db::{CONFIRMATION_EXPIRED, ConsumeOutcome, PlanKind, StoredPlan};
-use madre_models::{RiskLevel, Status};
+use madre_db::{ConsumeOutcome, PlanKind, StoredPlan};
+use madre_models::{EndReason, RiskLevel, Status};
 use madre_policy::{
     ConfirmationRecord, MAX_FAILED_ATTEMPTS, Principal, Role, TokenHash, Verdict,
     check_confirmation,
@@ -42,7 +42,7 @@ impl Madre {
         let row = row.ok_or_else(|| {
             FlowError::Conflict(format!("plan {plan_id} does not wait for a confirmation"))
         })?;
-        if row.outcome.as_deref() == Some(CONFIRMATION_EXPIRED) {
+        if row.outcome.as_deref() == Some(EndReason::ConfirmationExpired.as_str()) {
             // The cleanup loop expired it before this try: still a 410.
             return Err(FlowError::ConfirmationExpired);
         }
@@ -52,7 +52,7 @@ impl Madre {
                 stored.plan.status
             )));
         }
-        if stored.meta.module == madre_models::Module::Madre.as_str() {
+        if stored.meta.module == madre_models::Module::Madre {
             // Control of Madre itself is for admins (SPEC §5), confirming too.
             require(principal, Role::Admin)?;
         }
@@ -149,9 +149,7 @@ impl Madre {
     pub async fn cancel(&self, principal: &Principal, plan_id: Uuid) -> Result<Status, FlowError> {
         require(principal, Role::Operator)?;
         let stored = self.load_plan(plan_id).await?;
-        if stored.meta.kind != PlanKind::Chat
-            && stored.meta.module == madre_models::Module::Madre.as_str()
-        {
+        if stored.meta.kind != PlanKind::Chat && stored.meta.module == madre_models::Module::Madre {
             require(principal, Role::Admin)?;
         }
         let risk = match &stored.intent {
@@ -170,7 +168,7 @@ impl Madre {
         }
         Ok(self
             .runner
-            .cancel(plan_id, "cancelled", &principal.name)
+            .cancel(plan_id, EndReason::Cancelled, &principal.name)
             .await?)
     }
 }

@@ -262,7 +262,7 @@ impl Madre {
         let meta = PlanMeta {
             kind,
             name: name.unwrap_or_else(|| format!("control:{target}:{action}")),
-            module: target.to_owned(),
+            module,
             action: action.to_owned(),
             principal: principal.name.clone(),
         };
@@ -344,7 +344,7 @@ impl Madre {
             .await?;
         if let Some(plan_id) = owner {
             let pending = self.load_plan(plan_id).await?;
-            if pending.meta.module != target || pending.meta.action != action {
+            if pending.meta.module.as_str() != target || pending.meta.action != action {
                 return Err(FlowError::Conflict(
                     "that confirmation token belongs to another action".into(),
                 ));

@@ -3,6 +3,7 @@
 //! background loops. It is MED risk, so it runs as a plan's CALL_MODULE
 //! step addressed to Madre, once a human confirmed it.
 
+use madre_models::OwnAction;
 use madre_policy::{Principals, RiskTables};
 use serde_json::{Value, json};
 use std::future::Future;
@@ -29,15 +30,15 @@ pub(crate) struct OwnActions(pub(crate) Weak<Madre>);
 impl madre_runner::OwnActions for OwnActions {
     fn run(
         &self,
-        action: &str,
+        action: OwnAction,
         _params: &Value,
     ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
-        let action = action.to_owned();
         Box::pin(async move {
             let madre = self.0.upgrade().ok_or("Madre is shutting down")?;
-            match action.as_str() {
-                "restart" | "reload" => madre.restart().map_err(|e| e.to_string()),
-                other => Err(format!("madre has no action \"{other}\"")),
+            match action {
+                OwnAction::Restart | OwnAction::Reload => {
+                    madre.restart().map_err(|e| e.to_string())
+                }
             }
         })
     }

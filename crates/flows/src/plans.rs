@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use madre_db::{AtEnd, NewAction, NewConfirmation, NewPlanRecord, PlanMeta, StoredPlan};
-use madre_models::{ActionSummary, Intent, Plan, Status};
+use madre_models::{ActionSummary, EndReason, Intent, Plan, Status};
 use madre_planner::{Origin, PlanRequest};
 use madre_policy::{ConfirmToken, Principal};
 use madre_runner::{Place, RunOptions};
@@ -125,13 +125,19 @@ impl Madre {
         };
         let expires_at = confirmation.as_ref().map(|c| c.expires_at);
         let outcome = if denied {
-            "denied".to_owned()
+            EndReason::Denied.into()
         } else if waits {
             format!("waiting for confirmation ({} risk)", intent.risk)
         } else {
             format!("planned {} step(s)", plan.steps.len())
         };
-        let action = audit(principal, &meta.module, &meta.action, outcome, plan.plan_id);
+        let action = audit(
+            principal,
+            meta.module.as_str(),
+            &meta.action,
+            outcome,
+            plan.plan_id,
+        );
         let record = NewPlanRecord {
             plan: plan.clone(),
             meta,
@@ -240,7 +246,11 @@ pub fn reply_of(stored: &StoredPlan) -> String {
             }
             Status::Cancelled => format!(
                 "Plan cancelled ({})",
-                stored.plan.error.as_deref().unwrap_or("cancelled")
+                stored
+                    .plan
+                    .error
+                    .as_deref()
+                    .unwrap_or(EndReason::Cancelled.as_str())
             ),
             status => format!("Plan {status}"),
         })

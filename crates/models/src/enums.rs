@@ -147,6 +147,43 @@ pub enum EventType {
     PlanTakenOver,
 }
 
+/// Why Madre itself ended a plan or a step before its work was done,
+/// stored in their `error` as these snake_case names. A module's own error
+/// code (`hermes_failed`, `http_503`…) is not one of these: it stays the
+/// text the module's failure was reported with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The plan's deadline passed.
+    Timeout,
+    /// Someone cancelled it.
+    Cancelled,
+    /// The policy refused it.
+    Denied,
+    /// Its confirmation was not given in time.
+    ConfirmationExpired,
+    /// Its confirmation was voided after too many wrong tokens.
+    ConfirmationVoid,
+}
+
+impl From<EndReason> for String {
+    fn from(reason: EndReason) -> Self {
+        reason.as_str().to_owned()
+    }
+}
+
+/// An action Madre carries out itself, as a plan's step addressed to the
+/// `madre` module (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnAction {
+    /// Reload the policy, principals and settings, and restart the
+    /// background loops.
+    Restart,
+    /// The same as `restart`, by its other name.
+    Reload,
+}
+
 /// How the processing of an intent ended, as the intent log records it
 /// when it closes the intent's row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -167,7 +204,7 @@ impl IntentOutcome {
     pub const fn as_str(self) -> &'static str {
         match self {
             IntentOutcome::Plan(status) => status.as_str(),
-            IntentOutcome::Denied => "denied",
+            IntentOutcome::Denied => EndReason::Denied.as_str(),
             IntentOutcome::Failed => "error",
             IntentOutcome::Interrupted => "interrupted",
         }
@@ -285,6 +322,12 @@ text_names!(EventType, "event type", {
     EventType::StepStarted => "step_started", EventType::StepFinished => "step_finished",
     EventType::PlanFinished => "plan_finished", EventType::PlanTakenOver => "plan_taken_over",
 });
+text_names!(EndReason, "end reason", {
+    EndReason::Timeout => "timeout", EndReason::Cancelled => "cancelled",
+    EndReason::Denied => "denied", EndReason::ConfirmationExpired => "confirmation_expired",
+    EndReason::ConfirmationVoid => "confirmation_void",
+});
+text_names!(OwnAction, "own action", { OwnAction::Restart => "restart", OwnAction::Reload => "reload" });
 text_names!(Mode, "mode", { Mode::Madre => "MADRE", Mode::AudioEngineer => "AUDIO_ENGINEER" });
 text_names!(RiskLevel, "risk", { RiskLevel::Low => "LOW", RiskLevel::Med => "MED", RiskLevel::High => "HIGH" });
 text_names!(Status, "status", {

@@ -14,7 +14,8 @@ mod types;
 mod validate;
 
 pub use enums::{
-    Effect, EventType, IntentOutcome, Mode, Module, ModuleSet, RiskLevel, Status, StepType,
+    Effect, EndReason, EventType, IntentOutcome, Mode, Module, ModuleSet, OwnAction, RiskLevel,
+    Status, StepType,
 };
 pub use types::*;
 pub use validate::{

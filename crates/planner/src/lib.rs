@@ -6,12 +6,9 @@
 //! finally disabled modules turned into NOOP steps.
 
 use chrono::{DateTime, Utc};
-use madre_models::{Intent, Mode, Module, ModuleSet, Plan, Status, Step, StepType};
+use madre_models::{EndReason, Intent, Mode, Module, ModuleSet, Plan, Status, Step, StepType};
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-/// Error code recorded on a plan refused by the deny rule.
-pub const DENIED: &str = "denied";
 
 /// What Madre can do, listed by the help step.
 pub const CAPABILITIES: &[&str] = &[
@@ -72,8 +69,8 @@ pub fn plan(request: &PlanRequest<'_>, mut new_id: impl FnMut() -> Uuid) -> Plan
     // Rule 1: a denied intent gets no step at all.
     if request.denied {
         plan.status = Status::Error;
-        plan.error = Some(DENIED.to_owned());
-        plan.warnings.push(DENIED.to_owned());
+        plan.error = Some(EndReason::Denied.into());
+        plan.warnings.push(EndReason::Denied.into());
         return plan;
     }
 

@@ -2,7 +2,7 @@
 
 use chrono::{TimeZone, Utc};
 use madre_models::{Intent, Mode, Module, ModuleSet, Plan, SessionId, Status, StepType};
-use madre_planner::{DENIED, Origin, PlanRequest, plan};
+use madre_planner::{Origin, PlanRequest, plan};
 use madre_policy::RiskTables;
 use serde_json::json;
 use uuid::Uuid;
@@ -71,8 +71,8 @@ fn rule1_denied_intents_get_no_steps() {
     let plan = Case::new("stop tentaculo_link").run();
     assert!(plan.steps.is_empty());
     assert_eq!(plan.status, Status::Error);
-    assert_eq!(plan.error.as_deref(), Some(DENIED));
-    assert_eq!(plan.warnings, vec![DENIED]);
+    assert_eq!(plan.error.as_deref(), Some("denied"));
+    assert_eq!(plan.warnings, vec!["denied"]);
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub use steps::UNAVAILABLE_AT_INTAKE;
 use chrono::Utc;
 use madre_db::{AtEnd, Db, DbError, Event, NewAction, PlanEvent, StoredPlan};
 use madre_delegation::Delegator;
-use madre_models::{Module, Plan, Status, StepType};
+use madre_models::{EndReason, Module, OwnAction, Plan, Status, StepType};
 use serde_json::json;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,8 +36,6 @@ use uuid::Uuid;
 
 use steps::StepOutcome;
 
-/// Error code of a plan that passed its deadline.
-pub const TIMEOUT: &str = "timeout";
 /// Warning added when the optional Switch step failed.
 pub const SWITCH_UNAVAILABLE: &str = "switch_unavailable";
 
@@ -153,7 +151,7 @@ pub trait OwnActions: Send + Sync {
     /// failed.
     fn run(
         &self,
-        action: &str,
+        action: OwnAction,
         params: &serde_json::Value,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send + '_>,
@@ -476,7 +474,7 @@ impl Runner {
     pub async fn cancel(
         &self,
         plan_id: Uuid,
-        reason: &str,
+        reason: EndReason,
         principal: &str,
     ) -> Result<Status, RunnerError> {
         let now = Utc::now();
@@ -488,7 +486,8 @@ impl Runner {
             plan_id: Some(plan_id),
             created_at: now,
         };
-        let cancel = PlanEvent::finished(Status::Cancelled, Some(reason), now).by(principal);
+        let cancel =
+            PlanEvent::finished(Status::Cancelled, Some(reason.as_str()), now).by(principal);
         let after = self
             .inner
             .db
@@ -765,17 +764,18 @@ async fn time_out(inner: &Inner, plan_id: Uuid, deadline: Duration) -> Result<()
                     now,
                 )
                 .error(format!(
-                    "{TIMEOUT}: abandoned when the plan deadline of {} s passed",
+                    "{}: abandoned when the plan deadline of {} s passed",
+                    EndReason::Timeout,
                     deadline.as_secs()
                 ))
             })
             .collect();
         events.push(
-            PlanEvent::finished(Status::Error, Some(TIMEOUT), now)
+            PlanEvent::finished(Status::Error, Some(EndReason::Timeout.as_str()), now)
                 .result(
                     json!({ "reply": format!("Plan timed out after {} s", deadline.as_secs()) }),
                 )
-                .warnings(vec![TIMEOUT.into()]),
+                .warnings(vec![EndReason::Timeout.into()]),
         );
         match inner.db.apply_events(plan_id, events, None).await {
             Ok(_) => return Ok(()),

@@ -3,7 +3,7 @@
 use chrono::Utc;
 use madre_db::NewDaughterTask;
 use madre_delegation::{PROBE_TIMEOUT, reply_text, request_for_step};
-use madre_models::{DepState, Module, Plan, StepType};
+use madre_models::{DepState, Module, OwnAction, Plan, StepType};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -176,11 +176,17 @@ pub(crate) async fn run_step(
                     message: "this Madre runs no actions of its own".into(),
                 };
             };
-            let action = step
+            let named = step
                 .payload
                 .get("action")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
+            let Ok(action) = named.parse::<OwnAction>() else {
+                return StepOutcome::Failed {
+                    code: "madre_action_failed".into(),
+                    message: format!("madre has no action \"{named}\""),
+                };
+            };
             let params = step.payload.get("params").cloned().unwrap_or(Value::Null);
             match actions.run(action, &params).await {
                 Ok(result) => StepOutcome::Done {

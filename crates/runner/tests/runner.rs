@@ -3,7 +3,7 @@
 use chrono::Utc;
 use madre_db::{Db, Event, NewPlanRecord, PlanEvent, PlanKind, PlanMeta, StoredPlan};
 use madre_delegation::{Delegator, Registry};
-use madre_models::{Intent, Mode, Module, ModuleSet, SessionId, Status, StepType};
+use madre_models::{EndReason, Intent, Mode, Module, ModuleSet, SessionId, Status, StepType};
 use madre_planner::{Origin, PlanRequest};
 use madre_policy::RiskTables;
 use madre_runner::*;
@@ -107,7 +107,7 @@ impl Harness {
         let meta = PlanMeta {
             kind: PlanKind::Chat,
             name: "chat".into(),
-            module: "hermes".into(),
+            module: madre_models::Module::Hermes,
             action: intent.dsl.action.clone(),
             principal: "tester".into(),
         };
@@ -396,7 +396,7 @@ async fn the_plan_deadline_abandons_the_running_step_and_cancels_the_rest() {
     );
     assert_eq!(
         (failed.plan.status, failed.plan.error.as_deref()),
-        (Status::Error, Some(TIMEOUT))
+        (Status::Error, Some("timeout"))
     );
     assert_eq!(failed.plan.steps[0].status, Status::Done);
     assert_eq!(
@@ -585,7 +585,10 @@ async fn waiting_plans_are_not_run_and_cancel_stops_a_running_plan() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        h.runner.cancel(id, "cancelled", "tester").await.unwrap(),
+        h.runner
+            .cancel(id, EndReason::Cancelled, "tester")
+            .await
+            .unwrap(),
         Status::Cancelled
     );
     let cancelled = run.finished().await.unwrap();
@@ -595,7 +598,7 @@ async fn waiting_plans_are_not_run_and_cancel_stops_a_running_plan() {
     );
     assert_eq!(cancelled.plan.steps[1].status, Status::Cancelled);
     assert!(matches!(
-        h.runner.cancel(id, "again", "tester").await,
+        h.runner.cancel(id, EndReason::Cancelled, "tester").await,
         Err(RunnerError::Db(_))
     ));
 }
@@ -786,7 +789,7 @@ async fn a_plan_cancelled_while_queued_never_calls_a_module() {
     let queued = h.plan("two", Mode::Madre).await;
     let second = h.runner.start(queued, opts()).unwrap();
     h.runner
-        .cancel(queued, "cancelled", "tester")
+        .cancel(queued, EndReason::Cancelled, "tester")
         .await
         .unwrap();
     first.finished().await.unwrap();
@@ -820,7 +823,7 @@ async fn store_opened(h: &Harness, text: &str, engine: &str) -> madre_models::Pl
         meta: PlanMeta {
             kind: PlanKind::Task,
             name: "task".into(),
-            module: "hermes".into(),
+            module: madre_models::Module::Hermes,
             action: "chat".into(),
             principal: "tester".into(),
         },
@@ -845,7 +848,7 @@ async fn an_opened_plan_cancelled_while_queued_never_calls_its_module() {
     let queued_id = queued.plan_id;
     let second = h.runner.start_opened(queued, opts(), None).unwrap();
     h.runner
-        .cancel(queued_id, "cancelled", "tester")
+        .cancel(queued_id, EndReason::Cancelled, "tester")
         .await
         .unwrap();
     assert_eq!(first.finished().await.unwrap().plan.status, Status::Done);

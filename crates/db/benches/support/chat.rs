@@ -61,7 +61,7 @@ pub(crate) fn one_chat(db: &Db, commits: Commits) {
         meta: PlanMeta {
             kind: PlanKind::Chat,
             name: "chat".into(),
-            module: "hermes".into(),
+            module: madre_models::Module::Hermes,
             action: "chat".into(),
             principal: "bench".into(),
         },
@@ -177,7 +177,7 @@ pub(crate) fn low_chat(db: &Db, commits: Commits) {
             meta: PlanMeta {
                 kind: PlanKind::Chat,
                 name: "chat".into(),
-                module: "madre".into(),
+                module: madre_models::Module::Madre,
                 action: "chat".into(),
                 principal: "bench".into(),
             },
