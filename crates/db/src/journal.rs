@@ -96,6 +96,7 @@ impl PlanEvent {
 
 /// A plan as the journal reads it: its row, its steps and its state,
 /// folded from its events.
+#[derive(Clone)]
 pub(crate) struct Loaded {
     /// The plan's row id (`plans.id`), which its events carry.
     row: i64,
@@ -437,13 +438,16 @@ pub(crate) fn append(
     events: &[PlanEvent],
     replica: &str,
 ) -> Result<Loaded, DbError> {
-    let mut loaded = load_existing(conn, plan_id)?;
+    let mut loaded = match folds::take(conn, plan_id)? {
+        Some(folded) => folded,
+        None => load_existing(conn, plan_id)?,
+    };
     let status_before = loaded.state.status;
     let mut rows = Vec::with_capacity(events.len());
     for event in events {
         rows.push(step(plan_id, &mut loaded, event)?);
     }
-    insert_events(conn, loaded.row, &rows, replica)?;
+    let newest = insert_events(conn, loaded.row, &rows, replica)?;
     if loaded.row_changed {
         let plan = &loaded.stored.plan;
         conn.prepare_cached(
@@ -479,7 +483,74 @@ pub(crate) fn append(
         }
     }
     loaded.row_changed = false;
+    if !status.is_terminal() {
+        folds::keep(plan_id, loaded.clone(), newest);
+    }
     Ok(loaded)
+}
+
+/// The folds of open plans the writer thread appended to, kept between its
+/// commits so that the next append to a plan does not replay the plan's
+/// journal (issue 22: no replay on the hot path). A fold is used only
+/// while the plan's newest event in the database is still the one it was
+/// folded through: an append that was rolled back, or one made by anyone
+/// else, sends the next append back to the journal. Every append and every
+/// new plan refreshes the fold after inserting its events, so a fold that
+/// passes the check is the journal's. Bounded; a finished plan's goes.
+mod folds {
+    use super::{DbError, Loaded};
+    use rusqlite::Connection;
+    use std::cell::RefCell;
+    use std::collections::{HashMap, VecDeque};
+    use uuid::Uuid;
+
+    /// Open plans whose folds are kept (the runner's slots and queue are
+    /// far fewer; waiting plans beyond it are folded when they resume).
+    const CAPACITY: usize = 256;
+
+    #[derive(Default)]
+    struct Folds {
+        by_plan: HashMap<Uuid, (Loaded, i64)>,
+        /// Insertion order, for eviction; may name plans already gone.
+        order: VecDeque<Uuid>,
+    }
+
+    thread_local! {
+        static FOLDS: RefCell<Folds> = RefCell::new(Folds::default());
+    }
+
+    /// The kept fold of `plan_id`, taken out, when the journal still ends
+    /// where it did.
+    pub(super) fn take(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, DbError> {
+        let Some((loaded, through)) = FOLDS.with(|f| f.borrow_mut().by_plan.remove(&plan_id))
+        else {
+            return Ok(None);
+        };
+        let newest: Option<i64> = conn
+            .prepare_cached("SELECT max(seq) FROM plan_events WHERE plan = ?1")?
+            .query_row([loaded.row], |r| r.get(0))?;
+        Ok((newest == Some(through)).then_some(loaded))
+    }
+
+    /// Keeps `loaded`, folded through event `through`.
+    pub(super) fn keep(plan_id: Uuid, loaded: Loaded, through: i64) {
+        FOLDS.with(|f| {
+            let mut folds = f.borrow_mut();
+            if folds.by_plan.insert(plan_id, (loaded, through)).is_none() {
+                folds.order.push_back(plan_id);
+            }
+            while folds.by_plan.len() > CAPACITY {
+                let Some(oldest) = folds.order.pop_front() else {
+                    break;
+                };
+                folds.by_plan.remove(&oldest);
+            }
+            if folds.order.len() > 4 * CAPACITY {
+                let Folds { by_plan, order } = &mut *folds;
+                order.retain(|id| by_plan.contains_key(id));
+            }
+        });
+    }
 }
 
 /// Counts one more finished plan in `status` (`/metrics` reads these
@@ -569,12 +640,13 @@ fn event_row(loaded: &Loaded, event: &PlanEvent) -> NewRow {
 }
 
 /// Inserts event rows in one statement.
+/// Inserts the event rows; answers the seq of the last one.
 fn insert_events(
     conn: &Connection,
     plan_row: i64,
     rows: &[NewRow],
     replica: &str,
-) -> Result<(), DbError> {
+) -> Result<i64, DbError> {
     for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
         let mut sql = String::from(
             "INSERT INTO plan_events (plan, type, step, payload_json, principal, replica, created_at) VALUES ",
@@ -600,7 +672,7 @@ fn insert_events(
         }
         stmt.execute(args.as_slice())?;
     }
-    Ok(())
+    Ok(conn.last_insert_rowid())
 }
 
 /// Event rows per INSERT statement: a plan's commit rarely has more, and
@@ -724,9 +796,14 @@ pub(crate) fn create(
         ts(stored.plan.updated_at),
     ])?;
     let row = conn.last_insert_rowid();
-    insert_events(conn, row, &rows, replica)?;
-    if stored.plan.status.is_terminal() {
-        count_finished(conn, stored.plan.status)?;
+    let newest = insert_events(conn, row, &rows, replica)?;
+    let status = stored.plan.status;
+    if status.is_terminal() {
+        count_finished(conn, status)?;
+    } else {
+        loaded.row = row;
+        loaded.row_changed = false;
+        folds::keep(plan.plan_id, loaded, newest);
     }
     Ok(())
 }

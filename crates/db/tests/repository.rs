@@ -554,6 +554,39 @@ fn finished(step: usize, status: Status, at: DateTime<Utc>) -> PlanEvent {
     PlanEvent::new(Event::StepFinished { step, status }, at)
 }
 
+/// The writer keeps the fold of a plan it appended to (issue 22: no replay
+/// of the journal on the hot path), but trusts it only while the journal
+/// still ends where the fold does: a step finished meanwhile by another
+/// writer of the same file (another process, a replica) is seen by the
+/// next append, which then refuses to finish that step a second time.
+#[test]
+fn a_kept_fold_gives_way_to_events_appended_by_another_writer() {
+    let t = open();
+    let plan = chat_plan(&t.db, "s");
+    let at = t0() + Duration::seconds(1);
+    t.db.apply_events(plan.plan_id, vec![started(0, at)], None)
+        .wait()
+        .unwrap();
+    let other = Db::open(&t.path).unwrap();
+    other
+        .apply_events(plan.plan_id, vec![finished(0, Status::Done, at)], None)
+        .wait()
+        .unwrap();
+    let again =
+        t.db.apply_events(plan.plan_id, vec![finished(0, Status::Error, at)], None)
+            .wait();
+    assert!(matches!(again, Err(DbError::Conflict(_))), "{again:?}");
+    let state =
+        t.db.apply_events(plan.plan_id, vec![started(1, at)], None)
+            .wait()
+            .unwrap();
+    assert_eq!(state.steps[0].status, Status::Done);
+    assert_eq!(state.steps[1].status, Status::Running);
+    let stored = t.db.plan(plan.plan_id).unwrap().unwrap().plan;
+    assert_eq!(stored.steps[0].status, Status::Done);
+    assert_eq!(stored.steps[1].status, Status::Running);
+}
+
 #[test]
 fn step_transitions_count_attempts_and_finished_steps_are_final() {
     let t = open();

@@ -827,8 +827,9 @@ async fn a_low_chat_stays_within_its_write_budget() {
     );
     assert_eq!(spent.commits, 3 * CHATS, "three commits a chat: {spent:?}");
     assert!(spent.statements > 0 && spent.wal_frames > 0, "{spent:?}");
-    // Issue 22's budget: 12 statements (41 before storage v2).
-    assert!(per_chat(spent.statements) <= 12.0, "{spent:?}");
+    // Issue 22's budget is 12 statements (41 before storage v2); the
+    // writer's kept folds brought it to 11 (no replay of the journal).
+    assert!(per_chat(spent.statements) <= 11.0, "{spent:?}");
     // Issue 22 asks for 12 WAL frames; storage v2 brought 33.9 to 23.4
     // (see docs/benchmarks.md). This bound keeps that gain from eroding.
     assert!(per_chat(spent.wal_frames) <= 24.0, "{spent:?}");
