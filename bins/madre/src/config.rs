@@ -45,6 +45,9 @@ pub struct Settings {
     pub history_max: u32,
     /// Retention of finished spawn records (`MADRE_SPAWN_RETENTION_S`).
     pub spawn_retention_s: u64,
+    /// Days a finished plan stays in the database before it moves to the
+    /// archives (`MADRE_PLAN_RETENTION_DAYS`; 0 keeps every plan).
+    pub plan_retention_days: u64,
     /// Lifetime of stored `Idempotency-Key` answers (`MADRE_IDEMPOTENCY_TTL_S`).
     pub idempotency_ttl_s: u64,
     /// Request body limit (`MADRE_MAX_BODY_BYTES`).
@@ -143,6 +146,7 @@ const KNOWN_KEYS: &[&str] = &[
     "MADRE_SESSION_IDLE_S",
     "MADRE_HISTORY_MAX",
     "MADRE_SPAWN_RETENTION_S",
+    "MADRE_PLAN_RETENTION_DAYS",
     "MADRE_IDEMPOTENCY_TTL_S",
     "MADRE_MAX_BODY_BYTES",
     "MADRE_POLICY_FILE",
@@ -311,6 +315,7 @@ impl Settings {
             session_idle_s: source.number("MADRE_SESSION_IDLE_S", 3600, 1, 365 * DAY_S)?,
             history_max: source.number("MADRE_HISTORY_MAX", 100, 1, 100_000)?,
             spawn_retention_s: source.number("MADRE_SPAWN_RETENTION_S", 3600, 0, 365 * DAY_S)?,
+            plan_retention_days: source.number("MADRE_PLAN_RETENTION_DAYS", 30, 0, 36_500)?,
             idempotency_ttl_s: source.number("MADRE_IDEMPOTENCY_TTL_S", 86_400, 1, 365 * DAY_S)?,
             max_body_bytes: source.number("MADRE_MAX_BODY_BYTES", 65536, 256, 64 << 20)?,
             probe_interval: Duration::from_secs(source.number(

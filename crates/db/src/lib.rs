@@ -32,6 +32,7 @@
 //! took the last write; [`Db::check_storage`] refreshes it without writing
 //! a row.
 
+mod archive;
 mod audit;
 mod confirmations;
 mod engine;
@@ -46,6 +47,7 @@ mod schema;
 mod sessions;
 mod time;
 
+pub use archive::{ArchiveReport, archive_dir, archive_name, read_archive};
 pub use audit::NewAction;
 pub use confirmations::{ConfirmationRow, ConsumeOutcome};
 pub use engine::error::{DbError, StorageFault};

@@ -1,5 +1,6 @@
 //! The periodic cleanup of SPEC §10. Nothing here touches `intents_log` or
-//! `madre_actions`, which are append-only by trigger anyway.
+//! `madre_actions`, which are append-only by trigger; only the archive
+//! (`crate::archive`) moves a finished plan's rows out of them.
 
 use chrono::{DateTime, Duration, Utc};
 use madre_models::EndReason;
@@ -147,6 +148,7 @@ mod tests {
             "confirmations",
             "sessions",
             "madre_spawns",
+            "archived_plans",
         ];
         let statements = [
             EXPIRE_CLAIMS,
@@ -157,6 +159,7 @@ mod tests {
             DELETE_OLD_IDEMPOTENCY_KEYS,
             crate::sessions::TRIM_SESSION,
             crate::plans::PLAN_COUNTS,
+            crate::archive::ARCHIVE_CANDIDATES,
         ];
         db.read(|conn| {
             for sql in statements {

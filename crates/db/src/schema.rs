@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     MIGRATION_5,
     MIGRATION_6,
     MIGRATION_7,
+    MIGRATION_8,
 ];
 
 /// The schema version this code creates and understands.
@@ -612,4 +613,42 @@ FROM madre_context ORDER BY id;
 DROP TABLE madre_context;
 ALTER TABLE madre_context_v7 RENAME TO madre_context;
 CREATE INDEX madre_context_by_session ON madre_context (session_id, id);
+"#;
+
+/// Version 8: finished plans can move out of the database into archives
+/// (issue 25). `archived_plans` says where each went (an archived plan's id
+/// answers 410 naming its archive) and whether its archive line is known
+/// written. `archive_gate` lists, only inside the archiver's transaction,
+/// the plans whose rows it is deleting: the append-only tables refuse a
+/// DELETE of any other row, and the archiver empties the list before it
+/// commits, so no committed state ever opens the gate.
+const MIGRATION_8: &str = r#"
+CREATE TABLE archived_plans (
+    uuid        TEXT PRIMARY KEY,
+    archive     TEXT NOT NULL,
+    archived_at TEXT NOT NULL,
+    written     INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX archived_plans_unwritten ON archived_plans (archive) WHERE written = 0;
+
+CREATE TABLE archive_gate (
+    plan_row  INTEGER PRIMARY KEY,
+    plan_uuid TEXT NOT NULL,
+    intent_id TEXT
+);
+
+DROP TRIGGER plan_events_no_delete;
+CREATE TRIGGER plan_events_no_delete BEFORE DELETE ON plan_events
+WHEN NOT EXISTS (SELECT 1 FROM archive_gate WHERE plan_row = OLD.plan)
+BEGIN SELECT RAISE(ABORT, 'plan_events is append-only: rows cannot be deleted'); END;
+
+DROP TRIGGER intents_log_no_delete;
+CREATE TRIGGER intents_log_no_delete BEFORE DELETE ON intents_log
+WHEN NOT EXISTS (SELECT 1 FROM archive_gate WHERE intent_id = OLD.id)
+BEGIN SELECT RAISE(ABORT, 'intents_log is append-only: rows cannot be deleted'); END;
+
+DROP TRIGGER madre_actions_no_delete;
+CREATE TRIGGER madre_actions_no_delete BEFORE DELETE ON madre_actions
+WHEN OLD.plan_id IS NULL OR NOT EXISTS (SELECT 1 FROM archive_gate WHERE plan_uuid = OLD.plan_id)
+BEGIN SELECT RAISE(ABORT, 'madre_actions is append-only: rows cannot be deleted'); END;
 "#;

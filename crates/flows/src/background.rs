@@ -15,6 +15,12 @@ use crate::{FlowError, Madre};
 /// its plan to the runner).
 pub(crate) const ORPHAN_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Plans a commit when the cleanup archives finished plans: small enough
+/// that chats waiting behind the batch's commit barely notice it.
+const ARCHIVE_BATCH: usize = 200;
+/// Batches a cleanup pass archives at most (the next pass goes on).
+const ARCHIVE_BATCHES: usize = 100;
+
 /// What start-up found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StartupReport {
@@ -96,6 +102,7 @@ impl Madre {
     pub async fn cleanup_once(&self) -> Result<madre_db::CleanupReport, FlowError> {
         let now = Utc::now();
         let report = self.db.cleanup(self.retention(), now).await?;
+        self.archive_old_plans(now).await;
         let still = chrono::Duration::from_std(ORPHAN_AFTER).unwrap_or(chrono::Duration::MAX);
         let resumed = self.runner.resume_orphans(now - still).await?;
         if resumed > 0 {
@@ -105,6 +112,42 @@ impl Madre {
             );
         }
         Ok(report)
+    }
+
+    /// Moves finished plans past `MADRE_PLAN_RETENTION_DAYS` to the
+    /// archives beside the database, in batches of [`ARCHIVE_BATCH`] that
+    /// each hold the writer only for their own two commits. A failure
+    /// (a full disk) is logged and stops this pass; the rows stay.
+    async fn archive_old_plans(&self, now: chrono::DateTime<Utc>) {
+        let Some(retention) = self.config().plan_retention else {
+            return;
+        };
+        let Some(cutoff) = chrono::Duration::from_std(retention)
+            .ok()
+            .and_then(|kept| now.checked_sub_signed(kept))
+        else {
+            return;
+        };
+        let archived = self
+            .db
+            .run_blocking(move |db| {
+                let dir = madre_db::archive_dir(db.path());
+                db.archive_finished_plans(&dir, cutoff, ARCHIVE_BATCH, ARCHIVE_BATCHES, now)
+            })
+            .await;
+        match archived {
+            Ok(report) if report.plans > 0 => {
+                tracing::info!(
+                    plans = report.plans,
+                    bytes = report.bytes,
+                    "finished plans archived"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "archiving finished plans failed; their rows stay")
+            }
+        }
     }
 
     fn retention(&self) -> RetentionPolicy {

@@ -59,6 +59,10 @@ pub struct MadreConfig {
     pub session_idle_s: u64,
     /// Retention of finished spawn records (`MADRE_SPAWN_RETENTION_S`).
     pub spawn_retention_s: u64,
+    /// How long a finished plan stays before the cleanup moves it to the
+    /// archives beside the database (`MADRE_PLAN_RETENTION_DAYS`); `None`
+    /// keeps every plan.
+    pub plan_retention: Option<Duration>,
     /// Lifetime of stored `Idempotency-Key` answers (`MADRE_IDEMPOTENCY_TTL_S`).
     pub idempotency_ttl_s: u64,
     /// Period of the module health probe.
@@ -79,6 +83,7 @@ impl Default for MadreConfig {
             history_max: 100,
             session_idle_s: 3600,
             spawn_retention_s: 3600,
+            plan_retention: Some(Duration::from_secs(30 * 86_400)),
             idempotency_ttl_s: 86_400,
             probe_interval: Duration::from_secs(10),
             cleanup_interval: Duration::from_secs(60),

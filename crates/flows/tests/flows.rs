@@ -138,7 +138,17 @@ impl Harness {
                 .unwrap()
         });
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.madre.runner().running() == 0 {
+        // It holds the slot, and its plan (taken before it is written) is
+        // stored RUNNING: nothing of it is left to commit but its end.
+        let stored_running = || {
+            !self
+                .madre
+                .db()
+                .plan_ids_with_status(Status::Running)
+                .unwrap()
+                .is_empty()
+        };
+        while self.madre.runner().running() == 0 || !stored_running() {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the first chat never ran"
@@ -155,6 +165,37 @@ impl Harness {
 
 fn text(v: &Value, field: &str) -> String {
     v[field].as_str().unwrap_or_default().to_owned()
+}
+
+/// The cleanup pass moves finished plans past their retention to the
+/// archive beside the database (issue 25); a plan still waiting for its
+/// confirmation stays, whatever its age.
+#[tokio::test]
+async fn the_cleanup_archives_finished_plans_and_keeps_waiting_ones() {
+    let h = harness(
+        RunnerConfig::default(),
+        MadreConfig {
+            plan_retention: Some(Duration::ZERO),
+            ..MadreConfig::default()
+        },
+    );
+    let done = h.chat("hello there").await;
+    assert_eq!(done.status, Status::Done);
+    let waiting = h.chat("delete all data").await;
+    assert_eq!(waiting.status, Status::Waiting);
+    h.madre.cleanup_once().await.unwrap();
+    let db = h.madre.db();
+    assert!(db.plan(done.plan_id).unwrap().is_none());
+    let archive = db.archived_plan(done.plan_id).unwrap().expect("archived");
+    let lines = madre_db::read_archive(&h.dir.path().join("archive").join(&archive)).unwrap();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        lines[0]["plan_id"],
+        serde_json::json!(done.plan_id.to_string())
+    );
+    assert_eq!(lines[0]["plan"]["status"], serde_json::json!("DONE"));
+    assert!(db.plan(waiting.plan_id).unwrap().is_some());
+    assert!(db.archived_plan(waiting.plan_id).unwrap().is_none());
 }
 
 #[tokio::test]

@@ -124,6 +124,14 @@ pub enum DbError {
     /// A value could not be stored or read back (bad JSON, bad enum text).
     #[error("invalid data: {0}")]
     InvalidData(String),
+    /// An archive of finished plans could not be written or read.
+    #[error("archive {path}: {detail}")]
+    Archive {
+        /// The archive file (or its directory).
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// `PRAGMA integrity_check` did not say ok.
     #[error("integrity check failed: {0}")]
     Corrupt(String),

@@ -578,9 +578,14 @@ fn leave_transaction(conn: &Connection) {
     }
 }
 
+/// Free pages a capped database needs to count as having room: a chat's
+/// commits touch about this many b-trees, so fewer free pages than this
+/// fail the next chat however many single rows still fit.
+const ROOM_PAGES: i64 = 16;
+
 /// Fails with [`StorageFault::Full`] when the database has reached its
-/// size cap ([`crate::Db::set_max_size`]) with no free page left: any write
-/// that needs one more page would fail. Reads three header values only.
+/// size cap ([`crate::Db::set_max_size`]) with fewer than [`ROOM_PAGES`]
+/// free pages left. Reads three header values only.
 fn room_to_grow(conn: &Connection) -> Result<(), DbError> {
     let pragma = |name: &str| -> rusqlite::Result<i64> {
         conn.prepare_cached(&format!("PRAGMA {name}"))?
@@ -589,10 +594,10 @@ fn room_to_grow(conn: &Connection) -> Result<(), DbError> {
     let pages = pragma("page_count")?;
     let free = pragma("freelist_count")?;
     let max = pragma("max_page_count")?;
-    if free == 0 && pages >= max {
+    if free < ROOM_PAGES && pages >= max {
         return Err(DbError::Unavailable {
             reason: StorageFault::Full,
-            detail: format!("the database reached its cap of {max} pages"),
+            detail: format!("the database reached its cap of {max} pages ({free} free)"),
         });
     }
     Ok(())

@@ -1,0 +1,393 @@
+//! Retention with archives (issue 25): finished plans older than the
+//! retention period move out of the database into daily archives beside
+//! it, `archive/plans-YYYY-MM-DD.jsonl.gz`: gzip-compressed JSON lines, one
+//! plan a line holding every row of it (its `plans` row, its journal, its
+//! intent-log row, its audit rows and its confirmation), synced to disk
+//! before any of those rows is deleted.
+//!
+//! Exactly once per plan, across crashes, in three steps a batch:
+//! 1. one commit marks the batch's plans in `archived_plans`, not yet
+//!    written, and reads their rows;
+//! 2. their lines are appended to the archive (one gzip member) and synced;
+//! 3. one commit opens `archive_gate` for them, deletes their rows, closes
+//!    the gate and marks them written.
+//!
+//! A pass that finds plans marked but not written (a crash came between 1
+//! and 3) reads their archive, appends only the plans missing from it, and
+//! deletes. An append that fails (a full disk) is cut back to where the
+//! file was and stops the pass: the rows stay. An archive that cannot be
+//! read is reported by name and its plans wait, with their rows, for a pass
+//! that can read it. Only the writer's commits hold the writer: the file is
+//! written between them.
+
+use chrono::{DateTime, Utc};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, ToSql, params};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write as _};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::time::ts;
+use crate::{Db, DbError};
+
+/// What one archival pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiveReport {
+    /// Plans moved out of the database.
+    pub plans: u64,
+    /// Compressed bytes appended to archives.
+    pub bytes: u64,
+}
+
+/// A plan chosen for the archive: its row id, id and intent.
+#[derive(Debug, Clone)]
+struct Candidate {
+    row: i64,
+    uuid: String,
+    intent_id: Option<String>,
+}
+
+/// The archive a plan archived at `at` goes to.
+pub fn archive_name(at: DateTime<Utc>) -> String {
+    format!("plans-{}.jsonl.gz", at.format("%Y-%m-%d"))
+}
+
+/// The archive directory beside a database file.
+pub fn archive_dir(database: &Path) -> PathBuf {
+    database
+        .parent()
+        .map_or_else(|| PathBuf::from("archive"), |dir| dir.join("archive"))
+}
+
+fn archive_error(path: &Path, detail: impl std::fmt::Display) -> DbError {
+    DbError::Archive {
+        path: path.display().to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Every line of an archive, in order. A file that is not whole gzip or
+/// whose lines are not JSON is refused, naming it.
+pub fn read_archive(path: &Path) -> Result<Vec<Value>, DbError> {
+    let file = File::open(path).map_err(|e| archive_error(path, e))?;
+    let reader = BufReader::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)));
+    reader
+        .lines()
+        .map(|line| {
+            let line = line.map_err(|e| archive_error(path, e))?;
+            serde_json::from_str(&line).map_err(|e| archive_error(path, e))
+        })
+        .collect()
+}
+
+/// The rows `sql` selects, each as a JSON object by column name; columns
+/// named `*_json` hold JSON and are kept as such.
+fn rows_as_json(conn: &Connection, sql: &str, args: &[&dyn ToSql]) -> Result<Vec<Value>, DbError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let names: Vec<String> = stmt.column_names().iter().map(|n| n.to_string()).collect();
+    let mut rows = stmt.query(args)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut object = Map::new();
+        for (i, name) in names.iter().enumerate() {
+            let value = match row.get_ref(i)? {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(n) => json!(n),
+                ValueRef::Real(x) => json!(x),
+                ValueRef::Text(bytes) => {
+                    let text = String::from_utf8_lossy(bytes);
+                    match name.ends_with("_json") {
+                        true => serde_json::from_str(&text).unwrap_or(Value::String(text.into())),
+                        false => Value::String(text.into()),
+                    }
+                }
+                ValueRef::Blob(bytes) => json!(bytes),
+            };
+            object.insert(name.clone(), value);
+        }
+        out.push(Value::Object(object));
+    }
+    Ok(out)
+}
+
+/// The archive line of one plan: every row of it.
+fn plan_line(conn: &Connection, plan: &Candidate, at: DateTime<Utc>) -> Result<Value, DbError> {
+    let one = |rows: Vec<Value>| rows.into_iter().next().unwrap_or(Value::Null);
+    Ok(json!({
+        "plan_id": plan.uuid,
+        "archived_at": at,
+        "plan": one(rows_as_json(conn, "SELECT * FROM plans WHERE id = ?1", &[&plan.row])?),
+        "events": rows_as_json(conn, "SELECT * FROM plan_events WHERE plan = ?1 ORDER BY seq", &[&plan.row])?,
+        "intent": match &plan.intent_id {
+            Some(id) => one(rows_as_json(conn, "SELECT * FROM intents_log WHERE id = ?1", &[id])?),
+            None => Value::Null,
+        },
+        "actions": rows_as_json(conn, "SELECT * FROM madre_actions WHERE plan_id = ?1 ORDER BY id", &[&plan.uuid])?,
+        "confirmation": one(rows_as_json(conn, "SELECT * FROM confirmations WHERE plan_id = ?1", &[&plan.uuid])?),
+    }))
+}
+
+/// The plans of `uuids` still in the database.
+fn still_stored(conn: &Connection, uuids: &[String]) -> Result<Vec<Candidate>, DbError> {
+    let mut stmt = conn.prepare_cached("SELECT id, uuid, intent_id FROM plans WHERE uuid = ?1")?;
+    let mut found = Vec::new();
+    for uuid in uuids {
+        let mut rows = stmt.query([uuid])?;
+        if let Some(r) = rows.next()? {
+            found.push(Candidate {
+                row: r.get(0)?,
+                uuid: r.get(1)?,
+                intent_id: r.get(2)?,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Finished plans made before `?1` (a UUID v7 bound), last changed before
+/// `?2`, not yet marked; at most `?3`, oldest first.
+pub(crate) const ARCHIVE_CANDIDATES: &str = "SELECT id, uuid, intent_id FROM plans
+     WHERE uuid < ?1 AND status NOT IN ('PENDING', 'WAITING', 'RUNNING') AND updated_at < ?2
+       AND NOT EXISTS (SELECT 1 FROM archived_plans a WHERE a.uuid = plans.uuid)
+     ORDER BY uuid LIMIT ?3";
+
+/// Chooses up to `batch` finished plans last changed before `cutoff`, not
+/// yet marked, and marks them for `archive`. Plans ids are UUID v7, so the
+/// ids made before the cutoff are a range of the uuid index: the search
+/// never walks newer plans.
+fn mark_batch(
+    conn: &Connection,
+    cutoff: DateTime<Utc>,
+    batch: usize,
+    archive: &str,
+    at: DateTime<Utc>,
+) -> Result<Vec<Candidate>, DbError> {
+    let bound = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(cutoff.timestamp()).unwrap_or(0),
+        cutoff.timestamp_subsec_nanos(),
+    ))
+    .to_string();
+    let mut stmt = conn.prepare_cached(ARCHIVE_CANDIDATES)?;
+    let chosen = stmt
+        .query_map(params![bound, ts(cutoff), batch as i64], |r| {
+            Ok(Candidate {
+                row: r.get(0)?,
+                uuid: r.get(1)?,
+                intent_id: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut mark = conn.prepare_cached(
+        "INSERT INTO archived_plans (uuid, archive, archived_at, written) VALUES (?1, ?2, ?3, 0)",
+    )?;
+    for plan in &chosen {
+        mark.execute(params![plan.uuid, archive, ts(at)])?;
+    }
+    Ok(chosen)
+}
+
+/// Deletes the rows of `plans` (their lines are in their archive) through
+/// the archive gate, and marks them written.
+fn delete_archived(conn: &Connection, plans: &[Candidate]) -> Result<(), DbError> {
+    let mut open = conn.prepare_cached(
+        "INSERT INTO archive_gate (plan_row, plan_uuid, intent_id) VALUES (?1, ?2, ?3)",
+    )?;
+    for plan in plans {
+        open.execute(params![plan.row, plan.uuid, plan.intent_id])?;
+    }
+    for plan in plans {
+        let status: String = conn
+            .prepare_cached("SELECT status FROM plans WHERE id = ?1")?
+            .query_row([plan.row], |r| r.get(0))?;
+        conn.prepare_cached("DELETE FROM plan_events WHERE plan = ?1")?
+            .execute([plan.row])?;
+        conn.prepare_cached("DELETE FROM madre_actions WHERE plan_id = ?1")?
+            .execute([&plan.uuid])?;
+        conn.prepare_cached("DELETE FROM confirmations WHERE plan_id = ?1")?
+            .execute([&plan.uuid])?;
+        if let Some(intent) = &plan.intent_id {
+            conn.prepare_cached("DELETE FROM intents_log WHERE id = ?1")?
+                .execute([intent])?;
+        }
+        conn.prepare_cached("DELETE FROM plans WHERE id = ?1")?
+            .execute([plan.row])?;
+        conn.prepare_cached("UPDATE plan_status_counts SET n = n - 1 WHERE status = ?1 AND n > 0")?
+            .execute([status])?;
+        conn.prepare_cached("UPDATE archived_plans SET written = 1 WHERE uuid = ?1")?
+            .execute([&plan.uuid])?;
+    }
+    conn.prepare_cached("DELETE FROM archive_gate")?
+        .execute([])?;
+    Ok(())
+}
+
+/// Appends `lines` to the archive at `path` as one gzip member and syncs
+/// it (and, for a new file, its directory). On failure the file is cut
+/// back to its length before: it never keeps half a member. Answers the
+/// bytes appended.
+fn append_lines(path: &Path, lines: &[Value]) -> Result<u64, DbError> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for line in lines {
+        serde_json::to_writer(&mut encoder, line)?;
+        encoder
+            .write_all(b"\n")
+            .map_err(|e| archive_error(path, e))?;
+    }
+    let member = encoder.finish().map_err(|e| archive_error(path, e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| archive_error(dir, e))?;
+    let new = !path.exists();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| archive_error(path, e))?;
+    let before = file.metadata().map_err(|e| archive_error(path, e))?.len();
+    let written = file.write_all(&member).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        if let Err(cut) = file.set_len(before).and_then(|()| file.sync_all()) {
+            tracing::error!(archive = %path.display(), error = %cut, "could not cut a failed append back");
+        }
+        return Err(archive_error(path, e));
+    }
+    if new {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| archive_error(dir, e))?;
+    }
+    Ok(member.len() as u64)
+}
+
+impl Db {
+    /// Moves finished plans last changed before `cutoff` into the archives
+    /// under `dir`, `batch` plans a commit, at most `max_batches` batches
+    /// this pass, first finishing any batch a crash interrupted. WAITING,
+    /// RUNNING and PENDING plans are never archived. Blocking: call it off
+    /// the async executor.
+    pub fn archive_finished_plans(
+        &self,
+        dir: &Path,
+        cutoff: DateTime<Utc>,
+        batch: usize,
+        max_batches: usize,
+        now: DateTime<Utc>,
+    ) -> Result<ArchiveReport, DbError> {
+        let mut report = self.finish_interrupted(dir, now)?;
+        let archive = archive_name(now);
+        let path = dir.join(&archive);
+        for _ in 0..max_batches {
+            let name = archive.clone();
+            let chosen = self
+                .write(move |conn| {
+                    let chosen = mark_batch(conn, cutoff, batch.max(1), &name, now)?;
+                    let lines = chosen
+                        .iter()
+                        .map(|plan| plan_line(conn, plan, now))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((chosen, lines))
+                })
+                .wait()?;
+            let (plans, lines) = chosen;
+            if plans.is_empty() {
+                break;
+            }
+            report.bytes += append_lines(&path, &lines)?;
+            let count = plans.len();
+            self.write(move |conn| delete_archived(conn, &plans))
+                .wait()?;
+            report.plans += count as u64;
+            if count < batch.max(1) {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Finishes batches a crash left between their mark and their delete:
+    /// appends the plans their archive lacks, then deletes their rows.
+    fn finish_interrupted(&self, dir: &Path, now: DateTime<Utc>) -> Result<ArchiveReport, DbError> {
+        let pending: Vec<(String, String)> = self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT uuid, archive FROM archived_plans WHERE written = 0")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })?;
+        let mut by_archive: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (uuid, archive) in pending {
+            by_archive.entry(archive).or_default().push(uuid);
+        }
+        let mut report = ArchiveReport::default();
+        for (archive, uuids) in by_archive {
+            let path = dir.join(&archive);
+            let present: HashSet<String> = if path.exists() {
+                match read_archive(&path) {
+                    Ok(lines) => lines
+                        .iter()
+                        .filter_map(|l| l["plan_id"].as_str().map(str::to_owned))
+                        .collect(),
+                    Err(e) => {
+                        tracing::error!(archive = %path.display(), error = %e, "archive unreadable: its interrupted plans keep their rows");
+                        continue;
+                    }
+                }
+            } else {
+                HashSet::new()
+            };
+            let (plans, missing) = self
+                .write(move |conn| {
+                    let plans = still_stored(conn, &uuids)?;
+                    let missing = plans
+                        .iter()
+                        .filter(|p| !present.contains(&p.uuid))
+                        .map(|p| plan_line(conn, p, now))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    // A plan marked but no longer stored was deleted with
+                    // its batch: only its mark was left.
+                    let gone: Vec<&String> = uuids
+                        .iter()
+                        .filter(|u| !plans.iter().any(|p| &p.uuid == *u))
+                        .collect();
+                    for uuid in gone {
+                        conn.prepare_cached(
+                            "UPDATE archived_plans SET written = 1 WHERE uuid = ?1",
+                        )?
+                        .execute([uuid])?;
+                    }
+                    Ok((plans, missing))
+                })
+                .wait()?;
+            if !missing.is_empty() {
+                report.bytes += append_lines(&path, &missing)?;
+            }
+            let count = plans.len() as u64;
+            if count > 0 {
+                self.write(move |conn| delete_archived(conn, &plans))
+                    .wait()?;
+            }
+            report.plans += count;
+        }
+        Ok(report)
+    }
+
+    /// The archive a plan was moved to, if it was.
+    pub fn archived_plan(&self, plan_id: uuid::Uuid) -> Result<Option<String>, DbError> {
+        self.read(|conn| {
+            use rusqlite::OptionalExtension;
+            Ok(conn
+                .prepare_cached(
+                    "SELECT archive FROM archived_plans WHERE uuid = ?1 AND written = 1",
+                )?
+                .query_row([plan_id.to_string()], |r| r.get(0))
+                .optional()?)
+        })
+    }
+}

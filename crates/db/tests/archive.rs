@@ -1,0 +1,361 @@
+//! Retention with archives (issue 25): finished plans past the cutoff move
+//! into compressed daily archives, every row of them, exactly once across
+//! failures; nothing open is archived, and the append-only tables still
+//! refuse deletes from anywhere else.
+
+use chrono::{DateTime, TimeZone, Utc};
+use madre_db::*;
+use madre_models::{IntentOutcome, Mode, Plan, RiskLevel, SessionId, Status, Step, StepType};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+fn day(month: u32, d: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, month, d, 12, 0, 0).unwrap()
+}
+
+/// A UUID v7 made at `at`, as Madre's ids are.
+fn id_at(at: DateTime<Utc>) -> Uuid {
+    Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        at.timestamp() as u64,
+        0,
+    ))
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    archives: PathBuf,
+    db: Db,
+}
+
+fn open() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vx11.db");
+    let db = Db::open(&path).unwrap();
+    let archives = archive_dir(&path);
+    Fixture {
+        _dir: dir,
+        path,
+        archives,
+        db,
+    }
+}
+
+/// A one-step plan made at `at` with its intent logged and an audit row;
+/// `end` finishes it then (or leaves it waiting for a confirmation).
+fn plan(db: &Db, at: DateTime<Utc>, end: Option<Status>) -> Uuid {
+    let plan_id = id_at(at);
+    let intent_id = id_at(at);
+    db.log_intent(NewIntentLog {
+        id: intent_id,
+        source: "chat".into(),
+        principal: "alice".into(),
+        payload: json!({ "message": "hello" }),
+        created_at: at,
+    })
+    .wait()
+    .unwrap();
+    let waits = end.is_none();
+    let ty = if waits {
+        StepType::AwaitConfirmation
+    } else {
+        StepType::CallHermes
+    };
+    let mut step = Step::new(id_at(at), ty, json!({ "prompt": "hello" }), at);
+    if waits {
+        step.status = Status::Waiting;
+    }
+    let plan = Plan {
+        plan_id,
+        intent_id,
+        session_id: SessionId::parse("s1".into()).unwrap(),
+        status: if waits {
+            Status::Waiting
+        } else {
+            Status::Pending
+        },
+        mode: Mode::Madre,
+        steps: vec![step],
+        warnings: vec![],
+        error: None,
+        created_at: at,
+        updated_at: at,
+    };
+    db.insert_plan(NewPlanRecord {
+        meta: PlanMeta {
+            kind: PlanKind::Chat,
+            name: "chat".into(),
+            module: madre_models::Module::Hermes,
+            action: "chat".into(),
+            principal: "alice".into(),
+        },
+        plan,
+        intent: None,
+        confirmation: waits.then(|| NewConfirmation {
+            token_sha256: "ab".repeat(32),
+            risk: RiskLevel::High,
+            expires_at: at + chrono::Duration::days(365),
+            principal: "alice".into(),
+        }),
+        actions: vec![NewAction {
+            module: "hermes".into(),
+            action: "chat".into(),
+            reason: "planned 1 step(s)".into(),
+            principal: "alice".into(),
+            plan_id: Some(plan_id),
+            created_at: at,
+        }],
+    })
+    .wait()
+    .unwrap();
+    if let Some(status) = end {
+        let events = vec![
+            PlanEvent::new(Event::StepStarted { step: 0 }, at),
+            PlanEvent::new(Event::StepFinished { step: 0, status }, at),
+            PlanEvent::finished(status, None, at),
+        ];
+        db.apply_events(plan_id, events, None).wait().unwrap();
+        db.close_intent(intent_id, IntentOutcome::Plan(status), None, at)
+            .wait()
+            .unwrap();
+    }
+    plan_id
+}
+
+fn raw(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).unwrap()
+}
+
+fn count(path: &Path, sql: &str) -> i64 {
+    raw(path).query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+fn archived_ids(path: &Path) -> Vec<String> {
+    read_archive(path)
+        .unwrap()
+        .iter()
+        .map(|l| l["plan_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn finished_plans_past_the_cutoff_move_to_the_archive_and_nothing_else_does() {
+    let f = open();
+    let done = plan(&f.db, day(1, 10), Some(Status::Done));
+    let failed = plan(&f.db, day(1, 11), Some(Status::Error));
+    let waiting = plan(&f.db, day(1, 12), None);
+    let recent = plan(&f.db, day(9, 1), Some(Status::Done));
+    let now = day(9, 2);
+
+    let report =
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 1, 10, now)
+            .unwrap();
+    assert_eq!(report.plans, 2, "{report:?}");
+    assert!(report.bytes > 0);
+
+    // The archive holds every row of both, in batches of one.
+    let file = f.archives.join(archive_name(now));
+    assert_eq!(file.file_name().unwrap(), "plans-2026-09-02.jsonl.gz");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "an archive is private");
+    }
+    let lines = read_archive(&file).unwrap();
+    assert_eq!(lines.len(), 2);
+    let first = &lines[0];
+    assert_eq!(first["plan_id"], json!(done.to_string()));
+    assert_eq!(first["plan"]["status"], json!("DONE"));
+    let types: Vec<&str> = first["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "plan_created",
+            "step_started",
+            "step_finished",
+            "plan_finished"
+        ]
+    );
+    assert!(first["events"][0]["payload_json"]["steps"].is_array());
+    assert_eq!(first["intent"]["result_status"], json!("DONE"));
+    assert_eq!(first["intent"]["payload_json"]["message"], json!("hello"));
+    assert_eq!(first["actions"][0]["reason"], json!("planned 1 step(s)"));
+    assert_eq!(lines[1]["plan_id"], json!(failed.to_string()));
+
+    // Their rows are gone; the waiting and the recent plan stay whole.
+    for id in [done, failed] {
+        assert!(f.db.plan(id).unwrap().is_none());
+        assert_eq!(
+            f.db.archived_plan(id).unwrap().as_deref(),
+            Some("plans-2026-09-02.jsonl.gz")
+        );
+    }
+    for id in [waiting, recent] {
+        assert!(f.db.plan(id).unwrap().is_some());
+        assert_eq!(f.db.archived_plan(id).unwrap(), None);
+    }
+    assert_eq!(count(&f.path, "SELECT count(*) FROM intents_log"), 2);
+    assert_eq!(count(&f.path, "SELECT count(*) FROM madre_actions"), 2);
+    assert_eq!(count(&f.path, "SELECT count(*) FROM archive_gate"), 0);
+    assert!(f.db.confirmation(waiting).unwrap().is_some());
+    // The counters agree with the rows left, and nothing is amiss.
+    let counts = f.db.plan_counts().unwrap();
+    assert!(counts.contains(&(Status::Done, 1)), "{counts:?}");
+    assert!(
+        !counts.iter().any(|(s, _)| *s == Status::Error),
+        "{counts:?}"
+    );
+    assert!(f.db.check_plans().unwrap().is_empty());
+    f.db.integrity_check().unwrap();
+
+    // A second pass finds nothing more.
+    let again =
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, now)
+            .unwrap();
+    assert_eq!(again, ArchiveReport::default());
+}
+
+/// The append-only tables refuse a DELETE from any other path, and the
+/// archive gate opens only for the plans it lists.
+#[test]
+fn the_append_only_tables_still_refuse_deletes_outside_the_archive() {
+    let f = open();
+    let kept = plan(&f.db, day(1, 10), Some(Status::Done));
+    let other = plan(&f.db, day(1, 11), Some(Status::Done));
+    let conn = raw(&f.path);
+    for sql in [
+        "DELETE FROM plan_events",
+        "DELETE FROM intents_log",
+        "DELETE FROM madre_actions",
+    ] {
+        let err = conn.execute(sql, []).unwrap_err().to_string();
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
+    // A gate naming one plan does not let another plan's rows go.
+    let row: i64 = conn
+        .query_row(
+            "SELECT id FROM plans WHERE uuid = ?1",
+            [other.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "INSERT INTO archive_gate (plan_row, plan_uuid) VALUES (?1, ?2)",
+        rusqlite::params![row, other.to_string()],
+    )
+    .unwrap();
+    let err = conn
+        .execute(
+            "DELETE FROM madre_actions WHERE plan_id = ?1",
+            [kept.to_string()],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"));
+    assert_eq!(count(&f.path, "SELECT count(*) FROM madre_actions"), 2);
+}
+
+/// A pass that fails after marking its plans (the archive cannot be
+/// written: here its directory is a file, as a full or broken disk would
+/// refuse it) keeps every row; once the archive can be written, the next
+/// pass archives them, once.
+#[test]
+fn a_failed_archive_write_keeps_the_rows_and_a_later_pass_archives_them_once() {
+    let f = open();
+    let done = plan(&f.db, day(1, 10), Some(Status::Done));
+    std::fs::write(&f.archives, b"not a directory").unwrap();
+    let failed =
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, day(9, 2));
+    assert!(matches!(failed, Err(DbError::Archive { .. })), "{failed:?}");
+    assert!(f.db.plan(done).unwrap().is_some(), "the rows stay");
+    assert_eq!(f.db.archived_plan(done).unwrap(), None);
+
+    std::fs::remove_file(&f.archives).unwrap();
+    let report =
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, day(9, 3))
+            .unwrap();
+    assert_eq!(report.plans, 1);
+    // It goes to the archive of its first pass, the only one holding it.
+    let file = f.archives.join(archive_name(day(9, 2)));
+    assert_eq!(archived_ids(&file), [done.to_string()]);
+    assert!(!f.archives.join(archive_name(day(9, 3))).exists());
+    assert!(f.db.plan(done).unwrap().is_none());
+}
+
+/// A crash between the archive's sync and the delete (here the delete is
+/// refused by a trigger added for the test) leaves the plan both in the
+/// archive and in the database; the next pass deletes it without writing
+/// it again: archived exactly once.
+#[test]
+fn a_delete_that_did_not_happen_is_finished_without_a_second_line() {
+    let f = open();
+    let done = plan(&f.db, day(1, 10), Some(Status::Done));
+    let conn = raw(&f.path);
+    conn.execute_batch(
+        "CREATE TRIGGER test_crash BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'crash'); END;",
+    )
+    .unwrap();
+    let now = day(9, 2);
+    assert!(
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, now)
+            .is_err()
+    );
+    let file = f.archives.join(archive_name(now));
+    assert_eq!(archived_ids(&file), [done.to_string()]);
+    assert!(f.db.plan(done).unwrap().is_some(), "still in the database");
+
+    conn.execute_batch("DROP TRIGGER test_crash;").unwrap();
+    let report =
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, now)
+            .unwrap();
+    assert_eq!(report.plans, 1);
+    assert_eq!(report.bytes, 0, "nothing written twice");
+    assert_eq!(archived_ids(&file), [done.to_string()]);
+    assert!(f.db.plan(done).unwrap().is_none());
+    assert_eq!(
+        f.db.archived_plan(done).unwrap().as_deref(),
+        Some("plans-2026-09-02.jsonl.gz")
+    );
+}
+
+/// An archive that cannot be read is reported by name: reading it fails
+/// naming the file, and a pass that needs it keeps the rows of its plans
+/// instead of guessing what it holds.
+#[test]
+fn a_corrupt_archive_is_named_and_its_plans_keep_their_rows() {
+    let f = open();
+    let done = plan(&f.db, day(1, 10), Some(Status::Done));
+    let conn = raw(&f.path);
+    conn.execute_batch(
+        "CREATE TRIGGER test_crash BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'crash'); END;",
+    )
+    .unwrap();
+    let now = day(9, 2);
+    assert!(
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, now)
+            .is_err()
+    );
+    conn.execute_batch("DROP TRIGGER test_crash;").unwrap();
+    let file = f.archives.join(archive_name(now));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    bytes.truncate(bytes.len() - 4);
+    std::fs::write(&file, &bytes).unwrap();
+
+    let Err(DbError::Archive { path, .. }) = read_archive(&file) else {
+        panic!("a corrupt archive reads as an error");
+    };
+    assert!(path.ends_with("plans-2026-09-02.jsonl.gz"), "{path}");
+    let report =
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, now)
+            .unwrap();
+    assert_eq!(report.plans, 0);
+    assert!(f.db.plan(done).unwrap().is_some(), "its rows stay");
+}
