@@ -94,3 +94,48 @@ async fn a_plan_shows_its_journal_in_order() {
     assert_eq!(s(&events[3]["step_type"]), "CALL_SWITCH");
     app.stop().await;
 }
+
+/// A plan the cleanup moved to its archive answers 410 `archived`, naming
+/// the archive, on the plan's detail and on its v6 task view (issue 25).
+#[actix_rt::test]
+async fn an_archived_plan_answers_410_naming_its_archive() {
+    let app = spawn_app().await;
+    let r = app
+        .send(
+            "POST",
+            "/madre/chat",
+            Some(ADMIN),
+            Some(serde_json::json!({ "message": "hello" })),
+        )
+        .await;
+    assert_eq!(s(&r.body["status"]), "DONE");
+    let plan_id = s(&r.body["plan_id"]);
+    let db = app.madre.db().clone();
+    let archived = std::thread::spawn(move || {
+        let dir = madre_db::archive_dir(db.path());
+        let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+        db.archive_finished_plans(&dir, later, 10, 10, chrono::Utc::now())
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(archived.plans, 1);
+    for path in [
+        format!("/madre/plans/{plan_id}"),
+        format!("/tasks/{plan_id}"),
+    ] {
+        let r = app.send("GET", &path, Some(ADMIN), None).await;
+        assert_eq!(r.status, 410, "{path}: {}", r.body);
+        assert_eq!(s(&r.body["error"]), "archived");
+        assert!(
+            s(&r.body["detail"]).contains(".jsonl.gz"),
+            "{path}: {}",
+            r.body
+        );
+    }
+    let unknown = uuid::Uuid::now_v7();
+    let r = app
+        .send("GET", &format!("/madre/plans/{unknown}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, 404);
+}

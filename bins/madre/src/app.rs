@@ -48,6 +48,9 @@ pub enum StartError {
     /// The policy file's extra words do not fit the parser's lists.
     #[error("MADRE_POLICY_FILE: {0}")]
     Flows(#[from] madre_flows::FlowError),
+    /// A file of the data dir could not be read, or an argument was wrong.
+    #[error("{0}")]
+    Io(String),
     /// The listen address could not be bound.
     #[error("MADRE_BIND {bind}: {source}")]
     Bind {
@@ -125,6 +128,90 @@ pub struct CheckReport {
     pub text: String,
     /// Nothing was wrong (check), or everything wrong was repaired (repair).
     pub clean: bool,
+}
+
+/// `madre archive list` and `madre archive show`: the archives beside the
+/// database of `settings`, read without a server. An archive that cannot
+/// be read is named and skipped (the report is then not clean).
+pub fn read_archives(
+    settings: &Settings,
+    command: &crate::cli::ArchiveCommand,
+) -> Result<CheckReport, StartError> {
+    use crate::cli::ArchiveCommand;
+    use std::fmt::Write as _;
+    let dir = madre_db::archive_dir(&settings.db_path);
+    let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".jsonl.gz"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(StartError::Io(format!("{}: {e}", dir.display()))),
+    };
+    names.sort();
+    let mut text = String::new();
+    let mut clean = true;
+    match command {
+        ArchiveCommand::List => {
+            if names.is_empty() {
+                let _ = writeln!(text, "no archives in {}", dir.display());
+            }
+            for name in &names {
+                let path = dir.join(name);
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                match madre_db::read_archive(&path) {
+                    Ok(lines) => {
+                        let _ = writeln!(text, "{name}\t{} plan(s)\t{bytes} bytes", lines.len());
+                    }
+                    Err(e) => {
+                        clean = false;
+                        let _ = writeln!(text, "{name}\tunreadable: {e}");
+                    }
+                }
+            }
+        }
+        ArchiveCommand::Show { id } => {
+            let plan_id = uuid::Uuid::parse_str(id.trim())
+                .map_err(|_| StartError::Io(format!("{id:?} is not a plan id (a UUID)")))?;
+            // The database says which archive holds it; without that
+            // (another data dir's archives), every archive is searched.
+            let named =
+                Db::open_with(&settings.db_path, settings.sqlite_sync)?.archived_plan(plan_id)?;
+            let candidates: Vec<&String> = match &named {
+                Some(name) => names.iter().filter(|n| *n == name).collect(),
+                None => names.iter().collect(),
+            };
+            let wanted = plan_id.to_string();
+            let mut found = None;
+            for name in candidates {
+                match madre_db::read_archive(&dir.join(name)) {
+                    Ok(lines) => {
+                        found = lines.into_iter().find(|l| l["plan_id"] == wanted.as_str());
+                        if found.is_some() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        clean = false;
+                        let _ = writeln!(text, "{name}: unreadable, skipped: {e}");
+                    }
+                }
+            }
+            match found {
+                Some(line) => {
+                    let pretty = serde_json::to_string_pretty(&line)
+                        .map_err(|e| StartError::Io(e.to_string()))?;
+                    let _ = writeln!(text, "{pretty}");
+                }
+                None => {
+                    clean = false;
+                    let _ = writeln!(text, "plan {plan_id} is in no archive in {}", dir.display());
+                }
+            }
+        }
+    }
+    Ok(CheckReport { text, clean })
 }
 
 /// Checks (or repairs, when `repair`) the database of `settings`: every

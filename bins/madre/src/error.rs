@@ -49,6 +49,9 @@ pub enum ApiError {
     /// 409: the target is not in a state that allows the request.
     #[error("{0}")]
     Conflict(String),
+    /// 410: the plan was moved to an archive; the message names it.
+    #[error("{0}")]
+    Archived(String),
     /// 410: the confirmation expired.
     #[error("the confirmation token expired; the plan was cancelled (confirmation_expired)")]
     ConfirmationExpired,
@@ -109,6 +112,7 @@ impl From<FlowError> for ApiError {
                 void,
             },
             FlowError::NotFound(what) => ApiError::NotFound(what),
+            e @ FlowError::Archived { .. } => ApiError::Archived(e.to_string()),
             FlowError::Conflict(reason) | FlowError::Reload(reason) => ApiError::Conflict(reason),
             FlowError::ConfirmationExpired => ApiError::ConfirmationExpired,
             FlowError::InvalidField(reason) => ApiError::InvalidField(reason),
@@ -135,6 +139,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::Conflict(_) => "conflict",
             ApiError::ConfirmationExpired => "confirmation_expired",
+            ApiError::Archived(_) => "archived",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::InvalidField(_) => "invalid_field",
@@ -160,7 +165,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict(_) | ApiError::IdempotencyInProgress => StatusCode::CONFLICT,
-            ApiError::ConfirmationExpired => StatusCode::GONE,
+            ApiError::ConfirmationExpired | ApiError::Archived(_) => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidField(_)

@@ -12,6 +12,9 @@ async fn main() -> ExitCode {
         None | Some(Command::Serve) => serve().await,
         Some(Command::Check) => maintain(false),
         Some(Command::Repair) => maintain(true),
+        Some(Command::Archive { command }) => {
+            offline(move |settings| madre::app::read_archives(&settings, &command))
+        }
         Some(command) => madre::cli::run_client(cli.client, command).await,
     };
     ExitCode::from(code as u8)
@@ -20,6 +23,16 @@ async fn main() -> ExitCode {
 /// `madre check` (or `madre repair` when `repair`): the database file of
 /// this configuration, with no server.
 fn maintain(repair: bool) -> i32 {
+    offline(move |settings| madre::app::check_database(&settings, repair))
+}
+
+/// Runs a command on this configuration's files, with no server: prints
+/// its report and exits 0 when it was clean, 1 when not, 2 when it could
+/// not run.
+fn offline<F>(work: F) -> i32
+where
+    F: FnOnce(Settings) -> Result<madre::app::CheckReport, madre::app::StartError> + Send + 'static,
+{
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
@@ -29,10 +42,8 @@ fn maintain(repair: bool) -> i32 {
     };
     // The database's blocking calls run on a thread of their own, off the
     // async runtime `main` runs on.
-    let Ok(outcome) =
-        std::thread::spawn(move || madre::app::check_database(&settings, repair)).join()
-    else {
-        eprintln!("madre: the check stopped unexpectedly");
+    let Ok(outcome) = std::thread::spawn(move || work(settings)).join() else {
+        eprintln!("madre: the command stopped unexpectedly");
         return 2;
     };
     match outcome {

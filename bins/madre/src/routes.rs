@@ -416,7 +416,7 @@ pub async fn list_tasks(
 }
 
 /// `GET /madre/plans/{id}`.
-#[utoipa::path(get, path = "/madre/plans/{id}", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "The plan, its intent and audit rows", body = PlanDetail), AuthErrors, (status = 404, description = "Unknown id", body = ErrorBody)))]
+#[utoipa::path(get, path = "/madre/plans/{id}", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "The plan, its intent and audit rows", body = PlanDetail), AuthErrors, (status = 404, description = "Unknown id", body = ErrorBody), (status = 410, description = "The plan was moved to an archive (`archived`, naming it)", body = ErrorBody)))]
 pub async fn get_plan(
     state: Data,
     caller: Caller,
@@ -428,7 +428,7 @@ pub async fn get_plan(
 }
 
 /// `GET /tasks/{id}` (v6).
-#[utoipa::path(get, path = "/tasks/{id}", tag = "v6", params(("id" = String, Path, description = "Plan id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "The task", body = TaskView), AuthErrors, (status = 404, description = "Unknown id", body = ErrorBody)))]
+#[utoipa::path(get, path = "/tasks/{id}", tag = "v6", params(("id" = String, Path, description = "Plan id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "The task", body = TaskView), AuthErrors, (status = 404, description = "Unknown id", body = ErrorBody), (status = 410, description = "The plan was moved to an archive (`archived`, naming it)", body = ErrorBody)))]
 pub async fn get_task(
     state: Data,
     caller: Caller,

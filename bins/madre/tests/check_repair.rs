@@ -202,3 +202,56 @@ fn an_open_plan_with_a_refused_event_stops_the_start_naming_both() {
         .unwrap();
     assert_eq!(status, "PENDING");
 }
+
+/// `madre archive list` and `madre archive show` read the archives with
+/// no server (issue 25): a plan moved to its archive is shown with every
+/// row it had; a corrupt archive is named and skipped, the others still
+/// listed, and the command exits 1.
+#[test]
+fn archive_list_and_show_read_the_archives_and_name_a_corrupt_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = data.join("vx11.db");
+    let done = {
+        let db = Db::open(&path).unwrap();
+        let done = store_plan(&db);
+        run_to_done(&db, done);
+        let later = Utc::now() + chrono::Duration::seconds(1);
+        let report = db
+            .archive_finished_plans(&madre_db::archive_dir(&path), later, 10, 10, Utc::now())
+            .unwrap();
+        assert_eq!(report.plans, 1);
+        done
+    };
+    let list = madre(&data, &["archive", "list"]);
+    assert_eq!(list.status.code(), Some(0), "{}", text(&list));
+    assert!(text(&list).contains("1 plan(s)"), "{}", text(&list));
+
+    let show = madre(&data, &["archive", "show", &done.to_string()]);
+    let shown = text(&show);
+    assert_eq!(show.status.code(), Some(0), "{shown}");
+    let line: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(line["plan_id"], json!(done.to_string()));
+    assert_eq!(line["plan"]["status"], json!("DONE"));
+    assert_eq!(line["events"].as_array().unwrap().len(), 4, "{shown}");
+
+    let unknown = madre(&data, &["archive", "show", &Uuid::now_v7().to_string()]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
+    assert!(text(&unknown).contains("in no archive"));
+
+    std::fs::write(
+        data.join("archive").join("plans-2000-01-01.jsonl.gz"),
+        b"not gzip at all",
+    )
+    .unwrap();
+    let list = madre(&data, &["archive", "list"]);
+    let listed = text(&list);
+    assert_eq!(list.status.code(), Some(1), "{listed}");
+    assert!(
+        listed.contains("plans-2000-01-01.jsonl.gz\tunreadable"),
+        "{listed}"
+    );
+    assert!(listed.contains("1 plan(s)"), "{listed}");
+    let show = madre(&data, &["archive", "show", &done.to_string()]);
+    assert_eq!(show.status.code(), Some(0), "{}", text(&show));
+}

@@ -24,6 +24,14 @@ pub enum FlowError {
     /// No such plan (or other id).
     #[error("{0}")]
     NotFound(String),
+    /// The plan was finished long enough ago to be moved to an archive.
+    #[error("plan {plan_id} was archived to {archive}; `madre archive show {plan_id}` reads it")]
+    Archived {
+        /// The plan.
+        plan_id: uuid::Uuid,
+        /// The archive file it went to (in the data dir's `archive/`).
+        archive: String,
+    },
     /// The plan is not in a state that allows the request.
     #[error("{0}")]
     Conflict(String),

@@ -189,10 +189,24 @@ impl Madre {
 
     /// The stored plan, or [`FlowError::NotFound`].
     pub async fn load_plan(&self, plan_id: Uuid) -> Result<StoredPlan, FlowError> {
-        self.db
-            .run_blocking(move |db| db.plan(plan_id))
-            .await?
-            .ok_or_else(|| FlowError::NotFound(format!("plan {plan_id} not found")))
+        match self.db.run_blocking(move |db| db.plan(plan_id)).await? {
+            Some(stored) => Ok(stored),
+            None => Err(self.missing_plan(plan_id).await),
+        }
+    }
+
+    /// Why `plan_id` is not stored: it was archived (410), or it never was
+    /// (404).
+    async fn missing_plan(&self, plan_id: Uuid) -> FlowError {
+        match self
+            .db
+            .run_blocking(move |db| db.archived_plan(plan_id))
+            .await
+        {
+            Ok(Some(archive)) => FlowError::Archived { plan_id, archive },
+            Ok(None) => FlowError::NotFound(format!("plan {plan_id} not found")),
+            Err(e) => e.into(),
+        }
     }
 
     /// The plan with its intent, audit rows and journal, as
@@ -207,8 +221,9 @@ impl Madre {
                 Ok((stored, actions, events))
             })
             .await?;
-        let stored =
-            stored.ok_or_else(|| FlowError::NotFound(format!("plan {plan_id} not found")))?;
+        let Some(stored) = stored else {
+            return Err(self.missing_plan(plan_id).await);
+        };
         Ok(madre_models::PlanDetail {
             plan: stored.plan,
             intent: stored.intent,

@@ -131,6 +131,26 @@ pub enum Command {
     /// and the counters (no server needed; stop Madre first). Exits 1 when
     /// a plan could not be repaired.
     Repair,
+    /// Read the archives finished plans were moved to (no server needed).
+    Archive {
+        /// What to read.
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
+}
+
+/// `madre archive` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ArchiveCommand {
+    /// List the archives with how many plans each holds; an archive that
+    /// cannot be read is named (exit 1) and the others still listed.
+    List,
+    /// Show one archived plan: every row it had, as JSON (exit 1 when no
+    /// archive holds it).
+    Show {
+        /// The plan id (a full UUID).
+        id: String,
+    },
 }
 
 fn default_url() -> String {
@@ -176,7 +196,9 @@ pub async fn run_client(options: ClientOptions, command: Command) -> i32 {
 /// Makes the request(s) for `command`; `None` for `serve`.
 async fn call(api: &Api, command: Command) -> Result<Option<(Body, Renderer)>, Failure> {
     let answer: (Body, Renderer) = match command {
-        Command::Serve | Command::Check | Command::Repair => return Ok(None),
+        Command::Serve | Command::Check | Command::Repair | Command::Archive { .. } => {
+            return Ok(None);
+        }
         Command::Chat { message, session } => {
             let body = json!({ "message": message, "session_id": session });
             (api.post("/madre/chat", Some(body)).await?, render::chat)
