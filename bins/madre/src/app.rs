@@ -91,8 +91,8 @@ fn flow_config(settings: &Settings) -> MadreConfig {
         history_max: settings.history_max,
         session_idle_s: settings.session_idle_s,
         spawn_retention_s: settings.spawn_retention_s,
-        plan_retention: (settings.plan_retention_days > 0)
-            .then(|| std::time::Duration::from_secs(settings.plan_retention_days * 86_400)),
+        plan_retention: (settings.plan_retention_days > 0.0)
+            .then(|| std::time::Duration::from_secs_f64(settings.plan_retention_days * 86_400.0)),
         idempotency_ttl_s: settings.idempotency_ttl_s,
         probe_interval: settings.probe_interval,
         cleanup_interval: settings.cleanup_interval,

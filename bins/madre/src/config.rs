@@ -46,8 +46,9 @@ pub struct Settings {
     /// Retention of finished spawn records (`MADRE_SPAWN_RETENTION_S`).
     pub spawn_retention_s: u64,
     /// Days a finished plan stays in the database before it moves to the
-    /// archives (`MADRE_PLAN_RETENTION_DAYS`; 0 keeps every plan).
-    pub plan_retention_days: u64,
+    /// archives (`MADRE_PLAN_RETENTION_DAYS`, fractions allowed; 0 keeps
+    /// every plan).
+    pub plan_retention_days: f64,
     /// Lifetime of stored `Idempotency-Key` answers (`MADRE_IDEMPOTENCY_TTL_S`).
     pub idempotency_ttl_s: u64,
     /// Request body limit (`MADRE_MAX_BODY_BYTES`).
@@ -111,6 +112,21 @@ impl Source {
     /// A whole number in `min..=max`, or `default` when unset. Every limit
     /// has an upper bound, so no value can overflow a clock or a counter
     /// later: `u64::MAX` seconds is refused here, naming the variable.
+    /// A number of days from 0 to 100 years, fractions allowed (`0.5`, or
+    /// `0.000694` for about a minute).
+    fn days(&self, name: &str, default: f64) -> Result<f64, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(text) => match text.trim().parse::<f64>() {
+                Ok(days) if (0.0..=36_500.0).contains(&days) => Ok(days),
+                _ => Err(bad(
+                    name,
+                    format!("{text:?} is not a number of days from 0 to 36500"),
+                )),
+            },
+        }
+    }
+
     fn number<T>(&self, name: &str, default: T, min: T, max: T) -> Result<T, ConfigError>
     where
         T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
@@ -315,7 +331,7 @@ impl Settings {
             session_idle_s: source.number("MADRE_SESSION_IDLE_S", 3600, 1, 365 * DAY_S)?,
             history_max: source.number("MADRE_HISTORY_MAX", 100, 1, 100_000)?,
             spawn_retention_s: source.number("MADRE_SPAWN_RETENTION_S", 3600, 0, 365 * DAY_S)?,
-            plan_retention_days: source.number("MADRE_PLAN_RETENTION_DAYS", 30, 0, 36_500)?,
+            plan_retention_days: source.days("MADRE_PLAN_RETENTION_DAYS", 30.0)?,
             idempotency_ttl_s: source.number("MADRE_IDEMPOTENCY_TTL_S", 86_400, 1, 365 * DAY_S)?,
             max_body_bytes: source.number("MADRE_MAX_BODY_BYTES", 65536, 256, 64 << 20)?,
             probe_interval: Duration::from_secs(source.number(
@@ -500,6 +516,17 @@ mod tests {
         let err = settings(&[("RUST_LOG", "info,[=")]).unwrap_err();
         assert_eq!(err.variable, "RUST_LOG");
         assert!(settings(&[("RUST_LOG", "madre=debug,warn")]).is_ok());
+    }
+
+    #[test]
+    fn plan_retention_is_thirty_days_unless_set_and_takes_fractions() {
+        assert_eq!(settings(&[]).unwrap().plan_retention_days, 30.0);
+        let minute = settings(&[("MADRE_PLAN_RETENTION_DAYS", "0.000694")]).unwrap();
+        assert_eq!(minute.plan_retention_days, 0.000694);
+        for wrong in ["-1", "NaN", "forever", "40000"] {
+            let err = settings(&[("MADRE_PLAN_RETENTION_DAYS", wrong)]).unwrap_err();
+            assert_eq!(err.variable, "MADRE_PLAN_RETENTION_DAYS", "{wrong}");
+        }
     }
 
     #[test]

@@ -269,22 +269,22 @@ fn append_lines(path: &Path, lines: &[Value]) -> Result<u64, DbError> {
 
 impl Db {
     /// Moves finished plans last changed before `cutoff` into the archives
-    /// under `dir`, `batch` plans a commit, at most `max_batches` batches
-    /// this pass, first finishing any batch a crash interrupted. WAITING,
-    /// RUNNING and PENDING plans are never archived. Blocking: call it off
-    /// the async executor.
+    /// under `dir`, `batch` plans a commit, batch after batch until none is
+    /// left or `until` has passed, first finishing any batch a crash
+    /// interrupted. WAITING, RUNNING and PENDING plans are never archived.
+    /// Blocking: call it off the async executor.
     pub fn archive_finished_plans(
         &self,
         dir: &Path,
         cutoff: DateTime<Utc>,
         batch: usize,
-        max_batches: usize,
+        until: std::time::Instant,
         now: DateTime<Utc>,
     ) -> Result<ArchiveReport, DbError> {
         let mut report = self.finish_interrupted(dir, now)?;
         let archive = archive_name(now);
         let path = dir.join(&archive);
-        for _ in 0..max_batches {
+        while std::time::Instant::now() < until {
             let name = archive.clone();
             let chosen = self
                 .write(move |conn| {

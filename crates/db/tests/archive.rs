@@ -150,7 +150,7 @@ fn finished_plans_past_the_cutoff_move_to_the_archive_and_nothing_else_does() {
     let now = day(9, 2);
 
     let report =
-        f.db.archive_finished_plans(&f.archives, day(6, 1), 1, 10, now)
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 1, soon(), now)
             .unwrap();
     assert_eq!(report.plans, 2, "{report:?}");
     assert!(report.bytes > 0);
@@ -217,7 +217,7 @@ fn finished_plans_past_the_cutoff_move_to_the_archive_and_nothing_else_does() {
 
     // A second pass finds nothing more.
     let again =
-        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, now)
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
             .unwrap();
     assert_eq!(again, ArchiveReport::default());
 }
@@ -271,14 +271,14 @@ fn a_failed_archive_write_keeps_the_rows_and_a_later_pass_archives_them_once() {
     let done = plan(&f.db, day(1, 10), Some(Status::Done));
     std::fs::write(&f.archives, b"not a directory").unwrap();
     let failed =
-        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, day(9, 2));
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), day(9, 2));
     assert!(matches!(failed, Err(DbError::Archive { .. })), "{failed:?}");
     assert!(f.db.plan(done).unwrap().is_some(), "the rows stay");
     assert_eq!(f.db.archived_plan(done).unwrap(), None);
 
     std::fs::remove_file(&f.archives).unwrap();
     let report =
-        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, day(9, 3))
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), day(9, 3))
             .unwrap();
     assert_eq!(report.plans, 1);
     // It goes to the archive of its first pass, the only one holding it.
@@ -303,7 +303,7 @@ fn a_delete_that_did_not_happen_is_finished_without_a_second_line() {
     .unwrap();
     let now = day(9, 2);
     assert!(
-        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, now)
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
             .is_err()
     );
     let file = f.archives.join(archive_name(now));
@@ -312,7 +312,7 @@ fn a_delete_that_did_not_happen_is_finished_without_a_second_line() {
 
     conn.execute_batch("DROP TRIGGER test_crash;").unwrap();
     let report =
-        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, now)
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
             .unwrap();
     assert_eq!(report.plans, 1);
     assert_eq!(report.bytes, 0, "nothing written twice");
@@ -338,7 +338,7 @@ fn a_corrupt_archive_is_named_and_its_plans_keep_their_rows() {
     .unwrap();
     let now = day(9, 2);
     assert!(
-        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, now)
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
             .is_err()
     );
     conn.execute_batch("DROP TRIGGER test_crash;").unwrap();
@@ -354,8 +354,13 @@ fn a_corrupt_archive_is_named_and_its_plans_keep_their_rows() {
     };
     assert!(path.ends_with("plans-2026-09-02.jsonl.gz"), "{path}");
     let report =
-        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, 10, now)
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
             .unwrap();
     assert_eq!(report.plans, 0);
     assert!(f.db.plan(done).unwrap().is_some(), "its rows stay");
+}
+
+/// A deadline far enough for any archival pass of a test.
+fn soon() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(60)
 }

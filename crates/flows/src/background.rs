@@ -18,8 +18,6 @@ pub(crate) const ORPHAN_AFTER: std::time::Duration = std::time::Duration::from_s
 /// Plans a commit when the cleanup archives finished plans: small enough
 /// that chats waiting behind the batch's commit barely notice it.
 const ARCHIVE_BATCH: usize = 200;
-/// Batches a cleanup pass archives at most (the next pass goes on).
-const ARCHIVE_BATCHES: usize = 100;
 
 /// What start-up found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -116,8 +114,9 @@ impl Madre {
 
     /// Moves finished plans past `MADRE_PLAN_RETENTION_DAYS` to the
     /// archives beside the database, in batches of [`ARCHIVE_BATCH`] that
-    /// each hold the writer only for their own two commits. A failure
-    /// (a full disk) is logged and stops this pass; the rows stay.
+    /// each hold the writer only for their own two commits, for at most
+    /// half the cleanup interval. A failure (a full disk) is logged and
+    /// stops this pass; the rows stay.
     async fn archive_old_plans(&self, now: chrono::DateTime<Utc>) {
         let Some(retention) = self.config().plan_retention else {
             return;
@@ -128,11 +127,14 @@ impl Madre {
         else {
             return;
         };
+        // Half the interval, so a pass ends before the next is due; the
+        // next pass goes on where it stopped.
+        let until = std::time::Instant::now() + self.config().cleanup_interval / 2;
         let archived = self
             .db
             .run_blocking(move |db| {
                 let dir = madre_db::archive_dir(db.path());
-                db.archive_finished_plans(&dir, cutoff, ARCHIVE_BATCH, ARCHIVE_BATCHES, now)
+                db.archive_finished_plans(&dir, cutoff, ARCHIVE_BATCH, until, now)
             })
             .await;
         match archived {
