@@ -144,3 +144,34 @@ async fn an_archived_plan_answers_410_naming_its_archive() {
 fn soon() -> std::time::Instant {
     std::time::Instant::now() + std::time::Duration::from_secs(60)
 }
+
+/// With a retention shorter than a chat, the cleanup pass archives the
+/// chat's plan, and /metrics counts it with the database's size and free
+/// pages and the disk's free bytes (issue 25).
+#[actix_rt::test]
+async fn the_cleanup_archives_finished_plans_and_metrics_count_them() {
+    let app = spawn_app_with(&[("MADRE_PLAN_RETENTION_DAYS", "0.00000001")]).await;
+    let r = app.chat(OPERATOR, "hello").await;
+    assert_eq!(s(&r.body["status"]), "DONE");
+    app.madre.cleanup_once().await.unwrap();
+    let plan_id = s(&r.body["plan_id"]);
+    let gone = app
+        .send("GET", &format!("/madre/plans/{plan_id}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(gone.status, 410, "{}", gone.body);
+    let metrics = app.send("GET", "/metrics", Some(VIEWER), None).await;
+    let text = s(&metrics.body).to_owned();
+    let value = |name: &str| -> u64 {
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    assert_eq!(value("madre_plans_archived_total"), 1);
+    assert!(value("madre_archive_bytes_total") > 0);
+    assert!(value("madre_db_size_bytes") > value("madre_db_free_bytes"));
+    assert!(value("madre_disk_free_bytes") > 0);
+    assert!(text.contains("# TYPE madre_plans_archived_total counter"));
+    app.stop().await;
+}

@@ -148,6 +148,49 @@ impl Collector for WriterCollector {
     }
 }
 
+/// Appends what storage holds and has room for: the archives' totals, the
+/// database's size and free pages, the disk's free bytes.
+pub fn render_storage(out: &mut String, space: &madre_flows::StorageSpace) {
+    let families: [(&str, &str, &str, u64); 4] = [
+        (
+            "madre_plans_archived_total",
+            "counter",
+            "Finished plans moved to the archives since start.",
+            space.plans_archived,
+        ),
+        (
+            "madre_archive_bytes_total",
+            "counter",
+            "Compressed bytes appended to the archives since start.",
+            space.bytes_archived,
+        ),
+        (
+            "madre_db_size_bytes",
+            "gauge",
+            "The database file's size (its WAL not counted).",
+            space.database_bytes,
+        ),
+        (
+            "madre_db_free_bytes",
+            "gauge",
+            "Free pages inside the database, reused by new rows.",
+            space.free_page_bytes,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    if let Some((free, _)) = space.disk {
+        let _ = writeln!(
+            out,
+            "# HELP madre_disk_free_bytes Free bytes of the file system the database is on.\n# TYPE madre_disk_free_bytes gauge\nmadre_disk_free_bytes {free}"
+        );
+    }
+}
+
 /// Appends the writer's figures to a scrape (Prometheus text: the
 /// OpenMetrics end marker is left out, as more families follow).
 pub fn render_writer(out: &mut String, stats: WriterStats) {

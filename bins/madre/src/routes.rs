@@ -166,6 +166,15 @@ pub async fn health(state: Data) -> HttpResponse {
         Some(_) => DepState::Down,
     };
     let breakers = state.madre.delegator().breaker_states();
+    let space = state.madre.storage_space();
+    let mut warnings = Vec::new();
+    if let (true, Some((free, total))) = (space.disk_nearly_full(), space.disk) {
+        warnings.push(format!(
+            "disk_nearly_full: {} MiB of {} MiB free where the database is; lower MADRE_PLAN_RETENTION_DAYS or add room",
+            free >> 20,
+            total >> 20
+        ));
+    }
     let degraded = db == DepState::Down
         || deps.values().any(|s| *s == DepState::Down)
         || breakers.values().any(|b| *b != BreakerState::Closed);
@@ -181,6 +190,7 @@ pub async fn health(state: Data) -> HttpResponse {
         deps,
         db,
         breakers,
+        warnings,
     })
 }
 
@@ -604,6 +614,7 @@ pub async fn metrics(state: Data, caller: Caller) -> Result<HttpResponse, ApiErr
         madre.runner().running()
     );
     crate::metrics::render_writer(&mut out, madre.writer_stats());
+    crate::metrics::render_storage(&mut out, &madre.storage_space());
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out))

@@ -230,7 +230,9 @@ fn delete_archived(conn: &Connection, plans: &[Candidate]) -> Result<(), DbError
 /// back to its length before: it never keeps half a member. Answers the
 /// bytes appended.
 fn append_lines(path: &Path, lines: &[Value]) -> Result<u64, DbError> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // The fast level: the archiver must keep up with the chats, and JSON
+    // of one shape compresses well at any level.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     for line in lines {
         serde_json::to_writer(&mut encoder, line)?;
         encoder

@@ -278,6 +278,30 @@ impl Db {
         &self.path
     }
 
+    /// The database's size in bytes, and how much of it is free pages
+    /// that new rows reuse (three header values; no scan).
+    pub fn size(&self) -> Result<(u64, u64), DbError> {
+        self.read(|conn| {
+            let pragma = |name: &str| -> rusqlite::Result<i64> {
+                conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            };
+            let page = pragma("page_size")?.max(0) as u64;
+            Ok((
+                pragma("page_count")?.max(0) as u64 * page,
+                pragma("freelist_count")?.max(0) as u64 * page,
+            ))
+        })
+    }
+
+    /// Free and total bytes of the file system the database is on, or
+    /// `None` when it cannot be asked.
+    pub fn disk_space(&self) -> Option<(u64, u64)> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let fs = rustix::fs::statvfs(dir).ok()?;
+        let block = fs.f_frsize.max(1);
+        Some((fs.f_bavail * block, fs.f_blocks * block))
+    }
+
     /// Runs `f` on a read connection.
     pub(crate) fn read<T>(
         &self,

@@ -35,13 +35,14 @@ pub use idempotency::{Answer, IdempotencyKey};
 pub use madre_db::{PlanFilter, PlanKind, StorageFault, SyncMode, WriterStats};
 pub use own::Reload;
 pub use plans::{actions_of, reply_of};
-pub use reads::Page;
+pub use reads::{Page, StorageSpace};
 
 use madre_db::Db;
 use madre_delegation::{Delegator, HealthTable};
 use madre_policy::{Principal, Principals, RiskTables, Role};
 use madre_runner::Runner;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -140,6 +141,8 @@ pub struct Madre {
     started_at: Instant,
     /// The `Idempotency-Key` reservations this process holds.
     held_keys: idempotency::HeldKeys,
+    /// Plans and compressed bytes this process moved to the archives.
+    archived: (AtomicU64, AtomicU64),
 }
 
 impl std::fmt::Debug for Madre {
@@ -179,6 +182,7 @@ impl Madre {
             background: Mutex::new(None),
             started_at: Instant::now(),
             held_keys: idempotency::HeldKeys::default(),
+            archived: (AtomicU64::new(0), AtomicU64::new(0)),
         });
         madre
             .runner

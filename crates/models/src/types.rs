@@ -677,6 +677,10 @@ pub struct HealthResponse {
     #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, BreakerState>))]
     #[serde(default)]
     pub breakers: BTreeMap<Module, BreakerState>,
+    /// What an operator should look at soon though nothing fails yet
+    /// (`disk_nearly_full: …`). Absent when there is nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One line of `GET /madre/plans`.

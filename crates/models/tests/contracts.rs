@@ -322,6 +322,7 @@ fn control_task_health_and_error_shapes() {
             (Module::Switch, BreakerState::HalfOpen),
             (Module::Hermes, BreakerState::Closed),
         ]),
+        warnings: vec![],
     };
     let v = json!(health);
     assert_eq!(
