@@ -13,8 +13,10 @@
 //!    the gate and marks them written.
 //!
 //! A pass that finds plans marked but not written (a crash came between 1
-//! and 3) reads their archive, appends only the plans missing from it, and
-//! deletes. An append that fails (a full disk) is cut back to where the
+//! and 3) reads what their batch appended (from the archive's length when
+//! they were marked, kept with them), appends only the plans missing from
+//! it, and deletes. A batch whose append was torn by the crash (half a gzip
+//! member at the end) is cut back to where it began and written whole. An append that fails (a full disk) is cut back to where the
 //! file was and stops the pass: the rows stay. An archive that cannot be
 //! read is reported by name and its plans wait, with their rows, for a pass
 //! that can read it. Only the writer's commits hold the writer: the file is
@@ -81,6 +83,54 @@ pub fn read_archive(path: &Path) -> Result<Vec<Value>, DbError> {
             serde_json::from_str(&line).map_err(|e| archive_error(path, e))
         })
         .collect()
+}
+
+/// The plan ids an interrupted batch got into its archive: the lines from
+/// `offset` (the archive's length when the batch was marked; the whole
+/// file when unknown) to the end. A tail that does not decode was torn by
+/// the crash: the file is cut back to `offset` and nothing of the batch
+/// counts as written.
+fn batch_lines(path: &Path, offset: Option<u64>) -> Result<HashSet<String>, DbError> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(HashSet::new());
+    };
+    let ids = |lines: Vec<Value>| -> HashSet<String> {
+        lines
+            .iter()
+            .filter_map(|l| l["plan_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let Some(offset) = offset else {
+        return read_archive(path).map(ids);
+    };
+    if meta.len() <= offset {
+        return Ok(HashSet::new());
+    }
+    let mut file = File::open(path).map_err(|e| archive_error(path, e))?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
+        .map_err(|e| archive_error(path, e))?;
+    let tail = BufReader::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)));
+    let decoded: Result<Vec<Value>, String> = tail
+        .lines()
+        .map(|line| {
+            let line = line.map_err(|e| e.to_string())?;
+            serde_json::from_str(&line).map_err(|e| e.to_string())
+        })
+        .collect();
+    match decoded {
+        Ok(lines) => Ok(ids(lines)),
+        Err(why) => {
+            tracing::warn!(archive = %path.display(), offset, %why, "cutting the torn end of an interrupted append");
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| archive_error(path, e))?;
+            file.set_len(offset)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| archive_error(path, e))?;
+            Ok(HashSet::new())
+        }
+    }
 }
 
 /// The rows `sql` selects, each as a JSON object by column name; columns
@@ -163,6 +213,7 @@ fn mark_batch(
     cutoff: DateTime<Utc>,
     batch: usize,
     archive: &str,
+    at_offset: u64,
     at: DateTime<Utc>,
 ) -> Result<Vec<Candidate>, DbError> {
     let bound = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
@@ -182,10 +233,12 @@ fn mark_batch(
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let mut mark = conn.prepare_cached(
-        "INSERT INTO archived_plans (uuid, archive, archived_at, written) VALUES (?1, ?2, ?3, 0)",
+        "INSERT INTO archived_plans (uuid, archive, archived_at, written, at_offset)
+         VALUES (?1, ?2, ?3, 0, ?4)",
     )?;
+    let at_offset = i64::try_from(at_offset).unwrap_or(i64::MAX);
     for plan in &chosen {
-        mark.execute(params![plan.uuid, archive, ts(at)])?;
+        mark.execute(params![plan.uuid, archive, ts(at), at_offset])?;
     }
     Ok(chosen)
 }
@@ -288,9 +341,10 @@ impl Db {
         let path = dir.join(&archive);
         while std::time::Instant::now() < until {
             let name = archive.clone();
+            let offset = std::fs::metadata(&path).map_or(0, |m| m.len());
             let chosen = self
                 .write(move |conn| {
-                    let chosen = mark_batch(conn, cutoff, batch.max(1), &name, now)?;
+                    let chosen = mark_batch(conn, cutoff, batch.max(1), &name, offset, now)?;
                     let lines = chosen
                         .iter()
                         .map(|plan| plan_line(conn, plan, now))
@@ -317,32 +371,27 @@ impl Db {
     /// Finishes batches a crash left between their mark and their delete:
     /// appends the plans their archive lacks, then deletes their rows.
     fn finish_interrupted(&self, dir: &Path, now: DateTime<Utc>) -> Result<ArchiveReport, DbError> {
-        let pending: Vec<(String, String)> = self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT uuid, archive FROM archived_plans WHERE written = 0")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let pending: Vec<(String, String, Option<i64>)> = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT uuid, archive, at_offset FROM archived_plans WHERE written = 0",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })?;
-        let mut by_archive: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (uuid, archive) in pending {
-            by_archive.entry(archive).or_default().push(uuid);
+        let mut by_batch: BTreeMap<(String, Option<i64>), Vec<String>> = BTreeMap::new();
+        for (uuid, archive, offset) in pending {
+            by_batch.entry((archive, offset)).or_default().push(uuid);
         }
         let mut report = ArchiveReport::default();
-        for (archive, uuids) in by_archive {
+        for ((archive, offset), uuids) in by_batch {
             let path = dir.join(&archive);
-            let present: HashSet<String> = if path.exists() {
-                match read_archive(&path) {
-                    Ok(lines) => lines
-                        .iter()
-                        .filter_map(|l| l["plan_id"].as_str().map(str::to_owned))
-                        .collect(),
-                    Err(e) => {
-                        tracing::error!(archive = %path.display(), error = %e, "archive unreadable: its interrupted plans keep their rows");
-                        continue;
-                    }
+            let offset = offset.map(|o| o.max(0) as u64);
+            let present = match batch_lines(&path, offset) {
+                Ok(present) => present,
+                Err(e) => {
+                    tracing::error!(archive = %path.display(), error = %e, "archive unreadable: its interrupted plans keep their rows");
+                    continue;
                 }
-            } else {
-                HashSet::new()
             };
             let (plans, missing) = self
                 .write(move |conn| {

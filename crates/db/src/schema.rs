@@ -627,7 +627,8 @@ CREATE TABLE archived_plans (
     uuid        TEXT PRIMARY KEY,
     archive     TEXT NOT NULL,
     archived_at TEXT NOT NULL,
-    written     INTEGER NOT NULL DEFAULT 0
+    written     INTEGER NOT NULL DEFAULT 0,
+    at_offset   INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX archived_plans_unwritten ON archived_plans (archive) WHERE written = 0;
 

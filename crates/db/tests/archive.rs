@@ -324,40 +324,84 @@ fn a_delete_that_did_not_happen_is_finished_without_a_second_line() {
     );
 }
 
-/// An archive that cannot be read is reported by name: reading it fails
-/// naming the file, and a pass that needs it keeps the rows of its plans
-/// instead of guessing what it holds.
+/// A crash in the middle of an append leaves half a gzip member at the end
+/// of the archive (here: the batch's member cut in two). The next pass cuts
+/// the archive back to where that batch began, writes the batch whole, and
+/// deletes its rows: every line reads, each plan once.
 #[test]
-fn a_corrupt_archive_is_named_and_its_plans_keep_their_rows() {
+fn a_torn_append_is_cut_back_and_written_whole() {
     let f = open();
-    let done = plan(&f.db, day(1, 10), Some(Status::Done));
+    let now = day(9, 2);
+    let first = plan(&f.db, day(1, 9), Some(Status::Done));
+    f.db.archive_finished_plans(&f.archives, day(1, 10), 10, soon(), now)
+        .unwrap();
+    let file = f.archives.join(archive_name(now));
+    let whole = std::fs::metadata(&file).unwrap().len();
+    let torn = plan(&f.db, day(1, 10), Some(Status::Done));
     let conn = raw(&f.path);
     conn.execute_batch(
         "CREATE TRIGGER test_crash BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'crash'); END;",
     )
     .unwrap();
-    let now = day(9, 2);
     assert!(
         f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
             .is_err()
     );
     conn.execute_batch("DROP TRIGGER test_crash;").unwrap();
-    let file = f.archives.join(archive_name(now));
+    let appended = std::fs::metadata(&file).unwrap().len();
+    assert!(appended > whole);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(whole + (appended - whole) / 2)
+        .unwrap();
+    assert!(
+        read_archive(&file).is_err(),
+        "the torn member does not read"
+    );
+
+    let report =
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
+            .unwrap();
+    assert_eq!(report.plans, 1);
+    assert_eq!(archived_ids(&file), [first.to_string(), torn.to_string()]);
+    assert!(f.db.plan(torn).unwrap().is_none());
+}
+
+/// An archive that cannot be read is reported by name, by the reader and
+/// so by `madre archive`; it does not stop later passes, which write to
+/// their own day's archive and never read the old one.
+#[test]
+fn a_corrupt_archive_is_named_and_later_passes_go_on() {
+    let f = open();
+    let old = plan(&f.db, day(1, 10), Some(Status::Done));
+    f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), day(9, 2))
+        .unwrap();
+    let file = f.archives.join(archive_name(day(9, 2)));
     let mut bytes = std::fs::read(&file).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     bytes.truncate(bytes.len() - 4);
     std::fs::write(&file, &bytes).unwrap();
-
     let Err(DbError::Archive { path, .. }) = read_archive(&file) else {
         panic!("a corrupt archive reads as an error");
     };
     assert!(path.ends_with("plans-2026-09-02.jsonl.gz"), "{path}");
+    assert_eq!(
+        f.db.archived_plan(old).unwrap().as_deref(),
+        Some("plans-2026-09-02.jsonl.gz")
+    );
+
+    let later = plan(&f.db, day(2, 10), Some(Status::Done));
     let report =
-        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), day(9, 3))
             .unwrap();
-    assert_eq!(report.plans, 0);
-    assert!(f.db.plan(done).unwrap().is_some(), "its rows stay");
+    assert_eq!(report.plans, 1);
+    assert_eq!(
+        archived_ids(&f.archives.join(archive_name(day(9, 3)))),
+        [later.to_string()]
+    );
 }
 
 /// A deadline far enough for any archival pass of a test.
