@@ -10,21 +10,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stub-urls.sh
 . scripts/stub-urls.sh
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 TOTAL=${RETENTION_SECONDS:-600}
 SAMPLE=${SAMPLE_S:-30}
 C=${C:-16}
 DAYS=${RETENTION_DAYS:-0.000694}   # about 60 s
 OFFSET=${BENCH_PORT_OFFSET:-18000}
-if ! command -v wrk >/dev/null || ! command -v sqlite3 >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq wrk sqlite3 >/dev/null
-fi
-cargo build --release --quiet -p madre -p vx11-stubs
+bench_prepare
 mkdir -p bench/out
 WORK=$(mktemp -d)
 export VX11_TOKEN=bench-$RANDOM-$RANDOM
 BASE="http://127.0.0.1:$((8001 + OFFSET))"
-stop() { [ -n "${1:-}" ] && kill "$1" 2>/dev/null && wait "$1" 2>/dev/null || true; }
 cleanup() { stop "${WRK_PID:-}"; stop "${MADRE_PID:-}"; stop "${STUBS_PID:-}"; rm -rf "$WORK"; }
 trap cleanup EXIT
 

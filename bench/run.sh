@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stub-urls.sh
 . scripts/stub-urls.sh
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 CONCURRENCIES=${BENCH_CONCURRENCY:-"1 16 64 256"}
@@ -16,11 +18,7 @@ SCENARIOS=${BENCH_SCENARIOS:-"ceiling chat-passthrough chat-low chat-mixed plans
 MADRE_BIN=${MADRE_BIN:-target/release/madre}   # another build, to compare two versions
 LOG_LEVEL=${BENCH_RUST_LOG:-warn}               # Madre's RUST_LOG (its default is info)
 
-if ! command -v wrk >/dev/null || ! command -v sqlite3 >/dev/null; then
-    echo "bench: installing wrk and sqlite3 (Debian)" >&2
-    apt-get update -qq && apt-get install -y -qq wrk sqlite3 >/dev/null
-fi
-cargo build --release --quiet -p madre -p vx11-stubs
+bench_prepare
 
 OUT=bench/out
 WORK=$(mktemp -d)
@@ -29,7 +27,6 @@ mkdir -p "$OUT"
 export VX11_TOKEN=bench-$RANDOM-$RANDOM
 BASE="http://127.0.0.1:$((8001 + OFFSET))"
 
-stop() { [ -n "${1:-}" ] && kill "$1" 2>/dev/null && wait "$1" 2>/dev/null || true; }
 cleanup() { stop "${MADRE_PID:-}"; stop "${STUBS_PID:-}"; rm -rf "$WORK"; }
 trap cleanup EXIT
 

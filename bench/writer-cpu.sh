@@ -11,20 +11,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stub-urls.sh
 . scripts/stub-urls.sh
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 C=${C:-64}
 SECS=${SECS:-15}
 BIN=${MADRE_BIN:-target/release/madre}
 OFFSET=${BENCH_PORT_OFFSET:-17000}
-if ! command -v wrk >/dev/null || ! command -v sqlite3 >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq wrk sqlite3 >/dev/null
-fi
-cargo build --release --quiet -p madre -p vx11-stubs
+bench_prepare
 mkdir -p bench/out
 WORK=$(mktemp -d)
 export VX11_TOKEN=bench-$RANDOM-$RANDOM
 BASE="http://127.0.0.1:$((8001 + OFFSET))"
-stop() { [ -n "${1:-}" ] && kill "$1" 2>/dev/null && wait "$1" 2>/dev/null || true; }
 cleanup() { stop "${MADRE_PID:-}"; stop "${STUBS_PID:-}"; rm -rf "$WORK"; }
 trap cleanup EXIT
 

@@ -6,9 +6,7 @@
 //! and the file is sound.
 
 use chrono::{Duration as Days, Utc};
-use madre_db::{Db, Event, NewPlanRecord, PlanEvent, PlanKind, PlanMeta};
-use madre_models::{Mode, Plan, SessionId, Status, Step, StepType};
-use serde_json::json;
+use madre_db::Db;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,7 +15,7 @@ use uuid::Uuid;
 
 mod common;
 
-use common::{BIN, free_port, wait_listening};
+use common::{BIN, done_events, free_port, hermes_plan, wait_listening};
 
 /// Enough plans that the first pass takes several batches.
 const PLANS: usize = 1_500;
@@ -27,57 +25,9 @@ fn seed(db: &Db) -> Vec<Uuid> {
     let at = Utc::now() - Days::days(2);
     (0..PLANS)
         .map(|_| {
-            let id = Uuid::new_v7(uuid::Timestamp::from_unix(
-                uuid::NoContext,
-                at.timestamp() as u64,
-                at.timestamp_subsec_nanos(),
-            ));
-            let plan = Plan {
-                plan_id: id,
-                intent_id: Uuid::now_v7(),
-                session_id: SessionId::parse("s-archive".into()).unwrap(),
-                status: Status::Pending,
-                mode: Mode::Madre,
-                steps: vec![Step::new(
-                    Uuid::now_v7(),
-                    StepType::CallHermes,
-                    json!({"prompt": "hi"}),
-                    at,
-                )],
-                warnings: vec![],
-                error: None,
-                created_at: at,
-                updated_at: at,
-            };
-            let events = vec![
-                PlanEvent::new(Event::StepStarted { step: 0 }, at),
-                PlanEvent::new(
-                    Event::StepFinished {
-                        step: 0,
-                        status: Status::Done,
-                    },
-                    at,
-                ),
-                PlanEvent::finished(Status::Done, None, at),
-            ];
-            db.insert_plan_with(
-                NewPlanRecord {
-                    plan,
-                    meta: PlanMeta {
-                        kind: PlanKind::Chat,
-                        name: "chat".into(),
-                        module: madre_models::Module::Hermes,
-                        action: "chat".into(),
-                        principal: "alice".into(),
-                    },
-                    intent: None,
-                    confirmation: None,
-                    actions: vec![],
-                },
-                events,
-            )
-            .wait()
-            .unwrap();
+            let record = hermes_plan(at);
+            let id = record.plan.plan_id;
+            db.insert_plan_with(record, done_events(at)).wait().unwrap();
             id
         })
         .collect()

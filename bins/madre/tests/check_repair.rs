@@ -6,8 +6,8 @@
 //! the event, before anything is written.
 
 use chrono::Utc;
-use madre_db::{Db, Event, NewPlanRecord, PlanEvent, PlanKind, PlanMeta};
-use madre_models::{Mode, Plan, SessionId, Status, Step, StepType};
+use madre_db::Db;
+use madre_models::Status;
 use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 mod common;
 
-use common::BIN;
+use common::{BIN, done_events, hermes_plan};
 
 fn madre(data: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -38,62 +38,16 @@ fn text(out: &Output) -> String {
 
 /// A one-step Hermes plan, stored PENDING.
 fn store_plan(db: &Db) -> Uuid {
-    let now = Utc::now();
-    let plan = Plan {
-        plan_id: Uuid::now_v7(),
-        intent_id: Uuid::now_v7(),
-        session_id: SessionId::parse("s-check".into()).unwrap(),
-        status: Status::Pending,
-        mode: Mode::Madre,
-        steps: vec![Step::new(
-            Uuid::now_v7(),
-            StepType::CallHermes,
-            json!({"prompt": "hi"}),
-            now,
-        )],
-        warnings: vec![],
-        error: None,
-        created_at: now,
-        updated_at: now,
-    };
-    let plan_id = plan.plan_id;
-    db.insert_plan(NewPlanRecord {
-        plan,
-        meta: PlanMeta {
-            kind: PlanKind::Chat,
-            name: "chat".into(),
-            module: madre_models::Module::Hermes,
-            action: "chat".into(),
-            principal: "alice".into(),
-        },
-        intent: None,
-        confirmation: None,
-        actions: vec![],
-    })
-    .wait()
-    .unwrap();
+    let record = hermes_plan(Utc::now());
+    let plan_id = record.plan.plan_id;
+    db.insert_plan(record).wait().unwrap();
     plan_id
 }
 
 fn run_to_done(db: &Db, plan_id: Uuid) {
-    let now = Utc::now();
-    db.apply_events(
-        plan_id,
-        vec![
-            PlanEvent::new(Event::StepStarted { step: 0 }, now),
-            PlanEvent::new(
-                Event::StepFinished {
-                    step: 0,
-                    status: Status::Done,
-                },
-                now,
-            ),
-            PlanEvent::finished(Status::Done, None, now),
-        ],
-        None,
-    )
-    .wait()
-    .unwrap();
+    db.apply_events(plan_id, done_events(Utc::now()), None)
+        .wait()
+        .unwrap();
 }
 
 #[test]

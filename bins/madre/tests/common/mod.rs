@@ -55,3 +55,63 @@ pub(crate) async fn wait_listening(port: u16) {
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A UUID v7 made at `at`, as Madre's ids are.
+pub(crate) fn id_at(at: chrono::DateTime<chrono::Utc>) -> uuid::Uuid {
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(at.timestamp()).unwrap_or(0),
+        at.timestamp_subsec_nanos(),
+    ))
+}
+
+/// A one-step Hermes chat plan made at `at`, as `madre serve` stores one.
+pub(crate) fn hermes_plan(at: chrono::DateTime<chrono::Utc>) -> madre_db::NewPlanRecord {
+    use madre_models::{Mode, Plan, SessionId, Status, Step, StepType};
+    madre_db::NewPlanRecord {
+        plan: Plan {
+            plan_id: id_at(at),
+            intent_id: id_at(at),
+            session_id: SessionId::parse("s-test".into()).unwrap(),
+            status: Status::Pending,
+            mode: Mode::Madre,
+            steps: vec![Step::new(
+                id_at(at),
+                StepType::CallHermes,
+                serde_json::json!({"prompt": "hi"}),
+                at,
+            )],
+            warnings: vec![],
+            error: None,
+            created_at: at,
+            updated_at: at,
+        },
+        meta: madre_db::PlanMeta {
+            kind: madre_db::PlanKind::Chat,
+            name: "chat".into(),
+            module: Module::Hermes,
+            action: "chat".into(),
+            principal: "alice".into(),
+        },
+        intent: None,
+        confirmation: None,
+        actions: vec![],
+    }
+}
+
+/// The events that run a one-step plan's step to DONE and end it, at `at`.
+pub(crate) fn done_events(at: chrono::DateTime<chrono::Utc>) -> Vec<madre_db::PlanEvent> {
+    use madre_db::{Event, PlanEvent};
+    use madre_models::Status;
+    vec![
+        PlanEvent::new(Event::StepStarted { step: 0 }, at),
+        PlanEvent::new(
+            Event::StepFinished {
+                step: 0,
+                status: Status::Done,
+            },
+            at,
+        ),
+        PlanEvent::finished(Status::Done, None, at),
+    ]
+}
