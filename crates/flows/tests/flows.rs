@@ -350,6 +350,35 @@ async fn a_wall_clock_jump_does_not_run_a_keyed_request_twice() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// What a LOW chat costs in the database, indexes included (issue 25):
+/// the pages the file's used part grew by over N chats. Issue 25's target
+/// is 1 KB; today's figure is about 4.3 KB (see docs/benchmarks.md), and
+/// this bound keeps it from growing unseen until the storage budget work
+/// brings it down.
+#[tokio::test]
+async fn a_low_chat_stays_within_its_byte_budget() {
+    const CHATS: u64 = 300;
+    let h = default_harness();
+    h.chat("warm up the tables").await;
+    let used = || {
+        let (size, free) = h.madre.db().size().unwrap();
+        size - free
+    };
+    let before = used();
+    for i in 0..CHATS {
+        assert_eq!(
+            h.chat(&format!("tell me about the weather in Lisbon {i}"))
+                .await
+                .status,
+            Status::Done
+        );
+    }
+    let per_chat = (used() - before) as f64 / CHATS as f64;
+    println!("per LOW chat: {per_chat:.0} bytes in the database");
+    assert!(per_chat > 0.0);
+    assert!(per_chat <= 4_800.0, "{per_chat:.0} bytes a chat");
+}
+
 /// A WAITING answer stored for its key never holds the token; the replay of
 /// a lost answer hands out a fresh token that confirms, and the old one no
 /// longer works.
