@@ -336,9 +336,15 @@ impl Db {
         until: std::time::Instant,
         now: DateTime<Utc>,
     ) -> Result<ArchiveReport, DbError> {
-        let mut report = self.finish_interrupted(dir, now)?;
+        let (mut report, unsettled) = self.finish_interrupted(dir, now)?;
         let archive = archive_name(now);
         let path = dir.join(&archive);
+        if unsettled.contains(&archive) {
+            // Nothing goes behind a batch that is not settled: cutting its
+            // torn end later would cut what came after it too.
+            tracing::warn!(archive = %path.display(), "an interrupted batch of this archive could not be settled; archiving waits");
+            return Ok(report);
+        }
         while std::time::Instant::now() < until {
             let name = archive.clone();
             let offset = std::fs::metadata(&path).map_or(0, |m| m.len());
@@ -370,7 +376,12 @@ impl Db {
 
     /// Finishes batches a crash left between their mark and their delete:
     /// appends the plans their archive lacks, then deletes their rows.
-    fn finish_interrupted(&self, dir: &Path, now: DateTime<Utc>) -> Result<ArchiveReport, DbError> {
+    /// Answers also the archives whose batches could not be settled now.
+    fn finish_interrupted(
+        &self,
+        dir: &Path,
+        now: DateTime<Utc>,
+    ) -> Result<(ArchiveReport, HashSet<String>), DbError> {
         let pending: Vec<(String, String, Option<i64>)> = self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT uuid, archive, at_offset FROM archived_plans WHERE written = 0",
@@ -383,6 +394,7 @@ impl Db {
             by_batch.entry((archive, offset)).or_default().push(uuid);
         }
         let mut report = ArchiveReport::default();
+        let mut unsettled = HashSet::new();
         for ((archive, offset), uuids) in by_batch {
             let path = dir.join(&archive);
             let offset = offset.map(|o| o.max(0) as u64);
@@ -390,6 +402,7 @@ impl Db {
                 Ok(present) => present,
                 Err(e) => {
                     tracing::error!(archive = %path.display(), error = %e, "archive unreadable: its interrupted plans keep their rows");
+                    unsettled.insert(archive);
                     continue;
                 }
             };
@@ -426,7 +439,7 @@ impl Db {
             }
             report.plans += count;
         }
-        Ok(report)
+        Ok((report, unsettled))
     }
 
     /// The archive a plan was moved to, if it was.

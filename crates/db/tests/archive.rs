@@ -369,6 +369,44 @@ fn a_torn_append_is_cut_back_and_written_whole() {
     assert!(f.db.plan(torn).unwrap().is_none());
 }
 
+/// A batch whose archive cannot be read (here the file is a directory)
+/// stays unsettled with its rows, and nothing new is appended to that
+/// archive behind it until it can be settled; then both go, once each.
+#[test]
+fn nothing_is_appended_behind_an_unsettled_batch() {
+    let f = open();
+    let now = day(9, 2);
+    let first = plan(&f.db, day(1, 9), Some(Status::Done));
+    let conn = raw(&f.path);
+    conn.execute_batch(
+        "CREATE TRIGGER test_crash BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'crash'); END;",
+    )
+    .unwrap();
+    assert!(
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
+            .is_err()
+    );
+    conn.execute_batch("DROP TRIGGER test_crash;").unwrap();
+    let second = plan(&f.db, day(1, 10), Some(Status::Done));
+    let file = f.archives.join(archive_name(now));
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let report =
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
+            .unwrap();
+    assert_eq!(report.plans, 0);
+    assert!(f.db.plan(first).unwrap().is_some());
+    assert!(f.db.plan(second).unwrap().is_some());
+    assert_eq!(f.db.archived_plan(second).unwrap(), None);
+
+    std::fs::remove_dir(&file).unwrap();
+    let report =
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
+            .unwrap();
+    assert_eq!(report.plans, 2);
+    assert_eq!(archived_ids(&file), [first.to_string(), second.to_string()]);
+}
+
 /// An archive that cannot be read is reported by name, by the reader and
 /// so by `madre archive`; it does not stop later passes, which write to
 /// their own day's archive and never read the old one.
