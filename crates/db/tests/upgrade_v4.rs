@@ -433,3 +433,123 @@ fn a_newer_file_is_refused_not_downgraded() {
         .unwrap();
     assert_eq!(version, newer, "the file is left as it was");
 }
+
+/// Every table of a chat, as one text per row, in order: what an upgrade
+/// must leave exactly as it was.
+fn rows_of(conn: &Connection) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in [
+        "plans",
+        "plan_events",
+        "confirmations",
+        "intents_log",
+        "madre_actions",
+        "sessions",
+        "madre_context",
+        "idempotency_keys",
+        "daughter_tasks",
+        "plan_status_counts",
+    ] {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
+            .unwrap();
+        let columns = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                let cells: Vec<String> = (0..columns)
+                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                    .collect();
+                Ok(format!("{table}: {}", cells.join(" | ")))
+            })
+            .unwrap();
+        out.extend(rows.map(Result::unwrap));
+    }
+    out
+}
+
+/// Schema 8 (issue 25: the archives' table and the archival gate) upgrades
+/// a schema-7 file in place: every row of every table stays as it was,
+/// the append-only tables still refuse any delete, and the upgraded file's
+/// finished plans can be archived while its waiting plan stays.
+#[test]
+fn a_schema_7_file_upgrades_to_8_keeping_every_row_and_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v7.db");
+    let waiting = old_plan(
+        "WAITING",
+        None,
+        vec![step(StepType::AwaitConfirmation, "WAITING", 0, None, None)],
+        vec![
+            ("plan_created", None, "PENDING"),
+            ("plan_waiting", Some(0), "WAITING"),
+        ],
+    );
+    let done = old_plan(
+        "DONE",
+        None,
+        vec![step(
+            StepType::CallHermes,
+            "DONE",
+            1,
+            Some(json!({"reply": "hello"})),
+            None,
+        )],
+        vec![
+            ("plan_created", None, "PENDING"),
+            ("step_started", Some(0), "RUNNING"),
+            ("step_finished", Some(0), "DONE"),
+            ("plan_finished", None, "DONE"),
+        ],
+    );
+    make_v4(&path, &[&waiting, &done], "tok");
+    let before = {
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, &path, 7).unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO intents_log (id, source, principal, payload_json, created_at)
+             VALUES ('{}', 'chat', 'alice', '{{}}', '{T0}');
+             INSERT INTO madre_actions (module, action, reason, principal, plan_id, created_at)
+             VALUES ('hermes', 'chat', 'planned 1 step(s)', 'alice', '{}', '{T0}');",
+            Uuid::now_v7(),
+            done.id
+        ))
+        .unwrap();
+        rows_of(&conn)
+    };
+    assert!(before.iter().any(|r| r.starts_with("plan_events:")));
+
+    let db = Db::open(&path).unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 8);
+    assert_eq!(rows_of(&conn), before, "every row as it was");
+    for sql in [
+        "DELETE FROM plan_events",
+        "DELETE FROM intents_log",
+        "DELETE FROM madre_actions",
+    ] {
+        let err = conn.execute(sql, []).unwrap_err().to_string();
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
+    assert_eq!(db.plan(done.id).unwrap().unwrap().plan.status, Status::Done);
+
+    let later = chrono::Utc::now() + chrono::Duration::days(1);
+    let report = db
+        .archive_finished_plans(
+            &archive_dir(&path),
+            later,
+            10,
+            std::time::Instant::now() + std::time::Duration::from_secs(60),
+            chrono::Utc::now(),
+        )
+        .unwrap();
+    assert_eq!(report.plans, 1);
+    assert!(db.plan(done.id).unwrap().is_none());
+    assert_eq!(
+        db.plan(waiting.id).unwrap().unwrap().plan.status,
+        Status::Waiting
+    );
+    db.integrity_check().unwrap();
+}
