@@ -11,5 +11,13 @@ bench_prepare() {
     cargo build --release --quiet -p madre -p vx11-stubs
 }
 
+# Plans stored in the database $WORK/data/vx11.db: `plans` since schema
+# 7, `tasks` before it (so a script can measure an older build too).
+plan_count() {
+    sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM plans" 2>/dev/null \
+        || sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM tasks" 2>/dev/null \
+        || echo 0
+}
+
 # Stops a process this script started, if it still runs.
 stop() { [ -n "${1:-}" ] && kill "$1" 2>/dev/null && wait "$1" 2>/dev/null || true; }

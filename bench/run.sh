@@ -83,13 +83,6 @@ wants ceiling && run_scenario ceiling bench/ceiling.lua /health
 wants chat-passthrough && run_passthrough
 wants chat-low && run_scenario chat-low bench/chat_low.lua /madre/chat
 wants chat-mixed && run_scenario chat-mixed bench/chat_mixed.lua /madre/chat
-# Plans stored so far: `plans` since schema 7, `tasks` before it (so the
-# same script measures an older binary for a before/after table).
-plan_count() {
-    sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM plans" 2>/dev/null \
-        || sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM tasks" 2>/dev/null \
-        || echo 0
-}
 if wants plans-read; then
 
 # plans-read needs a large table: top it up to SEED_PLANS with real chats.

@@ -37,12 +37,7 @@ wrk -t2 -c"$C" -d3s -s bench/chat_low.lua "$BASE/madre/chat" >/dev/null   # warm
 WRITER=$(grep -l "madre-db-writer" /proc/"$MADRE_PID"/task/*/comm | head -1 | cut -d/ -f5)
 TICK=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "$1"; }
-# Plans made so far (`tasks` before schema 7, to measure an older build).
-plans() {
-    sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM plans" 2>/dev/null \
-        || sqlite3 "$WORK/data/vx11.db" "SELECT count(*) FROM tasks"
-}
-w0=$(ticks /proc/"$MADRE_PID"/task/"$WRITER"/stat); p0=$(ticks /proc/"$MADRE_PID"/stat); n0=$(plans)
+w0=$(ticks /proc/"$MADRE_PID"/task/"$WRITER"/stat); p0=$(ticks /proc/"$MADRE_PID"/stat); n0=$(plan_count)
 if [ -n "${PERF:-}" ]; then
     perf record -F 400 --call-graph dwarf,16384 -t "$WRITER" -o bench/out/writer.perf.data \
         -- sleep $((SECS - 2)) >/dev/null 2>&1 &
@@ -50,6 +45,6 @@ if [ -n "${PERF:-}" ]; then
 fi
 wrk -t2 -c"$C" -d"${SECS}s" -s bench/chat_low.lua "$BASE/madre/chat" | grep RESULT
 [ -n "${PERF:-}" ] && wait "$PERF_PID"
-w1=$(ticks /proc/"$MADRE_PID"/task/"$WRITER"/stat); p1=$(ticks /proc/"$MADRE_PID"/stat); n1=$(plans)
+w1=$(ticks /proc/"$MADRE_PID"/task/"$WRITER"/stat); p1=$(ticks /proc/"$MADRE_PID"/stat); n1=$(plan_count)
 n=$((n1 - n0))
 echo "chats=$n writer_cpu_us_per_chat=$(( (w1 - w0) * 1000000 / TICK / n )) process_cpu_us_per_chat=$(( (p1 - p0) * 1000000 / TICK / n ))"

@@ -296,21 +296,12 @@ fn a_failed_archive_write_keeps_the_rows_and_a_later_pass_archives_them_once() {
 fn a_delete_that_did_not_happen_is_finished_without_a_second_line() {
     let f = open();
     let done = plan(&f.db, day(1, 10), Some(Status::Done));
-    let conn = raw(&f.path);
-    conn.execute_batch(
-        "CREATE TRIGGER test_crash BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'crash'); END;",
-    )
-    .unwrap();
     let now = day(9, 2);
-    assert!(
-        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
-            .is_err()
-    );
+    pass_interrupted_before_its_delete(&f, now);
     let file = f.archives.join(archive_name(now));
     assert_eq!(archived_ids(&file), [done.to_string()]);
     assert!(f.db.plan(done).unwrap().is_some(), "still in the database");
 
-    conn.execute_batch("DROP TRIGGER test_crash;").unwrap();
     let report =
         f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
             .unwrap();
@@ -338,16 +329,7 @@ fn a_torn_append_is_cut_back_and_written_whole() {
     let file = f.archives.join(archive_name(now));
     let whole = std::fs::metadata(&file).unwrap().len();
     let torn = plan(&f.db, day(1, 10), Some(Status::Done));
-    let conn = raw(&f.path);
-    conn.execute_batch(
-        "CREATE TRIGGER test_crash BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'crash'); END;",
-    )
-    .unwrap();
-    assert!(
-        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
-            .is_err()
-    );
-    conn.execute_batch("DROP TRIGGER test_crash;").unwrap();
+    pass_interrupted_before_its_delete(&f, now);
     let appended = std::fs::metadata(&file).unwrap().len();
     assert!(appended > whole);
     std::fs::OpenOptions::new()
@@ -377,16 +359,7 @@ fn nothing_is_appended_behind_an_unsettled_batch() {
     let f = open();
     let now = day(9, 2);
     let first = plan(&f.db, day(1, 9), Some(Status::Done));
-    let conn = raw(&f.path);
-    conn.execute_batch(
-        "CREATE TRIGGER test_crash BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'crash'); END;",
-    )
-    .unwrap();
-    assert!(
-        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now)
-            .is_err()
-    );
-    conn.execute_batch("DROP TRIGGER test_crash;").unwrap();
+    pass_interrupted_before_its_delete(&f, now);
     let second = plan(&f.db, day(1, 10), Some(Status::Done));
     let file = f.archives.join(archive_name(now));
     std::fs::remove_file(&file).unwrap();
@@ -445,4 +418,20 @@ fn a_corrupt_archive_is_named_and_later_passes_go_on() {
 /// A deadline far enough for any archival pass of a test.
 fn soon() -> std::time::Instant {
     std::time::Instant::now() + std::time::Duration::from_secs(60)
+}
+
+/// A pass that marks its batch and writes its archive but whose delete is
+/// refused (a trigger added for the moment), as a kill between the two
+/// would leave it.
+fn pass_interrupted_before_its_delete(f: &Fixture, now: DateTime<Utc>) {
+    let conn = raw(&f.path);
+    conn.execute_batch(
+        "CREATE TRIGGER test_crash BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'crash'); END;",
+    )
+    .unwrap();
+    let interrupted = f
+        .db
+        .archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now);
+    conn.execute_batch("DROP TRIGGER test_crash;").unwrap();
+    assert!(interrupted.is_err());
 }
