@@ -429,9 +429,8 @@ fn pass_interrupted_before_its_delete(f: &Fixture, now: DateTime<Utc>) {
         "CREATE TRIGGER test_crash BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'crash'); END;",
     )
     .unwrap();
-    let interrupted = f
-        .db
-        .archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now);
+    let interrupted =
+        f.db.archive_finished_plans(&f.archives, day(6, 1), 10, soon(), now);
     conn.execute_batch("DROP TRIGGER test_crash;").unwrap();
     assert!(interrupted.is_err());
 }

@@ -70,6 +70,27 @@ fn old_plan(
     }
 }
 
+/// A DONE plan of one Hermes step that answered "hello", with its events.
+fn old_done_plan() -> OldPlan {
+    old_plan(
+        "DONE",
+        None,
+        vec![step(
+            StepType::CallHermes,
+            "DONE",
+            1,
+            Some(json!({"reply": "hello"})),
+            None,
+        )],
+        vec![
+            ("plan_created", None, "PENDING"),
+            ("step_started", Some(0), "RUNNING"),
+            ("step_finished", Some(0), "DONE"),
+            ("plan_finished", None, "DONE"),
+        ],
+    )
+}
+
 fn write_v4(conn: &Connection, plan: &OldPlan) {
     conn.execute(
         "INSERT INTO tasks (uuid, name, module, action, status, created_at, updated_at, error,
@@ -203,23 +224,7 @@ fn a_schema_4_file_upgrades_in_place_and_every_plan_answers_as_before() {
             ("step_started", Some(1), "RUNNING"),
         ],
     );
-    let done = old_plan(
-        "DONE",
-        None,
-        vec![step(
-            StepType::CallHermes,
-            "DONE",
-            1,
-            Some(json!({"reply": "hello"})),
-            None,
-        )],
-        vec![
-            ("plan_created", None, "PENDING"),
-            ("step_started", Some(0), "RUNNING"),
-            ("step_finished", Some(0), "DONE"),
-            ("plan_finished", None, "DONE"),
-        ],
-    );
+    let done = old_done_plan();
     let error = old_plan(
         "ERROR",
         Some("http_500"),
@@ -484,23 +489,7 @@ fn a_schema_7_file_upgrades_to_8_keeping_every_row_and_the_rules() {
             ("plan_waiting", Some(0), "WAITING"),
         ],
     );
-    let done = old_plan(
-        "DONE",
-        None,
-        vec![step(
-            StepType::CallHermes,
-            "DONE",
-            1,
-            Some(json!({"reply": "hello"})),
-            None,
-        )],
-        vec![
-            ("plan_created", None, "PENDING"),
-            ("step_started", Some(0), "RUNNING"),
-            ("step_finished", Some(0), "DONE"),
-            ("plan_finished", None, "DONE"),
-        ],
-    );
+    let done = old_done_plan();
     make_v4(&path, &[&waiting, &done], "tok");
     let before = {
         let mut conn = Connection::open(&path).unwrap();
