@@ -9,14 +9,14 @@
 use chrono::{DateTime, Utc};
 use madre_lifecycle::{Change, Event, PlanState, StepState};
 use madre_models::{
-    EndReason, EventType, Intent, JournalEvent, Mode, Plan, SessionId, Status, Step, StepType,
+    EndReason, EventType, JournalEvent, Mode, Plan, SessionId, Status, Step, StepType,
 };
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::audit::{NewAction, insert_action};
+use crate::body::{Body, Known};
 use crate::records::{NewPlanRecord, PlanKind, PlanMeta, StoredPlan};
 use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
@@ -115,21 +115,6 @@ fn parse_enum<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, DbError
 
 fn parse_uuid(text: &str) -> Result<Uuid, DbError> {
     Uuid::parse_str(text).map_err(|_| DbError::InvalidData(format!("bad uuid {text:?}")))
-}
-
-/// The body a `plan_created` event carries: the plan's steps (PENDING for
-/// a new plan; for a plan made before storage v2, their state at the
-/// upgrade), its intent, and for such a plan the last event already
-/// counted in its steps and its status then.
-#[derive(Serialize, Deserialize)]
-struct Body {
-    steps: Vec<Step>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    intent: Option<Intent>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    state_through: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    plan_status: Option<Status>,
 }
 
 /// One stored event, before it is read as a lifecycle event.
@@ -295,23 +280,31 @@ pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, D
     let (body, through, state) = base(plan_id, &rows)?;
     let session_id = SessionId::parse(session_id.unwrap_or_else(|| "none".into()))
         .map_err(|e| DbError::InvalidData(e.to_string()))?;
+    let intent_id = intent_id
+        .as_deref()
+        .map(parse_uuid)
+        .transpose()?
+        .unwrap_or(plan_id);
+    let created = created.0;
+    let (steps, intent) = body
+        .into_parts(
+            Known::new(&intent_id.to_string(), session_id.as_str()),
+            created,
+        )
+        .map_err(|e| DbError::InvalidData(format!("plan {plan_id}: its body: {e}")))?;
     let mut loaded = Loaded {
         row,
         stored: StoredPlan {
             plan: Plan {
                 plan_id,
-                intent_id: intent_id
-                    .as_deref()
-                    .map(parse_uuid)
-                    .transpose()?
-                    .unwrap_or(plan_id),
+                intent_id,
                 session_id,
                 status: parse_enum(&status, "status")?,
                 mode: parse_enum::<Mode>(&mode, "mode")?,
-                steps: body.steps,
+                steps,
                 warnings: serde_json::from_str(&warnings)?,
                 error,
-                created_at: created.0,
+                created_at: created,
                 updated_at: updated.0,
             },
             meta: PlanMeta {
@@ -321,7 +314,7 @@ pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, D
                 action,
                 principal,
             },
-            intent: body.intent,
+            intent,
             result: result.as_deref().map(serde_json::from_str).transpose()?,
         },
         state,
@@ -599,19 +592,17 @@ fn status_after(state: &PlanState, event: &Event) -> Status {
     }
 }
 
-/// The row of an event already folded into `loaded`: what the API shows
-/// (status after, step type and attempts, reason) and what folding needs
-/// again (a step's answer and error, a plan's result).
+/// The row of an event already folded into `loaded`: what folding needs
+/// again (a finished step's or plan's status, a step's answer and error, a
+/// plan's result and reason) and the status after it, which the API shows.
+/// What the journal already says is left out (issue 25): a started step is
+/// RUNNING, and a step's type is in the plan's body.
 fn event_row(loaded: &Loaded, event: &PlanEvent) -> NewRow {
-    let state = &loaded.state;
     let step = event.event.step();
-    let mut payload = json!({ "status": status_after(state, &event.event) });
-    if let Some(i) = step
-        && let Some(s) = state.steps.get(i)
-    {
-        payload["step_type"] = json!(s.step_type);
-        payload["attempts"] = json!(s.attempts);
-    }
+    let mut payload = match event.event {
+        Event::StepStarted { .. } => json!({}),
+        _ => json!({ "status": status_after(&loaded.state, &event.event) }),
+    };
     match event.event {
         Event::StepFinished { .. } | Event::StepStarted { .. } => {
             if let Some(error) = &event.error {
@@ -703,12 +694,12 @@ pub(crate) fn create(
             ..s.clone()
         })
         .collect();
-    let body = Body {
-        steps: pending.clone(),
-        intent: record.intent.clone(),
-        state_through: None,
-        plan_status: None,
-    };
+    let body = Body::new(
+        &pending,
+        record.intent.as_ref(),
+        Known::new(&plan.intent_id.to_string(), plan.session_id.as_str()),
+        plan.created_at,
+    )?;
     let mut created_payload = serde_json::to_value(&body)?;
     created_payload["status"] = json!(Status::Pending);
     let mut loaded = Loaded {
@@ -818,39 +809,53 @@ pub(crate) fn events_of(conn: &Connection, plan_id: Uuid) -> Result<Vec<JournalE
         return Ok(Vec::new());
     };
     let rows = rows_of(conn, row, plan_id)?;
-    let step_ids: Vec<Uuid> = match rows.iter().find(|r| r.event_type == EventType::PlanCreated) {
-        Some(first) => first
-            .payload
-            .get("steps")
-            .and_then(Value::as_array)
-            .map(|steps| {
-                steps
-                    .iter()
-                    .map(|s| {
-                        s.get("step_id")
-                            .and_then(Value::as_str)
-                            .map_or(Ok(Uuid::nil()), parse_uuid)
-                    })
-                    .collect::<Result<_, _>>()
-            })
-            .transpose()?
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
+    // The steps' ids and types, from the body of `plan_created`.
+    let steps: Vec<(Uuid, Option<StepType>)> = rows
+        .iter()
+        .find(|r| r.event_type == EventType::PlanCreated)
+        .and_then(|first| first.payload.get("steps"))
+        .and_then(Value::as_array)
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|s| {
+                    let id = s
+                        .get("step_id")
+                        .and_then(Value::as_str)
+                        .map_or(Ok(Uuid::nil()), parse_uuid)?;
+                    let step_type = s
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .map(|t| parse_enum(t, "step type"))
+                        .transpose()?;
+                    Ok((id, step_type))
+                })
+                .collect::<Result<_, DbError>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
     rows.into_iter()
         .map(|row| {
             let field = |name: &str| row.payload.get(name).and_then(Value::as_str);
+            let step = row.step.and_then(|i| steps.get(i));
+            // Rows written before issue 25 carry the step's type and a
+            // started step's status; later rows leave them to the body.
+            let step_type = match field("step_type") {
+                Some(t) => Some(parse_enum(t, "step type")?),
+                None => step.and_then(|(_, t)| *t),
+            };
+            let status = match field("status") {
+                Some(s) => Some(parse_enum(s, "status")?),
+                None if row.event_type == EventType::StepStarted => Some(Status::Running),
+                None => None,
+            };
             Ok(JournalEvent {
                 seq: row.seq,
                 plan_id,
                 session_id: session_id.clone(),
-                step_id: row.step.and_then(|i| step_ids.get(i).copied()),
-                step_type: field("step_type")
-                    .map(|t| parse_enum(t, "step type"))
-                    .transpose()?,
-                status: field("status")
-                    .map(|s| parse_enum(s, "status"))
-                    .transpose()?,
+                step_id: step.map(|(id, _)| *id),
+                step_type,
+                status,
                 principal: row.principal.clone(),
                 reason: field("reason").map(str::to_owned),
                 replica: row.replica.clone(),

@@ -34,6 +34,7 @@
 
 mod archive;
 mod audit;
+mod body;
 mod confirmations;
 mod engine;
 mod idempotency;

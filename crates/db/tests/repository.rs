@@ -2047,3 +2047,96 @@ fn wait_for_queued(db: &Db, n: usize) {
         std::thread::yield_now();
     }
 }
+
+/// Issue 25: a plan's body keeps the request's text and the plan's ids
+/// once (the intent's text, the row's ids), every step and the intent read
+/// back exactly as they were made, and its journal reads as before.
+#[test]
+fn a_plan_body_stores_the_text_once_and_reads_back_whole() {
+    let t = open();
+    let text = "tell me about the weather in Lisbon, in some detail please";
+    let mut plan = plan_with(
+        &[
+            (StepType::CallSwitch, Status::Pending),
+            (StepType::CallHermes, Status::Pending),
+        ],
+        "s-body",
+        t0(),
+    );
+    let ids = json!({"session_id": "s-body", "intent_id": plan.intent_id});
+    plan.steps[0].payload = json!({"prompt": text, "metadata": ids, "source": "madre"});
+    plan.steps[1].payload = json!({"prompt": text, "metadata": ids, "list": [text]});
+    plan.steps[1].optional = true;
+    let intent = madre_models::Intent {
+        intent_id: plan.intent_id,
+        session_id: plan.session_id.clone(),
+        mode: Mode::Madre,
+        dsl: madre_models::Dsl {
+            domain: "general".into(),
+            action: "chat".into(),
+            parameters: json!({"original_message": text})
+                .as_object()
+                .unwrap()
+                .clone(),
+            targets: vec![],
+            confidence: 0.3,
+            original_text: text.into(),
+            warnings: vec![],
+            source: Default::default(),
+            effect: Default::default(),
+        },
+        risk: RiskLevel::Low,
+        requires_confirmation: false,
+        targets: vec![],
+        created_at: t0(),
+        alternatives: vec![],
+    };
+    let mut rec = record(plan.clone());
+    rec.intent = Some(intent.clone());
+    t.db.insert_plan(rec).wait().unwrap();
+
+    let stored = t.db.plan(plan.plan_id).unwrap().unwrap();
+    assert_eq!(stored.plan.steps, plan.steps);
+    assert_eq!(stored.intent, Some(intent));
+    let journal = t.db.plan_events(plan.plan_id).unwrap();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0].status, Some(Status::Pending));
+
+    let conn = Connection::open(&t.path).unwrap();
+    let body: String = conn
+        .query_row("SELECT payload_json FROM plan_events", [], |r| r.get(0))
+        .unwrap();
+    // Once in the intent, once in the array (texts in arrays stay put).
+    assert_eq!(body.matches(text).count(), 2, "{body}");
+    assert!(!body.contains(&plan.intent_id.to_string()), "{body}");
+    assert!(body.contains("0.3,"), "the confidence as written: {body}");
+}
+
+/// Issue 25: a started step's event stores nothing the journal already
+/// says, and the journal still shows its step type and RUNNING.
+#[test]
+fn a_started_step_event_is_stored_empty_and_shown_whole() {
+    let t = open();
+    let plan = chat_plan(&t.db, "s-started");
+    t.db.apply_events(
+        plan.plan_id,
+        vec![PlanEvent::new(Event::StepStarted { step: 0 }, t0())],
+        None,
+    )
+    .wait()
+    .unwrap();
+    let journal = t.db.plan_events(plan.plan_id).unwrap();
+    let started = &journal[1];
+    assert_eq!(started.step_type, Some(StepType::CallSwitch));
+    assert_eq!(started.status, Some(Status::Running));
+    assert_eq!(started.step_id, Some(plan.steps[0].step_id));
+    let conn = Connection::open(&t.path).unwrap();
+    let payload: String = conn
+        .query_row(
+            "SELECT payload_json FROM plan_events WHERE type = 'step_started'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(payload, "{}");
+}

@@ -376,7 +376,9 @@ async fn a_low_chat_stays_within_its_byte_budget() {
     let per_chat = (used() - before) as f64 / CHATS as f64;
     println!("per LOW chat: {per_chat:.0} bytes in the database");
     assert!(per_chat > 0.0);
-    assert!(per_chat <= 4_800.0, "{per_chat:.0} bytes a chat");
+    // Issue 25 asks for 1 KB; the compact plan body brought 4,396 to
+    // 3,700 (docs/benchmarks.md). This bound keeps that from eroding.
+    assert!(per_chat <= 3_900.0, "{per_chat:.0} bytes a chat");
 }
 
 /// A WAITING answer stored for its key never holds the token; the replay of

@@ -1,0 +1,360 @@
+//! The body a plan's `plan_created` event carries, stored small (issue 25:
+//! each payload once). A new plan's steps are PENDING, never attempted and
+//! as old as the plan, so those fields are left out and read back as such.
+//! A text the plan holds elsewhere (the request's text in its intent, the
+//! plan's intent and session ids in its row) is not written again inside
+//! the intent or a step's payload: the body notes where it was, and the
+//! read puts it back. Bodies written before this format read as they are.
+
+use chrono::{DateTime, Utc};
+use madre_models::{Intent, Status, Step, StepType};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+use crate::DbError;
+
+/// Where elided texts were: the tag of a [`Known`] text → the JSON
+/// pointers (RFC 6901) of the object members that held it.
+type Refs = BTreeMap<String, Vec<String>>;
+
+/// Texts shorter than this stay where they are: noting their place would
+/// cost about as much as writing them.
+const MIN_ELIDED: usize = 16;
+
+/// Where the request's text lives in an intent: the one copy kept.
+const TEXT_IN_INTENT: &str = "/dsl/original_text";
+
+/// The texts a body may leave out, by tag: `i` the plan's intent id, `s`
+/// its session id (both in the plan's row), `t` the request's text (in the
+/// intent's DSL).
+pub(crate) struct Known {
+    texts: Vec<(&'static str, String)>,
+}
+
+impl Known {
+    /// The plan's ids, as its row stores them.
+    pub(crate) fn new(intent_id: &str, session_id: &str) -> Self {
+        Self {
+            texts: vec![("i", intent_id.to_owned()), ("s", session_id.to_owned())],
+        }
+    }
+
+    fn with_text_of(mut self, intent: Option<&Value>) -> Self {
+        if let Some(text) = intent
+            .and_then(|i| i.pointer(TEXT_IN_INTENT))
+            .and_then(Value::as_str)
+        {
+            self.texts.push(("t", text.to_owned()));
+        }
+        self
+    }
+
+    fn tag_of(&self, text: &str) -> Option<&'static str> {
+        self.texts
+            .iter()
+            .find(|(_, known)| known == text)
+            .map(|(tag, _)| *tag)
+    }
+
+    fn text(&self, tag: &str) -> Option<&str> {
+        self.texts
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, text)| text.as_str())
+    }
+}
+
+/// The `plan_created` body: the plan's steps (PENDING for a new plan; for
+/// a plan made before storage v2, their state at the upgrade), its intent,
+/// and for such a plan the last event already counted in its steps and its
+/// status then.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Body {
+    pub(crate) steps: Vec<BodyStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    intent: Option<Value>,
+    #[serde(default, skip_serializing_if = "Refs::is_empty")]
+    intent_refs: Refs,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) state_through: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) plan_status: Option<Status>,
+}
+
+/// One step in a body; what a new step always is goes unwritten.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct BodyStep {
+    step_id: Uuid,
+    #[serde(rename = "type")]
+    pub(crate) step_type: StepType,
+    payload: Value,
+    #[serde(default, skip_serializing_if = "Refs::is_empty")]
+    refs: Refs,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    blocking: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    optional: bool,
+    #[serde(default = "pending", skip_serializing_if = "is_pending")]
+    pub(crate) status: Status,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    updated_at: Option<DateTime<Utc>>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn pending() -> Status {
+    Status::Pending
+}
+fn is_pending(s: &Status) -> bool {
+    *s == Status::Pending
+}
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// True when two times are the same to the microsecond, the precision the
+/// plan's row keeps.
+fn same_micros(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
+    a.timestamp_micros() == b.timestamp_micros()
+}
+
+impl Body {
+    /// The body of a new plan made at `created_at`: `steps` as given (the
+    /// caller makes them PENDING), the intent, known texts left out.
+    pub(crate) fn new(
+        steps: &[Step],
+        intent: Option<&Intent>,
+        known: Known,
+        created_at: DateTime<Utc>,
+    ) -> Result<Self, DbError> {
+        // Through text, not `to_value`: a value keeps an `f32` (the DSL's
+        // confidence) as its widened `f64`, 0.3 as 0.30000001192092896.
+        let mut intent = intent
+            .map(|i| serde_json::from_str::<Value>(&serde_json::to_string(i)?))
+            .transpose()?;
+        let known = known.with_text_of(intent.as_ref());
+        let intent_refs = match &mut intent {
+            Some(value) => elide(value, &known, Some(TEXT_IN_INTENT)),
+            None => Refs::new(),
+        };
+        let steps = steps
+            .iter()
+            .map(|s| {
+                let mut payload = s.payload.clone();
+                let refs = elide(&mut payload, &known, None);
+                let at = |t: DateTime<Utc>| (!same_micros(t, created_at)).then_some(t);
+                BodyStep {
+                    step_id: s.step_id,
+                    step_type: s.step_type,
+                    payload,
+                    refs,
+                    blocking: s.blocking,
+                    optional: s.optional,
+                    status: s.status,
+                    attempts: s.attempts,
+                    result: s.result.clone(),
+                    error: s.error.clone(),
+                    created_at: at(s.created_at),
+                    updated_at: at(s.updated_at),
+                }
+            })
+            .collect();
+        Ok(Self {
+            steps,
+            intent,
+            intent_refs,
+            state_through: None,
+            plan_status: None,
+        })
+    }
+
+    /// The steps and the intent, with every left-out text and time put
+    /// back; `created_at` is the plan's.
+    pub(crate) fn into_parts(
+        self,
+        known: Known,
+        created_at: DateTime<Utc>,
+    ) -> Result<(Vec<Step>, Option<Intent>), String> {
+        let mut intent = self.intent;
+        let known = known.with_text_of(intent.as_ref());
+        if let Some(value) = &mut intent {
+            restore(value, &self.intent_refs, &known)?;
+        }
+        let steps = self
+            .steps
+            .into_iter()
+            .map(|s| {
+                let mut payload = s.payload;
+                restore(&mut payload, &s.refs, &known)?;
+                Ok(Step {
+                    step_id: s.step_id,
+                    step_type: s.step_type,
+                    payload,
+                    blocking: s.blocking,
+                    optional: s.optional,
+                    status: s.status,
+                    attempts: s.attempts,
+                    result: s.result,
+                    error: s.error,
+                    created_at: s.created_at.unwrap_or(created_at),
+                    updated_at: s.updated_at.unwrap_or(created_at),
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let intent = intent
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| format!("its intent: {e}"))?;
+        Ok((steps, intent))
+    }
+}
+
+/// Removes every object member of `value` whose text is known (but the one
+/// at `keep`), answering where each was. Texts inside arrays stay: taking
+/// one out would move the others.
+fn elide(value: &mut Value, known: &Known, keep: Option<&str>) -> Refs {
+    let mut refs = Refs::new();
+    elide_at(value, &mut String::new(), known, keep, &mut refs);
+    refs
+}
+
+fn elide_at(
+    value: &mut Value,
+    at: &mut String,
+    known: &Known,
+    keep: Option<&str>,
+    refs: &mut Refs,
+) {
+    let here = at.len();
+    match value {
+        Value::Object(members) => {
+            let mut gone = Vec::new();
+            for (key, member) in members.iter_mut() {
+                at.push('/');
+                at.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                let tag = match member {
+                    Value::String(text) if text.len() >= MIN_ELIDED && keep != Some(at) => {
+                        known.tag_of(text)
+                    }
+                    _ => None,
+                };
+                match tag {
+                    Some(tag) => {
+                        refs.entry(tag.to_owned()).or_default().push(at.clone());
+                        gone.push(key.clone());
+                    }
+                    None => elide_at(member, at, known, keep, refs),
+                }
+                at.truncate(here);
+            }
+            for key in gone {
+                members.remove(&key);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                at.push('/');
+                at.push_str(&i.to_string());
+                elide_at(item, at, known, keep, refs);
+                at.truncate(here);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Puts every elided text back where `refs` says it was.
+fn restore(value: &mut Value, refs: &Refs, known: &Known) -> Result<(), String> {
+    for (tag, places) in refs {
+        let text = known
+            .text(tag)
+            .ok_or_else(|| format!("it refers to an unknown text {tag:?}"))?;
+        for place in places {
+            let (parent, key) = place
+                .rsplit_once('/')
+                .ok_or_else(|| format!("bad place {place:?}"))?;
+            let key = key.replace("~1", "/").replace("~0", "~");
+            match value.pointer_mut(parent) {
+                Some(Value::Object(members)) => {
+                    members.insert(key, Value::String(text.to_owned()));
+                }
+                _ => return Err(format!("no object at {parent:?} for {place:?}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn known() -> Known {
+        Known::new(
+            "01a23f28-6ad6-7558-92e4-1911e595f833",
+            "01a23f28-6ad6-7558-92e4-1912fc95d2d7",
+        )
+        .with_text_of(Some(
+            &json!({"dsl": {"original_text": "tell me about the weather"}}),
+        ))
+    }
+
+    #[test]
+    fn known_texts_leave_objects_and_come_back_exactly() {
+        let original = json!({
+            "prompt": "tell me about the weather",
+            "metadata": {"session_id": "01a23f28-6ad6-7558-92e4-1912fc95d2d7",
+                         "intent_id": "01a23f28-6ad6-7558-92e4-1911e595f833",
+                         "a/b~c": "tell me about the weather"},
+            "list": ["tell me about the weather", {"x": "tell me about the weather"}],
+            "short": "MADRE",
+            "other": "tell me about the weather!",
+        });
+        let mut value = original.clone();
+        let refs = elide(&mut value, &known(), None);
+        let text = value.to_string();
+        assert_eq!(
+            text.matches("tell me about the weather").count(),
+            2,
+            "{text}"
+        );
+        assert!(!text.contains("01a23f28"), "{text}");
+        assert_eq!(refs["t"].len(), 3, "{refs:?}");
+        restore(&mut value, &refs, &known()).unwrap();
+        assert_eq!(value, original);
+    }
+
+    #[test]
+    fn the_kept_place_keeps_its_text() {
+        let mut value = json!({"dsl": {"original_text": "tell me about the weather",
+                                       "parameters": {"m": "tell me about the weather"}}});
+        let refs = elide(&mut value, &known(), Some(TEXT_IN_INTENT));
+        assert_eq!(refs["t"], ["/dsl/parameters/m"]);
+        assert_eq!(value["dsl"]["original_text"], "tell me about the weather");
+    }
+
+    #[test]
+    fn a_reference_to_an_unknown_text_is_refused() {
+        let mut value = json!({});
+        let refs = Refs::from([("z".to_owned(), vec!["/a".to_owned()])]);
+        assert!(restore(&mut value, &refs, &known()).is_err());
+    }
+}
