@@ -18,6 +18,7 @@ mod breaker;
 mod chat;
 mod confirm;
 mod control;
+mod events;
 mod faults;
 mod health;
 mod helpers;

@@ -350,6 +350,7 @@ impl Application {
                 .service(resource("/madre/chat", "POST").route(web::post().to(routes::chat)))
                 .service(resource("/madre/control", "POST").route(web::post().to(routes::control)))
                 .service(resource("/madre/plans", "GET").route(web::get().to(routes::list_plans)))
+                .service(resource("/madre/events", "GET").route(web::get().to(routes::events)))
                 .service(
                     resource("/madre/plans/{id}", "GET").route(web::get().to(routes::get_plan)),
                 )

@@ -57,6 +57,9 @@ pub struct Settings {
     pub probe_interval: Duration,
     /// Cleanup period (`MADRE_CLEANUP_INTERVAL_S`, default 60).
     pub cleanup_interval: Duration,
+    /// Silence after which the event stream sends a keep-alive comment
+    /// (`MADRE_EVENTS_KEEPALIVE_S`, default 15).
+    pub events_keep_alive: Duration,
     /// Requests per second allowed per principal (`MADRE_RATE_LIMIT_PER_S`, 0 = unlimited).
     pub rate_limit_per_s: u32,
     /// Failed authentications allowed per client address and minute
@@ -168,6 +171,7 @@ const KNOWN_KEYS: &[&str] = &[
     "MADRE_POLICY_FILE",
     "MADRE_PROBE_INTERVAL_S",
     "MADRE_CLEANUP_INTERVAL_S",
+    "MADRE_EVENTS_KEEPALIVE_S",
     "MADRE_RATE_LIMIT_PER_S",
     "MADRE_AUTH_FAILURES_PER_MIN",
     "MADRE_LOG_FORMAT",
@@ -346,6 +350,12 @@ impl Settings {
                 1,
                 DAY_S,
             )?),
+            events_keep_alive: Duration::from_secs(source.number(
+                "MADRE_EVENTS_KEEPALIVE_S",
+                15,
+                1,
+                3600,
+            )?),
             rate_limit_per_s: source.number("MADRE_RATE_LIMIT_PER_S", 0, 0, 1_000_000)?,
             auth_failures_per_min: source.number(
                 "MADRE_AUTH_FAILURES_PER_MIN",
@@ -457,6 +467,7 @@ mod tests {
             ("MADRE_MAX_BODY_BYTES", 256, 64 << 20),
             ("MADRE_PROBE_INTERVAL_S", 1, 3600),
             ("MADRE_CLEANUP_INTERVAL_S", 1, DAY_S),
+            ("MADRE_EVENTS_KEEPALIVE_S", 1, 3600),
             ("MADRE_RATE_LIMIT_PER_S", 0, 1_000_000),
             ("MADRE_AUTH_FAILURES_PER_MIN", 0, 1_000_000),
             (

@@ -17,6 +17,7 @@ use crate::routes;
         routes::chat,
         routes::control,
         routes::list_plans,
+        routes::events,
         routes::get_plan,
         routes::confirm,
         routes::cancel,

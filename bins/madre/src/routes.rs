@@ -437,6 +437,106 @@ pub async fn get_plan(
     Ok(HttpResponse::Ok().json(detail))
 }
 
+/// Query of `GET /madre/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    plan_id: Option<String>,
+    session_id: Option<String>,
+    last_event_id: Option<String>,
+}
+
+/// Messages a reader of the event stream may have waiting before the
+/// stream stops reading the journal for it.
+const EVENTS_BUFFER: usize = 256;
+
+/// `GET /madre/events`: the journal as Server-Sent Events (SPEC §14).
+#[utoipa::path(get, path = "/madre/events", tag = "v7", params(("plan_id" = Option<String>, Query, description = "Only this plan's events"), ("session_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "Only this session's plans"), ("last_event_id" = Option<i64>, Query, minimum = 0, description = "Replay the events after this seq, then stream live (as the Last-Event-ID header)"), ("Last-Event-ID" = Option<i64>, Header, description = "Replay the events after this seq, then stream live")), security(("api_token" = [])), responses((status = 200, description = "text/event-stream: one message per journal event (`id:` its seq, `event:` its type, `data:` the event as in a plan's `events`), a `: keep-alive` comment after each quiet MADRE_EVENTS_KEEPALIVE_S", content_type = "text/event-stream", body = String), AuthErrors, (status = 422, description = "Bad plan_id, session_id or last event id", body = ErrorBody)))]
+pub async fn events(
+    state: Data,
+    caller: Caller,
+    req: HttpRequest,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let query = query.into_inner();
+    let filter = madre_flows::JournalFilter {
+        plan_id: query
+            .plan_id
+            .as_deref()
+            .map(|id| {
+                Uuid::parse_str(id).map_err(|_| {
+                    ApiError::InvalidField("invalid field `plan_id`: a plan id (UUID)".into())
+                })
+            })
+            .transpose()?,
+        session_id: query
+            .session_id
+            .map(madre_models::SessionId::parse)
+            .transpose()?
+            .map(String::from),
+    };
+    let header = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("?").to_owned());
+    let after = match header.or(query.last_event_id) {
+        Some(text) => text
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                ApiError::InvalidField(
+                    "invalid last event id: the seq of an event (a whole number, 0 for the start)"
+                        .into(),
+                )
+            })?,
+        None => state.madre.journal_head().await?,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(EVENTS_BUFFER);
+    let pace = madre_flows::FollowPace {
+        keep_alive: state.settings.events_keep_alive,
+        ..Default::default()
+    };
+    let madre = state.madre.clone();
+    actix_web::rt::spawn(async move {
+        match madre.follow_journal(filter, after, tx, pace).await {
+            Ok(madre_flows::FollowEnd::TooSlow) => {
+                tracing::info!("an event stream reader fell behind and was disconnected");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "an event stream ended on an error"),
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(sse_message(&item)), rx))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream))
+}
+
+/// One item as the bytes of an SSE message.
+fn sse_message(item: &madre_flows::FeedItem) -> actix_web::web::Bytes {
+    match item {
+        madre_flows::FeedItem::KeepAlive => actix_web::web::Bytes::from_static(b": keep-alive\n\n"),
+        madre_flows::FeedItem::Event(event) => {
+            // Serialising a journal event cannot fail (no maps with
+            // non-string keys); its JSON holds no newline.
+            let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
+            actix_web::web::Bytes::from(format!(
+                "id: {}\nevent: {}\ndata: {data}\n\n",
+                event.seq,
+                event.event_type.as_str()
+            ))
+        }
+    }
+}
+
 /// `GET /tasks/{id}` (v6).
 #[utoipa::path(get, path = "/tasks/{id}", tag = "v6", params(("id" = String, Path, description = "Plan id (UUID)")), security(("api_token" = [])), responses((status = 200, description = "The task", body = TaskView), AuthErrors, (status = 404, description = "Unknown id", body = ErrorBody), (status = 410, description = "The plan was moved to an archive (`archived`, naming it)", body = ErrorBody)))]
 pub async fn get_task(

@@ -418,3 +418,103 @@ async fn the_cli_prints_for_people_unless_asked_for_json() {
             .starts_with("madre: cannot reach http://127.0.0.1:")
     );
 }
+
+/// SPEC §14: `madre chat … --follow` prints the answer, then the plan's
+/// journal as it happens, and ends when the plan does: here a HIGH plan
+/// that waits until another call confirms it. `madre watch ID` prints a
+/// finished plan's journal and ends.
+#[actix_rt::test]
+async fn chat_follow_streams_a_waiting_plan_until_it_ends() {
+    use std::io::{BufRead, BufReader};
+    let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = serve(&data, &stubs).await;
+    let token = std::fs::read_to_string(data.join("token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    let mut follower = Command::new(BIN)
+        .args(["--url", &server.url, "--token", &token, "--json"])
+        .args(["chat", "delete all data", "--follow"])
+        .env_remove("VX11_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || {
+        lines_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the follower printed nothing more")
+    };
+    // The answer first (pretty JSON, closed by a lone brace) …
+    let mut answer = String::new();
+    loop {
+        let line = next_line();
+        answer.push_str(&line);
+        if line == "}" {
+            break;
+        }
+    }
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["status"], "WAITING");
+    let plan = answer["plan_id"].as_str().unwrap().to_owned();
+    // … then the journal so far, one event a line.
+    let created: Value = serde_json::from_str(&next_line()).unwrap();
+    assert_eq!(created["type"], "plan_created");
+    let waiting: Value = serde_json::from_str(&next_line()).unwrap();
+    assert_eq!(waiting["type"], "plan_waiting");
+
+    let token_to_confirm = answer["confirm_token"].as_str().unwrap();
+    let confirmed = cli(
+        &server,
+        &token,
+        &["confirm", &plan, token_to_confirm, "--json"],
+    )
+    .await;
+    assert!(confirmed.status.success());
+
+    let mut types = Vec::new();
+    loop {
+        let event: Value = serde_json::from_str(&next_line()).unwrap();
+        assert_eq!(event["plan_id"], plan.as_str());
+        types.push(event["type"].as_str().unwrap().to_owned());
+        if event["type"] == "plan_finished" {
+            assert_eq!(event["status"], "DONE");
+            break;
+        }
+    }
+    assert_eq!(types.first().map(String::as_str), Some("plan_confirmed"));
+    let status = tokio::task::spawn_blocking(move || follower.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "the follower ends with its plan: {status}"
+    );
+
+    let watched = cli(&server, &token, &["watch", &plan, "--json"]).await;
+    assert!(watched.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&watched.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2 + types.len());
+    assert_eq!(lines.last().unwrap()["type"], "plan_finished");
+    let human = cli(&server, &token, &["watch", &plan[..8]]).await;
+    assert!(human.status.success());
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("plan_waiting") && text.contains("DONE"),
+        "{text}"
+    );
+}

@@ -663,7 +663,19 @@ fn insert_events(
         }
         stmt.execute(args.as_slice())?;
     }
+    APPENDED.with(|a| a.set(true));
     Ok(conn.last_insert_rowid())
+}
+
+thread_local! {
+    /// Events were inserted on this thread since [`appended_since_asked`]
+    /// last answered (the writer asks after each commit).
+    static APPENDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True when this thread inserted journal events since the last call.
+pub(crate) fn appended_since_asked() -> bool {
+    APPENDED.with(|a| a.replace(false))
 }
 
 /// Event rows per INSERT statement: a plan's commit rarely has more, and
@@ -809,61 +821,155 @@ pub(crate) fn events_of(conn: &Connection, plan_id: Uuid) -> Result<Vec<JournalE
         return Ok(Vec::new());
     };
     let rows = rows_of(conn, row, plan_id)?;
-    // The steps' ids and types, from the body of `plan_created`.
-    let steps: Vec<(Uuid, Option<StepType>)> = rows
+    let steps = match rows.iter().find(|r| r.event_type == EventType::PlanCreated) {
+        Some(first) => steps_of_body(&first.payload)?,
+        None => Vec::new(),
+    };
+    rows.iter()
+        .map(|row| journal_event(row, plan_id, &session_id, &steps))
+        .collect()
+}
+
+/// The ids and types of a plan's steps, from its `plan_created` body.
+fn steps_of_body(body: &Value) -> Result<Vec<(Uuid, Option<StepType>)>, DbError> {
+    let Some(steps) = body.get("steps").and_then(Value::as_array) else {
+        return Ok(Vec::new());
+    };
+    steps
         .iter()
-        .find(|r| r.event_type == EventType::PlanCreated)
-        .and_then(|first| first.payload.get("steps"))
-        .and_then(Value::as_array)
-        .map(|steps| {
-            steps
-                .iter()
-                .map(|s| {
-                    let id = s
-                        .get("step_id")
-                        .and_then(Value::as_str)
-                        .map_or(Ok(Uuid::nil()), parse_uuid)?;
-                    let step_type = s
-                        .get("type")
-                        .and_then(Value::as_str)
-                        .map(|t| parse_enum(t, "step type"))
-                        .transpose()?;
-                    Ok((id, step_type))
-                })
-                .collect::<Result<_, DbError>>()
-        })
-        .transpose()?
-        .unwrap_or_default();
-    rows.into_iter()
-        .map(|row| {
-            let field = |name: &str| row.payload.get(name).and_then(Value::as_str);
-            let step = row.step.and_then(|i| steps.get(i));
-            // Rows written before issue 25 carry the step's type and a
-            // started step's status; later rows leave them to the body.
-            let step_type = match field("step_type") {
-                Some(t) => Some(parse_enum(t, "step type")?),
-                None => step.and_then(|(_, t)| *t),
-            };
-            let status = match field("status") {
-                Some(s) => Some(parse_enum(s, "status")?),
-                None if row.event_type == EventType::StepStarted => Some(Status::Running),
-                None => None,
-            };
-            Ok(JournalEvent {
-                seq: row.seq,
-                plan_id,
-                session_id: session_id.clone(),
-                step_id: step.map(|(id, _)| *id),
-                step_type,
-                status,
-                principal: row.principal.clone(),
-                reason: field("reason").map(str::to_owned),
-                replica: row.replica.clone(),
-                at: row.at,
-                event_type: row.event_type,
-            })
+        .map(|s| {
+            let id = s
+                .get("step_id")
+                .and_then(Value::as_str)
+                .map_or(Ok(Uuid::nil()), parse_uuid)?;
+            let step_type = s
+                .get("type")
+                .and_then(Value::as_str)
+                .map(|t| parse_enum(t, "step type"))
+                .transpose()?;
+            Ok((id, step_type))
         })
         .collect()
+}
+
+/// One stored event as the API shows it; `steps` are its plan's.
+fn journal_event(
+    row: &Row,
+    plan_id: Uuid,
+    session_id: &Option<String>,
+    steps: &[(Uuid, Option<StepType>)],
+) -> Result<JournalEvent, DbError> {
+    let field = |name: &str| row.payload.get(name).and_then(Value::as_str);
+    let step = row.step.and_then(|i| steps.get(i));
+    // Rows written before issue 25 carry the step's type and a started
+    // step's status; later rows leave them to the body.
+    let step_type = match field("step_type") {
+        Some(t) => Some(parse_enum(t, "step type")?),
+        None => step.and_then(|(_, t)| *t),
+    };
+    let status = match field("status") {
+        Some(s) => Some(parse_enum(s, "status")?),
+        None if row.event_type == EventType::StepStarted => Some(Status::Running),
+        None => None,
+    };
+    Ok(JournalEvent {
+        seq: row.seq,
+        plan_id,
+        session_id: session_id.clone(),
+        step_id: step.map(|(id, _)| *id),
+        step_type,
+        status,
+        principal: row.principal.clone(),
+        reason: field("reason").map(str::to_owned),
+        replica: row.replica.clone(),
+        at: row.at,
+        event_type: row.event_type,
+    })
+}
+
+/// Which plans' events a reader of the whole journal wants (SPEC §14).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalFilter {
+    /// Only this plan's.
+    pub plan_id: Option<Uuid>,
+    /// Only the plans of this session.
+    pub session_id: Option<String>,
+}
+
+/// Up to `limit` events after `after` in journal order, of the plans
+/// `filter` names.
+fn journal_after_in(
+    conn: &Connection,
+    after: i64,
+    filter: &JournalFilter,
+    limit: u32,
+) -> Result<Vec<JournalEvent>, DbError> {
+    // One statement per filter, each able to use its index: the plan's
+    // events by (plan, seq), a session's plans by session.
+    let mut sql = String::from(
+        "SELECT e.seq, e.type, e.step, e.payload_json, e.principal, e.replica, e.created_at,
+                e.plan, p.uuid, p.session_id
+         FROM plan_events e JOIN plans p ON p.id = e.plan
+         WHERE e.seq > ?1",
+    );
+    let plan = filter.plan_id.map(|p| p.to_string());
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&after, &limit];
+    if let Some(plan) = &plan {
+        args.push(plan);
+        sql.push_str(&format!(
+            " AND e.plan = (SELECT id FROM plans WHERE uuid = ?{})",
+            args.len()
+        ));
+    }
+    if let Some(session) = &filter.session_id {
+        args.push(session);
+        sql.push_str(&format!(
+            " AND e.plan IN (SELECT id FROM plans WHERE session_id = ?{})",
+            args.len()
+        ));
+    }
+    sql.push_str(" ORDER BY e.seq LIMIT ?2");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(args.as_slice())?;
+    let mut steps_by_plan: std::collections::HashMap<i64, Vec<(Uuid, Option<StepType>)>> =
+        std::collections::HashMap::new();
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        let event_type: String = r.get(1)?;
+        let plan_row: i64 = r.get(7)?;
+        let plan_id = parse_uuid(&r.get::<_, String>(8)?)?;
+        let session_id: Option<String> = r.get(9)?;
+        let row = Row {
+            seq,
+            event_type: event_type.parse().map_err(|_| {
+                DbError::InvalidData(format!(
+                    "plan {plan_id}: journal event {seq} has an unknown type {event_type:?}"
+                ))
+            })?,
+            step: r.get::<_, Option<i64>>(2)?.map(|s| s as usize),
+            payload: serde_json::from_str(&r.get::<_, String>(3)?)?,
+            principal: r.get(4)?,
+            replica: r.get(5)?,
+            at: r.get::<_, Ts>(6)?.0,
+        };
+        let steps = match steps_by_plan.entry(plan_row) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let body: String = conn
+                    .prepare_cached(
+                        "SELECT payload_json FROM plan_events
+                         WHERE plan = ?1 AND type = 'plan_created' ORDER BY seq LIMIT 1",
+                    )?
+                    .query_row([plan_row], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or_else(|| "{}".into());
+                e.insert(steps_of_body(&serde_json::from_str(&body)?)?)
+            }
+        };
+        out.push(journal_event(&row, plan_id, &session_id, steps)?);
+    }
+    Ok(out)
 }
 
 /// What `madre check` found wrong with one plan: its row (the projection)
@@ -1060,6 +1166,36 @@ impl Db {
     /// The plan's journal, oldest first; empty for an unknown plan.
     pub fn plan_events(&self, plan_id: Uuid) -> Result<Vec<JournalEvent>, DbError> {
         self.read(|conn| events_of(conn, plan_id))
+    }
+
+    /// Up to `limit` journal events after `after` (a `seq`; 0 for the
+    /// start), oldest first, of the plans `filter` names: what a reader of
+    /// the live event stream has not seen yet (SPEC §14).
+    pub fn journal_after(
+        &self,
+        after: i64,
+        filter: &JournalFilter,
+        limit: u32,
+    ) -> Result<Vec<JournalEvent>, DbError> {
+        self.read(|conn| journal_after_in(conn, after, filter, limit))
+    }
+
+    /// The newest `seq` of the journal (0 when it is empty): where a reader
+    /// that wants only what comes next starts.
+    pub fn journal_head(&self) -> Result<i64, DbError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT coalesce(max(seq), 0) FROM plan_events")?
+                .query_row([], |r| r.get(0))?)
+        })
+    }
+
+    /// Changes after every commit that appended to the journal, in this
+    /// process: a reader waits on it, then asks [`Db::journal_after`].
+    /// Commits of other processes sharing the database are not seen here;
+    /// a reader that must see them also asks now and then.
+    pub fn journal_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.writer.journal_commits()
     }
 
     /// The plan's current state, as the state machine sees it.

@@ -56,7 +56,7 @@ pub use engine::meter::WriterStats;
 pub use engine::writer::Write;
 pub use idempotency::{ModulePolicy, Reservation, StoredResponse, TakeOver};
 pub use intents::{IntentLogRow, NewIntentLog};
-pub use journal::{PlanEvent, PlanProblem};
+pub use journal::{JournalFilter, PlanEvent, PlanProblem};
 pub use madre_lifecycle::{Conflict, Event, PlanState, StepState};
 pub use plans::{AtEnd, PlanFilter};
 pub use queue::{DaughterStatus, DaughterTask, NewDaughterTask};

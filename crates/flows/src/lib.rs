@@ -18,6 +18,7 @@ mod chat;
 mod confirm;
 mod control;
 mod error;
+mod events;
 mod idempotency;
 mod intake;
 mod own;
@@ -28,11 +29,12 @@ pub use background::{Background, StartupReport};
 pub use confirm::Confirmed;
 pub use control::ControlOutcome;
 pub use error::FlowError;
+pub use events::{FeedItem, FollowEnd, FollowPace};
 pub use idempotency::{Answer, IdempotencyKey};
 /// Storage types the HTTP face needs, so that it takes none from madre-db
 /// itself: the plan list's filter and kinds, the storage fault a 503
 /// names, and the commit sync mode of the settings.
-pub use madre_db::{PlanFilter, PlanKind, StorageFault, SyncMode, WriterStats};
+pub use madre_db::{JournalFilter, PlanFilter, PlanKind, StorageFault, SyncMode, WriterStats};
 pub use own::Reload;
 pub use plans::{actions_of, reply_of};
 pub use reads::{Page, StorageSpace};

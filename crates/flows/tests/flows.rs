@@ -906,3 +906,99 @@ async fn a_low_chat_stays_within_its_write_budget() {
     // (see docs/benchmarks.md). This bound keeps that gain from eroding.
     assert!(per_chat(spent.wal_frames) <= 24.0, "{spent:?}");
 }
+
+/// SPEC §14: a reader that stops reading is let go once its buffer stays
+/// full for the slow-reader time; chats go on at full speed meanwhile, and
+/// a reader that goes away ends its follower.
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_let_go_and_chats_go_on() {
+    use madre_flows::{FeedItem, FollowEnd, FollowPace, JournalFilter};
+    let h = default_harness();
+    for i in 0..3 {
+        h.chat(&format!("hello {i}")).await;
+    }
+    let pace = FollowPace {
+        keep_alive: Duration::from_secs(60),
+        poll: Duration::from_millis(50),
+        slow_reader: Duration::from_millis(300),
+    };
+    // A buffer of two, never read: 18 events cannot fit.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let follower = {
+        let madre = h.madre.clone();
+        tokio::spawn(async move {
+            madre
+                .follow_journal(JournalFilter::default(), 0, tx, pace)
+                .await
+        })
+    };
+    // Chats are not held up by the stuck reader.
+    let chat = tokio::time::timeout(Duration::from_secs(20), h.chat("while stuck"))
+        .await
+        .expect("a chat finished while a reader was stuck");
+    assert_eq!(chat.status, Status::Done);
+    let end = tokio::time::timeout(Duration::from_secs(20), follower)
+        .await
+        .expect("the follower ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, FollowEnd::TooSlow);
+    // What it did hand over is the start of the journal, in order.
+    let Some(FeedItem::Event(first)) = rx.recv().await else {
+        panic!("the buffered events are readable")
+    };
+    assert_eq!(first.seq, 1);
+
+    // A reader that goes away ends its follower without waiting.
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let madre = h.madre.clone();
+    let follower = tokio::spawn(async move {
+        madre
+            .follow_journal(JournalFilter::default(), i64::MAX - 1, tx, pace)
+            .await
+    });
+    drop(rx);
+    let end = tokio::time::timeout(Duration::from_secs(20), follower)
+        .await
+        .expect("the follower ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, FollowEnd::ReaderGone);
+}
+
+/// SPEC §14: a follower learns of a commit from the writer, not from its
+/// poll: with a poll of a minute, a chat's events still arrive at once.
+#[tokio::test]
+async fn a_follower_is_woken_by_each_commit_to_the_journal() {
+    use madre_flows::{FeedItem, FollowPace, JournalFilter};
+    let h = default_harness();
+    h.chat("before").await;
+    let pace = FollowPace {
+        keep_alive: Duration::from_secs(600),
+        poll: Duration::from_secs(600),
+        slow_reader: Duration::from_secs(60),
+    };
+    let head = h.madre.journal_head().await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let madre = h.madre.clone();
+    tokio::spawn(async move {
+        madre
+            .follow_journal(JournalFilter::default(), head, tx, pace)
+            .await
+    });
+    let chat = h.chat("after").await;
+    let mut types = Vec::new();
+    while types.len() < 6 {
+        let item = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("woken by the commit, not the poll")
+            .unwrap();
+        let FeedItem::Event(event) = item else {
+            panic!("no keep-alive within ten minutes")
+        };
+        assert_eq!(event.plan_id, chat.plan_id);
+        assert!(event.seq > head);
+        types.push(event.event_type.as_str());
+    }
+    assert_eq!(types.last(), Some(&"plan_finished"));
+}

@@ -162,6 +162,59 @@ impl Api {
         }
     }
 
+    /// Follows `GET /madre/events?query`, handing `on_event` the JSON of
+    /// each journal event as it comes (keep-alive comments are skipped)
+    /// until it answers false. A stream that ends before that is a failure:
+    /// the server stopped or let this reader go.
+    pub(super) async fn follow(
+        &self,
+        query: &[(&str, &str)],
+        mut on_event: impl FnMut(&Value) -> bool,
+    ) -> Result<(), Failure> {
+        use futures_util::StreamExt;
+        let unreachable = |error: String| Failure::Unreachable {
+            base: self.base.clone(),
+            error,
+        };
+        // No timeout: a quiet stream may last as long as the plan waits.
+        let client = awc::Client::builder().disable_timeout().finish();
+        let mut request = client
+            .get(format!("{}/madre/events", self.base))
+            .query(&query)
+            .map_err(|e| unreachable(e.to_string()))?;
+        if let Some(token) = &self.token {
+            request = request.insert_header(("X-VX11-Token", token.as_str()));
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if !response.status().is_success() {
+            let status = response.status().to_string();
+            let bytes = response.body().limit(BODY_LIMIT).await.unwrap_or_default();
+            return Err(Failure::Http {
+                status,
+                body: Body::from_bytes(&bytes),
+                retry_after: None,
+            });
+        }
+        let mut pending = Vec::new();
+        while let Some(chunk) = response.next().await {
+            let chunk = chunk.map_err(|e| unreachable(format!("reading the events: {e}")))?;
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                let message: Vec<u8> = pending.drain(..end + 2).collect();
+                let Some(data) = sse_data(&message) else {
+                    continue;
+                };
+                if !on_event(&data) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(unreachable("the event stream ended".into()))
+    }
+
     /// One page of `GET /madre/plans`.
     pub(super) async fn plans_page(
         &self,
@@ -263,6 +316,14 @@ pub(super) fn segment(s: &str) -> String {
         }
     }
     out
+}
+
+/// The JSON of an SSE message's `data:` line; `None` for a comment or a
+/// message without JSON data.
+fn sse_data(message: &[u8]) -> Option<Value> {
+    let text = std::str::from_utf8(message).ok()?;
+    let data = text.lines().find_map(|line| line.strip_prefix("data:"))?;
+    serde_json::from_str(data.trim_start()).ok()
 }
 
 #[cfg(test)]

@@ -87,6 +87,17 @@ pub enum Command {
         /// Continue this session.
         #[arg(long)]
         session: Option<String>,
+        /// Then print the plan's journal as it happens, until the plan
+        /// ends (a waiting plan: until it is confirmed and runs, or is
+        /// rejected or expires).
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Print journal events as they happen: one plan's from its start
+    /// until it ends, or every plan's from now on.
+    Watch {
+        /// The plan id, or enough of its start to tell it apart.
+        id: Option<String>,
     },
     /// List plans, newest first.
     Plans {
@@ -168,17 +179,75 @@ pub async fn run_client(options: ClientOptions, command: Command) -> i32 {
     let as_json = options.wants_json();
     let base = options.url.clone().unwrap_or_else(default_url);
     let api = Api::new(&base, options.token);
-    match call(&api, command).await {
+    let failed = |failure: Failure| {
+        eprintln!("madre: {}", failure.message(as_json));
+        1
+    };
+    if let Command::Watch { id } = &command {
+        return watch(&api, id.as_deref(), as_json)
+            .await
+            .map_or_else(failed, |()| 0);
+    }
+    let follow = matches!(command, Command::Chat { follow: true, .. });
+    let outcome = call(&api, command).await;
+    // The plan a chat's answer names, to follow once the answer is out.
+    let plan = match &outcome {
+        Ok(Some((Body::Json(answer), _))) if follow => {
+            answer["plan_id"].as_str().map(str::to_owned)
+        }
+        _ => None,
+    };
+    match (print_outcome(outcome, as_json), plan) {
+        (0, Some(plan)) => watch(&api, Some(&plan), as_json)
+            .await
+            .map_or_else(failed, |()| 0),
+        (code, _) => code,
+    }
+}
+
+/// How colour is used on stdout: only on a terminal, never with NO_COLOR.
+fn stdout_paint() -> Paint {
+    let no_color = std::env::var_os("NO_COLOR");
+    Paint::new(std::io::stdout().is_terminal(), no_color.as_deref())
+}
+
+/// `madre watch [ID]`, and the tail of `madre chat --follow`: one line per
+/// journal event (its JSON with `--json`). With a plan, from its first
+/// event until it ends; without, every plan's from now until interrupted.
+async fn watch(api: &Api, id: Option<&str>, as_json: bool) -> Result<(), Failure> {
+    let paint = stdout_paint();
+    let plan = match id {
+        Some(id) => Some(api.resolve(id).await?),
+        None => None,
+    };
+    let mut query = Vec::new();
+    if let Some(plan) = &plan {
+        query.push(("plan_id", plan.as_str()));
+        query.push(("last_event_id", "0"));
+    }
+    api.follow(&query, |event| {
+        if as_json {
+            println!("{event}");
+        } else {
+            println!("{}", render::event_line(event, paint));
+        }
+        plan.is_none() || !render::ends_plan(event)
+    })
+    .await
+}
+
+/// Prints a client subcommand's outcome; answers the exit code.
+fn print_outcome(outcome: Result<Option<(Body, Renderer)>, Failure>, as_json: bool) -> i32 {
+    match outcome {
         Ok(None) => 2,
         Ok(Some((body, renderer))) => {
             let text = match body {
                 Body::Text(text) => text,
                 Body::Json(value) if as_json => render::json(&value),
                 Body::Json(value) => {
-                    let no_color = std::env::var_os("NO_COLOR");
                     let cx = Context {
                         now: Utc::now(),
-                        paint: Paint::new(std::io::stdout().is_terminal(), no_color.as_deref()),
+                        paint: stdout_paint(),
                     };
                     renderer(&value, &cx)
                 }
@@ -199,7 +268,10 @@ async fn call(api: &Api, command: Command) -> Result<Option<(Body, Renderer)>, F
         Command::Serve | Command::Check | Command::Repair | Command::Archive { .. } => {
             return Ok(None);
         }
-        Command::Chat { message, session } => {
+        Command::Watch { .. } => return Ok(None),
+        Command::Chat {
+            message, session, ..
+        } => {
             let body = json!({ "message": message, "session_id": session });
             (api.post("/madre/chat", Some(body)).await?, render::chat)
         }

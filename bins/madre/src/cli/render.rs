@@ -468,7 +468,7 @@ impl Step {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct Event {
     seq: Option<i64>,
     #[serde(rename = "type", default)]
@@ -479,6 +479,46 @@ struct Event {
     principal: Option<String>,
     reason: Option<String>,
     at: Option<DateTime<Utc>>,
+}
+
+/// One journal event as a line of `madre watch`: time, plan, event, step
+/// type, status, who and why. Server text is cleaned of control characters.
+pub(crate) fn event_line(value: &Value, paint: Paint) -> String {
+    let event: Event = view(value).unwrap_or_default();
+    let plan = value["plan_id"].as_str().unwrap_or("-");
+    let status = event.status.clone().unwrap_or_default();
+    let mut parts = vec![
+        event.at.map_or_else(|| "-".to_owned(), stamp),
+        format!("plan {}", clip(short_id(plan), 12)),
+        format!("{:<13}", clip(&event.event_type, 24)),
+    ];
+    parts.extend(event.step_type.as_deref().map(|t| clip(t, 24)));
+    if !status.is_empty() {
+        parts.push(paint.paint(Tone::of_status(&status), &clip(&status, 12)));
+    }
+    parts.extend(
+        event
+            .principal
+            .as_deref()
+            .map(|p| format!("by {}", clip(p, 20))),
+    );
+    parts.extend(
+        event
+            .reason
+            .as_deref()
+            .map(|r| format!("({})", clip(r, 60))),
+    );
+    parts.join("  ")
+}
+
+/// True for the event that ends a plan: its own (not a step's) change to
+/// DONE, ERROR or CANCELLED.
+pub(crate) fn ends_plan(value: &Value) -> bool {
+    value.get("step_id").is_none()
+        && matches!(
+            value["status"].as_str(),
+            Some("DONE" | "ERROR" | "CANCELLED")
+        )
 }
 
 /// How long each step took, in milliseconds. With the plan's journal: from

@@ -134,6 +134,9 @@ pub(crate) struct Writer {
     conn: Mutex<Connection>,
     health: StorageHealth,
     meter: Meter,
+    /// Counts commits that appended to the plan journal, for readers that
+    /// follow it (SPEC §14): they wait for a change, then read what is new.
+    journal_commits: tokio::sync::watch::Sender<u64>,
 }
 
 /// The storage fault seen last, or none since a write (or a check) went
@@ -248,6 +251,7 @@ impl Writer {
             conn: Mutex::new(conn),
             health: StorageHealth::new(),
             meter: Meter::default(),
+            journal_commits: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -286,6 +290,12 @@ impl Writer {
     }
 
     /// How many writes wait for the writer now.
+    /// A receiver that sees a change after each commit that appended to
+    /// the plan journal.
+    pub(crate) fn journal_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.journal_commits.subscribe()
+    }
+
     pub(crate) fn queue_depth(&self) -> usize {
         lock(&self.state).queue.len()
     }
@@ -452,7 +462,11 @@ impl Writer {
                 // itself panic, its callers are answered (their channels
                 // close) and this thread lives on for the next writes.
                 let commit = AssertUnwindSafe(|| {
-                    commit_batch(&lock(&self.conn), batch, &self.health, &self.meter)
+                    let conn = lock(&self.conn);
+                    commit_batch(&conn, batch, &self.health, &self.meter);
+                    if crate::journal::appended_since_asked() {
+                        self.journal_commits.send_modify(|n| *n += 1);
+                    }
                 });
                 if catch_unwind(commit).is_err() {
                     tracing::error!(

@@ -611,3 +611,28 @@ fn shell_words() {
         assert_eq!(shell_word(word), expected, "{word}");
     }
 }
+
+#[test]
+fn watch_lines() {
+    let step = json!({"seq": 4, "plan_id": "cfa5620c-014a-411b-b5c9-1efdb30e1668",
+        "session_id": "s", "type": "step_started", "step_id": "01a2",
+        "step_type": "CALL_HERMES", "status": "RUNNING", "replica": "r",
+        "at": "2026-12-01T07:21:24.100000Z"});
+    let end = json!({"seq": 9, "plan_id": "cfa5620c-014a-411b-b5c9-1efdb30e1668",
+        "type": "plan_finished", "status": "CANCELLED", "principal": "bob\x1b[2J",
+        "reason": "cancelled", "replica": "r", "at": "2026-12-01T07:21:25Z"});
+    let lines = [step.clone(), end.clone()]
+        .map(|e| event_line(&e, Paint::OFF))
+        .join("\n");
+    expect![[r#"
+        2026-12-01T07:21:24Z  plan b30e1668  step_started   CALL_HERMES  RUNNING
+        2026-12-01T07:21:25Z  plan b30e1668  plan_finished  CANCELLED  by bob�[2J  (cancelled)"#]]
+    .assert_eq(&lines);
+    assert!(!ends_plan(&step));
+    assert!(ends_plan(&end));
+    let step_done = json!({"step_id": "x", "status": "DONE"});
+    assert!(!ends_plan(&step_done), "a step's end is not the plan's");
+    assert!(!ends_plan(
+        &json!({"type": "plan_waiting", "status": "WAITING"})
+    ));
+}
