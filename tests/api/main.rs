@@ -12,6 +12,7 @@ macro_rules! test_log {
 }
 
 mod admission;
+mod approvals;
 mod auth;
 mod bad_input;
 mod breaker;

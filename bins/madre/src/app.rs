@@ -359,6 +359,10 @@ impl Application {
                         .route(web::post().to(routes::confirm)),
                 )
                 .service(
+                    resource("/madre/plans/{id}/reject", "POST")
+                        .route(web::post().to(routes::reject)),
+                )
+                .service(
                     resource("/madre/plans/{id}/cancel", "POST")
                         .route(web::post().to(routes::cancel)),
                 )

@@ -27,6 +27,9 @@ pub enum ApiError {
     /// 403: the caller's role is too low, or the action is denied.
     #[error("{0}")]
     Forbidden(String),
+    /// 403: the requester may not approve their own plan.
+    #[error("{0}")]
+    SelfApprovalForbidden(String),
     /// 403: a wrong confirmation token.
     #[error("wrong confirmation token ({attempts} of {max} attempts used){}", if *.void { "; the confirmation is void and the plan was cancelled" } else { "" })]
     WrongConfirmToken {
@@ -102,6 +105,7 @@ impl From<FlowError> for ApiError {
     fn from(e: FlowError) -> Self {
         match e {
             FlowError::Forbidden(reason) => ApiError::Forbidden(reason),
+            FlowError::SelfApprovalForbidden(reason) => ApiError::SelfApprovalForbidden(reason),
             FlowError::WrongConfirmToken {
                 attempts,
                 max,
@@ -133,6 +137,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::SelfApprovalForbidden(_) => "self_approval_forbidden",
             ApiError::WrongConfirmToken { .. } => "invalid_confirm_token",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -160,7 +165,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::WrongConfirmToken { .. } => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_)
+            | ApiError::SelfApprovalForbidden(_)
+            | ApiError::WrongConfirmToken { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,

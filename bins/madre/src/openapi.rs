@@ -20,6 +20,7 @@ use crate::routes;
         routes::events,
         routes::get_plan,
         routes::confirm,
+        routes::reject,
         routes::cancel,
         routes::metrics,
         routes::chat_v6,

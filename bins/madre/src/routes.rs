@@ -566,25 +566,22 @@ pub struct ConfirmQuery {
     confirm_token: Option<String>,
 }
 
-/// `POST /madre/plans/{id}/confirm`: token in the JSON body or the query.
-#[utoipa::path(post, path = "/madre/plans/{id}/confirm", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)")), request_body(content = ConfirmRequest, description = "The token (a `confirm_token` query parameter is accepted instead of a body)"), security(("api_token" = [])), responses((status = 200, description = "Confirmed and run", body = ConfirmResponse), (status = 202, description = "Confirmed, still running", body = ConfirmResponse), AuthErrors, BodyErrors, (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Not waiting", body = ErrorBody), (status = 410, description = "Expired", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
-pub async fn confirm(
-    state: Data,
-    caller: Caller,
-    req: HttpRequest,
-    path: web::Path<String>,
-    query: web::Query<ConfirmQuery>,
+/// The token and reason of an approval or a rejection: from the JSON body,
+/// or the token from the query when there is no body.
+async fn token_and_reason(
+    state: &Data,
+    req: &HttpRequest,
+    query: ConfirmQuery,
     payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let plan_id = parse_id(&path)?;
+) -> Result<(String, Option<String>), ApiError> {
     let body = crate::json::read_body(payload, state.settings.max_body_bytes).await?;
-    let token = if body.is_empty() {
-        query.into_inner().confirm_token
-    } else if !crate::json::is_json(&req) {
+    let (token, reason) = if body.is_empty() {
+        (query.confirm_token, None)
+    } else if !crate::json::is_json(req) {
         return Err(ApiError::UnsupportedMediaType);
     } else {
         let parsed: madre_models::ConfirmRequest = crate::json::decode(&body)?;
-        Some(parsed.confirm_token)
+        (Some(parsed.confirm_token), parsed.reason)
     };
     let token = token
         .filter(|t| !t.is_empty() && t.len() <= 256)
@@ -594,13 +591,42 @@ pub async fn confirm(
                     .into(),
             )
         })?;
+    Ok((token, reason))
+}
+
+/// `POST /madre/plans/{id}/confirm`: one approval, with the token in the
+/// JSON body (and an optional reason) or the query.
+#[utoipa::path(post, path = "/madre/plans/{id}/confirm", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)")), request_body(content = ConfirmRequest, description = "The token and the approver's reason (a `confirm_token` query parameter is accepted instead of a body)"), security(("api_token" = [])), responses((status = 200, description = "`confirmed`: the last approval needed, and the plan ran; `approved`: recorded, more approvals needed (plan_status WAITING)", body = ConfirmResponse), (status = 202, description = "Confirmed, still running", body = ConfirmResponse), AuthErrors, BodyErrors, (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Not waiting, or this principal already approved", body = ErrorBody), (status = 410, description = "Expired", body = ErrorBody), (status = 503, description = "Queue full", body = ErrorBody)))]
+pub async fn confirm(
+    state: Data,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ConfirmQuery>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let plan_id = parse_id(&path)?;
+    let (token, reason) = token_and_reason(&state, &req, query.into_inner(), payload).await?;
     let confirmed = state
         .madre
-        .confirm(&caller.0, plan_id, &token, &request_id(&req))
+        .confirm(
+            &caller.0,
+            plan_id,
+            &token,
+            reason.as_deref(),
+            &request_id(&req),
+        )
         .await?;
     let status = confirmed.plan.plan.status;
     let body = ConfirmResponse {
-        status: "confirmed".into(),
+        status: if confirmed.confirmed() {
+            "confirmed"
+        } else {
+            "approved"
+        }
+        .into(),
+        approvals: confirmed.approvals,
+        required: confirmed.required,
         plan_id,
         plan_status: status,
     };
@@ -609,6 +635,29 @@ pub async fn confirm(
     } else {
         HttpResponse::Ok().json(body)
     })
+}
+
+/// `POST /madre/plans/{id}/reject`: refuses a waiting plan, with its token
+/// and a reason.
+#[utoipa::path(post, path = "/madre/plans/{id}/reject", tag = "v7", params(("id" = String, Path, description = "Plan id (UUID)")), request_body(content = ConfirmRequest, description = "The token and why the plan is refused (required)"), security(("api_token" = [])), responses((status = 200, description = "Rejected: the plan is CANCELLED with reason `rejected`", body = CancelResponse), AuthErrors, BodyErrors, (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Not waiting", body = ErrorBody), (status = 410, description = "Expired", body = ErrorBody)))]
+pub async fn reject(
+    state: Data,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ConfirmQuery>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let plan_id = parse_id(&path)?;
+    let (token, reason) = token_and_reason(&state, &req, query.into_inner(), payload).await?;
+    let plan_status = state
+        .madre
+        .reject(&caller.0, plan_id, &token, reason.as_deref())
+        .await?;
+    Ok(HttpResponse::Ok().json(CancelResponse {
+        plan_id,
+        plan_status,
+    }))
 }
 
 /// `POST /madre/plans/{id}/cancel` and `POST /tasks/{id}/cancel`.

@@ -50,6 +50,64 @@ pub enum ConsumeOutcome {
     NotPending,
 }
 
+/// What one approval of a waiting plan did (SPEC §15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalOutcome {
+    /// Recorded (event `approval_recorded`); more are needed.
+    Recorded {
+        /// Distinct approvals so far, this one included.
+        approvals: u32,
+    },
+    /// The last approval needed: the confirmation is spent, the gate DONE
+    /// and the plan RUNNING (event `plan_confirmed`).
+    Confirmed {
+        /// Distinct approvals, this one included.
+        approvals: u32,
+    },
+    /// This principal approved already; nothing was written.
+    AlreadyApproved {
+        /// Distinct approvals so far.
+        approvals: u32,
+    },
+    /// Nothing pending matched (used, void, expired, rejected, wrong hash).
+    NotPending,
+}
+
+/// True when the plan's confirmation is pending, with this token hash and
+/// unexpired at `at`.
+fn pending_with(
+    conn: &Connection,
+    plan_id: Uuid,
+    token_sha256: &str,
+    at: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM confirmations
+             WHERE plan_id = ?1 AND token_sha256 = ?2 AND used_at IS NULL
+               AND outcome IS NULL AND expires_at > ?3",
+        )?
+        .query_row(params![plan_id.to_string(), token_sha256, ts(at)], |_| {
+            Ok(())
+        })
+        .optional()?
+        .is_some())
+}
+
+/// The principals whose approvals of the plan are recorded, oldest first.
+fn approvers(conn: &Connection, plan_id: Uuid) -> Result<Vec<String>, DbError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.principal FROM plan_events e
+         WHERE e.plan = (SELECT id FROM plans WHERE uuid = ?1)
+           AND e.type = 'approval_recorded' AND e.principal IS NOT NULL
+         ORDER BY e.seq",
+    )?;
+    let names = stmt
+        .query_map([plan_id.to_string()], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(names)
+}
+
 pub(crate) fn insert_confirmation(
     conn: &Connection,
     plan_id: Uuid,
@@ -198,6 +256,96 @@ impl Db {
                 .result(json!({ "confirmed_by": by }))
                 .by(by.clone());
             journal::append(conn, plan_id, &[confirmed], &replica)?;
+            if let Some(action) = &action {
+                insert_action(conn, action)?;
+            }
+            Ok(ConsumeOutcome::Consumed)
+        })
+    }
+
+    /// The principals who approved the plan so far (its `approval_recorded`
+    /// events), oldest first.
+    pub fn approvals(&self, plan_id: Uuid) -> Result<Vec<String>, DbError> {
+        self.read(|conn| approvers(conn, plan_id))
+    }
+
+    /// Records `by`'s approval of the plan, in one transaction, when its
+    /// confirmation is pending under `token_sha256` at `at`: a principal
+    /// counts once; the approval that brings the distinct approvers to
+    /// `required` spends the confirmation and starts the plan (as
+    /// [`Db::consume_confirmation`]), an earlier one is an
+    /// `approval_recorded` event. `reason` goes with the event; `action`
+    /// is appended to the audit trail with it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn approve(
+        &self,
+        plan_id: Uuid,
+        token_sha256: String,
+        by: String,
+        reason: Option<String>,
+        required: u32,
+        action: Option<NewAction>,
+        at: DateTime<Utc>,
+    ) -> Write<ApprovalOutcome> {
+        let replica = self.replica.clone();
+        self.write(move |conn| {
+            if !pending_with(conn, plan_id, &token_sha256, at)? {
+                return Ok(ApprovalOutcome::NotPending);
+            }
+            let mut approvers = approvers(conn, plan_id)?;
+            approvers.dedup();
+            let so_far = approvers.len() as u32;
+            if approvers.contains(&by) {
+                return Ok(ApprovalOutcome::AlreadyApproved { approvals: so_far });
+            }
+            let approvals = so_far + 1;
+            let outcome = if approvals >= required {
+                conn.prepare_cached(
+                    "UPDATE confirmations SET used_at = ?2, confirmed_by = ?3, outcome = 'confirmed'
+                     WHERE plan_id = ?1",
+                )?
+                .execute(params![plan_id.to_string(), ts(at), by])?;
+                let confirmed = PlanEvent::new(Event::PlanConfirmed, at)
+                    .result(json!({ "confirmed_by": by }))
+                    .by(by.clone())
+                    .comment(reason.clone());
+                journal::append(conn, plan_id, &[confirmed], &replica)?;
+                ApprovalOutcome::Confirmed { approvals }
+            } else {
+                let recorded = PlanEvent::new(Event::ApprovalRecorded, at)
+                    .by(by.clone())
+                    .comment(reason.clone());
+                journal::append(conn, plan_id, &[recorded], &replica)?;
+                ApprovalOutcome::Recorded { approvals }
+            };
+            if let Some(action) = &action {
+                insert_action(conn, action)?;
+            }
+            Ok(outcome)
+        })
+    }
+
+    /// Refuses the plan for `by` when its confirmation is pending under
+    /// `token_sha256` at `at`: the plan is CANCELLED with reason `rejected`
+    /// (event `plan_rejected`) and `action`, which says why, appended, in
+    /// one transaction.
+    pub fn reject(
+        &self,
+        plan_id: Uuid,
+        token_sha256: String,
+        by: String,
+        action: Option<NewAction>,
+        at: DateTime<Utc>,
+    ) -> Write<ConsumeOutcome> {
+        let replica = self.replica.clone();
+        self.write(move |conn| {
+            if !pending_with(conn, plan_id, &token_sha256, at)? {
+                return Ok(ConsumeOutcome::NotPending);
+            }
+            let rejected = PlanEvent::new(Event::PlanRejected, at)
+                .error(EndReason::Rejected.as_str())
+                .by(by.clone());
+            journal::append(conn, plan_id, &[rejected], &replica)?;
             if let Some(action) = &action {
                 insert_action(conn, action)?;
             }

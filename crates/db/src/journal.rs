@@ -37,6 +37,9 @@ pub struct PlanEvent {
     pub warnings: Vec<String>,
     /// Who caused it, when a person did.
     pub principal: Option<String>,
+    /// What that person said of it (an approval's reason), shown as the
+    /// event's `reason`; never a step's error or the plan's end reason.
+    pub comment: Option<String>,
     /// When.
     pub at: DateTime<Utc>,
 }
@@ -50,8 +53,15 @@ impl PlanEvent {
             error: None,
             warnings: Vec::new(),
             principal: None,
+            comment: None,
             at,
         }
+    }
+
+    /// With what the person who caused it said.
+    pub fn comment(mut self, comment: Option<String>) -> Self {
+        self.comment = comment;
+        self
     }
 
     /// With the step's answer or the plan's result.
@@ -339,10 +349,14 @@ pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, D
             .get("result")
             .cloned()
             .filter(|v| !v.is_null());
+        // A plan's end keeps its reason code in `reason`; on other plan
+        // events `reason` is what a person said (an approval's comment).
         replay.error = if step_level {
             text("error")
-        } else {
+        } else if replay.is_plan_level() {
             text("reason")
+        } else {
+            None
         }
         .map(str::to_owned);
         fold_steps(&mut loaded, &replay, &changes);
@@ -610,7 +624,7 @@ fn event_row(loaded: &Loaded, event: &PlanEvent) -> NewRow {
             }
         }
         _ => {
-            if let Some(reason) = &event.error {
+            if let Some(reason) = event.error.as_ref().or(event.comment.as_ref()) {
                 payload["reason"] = json!(reason);
             }
         }
@@ -1008,7 +1022,16 @@ fn journal_verdict(conn: &Connection, row: i64, plan_id: Uuid) -> Result<Journal
         })?;
         if changes.iter().any(|c| matches!(c, Change::Plan { .. })) {
             verdict.at = Some(stored.at);
-            if let Some(reason) = stored.payload.get("reason").and_then(Value::as_str) {
+            let ends = matches!(
+                event,
+                Event::PlanFinished { .. } | Event::PlanRejected | Event::PlanExpired
+            );
+            if let Some(reason) = stored
+                .payload
+                .get("reason")
+                .and_then(Value::as_str)
+                .filter(|_| ends)
+            {
                 verdict.reason = Some(reason.to_owned());
             }
         }

@@ -50,7 +50,7 @@ mod time;
 
 pub use archive::{ArchiveReport, archive_dir, archive_name, read_archive};
 pub use audit::NewAction;
-pub use confirmations::{ConfirmationRow, ConsumeOutcome};
+pub use confirmations::{ApprovalOutcome, ConfirmationRow, ConsumeOutcome};
 pub use engine::error::{DbError, StorageFault};
 pub use engine::meter::WriterStats;
 pub use engine::writer::Write;

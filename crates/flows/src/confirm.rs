@@ -1,10 +1,11 @@
-//! Confirming a waiting plan with its token, and cancelling a plan.
+//! Approving or rejecting a waiting plan with its token under its risk's
+//! approval rule (SPEC §15), and cancelling a plan.
 
 use chrono::Utc;
-use madre_db::{ConsumeOutcome, PlanKind, StoredPlan};
+use madre_db::{ApprovalOutcome, ConfirmationRow, ConsumeOutcome, PlanKind, StoredPlan};
 use madre_models::{EndReason, RiskLevel, Status};
 use madre_policy::{
-    ConfirmationRecord, MAX_FAILED_ATTEMPTS, Principal, Role, TokenHash, Verdict,
+    ApprovalRule, ConfirmationRecord, MAX_FAILED_ATTEMPTS, Principal, Role, TokenHash, Verdict,
     check_confirmation,
 };
 use uuid::Uuid;
@@ -12,26 +13,58 @@ use uuid::Uuid;
 use crate::plans::{audit, options};
 use crate::{FlowError, Madre, require};
 
-/// The result of confirming a plan.
+/// The result of one approval of a waiting plan.
 #[derive(Debug)]
 pub struct Confirmed {
     /// The plan after it ran, or while it still runs (RUNNING: it outlived
-    /// the wait, or waits for a free slot).
+    /// the wait, or waits for a free slot), or WAITING for more approvals.
     pub plan: StoredPlan,
+    /// Distinct approvals so far, this one included.
+    pub approvals: u32,
+    /// Approvals the plan's risk requires.
+    pub required: u32,
+}
+
+impl Confirmed {
+    /// True when this approval was the last one needed and the plan ran.
+    pub fn confirmed(&self) -> bool {
+        self.approvals >= self.required
+    }
+}
+
+/// The longest reason an approver may give.
+pub const MAX_REASON_CHARS: usize = 1000;
+
+/// A reason as given: trimmed, `None` when blank, refused when too long.
+fn reason_of(reason: Option<&str>) -> Result<Option<String>, FlowError> {
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    if reason.is_some_and(|r| r.chars().count() > MAX_REASON_CHARS) {
+        return Err(FlowError::InvalidField(format!(
+            "invalid field `reason`: at most {MAX_REASON_CHARS} characters"
+        )));
+    }
+    Ok(reason.map(str::to_owned))
+}
+
+/// A waiting plan with its pending confirmation, as an approver acts on it.
+struct Pending {
+    stored: StoredPlan,
+    row: ConfirmationRow,
+    rule: ApprovalRule,
 }
 
 impl Madre {
-    /// Checks `presented` against the plan's pending confirmation and, when
-    /// it is right and `principal` may confirm this risk, runs the plan and
-    /// waits for it. A confirmed plan is never refused for a full queue: it
-    /// runs as soon as a slot frees, and the answer says RUNNING.
-    pub async fn confirm(
+    /// Loads the plan and its pending confirmation, and checks that
+    /// `principal` may act on it under its risk's approval rule (SPEC §15):
+    /// the role is one the rule names, the requester only when the rule
+    /// allows self-approval, with a reason when the rule requires one.
+    async fn pending_for(
         &self,
         principal: &Principal,
         plan_id: Uuid,
-        presented: &str,
-        request_id: &str,
-    ) -> Result<Confirmed, FlowError> {
+        reason: Option<&str>,
+        reason_needed: bool,
+    ) -> Result<Pending, FlowError> {
         require(principal, Role::Operator)?;
         let (stored, row) = self
             .db
@@ -56,13 +89,38 @@ impl Madre {
             // Control of Madre itself is for admins (SPEC §5), confirming too.
             require(principal, Role::Admin)?;
         }
-        if !principal.role.may_confirm(row.risk) {
+        let rule = self.tables().approvals.for_risk(row.risk).clone();
+        if !rule.allows(principal.role) {
+            let roles: Vec<&str> = rule.roles.iter().map(|r| r.as_str()).collect();
             return Err(FlowError::Forbidden(format!(
-                "confirming a {} risk plan needs the {} role",
+                "approving a {} risk plan needs the role {}",
                 row.risk,
-                Role::required_to_confirm(row.risk).as_str()
+                roles.join(" or ")
             )));
         }
+        if !rule.self_approval && principal.name == row.principal {
+            return Err(FlowError::SelfApprovalForbidden(format!(
+                "{} asked for plan {plan_id}; a {} risk plan needs someone else's approval",
+                principal.name, row.risk
+            )));
+        }
+        if (reason_needed || rule.reason_required) && reason.is_none() {
+            return Err(FlowError::InvalidField(
+                "invalid field `reason`: required to approve or reject this plan".into(),
+            ));
+        }
+        Ok(Pending { stored, row, rule })
+    }
+
+    /// Checks the token; a wrong one counts toward voiding the
+    /// confirmation. Answers the error to return when it is not accepted.
+    async fn check_token(
+        &self,
+        plan_id: Uuid,
+        row: &ConfirmationRow,
+        presented: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), FlowError> {
         let token_hash = TokenHash::from_hex(&row.token_sha256)
             .map_err(|_| FlowError::Internal("stored token hash is not hex".into()))?;
         let record = ConfirmationRecord {
@@ -72,50 +130,8 @@ impl Madre {
             used_at: row.used_at,
             failed_attempts: row.failed_attempts,
         };
-        let now = Utc::now();
         match check_confirmation(&record, presented, now) {
-            Verdict::Accepted => {
-                // A place first: when even the deferred plans are too many
-                // the answer is 503 and the token still works, rather than
-                // a consumed confirmation whose plan runs behind the
-                // client's back.
-                let place = self.runner.reserve_must_run()?;
-                let action = audit(
-                    principal,
-                    "madre",
-                    "confirm",
-                    format!("{} risk plan confirmed", row.risk),
-                    plan_id,
-                );
-                let consumed = self
-                    .db
-                    .consume_confirmation(
-                        plan_id,
-                        row.token_sha256.clone(),
-                        principal.name.clone(),
-                        Some(action),
-                        now,
-                    )
-                    .await?;
-                if consumed == ConsumeOutcome::NotPending {
-                    return Err(FlowError::Conflict(format!(
-                        "plan {plan_id} was already confirmed or cancelled"
-                    )));
-                }
-                let run =
-                    self.runner
-                        .admit_reserved(place, plan_id, options(principal, request_id));
-                let plan = match run {
-                    Some(run) => {
-                        match tokio::time::timeout(self.wait_for_plan(), run.finished()).await {
-                            Ok(done) => done?,
-                            Err(_) => self.load_plan(plan_id).await?,
-                        }
-                    }
-                    None => self.load_plan(plan_id).await?,
-                };
-                Ok(Confirmed { plan })
-            }
+            Verdict::Accepted => Ok(()),
             Verdict::Rejected { .. } => {
                 let attempts = self
                     .db
@@ -137,6 +153,137 @@ impl Madre {
             }
             Verdict::AlreadyUsed | Verdict::Void => Err(FlowError::Conflict(format!(
                 "the confirmation of plan {plan_id} was already used or voided"
+            ))),
+        }
+    }
+
+    /// Records `principal`'s approval of a waiting plan with its token
+    /// (SPEC §15). When the approvals of distinct principals reach what the
+    /// plan's risk requires, the plan runs and this waits for it; before
+    /// that the approval is recorded and the plan keeps waiting. A plan
+    /// that runs is never refused for a full queue: it runs as soon as a
+    /// slot frees, and the answer says RUNNING.
+    pub async fn confirm(
+        &self,
+        principal: &Principal,
+        plan_id: Uuid,
+        presented: &str,
+        reason: Option<&str>,
+        request_id: &str,
+    ) -> Result<Confirmed, FlowError> {
+        let reason = reason_of(reason)?;
+        let Pending { stored, row, rule } = self
+            .pending_for(principal, plan_id, reason.as_deref(), false)
+            .await?;
+        let now = Utc::now();
+        self.check_token(plan_id, &row, presented, now).await?;
+        // A place first: when even the deferred plans are too many the
+        // answer is 503 and the token still works, rather than a spent
+        // confirmation whose plan runs behind the client's back. An
+        // approval that does not complete the count gives it back.
+        let place = self.runner.reserve_must_run()?;
+        // With one approval required, it is the confirmation (as before
+        // approval rules); with more, each is an approval.
+        let verb = if rule.required == 1 {
+            "confirmed"
+        } else {
+            "approved"
+        };
+        let what = match &reason {
+            Some(reason) => format!("{} risk plan {verb}: {reason}", row.risk),
+            None => format!("{} risk plan {verb}", row.risk),
+        };
+        let action = audit(principal, "madre", "confirm", what, plan_id);
+        let outcome = self
+            .db
+            .approve(
+                plan_id,
+                row.token_sha256.clone(),
+                principal.name.clone(),
+                reason,
+                rule.required,
+                Some(action),
+                now,
+            )
+            .await?;
+        let approvals = match outcome {
+            ApprovalOutcome::NotPending => {
+                return Err(FlowError::Conflict(format!(
+                    "plan {plan_id} was already confirmed or cancelled"
+                )));
+            }
+            ApprovalOutcome::AlreadyApproved { approvals } => {
+                return Err(FlowError::Conflict(format!(
+                    "{} already approved plan {plan_id} ({approvals} of {} approvals)",
+                    principal.name, rule.required
+                )));
+            }
+            ApprovalOutcome::Recorded { approvals } => {
+                drop(place);
+                let mut plan = stored;
+                plan.plan.updated_at = now;
+                return Ok(Confirmed {
+                    plan,
+                    approvals,
+                    required: rule.required,
+                });
+            }
+            ApprovalOutcome::Confirmed { approvals } => approvals,
+        };
+        let run = self
+            .runner
+            .admit_reserved(place, plan_id, options(principal, request_id));
+        let plan = match run {
+            Some(run) => match tokio::time::timeout(self.wait_for_plan(), run.finished()).await {
+                Ok(done) => done?,
+                Err(_) => self.load_plan(plan_id).await?,
+            },
+            None => self.load_plan(plan_id).await?,
+        };
+        Ok(Confirmed {
+            plan,
+            approvals,
+            required: rule.required,
+        })
+    }
+
+    /// Refuses a waiting plan with its token and a reason (SPEC §15): the
+    /// plan is CANCELLED with reason `rejected`, the refusal a journal
+    /// event and an audit row. Anyone the plan's rule lets approve may
+    /// reject; a reason is always needed.
+    pub async fn reject(
+        &self,
+        principal: &Principal,
+        plan_id: Uuid,
+        presented: &str,
+        reason: Option<&str>,
+    ) -> Result<Status, FlowError> {
+        let reason = reason_of(reason)?;
+        let Pending { row, .. } = self
+            .pending_for(principal, plan_id, reason.as_deref(), true)
+            .await?;
+        let now = Utc::now();
+        self.check_token(plan_id, &row, presented, now).await?;
+        let what = format!(
+            "{} risk plan rejected: {}",
+            row.risk,
+            reason.as_deref().unwrap_or_default()
+        );
+        let action = audit(principal, "madre", "reject", what, plan_id);
+        let outcome = self
+            .db
+            .reject(
+                plan_id,
+                row.token_sha256.clone(),
+                principal.name.clone(),
+                Some(action),
+                now,
+            )
+            .await?;
+        match outcome {
+            ConsumeOutcome::Consumed => Ok(Status::Cancelled),
+            ConsumeOutcome::NotPending => Err(FlowError::Conflict(format!(
+                "plan {plan_id} was already confirmed or cancelled"
             ))),
         }
     }

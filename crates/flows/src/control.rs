@@ -360,7 +360,7 @@ impl Madre {
                 ));
             }
             return self
-                .confirm(principal, plan_id, presented, request_id)
+                .confirm(principal, plan_id, presented, None, request_id)
                 .await;
         }
         if candidates.is_empty() {

@@ -11,6 +11,10 @@ pub enum FlowError {
     /// The caller's role is too low, or the action is never allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// The requester tried to approve their own plan where the risk's rule
+    /// forbids it (SPEC §15).
+    #[error("{0}")]
+    SelfApprovalForbidden(String),
     /// A wrong confirmation token.
     #[error("wrong confirmation token ({attempts} of {max} attempts used){}", if *.void { "; the confirmation is void and the plan was cancelled" } else { "" })]
     WrongConfirmToken {

@@ -415,14 +415,17 @@ async fn a_replayed_waiting_answer_carries_a_fresh_token_and_none_is_stored() {
     let new_token = text(&replay.body, "confirm_token");
     assert!(new_token.len() >= 22 && new_token != old_token);
 
-    let stale = h.madre.confirm(&admin(), plan_id, &old_token, "t").await;
+    let stale = h
+        .madre
+        .confirm(&admin(), plan_id, &old_token, None, "t")
+        .await;
     assert!(
         matches!(stale, Err(FlowError::WrongConfirmToken { .. })),
         "{stale:?}"
     );
     let confirmed = h
         .madre
-        .confirm(&admin(), plan_id, &new_token, "t")
+        .confirm(&admin(), plan_id, &new_token, None, "t")
         .await
         .unwrap();
     assert_eq!(confirmed.plan.plan.status, Status::Done);
@@ -439,7 +442,7 @@ async fn confirming_with_a_full_queue_runs_the_plan_later() {
     let busy = h.occupy_the_only_slot(600).await;
     let confirmed = h
         .madre
-        .confirm(&admin(), waiting.plan_id, &token, "t")
+        .confirm(&admin(), waiting.plan_id, &token, None, "t")
         .await
         .unwrap();
     assert_eq!(confirmed.plan.plan.status, Status::Running);
@@ -477,7 +480,7 @@ async fn a_confirmation_expired_by_cleanup_still_answers_expired() {
     assert_eq!(report.confirmations_expired, vec![waiting.plan_id]);
     let late = h
         .madre
-        .confirm(&admin(), waiting.plan_id, &token, "t")
+        .confirm(&admin(), waiting.plan_id, &token, None, "t")
         .await;
     assert!(
         matches!(late, Err(FlowError::ConfirmationExpired)),
@@ -722,6 +725,7 @@ async fn past_the_deferred_bound_a_confirmation_is_refused_and_its_token_kept() 
             &admin(),
             first.plan_id,
             first.confirm_token.as_deref().unwrap(),
+            None,
             "t",
         )
         .await
@@ -729,7 +733,10 @@ async fn past_the_deferred_bound_a_confirmation_is_refused_and_its_token_kept() 
     assert_eq!(deferred.plan.plan.status, Status::Running);
     assert_eq!(h.madre.runner().deferred(), 1);
     let token = second.confirm_token.clone().unwrap();
-    let refused = h.madre.confirm(&admin(), second.plan_id, &token, "t").await;
+    let refused = h
+        .madre
+        .confirm(&admin(), second.plan_id, &token, None, "t")
+        .await;
     assert!(
         matches!(refused, Err(FlowError::QueueFull(_))),
         "{refused:?}"
@@ -743,7 +750,11 @@ async fn past_the_deferred_bound_a_confirmation_is_refused_and_its_token_kept() 
     busy.await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let confirmed = loop {
-        match h.madre.confirm(&admin(), second.plan_id, &token, "t").await {
+        match h
+            .madre
+            .confirm(&admin(), second.plan_id, &token, None, "t")
+            .await
+        {
             Ok(confirmed) => break confirmed,
             Err(FlowError::QueueFull(_)) => {
                 assert!(tokio::time::Instant::now() < deadline, "never room");

@@ -164,6 +164,8 @@ pub enum EndReason {
     ConfirmationExpired,
     /// Its confirmation was voided after too many wrong tokens.
     ConfirmationVoid,
+    /// An approver refused it (SPEC §15).
+    Rejected,
 }
 
 impl From<EndReason> for String {
@@ -325,7 +327,7 @@ text_names!(EventType, "event type", {
 text_names!(EndReason, "end reason", {
     EndReason::Timeout => "timeout", EndReason::Cancelled => "cancelled",
     EndReason::Denied => "denied", EndReason::ConfirmationExpired => "confirmation_expired",
-    EndReason::ConfirmationVoid => "confirmation_void",
+    EndReason::ConfirmationVoid => "confirmation_void", EndReason::Rejected => "rejected",
 });
 text_names!(OwnAction, "own action", { OwnAction::Restart => "restart", OwnAction::Reload => "reload" });
 text_names!(Mode, "mode", { Mode::Madre => "MADRE", Mode::AudioEngineer => "AUDIO_ENGINEER" });

@@ -798,7 +798,8 @@ pub struct JournalEvent {
     pub at: DateTime<Utc>,
 }
 
-/// Body of `POST /madre/plans/{id}/confirm`.
+/// Body of `POST /madre/plans/{id}/confirm` (an approval) and of
+/// `POST /madre/plans/{id}/reject`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -806,23 +807,38 @@ pub struct ConfirmRequest {
     /// The token returned with the WAITING answer.
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub confirm_token: String,
+    /// Why the approver decides so: kept in the journal and the audit
+    /// trail; required when the risk's rule says `reason_required`, and for
+    /// every rejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 1000))]
+    pub reason: Option<String>,
 }
 
 impl fmt::Debug for ConfirmRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ConfirmRequest { confirm_token: <redacted> }")
+        f.debug_struct("ConfirmRequest")
+            .field("confirm_token", &"<redacted>")
+            .field("reason", &self.reason)
+            .finish()
     }
 }
 
-/// Answer of a successful confirmation.
+/// Answer of an approval (`POST /madre/plans/{id}/confirm`).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfirmResponse {
-    /// Always `confirmed`.
+    /// `confirmed` when this approval was the last one needed and the plan
+    /// ran; `approved` when it was recorded and more are needed.
     pub status: String,
-    /// The plan that was resumed.
+    /// Distinct approvals so far.
+    pub approvals: u32,
+    /// Approvals the plan's risk requires.
+    pub required: u32,
+    /// The plan.
     pub plan_id: Uuid,
-    /// Its status after running (RUNNING when it outlived the request).
+    /// Its status now: after running (RUNNING when it outlived the
+    /// request), or WAITING for more approvals.
     pub plan_status: Status,
 }
 

@@ -557,6 +557,7 @@ fn secrets_never_show_in_debug_output() {
     assert!(!format!("{control:?}").contains("TOPSECRET"));
     assert!(!format!("{:?}", control.validate().unwrap()).contains("TOPSECRET"));
     let confirm = ConfirmRequest {
+        reason: None,
         confirm_token: "TOPSECRET".into(),
     };
     assert!(!format!("{confirm:?}").contains("TOPSECRET"));

@@ -6,10 +6,12 @@
 //! read a file. Time is always passed in, so the token rules are testable as
 //! plain functions over a stored [`ConfirmationRecord`].
 
+mod approvals;
 mod confirm;
 mod risk;
 mod roles;
 
+pub use approvals::{ApprovalRule, ApprovalRules, MAX_REQUIRED_APPROVALS};
 pub use confirm::{
     ConfirmToken, ConfirmationRecord, MAX_FAILED_ATTEMPTS, TokenHash, TokenHashError, Verdict,
     check_confirmation,

@@ -60,6 +60,10 @@ pub struct RiskTables {
     /// to `madre_parser::Lexicon::with_policy`, which refuses to make a
     /// verb it knows as send, execute or destroy LOW. Empty by default.
     pub effects: BTreeMap<String, EffectWords>,
+    /// Who approves a waiting plan, by risk (SPEC §15): TOML
+    /// `[approvals.MED]` and `[approvals.HIGH]`. The defaults keep one
+    /// approval by the role that may confirm.
+    pub approvals: crate::ApprovalRules,
 }
 
 /// The words a policy file adds to one effect.
@@ -110,6 +114,7 @@ impl Default for RiskTables {
             deny_actions: words(&["delete", "stop", "kill", "destroy", "terminate", "wipe"]),
             families: BTreeMap::new(),
             effects: BTreeMap::new(),
+            approvals: crate::ApprovalRules::default(),
         }
     }
 }
@@ -127,7 +132,7 @@ pub enum PolicyError {
     },
     /// The file is not valid TOML of the expected shape.
     #[error(
-        "policy file is not valid (expected arrays `high`, `med`, `low_actions`, `deny_targets`, `deny_actions` and tables `families` and `effects`): {0}"
+        "policy file is not valid (expected arrays `high`, `med`, `low_actions`, `deny_targets`, `deny_actions` and tables `families`, `effects` and `approvals`): {0}"
     )]
     Parse(#[from] toml::de::Error),
     /// A list holds something that is not a lower-case word.
@@ -153,6 +158,14 @@ pub enum PolicyError {
         family: String,
         /// The offending entry.
         phrase: String,
+    },
+    /// An `[approvals.*]` rule cannot be used.
+    #[error("policy `approvals.{risk}`: {problem}")]
+    BadApprovalRule {
+        /// MED or HIGH.
+        risk: &'static str,
+        /// What is wrong.
+        problem: String,
     },
     /// `[effects]` names something that is not an effect.
     #[error(
@@ -210,6 +223,9 @@ impl RiskTables {
     /// missing keys keep the defaults.
     pub fn from_toml_str(text: &str) -> Result<Self, PolicyError> {
         let tables: RiskTables = toml::from_str(text)?;
+        if let Some((risk, problem)) = tables.approvals.problem() {
+            return Err(PolicyError::BadApprovalRule { risk, problem });
+        }
         for (list, entries) in [
             ("high", &tables.high),
             ("med", &tables.med),

@@ -119,13 +119,28 @@ pub enum Command {
         /// The plan id, or enough of its start to tell it apart.
         id: String,
     },
-    /// Confirm a waiting plan with its token.
+    /// Approve a waiting plan with its token (the plan runs once the
+    /// approvals its risk requires are in).
     Confirm {
         /// The plan id, or enough of its start to tell it apart.
         id: String,
         /// The confirm_token from the WAITING answer.
         #[arg(value_name = "CONFIRM_TOKEN", allow_hyphen_values = true)]
         confirm_token: String,
+        /// Why you approve (kept in the journal and the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Refuse a waiting plan with its token; it is cancelled (`rejected`).
+    Reject {
+        /// The plan id, or enough of its start to tell it apart.
+        id: String,
+        /// The confirm_token from the WAITING answer.
+        #[arg(value_name = "CONFIRM_TOKEN", allow_hyphen_values = true)]
+        confirm_token: String,
+        /// Why you refuse it (required).
+        #[arg(long)]
+        reason: String,
     },
     /// Cancel a waiting or running plan.
     Cancel {
@@ -301,11 +316,25 @@ async fn call(api: &Api, command: Command) -> Result<Option<(Body, Renderer)>, F
                 render::plan,
             )
         }
-        Command::Confirm { id, confirm_token } => {
+        Command::Confirm {
+            id,
+            confirm_token,
+            reason,
+        } => {
             let id = segment(&api.resolve(&id).await?);
-            let body = json!({ "confirm_token": confirm_token });
+            let body = json!({ "confirm_token": confirm_token, "reason": reason });
             let path = format!("/madre/plans/{id}/confirm");
             (api.post(&path, Some(body)).await?, render::confirm)
+        }
+        Command::Reject {
+            id,
+            confirm_token,
+            reason,
+        } => {
+            let id = segment(&api.resolve(&id).await?);
+            let body = json!({ "confirm_token": confirm_token, "reason": reason });
+            let path = format!("/madre/plans/{id}/reject");
+            (api.post(&path, Some(body)).await?, render::cancel)
         }
         Command::Cancel { id } => {
             let id = segment(&api.resolve(&id).await?);

@@ -686,8 +686,12 @@ fn dep_state(value: &Value) -> (String, String) {
 pub(crate) fn confirm(value: &Value, cx: &Context) -> String {
     #[derive(Deserialize)]
     struct Confirmed {
+        #[serde(default)]
+        status: String,
         plan_id: String,
         plan_status: String,
+        approvals: Option<u32>,
+        required: Option<u32>,
     }
     let Some(answer) = view::<Confirmed>(value) else {
         return json(value);
@@ -696,7 +700,16 @@ pub(crate) fn confirm(value: &Value, cx: &Context) -> String {
         .paint
         .paint(Tone::of_status(&answer.plan_status), &answer.plan_status);
     let plan = one_line(short_id(&answer.plan_id));
-    let mut out = format!("confirmed plan {plan}: {status}");
+    let mut out = if answer.status == "approved" {
+        format!("approved plan {plan}: {status}")
+    } else {
+        format!("confirmed plan {plan}: {status}")
+    };
+    if let (Some(approvals), Some(required)) = (answer.approvals, answer.required)
+        && required > 1
+    {
+        let _ = write!(out, " ({approvals} of {required} approvals)");
+    }
     if matches!(answer.plan_status.as_str(), "RUNNING" | "PENDING") {
         let _ = write!(
             out,

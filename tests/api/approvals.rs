@@ -1,0 +1,284 @@
+//! Approval rules by risk (SPEC §15): distinct approvers, no
+//! self-approval, roles, reasons, and rejection, set in the policy file.
+
+use crate::helpers::*;
+use madre_models::Module;
+use madre_policy::TokenHash;
+use serde_json::{Value, json};
+
+const BOB: &str = "bob-admin-token-for-tests";
+const CAROL: &str = "carol-admin-token-for-tests";
+
+/// Madre with olga (operator), vera (viewer), bob and carol (admins), and
+/// the approval rules `policy`; the directory holds those two files.
+async fn app_with_rules(policy: &str) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let principals = dir.path().join("principals.toml");
+    let entry = |name: &str, role: &str, token: &str| {
+        format!(
+            "[[principal]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n\n",
+            TokenHash::of(token).to_hex()
+        )
+    };
+    std::fs::write(
+        &principals,
+        [
+            entry("olga", "operator", OPERATOR),
+            entry("vera", "viewer", VIEWER),
+            entry("bob", "admin", BOB),
+            entry("carol", "admin", CAROL),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let policy_file = dir.path().join("policy.toml");
+    std::fs::write(&policy_file, policy).unwrap();
+    let app = spawn_app_with(&[
+        ("MADRE_TOKENS_FILE", principals.to_str().unwrap()),
+        ("MADRE_POLICY_FILE", policy_file.to_str().unwrap()),
+    ])
+    .await;
+    (app, dir)
+}
+
+async fn approve(app: &TestApp, who: &str, plan: &str, token: &str, reason: Option<&str>) -> Reply {
+    app.send(
+        "POST",
+        &format!("/madre/plans/{plan}/confirm"),
+        Some(who),
+        Some(json!({ "confirm_token": token, "reason": reason })),
+    )
+    .await
+}
+
+async fn reject(app: &TestApp, who: &str, plan: &str, token: &str, reason: Option<&str>) -> Reply {
+    app.send(
+        "POST",
+        &format!("/madre/plans/{plan}/reject"),
+        Some(who),
+        Some(json!({ "confirm_token": token, "reason": reason })),
+    )
+    .await
+}
+
+/// A chat that waits: its plan id and token.
+async fn waiting(app: &TestApp, who: &str, text: &str, risk: &str) -> (String, String) {
+    let r = app.chat(who, text).await;
+    assert_eq!(
+        (s(&r.body["status"]), s(&r.body["risk"])),
+        ("WAITING", risk),
+        "{}",
+        r.body
+    );
+    (
+        s(&r.body["plan_id"]).to_owned(),
+        s(&r.body["confirm_token"]).to_owned(),
+    )
+}
+
+fn events_of(detail: &Value, kind: &str) -> Vec<Value> {
+    detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == kind)
+        .cloned()
+        .collect()
+}
+
+#[actix_rt::test]
+async fn four_eyes_a_high_plan_runs_after_two_distinct_admins_approve() {
+    let (app, _files) =
+        app_with_rules("[approvals.HIGH]\nrequired = 2\nself_approval = false\n").await;
+    let (plan, token) = waiting(&app, OPERATOR, "delete all data", "HIGH").await;
+
+    // An operator may not approve HIGH; a viewer may not approve at all.
+    assert_eq!(
+        approve(&app, OPERATOR, &plan, &token, None).await.status,
+        403
+    );
+    assert_eq!(approve(&app, VIEWER, &plan, &token, None).await.status, 403);
+
+    let first = approve(&app, BOB, &plan, &token, Some("looked at the targets")).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(s(&first.body["status"]), "approved");
+    assert_eq!(
+        (
+            first.body["approvals"].as_u64(),
+            first.body["required"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    assert_eq!(s(&first.body["plan_status"]), "WAITING");
+    assert_eq!(
+        app.calls(Module::Hermes).await,
+        0,
+        "nothing runs on one approval"
+    );
+
+    // The same principal twice does not count twice.
+    let again = approve(&app, BOB, &plan, &token, None).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+
+    let second = approve(&app, CAROL, &plan, &token, None).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(s(&second.body["status"]), "confirmed");
+    assert_eq!(second.body["approvals"].as_u64(), Some(2));
+    assert_eq!(s(&second.body["plan_status"]), "DONE");
+
+    // Each approval is a journal event and an audit row with who and why.
+    let detail = app.plan_detail(&plan).await.body;
+    let recorded = events_of(&detail, "approval_recorded");
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0]["principal"], "bob");
+    assert_eq!(recorded[0]["reason"], "looked at the targets");
+    let confirmed = events_of(&detail, "plan_confirmed");
+    assert_eq!(confirmed[0]["principal"], "carol");
+    let audit: Vec<(String, String)> = detail["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "confirm")
+        .map(|a| (s(&a["principal"]).to_owned(), s(&a["reason"]).to_owned()))
+        .collect();
+    assert_eq!(
+        audit,
+        [
+            (
+                "bob".to_owned(),
+                "HIGH risk plan approved: looked at the targets".to_owned()
+            ),
+            ("carol".to_owned(), "HIGH risk plan approved".to_owned()),
+        ]
+    );
+    // A spent confirmation approves nothing more.
+    assert_eq!(approve(&app, BOB, &plan, &token, None).await.status, 409);
+}
+
+#[actix_rt::test]
+async fn the_requester_cannot_approve_their_own_plan_when_the_rule_says_so() {
+    let (app, _files) =
+        app_with_rules("[approvals.HIGH]\nrequired = 2\nself_approval = false\n").await;
+    let (plan, token) = waiting(&app, BOB, "delete all data", "HIGH").await;
+    let own = approve(&app, BOB, &plan, &token, None).await;
+    assert_eq!(own.status, 403, "{}", own.body);
+    assert_eq!(s(&own.body["error"]), "self_approval_forbidden");
+    let other = approve(&app, CAROL, &plan, &token, None).await;
+    assert_eq!((other.status, s(&other.body["status"])), (200, "approved"));
+    // With the defaults the requester may approve, and one approval runs it.
+    let (app, _files) = app_with_rules("").await;
+    let (plan, token) = waiting(&app, BOB, "delete all data", "HIGH").await;
+    let own = approve(&app, BOB, &plan, &token, None).await;
+    assert_eq!(
+        (own.status, s(&own.body["status"])),
+        (200, "confirmed"),
+        "{}",
+        own.body
+    );
+    assert_eq!(
+        (
+            own.body["approvals"].as_u64(),
+            own.body["required"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+}
+
+#[actix_rt::test]
+async fn a_rule_can_require_a_reason_and_change_the_roles() {
+    let (app, _files) =
+        app_with_rules("[approvals.MED]\nreason_required = true\nroles = [\"admin\"]\n").await;
+    let (plan, token) = waiting(&app, OPERATOR, "restart the switch", "MED").await;
+    let operator = approve(&app, OPERATOR, &plan, &token, Some("fine")).await;
+    assert_eq!(
+        operator.status, 403,
+        "only admins under this rule: {}",
+        operator.body
+    );
+    for blank in [None, Some("   ")] {
+        let reply = approve(&app, BOB, &plan, &token, blank).await;
+        assert_eq!(reply.status, 422, "{}", reply.body);
+        assert!(s(&reply.body["detail"]).contains("reason"));
+    }
+    let long = "x".repeat(1001);
+    assert_eq!(
+        approve(&app, BOB, &plan, &token, Some(&long)).await.status,
+        422
+    );
+    let ok = approve(&app, BOB, &plan, &token, Some("switch is idle")).await;
+    assert_eq!(
+        (ok.status, s(&ok.body["plan_status"])),
+        (200, "DONE"),
+        "{}",
+        ok.body
+    );
+}
+
+#[actix_rt::test]
+async fn a_rejected_plan_is_cancelled_with_who_and_why_and_never_runs() {
+    let (app, _files) = app_with_rules("[approvals.HIGH]\nrequired = 2\n").await;
+    let (plan, token) = waiting(&app, OPERATOR, "delete all data", "HIGH").await;
+    assert_eq!(approve(&app, BOB, &plan, &token, None).await.status, 200);
+
+    // A reason is always needed; a wrong token counts as a wrong try.
+    assert_eq!(reject(&app, CAROL, &plan, &token, None).await.status, 422);
+    let wrong = reject(&app, CAROL, &plan, "not-the-token", Some("no")).await;
+    assert_eq!(wrong.status, 403, "{}", wrong.body);
+    assert_eq!(
+        reject(&app, OPERATOR, &plan, &token, Some("no"))
+            .await
+            .status,
+        403
+    );
+
+    let refused = reject(&app, CAROL, &plan, &token, Some("deletes the backups too")).await;
+    assert_eq!(refused.status, 200, "{}", refused.body);
+    assert_eq!(s(&refused.body["plan_status"]), "CANCELLED");
+
+    let detail = app.plan_detail(&plan).await.body;
+    assert_eq!(detail["plan"]["status"], "CANCELLED");
+    assert_eq!(detail["plan"]["error"], "rejected");
+    let rejected = events_of(&detail, "plan_rejected");
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["principal"], "carol");
+    assert_eq!(rejected[0]["reason"], "rejected");
+    let audit = detail["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "reject")
+        .cloned()
+        .unwrap();
+    assert_eq!(audit["principal"], "carol");
+    assert_eq!(
+        audit["reason"],
+        "HIGH risk plan rejected: deletes the backups too"
+    );
+    // Nothing runs, and the token approves nothing any more.
+    assert_eq!(approve(&app, CAROL, &plan, &token, None).await.status, 409);
+    assert_eq!(app.calls(Module::Hermes).await, 0);
+}
+
+#[actix_rt::test]
+async fn two_approvers_at_once_start_the_plan_exactly_once() {
+    let (app, _files) = app_with_rules("[approvals.HIGH]\nrequired = 2\n").await;
+    for round in 0..5 {
+        let (plan, token) =
+            waiting(&app, OPERATOR, &format!("delete all data {round}"), "HIGH").await;
+        let (a, b) = futures_util::future::join(
+            approve(&app, BOB, &plan, &token, None),
+            approve(&app, CAROL, &plan, &token, None),
+        )
+        .await;
+        let mut answers = [
+            s(&a.body["status"]).to_owned(),
+            s(&b.body["status"]).to_owned(),
+        ];
+        answers.sort();
+        assert_eq!(answers, ["approved", "confirmed"], "{} {}", a.body, b.body);
+        let detail = app.plan_detail(&plan).await.body;
+        assert_eq!(detail["plan"]["status"], "DONE");
+        assert_eq!(events_of(&detail, "plan_confirmed").len(), 1);
+    }
+    assert_eq!(app.calls(Module::Hermes).await, 5, "each plan ran once");
+}
