@@ -282,3 +282,62 @@ async fn two_approvers_at_once_start_the_plan_exactly_once() {
     }
     assert_eq!(app.calls(Module::Hermes).await, 5, "each plan ran once");
 }
+
+#[actix_rt::test]
+async fn an_approval_naming_another_fingerprint_approves_nothing() {
+    let (app, _files) = app_with_rules("").await;
+    let (plan, token) = waiting(&app, OPERATOR, "delete all data", "HIGH").await;
+    let detail = app.plan_detail(&plan).await.body;
+    let fingerprint = s(&detail["fingerprint"]).to_owned();
+    assert_eq!(fingerprint.len(), 64, "{detail}");
+    assert!(fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
+    let other = "0".repeat(64);
+    let refused = app
+        .send(
+            "POST",
+            &format!("/madre/plans/{plan}/confirm"),
+            Some(BOB),
+            Some(json!({ "confirm_token": token, "fingerprint": other })),
+        )
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(s(&refused.body["detail"]).contains("fingerprint"));
+    assert!(events_of(&app.plan_detail(&plan).await.body, "plan_confirmed").is_empty());
+    let ok = app
+        .send(
+            "POST",
+            &format!("/madre/plans/{plan}/confirm"),
+            Some(BOB),
+            Some(json!({ "confirm_token": token, "fingerprint": fingerprint })),
+        )
+        .await;
+    assert_eq!(
+        (ok.status, s(&ok.body["plan_status"])),
+        (200, "DONE"),
+        "{}",
+        ok.body
+    );
+    // A LOW plan has no gate and no fingerprint.
+    let low = app.chat(OPERATOR, "hello").await;
+    let low_detail = app.plan_detail(s(&low.body["plan_id"])).await.body;
+    assert!(low_detail.get("fingerprint").is_none(), "{low_detail}");
+}
+
+#[actix_rt::test]
+async fn time_spent_waiting_does_not_count_against_the_plan_deadline() {
+    let app = spawn_app_with(&[("MADRE_TASK_TIMEOUT_S", "1")]).await;
+    let r = app.chat(OPERATOR, "restart the switch").await;
+    let (plan, token) = (
+        s(&r.body["plan_id"]).to_owned(),
+        s(&r.body["confirm_token"]).to_owned(),
+    );
+    // Waiting longer than the whole deadline is the point of this test.
+    actix_rt::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let c = app.confirm(OPERATOR, &plan, &token).await;
+    assert_eq!(
+        (c.status, s(&c.body["plan_status"])),
+        (200, "DONE"),
+        "{}",
+        c.body
+    );
+}

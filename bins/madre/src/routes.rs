@@ -568,30 +568,39 @@ pub struct ConfirmQuery {
 
 /// The token and reason of an approval or a rejection: from the JSON body,
 /// or the token from the query when there is no body.
-async fn token_and_reason(
+async fn approval_request(
     state: &Data,
     req: &HttpRequest,
     query: ConfirmQuery,
     payload: web::Payload,
-) -> Result<(String, Option<String>), ApiError> {
+) -> Result<madre_models::ConfirmRequest, ApiError> {
     let body = crate::json::read_body(payload, state.settings.max_body_bytes).await?;
-    let (token, reason) = if body.is_empty() {
-        (query.confirm_token, None)
+    let request = if body.is_empty() {
+        madre_models::ConfirmRequest {
+            confirm_token: query.confirm_token.unwrap_or_default(),
+            reason: None,
+            fingerprint: None,
+        }
     } else if !crate::json::is_json(req) {
         return Err(ApiError::UnsupportedMediaType);
     } else {
-        let parsed: madre_models::ConfirmRequest = crate::json::decode(&body)?;
-        (Some(parsed.confirm_token), parsed.reason)
+        crate::json::decode(&body)?
     };
-    let token = token
-        .filter(|t| !t.is_empty() && t.len() <= 256)
-        .ok_or_else(|| {
-            ApiError::InvalidField(
-                "invalid field `confirm_token`: required (body or query), 1..=256 characters"
-                    .into(),
-            )
-        })?;
-    Ok((token, reason))
+    if request.confirm_token.is_empty() || request.confirm_token.len() > 256 {
+        return Err(ApiError::InvalidField(
+            "invalid field `confirm_token`: required (body or query), 1..=256 characters".into(),
+        ));
+    }
+    Ok(request)
+}
+
+/// What an approver presented, as the flows take it.
+fn approval_of(request: &madre_models::ConfirmRequest) -> madre_flows::Approval<'_> {
+    madre_flows::Approval {
+        token: &request.confirm_token,
+        reason: request.reason.as_deref(),
+        fingerprint: request.fingerprint.as_deref(),
+    }
 }
 
 /// `POST /madre/plans/{id}/confirm`: one approval, with the token in the
@@ -606,16 +615,10 @@ pub async fn confirm(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let plan_id = parse_id(&path)?;
-    let (token, reason) = token_and_reason(&state, &req, query.into_inner(), payload).await?;
+    let request = approval_request(&state, &req, query.into_inner(), payload).await?;
     let confirmed = state
         .madre
-        .confirm(
-            &caller.0,
-            plan_id,
-            &token,
-            reason.as_deref(),
-            &request_id(&req),
-        )
+        .confirm(&caller.0, plan_id, approval_of(&request), &request_id(&req))
         .await?;
     let status = confirmed.plan.plan.status;
     let body = ConfirmResponse {
@@ -649,10 +652,10 @@ pub async fn reject(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let plan_id = parse_id(&path)?;
-    let (token, reason) = token_and_reason(&state, &req, query.into_inner(), payload).await?;
+    let request = approval_request(&state, &req, query.into_inner(), payload).await?;
     let plan_status = state
         .madre
-        .reject(&caller.0, plan_id, &token, reason.as_deref())
+        .reject(&caller.0, plan_id, approval_of(&request))
         .await?;
     Ok(HttpResponse::Ok().json(CancelResponse {
         plan_id,

@@ -46,6 +46,29 @@ fn reason_of(reason: Option<&str>) -> Result<Option<String>, FlowError> {
     Ok(reason.map(str::to_owned))
 }
 
+/// What an approver presents (SPEC §15).
+#[derive(Debug, Clone, Copy)]
+pub struct Approval<'a> {
+    /// The plan's confirm token.
+    pub token: &'a str,
+    /// Why they decide so.
+    pub reason: Option<&'a str>,
+    /// The plan's fingerprint as the approver saw it; when given, a plan
+    /// that does not match it is not approved.
+    pub fingerprint: Option<&'a str>,
+}
+
+impl<'a> Approval<'a> {
+    /// Just the token.
+    pub fn token(token: &'a str) -> Self {
+        Self {
+            token,
+            reason: None,
+            fingerprint: None,
+        }
+    }
+}
+
 /// A waiting plan with its pending confirmation, as an approver acts on it.
 struct Pending {
     stored: StoredPlan,
@@ -62,6 +85,7 @@ impl Madre {
         &self,
         principal: &Principal,
         plan_id: Uuid,
+        approval: Approval<'_>,
         reason: Option<&str>,
         reason_needed: bool,
     ) -> Result<Pending, FlowError> {
@@ -102,6 +126,13 @@ impl Madre {
             return Err(FlowError::SelfApprovalForbidden(format!(
                 "{} asked for plan {plan_id}; a {} risk plan needs someone else's approval",
                 principal.name, row.risk
+            )));
+        }
+        if let Some(seen) = approval.fingerprint
+            && madre_policy::plan_fingerprint(&stored.plan.steps).as_deref() != Some(seen.trim())
+        {
+            return Err(FlowError::Conflict(format!(
+                "plan {plan_id} is not the plan approved: its fingerprint differs from {seen:?}"
             )));
         }
         if (reason_needed || rule.reason_required) && reason.is_none() {
@@ -167,16 +198,15 @@ impl Madre {
         &self,
         principal: &Principal,
         plan_id: Uuid,
-        presented: &str,
-        reason: Option<&str>,
+        approval: Approval<'_>,
         request_id: &str,
     ) -> Result<Confirmed, FlowError> {
-        let reason = reason_of(reason)?;
+        let reason = reason_of(approval.reason)?;
         let Pending { stored, row, rule } = self
-            .pending_for(principal, plan_id, reason.as_deref(), false)
+            .pending_for(principal, plan_id, approval, reason.as_deref(), false)
             .await?;
         let now = Utc::now();
-        self.check_token(plan_id, &row, presented, now).await?;
+        self.check_token(plan_id, &row, approval.token, now).await?;
         // A place first: when even the deferred plans are too many the
         // answer is 503 and the token still works, rather than a spent
         // confirmation whose plan runs behind the client's back. An
@@ -255,15 +285,14 @@ impl Madre {
         &self,
         principal: &Principal,
         plan_id: Uuid,
-        presented: &str,
-        reason: Option<&str>,
+        approval: Approval<'_>,
     ) -> Result<Status, FlowError> {
-        let reason = reason_of(reason)?;
+        let reason = reason_of(approval.reason)?;
         let Pending { row, .. } = self
-            .pending_for(principal, plan_id, reason.as_deref(), true)
+            .pending_for(principal, plan_id, approval, reason.as_deref(), true)
             .await?;
         let now = Utc::now();
-        self.check_token(plan_id, &row, presented, now).await?;
+        self.check_token(plan_id, &row, approval.token, now).await?;
         let what = format!(
             "{} risk plan rejected: {}",
             row.risk,

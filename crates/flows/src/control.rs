@@ -360,7 +360,12 @@ impl Madre {
                 ));
             }
             return self
-                .confirm(principal, plan_id, presented, None, request_id)
+                .confirm(
+                    principal,
+                    plan_id,
+                    crate::Approval::token(presented),
+                    request_id,
+                )
                 .await;
         }
         if candidates.is_empty() {

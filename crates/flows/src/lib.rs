@@ -26,7 +26,7 @@ mod plans;
 mod reads;
 
 pub use background::{Background, StartupReport};
-pub use confirm::{Confirmed, MAX_REASON_CHARS};
+pub use confirm::{Approval, Confirmed, MAX_REASON_CHARS};
 pub use control::ControlOutcome;
 pub use error::FlowError;
 pub use events::{FeedItem, FollowEnd, FollowPace};

@@ -225,6 +225,7 @@ impl Madre {
             return Err(self.missing_plan(plan_id).await);
         };
         Ok(madre_models::PlanDetail {
+            fingerprint: madre_policy::plan_fingerprint(&stored.plan.steps),
             plan: stored.plan,
             intent: stored.intent,
             actions,

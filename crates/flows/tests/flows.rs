@@ -3,7 +3,7 @@
 
 use madre_db::Db;
 use madre_delegation::{Delegator, Registry};
-use madre_flows::{Answer, FlowError, IdempotencyKey, Madre, MadreConfig, Parts};
+use madre_flows::{Answer, Approval, FlowError, IdempotencyKey, Madre, MadreConfig, Parts};
 use madre_models::{ChatCommand, ChatRequest, Module, Status};
 use madre_policy::{Principal, Principals, RiskTables, Role};
 use madre_runner::{Runner, RunnerConfig};
@@ -417,7 +417,7 @@ async fn a_replayed_waiting_answer_carries_a_fresh_token_and_none_is_stored() {
 
     let stale = h
         .madre
-        .confirm(&admin(), plan_id, &old_token, None, "t")
+        .confirm(&admin(), plan_id, Approval::token(&old_token), "t")
         .await;
     assert!(
         matches!(stale, Err(FlowError::WrongConfirmToken { .. })),
@@ -425,7 +425,7 @@ async fn a_replayed_waiting_answer_carries_a_fresh_token_and_none_is_stored() {
     );
     let confirmed = h
         .madre
-        .confirm(&admin(), plan_id, &new_token, None, "t")
+        .confirm(&admin(), plan_id, Approval::token(&new_token), "t")
         .await
         .unwrap();
     assert_eq!(confirmed.plan.plan.status, Status::Done);
@@ -442,7 +442,7 @@ async fn confirming_with_a_full_queue_runs_the_plan_later() {
     let busy = h.occupy_the_only_slot(600).await;
     let confirmed = h
         .madre
-        .confirm(&admin(), waiting.plan_id, &token, None, "t")
+        .confirm(&admin(), waiting.plan_id, Approval::token(&token), "t")
         .await
         .unwrap();
     assert_eq!(confirmed.plan.plan.status, Status::Running);
@@ -480,7 +480,7 @@ async fn a_confirmation_expired_by_cleanup_still_answers_expired() {
     assert_eq!(report.confirmations_expired, vec![waiting.plan_id]);
     let late = h
         .madre
-        .confirm(&admin(), waiting.plan_id, &token, None, "t")
+        .confirm(&admin(), waiting.plan_id, Approval::token(&token), "t")
         .await;
     assert!(
         matches!(late, Err(FlowError::ConfirmationExpired)),
@@ -724,8 +724,7 @@ async fn past_the_deferred_bound_a_confirmation_is_refused_and_its_token_kept() 
         .confirm(
             &admin(),
             first.plan_id,
-            first.confirm_token.as_deref().unwrap(),
-            None,
+            Approval::token(first.confirm_token.as_deref().unwrap()),
             "t",
         )
         .await
@@ -735,7 +734,7 @@ async fn past_the_deferred_bound_a_confirmation_is_refused_and_its_token_kept() 
     let token = second.confirm_token.clone().unwrap();
     let refused = h
         .madre
-        .confirm(&admin(), second.plan_id, &token, None, "t")
+        .confirm(&admin(), second.plan_id, Approval::token(&token), "t")
         .await;
     assert!(
         matches!(refused, Err(FlowError::QueueFull(_))),
@@ -752,7 +751,7 @@ async fn past_the_deferred_bound_a_confirmation_is_refused_and_its_token_kept() 
     let confirmed = loop {
         match h
             .madre
-            .confirm(&admin(), second.plan_id, &token, None, "t")
+            .confirm(&admin(), second.plan_id, Approval::token(&token), "t")
             .await
         {
             Ok(confirmed) => break confirmed,

@@ -759,6 +759,10 @@ pub struct PlanDetail {
     /// The plan's journal: every change of its state, in order (SPEC §8).
     #[serde(default)]
     pub events: Vec<JournalEvent>,
+    /// For a plan with a confirmation gate: the hex SHA-256 of what it
+    /// does once approved (SPEC §15), which an approval may name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// One event of the plan journal (SPEC §8, §14): a change of a plan's or a
@@ -813,6 +817,11 @@ pub struct ConfirmRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(max_length = 1000))]
     pub reason: Option<String>,
+    /// The plan's `fingerprint` as the approver saw it: when given and the
+    /// plan does not match it, nothing is approved (409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
+    pub fingerprint: Option<String>,
 }
 
 impl fmt::Debug for ConfirmRequest {
@@ -820,6 +829,7 @@ impl fmt::Debug for ConfirmRequest {
         f.debug_struct("ConfirmRequest")
             .field("confirm_token", &"<redacted>")
             .field("reason", &self.reason)
+            .field("fingerprint", &self.fingerprint)
             .finish()
     }
 }

@@ -558,6 +558,7 @@ fn secrets_never_show_in_debug_output() {
     assert!(!format!("{:?}", control.validate().unwrap()).contains("TOPSECRET"));
     let confirm = ConfirmRequest {
         reason: None,
+        fingerprint: None,
         confirm_token: "TOPSECRET".into(),
     };
     assert!(!format!("{confirm:?}").contains("TOPSECRET"));

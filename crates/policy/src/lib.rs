@@ -8,6 +8,7 @@
 
 mod approvals;
 mod confirm;
+mod fingerprint;
 mod risk;
 mod roles;
 
@@ -16,6 +17,7 @@ pub use confirm::{
     ConfirmToken, ConfirmationRecord, MAX_FAILED_ATTEMPTS, TokenHash, TokenHashError, Verdict,
     check_confirmation,
 };
+pub use fingerprint::plan_fingerprint;
 pub use risk::{
     ACTIONS_PARAMETER, Assessment, Decision, EffectWords, FAMILY_NAMES, PolicyError, RiskTables,
     SHELL_COMMAND_WARNING,
