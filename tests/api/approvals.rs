@@ -341,3 +341,128 @@ async fn time_spent_waiting_does_not_count_against_the_plan_deadline() {
         c.body
     );
 }
+
+/// The bodies tentaculo_link was sent on its event bus, once `n` arrived
+/// (publishing is in the background: awaited, bounded).
+async fn bus_events(app: &TestApp, n: usize) -> Vec<Value> {
+    for _ in 0..400 {
+        let stats = app.stubs.stats(Module::TentaculoLink).await.unwrap();
+        let events: Vec<Value> = stats
+            .bodies
+            .into_iter()
+            .filter(|b| b["source"] == "madre")
+            .collect();
+        if events.len() >= n {
+            return events;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("fewer than {n} events reached the bus within 10 s");
+}
+
+/// The audit rows the event bus left on a plan, once `n` are there.
+async fn publish_rows(app: &TestApp, plan: &str, n: usize) -> Vec<String> {
+    for _ in 0..400 {
+        let detail = app.plan_detail(plan).await.body;
+        let rows: Vec<String> = detail["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["action"] == "publish")
+            .map(|a| s(&a["reason"]).to_owned())
+            .collect();
+        if rows.len() >= n {
+            return rows;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("fewer than {n} publish audit rows within 10 s");
+}
+
+#[actix_rt::test]
+async fn waiting_and_its_end_are_published_on_the_vx11_event_bus() {
+    let (app, _files) = app_with_rules("[approvals.HIGH]\nrequired = 2\n").await;
+    let (plan, token) = waiting(&app, OPERATOR, "delete all data", "HIGH").await;
+    let requested = bus_events(&app, 1).await.remove(0);
+    assert_eq!(requested["type"], "madre.approval.requested");
+    assert_eq!(requested["broadcast"], true);
+    let payload = &requested["payload"];
+    assert_eq!(payload["plan_id"], plan.as_str());
+    assert_eq!(payload["risk"], "HIGH");
+    assert_eq!(payload["summary"], "delete all data");
+    assert_eq!(payload["requested_by"], "olga");
+    assert_eq!(
+        (
+            payload["approvals"].as_u64(),
+            payload["approvals_required"].as_u64()
+        ),
+        (Some(0), Some(2))
+    );
+    assert!(payload["expires_at"].is_string());
+    // Links are off by default: the URL names the plan, and the token is
+    // nowhere in what was published.
+    assert!(
+        s(&payload["approve_url"]).ends_with(&format!("/ui/plans/{plan}")),
+        "{payload}"
+    );
+    assert!(!requested.to_string().contains(&token));
+
+    approve(&app, BOB, &plan, &token, None).await;
+    let done = approve(&app, CAROL, &plan, &token, Some("checked")).await;
+    assert_eq!(s(&done.body["status"]), "confirmed");
+    let resolved = bus_events(&app, 2).await.remove(1);
+    assert_eq!(resolved["type"], "madre.approval.resolved");
+    assert_eq!(resolved["payload"]["outcome"], "confirmed");
+    assert_eq!(resolved["payload"]["by"], "carol");
+    assert_eq!(resolved["payload"]["reason"], "checked");
+    let rows = publish_rows(&app, &plan, 2).await;
+    assert!(
+        rows.iter().all(|r| r.contains("delivered (attempts: 1)")),
+        "{rows:?}"
+    );
+
+    // A rejection is published too.
+    let (rejected, token) = waiting(&app, OPERATOR, "delete all logs", "HIGH").await;
+    reject(&app, BOB, &rejected, &token, Some("not today")).await;
+    let events = bus_events(&app, 4).await;
+    assert_eq!(events[3]["payload"]["plan_id"], rejected.as_str());
+    assert_eq!(events[3]["payload"]["outcome"], "rejected");
+}
+
+#[actix_rt::test]
+async fn approve_links_carry_the_token_only_when_turned_on() {
+    let app = spawn_app_with(&[
+        ("MADRE_APPROVAL_LINKS", "on"),
+        ("MADRE_PUBLIC_URL", "https://madre.example"),
+    ])
+    .await;
+    let r = app.chat(ADMIN, "delete all data").await;
+    let (plan, token) = (s(&r.body["plan_id"]), s(&r.body["confirm_token"]));
+    let requested = bus_events(&app, 1).await.remove(0);
+    assert_eq!(
+        requested["payload"]["approve_url"],
+        format!("https://madre.example/ui/plans/{plan}#token={token}").as_str()
+    );
+}
+
+#[actix_rt::test]
+async fn a_gateway_that_is_down_never_holds_up_the_chat_and_is_recorded() {
+    let app = spawn_app().await;
+    app.stubs
+        .behave(
+            Module::TentaculoLink,
+            &vx11_stubs::Behaviour {
+                error_status: Some(503),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let r = app.chat(OPERATOR, "restart the switch").await;
+    assert_eq!(s(&r.body["status"]), "WAITING");
+    let plan = s(&r.body["plan_id"]).to_owned();
+    let rows = publish_rows(&app, &plan, 1).await;
+    assert_eq!(rows, ["madre.approval.requested not delivered: http_503"]);
+    // One retry: two calls for the one event.
+    assert_eq!(app.calls(Module::TentaculoLink).await, 2);
+}

@@ -98,6 +98,8 @@ fn flow_config(settings: &Settings) -> MadreConfig {
         cleanup_interval: settings.cleanup_interval,
         policy_file: settings.policy_file.clone(),
         switch_intent: settings.switch_intent,
+        public_url: settings.public_url.clone(),
+        approval_links: settings.approval_links,
     }
 }
 

@@ -71,6 +71,12 @@ pub struct Settings {
     pub log_filter: String,
     /// Ask Switch for the intent first (`MADRE_SWITCH_INTENT`, `on` or `off`).
     pub switch_intent: bool,
+    /// The address people reach Madre at, for approve links
+    /// (`MADRE_PUBLIC_URL`, default `http://` + `MADRE_BIND`).
+    pub public_url: String,
+    /// Approve links on the event bus carry the confirm token in their
+    /// fragment (`MADRE_APPROVAL_LINKS`, `on` or `off`, default off).
+    pub approval_links: bool,
     /// Where these settings came from (for [`Settings::reread`]).
     pub origin: Origin,
 }
@@ -176,6 +182,8 @@ const KNOWN_KEYS: &[&str] = &[
     "MADRE_AUTH_FAILURES_PER_MIN",
     "MADRE_LOG_FORMAT",
     "MADRE_SWITCH_INTENT",
+    "MADRE_PUBLIC_URL",
+    "MADRE_APPROVAL_LINKS",
     "RUST_LOG",
 ];
 
@@ -309,6 +317,26 @@ impl Settings {
                 ));
             }
         };
+        let approval_links = match source.get("MADRE_APPROVAL_LINKS").as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(other) => {
+                return Err(bad(
+                    "MADRE_APPROVAL_LINKS",
+                    format!("{other:?} is not \"on\" or \"off\""),
+                ));
+            }
+        };
+        let public_url = match source.get("MADRE_PUBLIC_URL") {
+            None => format!("http://{bind}"),
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => url,
+            Some(other) => {
+                return Err(bad(
+                    "MADRE_PUBLIC_URL",
+                    format!("{other:?} is not an http:// or https:// URL"),
+                ));
+            }
+        };
         let log_json = match source.get("MADRE_LOG_FORMAT").as_deref() {
             None | Some("pretty") | Some("text") => false,
             Some("json") => true,
@@ -366,6 +394,8 @@ impl Settings {
             log_json,
             log_filter,
             switch_intent,
+            public_url,
+            approval_links,
             data_dir,
             origin: Origin(var),
         })

@@ -198,6 +198,25 @@ fn a_bad_setting_stops_the_start_naming_the_variable() {
 }
 
 /// Runs the CLI and answers its stdout, failing the test on a non-zero exit.
+/// Waits (bounded) until the plan has `n` audit rows of the event bus.
+async fn publish_rows(server: &Server, token: &str, plan_id: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let detail = json_of(&cli(server, token, &["plan", plan_id, "--json"]).await);
+        let rows = detail["actions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["action"] == "publish")
+            .count();
+        if rows >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {n} publish rows: {detail}");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn human(server: &Server, token: &str, args: &[&str]) -> String {
     let out = cli(server, token, args).await;
     assert!(
@@ -336,8 +355,12 @@ async fn the_cli_prints_for_people_unless_asked_for_json() {
         &[confirm_token],
         expect_file!["snapshots/chat_waiting.txt"],
     );
+    // The event bus's audit rows are written in the background: wait for
+    // each, so the audit trail below is always in the same order.
+    publish_rows(&server, token, plan_id, 1).await;
     let confirmed = human(&server, token, &words).await;
     check(&confirmed, &[], expect_file!["snapshots/confirm.txt"]);
+    publish_rows(&server, token, plan_id, 2).await;
 
     // the short id of the tables is enough to name a plan
     let short = &plan_id[plan_id.len() - 8..];

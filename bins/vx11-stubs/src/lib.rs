@@ -12,6 +12,8 @@
 //! - `GET /__stub/stats` answers [`Stats`] (calls, in-flight peak, the
 //!   `Idempotency-Key`s seen, connections accepted, the latest bodies);
 //! - `POST /__stub/reset` clears both;
+//! - tentaculo_link takes `POST /events/ingest` (the VX11 event bus) and
+//!   keeps what it was sent in its stats' bodies;
 //! - `POST /__bench/passthrough` is the bare HTTP shape of a LOW chat (in,
 //!   Switch, Hermes, back) that `bench/run.sh` measures Madre against.
 //!
@@ -463,6 +465,9 @@ async fn module_call(
             let task = request.get("task_id").cloned().unwrap_or(Value::Null);
             json!({ "status": "done", "task_id": task, "reply": "[shub stub] audio task done" })
         }
+        // The gateway's event bus (SPEC §15): the body is kept in the
+        // stats like every call's, for a test to read what was published.
+        (Module::TentaculoLink, "/events/ingest") => json!({ "status": "accepted" }),
         (_, "/control") => json!({
             "status": "ok",
             "module": module,

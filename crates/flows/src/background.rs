@@ -101,6 +101,9 @@ impl Madre {
     pub async fn cleanup_once(&self) -> Result<madre_db::CleanupReport, FlowError> {
         let now = Utc::now();
         let report = self.db.cleanup(self.retention(), now).await?;
+        for plan_id in &report.confirmations_expired {
+            self.publish_resolved(*plan_id, crate::bus::Resolution::Expired, None, None);
+        }
         self.archive_old_plans(now).await;
         let still = chrono::Duration::from_std(ORPHAN_AFTER).unwrap_or(chrono::Duration::MAX);
         let resumed = self.runner.resume_orphans(now - still).await?;

@@ -10,6 +10,7 @@ use madre_policy::{
 };
 use uuid::Uuid;
 
+use crate::bus::Resolution;
 use crate::plans::{audit, options};
 use crate::{FlowError, Madre, require};
 
@@ -176,8 +177,9 @@ impl Madre {
             }
             Verdict::Expired => {
                 match self.db.expire_confirmation(plan_id, now).await {
+                    Ok(()) => self.publish_resolved(plan_id, Resolution::Expired, None, None),
                     // Expired by the cleanup loop a moment ago: same answer.
-                    Ok(()) | Err(madre_db::DbError::Conflict(_)) => {}
+                    Err(madre_db::DbError::Conflict(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
                 Err(FlowError::ConfirmationExpired)
@@ -260,6 +262,12 @@ impl Madre {
             }
             ApprovalOutcome::Confirmed { approvals } => approvals,
         };
+        self.publish_resolved(
+            plan_id,
+            Resolution::Confirmed,
+            Some(&principal.name),
+            approval.reason,
+        );
         let run = self
             .runner
             .admit_reserved(place, plan_id, options(principal, request_id));
@@ -310,7 +318,15 @@ impl Madre {
             )
             .await?;
         match outcome {
-            ConsumeOutcome::Consumed => Ok(Status::Cancelled),
+            ConsumeOutcome::Consumed => {
+                self.publish_resolved(
+                    plan_id,
+                    Resolution::Rejected,
+                    Some(&principal.name),
+                    reason.as_deref(),
+                );
+                Ok(Status::Cancelled)
+            }
             ConsumeOutcome::NotPending => Err(FlowError::Conflict(format!(
                 "plan {plan_id} was already confirmed or cancelled"
             ))),

@@ -14,6 +14,7 @@
 //! methods) and never touch plan state themselves.
 
 mod background;
+mod bus;
 mod chat;
 mod confirm;
 mod control;
@@ -76,6 +77,13 @@ pub struct MadreConfig {
     pub policy_file: Option<PathBuf>,
     /// Ask Switch for the intent first (`MADRE_SWITCH_INTENT`, SPEC §4a).
     pub switch_intent: bool,
+    /// Where people reach Madre, for the approve links the event bus
+    /// carries (`MADRE_PUBLIC_URL`).
+    pub public_url: String,
+    /// Approve links carry the confirm token in their fragment
+    /// (`MADRE_APPROVAL_LINKS=on`); off, the approver needs the token from
+    /// the requester.
+    pub approval_links: bool,
 }
 
 impl Default for MadreConfig {
@@ -92,6 +100,8 @@ impl Default for MadreConfig {
             cleanup_interval: Duration::from_secs(60),
             policy_file: None,
             switch_intent: true,
+            public_url: "http://127.0.0.1:8001".into(),
+            approval_links: false,
         }
     }
 }

@@ -147,6 +147,23 @@ impl Madre {
         };
         let place = if waits || denied {
             self.db.insert_plan(record).await?;
+            if let Some(token) = &token {
+                let text = &intent.dsl.original_text;
+                let summary = if text.trim().is_empty() {
+                    format!("{} on {}", intent.dsl.action, intent.dsl.domain)
+                } else {
+                    text.clone()
+                };
+                self.publish_requested(crate::bus::Requested {
+                    plan_id: plan.plan_id,
+                    risk: intent.risk,
+                    summary: &summary,
+                    requested_by: &principal.name,
+                    token: token.expose(),
+                    expires_at,
+                    approvals_required: self.tables().approvals.for_risk(intent.risk).required,
+                });
+            }
             None
         } else {
             // It runs at once. Its place is taken first: a plan refused
