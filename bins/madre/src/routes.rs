@@ -509,9 +509,19 @@ pub async fn events(
             Err(e) => tracing::warn!(error = %e, "an event stream ended on an error"),
         }
     });
+    // Whatever is waiting goes out as one chunk: one write for many events.
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let item = rx.recv().await?;
-        Some((Ok::<_, std::convert::Infallible>(sse_message(&item)), rx))
+        let mut chunk = Vec::new();
+        sse_message(&rx.recv().await?, &mut chunk);
+        while chunk.len() < SSE_CHUNK
+            && let Ok(item) = rx.try_recv()
+        {
+            sse_message(&item, &mut chunk);
+        }
+        Some((
+            Ok::<_, std::convert::Infallible>(actix_web::web::Bytes::from(chunk)),
+            rx,
+        ))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -520,19 +530,24 @@ pub async fn events(
         .streaming(stream))
 }
 
-/// One item as the bytes of an SSE message.
-fn sse_message(item: &madre_flows::FeedItem) -> actix_web::web::Bytes {
+/// Bytes of event-stream output gathered into one chunk at most (then the
+/// rest waits for the next).
+const SSE_CHUNK: usize = 64 << 10;
+
+/// Appends one item to `out` as an SSE message.
+fn sse_message(item: &madre_flows::FeedItem, out: &mut Vec<u8>) {
+    use std::io::Write as _;
     match item {
-        madre_flows::FeedItem::KeepAlive => actix_web::web::Bytes::from_static(b": keep-alive\n\n"),
-        madre_flows::FeedItem::Event(event) => {
-            // Serialising a journal event cannot fail (no maps with
-            // non-string keys); its JSON holds no newline.
-            let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
-            actix_web::web::Bytes::from(format!(
-                "id: {}\nevent: {}\ndata: {data}\n\n",
-                event.seq,
-                event.event_type.as_str()
-            ))
+        madre_flows::FeedItem::KeepAlive => out.extend_from_slice(b": keep-alive\n\n"),
+        madre_flows::FeedItem::Event(shared) => {
+            // The event's JSON holds no newline: one `data:` line.
+            let _ = write!(
+                out,
+                "id: {}\nevent: {}\ndata: {}\n\n",
+                shared.event.seq,
+                shared.event.event_type.as_str(),
+                shared.json
+            );
         }
     }
 }

@@ -1,21 +1,42 @@
 //! The live event stream (SPEC §14): one reader follows the plan journal,
 //! first what it missed (from a `seq` it names), then each event as it
-//! commits. A reader reads the journal at its own pace, so it never slows
-//! a plan; one that falls behind by a whole buffer for too long is let go.
+//! commits. New events are read from the database once per process, by one
+//! tail that hands them to every follower, so a thousand readers cost what
+//! one does; a follower reads the database itself only to replay or to
+//! catch up. A reader never slows a plan; one whose buffer stays full too
+//! long is let go.
 
 use madre_db::JournalFilter;
 use madre_models::JournalEvent;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::{FlowError, Madre};
+
+/// A journal event with its JSON, made once however many readers get it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedEvent {
+    /// The event.
+    pub event: JournalEvent,
+    /// Its JSON, as a plan's `events` show it.
+    pub json: String,
+}
+
+impl SharedEvent {
+    fn new(event: JournalEvent) -> Arc<Self> {
+        // A journal event always serializes (no maps, no non-string keys).
+        let json = serde_json::to_string(&event).unwrap_or_default();
+        Arc::new(Self { event, json })
+    }
+}
 
 /// What a follower hands its reader.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeedItem {
     /// A journal event.
-    Event(Box<JournalEvent>),
+    Event(Arc<SharedEvent>),
     /// Nothing happened for a while: a line that keeps proxies from
     /// closing an idle stream.
     KeepAlive,
@@ -58,11 +79,122 @@ pub enum FollowEnd {
     Closed,
 }
 
+/// New journal events as the tail read them, for every follower, and
+/// whether the tail knows where the journal ended when it started (a
+/// follower replays only after that, so nothing falls between the two).
+pub(crate) struct Tail {
+    events: broadcast::Sender<Arc<SharedEvent>>,
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Events the tail keeps for followers that are behind; one further behind
+/// catches up from the database.
+const TAIL_BUFFER: usize = 4096;
+
+/// True when `event` is one `filter` asks for.
+fn wanted(filter: &JournalFilter, event: &JournalEvent) -> bool {
+    filter.plan_id.is_none_or(|p| p == event.plan_id)
+        && filter
+            .session_id
+            .as_deref()
+            .is_none_or(|s| event.session_id.as_deref() == Some(s))
+}
+
 impl Madre {
     /// Where a reader that names no `seq` starts: after the newest event,
     /// so it sees only what comes next.
     pub async fn journal_head(&self) -> Result<i64, FlowError> {
         Ok(self.db.run_blocking(|db| db.journal_head()).await?)
+    }
+
+    /// The shared tail, started on first use: it waits for a commit that
+    /// appended to the journal (or `poll`, for other processes' commits),
+    /// reads what is new once, and hands it to every follower. Answers once
+    /// the tail has its starting point.
+    async fn tail(&self, poll: Duration) -> broadcast::Receiver<Arc<SharedEvent>> {
+        let tail = self.tail.get_or_init(|| {
+            let (events, _) = broadcast::channel(TAIL_BUFFER);
+            let (ready_tx, ready) = tokio::sync::watch::channel(false);
+            let sender = events.clone();
+            let db = self.db.clone();
+            let mut commits = db.journal_commits();
+            tokio::spawn(async move {
+                let mut after = None;
+                loop {
+                    commits.borrow_and_update();
+                    let read = match after {
+                        None => db.run_blocking(|db| db.journal_head()).await.map(|head| {
+                            after = Some(head);
+                            let _ = ready_tx.send(true);
+                            Vec::new()
+                        }),
+                        Some(from) => {
+                            db.run_blocking(move |db| {
+                                db.journal_after(from, &JournalFilter::default(), PAGE)
+                            })
+                            .await
+                        }
+                    };
+                    match read {
+                        Ok(events) => {
+                            let full = events.len() == PAGE as usize;
+                            for event in events {
+                                after = Some(event.seq);
+                                // No follower now is fine: the next one
+                                // replays from the database.
+                                let _ = sender.send(SharedEvent::new(event));
+                            }
+                            if full {
+                                continue;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the event stream's tail could not read the journal");
+                        }
+                    }
+                    tokio::select! {
+                        changed = commits.changed() => if changed.is_err() { return },
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                }
+            });
+            Tail { events, ready }
+        });
+        let receiver = tail.events.subscribe();
+        let mut ready = tail.ready.clone();
+        // Fails only when the tail ended with the database; the follower
+        // then ends on its first read.
+        let _ = ready.wait_for(|ready| *ready).await;
+        receiver
+    }
+
+    /// Every journal event after `after` that `filter` names, read from the
+    /// database and sent to `out`, page by page; answers the last `seq`
+    /// sent, or why the reader stopped.
+    async fn replay_journal(
+        &self,
+        filter: &JournalFilter,
+        mut after: i64,
+        out: &mpsc::Sender<FeedItem>,
+        pace: FollowPace,
+    ) -> Result<Result<i64, FollowEnd>, FlowError> {
+        loop {
+            let filter_now = filter.clone();
+            let events = self
+                .db
+                .run_blocking(move |db| db.journal_after(after, &filter_now, PAGE))
+                .await?;
+            let full_page = events.len() == PAGE as usize;
+            for event in events {
+                after = event.seq;
+                if let Err(end) = send(out, FeedItem::Event(SharedEvent::new(event)), pace).await {
+                    return Ok(Err(end));
+                }
+            }
+            if !full_page {
+                return Ok(Ok(after));
+            }
+        }
     }
 
     /// Sends `out` every journal event after `after` of the plans `filter`
@@ -72,48 +204,56 @@ impl Madre {
     pub async fn follow_journal(
         &self,
         filter: JournalFilter,
-        mut after: i64,
+        after: i64,
         out: mpsc::Sender<FeedItem>,
         pace: FollowPace,
     ) -> Result<FollowEnd, FlowError> {
-        let mut commits = self.db.journal_commits();
+        // Subscribed before the replay: whatever commits after the replay's
+        // read comes through the tail, and what both carry is skipped by
+        // its `seq`.
+        let mut tail = self.tail(pace.poll).await;
+        let mut after = match self.replay_journal(&filter, after, &out, pace).await? {
+            Ok(seq) => seq,
+            Err(end) => return Ok(end),
+        };
         let mut last_sent = Instant::now();
         loop {
-            // Marked seen before reading: a commit after this read wakes
-            // the wait below, so nothing falls between the two.
-            commits.borrow_and_update();
-            let filter_now = filter.clone();
-            let events = self
-                .db
-                .run_blocking(move |db| db.journal_after(after, &filter_now, PAGE))
-                .await?;
-            let full_page = events.len() == PAGE as usize;
-            for event in events {
-                after = event.seq;
-                if let Err(end) = send(&out, FeedItem::Event(Box::new(event)), pace).await {
-                    return Ok(end);
-                }
-                last_sent = Instant::now();
-            }
-            if full_page {
-                continue;
-            }
             let keep_alive_at = last_sent + pace.keep_alive;
-            tokio::select! {
-                changed = commits.changed() => {
-                    if changed.is_err() {
-                        return Ok(FollowEnd::Closed);
+            let next = tokio::select! {
+                next = tail.recv() => next,
+                _ = tokio::time::sleep_until(keep_alive_at) => {
+                    if let Err(end) = send(&out, FeedItem::KeepAlive, pace).await {
+                        return Ok(end);
                     }
+                    last_sent = Instant::now();
+                    continue;
                 }
-                _ = tokio::time::sleep(pace.poll) => {}
-                _ = tokio::time::sleep_until(keep_alive_at) => {}
                 _ = out.closed() => return Ok(FollowEnd::ReaderGone),
-            }
-            if Instant::now() >= keep_alive_at {
-                if let Err(end) = send(&out, FeedItem::KeepAlive, pace).await {
-                    return Ok(end);
+            };
+            match next {
+                Ok(shared) => {
+                    if shared.event.seq <= after {
+                        continue;
+                    }
+                    after = shared.event.seq;
+                    if !wanted(&filter, &shared.event) {
+                        continue;
+                    }
+                    if let Err(end) = send(&out, FeedItem::Event(shared), pace).await {
+                        return Ok(end);
+                    }
+                    last_sent = Instant::now();
                 }
-                last_sent = Instant::now();
+                // Further behind than the tail keeps: catch up from the
+                // database, then go on with the tail.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    after = match self.replay_journal(&filter, after, &out, pace).await? {
+                        Ok(seq) => seq,
+                        Err(end) => return Ok(end),
+                    };
+                    last_sent = Instant::now();
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(FollowEnd::Closed),
             }
         }
     }

@@ -30,7 +30,7 @@ pub use background::{Background, StartupReport};
 pub use confirm::{Approval, Confirmed, MAX_REASON_CHARS};
 pub use control::ControlOutcome;
 pub use error::FlowError;
-pub use events::{FeedItem, FollowEnd, FollowPace};
+pub use events::{FeedItem, FollowEnd, FollowPace, SharedEvent};
 pub use idempotency::{Answer, IdempotencyKey};
 /// Storage types the HTTP face needs, so that it takes none from madre-db
 /// itself: the plan list's filter and kinds, the storage fault a 503
@@ -155,6 +155,9 @@ pub struct Madre {
     held_keys: idempotency::HeldKeys,
     /// Plans and compressed bytes this process moved to the archives.
     archived: (AtomicU64, AtomicU64),
+    /// The one reader of the journal's new events that every follower of
+    /// the event stream shares, started with the first follower.
+    tail: std::sync::OnceLock<events::Tail>,
 }
 
 impl std::fmt::Debug for Madre {
@@ -195,6 +198,7 @@ impl Madre {
             started_at: Instant::now(),
             held_keys: idempotency::HeldKeys::default(),
             archived: (AtomicU64::new(0), AtomicU64::new(0)),
+            tail: std::sync::OnceLock::new(),
         });
         madre
             .runner

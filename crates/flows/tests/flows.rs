@@ -959,7 +959,7 @@ async fn a_reader_that_stops_reading_is_let_go_and_chats_go_on() {
     let Some(FeedItem::Event(first)) = rx.recv().await else {
         panic!("the buffered events are readable")
     };
-    assert_eq!(first.seq, 1);
+    assert_eq!(first.event.seq, 1);
 
     // A reader that goes away ends its follower without waiting.
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -1008,9 +1008,9 @@ async fn a_follower_is_woken_by_each_commit_to_the_journal() {
         let FeedItem::Event(event) = item else {
             panic!("no keep-alive within ten minutes")
         };
-        assert_eq!(event.plan_id, chat.plan_id);
-        assert!(event.seq > head);
-        types.push(event.event_type.as_str());
+        assert_eq!(event.event.plan_id, chat.plan_id);
+        assert!(event.event.seq > head);
+        types.push(event.event.event_type.as_str());
     }
     assert_eq!(types.last(), Some(&"plan_finished"));
 }
