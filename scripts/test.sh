@@ -9,6 +9,22 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+# The approval page's browser test (bins/madre/tests/browser.rs) drives
+# Debian's chromium with playwright-core from npm (Playwright's own browser
+# download is not used).
+PLAYWRIGHT_CORE_VERSION=1.65.2
+if ! command -v chromium >/dev/null || ! command -v node >/dev/null; then
+    echo "installing chromium and node (Debian) for the browser test" >&2
+    apt-get update -qq && apt-get install -y -qq chromium nodejs npm >/dev/null
+fi
+if ! grep -qs "\"version\": \"$PLAYWRIGHT_CORE_VERSION\"" \
+    target/browser-test/node_modules/playwright-core/package.json; then
+    echo "installing playwright-core $PLAYWRIGHT_CORE_VERSION (npm) into target/browser-test" >&2
+    mkdir -p target/browser-test
+    npm install --prefix target/browser-test --no-audit --no-fund --silent \
+        "playwright-core@$PLAYWRIGHT_CORE_VERSION"
+fi
+
 cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc
 ./scripts/fuzz-api.sh

@@ -32,4 +32,5 @@ mod openapi;
 mod plans;
 mod safety;
 mod storage;
+mod ui;
 mod v6;

@@ -353,6 +353,12 @@ impl Application {
                 .service(resource("/madre/control", "POST").route(web::post().to(routes::control)))
                 .service(resource("/madre/plans", "GET").route(web::get().to(routes::list_plans)))
                 .service(resource("/madre/events", "GET").route(web::get().to(routes::events)))
+                .service(resource("/madre/whoami", "GET").route(web::get().to(routes::whoami)))
+                .service(resource("/ui", "GET").route(web::get().to(crate::ui::index)))
+                .service(resource("/ui/plans/{id}", "GET").route(web::get().to(crate::ui::index)))
+                .service(resource("/ui/app.js", "GET").route(web::get().to(crate::ui::script)))
+                .service(resource("/ui/app.css", "GET").route(web::get().to(crate::ui::style)))
+                .service(resource("/ui/favicon.svg", "GET").route(web::get().to(crate::ui::icon)))
                 .service(
                     resource("/madre/plans/{id}", "GET").route(web::get().to(routes::get_plan)),
                 )

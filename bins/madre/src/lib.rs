@@ -18,6 +18,7 @@ pub mod request_id;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
+pub mod ui;
 
 pub use app::Application;
 pub use config::Settings;

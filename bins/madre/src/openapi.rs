@@ -18,6 +18,7 @@ use crate::routes;
         routes::control,
         routes::list_plans,
         routes::events,
+        routes::whoami,
         routes::get_plan,
         routes::confirm,
         routes::reject,

@@ -437,6 +437,17 @@ pub async fn get_plan(
     Ok(HttpResponse::Ok().json(detail))
 }
 
+/// `GET /madre/whoami`: the caller's name and role, so a client (the
+/// approval page) shows only what the caller may do.
+#[utoipa::path(get, path = "/madre/whoami", tag = "v7", security(("api_token" = [])), responses((status = 200, description = "`{name, role}`: role viewer, operator or admin", body = Object), AuthErrors))]
+pub async fn whoami(caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "name": caller.0.name,
+        "role": caller.0.role.as_str(),
+    })))
+}
+
 /// Query of `GET /madre/events`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -229,19 +229,36 @@ impl Madre {
     /// The plan with its intent, audit rows and journal, as
     /// `GET /madre/plans/{id}` shows it.
     pub async fn plan_detail(&self, plan_id: Uuid) -> Result<madre_models::PlanDetail, FlowError> {
-        let (stored, actions, events) = self
+        let (stored, actions, events, confirmation, mut approvers) = self
             .db
             .run_blocking(move |db| {
                 let stored = db.plan(plan_id)?;
                 let actions = db.actions_for_plan(plan_id)?;
                 let events = db.plan_events(plan_id)?;
-                Ok((stored, actions, events))
+                let confirmation = db.confirmation(plan_id)?;
+                let approvers = db.approvals(plan_id)?;
+                Ok((stored, actions, events, confirmation, approvers))
             })
             .await?;
         let Some(stored) = stored else {
             return Err(self.missing_plan(plan_id).await);
         };
+        let approval = confirmation.map(|row| {
+            // The last approval is the confirmation itself.
+            if row.outcome.as_deref() == Some("confirmed") {
+                approvers.extend(row.confirmed_by.clone());
+            }
+            approvers.dedup();
+            madre_models::ApprovalState {
+                approvals: approvers.len() as u32,
+                required: self.tables().approvals.for_risk(row.risk).required,
+                approvers,
+                requested_by: row.principal,
+                expires_at: row.expires_at,
+            }
+        });
         Ok(madre_models::PlanDetail {
+            approval,
             fingerprint: madre_policy::plan_fingerprint(&stored.plan.steps),
             plan: stored.plan,
             intent: stored.intent,

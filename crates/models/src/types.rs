@@ -763,6 +763,25 @@ pub struct PlanDetail {
     /// does once approved (SPEC §15), which an approval may name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// For a plan that waited for approval: where its approval stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalState>,
+}
+
+/// Where a plan's approval stands (SPEC §15).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalState {
+    /// Distinct principals who approved so far.
+    pub approvals: u32,
+    /// Approvals its risk requires.
+    pub required: u32,
+    /// Who approved, in order.
+    pub approvers: Vec<String>,
+    /// Who asked for the plan.
+    pub requested_by: String,
+    /// When the confirmation expires (or expired).
+    pub expires_at: DateTime<Utc>,
 }
 
 /// One event of the plan journal (SPEC §8, §14): a change of a plan's or a
