@@ -466,3 +466,25 @@ async fn a_gateway_that_is_down_never_holds_up_the_chat_and_is_recorded() {
     // One retry: two calls for the one event.
     assert_eq!(app.calls(Module::TentaculoLink).await, 2);
 }
+
+#[actix_rt::test]
+async fn a_replayed_waiting_answer_is_announced_again_with_its_fresh_link() {
+    let app = spawn_app_with(&[("MADRE_APPROVAL_LINKS", "on")]).await;
+    let ask = || {
+        app.send_with(
+            "POST",
+            "/madre/chat",
+            Some(ADMIN),
+            Some(json!({ "message": "delete all data" })),
+            &[("Idempotency-Key", "replayed-waiting")],
+        )
+    };
+    let first = ask().await;
+    let replay = ask().await;
+    assert_eq!(first.body["plan_id"], replay.body["plan_id"]);
+    let fresh = s(&replay.body["confirm_token"]).to_owned();
+    assert_ne!(s(&first.body["confirm_token"]), fresh);
+    let events = bus_events(&app, 2).await;
+    let link = s(&events[1]["payload"]["approve_url"]);
+    assert!(link.ends_with(&format!("#token={fresh}")), "{link}");
+}

@@ -235,3 +235,19 @@ async fn bad_requests_for_the_stream_are_refused_in_the_error_shape() {
         .await;
     assert_eq!(header.status, 422, "{}", header.body);
 }
+
+#[actix_rt::test]
+async fn a_resume_id_past_the_journals_end_resumes_at_the_end() {
+    let app = spawn_app().await;
+    app.chat(OPERATOR, "hello").await;
+    let mut sse = Sse::open(&app, "?last_event_id=999999", VIEWER, &[]).await;
+    let chat = app.chat(OPERATOR, "tell me about the weather").await;
+    let events = sse.events(6).await;
+    assert!(
+        events
+            .iter()
+            .all(|(_, _, d)| d["plan_id"] == chat.body["plan_id"])
+    );
+    let types: Vec<&str> = events.iter().map(|(_, t, _)| t.as_str()).collect();
+    assert_eq!(types, LOW_CHAT);
+}

@@ -94,13 +94,14 @@ fn pending_with(
         .is_some())
 }
 
-/// The principals whose approvals of the plan are recorded, oldest first.
+/// The principals whose approvals of the plan are recorded, each once,
+/// oldest first.
 fn approvers(conn: &Connection, plan_id: Uuid) -> Result<Vec<String>, DbError> {
     let mut stmt = conn.prepare_cached(
         "SELECT e.principal FROM plan_events e
          WHERE e.plan = (SELECT id FROM plans WHERE uuid = ?1)
            AND e.type = 'approval_recorded' AND e.principal IS NOT NULL
-         ORDER BY e.seq",
+         GROUP BY e.principal ORDER BY min(e.seq)",
     )?;
     let names = stmt
         .query_map([plan_id.to_string()], |r| r.get::<_, String>(0))?
@@ -292,8 +293,7 @@ impl Db {
             if !pending_with(conn, plan_id, &token_sha256, at)? {
                 return Ok(ApprovalOutcome::NotPending);
             }
-            let mut approvers = approvers(conn, plan_id)?;
-            approvers.dedup();
+            let approvers = approvers(conn, plan_id)?;
             let so_far = approvers.len() as u32;
             if approvers.contains(&by) {
                 return Ok(ApprovalOutcome::AlreadyApproved { approvals: so_far });

@@ -97,11 +97,16 @@ impl PlanEvent {
 
     /// True when `result` and `error` belong to the plan rather than a step.
     fn is_plan_level(&self) -> bool {
-        matches!(
-            self.event,
-            Event::PlanFinished { .. } | Event::PlanRejected | Event::PlanExpired
-        )
+        ends_plan(&self.event)
     }
+}
+
+/// True for the events that end a plan, whose `reason` is its end reason.
+fn ends_plan(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::PlanFinished { .. } | Event::PlanRejected | Event::PlanExpired
+    )
 }
 
 /// A plan as the journal reads it: its row, its steps and its state,
@@ -1022,10 +1027,7 @@ fn journal_verdict(conn: &Connection, row: i64, plan_id: Uuid) -> Result<Journal
         })?;
         if changes.iter().any(|c| matches!(c, Change::Plan { .. })) {
             verdict.at = Some(stored.at);
-            let ends = matches!(
-                event,
-                Event::PlanFinished { .. } | Event::PlanRejected | Event::PlanExpired
-            );
+            let ends = ends_plan(&event);
             if let Some(reason) = stored
                 .payload
                 .get("reason")

@@ -45,6 +45,7 @@ pub(crate) struct Requested<'a> {
     /// `MADRE_APPROVAL_LINKS=on`.
     pub(crate) token: &'a str,
     pub(crate) expires_at: Option<DateTime<Utc>>,
+    pub(crate) approvals: u32,
     pub(crate) approvals_required: u32,
 }
 
@@ -76,10 +77,48 @@ impl Madre {
                 "requested_by": r.requested_by,
                 "approve_url": approve_url,
                 "expires_at": r.expires_at,
-                "approvals": 0,
+                "approvals": r.approvals,
                 "approvals_required": r.approvals_required,
             }),
         );
+    }
+
+    /// Announces a waiting plan again, with the fresh token an
+    /// `Idempotency-Key` replay gave it: an approve link with the old one
+    /// would only count as a wrong try.
+    pub(crate) async fn publish_requested_again(
+        &self,
+        plan_id: Uuid,
+        token: &str,
+        expires_at: DateTime<Utc>,
+    ) {
+        let loaded = self
+            .db
+            .run_blocking(move |db| {
+                Ok((
+                    db.plan(plan_id)?,
+                    db.confirmation(plan_id)?,
+                    db.approvals(plan_id)?,
+                ))
+            })
+            .await;
+        let Ok((Some(stored), Some(row), approvers)) = loaded else {
+            return;
+        };
+        let summary = match &stored.intent {
+            Some(intent) => intent.dsl.original_text.clone(),
+            None => format!("{} on {}", stored.meta.action, stored.meta.module),
+        };
+        self.publish_requested(Requested {
+            plan_id,
+            risk: row.risk,
+            summary: &summary,
+            requested_by: &row.principal,
+            token,
+            expires_at: Some(expires_at),
+            approvals: approvers.len() as u32,
+            approvals_required: self.tables().approvals.for_risk(row.risk).required,
+        });
     }
 
     /// Announces how a plan's wait for approval ended
@@ -123,7 +162,7 @@ impl Madre {
             let reason = match delegator.call(&request).await {
                 Ok(outcome) => format!("{kind} delivered (attempts: {})", outcome.attempts),
                 Err(e) => {
-                    tracing::warn!(%plan_id, error = %e, "event bus: {kind} not delivered");
+                    tracing::warn!(%plan_id, event = kind, error = %e, "event bus: not delivered");
                     format!("{kind} not delivered: {}", e.code())
                 }
             };

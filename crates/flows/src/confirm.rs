@@ -226,6 +226,7 @@ impl Madre {
             None => format!("{} risk plan {verb}", row.risk),
         };
         let action = audit(principal, "madre", "confirm", what, plan_id);
+        let published_reason = reason.clone();
         let outcome = self
             .db
             .approve(
@@ -266,7 +267,7 @@ impl Madre {
             plan_id,
             Resolution::Confirmed,
             Some(&principal.name),
-            approval.reason,
+            published_reason.as_deref(),
         );
         let run = self
             .runner

@@ -79,12 +79,15 @@ pub enum FollowEnd {
     Closed,
 }
 
-/// New journal events as the tail read them, for every follower, and
-/// whether the tail knows where the journal ended when it started (a
-/// follower replays only after that, so nothing falls between the two).
+/// The shared tail as followers reach it: its channel (held weakly: the
+/// tail's task holds the sender, so followers see it close with the
+/// database), whether it knows where the journal ended (a follower replays
+/// only after that, so nothing falls between the two), and a bell to wake
+/// it from idling without readers.
 pub(crate) struct Tail {
-    events: broadcast::Sender<Arc<SharedEvent>>,
+    events: broadcast::WeakSender<Arc<SharedEvent>>,
     ready: tokio::sync::watch::Receiver<bool>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// Events the tail keeps for followers that are behind; one further behind
@@ -109,23 +112,45 @@ impl Madre {
 
     /// The shared tail, started on first use: it waits for a commit that
     /// appended to the journal (or `poll`, for other processes' commits),
-    /// reads what is new once, and hands it to every follower. Answers once
-    /// the tail has its starting point.
-    async fn tail(&self, poll: Duration) -> broadcast::Receiver<Arc<SharedEvent>> {
+    /// reads what is new once, and hands it to every follower. With no
+    /// follower it reads nothing, and forgets where it was: the next
+    /// follower waits until it has found the journal's end again. Answers
+    /// `None` once the tail ended with the database.
+    async fn tail(&self, poll: Duration) -> Option<broadcast::Receiver<Arc<SharedEvent>>> {
         let tail = self.tail.get_or_init(|| {
-            let (events, _) = broadcast::channel(TAIL_BUFFER);
+            let (sender, _) = broadcast::channel(TAIL_BUFFER);
             let (ready_tx, ready) = tokio::sync::watch::channel(false);
-            let sender = events.clone();
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let tail = Tail {
+                events: sender.downgrade(),
+                ready,
+                wake: wake.clone(),
+            };
             let db = self.db.clone();
             let mut commits = db.journal_commits();
             tokio::spawn(async move {
-                let mut after = None;
+                let mut after: Option<i64> = None;
                 loop {
                     commits.borrow_and_update();
+                    if sender.receiver_count() == 0 {
+                        // Not ready first, then look again: a follower that
+                        // came in between is seen, one that comes after
+                        // waits for the journal's end to be found anew.
+                        ready_tx.send_replace(false);
+                        if sender.receiver_count() == 0 {
+                            after = None;
+                            tokio::select! {
+                                _ = wake.notified() => {}
+                                _ = tokio::time::sleep(poll) => {}
+                            }
+                            continue;
+                        }
+                        ready_tx.send_replace(after.is_some());
+                    }
                     let read = match after {
                         None => db.run_blocking(|db| db.journal_head()).await.map(|head| {
                             after = Some(head);
-                            let _ = ready_tx.send(true);
+                            ready_tx.send_replace(true);
                             Vec::new()
                         }),
                         Some(from) => {
@@ -140,8 +165,6 @@ impl Madre {
                             let full = events.len() == PAGE as usize;
                             for event in events {
                                 after = Some(event.seq);
-                                // No follower now is fine: the next one
-                                // replays from the database.
                                 let _ = sender.send(SharedEvent::new(event));
                             }
                             if full {
@@ -158,14 +181,13 @@ impl Madre {
                     }
                 }
             });
-            Tail { events, ready }
+            tail
         });
-        let receiver = tail.events.subscribe();
+        let receiver = tail.events.upgrade()?.subscribe();
+        tail.wake.notify_one();
         let mut ready = tail.ready.clone();
-        // Fails only when the tail ended with the database; the follower
-        // then ends on its first read.
-        let _ = ready.wait_for(|ready| *ready).await;
-        receiver
+        ready.wait_for(|ready| *ready).await.ok()?;
+        Some(receiver)
     }
 
     /// Every journal event after `after` that `filter` names, read from the
@@ -211,8 +233,16 @@ impl Madre {
         // Subscribed before the replay: whatever commits after the replay's
         // read comes through the tail, and what both carry is skipped by
         // its `seq`.
-        let mut tail = self.tail(pace.poll).await;
-        let mut after = match self.replay_journal(&filter, after, &out, pace).await? {
+        let Some(mut tail) = self.tail(pace.poll).await else {
+            return Ok(FollowEnd::Closed);
+        };
+        // A `seq` past the journal's end (from another database, say)
+        // resumes at the end, not after events that do not exist yet.
+        let head = self.journal_head().await?;
+        let mut after = match self
+            .replay_journal(&filter, after.min(head), &out, pace)
+            .await?
+        {
             Ok(seq) => seq,
             Err(end) => return Ok(end),
         };

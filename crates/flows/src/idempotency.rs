@@ -260,6 +260,8 @@ impl Madre {
                 if reissued {
                     body["confirm_token"] = json!(token.expose());
                     body["confirm_expires_at"] = json!(row.expires_at);
+                    self.publish_requested_again(plan_id, token.expose(), row.expires_at)
+                        .await;
                 }
             }
         }

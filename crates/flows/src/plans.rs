@@ -161,6 +161,7 @@ impl Madre {
                     requested_by: &principal.name,
                     token: token.expose(),
                     expires_at,
+                    approvals: 0,
                     approvals_required: self.tables().approvals.for_risk(intent.risk).required,
                 });
             }
@@ -245,10 +246,12 @@ impl Madre {
         };
         let approval = confirmation.map(|row| {
             // The last approval is the confirmation itself.
-            if row.outcome.as_deref() == Some("confirmed") {
-                approvers.extend(row.confirmed_by.clone());
+            if row.outcome.as_deref() == Some("confirmed")
+                && let Some(by) = &row.confirmed_by
+                && !approvers.contains(by)
+            {
+                approvers.push(by.clone());
             }
-            approvers.dedup();
             madre_models::ApprovalState {
                 approvals: approvers.len() as u32,
                 required: self.tables().approvals.for_risk(row.risk).required,

@@ -289,13 +289,13 @@ impl Writer {
         }
     }
 
-    /// How many writes wait for the writer now.
     /// A receiver that sees a change after each commit that appended to
     /// the plan journal.
     pub(crate) fn journal_commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.journal_commits.subscribe()
     }
 
+    /// How many writes wait for the writer now.
     pub(crate) fn queue_depth(&self) -> usize {
         lock(&self.state).queue.len()
     }
