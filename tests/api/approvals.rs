@@ -200,7 +200,7 @@ async fn a_rule_can_require_a_reason_and_change_the_roles() {
         assert_eq!(reply.status, 422, "{}", reply.body);
         assert!(s(&reply.body["detail"]).contains("reason"));
     }
-    let long = "x".repeat(1001);
+    let long = "x".repeat(2001);
     assert_eq!(
         approve(&app, BOB, &plan, &token, Some(&long)).await.status,
         422

@@ -251,3 +251,69 @@ async fn a_resume_id_past_the_journals_end_resumes_at_the_end() {
     let types: Vec<&str> = events.iter().map(|(_, t, _)| t.as_str()).collect();
     assert_eq!(types, LOW_CHAT);
 }
+
+/// The server's resident memory, in KiB (the test runs it in-process).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// `madre_event_stream_readers` from /metrics.
+async fn readers(app: &TestApp) -> u64 {
+    let client = awc::Client::new();
+    let mut response = client
+        .get(format!("{}/metrics", app.base))
+        .insert_header(("X-VX11-Token", ADMIN))
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("madre_event_stream_readers "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[actix_rt::test]
+async fn a_thousand_readers_that_come_and_go_leave_no_task_or_memory_behind() {
+    // A reader that left is noticed when something is next written to it:
+    // at the latest the keep-alive, every second here.
+    let app = spawn_app_with(&[("MADRE_EVENTS_KEEPALIVE_S", "1")]).await;
+    let round = || async {
+        let mut open = Vec::new();
+        for _ in 0..50 {
+            open.push(Sse::open(&app, "", VIEWER, &[]).await);
+        }
+        app.chat(OPERATOR, "hello").await;
+        for sse in &mut open {
+            assert_eq!(sse.events(6).await.len(), 6);
+        }
+        drop(open);
+    };
+    round().await;
+    let before = rss_kib();
+    for _ in 1..20 {
+        round().await;
+    }
+    // Every follower ends once its reader is gone (bounded wait).
+    let mut left = readers(&app).await;
+    for _ in 0..800 {
+        if left == 0 {
+            break;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(25)).await;
+        left = readers(&app).await;
+    }
+    assert_eq!(left, 0, "followers left behind");
+    let after = rss_kib();
+    println!("1,000 readers came and went: RSS {before} KiB -> {after} KiB");
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+}

@@ -793,6 +793,11 @@ pub async fn metrics(state: Data, caller: Caller) -> Result<HttpResponse, ApiErr
     );
     crate::metrics::render_writer(&mut out, madre.writer_stats());
     crate::metrics::render_storage(&mut out, &madre.storage_space());
+    let _ = writeln!(
+        out,
+        "# HELP madre_event_stream_readers Readers of GET /madre/events now.\n# TYPE madre_event_stream_readers gauge\nmadre_event_stream_readers {}",
+        madre.event_stream_readers()
+    );
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out))

@@ -29,6 +29,13 @@ fn playwright_dir() -> PathBuf {
     )
 }
 
+/// Where the test leaves its screenshot (under target/, never committed).
+fn screenshot() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/browser-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("approval-page.png")
+}
+
 fn chromium() -> String {
     std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
 }
@@ -110,17 +117,14 @@ async fn an_approver_follows_a_four_eyes_plan_from_waiting_to_done_in_the_browse
     let asked = tokio::task::spawn_blocking(move || {
         (
             chat(&url, "delete all data"),
-            chat(
-                &url,
-                "delete all data <img src=x onerror=\"window.pwned=1\">",
-            ),
+            chat(&url, "<img src=x onerror=alert(1)>"),
         )
     })
     .await
     .unwrap();
     let (plan, other) = asked;
     assert_eq!(plan["status"], "WAITING", "{plan}");
-    assert_eq!(other["status"], "WAITING", "{other}");
+    assert!(other["plan_id"].is_string(), "{other}");
     let plan_id = plan["plan_id"].as_str().unwrap().to_owned();
 
     // The approve link, as the gateway received it on the event bus.
@@ -143,7 +147,7 @@ async fn an_approver_follows_a_four_eyes_plan_from_waiting_to_done_in_the_browse
         .behave(
             Module::Hermes,
             &vx11_stubs::Behaviour {
-                latency_ms: 300,
+                latency_ms: 1000,
                 ..Default::default()
             },
         )
@@ -160,6 +164,8 @@ async fn an_approver_follows_a_four_eyes_plan_from_waiting_to_done_in_the_browse
         .env("CONFIRM_TOKEN", plan["confirm_token"].as_str().unwrap())
         .env("APPROVE_URL", &approve_url)
         .env("OTHER", other["plan_id"].as_str().unwrap())
+        .env("ALICE", ALICE)
+        .env("SCREENSHOT", screenshot())
         .env("BOB", BOB)
         .env("CAROL", CAROL)
         .env("VERA", VERA);

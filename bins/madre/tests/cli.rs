@@ -397,7 +397,8 @@ async fn the_cli_prints_for_people_unless_asked_for_json() {
     assert_eq!(first_page.lines().count(), 4, "{first_page}");
     assert!(first_page.contains("\nmore plans: add --all, or --cursor "));
     let every_page = human(&server, token, &["plans", "--limit", "2", "--all"]).await;
-    assert_eq!(every_page, listed);
+    // The same plans in the same order; their ages may have moved on.
+    assert_eq!(normalise(&every_page, &[]), normalise(&listed, &[]));
     let all_json = json_of(
         &cli(
             &server,

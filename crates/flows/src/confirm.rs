@@ -34,7 +34,7 @@ impl Confirmed {
 }
 
 /// The longest reason an approver may give.
-pub const MAX_REASON_CHARS: usize = 1000;
+pub const MAX_REASON_CHARS: usize = 2000;
 
 /// A reason as given: trimmed, `None` when blank, refused when too long.
 fn reason_of(reason: Option<&str>) -> Result<Option<String>, FlowError> {

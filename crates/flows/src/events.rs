@@ -9,6 +9,7 @@
 use madre_db::JournalFilter;
 use madre_models::JournalEvent;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -230,6 +231,8 @@ impl Madre {
         out: mpsc::Sender<FeedItem>,
         pace: FollowPace,
     ) -> Result<FollowEnd, FlowError> {
+        self.followers.fetch_add(1, Ordering::Relaxed);
+        let _counted = Counted(&self.followers);
         // Subscribed before the replay: whatever commits after the replay's
         // read comes through the tail, and what both carry is skipped by
         // its `seq`.
@@ -286,6 +289,22 @@ impl Madre {
                 Err(broadcast::error::RecvError::Closed) => return Ok(FollowEnd::Closed),
             }
         }
+    }
+}
+
+/// Counts a follower out when it ends, however it ends.
+struct Counted<'a>(&'a AtomicU64);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Madre {
+    /// Readers of the event stream being followed now (`/metrics`).
+    pub fn event_stream_readers(&self) -> u64 {
+        self.followers.load(Ordering::Relaxed)
     }
 }
 

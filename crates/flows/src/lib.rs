@@ -158,6 +158,8 @@ pub struct Madre {
     /// The one reader of the journal's new events that every follower of
     /// the event stream shares, started with the first follower.
     tail: std::sync::OnceLock<events::Tail>,
+    /// Readers of the event stream being followed now.
+    followers: AtomicU64,
 }
 
 impl std::fmt::Debug for Madre {
@@ -199,6 +201,7 @@ impl Madre {
             held_keys: idempotency::HeldKeys::default(),
             archived: (AtomicU64::new(0), AtomicU64::new(0)),
             tail: std::sync::OnceLock::new(),
+            followers: AtomicU64::new(0),
         });
         madre
             .runner

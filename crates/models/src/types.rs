@@ -834,7 +834,7 @@ pub struct ConfirmRequest {
     /// trail; required when the risk's rule says `reason_required`, and for
     /// every rejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(max_length = 1000))]
+    #[cfg_attr(feature = "openapi", schema(max_length = 2000))]
     pub reason: Option<String>,
     /// The plan's `fingerprint` as the approver saw it: when given and the
     /// plan does not match it, nothing is approved (409).

@@ -3,8 +3,9 @@
 // the real binary against vx11-stubs and passes, in the environment:
 // BASE, PLAYWRIGHT_DIR, CHROMIUM, PLAN (a HIGH plan alice asked for, 0/2),
 // CONFIRM_TOKEN, APPROVE_URL (its approve link, token in the fragment),
-// BOB, CAROL (admins), VERA (a viewer), OTHER (a second waiting plan whose
-// text is HTML). Exits non-zero with a message on the first failure.
+// ALICE (the operator who asked), BOB, CAROL (admins), VERA (a viewer),
+// OTHER (a second plan whose text is HTML), SCREENSHOT (where to
+// save one). Exits non-zero with a message on the first failure.
 import { createRequire } from "node:module";
 
 const env = (name) => {
@@ -47,6 +48,11 @@ async function openPage(browser, url) {
   const errors = [];
   page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
   page.on("pageerror", (e) => errors.push(String(e)));
+  // An alert would be a script from a request's text.
+  page.on("dialog", (d) => {
+    errors.push(`a dialog opened: ${d.message()}`);
+    d.dismiss();
+  });
   await page.goto(url);
   return { page, errors };
 }
@@ -56,6 +62,29 @@ const browser = await chromium.launch({
   args: ["--no-sandbox", "--disable-gpu"],
 });
 try {
+  // alice may not approve her own plan: refused, the reason shown.
+  const alice = await openPage(browser, `${BASE}/ui/plans/${PLAN}`);
+  await signIn(alice.page, env("ALICE"));
+  await textOf(alice.page, "#plan-status", "WAITING");
+  await alice.page.fill("#confirm-token", env("CONFIRM_TOKEN"));
+  await alice.page.click("#approve");
+  await alice.page.waitForFunction(
+    () => document.querySelector("#decide-result")?.textContent.startsWith("403"),
+    null,
+    { timeout: PATIENCE },
+  );
+  const refusal = await alice.page.locator("#decide-result").textContent();
+  check(/admin/.test(refusal), `the refusal says why: ${refusal}`);
+  // The browser logs the refused request itself; nothing else may be.
+  check(alice.errors.every((e) => e.includes("status of 403")), `alice: ${alice.errors}`);
+  alice.errors.length = 0;
+
+  // vera (a viewer) sees the waiting plan but no approve button.
+  const vera = await openPage(browser, `${BASE}/ui/plans/${PLAN}`);
+  await signIn(vera.page, env("VERA"));
+  await textOf(vera.page, "#plan-status", "WAITING");
+  check(await vera.page.locator("#decide").isHidden(), "a viewer sees no approve button");
+
   // bob signs in, sees alice's plan WAITING with 0 of 2 approvals.
   const bob = await openPage(browser, `${BASE}/ui`);
   await signIn(bob.page, env("BOB"));
@@ -77,6 +106,16 @@ try {
   await bob.page.click("#approve");
   await textOf(bob.page, "#plan-approvals", "1/2");
   await textOf(bob.page, "#plan-status", "WAITING");
+  // Every status bob's page shows from now on, as it shows it.
+  await bob.page.evaluate(() => {
+    window.seen = [];
+    const status = document.querySelector("#plan-status");
+    new MutationObserver(() => window.seen.push(status.textContent)).observe(status, {
+      childList: true,
+      characterData: true,
+      subtree: true,
+    });
+  });
 
   // carol opens the approve link: the token comes from the fragment, which
   // then leaves the address bar.
@@ -91,22 +130,21 @@ try {
   // bob's page, never reloaded, follows the plan through the event stream:
   // its steps run and it ends DONE.
   await textOf(bob.page, "#plan-status", "DONE");
+  const seen = await bob.page.evaluate(() => window.seen);
+  check(seen.includes("RUNNING"), `the page showed the plan running: ${seen}`);
   await textOf(bob.page, "#plan-approvals", "2/2");
+  await bob.page.screenshot({ path: env("SCREENSHOT"), fullPage: true });
   const steps = await bob.page.locator("#plan-steps tr td:last-child").allTextContents();
   check(steps.length > 0 && steps.every((s) => s === "DONE"), `steps: ${steps}`);
   check(await bob.page.locator("#decide").isHidden(), "no approve form on a DONE plan");
 
-  // vera (a viewer) sees a waiting plan but no approve button; its text,
-  // which is HTML, is shown as text and never runs.
-  const vera = await openPage(browser, `${BASE}/ui/plans/${env("OTHER")}`);
-  await signIn(vera.page, env("VERA"));
-  await textOf(vera.page, "#plan-status", "WAITING");
-  check(await vera.page.locator("#decide").isHidden(), "a viewer sees no approve button");
-  const shown = await vera.page.locator("#plan-text").textContent();
-  check(shown.includes("<img"), `the HTML is shown as text: ${shown}`);
-  check(await vera.page.evaluate(() => window.pwned === undefined), "the HTML did not run");
+  // The other plan's text, which is HTML, is shown as text and never runs.
+  await vera.page.goto(`${BASE}/ui/plans/${env("OTHER")}`);
+  await vera.page.locator("#app").waitFor({ state: "visible", timeout: PATIENCE });
+  await textOf(vera.page, "#plan-text", "<img src=x onerror=alert(1)>");
+  check((await vera.page.locator("#detail img").count()) === 0, "no image element was made");
 
-  for (const [who, { errors }] of Object.entries({ bob, carol, vera })) {
+  for (const [who, { errors }] of Object.entries({ alice, bob, carol, vera })) {
     check(errors.length === 0, `${who}'s page logged errors (CSP?): ${errors.join(" | ")}`);
   }
   console.log("approval page: every check passed");
