@@ -502,15 +502,26 @@ async fn chat_follow_streams_a_waiting_plan_until_it_ends() {
     let confirmed = cli(
         &server,
         &token,
-        &["confirm", &plan, token_to_confirm, "--json"],
+        &[
+            "confirm",
+            &plan,
+            token_to_confirm,
+            "--reason",
+            "looks right",
+            "--json",
+        ],
     )
     .await;
     assert!(confirmed.status.success());
 
     let mut types = Vec::new();
+    let mut confirmed_reason = None;
     loop {
         let event: Value = serde_json::from_str(&next_line()).unwrap();
         assert_eq!(event["plan_id"], plan.as_str());
+        if event["type"] == "plan_confirmed" {
+            confirmed_reason = event["reason"].as_str().map(str::to_owned);
+        }
         types.push(event["type"].as_str().unwrap().to_owned());
         if event["type"] == "plan_finished" {
             assert_eq!(event["status"], "DONE");
@@ -518,6 +529,7 @@ async fn chat_follow_streams_a_waiting_plan_until_it_ends() {
         }
     }
     assert_eq!(types.first().map(String::as_str), Some("plan_confirmed"));
+    assert_eq!(confirmed_reason.as_deref(), Some("looks right"));
     let status = tokio::task::spawn_blocking(move || follower.wait().unwrap())
         .await
         .unwrap();
@@ -534,7 +546,29 @@ async fn chat_follow_streams_a_waiting_plan_until_it_ends() {
         .collect();
     assert_eq!(lines.len(), 2 + types.len());
     assert_eq!(lines.last().unwrap()["type"], "plan_finished");
-    let human = cli(&server, &token, &["watch", &plan[..8]]).await;
+    // `madre reject` with its reason cancels a waiting plan.
+    let refused = json_of(&cli(&server, &token, &["--json", "chat", "delete all logs"]).await);
+    let rejected = cli(
+        &server,
+        &token,
+        &[
+            "reject",
+            refused["plan_id"].as_str().unwrap(),
+            refused["confirm_token"].as_str().unwrap(),
+            "--reason",
+            "not today",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(
+        rejected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rejected.stderr)
+    );
+    assert_eq!(json_of(&rejected)["plan_status"], "CANCELLED");
+
+    let human = cli(&server, &token, &["watch", &plan[plan.len() - 8..]]).await;
     assert!(human.status.success());
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(
