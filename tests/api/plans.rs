@@ -110,6 +110,8 @@ async fn an_archived_plan_answers_410_naming_its_archive() {
         .await;
     assert_eq!(s(&r.body["status"]), "DONE");
     let plan_id = s(&r.body["plan_id"]);
+    // A newer plan holds the journal's newest event, which is never archived.
+    app.chat(OPERATOR, "hello again").await;
     let db = app.madre.db().clone();
     let archived = std::thread::spawn(move || {
         let dir = madre_db::archive_dir(db.path());
@@ -153,6 +155,8 @@ async fn the_cleanup_archives_finished_plans_and_metrics_count_them() {
     let app = spawn_app_with(&[("MADRE_PLAN_RETENTION_DAYS", "0.00000001")]).await;
     let r = app.chat(OPERATOR, "hello").await;
     assert_eq!(s(&r.body["status"]), "DONE");
+    // A newer plan holds the journal's newest event, which is never archived.
+    app.chat(OPERATOR, "hello again").await;
     app.madre.cleanup_once().await.unwrap();
     let plan_id = s(&r.body["plan_id"]);
     let gone = app

@@ -198,10 +198,14 @@ fn still_stored(conn: &Connection, uuids: &[String]) -> Result<Vec<Candidate>, D
 }
 
 /// Finished plans made before `?1` (a UUID v7 bound), last changed before
-/// `?2`, not yet marked; at most `?3`, oldest first.
+/// `?2`, not yet marked; at most `?3`, oldest first. The plan holding the
+/// journal's newest event stays until a newer event comes: deleting that
+/// event would let SQLite hand its `seq` out again, and readers of the
+/// event stream resume by `seq`.
 pub(crate) const ARCHIVE_CANDIDATES: &str = "SELECT id, uuid, intent_id FROM plans
      WHERE uuid < ?1 AND status NOT IN ('PENDING', 'WAITING', 'RUNNING') AND updated_at < ?2
        AND NOT EXISTS (SELECT 1 FROM archived_plans a WHERE a.uuid = plans.uuid)
+       AND id IS NOT (SELECT plan FROM plan_events WHERE seq = (SELECT max(seq) FROM plan_events))
      ORDER BY uuid LIMIT ?3";
 
 /// Chooses up to `batch` finished plans last changed before `cutoff`, not

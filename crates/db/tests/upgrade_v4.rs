@@ -524,6 +524,15 @@ fn a_schema_7_file_upgrades_to_8_keeping_every_row_and_the_rules() {
     }
     assert_eq!(db.plan(done.id).unwrap().unwrap().plan.status, Status::Done);
 
+    // The waiting plan's approval is the journal's newest event: the plan
+    // holding it is never archived, so the done plan is free to go.
+    db.apply_events(
+        waiting.id,
+        vec![PlanEvent::new(Event::ApprovalRecorded, chrono::Utc::now()).by("bob")],
+        None,
+    )
+    .wait()
+    .unwrap();
     let later = chrono::Utc::now() + chrono::Duration::days(1);
     let report = db
         .archive_finished_plans(
