@@ -488,3 +488,34 @@ async fn a_replayed_waiting_answer_is_announced_again_with_its_fresh_link() {
     let link = s(&events[1]["payload"]["approve_url"]);
     assert!(link.ends_with(&format!("#token={fresh}")), "{link}");
 }
+
+/// Bad input (issue 23): a token of another plan, a forged one and a
+/// reason past 2,000 characters are refused with their statuses, and
+/// neither plan changes: no approval recorded, both still waiting.
+#[actix_rt::test]
+async fn a_token_of_another_plan_or_a_forged_one_changes_nothing() {
+    let (app, _files) = app_with_rules("[approvals.HIGH]\nrequired = 2\n").await;
+    let (first, _) = waiting(&app, OPERATOR, "delete all data", "HIGH").await;
+    let (second, second_token) = waiting(&app, OPERATOR, "delete all logs", "HIGH").await;
+    let other = approve(&app, BOB, &first, &second_token, None).await;
+    assert_eq!(other.status, 403, "{}", other.body);
+    assert_eq!(s(&other.body["error"]), "invalid_confirm_token");
+    let forged = approve(&app, BOB, &first, "forged-token-from-a-made-up-link", None).await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    let long = "y".repeat(2001);
+    assert_eq!(
+        approve(&app, BOB, &second, &second_token, Some(&long))
+            .await
+            .status,
+        422
+    );
+    for plan in [&first, &second] {
+        let detail = app.plan_detail(plan).await.body;
+        assert_eq!(detail["plan"]["status"], "WAITING");
+        assert_eq!(detail["approval"]["approvals"], 0, "{detail}");
+        assert!(events_of(&detail, "approval_recorded").is_empty());
+    }
+    // The right token still works on its own plan.
+    let ok = approve(&app, BOB, &second, &second_token, None).await;
+    assert_eq!((ok.status, s(&ok.body["status"])), (200, "approved"));
+}
