@@ -94,6 +94,37 @@ fn pending_with(
         .is_some())
 }
 
+/// Spends the plan's pending confirmation for `by` when `token_sha256`
+/// matches and it is unused, not void and unexpired at `at`: the waiting
+/// gate is DONE and the plan RUNNING (event `plan_confirmed`, carrying
+/// `comment`). False when nothing pending matched.
+fn spend(
+    conn: &Connection,
+    plan_id: Uuid,
+    token_sha256: &str,
+    by: &str,
+    comment: Option<String>,
+    at: DateTime<Utc>,
+    replica: &str,
+) -> Result<bool, DbError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE confirmations SET used_at = ?3, confirmed_by = ?4, outcome = 'confirmed'
+             WHERE plan_id = ?1 AND token_sha256 = ?2 AND used_at IS NULL
+               AND outcome IS NULL AND expires_at > ?3",
+        )?
+        .execute(params![plan_id.to_string(), token_sha256, ts(at), by])?;
+    if changed != 1 {
+        return Ok(false);
+    }
+    let confirmed = PlanEvent::new(Event::PlanConfirmed, at)
+        .result(json!({ "confirmed_by": by }))
+        .by(by)
+        .comment(comment);
+    journal::append(conn, plan_id, &[confirmed], replica)?;
+    Ok(true)
+}
+
 /// The principals whose approvals of the plan are recorded, each once,
 /// oldest first.
 fn approvers(conn: &Connection, plan_id: Uuid) -> Result<Vec<String>, DbError> {
@@ -243,20 +274,9 @@ impl Db {
     ) -> Write<ConsumeOutcome> {
         let replica = self.replica.clone();
         self.write(move |conn| {
-            let changed = conn
-                .prepare_cached(
-                    "UPDATE confirmations SET used_at = ?3, confirmed_by = ?4, outcome = 'confirmed'
-                     WHERE plan_id = ?1 AND token_sha256 = ?2 AND used_at IS NULL
-                       AND outcome IS NULL AND expires_at > ?3",
-                )?
-                .execute(params![plan_id.to_string(), token_sha256, ts(at), by])?;
-            if changed != 1 {
+            if !spend(conn, plan_id, &token_sha256, &by, None, at, &replica)? {
                 return Ok(ConsumeOutcome::NotPending);
             }
-            let confirmed = PlanEvent::new(Event::PlanConfirmed, at)
-                .result(json!({ "confirmed_by": by }))
-                .by(by.clone());
-            journal::append(conn, plan_id, &[confirmed], &replica)?;
             if let Some(action) = &action {
                 insert_action(conn, action)?;
             }
@@ -300,16 +320,17 @@ impl Db {
             }
             let approvals = so_far + 1;
             let outcome = if approvals >= required {
-                conn.prepare_cached(
-                    "UPDATE confirmations SET used_at = ?2, confirmed_by = ?3, outcome = 'confirmed'
-                     WHERE plan_id = ?1",
-                )?
-                .execute(params![plan_id.to_string(), ts(at), by])?;
-                let confirmed = PlanEvent::new(Event::PlanConfirmed, at)
-                    .result(json!({ "confirmed_by": by }))
-                    .by(by.clone())
-                    .comment(reason.clone());
-                journal::append(conn, plan_id, &[confirmed], &replica)?;
+                if !spend(
+                    conn,
+                    plan_id,
+                    &token_sha256,
+                    &by,
+                    reason.clone(),
+                    at,
+                    &replica,
+                )? {
+                    return Ok(ApprovalOutcome::NotPending);
+                }
                 ApprovalOutcome::Confirmed { approvals }
             } else {
                 let recorded = PlanEvent::new(Event::ApprovalRecorded, at)

@@ -277,6 +277,21 @@ fn print_outcome(outcome: Result<Option<(Body, Renderer)>, Failure>, as_json: bo
     }
 }
 
+/// `POST /madre/plans/{id}/{verb}` (confirm or reject) with the token and
+/// the reason, the plan named by its id or a part of it.
+async fn decide(
+    api: &Api,
+    id: &str,
+    verb: &str,
+    confirm_token: &str,
+    reason: Option<&str>,
+) -> Result<Body, Failure> {
+    let id = segment(&api.resolve(id).await?);
+    let body = json!({ "confirm_token": confirm_token, "reason": reason });
+    api.post(&format!("/madre/plans/{id}/{verb}"), Some(body))
+        .await
+}
+
 /// Makes the request(s) for `command`; `None` for `serve`.
 async fn call(api: &Api, command: Command) -> Result<Option<(Body, Renderer)>, Failure> {
     let answer: (Body, Renderer) = match command {
@@ -320,22 +335,18 @@ async fn call(api: &Api, command: Command) -> Result<Option<(Body, Renderer)>, F
             id,
             confirm_token,
             reason,
-        } => {
-            let id = segment(&api.resolve(&id).await?);
-            let body = json!({ "confirm_token": confirm_token, "reason": reason });
-            let path = format!("/madre/plans/{id}/confirm");
-            (api.post(&path, Some(body)).await?, render::confirm)
-        }
+        } => (
+            decide(api, &id, "confirm", &confirm_token, reason.as_deref()).await?,
+            render::confirm,
+        ),
         Command::Reject {
             id,
             confirm_token,
             reason,
-        } => {
-            let id = segment(&api.resolve(&id).await?);
-            let body = json!({ "confirm_token": confirm_token, "reason": reason });
-            let path = format!("/madre/plans/{id}/reject");
-            (api.post(&path, Some(body)).await?, render::cancel)
-        }
+        } => (
+            decide(api, &id, "reject", &confirm_token, Some(&reason)).await?,
+            render::cancel,
+        ),
         Command::Cancel { id } => {
             let id = segment(&api.resolve(&id).await?);
             let path = format!("/madre/plans/{id}/cancel");
