@@ -43,11 +43,12 @@ fn parse_uuid(text: &str) -> Result<Uuid, DbError> {
 
 fn insert_record(
     conn: &Connection,
-    record: &NewPlanRecord,
+    prepared: &journal::PreparedPlan,
     replica: &str,
     then: &[journal::PlanEvent],
 ) -> Result<(), DbError> {
-    journal::create(conn, record, replica, then)?;
+    journal::create(conn, prepared, replica, then)?;
+    let record = &prepared.record;
     if let Some(confirmation) = &record.confirmation {
         insert_confirmation(conn, record.plan.plan_id, confirmation)?;
     }
@@ -116,7 +117,11 @@ impl Db {
     /// session), optional confirmation and audit rows, atomically.
     pub fn insert_plan(&self, record: NewPlanRecord) -> Write<()> {
         let replica = self.replica.clone();
-        self.write(move |conn| insert_record(conn, &record, &replica, &[]))
+        let prepared = journal::prepare(record);
+        self.write(move |conn| {
+            let prepared = prepared.as_ref().map_err(DbError::duplicate)?;
+            insert_record(conn, prepared, &replica, &[])
+        })
     }
 
     /// Stores a new plan that runs at once, with `events` appended to its
@@ -128,7 +133,11 @@ impl Db {
     /// fails the whole write.
     pub fn insert_plan_with(&self, record: NewPlanRecord, events: Vec<PlanEvent>) -> Write<()> {
         let replica = self.replica.clone();
-        self.write(move |conn| insert_record(conn, &record, &replica, &events))
+        let prepared = journal::prepare(record);
+        self.write(move |conn| {
+            let prepared = prepared.as_ref().map_err(DbError::duplicate)?;
+            insert_record(conn, prepared, &replica, &events)
+        })
     }
 
     /// The plan with its steps, metadata and intent.
