@@ -20,16 +20,11 @@ OFFSET=${BENCH_PORT_OFFSET:-18000}
 bench_prepare
 WORK=$(mktemp -d)
 export VX11_TOKEN=bench-$RANDOM-$RANDOM
-BASE="http://127.0.0.1:$((8001 + OFFSET))"
 cleanup() { stop "${MADRE_PID:-}"; stop "${STUBS_PID:-}"; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-target/release/vx11-stubs --port-offset "$OFFSET" >"$WORK/stubs.log" 2>&1 &
-STUBS_PID=$!
-env MADRE_BIND="127.0.0.1:$((8001 + OFFSET))" MADRE_DATA_DIR="$WORK/data" RUST_LOG=warn \
-    $(vx11_stub_urls "$OFFSET") target/release/madre serve >"$WORK/madre.log" 2>&1 &
-MADRE_PID=$!
-for _ in $(seq 1 300); do curl -fsS "$BASE/health" >/dev/null 2>&1 && break; sleep 0.1; done
+start_stubs
+start_madre target/release/madre
 wrk -t2 -c"$C" -d3s -s bench/chat_low.lua "$BASE/madre/chat" >/dev/null   # warm up
 
 TICK=$(getconf CLK_TCK)

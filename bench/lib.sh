@@ -19,5 +19,31 @@ plan_count() {
         || echo 0
 }
 
+# Starts vx11-stubs at the default ports + $OFFSET (127.0.0.1, logs in
+# $WORK). Sets STUBS_PID. Needs scripts/stub-urls.sh sourced.
+start_stubs() {
+    target/release/vx11-stubs --port-offset "$OFFSET" >"$WORK/stubs.log" 2>&1 &
+    STUBS_PID=$!
+}
+
+# Starts madre binary $1 on port 8001 + $OFFSET against those stubs, data
+# in $WORK/data, with further settings given as NAME=value after it
+# (RUST_LOG from $LOG_LEVEL, default warn), and waits until it answers
+# /health. Sets MADRE_PID and BASE; exits when it does not start.
+start_madre() {
+    local bin=$1
+    shift
+    BASE="http://127.0.0.1:$((8001 + OFFSET))"
+    env MADRE_BIND="127.0.0.1:$((8001 + OFFSET))" MADRE_DATA_DIR="$WORK/data" \
+        RUST_LOG="${LOG_LEVEL:-warn}" "$@" $(vx11_stub_urls "$OFFSET") \
+        "$bin" serve >>"$WORK/madre.log" 2>&1 &
+    MADRE_PID=$!
+    for _ in $(seq 1 300); do
+        curl -fsS "$BASE/health" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "bench: madre did not start" >&2; cat "$WORK/madre.log" >&2; exit 1
+}
+
 # Stops a process this script started, if it still runs.
 stop() { [ -n "${1:-}" ] && kill "$1" 2>/dev/null && wait "$1" 2>/dev/null || true; }

@@ -25,25 +25,11 @@ WORK=$(mktemp -d)
 mkdir -p "$OUT"
 : > "$OUT/results.tsv"
 export VX11_TOKEN=bench-$RANDOM-$RANDOM
-BASE="http://127.0.0.1:$((8001 + OFFSET))"
 
 cleanup() { stop "${MADRE_PID:-}"; stop "${STUBS_PID:-}"; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-target/release/vx11-stubs --port-offset "$OFFSET" >"$WORK/stubs.log" 2>&1 &
-STUBS_PID=$!
-
-start_madre() {
-    env MADRE_BIND="127.0.0.1:$((8001 + OFFSET))" MADRE_DATA_DIR="$WORK/data" RUST_LOG="$LOG_LEVEL" \
-        $(vx11_stub_urls "$OFFSET") \
-        "$MADRE_BIN" serve >>"$WORK/madre.log" 2>&1 &
-    MADRE_PID=$!
-    for _ in $(seq 1 300); do
-        curl -fsS "$BASE/health" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "bench: madre did not start" >&2; cat "$WORK/madre.log" >&2; exit 1
-}
+start_stubs
 
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$MADRE_PID/status"; }
 hermes_peak() {
@@ -53,7 +39,7 @@ hermes_peak() {
 # scenario script path; one madre process per scenario so its peak RSS is its own
 run_scenario() {
     local name=$1 script=$2 path=$3
-    start_madre
+    start_madre "$MADRE_BIN"
     curl -fsS -X POST "http://127.0.0.1:$((8003 + OFFSET))/__stub/reset" >/dev/null
     for c in $CONCURRENCIES; do
         local threads=$(( c < 2 ? 1 : 2 ))
@@ -86,7 +72,7 @@ wants chat-mixed && run_scenario chat-mixed bench/chat_mixed.lua /madre/chat
 if wants plans-read; then
 
 # plans-read needs a large table: top it up to SEED_PLANS with real chats.
-start_madre
+start_madre "$MADRE_BIN"
 have=$(plan_count)
 while [ "$have" -lt "$SEED_PLANS" ]; do
     # Chats run at several hundred per second here: seed in bounded slices.
