@@ -26,19 +26,28 @@ const MIN_ELIDED: usize = 16;
 /// Where the request's text lives in an intent: the one copy kept.
 const TEXT_IN_INTENT: &str = "/dsl/original_text";
 
-/// The texts a body may leave out, by tag: `i` the plan's intent id, `s`
-/// its session id (both in the plan's row), `t` the request's text (in the
-/// intent's DSL).
+/// The texts a body may leave out, by tag: `m` the request's message as
+/// the intent log holds it for the plan's intent, `i` the plan's intent
+/// id, `s` its session id (both in the plan's row), `t` the request's text
+/// (in the intent's DSL, when the intent log does not hold it).
 pub(crate) struct Known {
     texts: Vec<(&'static str, String)>,
 }
 
+/// The tag of the intent log's message.
+const LOGGED: &str = "m";
+
 impl Known {
-    /// The plan's ids, as its row stores them.
-    pub(crate) fn new(intent_id: &str, session_id: &str) -> Self {
-        Self {
-            texts: vec![("i", intent_id.to_owned()), ("s", session_id.to_owned())],
+    /// The plan's ids, as its row stores them, and the message its intent
+    /// log row holds, if it holds one.
+    pub(crate) fn new(intent_id: &str, session_id: &str, logged: Option<&str>) -> Self {
+        let mut texts = Vec::with_capacity(4);
+        if let Some(message) = logged {
+            texts.push((LOGGED, message.to_owned()));
         }
+        texts.push(("i", intent_id.to_owned()));
+        texts.push(("s", session_id.to_owned()));
+        Self { texts }
     }
 
     fn with_text_of(mut self, intent: Option<&Value>) -> Self {
@@ -150,8 +159,16 @@ impl Body {
             .map(|i| serde_json::from_str::<Value>(&serde_json::to_string(i)?))
             .transpose()?;
         let known = known.with_text_of(intent.as_ref());
+        // The request's text stays in the intent unless the intent log
+        // holds it.
+        let keep = intent
+            .as_ref()
+            .and_then(|i| i.pointer(TEXT_IN_INTENT))
+            .and_then(Value::as_str)
+            .filter(|text| known.tag_of(text) != Some(LOGGED))
+            .map(|_| TEXT_IN_INTENT);
         let intent_refs = match &mut intent {
-            Some(value) => elide(value, &known, Some(TEXT_IN_INTENT)),
+            Some(value) => elide(value, &known, keep),
             None => Refs::new(),
         };
         let steps = steps
@@ -183,6 +200,13 @@ impl Body {
             state_through: None,
             plan_status: None,
         })
+    }
+
+    /// True when the body left out the intent log's message: its read
+    /// needs it.
+    pub(crate) fn refers_to_logged(&self) -> bool {
+        self.intent_refs.contains_key(LOGGED)
+            || self.steps.iter().any(|s| s.refs.contains_key(LOGGED))
     }
 
     /// The steps and the intent, with every left-out text and time put
@@ -311,6 +335,7 @@ mod tests {
         Known::new(
             "01a23f28-6ad6-7558-92e4-1911e595f833",
             "01a23f28-6ad6-7558-92e4-1912fc95d2d7",
+            None,
         )
         .with_text_of(Some(
             &json!({"dsl": {"original_text": "tell me about the weather"}}),
@@ -349,6 +374,21 @@ mod tests {
         let refs = elide(&mut value, &known(), Some(TEXT_IN_INTENT));
         assert_eq!(refs["t"], ["/dsl/parameters/m"]);
         assert_eq!(value["dsl"]["original_text"], "tell me about the weather");
+    }
+
+    #[test]
+    fn a_text_the_intent_log_holds_is_not_kept_in_the_intent_either() {
+        let text = "tell me about the weather";
+        let logged = || Known::new("i-0000000000000000", "s-0000000000000000", Some(text));
+        let mut intent = json!({"dsl": {"original_text": text, "parameters": {"m": text}}});
+        let original = intent.clone();
+        let known = logged().with_text_of(Some(&intent));
+        let refs = elide(&mut intent, &known, None);
+        assert_eq!(refs["m"].len(), 2, "{refs:?}");
+        assert!(!intent.to_string().contains(text), "{intent}");
+        let known = logged().with_text_of(Some(&intent));
+        restore(&mut intent, &refs, &known).unwrap();
+        assert_eq!(intent, original);
     }
 
     #[test]

@@ -301,9 +301,17 @@ pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, D
         .transpose()?
         .unwrap_or(plan_id);
     let created = created.0;
+    let logged = match body.refers_to_logged() {
+        true => Some(logged_message(conn, plan_id, intent_id)?),
+        false => None,
+    };
     let (steps, intent) = body
         .into_parts(
-            Known::new(&intent_id.to_string(), session_id.as_str()),
+            Known::new(
+                &intent_id.to_string(),
+                session_id.as_str(),
+                logged.as_deref(),
+            ),
             created,
         )
         .map_err(|e| DbError::InvalidData(format!("plan {plan_id}: its body: {e}")))?;
@@ -349,11 +357,19 @@ pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, D
             Event::StepStarted { .. } | Event::StepFinished { .. }
         );
         let mut replay = PlanEvent::new(event, stored.at);
-        replay.result = stored
-            .payload
-            .get("result")
-            .cloned()
-            .filter(|v| !v.is_null());
+        replay.result = match stored.payload.get("result_from") {
+            Some(place) => Some(result_from(&loaded.stored.plan.steps, place).ok_or_else(|| {
+                DbError::InvalidData(format!(
+                    "plan {plan_id}: journal event {} takes its result from a step answer that is not there ({place})",
+                    stored.seq
+                ))
+            })?),
+            None => stored
+                .payload
+                .get("result")
+                .cloned()
+                .filter(|v| !v.is_null()),
+        };
         // A plan's end keeps its reason code in `reason`; on other plan
         // events `reason` is what a person said (an approval's comment).
         replay.error = if step_level {
@@ -369,6 +385,23 @@ pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, D
     // The row is the projection of what the events said; its fields stand.
     loaded.row_changed = false;
     Ok(Some(loaded))
+}
+
+/// The message the intent log holds for the intent of plan `plan_id`,
+/// which the plan's body refers to.
+fn logged_message(conn: &Connection, plan_id: Uuid, intent_id: Uuid) -> Result<String, DbError> {
+    let payload: Option<String> = conn
+        .prepare_cached("SELECT payload_json FROM intents_log WHERE id = ?1")?
+        .query_row([intent_id.to_string()], |r| r.get(0))
+        .optional()?;
+    payload
+        .and_then(|p| serde_json::from_str::<Value>(&p).ok())
+        .and_then(|p| p.get("message").and_then(Value::as_str).map(str::to_owned))
+        .ok_or_else(|| {
+            DbError::InvalidData(format!(
+                "plan {plan_id}: its body refers to the message of intent {intent_id}, which the intent log does not hold"
+            ))
+        })
 }
 
 /// The plan with its steps, metadata and intent, read on `conn`.
@@ -471,12 +504,7 @@ pub(crate) fn append(
             loaded.row,
             plan.status.as_str(),
             plan.error,
-            loaded
-                .stored
-                .result
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()?,
+            row_result(&loaded.stored)?,
             serde_json::to_string(&plan.warnings)?,
             ts(plan.updated_at),
         ])?;
@@ -635,7 +663,10 @@ fn event_row(loaded: &Loaded, event: &PlanEvent) -> NewRow {
         }
     }
     if let Some(result) = &event.result {
-        payload["result"] = result.clone();
+        match reply_place(&loaded.stored.plan.steps, result).filter(|_| event.is_plan_level()) {
+            Some(place) => payload["result_from"] = place,
+            None => payload["result"] = result.clone(),
+        }
     }
     if !event.warnings.is_empty() {
         payload["warnings"] = json!(event.warnings);
@@ -649,7 +680,53 @@ fn event_row(loaded: &Loaded, event: &PlanEvent) -> NewRow {
     }
 }
 
-/// Inserts event rows in one statement.
+/// Where a plan's result can be read back from instead of being stored a
+/// second time (issue 25: the answer kept once): a result `{"reply": text}`
+/// whose text is a member of a step's answer is noted as `[step, member]`,
+/// the newest such step first.
+fn reply_place(steps: &[Step], result: &Value) -> Option<Value> {
+    let Value::Object(members) = result else {
+        return None;
+    };
+    let reply = match members.get("reply") {
+        Some(Value::String(text)) if members.len() == 1 => text,
+        _ => return None,
+    };
+    steps.iter().enumerate().rev().find_map(|(i, step)| {
+        let Some(Value::Object(answer)) = &step.result else {
+            return None;
+        };
+        let key = if answer.get("reply") == Some(&result["reply"]) {
+            "reply"
+        } else {
+            answer
+                .iter()
+                .find(|(_, v)| v.as_str() == Some(reply.as_str()))
+                .map(|(k, _)| k.as_str())?
+        };
+        Some(json!([i, key]))
+    })
+}
+
+/// The result the plan's row keeps: none when the journal keeps it by
+/// reference to a step's answer (the v6 listing folds those plans).
+fn row_result(stored: &StoredPlan) -> Result<Option<String>, DbError> {
+    match &stored.result {
+        Some(result) if reply_place(&stored.plan.steps, result).is_none() => {
+            Ok(Some(serde_json::to_string(result)?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The result a [`reply_place`] names, read from the plan's steps.
+fn result_from(steps: &[Step], place: &Value) -> Option<Value> {
+    let step = usize::try_from(place.get(0)?.as_u64()?).ok()?;
+    let key = place.get(1)?.as_str()?;
+    let text = steps.get(step)?.result.as_ref()?.get(key)?.as_str()?;
+    Some(json!({ "reply": text }))
+}
+
 /// Inserts the event rows; answers the seq of the last one.
 fn insert_events(
     conn: &Connection,
@@ -733,7 +810,11 @@ pub(crate) fn prepare(record: NewPlanRecord) -> Result<PreparedPlan, DbError> {
     let body = Body::new(
         &pending,
         record.intent.as_ref(),
-        Known::new(&plan.intent_id.to_string(), plan.session_id.as_str()),
+        Known::new(
+            &plan.intent_id.to_string(),
+            plan.session_id.as_str(),
+            record.logged_message.as_deref(),
+        ),
         plan.created_at,
     )?;
     let mut created_payload = serde_json::to_value(&body)?;
@@ -829,11 +910,7 @@ pub(crate) fn create(
         plan.intent_id.to_string(),
         stored.plan.status.as_str(),
         stored.plan.error,
-        stored
-            .result
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()?,
+        row_result(stored)?,
         serde_json::to_string(&stored.plan.warnings)?,
         ts(plan.created_at),
         ts(stored.plan.updated_at),

@@ -63,7 +63,7 @@ pub use queue::{DaughterStatus, DaughterTask, NewDaughterTask};
 pub use records::{NewConfirmation, NewPlanRecord, PlanKind, PlanMeta, StoredPlan};
 pub use retention::{CleanupReport, RetentionPolicy};
 pub use schema::{SCHEMA_VERSION, migrate_to};
-pub use sessions::{HistoryMessage, SessionRow};
+pub use sessions::{HistoryMessage, NewTurn, Said, SessionRow};
 
 use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;

@@ -243,13 +243,22 @@ impl Db {
         let tasks = rows
             .into_iter()
             .map(|r| {
+                // A finished plan whose answer is a step's keeps it in its
+                // journal only (issue 25): folded here.
+                let result = match r.result {
+                    Some(text) => Some(serde_json::from_str(&text)?),
+                    None if r.summary.status.is_terminal() => self
+                        .read(|conn| crate::journal::plan_in(conn, r.summary.plan_id))?
+                        .and_then(|p| p.result),
+                    None => None,
+                };
                 Ok(TaskView {
                     task_id: r.summary.plan_id,
                     name: r.summary.name,
                     module: r.summary.module,
                     action: r.summary.action,
                     status: r.summary.status,
-                    result: r.result.as_deref().map(serde_json::from_str).transpose()?,
+                    result,
                     error: r.summary.error,
                     created_at: r.summary.created_at,
                     updated_at: r.summary.updated_at,

@@ -82,6 +82,10 @@ pub struct NewPlanRecord {
     pub confirmation: Option<NewConfirmation>,
     /// Audit rows to append with it.
     pub actions: Vec<NewAction>,
+    /// The request's message as the intent log holds it for the plan's
+    /// intent, if it does: the plan's body refers to it there rather than
+    /// storing it again (issue 25: each payload once).
+    pub logged_message: Option<String>,
 }
 
 /// A confirmation to store with its plan.

@@ -36,8 +36,8 @@ pub struct RetentionPolicy {
 pub struct CleanupReport {
     /// Sessions closed for idleness.
     pub sessions_closed: u64,
-    /// History messages dropped over the cap.
-    pub messages_trimmed: u64,
+    /// Conversation turns dropped over the history cap.
+    pub turns_trimmed: u64,
     /// Finished spawn records deleted.
     pub spawns_deleted: u64,
     /// Plans cancelled because their confirmation expired.
@@ -77,9 +77,9 @@ fn cleanup_in(
         .prepare_cached(ACTIVE_SESSIONS)?
         .query_map([ts(now - policy.active_window)], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let mut messages_trimmed = 0;
+    let mut turns_trimmed = 0;
     for session in active {
-        messages_trimmed += trim_session(conn, &session, policy.history_max)?;
+        turns_trimmed += trim_session(conn, &session, policy.history_max)?;
     }
 
     let mut report = CleanupReport {
@@ -87,7 +87,7 @@ fn cleanup_in(
             .prepare_cached(CLOSE_IDLE_SESSIONS)?
             .execute(params![ts(now), ts(now - policy.session_idle)])?
             as u64,
-        messages_trimmed,
+        turns_trimmed,
         ..CleanupReport::default()
     };
 
@@ -141,7 +141,7 @@ mod tests {
             "plans",
             "plan_events",
             "intents_log",
-            "madre_context",
+            "turns",
             "madre_actions",
             "idempotency_keys",
             "daughter_tasks",
@@ -159,6 +159,7 @@ mod tests {
             DELETE_OLD_IDEMPOTENCY_KEYS,
             crate::sessions::TRIM_SESSION,
             crate::plans::PLAN_COUNTS,
+            crate::archive::TURNS_OF_PLAN,
             crate::archive::ARCHIVE_CANDIDATES,
         ];
         db.read(|conn| {

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     MIGRATION_6,
     MIGRATION_7,
     MIGRATION_8,
+    MIGRATION_9,
 ];
 
 /// The schema version this code creates and understands.
@@ -652,4 +653,32 @@ DROP TRIGGER madre_actions_no_delete;
 CREATE TRIGGER madre_actions_no_delete BEFORE DELETE ON madre_actions
 WHEN OLD.plan_id IS NULL OR NOT EXISTS (SELECT 1 FROM archive_gate WHERE plan_uuid = OLD.plan_id)
 BEGIN SELECT RAISE(ABORT, 'madre_actions is append-only: rows cannot be deleted'); END;
+"#;
+
+/// Version 9: a conversation turn is one row of `turns` that keeps only
+/// what Madre does not keep elsewhere (issue 25: each payload once). Bit 1
+/// of `kept` says the user's message is the one the intent log holds for
+/// the turn's intent, bit 2 that the reply is its plan's answer, read from
+/// the plan's journal; a side with neither text nor bit is absent. The
+/// intent is stored only when the plan's row does not already say it. Each
+/// message of the old history becomes a turn of its own.
+const MIGRATION_9: &str = r#"
+CREATE TABLE turns (
+    id         INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    plan       INTEGER,
+    intent_id  TEXT,
+    asked      TEXT,
+    answered   TEXT,
+    kept       INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+INSERT INTO turns (session_id, intent_id, asked, answered, created_at)
+SELECT session_id, intent_id,
+       CASE WHEN role = 'assistant' THEN NULL ELSE content END,
+       CASE WHEN role = 'assistant' THEN content END,
+       created_at
+FROM madre_context ORDER BY id;
+DROP TABLE madre_context;
+CREATE INDEX turns_by_session ON turns (session_id, id);
 "#;

@@ -36,23 +36,77 @@ pub struct HistoryMessage {
     pub created_at: DateTime<Utc>,
 }
 
-/// Messages per INSERT statement (a turn has two).
-const MESSAGES_PER_INSERT: usize = 8;
+/// One side of a conversation turn, as it is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Said {
+    /// Nothing was said on this side.
+    Nothing,
+    /// This text.
+    Text(String),
+    /// What Madre already keeps, read from there rather than stored again
+    /// (issue 25: each payload once): for the user's side, the message the
+    /// intent log holds for the turn's intent; for the reply, the answer
+    /// of the turn's plan.
+    Kept,
+}
+
+/// A conversation turn to record: what the user asked and what Madre
+/// answered, in one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTurn {
+    /// The session; created or reopened.
+    pub session_id: String,
+    /// The session's sticky mode from now on.
+    pub mode: Mode,
+    /// The intent the turn belongs to; needed when `asked` is [`Said::Kept`].
+    pub intent_id: Option<Uuid>,
+    /// The plan that answered; needed when `answered` is [`Said::Kept`].
+    pub plan_id: Option<Uuid>,
+    /// The user's message.
+    pub asked: Said,
+    /// Madre's reply.
+    pub answered: Said,
+    /// Messages the session keeps (older turns are trimmed away).
+    pub keep: u32,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Bit of `turns.kept`: the user's message is the intent log's.
+const ASKED_KEPT: i64 = 1;
+/// Bit of `turns.kept`: the reply is the plan's answer.
+const ANSWERED_KEPT: i64 = 2;
+
+impl Said {
+    /// The text column and the `kept` bit of this side.
+    fn stored(&self, bit: i64) -> (Option<&str>, i64) {
+        match self {
+            Said::Nothing => (None, 0),
+            Said::Text(text) => (Some(text), 0),
+            Said::Kept => (None, bit),
+        }
+    }
+}
 
 /// Turns between two trims of a session's history.
 const TRIM_EVERY: i64 = 8;
 
 /// Whether a session's history is trimmed after turn `turns`: every
-/// [`TRIM_EVERY`] turns once it may hold more than `keep` messages. Until
-/// then it holds at most `TRIM_EVERY` turns' messages more than `keep`,
-/// which no reader sees: [`Db::history`] answers the newest `keep` or fewer.
-fn trim_due(turns: i64, per_turn: usize, keep: u32) -> bool {
-    let most = turns.saturating_mul(per_turn.max(1) as i64);
-    most > i64::from(keep) && turns % TRIM_EVERY == 0
+/// [`TRIM_EVERY`] turns once it may hold more than `keep` messages (two a
+/// turn at most). Until then it holds at most `TRIM_EVERY` turns more than
+/// it keeps, which no reader sees: [`Db::history`] answers the newest
+/// `limit` or fewer.
+fn trim_due(turns: i64, keep: u32) -> bool {
+    turns.saturating_mul(2) > i64::from(keep) && turns % TRIM_EVERY == 0
 }
 
-/// Drops all but the newest `?2` messages of session `?1`.
-pub(crate) const TRIM_SESSION: &str = "DELETE FROM madre_context WHERE session_id = ?1 AND id NOT IN (SELECT id FROM madre_context WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2)";
+/// Drops the turns of session `?1` older than its newest `?2` messages (a
+/// turn is kept whole or not at all, and the newest turn always).
+pub(crate) const TRIM_SESSION: &str = "DELETE FROM turns WHERE session_id = ?1 AND id < (
+    SELECT coalesce(min(CASE WHEN newer <= ?2 THEN id END), max(id)) FROM (
+        SELECT id, sum((asked IS NOT NULL OR kept & 1 <> 0) + (answered IS NOT NULL OR kept & 2 <> 0))
+                   OVER (ORDER BY id DESC) AS newer
+        FROM turns WHERE session_id = ?1))";
 
 pub(crate) fn trim_session(conn: &Connection, session_id: &str, keep: u32) -> Result<u64, DbError> {
     let n = conn
@@ -94,20 +148,22 @@ impl Db {
         self.read(|conn| session_in(conn, session_id))
     }
 
-    /// Records a conversation turn: creates or reopens the session with
-    /// `mode`, appends `messages` as (role, content), and every few turns
-    /// trims the session to its newest `keep` messages (reads never see
-    /// more than they ask for).
-    pub fn record_turn(
-        &self,
-        session_id: String,
-        mode: Mode,
-        intent_id: Option<Uuid>,
-        messages: Vec<(String, String)>,
-        keep: u32,
-        at: DateTime<Utc>,
-    ) -> Write<()> {
+    /// Records a conversation turn in one row: creates or reopens the
+    /// session with the turn's mode, and every few turns trims the session
+    /// to its newest `keep` messages (reads never see more than they ask
+    /// for). A side said [`Said::Kept`] without the intent or plan to read
+    /// it from is refused.
+    pub fn record_turn(&self, turn: NewTurn) -> Write<()> {
         self.write(move |conn| {
+            let (asked, asked_kept) = turn.asked.stored(ASKED_KEPT);
+            let (answered, answered_kept) = turn.answered.stored(ANSWERED_KEPT);
+            if (asked_kept != 0 && turn.intent_id.is_none())
+                || (answered_kept != 0 && turn.plan_id.is_none())
+            {
+                return Err(DbError::InvalidData(
+                    "a turn keeps a side by reference without the intent or plan holding it".into(),
+                ));
+            }
             let turns: i64 = conn
                 .prepare_cached(
                     "INSERT INTO sessions (session_id, mode, created_at, last_activity_at, turns)
@@ -117,58 +173,126 @@ impl Db {
                         closed_at = NULL, turns = turns + 1
                      RETURNING turns",
                 )?
-                .query_row(params![session_id, mode.as_str(), ts(at)], |r| r.get(0))?;
-            let intent = intent_id.map(|i| i.to_string());
-            let at = ts(at);
-            for chunk in messages.chunks(MESSAGES_PER_INSERT) {
-                let mut sql = String::from(
-                    "INSERT INTO madre_context (session_id, role, content, intent_id, created_at) VALUES ",
-                );
-                let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 5);
-                for (i, (role, content)) in chunk.iter().enumerate() {
-                    sql.push_str(if i == 0 { "(?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?)" });
-                    args.extend([&session_id as &dyn rusqlite::ToSql, role, content, &intent, &at]);
-                }
-                conn.prepare_cached(&sql)?.execute(args.as_slice())?;
+                .query_row(
+                    params![turn.session_id, turn.mode.as_str(), ts(turn.at)],
+                    |r| r.get(0),
+                )?;
+            // The intent is stored only when the plan's row does not say
+            // it; a reply kept in a plan that is not there inserts nothing.
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO turns (session_id, plan, intent_id, asked, answered, kept, created_at)
+                     SELECT ?1, p.id, CASE WHEN p.intent_id IS ?3 THEN NULL ELSE ?3 END, ?4, ?5, ?6, ?7
+                     FROM (SELECT NULL) LEFT JOIN plans p ON p.uuid = ?2
+                     WHERE ?6 & 2 = 0 OR p.id IS NOT NULL",
+                )?
+                .execute(params![
+                    turn.session_id,
+                    turn.plan_id.map(|p| p.to_string()),
+                    turn.intent_id.map(|i| i.to_string()),
+                    asked,
+                    answered,
+                    asked_kept | answered_kept,
+                    ts(turn.at),
+                ])?;
+            if inserted == 0 {
+                return Err(DbError::not_found("plan", turn.plan_id.unwrap_or_default()));
             }
-            if trim_due(turns, messages.len(), keep) {
-                trim_session(conn, &session_id, keep)?;
+            if trim_due(turns, turn.keep) {
+                trim_session(conn, &turn.session_id, turn.keep)?;
             }
             Ok(())
         })
     }
 
-    /// The newest `limit` messages of a session, oldest first.
+    /// The newest `limit` messages of a session, oldest first. A side kept
+    /// by reference is read from the intent log or the plan's journal.
     pub fn history(&self, session_id: &str, limit: u32) -> Result<Vec<HistoryMessage>, DbError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT role, content, intent_id, created_at FROM
-                   (SELECT id, role, content, intent_id, created_at FROM madre_context
-                    WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2)
-                 ORDER BY id",
+                "SELECT t.asked, t.answered, t.kept, coalesce(t.intent_id, p.intent_id), p.uuid,
+                        t.created_at, l.payload_json
+                 FROM (SELECT * FROM turns WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2) t
+                 LEFT JOIN plans p ON p.id = t.plan
+                 LEFT JOIN intents_log l
+                        ON t.kept & 1 <> 0 AND l.id = coalesce(t.intent_id, p.intent_id)
+                 ORDER BY t.id",
             )?;
             let rows = stmt.query_map(params![session_id, limit], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, Ts>(3)?,
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Ts>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             })?;
-            rows.map(|row| {
-                let (role, content, intent, created) = row?;
-                Ok(HistoryMessage {
-                    role,
-                    content,
-                    intent_id: intent
-                        .as_deref()
-                        .map(Uuid::parse_str)
-                        .transpose()
-                        .map_err(|e| DbError::InvalidData(e.to_string()))?,
-                    created_at: created.0,
-                })
-            })
-            .collect()
+            let mut messages = Vec::new();
+            for row in rows {
+                let (asked, answered, kept, intent, plan, created, logged) = row?;
+                let intent_id = intent
+                    .as_deref()
+                    .map(Uuid::parse_str)
+                    .transpose()
+                    .map_err(|e| DbError::InvalidData(e.to_string()))?;
+                let asked = match asked {
+                    Some(text) => Some(text),
+                    None if kept & ASKED_KEPT != 0 => Some(logged_message(logged, intent_id)?),
+                    None => None,
+                };
+                let answered = match answered {
+                    Some(text) => Some(text),
+                    None if kept & ANSWERED_KEPT != 0 => Some(plan_reply(conn, plan)?),
+                    None => None,
+                };
+                for (role, content) in [("user", asked), ("assistant", answered)] {
+                    if let Some(content) = content {
+                        messages.push(HistoryMessage {
+                            role: role.to_owned(),
+                            content,
+                            intent_id,
+                            created_at: created.0,
+                        });
+                    }
+                }
+            }
+            let skip = messages.len().saturating_sub(limit as usize);
+            messages.drain(..skip);
+            Ok(messages)
         })
     }
+}
+
+/// The message of an intent-log payload, for a turn that keeps it there.
+fn logged_message(payload: Option<String>, intent: Option<Uuid>) -> Result<String, DbError> {
+    let missing = || {
+        DbError::InvalidData(format!(
+            "a turn of intent {} keeps its message in an intent log row that does not hold one",
+            intent.map(|i| i.to_string()).unwrap_or_default()
+        ))
+    };
+    let payload: serde_json::Value = serde_json::from_str(&payload.ok_or_else(missing)?)?;
+    payload
+        .get("message")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(missing)
+}
+
+/// The reply of a plan, from its journal, for a turn that keeps it there.
+fn plan_reply(conn: &Connection, plan: Option<String>) -> Result<String, DbError> {
+    let plan = plan.ok_or_else(|| {
+        DbError::InvalidData("a turn keeps its reply in a plan that is not stored".into())
+    })?;
+    let plan_id = Uuid::parse_str(&plan).map_err(|e| DbError::InvalidData(e.to_string()))?;
+    crate::journal::plan_in(conn, plan_id)?
+        .and_then(|p| p.result)
+        .and_then(|r| {
+            r.get("reply")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| DbError::InvalidData(format!("plan {plan_id} has no reply for its turn")))
 }

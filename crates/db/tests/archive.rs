@@ -124,6 +124,7 @@ fn plan(db: &Db, at: DateTime<Utc>, end: Option<Status>) -> Uuid {
             plan_id: Some(plan_id),
             created_at: at,
         }],
+        logged_message: None,
     })
     .wait()
     .unwrap();

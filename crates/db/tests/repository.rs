@@ -70,6 +70,7 @@ fn record(plan: Plan) -> NewPlanRecord {
         intent: None,
         confirmation: None,
         actions: vec![],
+        logged_message: None,
     }
 }
 
@@ -837,14 +838,14 @@ fn five_wrong_tries_void_the_confirmation_and_expiry_cancels() {
 fn sessions_keep_their_mode_and_a_capped_history() {
     let t = open();
     for i in 0..120 {
-        t.db.record_turn(
+        t.db.record_turn(said(
             "s-1".into(),
             Mode::AudioEngineer,
             None,
-            vec![("user".into(), format!("m{i}"))],
+            format!("m{i}"),
             100,
             t0() + Duration::seconds(i),
-        )
+        ))
         .wait()
         .unwrap();
     }
@@ -1113,24 +1114,26 @@ fn cleanup_applies_retention_and_never_touches_the_audit_trail() {
         active_window: Duration::hours(3),
     };
     let old = t0() - Duration::hours(2);
-    t.db.record_turn(
-        "idle".into(),
-        Mode::Madre,
-        None,
-        (0..5).map(|i| ("user".into(), format!("{i}"))).collect(),
-        100,
-        old,
-    )
-    .wait()
-    .unwrap();
-    t.db.record_turn(
+    for i in 0..5 {
+        t.db.record_turn(said(
+            "idle".into(),
+            Mode::Madre,
+            None,
+            format!("{i}"),
+            100,
+            old,
+        ))
+        .wait()
+        .unwrap();
+    }
+    t.db.record_turn(said(
         "busy".into(),
         Mode::Madre,
         None,
-        vec![("user".into(), "x".into())],
+        "x".into(),
         100,
         t0(),
-    )
+    ))
     .wait()
     .unwrap();
     let task = t.db.enqueue_daughter_task(daughter(0), old).wait().unwrap();
@@ -1159,7 +1162,7 @@ fn cleanup_applies_retention_and_never_touches_the_audit_trail() {
 
     let report = t.db.cleanup(policy, t0()).wait().unwrap();
     assert_eq!(report.sessions_closed, 1);
-    assert_eq!(report.messages_trimmed, 2);
+    assert_eq!(report.turns_trimmed, 2);
     assert_eq!(report.spawns_deleted, 1);
     assert_eq!(report.confirmations_expired, vec![waiting.plan_id]);
     assert!(t.db.session("idle").unwrap().unwrap().closed_at.is_some());
@@ -1203,14 +1206,14 @@ fn hostile_strings_and_large_payloads_are_stored_verbatim() {
         let row = t.db.intent_log(id).unwrap().unwrap();
         assert_eq!(row.source, *text);
         assert_eq!(row.payload["m"], json!(text));
-        t.db.record_turn(
+        t.db.record_turn(said(
             text.to_string(),
             Mode::Madre,
             None,
-            vec![("user".into(), text.to_string())],
+            text.to_string(),
             100,
             t0(),
-        )
+        ))
         .wait()
         .unwrap();
         assert_eq!(t.db.history(text, 10).unwrap()[0].content, *text);
@@ -1613,14 +1616,14 @@ fn a_write_made_at_a_plans_end_commits_with_it_or_undoes_only_itself() {
         }
         let db = t.db.clone();
         let at_end: AtEnd = Box::new(move |ended: &StoredPlan| {
-            db.record_turn(
+            db.record_turn(said(
                 "s1".into(),
                 Mode::Madre,
                 Some(intent),
-                vec![("user".into(), "hi".into())],
+                "hi".into(),
                 100,
                 t0(),
-            )
+            ))
             .and(db.close_intent(intent, IntentOutcome::Plan(ended.plan.status), None, t0()))
             .discard()
         });
@@ -1946,14 +1949,14 @@ fn a_failed_write_in_a_batch_is_retried_without_and_the_rest_commit_once() {
     let before = t.db.writer_stats();
     let db = t.db.clone();
     let turn = std::thread::spawn(move || {
-        db.record_turn(
+        db.record_turn(said(
             "batch".into(),
             Mode::Madre,
             None,
-            vec![("user".into(), "once".into())],
+            "once".into(),
             100,
             t0(),
-        )
+        ))
         .wait()
     });
     // Writes intent 42, then fails on intent 40, which exists.
@@ -2139,4 +2142,25 @@ fn a_started_step_event_is_stored_empty_and_shown_whole() {
         )
         .unwrap();
     assert_eq!(payload, "{}");
+}
+
+/// A turn in which the user said `asked` and nothing was answered yet.
+fn said(
+    session_id: String,
+    mode: Mode,
+    intent_id: Option<Uuid>,
+    asked: String,
+    keep: u32,
+    at: DateTime<Utc>,
+) -> NewTurn {
+    NewTurn {
+        session_id,
+        mode,
+        intent_id,
+        plan_id: None,
+        asked: Said::Text(asked),
+        answered: Said::Nothing,
+        keep,
+        at,
+    }
 }

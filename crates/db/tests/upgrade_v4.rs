@@ -507,13 +507,14 @@ fn a_schema_7_file_upgrades_to_8_keeping_every_row_and_the_rules() {
     };
     assert!(before.iter().any(|r| r.starts_with("plan_events:")));
 
-    let db = Db::open(&path).unwrap();
-    let conn = Connection::open(&path).unwrap();
+    let mut conn = Connection::open(&path).unwrap();
+    migrate_to(&mut conn, &path, 8).unwrap();
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, 8);
     assert_eq!(rows_of(&conn), before, "every row as it was");
+    let db = Db::open(&path).unwrap();
     for sql in [
         "DELETE FROM plan_events",
         "DELETE FROM intents_log",

@@ -4,7 +4,8 @@
 
 use chrono::Utc;
 use madre_db::{
-    AtEnd, Db, DbError, NewIntentLog, PlanKind, PlanMeta, SessionRow, StoredPlan, Write,
+    AtEnd, Db, DbError, NewIntentLog, NewTurn, PlanKind, PlanMeta, Said, SessionRow, StoredPlan,
+    Write,
 };
 use madre_models::{
     ChatCommand, ChatResponse, Dsl, Intent, IntentOutcome, Mode, Plan, SessionId, Status,
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
 use crate::intake;
-use crate::plans::{Planned, SwitchStep, actions_of, no_place, reply_of};
+use crate::plans::{PlanOrder, Planned, SwitchStep, actions_of, no_place, reply_of};
 use crate::{FlowError, Madre, require};
 
 fn merge_warnings(dsl: &Dsl, plan: &Plan) -> Vec<String> {
@@ -169,11 +170,15 @@ impl Madre {
         let planned = self
             .make_plan(
                 principal,
-                &intent,
-                Origin::Chat,
-                assessment.is_denied(),
-                meta,
-                switch_step,
+                PlanOrder {
+                    intent: &intent,
+                    origin: Origin::Chat,
+                    denied: assessment.is_denied(),
+                    meta,
+                    switch_step,
+                    // The intent log holds it: the plan refers to it there.
+                    logged_message: Some(command.message.as_str()),
+                },
             )
             .await?;
         let plan_id = planned.plan.plan_id;
@@ -189,7 +194,7 @@ impl Madre {
             session_id: session_id.clone(),
             mode,
             intent_id,
-            message: command.message.as_str().to_owned(),
+            plan_id,
             keep: self.config().history_max,
         };
         let mut turn_recorded = false;
@@ -249,7 +254,11 @@ impl Madre {
         // now. The plan ran: its answer goes back even if storage refuses
         // this write (a 503 now would invite a second run); the intent is
         // then closed `interrupted` at the next start.
-        if !turn_recorded && let Err(e) = turn.write(&self.db, &response, closing).await {
+        if !turn_recorded
+            && let Err(e) = turn
+                .write(&self.db, Said::Text(response.clone()), closing)
+                .await
+        {
             tracing::error!(%intent_id, error = %e, "could not record the history turn of a chat");
         }
 
@@ -276,34 +285,34 @@ struct Turn {
     session_id: SessionId,
     mode: Mode,
     intent_id: Uuid,
-    message: String,
+    plan_id: Uuid,
     /// Messages kept per session.
     keep: u32,
 }
 
 impl Turn {
-    /// The turn with `response`, and its intent's close with `closing`, in
-    /// one write: the history never shows a turn whose intent is still open.
-    fn write(&self, db: &Db, response: &str, closing: IntentOutcome) -> Write<()> {
+    /// The turn with `answered`, and its intent's close with `closing`, in
+    /// one write: the history never shows a turn whose intent is still
+    /// open. The user's message is the one the intent log holds.
+    fn write(&self, db: &Db, answered: Said, closing: IntentOutcome) -> Write<()> {
         let now = Utc::now();
-        let messages = vec![
-            ("user".to_owned(), self.message.clone()),
-            ("assistant".to_owned(), response.to_owned()),
-        ];
-        db.record_turn(
-            self.session_id.as_str().to_owned(),
-            self.mode,
-            Some(self.intent_id),
-            messages,
-            self.keep,
-            now,
-        )
+        db.record_turn(NewTurn {
+            session_id: self.session_id.as_str().to_owned(),
+            mode: self.mode,
+            intent_id: Some(self.intent_id),
+            plan_id: Some(self.plan_id),
+            asked: Said::Kept,
+            answered,
+            keep: self.keep,
+            at: now,
+        })
         .and(db.close_intent(self.intent_id, closing, None, now))
         .discard()
     }
 
     /// The write made from the plan as it ended, for the runner to commit
-    /// with the plan's end, and a flag set when it succeeded there.
+    /// with the plan's end, and a flag set when it succeeded there. A
+    /// reply that is the plan's answer is not stored again.
     fn at_end(self, db: &Db) -> (AtEnd, Arc<AtomicBool>) {
         let made = Arc::new(AtomicBool::new(false));
         let flag = made.clone();
@@ -313,12 +322,12 @@ impl Turn {
             // write sharing its commit failed) must not leave the flag set.
             flag.store(false, Ordering::Release);
             let flag = flag.clone();
-            self.write(
-                &db,
-                &reply_of(stored),
-                IntentOutcome::Plan(stored.plan.status),
-            )
-            .map(move |()| flag.store(true, Ordering::Release))
+            let answered = match stored.result.as_ref().and_then(|r| r.get("reply")) {
+                Some(serde_json::Value::String(_)) => Said::Kept,
+                _ => Said::Text(reply_of(stored)),
+            };
+            self.write(&db, answered, IntentOutcome::Plan(stored.plan.status))
+                .map(move |()| flag.store(true, Ordering::Release))
         });
         (write, made)
     }

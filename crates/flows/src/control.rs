@@ -269,11 +269,14 @@ impl Madre {
         let planned = self
             .make_plan(
                 principal,
-                &intent,
-                Origin::ModuleCall { module },
-                false,
-                meta,
-                crate::plans::SwitchStep::Call,
+                crate::plans::PlanOrder {
+                    intent: &intent,
+                    origin: Origin::ModuleCall { module },
+                    denied: false,
+                    meta,
+                    switch_step: crate::plans::SwitchStep::Call,
+                    logged_message: None,
+                },
             )
             .await?;
         let plan_id = planned.plan.plan_id;

@@ -74,17 +74,38 @@ pub(crate) enum SwitchStep {
     Skip(String),
 }
 
+/// What a flow asks [`Madre::make_plan`] to plan and store.
+pub(crate) struct PlanOrder<'a> {
+    /// The classified intent.
+    pub(crate) intent: &'a Intent,
+    /// Which flow asks (chat, a module call).
+    pub(crate) origin: Origin,
+    /// The policy refused it: the plan is stored as refused.
+    pub(crate) denied: bool,
+    /// The plan's metadata.
+    pub(crate) meta: PlanMeta,
+    /// What the Switch step does.
+    pub(crate) switch_step: SwitchStep,
+    /// The request's message as the intent log holds it, if it does: the
+    /// plan refers to it there.
+    pub(crate) logged_message: Option<&'a str>,
+}
+
 impl Madre {
     /// Plans the intent and stores plan, confirmation and audit row at once.
     pub(crate) async fn make_plan(
         &self,
         principal: &Principal,
-        intent: &Intent,
-        origin: Origin,
-        denied: bool,
-        meta: PlanMeta,
-        switch_step: SwitchStep,
+        order: PlanOrder<'_>,
     ) -> Result<Planned, FlowError> {
+        let PlanOrder {
+            intent,
+            origin,
+            denied,
+            meta,
+            switch_step,
+            logged_message,
+        } = order;
         let now = Utc::now();
         let request = PlanRequest {
             intent,
@@ -144,6 +165,7 @@ impl Madre {
             intent: Some(intent.clone()),
             confirmation,
             actions: vec![action],
+            logged_message: logged_message.map(str::to_owned),
         };
         let place = if waits || denied {
             self.db.insert_plan(record).await?;

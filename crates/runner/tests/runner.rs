@@ -118,6 +118,7 @@ impl Harness {
                 intent: Some(intent),
                 confirmation: None,
                 actions: vec![],
+                logged_message: None,
             })
             .await
             .unwrap();
@@ -830,6 +831,7 @@ async fn store_opened(h: &Harness, text: &str, engine: &str) -> madre_models::Pl
         intent: None,
         confirmation: None,
         actions: vec![],
+        logged_message: None,
     };
     let opening = open(&mut plan, Utc::now());
     h.db.insert_plan_with(record, opening).await.unwrap();

@@ -96,6 +96,7 @@ pub(crate) fn hermes_plan(at: chrono::DateTime<chrono::Utc>) -> madre_db::NewPla
         intent: None,
         confirmation: None,
         actions: vec![],
+        logged_message: None,
     }
 }
 

@@ -68,6 +68,7 @@ pub(crate) fn one_chat(db: &Db, commits: Commits) {
         intent: Some(intent),
         confirmation: None,
         actions: vec![action("plan_created"), action("plan_started")],
+        logged_message: None,
     });
     // Each step starts and finishes through the journal; the last one ends
     // the plan with it.
@@ -191,6 +192,7 @@ pub(crate) fn low_chat(db: &Db, commits: Commits) {
                 plan_id: Some(plan_id),
                 created_at: now,
             }],
+            logged_message: None,
         },
         opening,
     );
@@ -202,17 +204,16 @@ pub(crate) fn low_chat(db: &Db, commits: Commits) {
     let turn_db = db.clone();
     let at_end: AtEnd = Box::new(move |ended: &StoredPlan| {
         turn_db
-            .record_turn(
-                session.as_str().to_owned(),
-                Mode::Madre,
-                Some(intent_id),
-                vec![
-                    ("user".into(), "tell me about the weather in Lisbon".into()),
-                    ("assistant".into(), reply.into()),
-                ],
-                100,
-                now,
-            )
+            .record_turn(NewTurn {
+                session_id: session.as_str().to_owned(),
+                mode: Mode::Madre,
+                intent_id: Some(intent_id),
+                plan_id: Some(plan_id),
+                asked: Said::Kept,
+                answered: Said::Kept,
+                keep: 100,
+                at: now,
+            })
             .and(turn_db.close_intent(intent_id, IntentOutcome::Plan(ended.plan.status), None, now))
             .discard()
     });
