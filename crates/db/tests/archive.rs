@@ -139,6 +139,19 @@ fn plan(db: &Db, at: DateTime<Utc>, end: Option<Status>) -> Uuid {
             .wait()
             .unwrap();
     }
+    // The chat's turn: the message is the intent log's.
+    db.record_turn(NewTurn {
+        session_id: "s1".into(),
+        mode: Mode::Madre,
+        intent_id: Some(intent_id),
+        plan_id: Some(plan_id),
+        asked: Said::Kept,
+        answered: Said::Text("hi".into()),
+        keep: 100,
+        at,
+    })
+    .wait()
+    .unwrap();
     plan_id
 }
 
@@ -203,6 +216,7 @@ fn finished_plans_past_the_cutoff_move_to_the_archive_and_nothing_else_does() {
     assert_eq!(first["intent"]["result_status"], json!("DONE"));
     assert_eq!(first["intent"]["payload_json"]["message"], json!("hello"));
     assert_eq!(first["actions"][0]["reason"], json!("planned 1 step(s)"));
+    assert_eq!(first["turns"][0]["answered"], json!("hi"));
     assert_eq!(lines[1]["plan_id"], json!(failed.to_string()));
 
     // Their rows are gone; the waiting and the recent plan stay whole.
@@ -221,6 +235,16 @@ fn finished_plans_past_the_cutoff_move_to_the_archive_and_nothing_else_does() {
     assert_eq!(count(&f.path, "SELECT count(*) FROM intents_log"), 3);
     assert_eq!(count(&f.path, "SELECT count(*) FROM madre_actions"), 3);
     assert_eq!(count(&f.path, "SELECT count(*) FROM archive_gate"), 0);
+    // The archived plans' turns went with them (they read their message
+    // from the archived intent); the session's history still reads.
+    assert_eq!(count(&f.path, "SELECT count(*) FROM turns"), 3);
+    let history = f.db.history("s1", 100).unwrap();
+    assert_eq!(history.len(), 6);
+    assert!(
+        history
+            .iter()
+            .all(|m| ["hello", "hi"].contains(&m.content.as_str()))
+    );
     assert!(f.db.confirmation(waiting).unwrap().is_some());
     // The counters agree with the rows left, and nothing is amiss.
     let counts = f.db.plan_counts().unwrap();

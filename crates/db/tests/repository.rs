@@ -834,6 +834,53 @@ fn five_wrong_tries_void_the_confirmation_and_expiry_cancels() {
     );
 }
 
+/// A turn is one row with both sides; the cap counts messages and keeps
+/// turns whole, and a side kept by reference without the row holding it
+/// is refused (issue 25).
+#[test]
+fn a_turn_holds_both_sides_and_the_cap_keeps_whole_turns() {
+    let t = open();
+    for i in 0..40 {
+        t.db.record_turn(NewTurn {
+            answered: Said::Text(format!("a{i}")),
+            ..said("pairs".into(), Mode::Madre, None, format!("q{i}"), 5, t0())
+        })
+        .wait()
+        .unwrap();
+    }
+    // Trimmed at turn 40 to the newest 5 messages, whole turns: 2 turns.
+    let history = t.db.history("pairs", 100).unwrap();
+    let messages: Vec<_> = history
+        .iter()
+        .map(|m| (m.role.as_str(), m.content.as_str()))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            ("user", "q38"),
+            ("assistant", "a38"),
+            ("user", "q39"),
+            ("assistant", "a39")
+        ]
+    );
+    assert_eq!(t.db.history("pairs", 3).unwrap()[0].content, "a38");
+
+    for turn in [
+        NewTurn {
+            asked: Said::Kept,
+            ..said("bad".into(), Mode::Madre, None, String::new(), 5, t0())
+        },
+        NewTurn {
+            answered: Said::Kept,
+            plan_id: Some(Uuid::now_v7()),
+            ..said("bad".into(), Mode::Madre, None, "q".into(), 5, t0())
+        },
+    ] {
+        assert!(t.db.record_turn(turn).wait().is_err());
+    }
+    assert!(t.db.history("bad", 10).unwrap().is_empty());
+}
+
 #[test]
 fn sessions_keep_their_mode_and_a_capped_history() {
     let t = open();
