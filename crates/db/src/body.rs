@@ -92,10 +92,12 @@ pub(crate) struct Body {
     pub(crate) plan_status: Option<Status>,
 }
 
-/// One step in a body; what a new step always is goes unwritten.
+/// One step in a body; what a new step always is goes unwritten, and so
+/// does an id the planner derived from the plan's ([`Step::id_in_plan`]).
 #[derive(Serialize, Deserialize)]
 pub(crate) struct BodyStep {
-    step_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step_id: Option<Uuid>,
     #[serde(rename = "type")]
     pub(crate) step_type: StepType,
     payload: Value,
@@ -148,6 +150,7 @@ impl Body {
     /// The body of a new plan made at `created_at`: `steps` as given (the
     /// caller makes them PENDING), the intent, known texts left out.
     pub(crate) fn new(
+        plan_id: Uuid,
         steps: &[Step],
         intent: Option<&Intent>,
         known: Known,
@@ -168,17 +171,22 @@ impl Body {
             .filter(|text| known.tag_of(text) != Some(LOGGED))
             .map(|_| TEXT_IN_INTENT);
         let intent_refs = match &mut intent {
-            Some(value) => elide(value, &known, keep),
+            Some(value) => {
+                let refs = elide(value, &known, keep);
+                drop_defaults(value);
+                refs
+            }
             None => Refs::new(),
         };
         let steps = steps
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let mut payload = s.payload.clone();
                 let refs = elide(&mut payload, &known, None);
                 let at = |t: DateTime<Utc>| (!same_micros(t, created_at)).then_some(t);
                 BodyStep {
-                    step_id: s.step_id,
+                    step_id: (s.step_id != Step::id_in_plan(plan_id, i)).then_some(s.step_id),
                     step_type: s.step_type,
                     payload,
                     refs,
@@ -213,22 +221,25 @@ impl Body {
     /// back; `created_at` is the plan's.
     pub(crate) fn into_parts(
         self,
+        plan_id: Uuid,
         known: Known,
         created_at: DateTime<Utc>,
     ) -> Result<(Vec<Step>, Option<Intent>), String> {
         let mut intent = self.intent;
         let known = known.with_text_of(intent.as_ref());
         if let Some(value) = &mut intent {
+            put_back_defaults(value);
             restore(value, &self.intent_refs, &known)?;
         }
         let steps = self
             .steps
             .into_iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let mut payload = s.payload;
                 restore(&mut payload, &s.refs, &known)?;
                 Ok(Step {
-                    step_id: s.step_id,
+                    step_id: s.step_id.unwrap_or_else(|| Step::id_in_plan(plan_id, i)),
                     step_type: s.step_type,
                     payload,
                     blocking: s.blocking,
@@ -247,6 +258,40 @@ impl Body {
             .transpose()
             .map_err(|e| format!("its intent: {e}"))?;
         Ok((steps, intent))
+    }
+}
+
+/// A member of a stored intent left out when it holds its usual value:
+/// the JSON pointer of its object, its name, and that value.
+type Usual = (&'static str, &'static str, fn() -> Value);
+
+/// The members of a stored intent left out when they hold their usual
+/// value (nothing), and put back on read.
+const INTENT_DEFAULTS: [Usual; 5] = [
+    ("/dsl", "parameters", || Value::Object(Default::default())),
+    ("/dsl", "targets", || Value::Array(Vec::new())),
+    ("/dsl", "warnings", || Value::Array(Vec::new())),
+    ("", "targets", || Value::Array(Vec::new())),
+    ("", "requires_confirmation", || Value::Bool(false)),
+];
+
+/// Leaves out the members of an intent that hold their usual value.
+fn drop_defaults(intent: &mut Value) {
+    for (at, member, usual) in INTENT_DEFAULTS {
+        if let Some(Value::Object(members)) = intent.pointer_mut(at)
+            && members.get(member) == Some(&usual())
+        {
+            members.remove(member);
+        }
+    }
+}
+
+/// Puts back the members [`drop_defaults`] left out.
+fn put_back_defaults(intent: &mut Value) {
+    for (at, member, usual) in INTENT_DEFAULTS {
+        if let Some(Value::Object(members)) = intent.pointer_mut(at) {
+            members.entry(member).or_insert_with(usual);
+        }
     }
 }
 
@@ -389,6 +434,53 @@ mod tests {
         let known = logged().with_text_of(Some(&intent));
         restore(&mut intent, &refs, &known).unwrap();
         assert_eq!(intent, original);
+    }
+
+    #[test]
+    fn derived_step_ids_and_usual_intent_members_are_left_out_and_come_back() {
+        use madre_models::{Dsl, DslSource, Effect, Mode, RiskLevel, SessionId};
+        let plan_id = Uuid::now_v7();
+        let at = Utc::now();
+        let derived = Step::new(
+            Step::id_in_plan(plan_id, 0),
+            StepType::CallHermes,
+            json!({}),
+            at,
+        );
+        let foreign = Step::new(Uuid::now_v7(), StepType::Noop, json!({}), at);
+        let intent = Intent {
+            intent_id: Uuid::now_v7(),
+            session_id: SessionId::generate(),
+            mode: Mode::Madre,
+            dsl: Dsl {
+                domain: "general".into(),
+                action: "chat".into(),
+                parameters: Default::default(),
+                targets: vec![],
+                confidence: 0.3,
+                original_text: "tell me about the weather".into(),
+                warnings: vec![],
+                source: DslSource::Fallback,
+                effect: Effect::Read,
+            },
+            risk: RiskLevel::Low,
+            requires_confirmation: false,
+            targets: vec![],
+            created_at: at,
+            alternatives: vec![],
+        };
+        let known = || Known::new("i", "s", None);
+        let steps = [derived, foreign];
+        let body = Body::new(plan_id, &steps, Some(&intent), known(), at).unwrap();
+        let text = serde_json::to_string(&body).unwrap();
+        assert_eq!(text.matches("step_id").count(), 1, "{text}");
+        for usual in ["parameters", "warnings", "targets", "requires_confirmation"] {
+            assert!(!text.contains(usual), "{usual} in {text}");
+        }
+        let read: Body = serde_json::from_str(&text).unwrap();
+        let (back, back_intent) = read.into_parts(plan_id, known(), at).unwrap();
+        assert_eq!(back, steps);
+        assert_eq!(back_intent.unwrap(), intent);
     }
 
     #[test]

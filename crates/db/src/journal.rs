@@ -307,6 +307,7 @@ pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, D
     };
     let (steps, intent) = body
         .into_parts(
+            plan_id,
             Known::new(
                 &intent_id.to_string(),
                 session_id.as_str(),
@@ -808,6 +809,7 @@ pub(crate) fn prepare(record: NewPlanRecord) -> Result<PreparedPlan, DbError> {
         })
         .collect();
     let body = Body::new(
+        plan.plan_id,
         &pending,
         record.intent.as_ref(),
         Known::new(
@@ -817,10 +819,9 @@ pub(crate) fn prepare(record: NewPlanRecord) -> Result<PreparedPlan, DbError> {
         ),
         plan.created_at,
     )?;
-    let mut created_payload = serde_json::to_value(&body)?;
-    created_payload["status"] = json!(Status::Pending);
+    // A new plan is PENDING: the event does not say so (issue 25).
     Ok(PreparedPlan {
-        created_payload: created_payload.to_string(),
+        created_payload: serde_json::to_string(&body)?,
         pending,
         record,
     })
@@ -939,7 +940,7 @@ pub(crate) fn events_of(conn: &Connection, plan_id: Uuid) -> Result<Vec<JournalE
     };
     let rows = rows_of(conn, row, plan_id)?;
     let steps = match rows.iter().find(|r| r.event_type == EventType::PlanCreated) {
-        Some(first) => steps_of_body(&first.payload)?,
+        Some(first) => steps_of_body(&first.payload, plan_id)?,
         None => Vec::new(),
     };
     rows.iter()
@@ -947,18 +948,20 @@ pub(crate) fn events_of(conn: &Connection, plan_id: Uuid) -> Result<Vec<JournalE
         .collect()
 }
 
-/// The ids and types of a plan's steps, from its `plan_created` body.
-fn steps_of_body(body: &Value) -> Result<Vec<(Uuid, Option<StepType>)>, DbError> {
+/// The ids and types of plan `plan_id`'s steps, from its `plan_created`
+/// body (an id left out is the one derived from the plan's).
+fn steps_of_body(body: &Value, plan_id: Uuid) -> Result<Vec<(Uuid, Option<StepType>)>, DbError> {
     let Some(steps) = body.get("steps").and_then(Value::as_array) else {
         return Ok(Vec::new());
     };
     steps
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             let id = s
                 .get("step_id")
                 .and_then(Value::as_str)
-                .map_or(Ok(Uuid::nil()), parse_uuid)?;
+                .map_or(Ok(Step::id_in_plan(plan_id, i)), parse_uuid)?;
             let step_type = s
                 .get("type")
                 .and_then(Value::as_str)
@@ -987,6 +990,7 @@ fn journal_event(
     let status = match field("status") {
         Some(s) => Some(parse_enum(s, "status")?),
         None if row.event_type == EventType::StepStarted => Some(Status::Running),
+        None if row.event_type == EventType::PlanCreated => Some(Status::Pending),
         None => None,
     };
     Ok(JournalEvent {
@@ -1081,7 +1085,7 @@ fn journal_after_in(
                     .query_row([plan_row], |r| r.get(0))
                     .optional()?
                     .unwrap_or_else(|| "{}".into());
-                e.insert(steps_of_body(&serde_json::from_str(&body)?)?)
+                e.insert(steps_of_body(&serde_json::from_str(&body)?, plan_id)?)
             }
         };
         out.push(journal_event(&row, plan_id, &session_id, steps)?);

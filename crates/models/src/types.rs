@@ -129,6 +129,18 @@ pub struct Step {
 }
 
 impl Step {
+    /// The id the planner gives step `index` of plan `plan_id`: the plan's
+    /// id with `index + 1` added to its 62 random bits (its time, version
+    /// and variant unchanged). Unique within the plan, as unlikely to meet
+    /// another plan's as any two random ids, and derivable, so storage need
+    /// not keep it (issue 25).
+    pub fn id_in_plan(plan_id: Uuid, index: usize) -> Uuid {
+        const RANDOM: u128 = (1 << 62) - 1;
+        let id = plan_id.as_u128();
+        let random = (id & RANDOM).wrapping_add(index as u128 + 1) & RANDOM;
+        Uuid::from_u128((id & !RANDOM) | random)
+    }
+
     /// A new PENDING step that was never attempted.
     pub fn new(step_id: Uuid, step_type: StepType, payload: Value, now: DateTime<Utc>) -> Self {
         Self {
@@ -1059,4 +1071,29 @@ pub struct ErrorBody {
     pub detail: String,
     /// The request's id, also in the `X-Request-Id` header.
     pub request_id: String,
+}
+
+#[cfg(test)]
+mod step_id_tests {
+    use super::*;
+
+    #[test]
+    fn a_step_id_in_a_plan_is_a_distinct_v7_id_of_the_plan_s_time() {
+        let plan = Uuid::now_v7();
+        let ids: Vec<Uuid> = (0..4).map(|i| Step::id_in_plan(plan, i)).collect();
+        for id in &ids {
+            assert_eq!(id.get_version_num(), 7);
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            assert_eq!(id.get_timestamp(), plan.get_timestamp());
+            assert_ne!(*id, plan);
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), 4);
+        // The random bits wrap within themselves.
+        let top = Uuid::from_u128(plan.as_u128() | ((1 << 62) - 1));
+        let wrapped = Step::id_in_plan(top, 0);
+        assert_eq!(wrapped.get_version_num(), 7);
+        assert_eq!(wrapped.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(wrapped.as_u128() & ((1 << 62) - 1), 0);
+    }
 }

@@ -48,8 +48,9 @@ pub struct PlanRequest<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// Builds the plan for `request`, drawing step ids (and the plan id) from `new_id`.
-pub fn plan(request: &PlanRequest<'_>, mut new_id: impl FnMut() -> Uuid) -> Plan {
+/// Builds the plan for `request`, drawing the plan id from `new_id`; each
+/// step's id derives from it ([`Step::id_in_plan`]).
+pub fn plan(request: &PlanRequest<'_>, new_id: impl FnOnce() -> Uuid) -> Plan {
     let intent = request.intent;
     let now = request.now;
     let plan_id = new_id();
@@ -77,7 +78,7 @@ pub fn plan(request: &PlanRequest<'_>, mut new_id: impl FnMut() -> Uuid) -> Plan
     // Rule 2: the confirmation gate comes first and blocks the rest.
     if intent.requires_confirmation {
         let mut gate = Step::new(
-            new_id(),
+            Step::id_in_plan(plan_id, plan.steps.len()),
             StepType::AwaitConfirmation,
             json!({ "risk": intent.risk }),
             now,
@@ -92,7 +93,12 @@ pub fn plan(request: &PlanRequest<'_>, mut new_id: impl FnMut() -> Uuid) -> Plan
         Origin::Chat => chat_steps(intent, request.enabled),
     };
     for (step_type, payload, optional) in work {
-        let mut step = Step::new(new_id(), step_type, payload, now);
+        let mut step = Step::new(
+            Step::id_in_plan(plan_id, plan.steps.len()),
+            step_type,
+            payload,
+            now,
+        );
         step.optional = optional;
         plan.steps.push(step);
     }
