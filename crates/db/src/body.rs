@@ -84,8 +84,15 @@ pub(crate) struct Body {
     pub(crate) steps: Vec<BodyStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     intent: Option<Value>,
-    #[serde(default, skip_serializing_if = "Refs::is_empty")]
-    intent_refs: Refs,
+    /// Where the intent's left-out texts were; none written: the usual
+    /// places when `usual` is set, else nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    intent_refs: Option<Refs>,
+    /// The tag of the request's text in the usual places ([`usual_refs`]):
+    /// set when the intent or a step left its texts out exactly there, so
+    /// that those refs go unwritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    usual: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) state_through: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,8 +108,9 @@ pub(crate) struct BodyStep {
     #[serde(rename = "type")]
     pub(crate) step_type: StepType,
     payload: Value,
-    #[serde(default, skip_serializing_if = "Refs::is_empty")]
-    refs: Refs,
+    /// As the body's `intent_refs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refs: Option<Refs>,
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     blocking: bool,
     #[serde(default, skip_serializing_if = "is_false")]
@@ -178,18 +186,19 @@ impl Body {
             }
             None => Refs::new(),
         };
-        let steps = steps
+        let mut step_refs = Vec::with_capacity(steps.len());
+        let steps: Vec<BodyStep> = steps
             .iter()
             .enumerate()
             .map(|(i, s)| {
                 let mut payload = s.payload.clone();
-                let refs = elide(&mut payload, &known, None);
+                step_refs.push(elide(&mut payload, &known, None));
                 let at = |t: DateTime<Utc>| (!same_micros(t, created_at)).then_some(t);
                 BodyStep {
                     step_id: (s.step_id != Step::id_in_plan(plan_id, i)).then_some(s.step_id),
                     step_type: s.step_type,
                     payload,
-                    refs,
+                    refs: None,
                     blocking: s.blocking,
                     optional: s.optional,
                     status: s.status,
@@ -201,20 +210,75 @@ impl Body {
                 }
             })
             .collect();
-        Ok(Self {
+        let mut body = Self {
             steps,
             intent,
-            intent_refs,
+            intent_refs: None,
+            usual: None,
             state_through: None,
             plan_status: None,
-        })
+        };
+        body.note_refs(intent_refs, step_refs);
+        Ok(body)
+    }
+
+    /// Writes where the texts were, leaving out the refs that are exactly
+    /// the usual ones of the text tag that most parts use.
+    fn note_refs(&mut self, intent_refs: Refs, step_refs: Vec<Refs>) {
+        let usual = ["m", "t"]
+            .into_iter()
+            .map(|tag| {
+                let (intent, step) = usual_refs(tag);
+                let uses = usize::from(self.intent.is_some() && intent_refs == intent)
+                    + step_refs.iter().filter(|r| **r == step).count();
+                (uses, tag)
+            })
+            .max()
+            .filter(|(uses, _)| *uses > 0)
+            .map(|(_, tag)| tag);
+        let written = |refs: Refs, usual_one: Option<Refs>| match usual_one {
+            Some(usual_one) if refs == usual_one => None,
+            // With usual refs in use, no refs must be written as such.
+            Some(_) => Some(refs),
+            None => (!refs.is_empty()).then_some(refs),
+        };
+        let (intent_usual, step_usual) = match usual {
+            Some(tag) => {
+                let (i, s) = usual_refs(tag);
+                (Some(i), Some(s))
+            }
+            None => (None, None),
+        };
+        if self.intent.is_some() {
+            self.intent_refs = written(intent_refs, intent_usual);
+        }
+        for (step, refs) in self.steps.iter_mut().zip(step_refs) {
+            step.refs = written(refs, step_usual.clone());
+        }
+        self.usual = usual.map(str::to_owned);
+    }
+
+    /// The refs of the intent and of step `i` as written or implied.
+    fn refs_of(&self, part: Option<usize>) -> Refs {
+        let written = match part {
+            None => &self.intent_refs,
+            Some(i) => &self.steps[i].refs,
+        };
+        match (written, &self.usual) {
+            (Some(refs), _) => refs.clone(),
+            (None, Some(tag)) => {
+                let (intent, step) = usual_refs(tag);
+                if part.is_none() { intent } else { step }
+            }
+            (None, None) => Refs::new(),
+        }
     }
 
     /// True when the body left out the intent log's message: its read
     /// needs it.
     pub(crate) fn refers_to_logged(&self) -> bool {
-        self.intent_refs.contains_key(LOGGED)
-            || self.steps.iter().any(|s| s.refs.contains_key(LOGGED))
+        (self.intent.is_some() && self.refs_of(None).contains_key(LOGGED))
+            || (0..self.steps.len()).any(|i| self.refs_of(Some(i)).contains_key(LOGGED))
     }
 
     /// The steps and the intent, with every left-out text and time put
@@ -225,19 +289,24 @@ impl Body {
         known: Known,
         created_at: DateTime<Utc>,
     ) -> Result<(Vec<Step>, Option<Intent>), String> {
+        let intent_refs = self.refs_of(None);
+        let step_refs: Vec<Refs> = (0..self.steps.len())
+            .map(|i| self.refs_of(Some(i)))
+            .collect();
         let mut intent = self.intent;
         let known = known.with_text_of(intent.as_ref());
         if let Some(value) = &mut intent {
             put_back_defaults(value);
-            restore(value, &self.intent_refs, &known)?;
+            restore(value, &intent_refs, &known)?;
         }
         let steps = self
             .steps
             .into_iter()
+            .zip(step_refs)
             .enumerate()
-            .map(|(i, s)| {
+            .map(|(i, (s, refs))| {
                 let mut payload = s.payload;
-                restore(&mut payload, &s.refs, &known)?;
+                restore(&mut payload, &refs, &known)?;
                 Ok(Step {
                     step_id: s.step_id.unwrap_or_else(|| Step::id_in_plan(plan_id, i)),
                     step_type: s.step_type,
@@ -259,6 +328,35 @@ impl Body {
             .map_err(|e| format!("its intent: {e}"))?;
         Ok((steps, intent))
     }
+}
+
+/// The places the texts usually are, with `tag` for the request's text:
+/// in an intent (its ids, its DSL's text and the message parameter) and
+/// in a step calling a module (the ids in its metadata, its prompt).
+fn usual_refs(tag: &str) -> (Refs, Refs) {
+    let refs = |places: [(&str, &[&str]); 3]| -> Refs {
+        places
+            .into_iter()
+            .map(|(t, at)| (t.to_owned(), at.iter().map(|p| (*p).to_owned()).collect()))
+            .collect()
+    };
+    // The DSL keeps the text itself unless the intent log holds it.
+    let text_in_intent: &[&str] = match tag {
+        LOGGED => &["/dsl/original_text", "/dsl/parameters/original_message"],
+        _ => &["/dsl/parameters/original_message"],
+    };
+    (
+        refs([
+            ("i", &["/intent_id"]),
+            ("s", &["/session_id"]),
+            (tag, text_in_intent),
+        ]),
+        refs([
+            ("i", &["/metadata/intent_id"]),
+            ("s", &["/metadata/session_id"]),
+            (tag, &["/prompt"]),
+        ]),
+    )
 }
 
 /// A member of a stored intent left out when it holds its usual value:
@@ -481,6 +579,43 @@ mod tests {
         let (back, back_intent) = read.into_parts(plan_id, known(), at).unwrap();
         assert_eq!(back, steps);
         assert_eq!(back_intent.unwrap(), intent);
+    }
+
+    #[test]
+    fn refs_in_their_usual_places_go_unwritten_and_others_are_written() {
+        let text = "tell me about the weather";
+        let ids = (
+            "01a23f28-6ad6-7558-92e4-1911e595f833",
+            "01a23f28-6ad6-7558-92e4-1912fc95d2d7",
+        );
+        let known = || Known::new(ids.0, ids.1, Some(text));
+        let at = Utc::now();
+        let plan_id = Uuid::now_v7();
+        let usual = json!({"prompt": text, "metadata": {"intent_id": ids.0, "session_id": ids.1}});
+        let unusual = json!({"question": text});
+        let steps: Vec<Step> = [usual.clone(), unusual, json!({"n": 1}), usual]
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Step::new(Step::id_in_plan(plan_id, i), StepType::CallHermes, p, at))
+            .collect();
+        let body = Body::new(plan_id, &steps, None, known(), at).unwrap();
+        let stored = serde_json::to_value(&body).unwrap();
+        assert_eq!(stored["usual"], "m");
+        let refs: Vec<&Value> = (0..4).map(|i| &stored["steps"][i]["refs"]).collect();
+        assert_eq!(
+            refs,
+            [
+                &Value::Null,
+                &json!({"m": ["/question"]}),
+                &json!({}),
+                &Value::Null
+            ]
+        );
+        assert!(!stored.to_string().contains(text));
+        let read: Body = serde_json::from_value(stored).unwrap();
+        assert!(read.refers_to_logged());
+        let (back, _) = read.into_parts(plan_id, known(), at).unwrap();
+        assert_eq!(back, steps);
     }
 
     #[test]
