@@ -22,7 +22,7 @@
 //! that can read it. Only the writer's commits hold the writer: the file is
 //! written between them.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ToSql, params};
 use serde_json::{Map, Value, json};
@@ -145,6 +145,13 @@ fn rows_as_json(conn: &Connection, sql: &str, args: &[&dyn ToSql]) -> Result<Vec
         for (i, name) in names.iter().enumerate() {
             let value = match row.get_ref(i)? {
                 ValueRef::Null => Value::Null,
+                // Times are written in the archive as the API shows them.
+                ValueRef::Integer(n) if name.ends_with("_at") => {
+                    match crate::time::from_micros(n) {
+                        Some(at) => json!(at.to_rfc3339_opts(SecondsFormat::Micros, true)),
+                        None => json!(n),
+                    }
+                }
                 ValueRef::Integer(n) => json!(n),
                 ValueRef::Real(x) => json!(x),
                 ValueRef::Text(bytes) => {

@@ -10,17 +10,24 @@ use crate::DbError;
 /// `PRAGMA application_id` of a Madre database ("MADR").
 const APPLICATION_ID: i64 = 0x4D41_4452;
 
+/// One migration: a script, or code where a script would repeat itself.
+enum Migration {
+    Sql(&'static str),
+    Code(fn(&Connection) -> Result<(), DbError>),
+}
+
 /// The migrations, in order; migration `n` (1-based) brings the schema to version `n`.
-const MIGRATIONS: &[&str] = &[
-    MIGRATION_1,
-    MIGRATION_2,
-    MIGRATION_3,
-    MIGRATION_4,
-    MIGRATION_5,
-    MIGRATION_6,
-    MIGRATION_7,
-    MIGRATION_8,
-    MIGRATION_9,
+const MIGRATIONS: &[Migration] = &[
+    Migration::Sql(MIGRATION_1),
+    Migration::Sql(MIGRATION_2),
+    Migration::Sql(MIGRATION_3),
+    Migration::Sql(MIGRATION_4),
+    Migration::Sql(MIGRATION_5),
+    Migration::Sql(MIGRATION_6),
+    Migration::Sql(MIGRATION_7),
+    Migration::Sql(MIGRATION_8),
+    Migration::Sql(MIGRATION_9),
+    Migration::Code(migration_10),
 ];
 
 /// The schema version this code creates and understands.
@@ -75,12 +82,20 @@ pub fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Result<(),
         if number <= version {
             continue;
         }
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(sql)?;
-        tx.execute_batch(&format!(
-            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {number};"
-        ))?;
-        tx.commit()?;
+        // A migration in code rebuilds tables that others refer to: as
+        // SQLite's way to rebuild a table says, foreign keys are off while
+        // it runs (a pragma a transaction cannot change) and checked whole
+        // before it commits.
+        let rebuilds = matches!(sql, Migration::Code(_));
+        let enforced: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+        if rebuilds {
+            conn.execute_batch("PRAGMA foreign_keys = OFF")?;
+        }
+        let applied = apply(conn, sql, number);
+        if rebuilds && enforced {
+            conn.execute_batch("PRAGMA foreign_keys = ON")?;
+        }
+        applied?;
         tracing::info!(version = number, "database migrated");
         migrated = true;
     }
@@ -89,6 +104,31 @@ pub fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Result<(),
         // rows that held secrets) replace their old versions on disk now.
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     }
+    Ok(())
+}
+
+/// Applies migration `number` in one transaction, with the version.
+fn apply(conn: &mut Connection, migration: &Migration, number: i64) -> Result<(), DbError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    match migration {
+        Migration::Sql(sql) => tx.execute_batch(sql)?,
+        Migration::Code(migrate) => {
+            migrate(&tx)?;
+            let broken: i64 =
+                tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                    r.get(0)
+                })?;
+            if broken > 0 {
+                return Err(DbError::InvalidData(format!(
+                    "schema {number}: {broken} rows would refer to rows that are not there"
+                )));
+            }
+        }
+    }
+    tx.execute_batch(&format!(
+        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {number};"
+    ))?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -682,3 +722,140 @@ FROM madre_context ORDER BY id;
 DROP TABLE madre_context;
 CREATE INDEX turns_by_session ON turns (session_id, id);
 "#;
+
+/// The time columns, by table, that version 10 stores as integers.
+const TIME_COLUMNS: &[(&str, &[&str])] = &[
+    ("plans", &["created_at", "updated_at"]),
+    ("plan_events", &["created_at"]),
+    ("confirmations", &["expires_at", "used_at"]),
+    ("intents_log", &["created_at", "processed_by_madre_at"]),
+    ("madre_actions", &["created_at"]),
+    ("sessions", &["created_at", "last_activity_at", "closed_at"]),
+    ("turns", &["created_at"]),
+    ("idempotency_keys", &["created_at"]),
+    (
+        "daughter_tasks",
+        &["created_at", "updated_at", "finished_at", "heartbeat_at"],
+    ),
+    ("madre_spawns", &["created_at", "finished_at"]),
+    ("archived_plans", &["archived_at"]),
+];
+
+/// Version 10: every time is stored as an integer, microseconds since the
+/// Unix epoch (8 bytes instead of 27 characters; issue 25), as PostgreSQL's
+/// `timestamptz` is. Each table with a time column is rebuilt with the
+/// column declared INTEGER and its rows copied, the times converted, then
+/// its indexes and triggers made again as they were; AUTOINCREMENT
+/// counters carry over.
+fn migration_10(conn: &Connection) -> Result<(), DbError> {
+    conn.create_scalar_function(
+        "madre_micros",
+        1,
+        rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            use rusqlite::types::{Value, ValueRef};
+            Ok(match ctx.get_raw(0) {
+                ValueRef::Text(bytes) => {
+                    let text = String::from_utf8_lossy(bytes);
+                    // A time the code never wrote stays as it was.
+                    match micros_of(&text) {
+                        Some(micros) => Value::Integer(micros),
+                        None => Value::Text(text.into_owned()),
+                    }
+                }
+                other => Value::from(other),
+            })
+        },
+    )?;
+    for (table, columns) in TIME_COLUMNS {
+        let create: String = conn.query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )?;
+        let mut retyped = create.replacen(&format!("\"{table}\""), &format!("{table}_v10"), 1);
+        if retyped == create {
+            retyped = create.replacen(&format!("TABLE {table}"), &format!("TABLE {table}_v10"), 1);
+        }
+        for column in *columns {
+            retyped = retype(&retyped, column).ok_or_else(|| {
+                DbError::InvalidData(format!("schema 10: no TEXT column {table}.{column}"))
+            })?;
+        }
+        let kept: Vec<String> = conn
+            .prepare(
+                "SELECT sql FROM sqlite_master
+                 WHERE tbl_name = ?1 AND type IN ('index', 'trigger') AND sql IS NOT NULL",
+            )?
+            .query_map([table], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")?
+            .query_map([table], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let select: Vec<String> = names
+            .iter()
+            .map(|n| match columns.contains(&n.as_str()) {
+                true => format!("madre_micros({n})"),
+                false => n.clone(),
+            })
+            .collect();
+        let sequence: Option<i64> = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .ok();
+        conn.execute_batch(&format!(
+            "{retyped};
+             INSERT INTO {table}_v10 ({names}) SELECT {select} FROM {table};
+             DROP TABLE {table};
+             ALTER TABLE {table}_v10 RENAME TO {table};",
+            names = names.join(", "),
+            select = select.join(", "),
+        ))?;
+        for sql in kept {
+            conn.execute_batch(&sql)?;
+        }
+        if let Some(seq) = sequence {
+            conn.execute(
+                "UPDATE sqlite_sequence SET seq = max(seq, ?2) WHERE name = ?1",
+                rusqlite::params![table, seq],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Microseconds since the epoch of a stored time: RFC 3339, as Madre
+/// writes, or SQLite's `YYYY-MM-DD HH:MM:SS[.fff]` in UTC.
+fn micros_of(text: &str) -> Option<i64> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(at.timestamp_micros());
+    }
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
+        .map(|at| at.and_utc().timestamp_micros())
+}
+
+/// `create` with column `column` declared INTEGER instead of TEXT.
+fn retype(create: &str, column: &str) -> Option<String> {
+    let start = create.match_indices(column).map(|(i, _)| i).find(|&i| {
+        let before = create[..i].chars().next_back();
+        let after = create[i + column.len()..].chars().next();
+        matches!(before, Some(c) if c.is_whitespace() || c == '(' || c == ',')
+            && matches!(after, Some(c) if c.is_whitespace())
+    })?;
+    let rest = &create[start + column.len()..];
+    let gap = rest.len() - rest.trim_start().len();
+    rest.trim_start().starts_with("TEXT").then(|| {
+        format!(
+            "{}{column}{}INTEGER{}",
+            &create[..start],
+            &rest[..gap],
+            &rest[gap + "TEXT".len()..]
+        )
+    })
+}

@@ -1,7 +1,8 @@
-//! Timestamps are stored as fixed-width RFC 3339 UTC text (microseconds,
-//! `Z`), so SQL comparisons of the text order them correctly.
+//! Timestamps are stored as integers: microseconds since the Unix epoch
+//! (schema 10; 8 bytes, ordered as numbers, what PostgreSQL's `timestamptz`
+//! holds). Text in RFC 3339, as files before schema 10 held, still reads.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::ToSql;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 
@@ -11,22 +12,30 @@ pub(crate) struct Ts(pub(crate) DateTime<Utc>);
 
 impl ToSql for Ts {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(
-            self.0.to_rfc3339_opts(SecondsFormat::Micros, true),
-        ))
+        Ok(ToSqlOutput::from(self.0.timestamp_micros()))
     }
 }
 
 impl FromSql for Ts {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let text = value.as_str()?;
-        DateTime::parse_from_rfc3339(text)
-            .map(|t| Ts(t.with_timezone(&Utc)))
-            .map_err(|e| FromSqlError::Other(Box::new(e)))
+        match value {
+            ValueRef::Integer(micros) => from_micros(micros)
+                .map(Ts)
+                .ok_or(FromSqlError::OutOfRange(micros)),
+            ValueRef::Text(_) => DateTime::parse_from_rfc3339(value.as_str()?)
+                .map(|t| Ts(t.with_timezone(&Utc)))
+                .map_err(|e| FromSqlError::Other(Box::new(e))),
+            _ => Err(FromSqlError::InvalidType),
+        }
     }
 }
 
-/// Text form of a timestamp, for use as a parameter.
+/// The time `micros` microseconds after the Unix epoch, if representable.
+pub(crate) fn from_micros(micros: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(micros)
+}
+
+/// A timestamp, for use as a parameter.
 pub(crate) fn ts(t: DateTime<Utc>) -> Ts {
     Ts(t)
 }

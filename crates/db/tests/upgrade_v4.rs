@@ -257,6 +257,31 @@ fn a_schema_4_file_upgrades_in_place_and_every_plan_answers_as_before() {
     make_v4(&path, &plans, token);
 
     let db = Db::open(&path).unwrap();
+    // Schema 10: every time is an integer of microseconds now.
+    let conn = Connection::open(&path).unwrap();
+    for (table, column) in [
+        ("plans", "created_at"),
+        ("plans", "updated_at"),
+        ("plan_events", "created_at"),
+        ("confirmations", "expires_at"),
+        ("intents_log", "created_at"),
+        ("sessions", "last_activity_at"),
+        ("turns", "created_at"),
+        ("idempotency_keys", "created_at"),
+        ("daughter_tasks", "created_at"),
+    ] {
+        let (rows, integers): (i64, i64) = conn
+            .query_row(
+                &format!(
+                    "SELECT count(*), count(*) FILTER (WHERE typeof({column}) = 'integer') FROM {table}"
+                ),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(rows > 0 || !["plans", "plan_events"].contains(&table));
+        assert_eq!(integers, rows, "{table}.{column}");
+    }
     for old in plans {
         let stored = db.plan(old.id).unwrap().expect("the plan survives");
         assert_eq!(stored.plan.status.as_str(), old.status, "{}", old.id);
