@@ -184,15 +184,8 @@ fn plan_line(conn: &Connection, plan: &Candidate, at: DateTime<Utc>) -> Result<V
         },
         "actions": rows_as_json(conn, "SELECT * FROM madre_actions WHERE plan_id = ?1 ORDER BY id", &[&plan.uuid])?,
         "confirmation": one(rows_as_json(conn, "SELECT * FROM confirmations WHERE plan_id = ?1", &[&plan.uuid])?),
-        "turns": rows_as_json(conn, TURNS_OF_PLAN, &[&plan.row])?,
     }))
 }
-
-/// The conversation turns a plan answered, found through its session's
-/// index. They go with the plan: a turn may read its texts from the plan's
-/// journal and intent.
-pub(crate) const TURNS_OF_PLAN: &str = "SELECT * FROM turns
-    WHERE session_id = (SELECT session_id FROM plans WHERE id = ?1) AND plan = ?1 ORDER BY id";
 
 /// The plans of `uuids` still in the database.
 fn still_stored(conn: &Connection, uuids: &[String]) -> Result<Vec<Candidate>, DbError> {
@@ -274,13 +267,10 @@ fn delete_archived(conn: &Connection, plans: &[Candidate]) -> Result<(), DbError
         let status: String = conn
             .prepare_cached("SELECT status FROM plans WHERE id = ?1")?
             .query_row([plan.row], |r| r.get(0))?;
+        // The turns read the plan's journal and intent: settled first.
+        crate::sessions::settle_turns_of(conn, plan.row)?;
         conn.prepare_cached("DELETE FROM plan_events WHERE plan = ?1")?
             .execute([plan.row])?;
-        conn.prepare_cached(
-            "DELETE FROM turns
-             WHERE session_id = (SELECT session_id FROM plans WHERE id = ?1) AND plan = ?1",
-        )?
-        .execute([plan.row])?;
         conn.prepare_cached("DELETE FROM madre_actions WHERE plan_id = ?1")?
             .execute([&plan.uuid])?;
         conn.prepare_cached("DELETE FROM confirmations WHERE plan_id = ?1")?

@@ -720,6 +720,53 @@ fn row_result(stored: &StoredPlan) -> Result<Option<String>, DbError> {
     }
 }
 
+/// The result plan row `plan_row`'s end keeps by reference
+/// (`result_from`), read from the step's answer without folding the
+/// plan: two reads through the journal's index. `None` when its end kept
+/// no reference (or it has not ended).
+pub(crate) fn result_by_reference(
+    conn: &Connection,
+    plan_row: i64,
+) -> Result<Option<Value>, DbError> {
+    let end: Option<String> = conn
+        .prepare_cached(
+            "SELECT payload_json FROM plan_events
+             WHERE plan = ?1 AND type IN ('plan_finished', 'plan_rejected', 'plan_expired')
+             ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([plan_row], |r| r.get(0))
+        .optional()?;
+    let Some(place) = end
+        .map(|e| serde_json::from_str::<Value>(&e))
+        .transpose()?
+        .and_then(|e| e.get("result_from").cloned())
+    else {
+        return Ok(None);
+    };
+    let bad = || {
+        DbError::InvalidData(format!(
+            "plan row {plan_row}: its end takes its result from a step answer that is not there ({place})"
+        ))
+    };
+    let step = place.get(0).and_then(Value::as_u64).ok_or_else(bad)?;
+    let key = place.get(1).and_then(Value::as_str).ok_or_else(bad)?;
+    // The step's answer is the newest its events carried.
+    let mut stmt = conn.prepare_cached(
+        "SELECT payload_json FROM plan_events
+         WHERE plan = ?1 AND type IN ('step_started', 'step_finished') AND step = ?2
+         ORDER BY seq DESC",
+    )?;
+    let mut rows = stmt.query(params![plan_row, step as i64])?;
+    while let Some(row) = rows.next()? {
+        let payload: Value = serde_json::from_str(&row.get::<_, String>(0)?)?;
+        if let Some(answer) = payload.get("result").filter(|r| !r.is_null()) {
+            let text = answer.get(key).and_then(Value::as_str).ok_or_else(bad)?;
+            return Ok(Some(json!({ "reply": text })));
+        }
+    }
+    Err(bad())
+}
+
 /// The result a [`reply_place`] names, read from the plan's steps.
 fn result_from(steps: &[Step], place: &Value) -> Option<Value> {
     let step = usize::try_from(place.get(0)?.as_u64()?).ok()?;

@@ -112,6 +112,26 @@ fn summary_from_row(
     })())
 }
 
+/// Fills in the result of each finished plan whose end keeps it by
+/// reference to a step's answer (issue 25: the answer stored once), in the
+/// listing's own read. A plan whose journal cannot say is listed without
+/// its result, and logged: one bad plan does not fail the listing.
+fn resolve_results(conn: &Connection, rows: &mut [SummaryRow]) {
+    for row in rows {
+        if row.result.is_some() || !row.summary.status.is_terminal() {
+            continue;
+        }
+        match crate::journal::result_by_reference(conn, row.id) {
+            Ok(found) => row.result = found.map(|v| v.to_string()),
+            Err(e) => tracing::warn!(
+                plan_id = %row.summary.plan_id,
+                error = %e,
+                "the task listing could not read a plan's result"
+            ),
+        }
+    }
+}
+
 impl Db {
     /// Stores a new plan with its steps, context rows (intent, mode,
     /// session), optional confirmation and audit rows, atomically.
@@ -210,6 +230,9 @@ impl Db {
             for row in stmt.query_map(params.as_slice(), |r| summary_from_row(r, with_result))? {
                 rows.push(row??);
             }
+            if with_result {
+                resolve_results(conn, &mut rows);
+            }
             let next = if rows.len() > limit as usize {
                 rows.truncate(limit as usize);
                 rows.last().map(|r| r.id)
@@ -243,15 +266,7 @@ impl Db {
         let tasks = rows
             .into_iter()
             .map(|r| {
-                // A finished plan whose answer is a step's keeps it in its
-                // journal only (issue 25): folded here.
-                let result = match r.result {
-                    Some(text) => Some(serde_json::from_str(&text)?),
-                    None if r.summary.status.is_terminal() => self
-                        .read(|conn| crate::journal::plan_in(conn, r.summary.plan_id))?
-                        .and_then(|p| p.result),
-                    None => None,
-                };
+                let result = r.result.as_deref().map(serde_json::from_str).transpose()?;
                 Ok(TaskView {
                     task_id: r.summary.plan_id,
                     name: r.summary.name,

@@ -159,7 +159,7 @@ mod tests {
             DELETE_OLD_IDEMPOTENCY_KEYS,
             crate::sessions::TRIM_SESSION,
             crate::plans::PLAN_COUNTS,
-            crate::archive::TURNS_OF_PLAN,
+            crate::sessions::SETTLE_TURNS,
             crate::archive::ARCHIVE_CANDIDATES,
         ];
         db.read(|conn| {

@@ -113,14 +113,22 @@ fn apply(conn: &mut Connection, migration: &Migration, number: i64) -> Result<()
     match migration {
         Migration::Sql(sql) => tx.execute_batch(sql)?,
         Migration::Code(migrate) => {
+            // Only violations the migration made count: a file edited by
+            // hand may hold older ones, which `madre check` is for.
+            let broken = || -> Result<i64, DbError> {
+                Ok(
+                    tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                        r.get(0)
+                    })?,
+                )
+            };
+            let before = broken()?;
             migrate(&tx)?;
-            let broken: i64 =
-                tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
-                    r.get(0)
-                })?;
-            if broken > 0 {
+            let after = broken()?;
+            if after > before {
                 return Err(DbError::InvalidData(format!(
-                    "schema {number}: {broken} rows would refer to rows that are not there"
+                    "schema {number}: {} rows would refer to rows that are not there",
+                    after - before
                 )));
             }
         }
@@ -757,11 +765,10 @@ fn migration_10(conn: &Connection) -> Result<(), DbError> {
             Ok(match ctx.get_raw(0) {
                 ValueRef::Text(bytes) => {
                     let text = String::from_utf8_lossy(bytes);
-                    // A time the code never wrote stays as it was.
-                    match micros_of(&text) {
-                        Some(micros) => Value::Integer(micros),
-                        None => Value::Text(text.into_owned()),
-                    }
+                    // A time Madre never wrote (edited by hand) becomes
+                    // the epoch: as text it would compare above every
+                    // integer and never age.
+                    Value::Integer(micros_of(&text).unwrap_or(0))
                 }
                 other => Value::from(other),
             })
@@ -818,9 +825,18 @@ fn migration_10(conn: &Connection) -> Result<(), DbError> {
         for sql in kept {
             conn.execute_batch(&sql)?;
         }
+        // The drop took the table's counter with it; an empty copy makes
+        // none. The counter goes back as it was, never below a kept id.
         if let Some(seq) = sequence {
             conn.execute(
-                "UPDATE sqlite_sequence SET seq = max(seq, ?2) WHERE name = ?1",
+                "DELETE FROM sqlite_sequence WHERE name = ?1",
+                rusqlite::params![table],
+            )?;
+            conn.execute(
+                &format!(
+                    "INSERT INTO sqlite_sequence (name, seq)
+                     SELECT ?1, max(?2, coalesce((SELECT max(rowid) FROM {table}), 0))"
+                ),
                 rusqlite::params![table, seq],
             )?;
         }

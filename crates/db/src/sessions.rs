@@ -100,13 +100,14 @@ fn trim_due(turns: i64, keep: u32) -> bool {
     turns.saturating_mul(2) > i64::from(keep) && turns % TRIM_EVERY == 0
 }
 
-/// Drops the turns of session `?1` older than its newest `?2` messages (a
-/// turn is kept whole or not at all, and the newest turn always).
+/// Drops the turns of session `?1` older than those holding its newest
+/// `?2` messages: a turn is kept whole, so a read of `?2` messages always
+/// finds them (one more may stay), and the newest turn always stays.
 pub(crate) const TRIM_SESSION: &str = "DELETE FROM turns WHERE session_id = ?1 AND id < (
-    SELECT coalesce(min(CASE WHEN newer <= ?2 THEN id END), max(id)) FROM (
-        SELECT id, sum((asked IS NOT NULL OR kept & 1 <> 0) + (answered IS NOT NULL OR kept & 2 <> 0))
-                   OVER (ORDER BY id DESC) AS newer
-        FROM turns WHERE session_id = ?1))";
+    SELECT coalesce(min(CASE WHEN newer - here < ?2 THEN id END), max(id)) FROM (
+        SELECT id, here, sum(here) OVER (ORDER BY id DESC) AS newer FROM (
+            SELECT id, (asked IS NOT NULL OR kept & 1 <> 0) + (answered IS NOT NULL OR kept & 2 <> 0) AS here
+            FROM turns WHERE session_id = ?1)))";
 
 pub(crate) fn trim_session(conn: &Connection, session_id: &str, keep: u32) -> Result<u64, DbError> {
     let n = conn
@@ -210,7 +211,7 @@ impl Db {
     pub fn history(&self, session_id: &str, limit: u32) -> Result<Vec<HistoryMessage>, DbError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT t.asked, t.answered, t.kept, coalesce(t.intent_id, p.intent_id), p.uuid,
+                "SELECT t.asked, t.answered, t.kept, coalesce(t.intent_id, p.intent_id), p.id,
                         t.created_at, l.payload_json
                  FROM (SELECT * FROM turns WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2) t
                  LEFT JOIN plans p ON p.id = t.plan
@@ -224,7 +225,7 @@ impl Db {
                     r.get::<_, Option<String>>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, Option<String>>(3)?,
-                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<i64>>(4)?,
                     r.get::<_, Ts>(5)?,
                     r.get::<_, Option<String>>(6)?,
                 ))
@@ -281,18 +282,71 @@ fn logged_message(payload: Option<String>, intent: Option<Uuid>) -> Result<Strin
         .ok_or_else(missing)
 }
 
-/// The reply of a plan, from its journal, for a turn that keeps it there.
-fn plan_reply(conn: &Connection, plan: Option<String>) -> Result<String, DbError> {
-    let plan = plan.ok_or_else(|| {
+/// The reply of plan row `plan_row`, for a turn that keeps it there: the
+/// plan's row holds it, or its end refers to a step's answer.
+fn plan_reply(conn: &Connection, plan_row: Option<i64>) -> Result<String, DbError> {
+    let plan_row = plan_row.ok_or_else(|| {
         DbError::InvalidData("a turn keeps its reply in a plan that is not stored".into())
     })?;
-    let plan_id = Uuid::parse_str(&plan).map_err(|e| DbError::InvalidData(e.to_string()))?;
-    crate::journal::plan_in(conn, plan_id)?
-        .and_then(|p| p.result)
+    let from_row: Option<String> = conn
+        .prepare_cached("SELECT result FROM plans WHERE id = ?1")?
+        .query_row([plan_row], |r| r.get(0))?;
+    let result = match from_row {
+        Some(text) => Some(serde_json::from_str(&text)?),
+        None => crate::journal::result_by_reference(conn, plan_row)?,
+    };
+    result
         .and_then(|r| {
             r.get("reply")
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_owned)
         })
-        .ok_or_else(|| DbError::InvalidData(format!("plan {plan_id} has no reply for its turn")))
+        .ok_or_else(|| {
+            DbError::InvalidData(format!("plan row {plan_row} has no reply for its turn"))
+        })
+}
+
+/// The turns of plan row `?1`, found through their session's index, with
+/// what their kept sides refer to.
+pub(crate) const SETTLE_TURNS: &str =
+    "SELECT t.id, t.kept, coalesce(t.intent_id, p.intent_id), l.payload_json
+    FROM plans p JOIN turns t ON t.session_id = p.session_id AND t.plan = p.id
+    LEFT JOIN intents_log l ON t.kept & 1 <> 0 AND l.id = coalesce(t.intent_id, p.intent_id)
+    WHERE p.id = ?1";
+
+/// Makes the turns of plan row `plan_row` stand alone before the plan
+/// leaves the database for its archive: a side kept by reference to the
+/// plan's intent or answer gets its text, and the plan's intent id is
+/// written in the turn. The history reads as before; only then are those
+/// texts stored in the turn.
+pub(crate) fn settle_turns_of(conn: &Connection, plan_row: i64) -> Result<(), DbError> {
+    let turns: Vec<(i64, i64, Option<String>, Option<String>)> = conn
+        .prepare_cached(SETTLE_TURNS)?
+        .query_map([plan_row], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (id, kept, intent, logged) in turns {
+        let intent_id = intent
+            .as_deref()
+            .map(Uuid::parse_str)
+            .transpose()
+            .ok()
+            .flatten();
+        let asked = match kept & ASKED_KEPT {
+            0 => None,
+            _ => Some(logged_message(logged, intent_id)?),
+        };
+        let answered = match kept & ANSWERED_KEPT {
+            0 => None,
+            _ => Some(plan_reply(conn, Some(plan_row))?),
+        };
+        conn.prepare_cached(
+            "UPDATE turns SET asked = coalesce(asked, ?2), answered = coalesce(answered, ?3),
+                              intent_id = ?4, kept = 0, plan = NULL
+             WHERE id = ?1",
+        )?
+        .execute(params![id, asked, answered, intent])?;
+    }
+    Ok(())
 }

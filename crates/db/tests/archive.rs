@@ -216,7 +216,6 @@ fn finished_plans_past_the_cutoff_move_to_the_archive_and_nothing_else_does() {
     assert_eq!(first["intent"]["result_status"], json!("DONE"));
     assert_eq!(first["intent"]["payload_json"]["message"], json!("hello"));
     assert_eq!(first["actions"][0]["reason"], json!("planned 1 step(s)"));
-    assert_eq!(first["turns"][0]["answered"], json!("hi"));
     assert_eq!(lines[1]["plan_id"], json!(failed.to_string()));
 
     // Their rows are gone; the waiting and the recent plan stay whole.
@@ -235,16 +234,20 @@ fn finished_plans_past_the_cutoff_move_to_the_archive_and_nothing_else_does() {
     assert_eq!(count(&f.path, "SELECT count(*) FROM intents_log"), 3);
     assert_eq!(count(&f.path, "SELECT count(*) FROM madre_actions"), 3);
     assert_eq!(count(&f.path, "SELECT count(*) FROM archive_gate"), 0);
-    // The archived plans' turns went with them (they read their message
-    // from the archived intent); the session's history still reads.
-    assert_eq!(count(&f.path, "SELECT count(*) FROM turns"), 3);
-    let history = f.db.history("s1", 100).unwrap();
-    assert_eq!(history.len(), 6);
-    assert!(
-        history
-            .iter()
-            .all(|m| ["hello", "hi"].contains(&m.content.as_str()))
+    // The history stays: the archived plans' turns now hold the message
+    // they read from the archived intent, and say their intent.
+    assert_eq!(count(&f.path, "SELECT count(*) FROM turns"), 5);
+    assert_eq!(
+        count(
+            &f.path,
+            "SELECT count(*) FROM turns WHERE plan IS NULL AND asked = 'hello'"
+        ),
+        2
     );
+    let history = f.db.history("s1", 100).unwrap();
+    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(said, ["hello", "hi"].repeat(5));
+    assert!(history.iter().all(|m| m.intent_id.is_some()));
     assert!(f.db.confirmation(waiting).unwrap().is_some());
     // The counters agree with the rows left, and nothing is amiss.
     let counts = f.db.plan_counts().unwrap();

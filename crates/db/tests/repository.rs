@@ -154,6 +154,41 @@ fn foreign_and_newer_files_are_refused_untouched() {
     );
 }
 
+/// Schema 10 rebuilds the tables that hold times: an AUTOINCREMENT
+/// counter carries over even when its table is empty, so no id is handed
+/// out twice, and a time nobody could parse ages instead of staying text.
+#[test]
+fn the_upgrade_to_integer_times_keeps_counters_and_ages_odd_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v9.db");
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, &path, 9).unwrap();
+        conn.execute_batch(
+            "INSERT INTO daughter_tasks (source, status, task_type, description, created_at, updated_at)
+             VALUES ('madre', 'completed', 'render', 'd', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z');
+             INSERT INTO daughter_tasks (source, status, task_type, description, created_at, updated_at)
+             VALUES ('madre', 'completed', 'render', 'd', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z');
+             DELETE FROM daughter_tasks;
+             INSERT INTO idempotency_keys (principal, key, request_hash, created_at)
+             VALUES ('a', 'k', 'h', 'last tuesday');",
+        )
+        .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    let id = db.enqueue_daughter_task(daughter(0), t0()).wait().unwrap();
+    assert_eq!(id, 3, "ids 1 and 2 were handed out before the upgrade");
+    let conn = Connection::open(&path).unwrap();
+    let odd: (String, i64) = conn
+        .query_row(
+            "SELECT typeof(created_at), created_at FROM idempotency_keys",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(odd, ("integer".to_owned(), 0));
+}
+
 #[test]
 fn a_database_made_by_migration_1_is_upgraded_with_its_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -848,7 +883,7 @@ fn a_turn_holds_both_sides_and_the_cap_keeps_whole_turns() {
         .wait()
         .unwrap();
     }
-    // Trimmed at turn 40 to the newest 5 messages, whole turns: 2 turns.
+    // Trimmed at turn 40 to the turns holding the newest 5 messages: 3.
     let history = t.db.history("pairs", 100).unwrap();
     let messages: Vec<_> = history
         .iter()
@@ -857,6 +892,8 @@ fn a_turn_holds_both_sides_and_the_cap_keeps_whole_turns() {
     assert_eq!(
         messages,
         [
+            ("user", "q37"),
+            ("assistant", "a37"),
             ("user", "q38"),
             ("assistant", "a38"),
             ("user", "q39"),

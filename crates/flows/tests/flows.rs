@@ -325,7 +325,8 @@ async fn a_wall_clock_jump_does_not_run_a_keyed_request_twice() {
     let file = rusqlite::Connection::open(h.dir.path().join("vx11.db")).unwrap();
     let moved = file
         .execute(
-            "UPDATE idempotency_keys SET created_at = '2001-01-01T00:00:00.000000Z'",
+            // 2001-01-01T00:00:00Z, in the stored microseconds.
+            "UPDATE idempotency_keys SET created_at = 978307200000000",
             [],
         )
         .unwrap();
