@@ -998,9 +998,10 @@ async fn a_low_chat_stays_within_its_write_budget() {
     // Issue 22's budget is 12 statements (41 before storage v2); the
     // writer's kept folds brought it to 11 (no replay of the journal).
     assert!(per_chat(spent.statements) <= 11.0, "{spent:?}");
-    // Issue 22 asks for 12 WAL frames; storage v2 brought 33.9 to 23.4
-    // (see docs/benchmarks.md). This bound keeps that gain from eroding.
-    assert!(per_chat(spent.wal_frames) <= 24.0, "{spent:?}");
+    // Issue 22 asks for 12 WAL frames; storage v2 brought 33.9 to 23.4,
+    // and smaller rows to 21.9 (see docs/benchmarks.md). This bound keeps
+    // that gain from eroding.
+    assert!(per_chat(spent.wal_frames) <= 23.0, "{spent:?}");
 }
 
 /// SPEC §14: a reader that stops reading is let go once its buffer stays
