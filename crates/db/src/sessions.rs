@@ -103,10 +103,10 @@ fn trim_due(turns: i64, keep: u32) -> bool {
 /// Drops the turns of session `?1` older than those holding its newest
 /// `?2` messages: a turn is kept whole, so a read of `?2` messages always
 /// finds them (one more may stay), and the newest turn always stays.
-pub(crate) const TRIM_SESSION: &str = "DELETE FROM turns WHERE session_id = ?1 AND id < (
-    SELECT coalesce(min(CASE WHEN newer - here < ?2 THEN id END), max(id)) FROM (
-        SELECT id, here, sum(here) OVER (ORDER BY id DESC) AS newer FROM (
-            SELECT id, (asked IS NOT NULL OR kept & 1 <> 0) + (answered IS NOT NULL OR kept & 2 <> 0) AS here
+pub(crate) const TRIM_SESSION: &str = "DELETE FROM turns WHERE session_id = ?1 AND n < (
+    SELECT coalesce(min(CASE WHEN newer - here < ?2 THEN n END), max(n)) FROM (
+        SELECT n, here, sum(here) OVER (ORDER BY n DESC) AS newer FROM (
+            SELECT n, (asked IS NOT NULL OR kept & 1 <> 0) + (answered IS NOT NULL OR kept & 2 <> 0) AS here
             FROM turns WHERE session_id = ?1)))";
 
 pub(crate) fn trim_session(conn: &Connection, session_id: &str, keep: u32) -> Result<u64, DbError> {
@@ -182,8 +182,9 @@ impl Db {
             // it; a reply kept in a plan that is not there inserts nothing.
             let inserted = conn
                 .prepare_cached(
-                    "INSERT INTO turns (session_id, plan, intent_id, asked, answered, kept, created_at)
-                     SELECT ?1, p.id, CASE WHEN p.intent_id IS ?3 THEN NULL ELSE ?3 END, ?4, ?5, ?6, ?7
+                    "INSERT INTO turns (session_id, n, plan, intent_id, asked, answered, kept, created_at)
+                     SELECT ?1, coalesce((SELECT max(n) FROM turns WHERE session_id = ?1), 0) + 1,
+                            p.id, CASE WHEN p.intent_id IS ?3 THEN NULL ELSE ?3 END, ?4, ?5, ?6, ?7
                      FROM (SELECT NULL) LEFT JOIN plans p ON p.uuid = ?2
                      WHERE ?6 & 2 = 0 OR p.id IS NOT NULL",
                 )?
@@ -213,11 +214,11 @@ impl Db {
             let mut stmt = conn.prepare_cached(
                 "SELECT t.asked, t.answered, t.kept, coalesce(t.intent_id, p.intent_id), p.id,
                         t.created_at, l.payload_json
-                 FROM (SELECT * FROM turns WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2) t
+                 FROM (SELECT * FROM turns WHERE session_id = ?1 ORDER BY n DESC LIMIT ?2) t
                  LEFT JOIN plans p ON p.id = t.plan
                  LEFT JOIN intents_log l
                         ON t.kept & 1 <> 0 AND l.id = coalesce(t.intent_id, p.intent_id)
-                 ORDER BY t.id",
+                 ORDER BY t.n",
             )?;
             let rows = stmt.query_map(params![session_id, limit], |r| {
                 Ok((
@@ -309,7 +310,7 @@ fn plan_reply(conn: &Connection, plan_row: Option<i64>) -> Result<String, DbErro
 /// The turns of plan row `?1`, found through their session's index, with
 /// what their kept sides refer to.
 pub(crate) const SETTLE_TURNS: &str =
-    "SELECT t.id, t.kept, coalesce(t.intent_id, p.intent_id), l.payload_json
+    "SELECT t.session_id, t.n, t.kept, coalesce(t.intent_id, p.intent_id), l.payload_json
     FROM plans p JOIN turns t ON t.session_id = p.session_id AND t.plan = p.id
     LEFT JOIN intents_log l ON t.kept & 1 <> 0 AND l.id = coalesce(t.intent_id, p.intent_id)
     WHERE p.id = ?1";
@@ -320,13 +321,14 @@ pub(crate) const SETTLE_TURNS: &str =
 /// written in the turn. The history reads as before; only then are those
 /// texts stored in the turn.
 pub(crate) fn settle_turns_of(conn: &Connection, plan_row: i64) -> Result<(), DbError> {
-    let turns: Vec<(i64, i64, Option<String>, Option<String>)> = conn
+    type Settled = (String, i64, i64, Option<String>, Option<String>);
+    let turns: Vec<Settled> = conn
         .prepare_cached(SETTLE_TURNS)?
         .query_map([plan_row], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<Result<_, _>>()?;
-    for (id, kept, intent, logged) in turns {
+    for (session, n, kept, intent, logged) in turns {
         let intent_id = intent
             .as_deref()
             .map(Uuid::parse_str)
@@ -344,9 +346,9 @@ pub(crate) fn settle_turns_of(conn: &Connection, plan_row: i64) -> Result<(), Db
         conn.prepare_cached(
             "UPDATE turns SET asked = coalesce(asked, ?2), answered = coalesce(answered, ?3),
                               intent_id = ?4, kept = 0, plan = NULL
-             WHERE id = ?1",
+             WHERE session_id = ?1 AND n = ?5",
         )?
-        .execute(params![id, asked, answered, intent])?;
+        .execute(params![session, asked, answered, intent, n])?;
     }
     Ok(())
 }
