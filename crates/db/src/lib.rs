@@ -261,6 +261,20 @@ impl Db {
         self.writer.stats()
     }
 
+    /// Starts keeping the text of each distinct statement the writer runs,
+    /// from its next commit on: with [`Db::take_statements`], what a test
+    /// or a profile uses to see which tables and indexes a request writes
+    /// (issue 22 counts them).
+    pub fn record_statements(&self) {
+        self.writer.record_statements();
+    }
+
+    /// Stops keeping statements and answers those kept since
+    /// [`Db::record_statements`], each once, in text order.
+    pub fn take_statements(&self) -> Vec<String> {
+        self.writer.take_statements()
+    }
+
     /// How commits are synced, as the database connection reports it.
     pub fn sync_mode(&self) -> Result<SyncMode, DbError> {
         self.read(|conn| {

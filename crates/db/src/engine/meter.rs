@@ -12,9 +12,11 @@
 use rusqlite::Connection;
 use rusqlite::hooks::Wal;
 use rusqlite::trace::{TraceEvent, TraceEventCodes};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 thread_local! {
@@ -24,6 +26,9 @@ thread_local! {
     static FRAMES: Cell<u64> = const { Cell::new(0) };
     /// The WAL's length after this thread's last commit.
     static WAL_LENGTH: Cell<u64> = const { Cell::new(0) };
+    /// The text of each statement this thread ran, while its database
+    /// records them (see [`Meter::record_statements`]).
+    static SEEN: RefCell<Option<BTreeSet<String>>> = const { RefCell::new(None) };
 }
 
 /// Installs the counting hooks on the writer connection. The WAL hook
@@ -47,6 +52,13 @@ fn count_statement(event: TraceEvent<'_>) {
         && !is_transaction_control(sql)
     {
         STATEMENTS.with(|n| n.set(n.get() + 1));
+        SEEN.with(|seen| {
+            if let Some(seen) = seen.borrow_mut().as_mut()
+                && !seen.contains(sql)
+            {
+                seen.insert(sql.to_owned());
+            }
+        });
     }
 }
 
@@ -81,10 +93,20 @@ fn count_frames(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Forgets what this thread counted so far (work outside a batch).
-pub(crate) fn reset_thread() {
+/// Starts this thread's batch: forgets what it counted outside a batch,
+/// and keeps its statements' texts when the database records them.
+pub(crate) fn begin_batch(meter: &Meter) {
     STATEMENTS.with(|n| n.set(0));
     FRAMES.with(|n| n.set(0));
+    let recording = meter.recording.load(Ordering::Relaxed);
+    SEEN.with(|seen| {
+        let mut seen = seen.borrow_mut();
+        match (recording, seen.is_some()) {
+            (true, false) => *seen = Some(BTreeSet::new()),
+            (false, true) => *seen = None,
+            _ => {}
+        }
+    });
 }
 
 /// The writer's totals since the database was opened.
@@ -96,6 +118,10 @@ pub(crate) struct Meter {
     wal_frames: AtomicU64,
     commit_micros: AtomicU64,
     largest_batch: AtomicU64,
+    /// Whether the texts of the statements run are kept.
+    recording: AtomicBool,
+    /// The distinct statements run while recording.
+    recorded: Mutex<BTreeSet<String>>,
 }
 
 impl Meter {
@@ -104,6 +130,14 @@ impl Meter {
     pub(crate) fn record_batch(&self, writes: usize, took: Duration, committed: bool) {
         let statements = STATEMENTS.with(|n| n.replace(0));
         let frames = FRAMES.with(|n| n.replace(0));
+        if let Some(seen) = SEEN.with(|seen| seen.borrow_mut().as_mut().map(std::mem::take))
+            && !seen.is_empty()
+        {
+            self.recorded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(seen);
+        }
         let writes = writes as u64;
         self.statements.fetch_add(statements, Ordering::Relaxed);
         self.wal_frames.fetch_add(frames, Ordering::Relaxed);
@@ -116,6 +150,24 @@ impl Meter {
             self.writes.fetch_add(writes, Ordering::Relaxed);
         }
         self.largest_batch.fetch_max(writes, Ordering::Relaxed);
+    }
+
+    /// Starts keeping the text of every distinct statement the writer runs
+    /// (from its next batch on), forgetting what was kept before.
+    pub(crate) fn record_statements(&self) {
+        self.recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.recording.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops keeping statements and answers those kept, in text order.
+    pub(crate) fn take_statements(&self) -> Vec<String> {
+        self.recording.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *self.recorded.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .collect()
     }
 
     pub(crate) fn snapshot(&self, queue_depth: usize) -> WriterStats {

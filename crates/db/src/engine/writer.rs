@@ -310,6 +310,16 @@ impl Writer {
         self.meter.snapshot(self.queue_depth())
     }
 
+    /// Starts keeping the distinct statements the writer runs.
+    pub(crate) fn record_statements(&self) {
+        self.meter.record_statements();
+    }
+
+    /// Stops keeping statements and answers those kept.
+    pub(crate) fn take_statements(&self) -> Vec<String> {
+        self.meter.take_statements()
+    }
+
     /// Whether storage took the last write (see [`StorageHealth`]).
     pub(crate) fn health(&self) -> &StorageHealth {
         &self.health
@@ -685,7 +695,7 @@ fn commit_batch(
 ) {
     let _inside = InTransaction::enter();
     leave_transaction(conn);
-    meter::reset_thread();
+    meter::begin_batch(meter);
     let started = Instant::now();
     let size = batch.len();
     let changes_before = conn.total_changes();
