@@ -807,19 +807,8 @@ fn insert_events(
         }
         stmt.execute(args.as_slice())?;
     }
-    APPENDED.with(|a| a.set(true));
+    crate::engine::writer::announce_commit();
     Ok(conn.last_insert_rowid())
-}
-
-thread_local! {
-    /// Events were inserted on this thread since [`appended_since_asked`]
-    /// last answered (the writer asks after each commit).
-    static APPENDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// True when this thread inserted journal events since the last call.
-pub(crate) fn appended_since_asked() -> bool {
-    APPENDED.with(|a| a.replace(false))
 }
 
 /// Event rows per INSERT statement: a plan's commit rarely has more, and

@@ -6,14 +6,15 @@
 //! Callers use typed methods only; all SQL stays inside this crate.
 //!
 //! # Writes and reads
-//! Every write goes through one dedicated writer connection. A writer
-//! queues its work and takes that connection's lock; the lock holder runs
-//! every queued write, each inside its own savepoint of a single
-//! `BEGIN IMMEDIATE` transaction, commits once, and only then answers each
-//! caller (group commit by flat combining): concurrent writers share a
-//! commit instead of queueing on SQLite's lock, a failing write rolls back
-//! only itself, and a lone writer pays no thread hand-off. Reads use a pool
-//! of connections (WAL lets them run beside the writer).
+//! Every write goes through one dedicated writer connection, owned by the
+//! writer thread. A write is queued (the queue is bounded: past its limit a
+//! write is refused at once as overloaded); the thread takes everything
+//! queued, runs it in one `BEGIN IMMEDIATE` transaction with no savepoint
+//! per write, commits once, and only then answers each caller (group
+//! commit): concurrent writers share a commit instead of queueing on
+//! SQLite's lock. A write that fails rolls the batch back and the others
+//! run again without it, so a failed write leaves nothing behind. Reads use
+//! a pool of connections (WAL lets them run beside the writer).
 //!
 //! # Blocking
 //! Reads are blocking. From async code, use

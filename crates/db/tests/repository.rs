@@ -1940,6 +1940,11 @@ fn waiting_for_a_write_inside_a_write_fails_instead_of_deadlocking() {
             })
             .wait();
         tx.send(inner.map_err(|e| e.to_string())).unwrap();
+        // Nor do the calls that take the writer's turn between writes.
+        tx.send(db.check_storage().map_err(|e| e.to_string()))
+            .unwrap();
+        tx.send(db.set_max_size(None).map(drop).map_err(|e| e.to_string()))
+            .unwrap();
         db.log_intent(NewIntentLog {
             id: Uuid::new_v4(),
             source: "chat".into(),
@@ -1957,10 +1962,12 @@ fn waiting_for_a_write_inside_a_write_fails_instead_of_deadlocking() {
     let id = plan.plan_id;
     let ended =
         std::thread::spawn(move || db.apply_events_and_read(id, events, Some(at_end)).wait());
-    let inner = rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("the inner wait answered instead of hanging");
-    assert!(inner.unwrap_err().contains("Write::and"));
+    for call in ["wait", "check_storage", "set_max_size"] {
+        let inner = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("the inner {call} answered instead of hanging"));
+        assert!(inner.unwrap_err().contains("Write::and"), "{call}");
+    }
     assert_eq!(
         ended.join().unwrap().unwrap().plan.status,
         Status::Cancelled

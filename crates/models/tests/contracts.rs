@@ -117,6 +117,68 @@ fn enum_text_names_agree_with_serde_and_parse_back() {
         assert_eq!(module.as_str().parse::<Module>().unwrap(), module);
     }
     assert_eq!("nope".parse::<Mode>().unwrap_err().field, "mode");
+
+    // Each vocabulary's stored names (as_str) and its JSON names (serde)
+    // are written apart; they must be the same words, and parse back.
+    fn agree<T>(values: &[T], name: fn(T) -> &'static str)
+    where
+        T: Copy + std::fmt::Debug + PartialEq + serde::Serialize + std::str::FromStr,
+        <T as std::str::FromStr>::Err: std::fmt::Debug,
+    {
+        let mut seen = std::collections::BTreeSet::new();
+        for &value in values {
+            assert_eq!(json!(value), json!(name(value)), "{value:?}");
+            assert_eq!(name(value).parse::<T>().unwrap(), value);
+            assert!(seen.insert(name(value)), "{value:?}'s name is taken");
+        }
+    }
+    agree(
+        &[
+            EventType::PlanCreated,
+            EventType::PlanWaiting,
+            EventType::ApprovalRecorded,
+            EventType::PlanConfirmed,
+            EventType::PlanRejected,
+            EventType::PlanExpired,
+            EventType::StepStarted,
+            EventType::StepFinished,
+            EventType::PlanFinished,
+            EventType::PlanTakenOver,
+        ],
+        EventType::as_str,
+    );
+    agree(
+        &[
+            EndReason::Timeout,
+            EndReason::Cancelled,
+            EndReason::Denied,
+            EndReason::ConfirmationExpired,
+            EndReason::ConfirmationVoid,
+            EndReason::Rejected,
+        ],
+        EndReason::as_str,
+    );
+    agree(&[OwnAction::Restart, OwnAction::Reload], OwnAction::as_str);
+    agree(&[Mode::Madre, Mode::AudioEngineer], Mode::as_str);
+    agree(
+        &[RiskLevel::Low, RiskLevel::Med, RiskLevel::High],
+        RiskLevel::as_str,
+    );
+    agree(
+        &[
+            StepType::SystemHealthcheck,
+            StepType::AwaitConfirmation,
+            StepType::CallSwitch,
+            StepType::CallHermes,
+            StepType::CallHormigueroTask,
+            StepType::CallManifestator,
+            StepType::CallShub,
+            StepType::CallModule,
+            StepType::SpawnerRequest,
+            StepType::Noop,
+        ],
+        StepType::as_str,
+    );
 }
 
 #[test]

@@ -70,9 +70,8 @@ fn checkpoint(conn: &Connection) -> i64 {
 fn fold(conn: &Connection, writer: &Writer) -> i64 {
     let frames = checkpoint(conn);
     if frames >= REWIND_FRAMES {
-        writer.with_connection(|writer_conn| {
-            checkpoint(writer_conn);
-        });
+        // This thread is never inside a write, so the turn is always had.
+        let _ = writer.with_connection(|writer_conn| Ok(checkpoint(writer_conn)));
     }
     frames
 }
@@ -100,7 +99,5 @@ fn run(conn: Connection, writer: &Writer, stop: &(Mutex<bool>, Condvar)) {
     drop(stopped);
     // A last fold on the way out keeps the WAL small for the next start.
     checkpoint(&conn);
-    writer.with_connection(|writer_conn| {
-        checkpoint(writer_conn);
-    });
+    let _ = writer.with_connection(|writer_conn| Ok(checkpoint(writer_conn)));
 }

@@ -1,26 +1,20 @@
-//! Writes with group commit by flat combining: a writer queues its job and,
-//! when the writer connection is free, takes the turn: it runs every queued
-//! job (its own and any that arrived meanwhile) in one `BEGIN IMMEDIATE`
-//! transaction, commits once, and hands the turn on. Jobs run with no
-//! savepoint of their own: should one fail, the transaction is rolled
-//! back and the batch runs again without it (a job is a function that can
-//! run again), so a failed job's rows never commit and nobody pays for a
-//! savepoint when nothing fails.
-//! A writer that finds the connection busy waits; when the turn ends it
-//! either has its answer or takes the next turn with everything queued
-//! since, so concurrent writes share commits. Alone, a write costs one
-//! commit and no thread hand-off (which costs several commits' worth on
-//! small virtual machines). Each turn commits one batch, so no caller is
-//! kept committing others' writes under steady load.
+//! Writes with group commit on one writer thread: a write is queued (in a
+//! bounded queue), and the thread takes everything queued, runs it in one
+//! `BEGIN IMMEDIATE` transaction, commits once, and answers each caller.
+//! Jobs run with no savepoint of their own: should one fail, the
+//! transaction is rolled back and the batch runs again without it (a job
+//! is a function that can run again), so a failed job's rows never commit
+//! and nobody pays for a savepoint when nothing fails. Each batch is what
+//! was queued when the last commit ended, so concurrent writes share
+//! commits under load and a lone write costs one commit.
 //!
-//! An awaited write parks no thread: it is queued and its task sleeps
-//! until the answer comes. The database's writer thread takes the turn
-//! whenever writes are queued and the connection is free, and commits them
-//! all; every awaited write queued meanwhile joins the next batch. So a
-//! server's concurrent requests share commits however few blocking threads
-//! it has, and no runtime has to stay up for a write to be answered. The
-//! writer thread gives way to the checkpoint and the storage check, so a
-//! stream of writes never starves them.
+//! An awaited write parks no thread: its task sleeps until the answer
+//! comes; a blocking caller (`Write::wait`) queues the same way and waits
+//! on a channel. So a server's concurrent requests share commits however
+//! few blocking threads it has. The writer thread gives way to the
+//! checkpoint and the storage check, so a stream of writes never starves
+//! them. Should the thread die, every waiting and later write is answered
+//! with an error instead of hanging.
 //!
 //! A failure of storage itself (full, read-only, locked, I/O error) is
 //! answered to every caller it touched as [`DbError::Unavailable`], and
@@ -137,6 +131,19 @@ pub(crate) struct Writer {
     /// Counts commits that appended to the plan journal, for readers that
     /// follow it (SPEC §14): they wait for a change, then read what is new.
     journal_commits: tokio::sync::watch::Sender<u64>,
+}
+
+thread_local! {
+    /// A write of this thread's batch asked for the commit to be announced
+    /// (see [`announce_commit`]).
+    static ANNOUNCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Called inside a write: the commit of its batch is announced to the
+/// receivers of [`Writer::journal_commits`]. The journal calls it when it
+/// appends events, so the engine never needs to know what a journal is.
+pub(crate) fn announce_commit() {
+    ANNOUNCE.with(|a| a.set(true));
 }
 
 /// The storage fault seen last, or none since a write (or a check) went
@@ -342,8 +349,16 @@ impl Writer {
     }
 
     /// Runs `f` on the writer connection between transactions (the
-    /// checkpoint thread's short fold), holding the turn meanwhile.
-    pub(crate) fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
+    /// storage check, the size cap), holding the turn meanwhile. Called
+    /// inside a write, it fails at once instead of waiting for ever for
+    /// the turn that write holds.
+    pub(crate) fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        if IN_TRANSACTION.with(std::cell::Cell::get) {
+            return Err(inside_a_write());
+        }
         let mut state = lock(&self.state);
         state.outsiders += 1;
         while state.busy {
@@ -474,7 +489,7 @@ impl Writer {
                 let commit = AssertUnwindSafe(|| {
                     let conn = lock(&self.conn);
                     commit_batch(&conn, batch, &self.health, &self.meter);
-                    if crate::journal::appended_since_asked() {
+                    if ANNOUNCE.with(|a| a.replace(false)) {
                         self.journal_commits.send_modify(|n| *n += 1);
                     }
                 });
@@ -487,6 +502,14 @@ impl Writer {
             state = lock(&self.state);
         }
     }
+}
+
+/// The error of a call that needs the writer's turn from inside a write,
+/// which holds that turn until it ends.
+fn inside_a_write() -> DbError {
+    DbError::Internal(
+        "the writer was asked for inside another write's transaction, which would never end: join writes with Write::and".into(),
+    )
 }
 
 /// The error of every write once the writer thread died.
@@ -826,9 +849,7 @@ impl<T: Send + 'static> Write<T> {
     /// [`Write::and`] instead.
     pub fn wait(self) -> Result<T, DbError> {
         if IN_TRANSACTION.with(std::cell::Cell::get) {
-            return Err(DbError::Internal(
-                "a write was waited for inside another write's transaction, which would never end: join them with Write::and".into(),
-            ));
+            return Err(inside_a_write());
         }
         let (writer, job, answer) = self.into_job();
         writer.enqueue(job);
