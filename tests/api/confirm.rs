@@ -29,6 +29,10 @@ async fn dangerous_chats_wait_and_run_only_after_confirmation() {
         .send("GET", &format!("/madre/plans/{plan}"), Some(VIEWER), None)
         .await;
     assert_eq!(s(&detail.body["plan"]["status"]), "DONE");
+    assert_eq!(
+        s(&detail.body["actions"][0]["reason"]),
+        "waiting for confirmation (MED risk)"
+    );
     let actions: Vec<&str> = detail.body["actions"]
         .as_array()
         .unwrap()
@@ -83,6 +87,23 @@ async fn dangerous_chats_wait_and_run_only_after_confirmation() {
     );
     assert!(r.body.get("confirm_token").is_none());
     assert_eq!(app.calls(Module::Hermes).await, before);
+
+    // Each plan's audit trail opens with its creation, as the planner left
+    // it: waiting (with its risk), denied, or planned with its steps.
+    let low = app.chat(OPERATOR, "hello there").await;
+    for (answer, reason, by) in [
+        (&low.body, "planned 2 step(s)", "olga"),
+        (&r.body, "denied", "admin"),
+    ] {
+        let plan = s(&answer["plan_id"]);
+        let detail = app
+            .send("GET", &format!("/madre/plans/{plan}"), Some(VIEWER), None)
+            .await;
+        let first = &detail.body["actions"][0];
+        assert_eq!(s(&first["reason"]), reason, "{}", detail.body);
+        assert_eq!(s(&first["principal"]), by);
+        assert!(first["created_at"].is_string());
+    }
     app.stop().await;
 }
 

@@ -1,8 +1,8 @@
 //! The append-only audit trail of what Madre did and on whose behalf.
 
 use chrono::{DateTime, Utc};
-use madre_models::AuditAction;
-use rusqlite::{Connection, params};
+use madre_models::{AuditAction, EndReason};
+use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::time::{Ts, ts};
@@ -47,9 +47,12 @@ impl Db {
         self.write(move |conn| insert_action(conn, &action))
     }
 
-    /// The audit rows of a plan, oldest first.
+    /// The audit trail of a plan, oldest first: its creation, read from
+    /// its journal (see [`creation_entry`]), then the rows recorded about
+    /// it. A plan made before schema 12 has its creation as a stored row.
     pub fn actions_for_plan(&self, plan_id: Uuid) -> Result<Vec<AuditAction>, DbError> {
         self.read(|conn| {
+            let mut trail: Vec<AuditAction> = creation_entry(conn, plan_id)?.into_iter().collect();
             let mut stmt = conn.prepare_cached(
                 "SELECT id, module, action, reason, principal, created_at
                  FROM madre_actions WHERE plan_id = ?1 ORDER BY id",
@@ -65,7 +68,75 @@ impl Db {
                     created_at: r.get::<_, Ts>(5)?.0,
                 })
             })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            for row in rows {
+                trail.push(row?);
+            }
+            Ok(trail)
         })
     }
+}
+
+/// The audit entry of a plan's creation, for a plan whose journal records
+/// it (made since schema 12): who made it and when (its `plan_created`
+/// event), its module and action (its row), and the outcome the planner
+/// gave it, which the event after `plan_created`, written in the same
+/// commit, tells: `plan_waiting` for a plan that waits for a confirmation,
+/// a `plan_finished` for `denied` for one the policy refused, else the
+/// steps it was planned with. Its id is 0: it is no row of `madre_actions`.
+fn creation_entry(conn: &Connection, plan_id: Uuid) -> Result<Option<AuditAction>, DbError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT p.module, p.action, p.risk, c.principal, c.created_at, c.payload_json,
+                    n.type, n.payload_json
+             FROM plans p
+             JOIN plan_events c ON c.plan = p.id AND c.type = 'plan_created'
+             LEFT JOIN plan_events n ON n.seq = (
+                 SELECT min(seq) FROM plan_events WHERE plan = p.id AND seq > c.seq)
+             WHERE p.uuid = ?1 AND c.seq >= (SELECT seq FROM creation_audited_from)",
+        )?
+        .query_row([plan_id.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Ts>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+            ))
+        })
+        .optional()?;
+    let Some((module, action, risk, principal, at, body, next, next_payload)) = row else {
+        return Ok(None);
+    };
+    let denied = EndReason::Denied.as_str();
+    let reason = match next.as_deref() {
+        Some("plan_waiting") => format!(
+            "waiting for confirmation ({} risk)",
+            risk.as_deref().unwrap_or("unknown")
+        ),
+        Some("plan_finished")
+            if next_payload
+                .as_deref()
+                .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+                .is_some_and(|p| p["reason"] == denied) =>
+        {
+            denied.to_owned()
+        }
+        _ => {
+            let body: serde_json::Value = serde_json::from_str(&body)?;
+            let steps = body["steps"].as_array().map_or(0, Vec::len);
+            format!("planned {steps} step(s)")
+        }
+    };
+    Ok(Some(AuditAction {
+        id: 0,
+        module,
+        action,
+        reason,
+        principal: principal.unwrap_or_default(),
+        plan_id: Some(plan_id),
+        created_at: at.0,
+    }))
 }

@@ -570,10 +570,22 @@ fn plans_round_trip_with_context_confirmation_and_audit() {
     let stored = t.db.plan(plan.plan_id).unwrap().unwrap();
     assert_eq!(stored.plan, plan);
     assert_eq!(stored.meta.principal, "admin");
-    assert_eq!(
-        t.db.actions_for_plan(plan.plan_id).unwrap()[0].principal,
-        "alice"
+    // The trail opens with the plan's creation, read from its journal
+    // (id 0: no stored row), then the rows stored with it.
+    let trail = t.db.actions_for_plan(plan.plan_id).unwrap();
+    let entries: Vec<(i64, &str, &str)> = trail
+        .iter()
+        .map(|a| (a.id, a.principal.as_str(), a.reason.as_str()))
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0].0, 0);
+    assert_eq!(entries[0].1, "admin");
+    assert!(
+        entries[0].2.starts_with("waiting for confirmation ("),
+        "{entries:?}"
     );
+    assert_eq!((entries[1].1, entries[1].2), ("alice", "waiting"));
+    assert!(entries[1].0 > 0);
     let c = t.db.confirmation(plan.plan_id).unwrap().unwrap();
     assert_eq!(
         (c.risk, c.failed_attempts, c.used_at),

@@ -145,26 +145,15 @@ impl Madre {
             (None, None)
         };
         let expires_at = confirmation.as_ref().map(|c| c.expires_at);
-        let outcome = if denied {
-            EndReason::Denied.into()
-        } else if waits {
-            format!("waiting for confirmation ({} risk)", intent.risk)
-        } else {
-            format!("planned {} step(s)", plan.steps.len())
-        };
-        let action = audit(
-            principal,
-            meta.module.as_str(),
-            &meta.action,
-            outcome,
-            plan.plan_id,
-        );
+        // The plan's creation needs no audit row of its own: its journal
+        // records who made it, and its outcome (madre-db reads the audit
+        // entry from there).
         let record = NewPlanRecord {
             plan: plan.clone(),
             meta,
             intent: Some(intent.clone()),
             confirmation,
-            actions: vec![action],
+            actions: Vec::new(),
             logged_message: logged_message.map(str::to_owned),
         };
         let place = if waits || denied {
