@@ -65,6 +65,16 @@ async fn a_low_chat_calls_switch_then_hermes_and_answers_the_reply() {
         )
         .await;
     assert_eq!(s(&forced.body["mode"]), "MADRE");
+    // Back in the default mode, the session stays there.
+    let after = app
+        .send(
+            "POST",
+            "/madre/chat",
+            Some(OPERATOR),
+            Some(json!({"message": "and after that?", "session_id": session})),
+        )
+        .await;
+    assert_eq!(s(&after.body["mode"]), "MADRE", "{}", after.body);
     assert_eq!(app.calls(Module::Shub).await, 2);
     app.stop().await;
 }

@@ -71,8 +71,11 @@ fn cleanup_in(
     now: DateTime<Utc>,
     replica: &str,
 ) -> Result<CleanupReport, DbError> {
-    // Only sessions active since the last pass can have grown past the cap
-    // (the sessions_open index bounds the search; no scan of the history).
+    // Every session's history is trimmed by its own turns (every eighth,
+    // in `record_turn`); this pass also trims the sessions with a row
+    // (a mode other than the default) active since the last pass, so a
+    // lowered cap reaches them (the sessions_open index bounds the
+    // search; no scan of the history).
     let active: Vec<String> = conn
         .prepare_cached(ACTIVE_SESSIONS)?
         .query_map([ts(now - policy.active_window)], |r| r.get(0))?

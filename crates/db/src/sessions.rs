@@ -8,7 +8,9 @@ use uuid::Uuid;
 use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
 
-/// A stored session.
+/// A session's stored state: only a session whose sticky mode is not the
+/// default (MADRE) has one, from its first turn in that mode until it is
+/// closed for idleness (a session without one is in the default mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
     /// Its id.
@@ -54,7 +56,7 @@ pub enum Said {
 /// answered, in one row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTurn {
-    /// The session; created or reopened.
+    /// The session.
     pub session_id: String,
     /// The session's sticky mode from now on.
     pub mode: Mode,
@@ -144,13 +146,15 @@ pub(crate) fn session_in(
 }
 
 impl Db {
-    /// The session `session_id`, if it exists.
+    /// The stored state of session `session_id`, if it has one (see
+    /// [`SessionRow`]).
     pub fn session(&self, session_id: &str) -> Result<Option<SessionRow>, DbError> {
         self.read(|conn| session_in(conn, session_id))
     }
 
-    /// Records a conversation turn in one row: creates or reopens the
-    /// session with the turn's mode, and every few turns trims the session
+    /// Records a conversation turn in one row: stores or reopens the
+    /// session's mode when it is not the default (or the session had a
+    /// row: see [`SessionRow`]), and every few turns trims the session
     /// to its newest `keep` messages (reads never see more than they ask
     /// for). A side said [`Said::Kept`] without the intent or plan to read
     /// it from is refused.
@@ -165,41 +169,50 @@ impl Db {
                     "a turn keeps a side by reference without the intent or plan holding it".into(),
                 ));
             }
-            let turns: i64 = conn
-                .prepare_cached(
-                    "INSERT INTO sessions (session_id, mode, created_at, last_activity_at, turns)
-                     VALUES (?1, ?2, ?3, ?3, 1)
+            // Only a session whose mode is not the default has a row (it
+            // is what the row is for); one that returns to the default
+            // keeps its row until it is closed for idleness.
+            let has_row = turn.mode != Mode::Madre
+                || conn
+                    .prepare_cached("SELECT 1 FROM sessions WHERE session_id = ?1")?
+                    .exists([&turn.session_id])?;
+            if has_row {
+                conn.prepare_cached(
+                    "INSERT INTO sessions (session_id, mode, created_at, last_activity_at)
+                     VALUES (?1, ?2, ?3, ?3)
                      ON CONFLICT (session_id) DO UPDATE SET
                         mode = excluded.mode, last_activity_at = excluded.last_activity_at,
-                        closed_at = NULL, turns = turns + 1
-                     RETURNING turns",
+                        closed_at = NULL",
                 )?
-                .query_row(
-                    params![turn.session_id, turn.mode.as_str(), ts(turn.at)],
-                    |r| r.get(0),
-                )?;
+                .execute(params![turn.session_id, turn.mode.as_str(), ts(turn.at)])?;
+            }
             // The intent is stored only when the plan's row does not say
             // it; a reply kept in a plan that is not there inserts nothing.
-            let inserted = conn
+            let turns: Option<i64> = conn
                 .prepare_cached(
                     "INSERT INTO turns (session_id, n, plan, intent_id, asked, answered, kept, created_at)
                      SELECT ?1, coalesce((SELECT max(n) FROM turns WHERE session_id = ?1), 0) + 1,
                             p.id, CASE WHEN p.intent_id IS ?3 THEN NULL ELSE ?3 END, ?4, ?5, ?6, ?7
                      FROM (SELECT NULL) LEFT JOIN plans p ON p.uuid = ?2
-                     WHERE ?6 & 2 = 0 OR p.id IS NOT NULL",
+                     WHERE ?6 & 2 = 0 OR p.id IS NOT NULL
+                     RETURNING n",
                 )?
-                .execute(params![
-                    turn.session_id,
-                    turn.plan_id.map(|p| p.to_string()),
-                    turn.intent_id.map(|i| i.to_string()),
-                    asked,
-                    answered,
-                    asked_kept | answered_kept,
-                    ts(turn.at),
-                ])?;
-            if inserted == 0 {
+                .query_row(
+                    params![
+                        turn.session_id,
+                        turn.plan_id.map(|p| p.to_string()),
+                        turn.intent_id.map(|i| i.to_string()),
+                        asked,
+                        answered,
+                        asked_kept | answered_kept,
+                        ts(turn.at),
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(turns) = turns else {
                 return Err(DbError::not_found("plan", turn.plan_id.unwrap_or_default()));
-            }
+            };
             if trim_due(turns, turn.keep) {
                 trim_session(conn, &turn.session_id, turn.keep)?;
             }

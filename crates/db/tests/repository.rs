@@ -1210,10 +1210,12 @@ fn cleanup_applies_retention_and_never_touches_the_audit_trail() {
         active_window: Duration::hours(3),
     };
     let old = t0() - Duration::hours(2);
+    // Sessions in a sticky mode other than the default: closing one for
+    // idleness gives it the default mode back.
     for i in 0..5 {
         t.db.record_turn(said(
             "idle".into(),
-            Mode::Madre,
+            Mode::AudioEngineer,
             None,
             format!("{i}"),
             100,
@@ -1224,7 +1226,7 @@ fn cleanup_applies_retention_and_never_touches_the_audit_trail() {
     }
     t.db.record_turn(said(
         "busy".into(),
-        Mode::Madre,
+        Mode::AudioEngineer,
         None,
         "x".into(),
         100,
@@ -1232,6 +1234,18 @@ fn cleanup_applies_retention_and_never_touches_the_audit_trail() {
     ))
     .wait()
     .unwrap();
+    // A session in the default mode has nothing to close: no row.
+    t.db.record_turn(said(
+        "plain".into(),
+        Mode::Madre,
+        None,
+        "y".into(),
+        100,
+        old,
+    ))
+    .wait()
+    .unwrap();
+    assert_eq!(t.db.session("plain").unwrap(), None);
     let task = t.db.enqueue_daughter_task(daughter(0), old).wait().unwrap();
     let spawn = t.db.record_spawn(task, Some(42), old).wait().unwrap();
     t.db.finish_spawn(spawn, DaughterStatus::Completed, old)
