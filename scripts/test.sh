@@ -13,9 +13,15 @@ fi
 # Debian's chromium with playwright-core from npm (Playwright's own browser
 # download is not used).
 PLAYWRIGHT_CORE_VERSION=1.65.2
-if ! command -v chromium >/dev/null || ! command -v node >/dev/null; then
-    echo "installing chromium and node (Debian) for the browser test" >&2
-    apt-get update -qq && apt-get install -y -qq chromium nodejs npm >/dev/null
+# Only what is missing: a Node.js from elsewhere (with its own npm) stays,
+# since Debian's npm would ask for Debian's nodejs in its place.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (Debian) for the browser test" >&2
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if ! grep -qs "\"version\": \"$PLAYWRIGHT_CORE_VERSION\"" \
     target/browser-test/node_modules/playwright-core/package.json; then
