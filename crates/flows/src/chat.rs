@@ -81,11 +81,17 @@ impl Madre {
                 id: intent_id,
                 source: source.to_owned(),
                 principal: principal.name.clone(),
-                payload: json!({
-                    "message": command.message.as_str(),
-                    "session_id": session_id,
-                    "mode": command.mode,
-                }),
+                payload: {
+                    let mut asked = json!({
+                        "message": command.message.as_str(),
+                        "session_id": session_id,
+                    });
+                    // The mode the request forced, when it forced one.
+                    if let Some(mode) = command.mode {
+                        asked["mode"] = json!(mode);
+                    }
+                    asked
+                },
                 created_at: now,
             }),
             self.db.run_blocking(move |db| db.session(&sid)),
