@@ -31,6 +31,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write as _};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use uuid::Uuid;
 
 use crate::time::ts;
 use crate::{Db, DbError};
@@ -182,9 +183,40 @@ fn plan_line(conn: &Connection, plan: &Candidate, at: DateTime<Utc>) -> Result<V
             Some(id) => one(rows_as_json(conn, "SELECT * FROM intents_log WHERE id = ?1", &[id])?),
             None => Value::Null,
         },
-        "actions": rows_as_json(conn, "SELECT * FROM madre_actions WHERE plan_id = ?1 ORDER BY id", &[&plan.uuid])?,
+        "actions": actions_of(conn, plan)?,
         "confirmation": one(rows_as_json(conn, "SELECT * FROM confirmations WHERE plan_id = ?1", &[&plan.uuid])?),
     }))
+}
+
+/// The audit trail of an archived plan as the plan detail showed it: its
+/// creation, read from its journal (id 0, for a plan made since schema
+/// 12), then its stored rows.
+fn actions_of(conn: &Connection, plan: &Candidate) -> Result<Vec<Value>, DbError> {
+    let created = Uuid::parse_str(&plan.uuid)
+        .ok()
+        .map(|id| crate::audit::creation_entry(conn, id))
+        .transpose()?
+        .flatten();
+    let mut actions: Vec<Value> = created
+        .into_iter()
+        .map(|entry| {
+            json!({
+                "id": entry.id,
+                "module": entry.module,
+                "action": entry.action,
+                "reason": entry.reason,
+                "principal": entry.principal,
+                "plan_id": plan.uuid,
+                "created_at": entry.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            })
+        })
+        .collect();
+    actions.extend(rows_as_json(
+        conn,
+        "SELECT * FROM madre_actions WHERE plan_id = ?1 ORDER BY id",
+        &[&plan.uuid],
+    )?);
+    Ok(actions)
 }
 
 /// The plans of `uuids` still in the database.

@@ -83,7 +83,10 @@ impl Db {
 /// commit, tells: `plan_waiting` for a plan that waits for a confirmation,
 /// a `plan_finished` for `denied` for one the policy refused, else the
 /// steps it was planned with. Its id is 0: it is no row of `madre_actions`.
-fn creation_entry(conn: &Connection, plan_id: Uuid) -> Result<Option<AuditAction>, DbError> {
+pub(crate) fn creation_entry(
+    conn: &Connection,
+    plan_id: Uuid,
+) -> Result<Option<AuditAction>, DbError> {
     let row = conn
         .prepare_cached(
             "SELECT p.module, p.action, p.risk, c.principal, c.created_at, c.payload_json,

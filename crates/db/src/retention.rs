@@ -72,10 +72,10 @@ fn cleanup_in(
     replica: &str,
 ) -> Result<CleanupReport, DbError> {
     // Every session's history is trimmed by its own turns (every eighth,
-    // in `record_turn`); this pass also trims the sessions with a row
-    // (a mode other than the default) active since the last pass, so a
-    // lowered cap reaches them (the sessions_open index bounds the
-    // search; no scan of the history).
+    // in `record_turn`: at most 14 messages over the cap, which no read
+    // returns); this pass also trims the sessions with a row (a mode
+    // other than the default) active since the last pass (the
+    // sessions_open index bounds the search; no scan of the history).
     let active: Vec<String> = conn
         .prepare_cached(ACTIVE_SESSIONS)?
         .query_map([ts(now - policy.active_window)], |r| r.get(0))?

@@ -908,10 +908,17 @@ ALTER TABLE turns_v11 RENAME TO turns;
 /// written for it any more (issue 22: two b-trees fewer a chat; issue 25:
 /// 124 bytes). Plans created before keep their stored row; the journal's
 /// sequence at the upgrade says which plans are which (a sequence number
-/// is never handed out twice, unlike a plan's row id after archival).
+/// is never handed out twice, unlike a plan's row id after archival). What
+/// the entry reads from the plan's row is made unchangeable by trigger,
+/// as the audit trail is.
 const MIGRATION_12: &str = r#"
 CREATE TABLE creation_audited_from (seq INTEGER NOT NULL);
 INSERT INTO creation_audited_from (seq) SELECT coalesce(max(seq), 0) + 1 FROM plan_events;
+-- What the creation entry reads from the plan's row is as fixed as an
+-- audit row: the database refuses to change it.
+CREATE TRIGGER plans_creation_is_fixed
+BEFORE UPDATE OF module, action, risk, principal, created_at ON plans
+BEGIN SELECT RAISE(ABORT, 'plans: who made a plan, its module, action, risk and time are its creation audit and never change'); END;
 "#;
 
 /// Version 13: a session has a row only while its sticky mode is not the

@@ -9,8 +9,9 @@ use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
 
 /// A session's stored state: only a session whose sticky mode is not the
-/// default (MADRE) has one, from its first turn in that mode until it is
-/// closed for idleness (a session without one is in the default mode).
+/// default (MADRE) has one, from its first turn in that mode until a turn
+/// in the default mode (a session closed for idleness gets the default
+/// mode at its next turn); a session without one is in the default mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
     /// Its id.
@@ -153,8 +154,9 @@ impl Db {
     }
 
     /// Records a conversation turn in one row: stores or reopens the
-    /// session's mode when it is not the default (or the session had a
-    /// row: see [`SessionRow`]), and every few turns trims the session
+    /// session's mode when it is not the default, or removes the
+    /// session's row when the turn is back in the default mode (see
+    /// [`SessionRow`]), and every few turns trims the session
     /// to its newest `keep` messages (reads never see more than they ask
     /// for). A side said [`Said::Kept`] without the intent or plan to read
     /// it from is refused.
@@ -170,13 +172,17 @@ impl Db {
                 ));
             }
             // Only a session whose mode is not the default has a row (it
-            // is what the row is for); one that returns to the default
-            // keeps its row until it is closed for idleness.
-            let has_row = turn.mode != Mode::Madre
-                || conn
+            // is what the row is for): a turn in another mode stores or
+            // reopens it, and one back in the default mode removes it.
+            if turn.mode == Mode::Madre {
+                let had_row = conn
                     .prepare_cached("SELECT 1 FROM sessions WHERE session_id = ?1")?
                     .exists([&turn.session_id])?;
-            if has_row {
+                if had_row {
+                    conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
+                        .execute([&turn.session_id])?;
+                }
+            } else {
                 conn.prepare_cached(
                     "INSERT INTO sessions (session_id, mode, created_at, last_activity_at)
                      VALUES (?1, ?2, ?3, ?3)

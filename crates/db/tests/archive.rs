@@ -215,7 +215,13 @@ fn finished_plans_past_the_cutoff_move_to_the_archive_and_nothing_else_does() {
     assert!(first["events"][0]["payload_json"]["steps"].is_array());
     assert_eq!(first["intent"]["result_status"], json!("DONE"));
     assert_eq!(first["intent"]["payload_json"]["message"], json!("hello"));
+    // The audit trail as the plan detail showed it: the creation, read
+    // from the journal (id 0), then the rows stored with the plan.
+    assert_eq!(first["actions"][0]["id"], json!(0));
     assert_eq!(first["actions"][0]["reason"], json!("planned 1 step(s)"));
+    assert!(first["actions"][0]["created_at"].is_string());
+    assert_eq!(first["actions"][1]["reason"], json!("planned 1 step(s)"));
+    assert!(first["actions"][1]["id"].as_i64().unwrap() > 0);
     assert_eq!(lines[1]["plan_id"], json!(failed.to_string()));
 
     // Their rows are gone; the waiting and the recent plan stay whole.

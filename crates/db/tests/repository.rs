@@ -756,6 +756,18 @@ fn the_journal_refuses_update_and_delete() {
         assert!(err.contains("append-only"), "{sql}: {err}");
     }
     assert_eq!(t.db.plan_events(plan.plan_id).unwrap().len(), 1);
+    // What a plan's creation audit entry reads from its row is as fixed.
+    for sql in [
+        "UPDATE plans SET principal = 'mallory'",
+        "UPDATE plans SET module = 'shub', action = 'delete'",
+        "UPDATE plans SET risk = 'LOW'",
+        "UPDATE plans SET created_at = 0",
+    ] {
+        let err = conn.execute(sql, []).unwrap_err().to_string();
+        assert!(err.contains("creation audit"), "{sql}: {err}");
+    }
+    let trail = t.db.actions_for_plan(plan.plan_id).unwrap();
+    assert_ne!(trail[0].principal, "mallory");
 }
 
 #[test]
@@ -963,6 +975,20 @@ fn sessions_keep_their_mode_and_a_capped_history() {
         vec!["m117", "m118", "m119"]
     );
     assert!(t.db.session("nope").unwrap().is_none());
+    // Back in the default mode, the session needs no row; its history
+    // goes on.
+    t.db.record_turn(said(
+        "s-1".into(),
+        Mode::Madre,
+        None,
+        "back".into(),
+        100,
+        t0() + Duration::seconds(200),
+    ))
+    .wait()
+    .unwrap();
+    assert_eq!(t.db.session("s-1").unwrap(), None);
+    assert_eq!(t.db.history("s-1", 1).unwrap()[0].content, "back");
 }
 
 #[test]
