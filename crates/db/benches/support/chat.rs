@@ -184,14 +184,8 @@ pub(crate) fn low_chat(db: &Db, commits: Commits) {
             },
             intent: Some(intent),
             confirmation: None,
-            actions: vec![NewAction {
-                module: "madre".into(),
-                action: "chat".into(),
-                reason: "planned 2 step(s)".into(),
-                principal: "bench".into(),
-                plan_id: Some(plan_id),
-                created_at: now,
-            }],
+            // The plan's creation is audited by its journal (schema 12).
+            actions: Vec::new(),
             logged_message: None,
         },
         opening,
