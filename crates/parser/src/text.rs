@@ -231,6 +231,11 @@ struct Raw {
 enum Out {
     /// A letter or digit of a word, already folded.
     Char(char),
+    /// A letter of a script with no Latin look-alike. Where it meets a
+    /// Latin letter a word ends, as in the shell view ("rm𐿠a0" is "rm"
+    /// and "𐿠a0" in both), so a command name glued to foreign letters
+    /// reads the same wherever it stands.
+    Foreign(char),
     /// A separator.
     Boundary,
     /// A format character: dropped, and it does not separate.
@@ -242,11 +247,20 @@ fn raw_tokens(text: &str, classes: &mut Classes) -> (String, Vec<Raw>) {
     let mut tokens: Vec<Raw> = Vec::new();
     let mut open: Option<Raw> = None;
     let mut pending_hidden = false;
+    // Whether the open word's last letter was foreign (see `Out::Foreign`).
+    let mut foreign_open = false;
     for (i, c) in text.char_indices() {
         let end = i + c.len_utf8();
         let mut contributed = false;
         fold_char(c, classes, &mut |out| match out {
-            Out::Char(f) => {
+            Out::Char(f) | Out::Foreign(f) => {
+                let foreign = matches!(out, Out::Foreign(_));
+                if foreign != foreign_open
+                    && let Some(raw) = open.take()
+                {
+                    tokens.push(raw);
+                }
+                foreign_open = foreign;
                 match open.as_mut() {
                     None => {
                         open = Some(Raw {
@@ -490,7 +504,7 @@ fn fold_char(c: char, classes: &mut Classes, out: &mut impl FnMut(Out)) {
         match classes.of(d) {
             Class::Mark => {}
             Class::Latin(latin) => latin.as_str().chars().for_each(|a| fold_ascii(a, out)),
-            Class::Letter(l) => out(Out::Char(l)),
+            Class::Letter(l) => out(Out::Foreign(l)),
             Class::Ignorable => out(Out::Hidden),
             // punctuation never becomes a letter ("¡bórralo!")
             Class::Punct(_) | Class::Other => out(Out::Boundary),

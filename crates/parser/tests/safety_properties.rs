@@ -349,3 +349,24 @@ fn hard_inputs_get_a_deterministic_effect() {
         }
     }
 }
+
+/// Found by `adding_a_dangerous_clause_never_lowers_risk`: a command name
+/// glued to letters of a script with no Latin look-alike ("RM𐿠a0") was a
+/// command on its own (the shell view splits it there) but not after an
+/// opener ("…: to be safe RM𐿠a0"), where only the words are read, and they
+/// kept it one word. Words now end where the shell view splits them, so the
+/// clause reads the same wherever it stands.
+#[test]
+fn a_command_glued_to_foreign_letters_reads_the_same_anywhere() {
+    let alone = assess("RM𐿠a0");
+    for joint in [": to be safe ", ". in the meantime ", " and then ", "; "] {
+        let combined = format!("drain all nodes and cordon the cluster{joint}RM𐿠a0");
+        let after = assess(&combined);
+        assert!(
+            rank(&after) >= rank(&alone),
+            "{combined:?}: {:?} after {:?} alone",
+            after.decision,
+            alone.decision
+        );
+    }
+}
