@@ -1285,13 +1285,16 @@ fn repair_in(conn: &Connection) -> Result<(Vec<PlanProblem>, Vec<PlanProblem>), 
     Ok((repaired, left))
 }
 
+/// The open plans (PENDING, WAITING, RUNNING), oldest first, through the
+/// index that holds only them (its condition, said the same way).
+pub(crate) const OPEN_PLANS: &str = "SELECT id, uuid FROM plans
+     WHERE status = 'PENDING' OR status = 'WAITING' OR status = 'RUNNING' ORDER BY id";
+
 /// Folds the journal of every open plan (PENDING, WAITING, RUNNING: the
 /// ones a start resumes or confirms), and fails on the first that cannot
 /// be, naming the plan and the event. Writes nothing.
 fn check_open_in(conn: &Connection) -> Result<(), DbError> {
-    let mut stmt = conn.prepare(
-        "SELECT id, uuid FROM plans WHERE status IN ('PENDING', 'WAITING', 'RUNNING') ORDER BY id",
-    )?;
+    let mut stmt = conn.prepare(OPEN_PLANS)?;
     // One plan at a time: a start with many plans waiting holds none of
     // them longer than its own fold.
     let mut open = stmt.query([])?;

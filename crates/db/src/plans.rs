@@ -62,7 +62,7 @@ fn insert_record(
 /// index that holds only them, finished ones from the counters the journal
 /// keeps in the commit that finishes a plan. Neither scans history.
 pub(crate) const PLAN_COUNTS: &str = "SELECT status, count(*) FROM plans
-     WHERE status IN ('PENDING', 'WAITING', 'RUNNING') GROUP BY status
+     WHERE status = 'PENDING' OR status = 'WAITING' OR status = 'RUNNING' GROUP BY status
      UNION ALL
      SELECT status, n FROM plan_status_counts WHERE n > 0
      ORDER BY status";

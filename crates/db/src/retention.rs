@@ -162,6 +162,7 @@ mod tests {
             DELETE_OLD_IDEMPOTENCY_KEYS,
             crate::sessions::TRIM_SESSION,
             crate::plans::PLAN_COUNTS,
+            crate::journal::OPEN_PLANS,
             crate::sessions::SETTLE_TURNS,
             crate::archive::ARCHIVE_CANDIDATES,
         ];

@@ -171,18 +171,29 @@ impl Db {
                     "a turn keeps a side by reference without the intent or plan holding it".into(),
                 ));
             }
+            // What the turn's writes depend on, in one read: whether the
+            // session has a row, its last turn's number, and the plan's
+            // row and intent. (Plain inserts after it: an INSERT that
+            // selects from its own table, or returns rows, builds a
+            // temporary table each time.)
+            let (had_row, last, plan_row, plan_intent): (bool, i64, Option<i64>, Option<String>) = conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM sessions WHERE session_id = ?1),
+                            coalesce((SELECT max(n) FROM turns WHERE session_id = ?1), 0),
+                            (SELECT id FROM plans WHERE uuid = ?2),
+                            (SELECT intent_id FROM plans WHERE uuid = ?2)",
+                )?
+                .query_row(
+                    params![turn.session_id, turn.plan_id.map(|p| p.to_string())],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?;
+            if answered_kept != 0 && plan_row.is_none() {
+                return Err(DbError::not_found("plan", turn.plan_id.unwrap_or_default()));
+            }
             // Only a session whose mode is not the default has a row (it
             // is what the row is for): a turn in another mode stores or
             // reopens it, and one back in the default mode removes it.
-            if turn.mode == Mode::Madre {
-                let had_row = conn
-                    .prepare_cached("SELECT 1 FROM sessions WHERE session_id = ?1")?
-                    .exists([&turn.session_id])?;
-                if had_row {
-                    conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
-                        .execute([&turn.session_id])?;
-                }
-            } else {
+            if turn.mode != Mode::Madre {
                 conn.prepare_cached(
                     "INSERT INTO sessions (session_id, mode, created_at, last_activity_at)
                      VALUES (?1, ?2, ?3, ?3)
@@ -191,34 +202,28 @@ impl Db {
                         closed_at = NULL",
                 )?
                 .execute(params![turn.session_id, turn.mode.as_str(), ts(turn.at)])?;
+            } else if had_row {
+                conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
+                    .execute([&turn.session_id])?;
             }
-            // The intent is stored only when the plan's row does not say
-            // it; a reply kept in a plan that is not there inserts nothing.
-            let turns: Option<i64> = conn
-                .prepare_cached(
-                    "INSERT INTO turns (session_id, n, plan, intent_id, asked, answered, kept, created_at)
-                     SELECT ?1, coalesce((SELECT max(n) FROM turns WHERE session_id = ?1), 0) + 1,
-                            p.id, CASE WHEN p.intent_id IS ?3 THEN NULL ELSE ?3 END, ?4, ?5, ?6, ?7
-                     FROM (SELECT NULL) LEFT JOIN plans p ON p.uuid = ?2
-                     WHERE ?6 & 2 = 0 OR p.id IS NOT NULL
-                     RETURNING n",
-                )?
-                .query_row(
-                    params![
-                        turn.session_id,
-                        turn.plan_id.map(|p| p.to_string()),
-                        turn.intent_id.map(|i| i.to_string()),
-                        asked,
-                        answered,
-                        asked_kept | answered_kept,
-                        ts(turn.at),
-                    ],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(turns) = turns else {
-                return Err(DbError::not_found("plan", turn.plan_id.unwrap_or_default()));
-            };
+            // The intent is stored only when the plan's row does not say it.
+            let intent = turn.intent_id.map(|i| i.to_string());
+            let intent = intent.filter(|i| plan_intent.as_deref() != Some(i.as_str()));
+            let turns = last + 1;
+            conn.prepare_cached(
+                "INSERT INTO turns (session_id, n, plan, intent_id, asked, answered, kept, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                turn.session_id,
+                turns,
+                plan_row,
+                intent,
+                asked,
+                answered,
+                asked_kept | answered_kept,
+                ts(turn.at),
+            ])?;
             if trim_due(turns, turn.keep) {
                 trim_session(conn, &turn.session_id, turn.keep)?;
             }
