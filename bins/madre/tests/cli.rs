@@ -10,7 +10,7 @@ use vx11_stubs::StubServer;
 
 mod common;
 
-use common::{BIN, free_port, spawn_madre, wait_listening};
+use common::{BIN, free_port, madre_command, wait_listening};
 
 struct Server {
     child: Child,
@@ -26,7 +26,11 @@ impl Drop for Server {
 
 async fn serve(data: &std::path::Path, stubs: &StubServer) -> Server {
     let port = free_port();
-    let child = spawn_madre(data, port, stubs, None);
+    // Madre's own information lines too: the stop's is checked.
+    let child = madre_command(data, port, stubs, None)
+        .env("RUST_LOG", "warn,madre=info")
+        .spawn()
+        .unwrap();
     wait_listening(port).await;
     Server {
         child,
@@ -176,10 +180,21 @@ async fn the_binary_serves_and_the_cli_drives_a_confirmation_round_trip() {
             assert_eq!(mode, 0o700, "{}", dir.display());
         }
     }
+    let mut logged = String::new();
     for entry in std::fs::read_dir(&logs).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         assert!(!text.contains(&token) && !text.contains(&confirm_token));
+        logged.push_str(&text);
     }
+    // The stop drained the writes still queued before it ended.
+    let stopped = logged
+        .lines()
+        .find(|l| l.contains("madre stopped"))
+        .unwrap_or_else(|| panic!("no stop line in the log:\n{logged}"));
+    assert!(
+        stopped.contains("writes_drained") && stopped.contains("true"),
+        "{stopped}"
+    );
 }
 
 #[test]

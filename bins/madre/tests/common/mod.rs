@@ -27,6 +27,17 @@ pub(crate) fn spawn_madre(
     stubs: &StubServer,
     token: Option<&str>,
 ) -> Child {
+    madre_command(data, port, stubs, token).spawn().unwrap()
+}
+
+/// The command [`spawn_madre`] runs (logging warnings only), to adjust
+/// before spawning it.
+pub(crate) fn madre_command(
+    data: &Path,
+    port: u16,
+    stubs: &StubServer,
+    token: Option<&str>,
+) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .env_remove("VX11_TOKEN")
@@ -41,7 +52,7 @@ pub(crate) fn spawn_madre(
     for module in Module::REMOTE {
         cmd.env(format!("VX11_{}_URL", module.env_name()), stubs.url(module));
     }
-    cmd.spawn().unwrap()
+    cmd
 }
 
 /// Waits (bounded) until something accepts connections on `port`.
