@@ -13,42 +13,16 @@ use vx11_stubs::{Behaviour, StubServer};
 
 mod common;
 
-use common::{free_port, spawn_madre, wait_listening};
+use common::{free_port, get_json, post_json, spawn_madre, wait_listening};
 
 const TOKEN: &str = "crash-test-token";
 
-fn client() -> awc::Client {
-    awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish()
-}
-
 async fn post(base: &str, path: &str, body: Value) -> Option<(u16, Value)> {
-    let mut res = client()
-        .post(format!("{base}{path}"))
-        .insert_header(("X-VX11-Token", TOKEN))
-        .send_json(&body)
-        .await
-        .ok()?;
-    let status = res.status().as_u16();
-    let body = res.json::<Value>().limit(1 << 20).await.ok()?;
-    Some((status, body))
+    post_json(base, path, TOKEN, body).await
 }
 
 async fn get(base: &str, path: &str) -> (u16, Value) {
-    let mut res = client()
-        .get(format!("{base}{path}"))
-        .insert_header(("X-VX11-Token", TOKEN))
-        .send()
-        .await
-        .unwrap();
-    (
-        res.status().as_u16(),
-        res.json::<Value>()
-            .limit(1 << 22)
-            .await
-            .unwrap_or(Value::Null),
-    )
+    get_json(base, path, TOKEN).await
 }
 
 #[actix_rt::test]

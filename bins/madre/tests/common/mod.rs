@@ -127,3 +127,46 @@ pub(crate) fn done_events(at: chrono::DateTime<chrono::Utc>) -> Vec<madre_db::Pl
         PlanEvent::finished(Status::Done, None, at),
     ]
 }
+
+fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish()
+}
+
+/// POSTs `body` as JSON with `token`; the status and JSON answer, or
+/// `None` when the request failed (the server is down, say).
+pub(crate) async fn post_json(
+    base: &str,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> Option<(u16, serde_json::Value)> {
+    let mut res = client()
+        .post(format!("{base}{path}"))
+        .insert_header(("X-VX11-Token", token))
+        .send_json(&body)
+        .await
+        .ok()?;
+    let status = res.status().as_u16();
+    let body = res.json::<serde_json::Value>().limit(1 << 20).await.ok()?;
+    Some((status, body))
+}
+
+/// GETs `path` with `token`: the status and JSON answer (null when the
+/// answer is not JSON).
+pub(crate) async fn get_json(base: &str, path: &str, token: &str) -> (u16, serde_json::Value) {
+    let mut res = client()
+        .get(format!("{base}{path}"))
+        .insert_header(("X-VX11-Token", token))
+        .send()
+        .await
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json::<serde_json::Value>()
+            .limit(1 << 22)
+            .await
+            .unwrap_or(serde_json::Value::Null),
+    )
+}
