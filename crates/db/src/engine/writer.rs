@@ -444,10 +444,15 @@ impl Writer {
         state.queue.push(job);
         if state.stopped {
             // The database was closed while this write was prepared: a
-            // thread of its own commits it rather than leave it unanswered.
+            // thread of its own commits it rather than leave it unanswered,
+            // watched as the writer thread is (should it die, every write
+            // waiting is answered).
             drop(state);
             let writer = Arc::clone(self);
-            std::thread::spawn(move || writer.serve());
+            std::thread::spawn(move || {
+                let _watch = Supervised(Arc::clone(&writer));
+                writer.serve();
+            });
             return;
         }
         let wake = state.thread_idle;
