@@ -635,6 +635,33 @@ fn a_kept_fold_gives_way_to_events_appended_by_another_writer() {
     assert_eq!(stored.steps[1].status, Status::Running);
 }
 
+/// A fold kept inside a transaction that was rolled back held events that
+/// were undone: the next append reads the journal instead. (A step started
+/// in the undone write is PENDING again, so finishing it is refused.)
+#[test]
+fn a_kept_fold_gives_way_after_its_transaction_was_rolled_back() {
+    let t = open();
+    let plan = chat_plan(&t.db, "s");
+    let at = t0() + Duration::seconds(1);
+    // One job: the step's start, then a write that fails, so the whole
+    // transaction is rolled back.
+    let undone =
+        t.db.apply_events(plan.plan_id, vec![started(0, at)], None)
+            .and(t.db.close_intent(Uuid::now_v7(), IntentOutcome::Failed, None, at))
+            .wait();
+    assert!(
+        matches!(undone, Err(DbError::NotFound { .. })),
+        "{undone:?}"
+    );
+    let stored = t.db.plan(plan.plan_id).unwrap().unwrap().plan;
+    assert_eq!(stored.steps[0].status, Status::Pending);
+    let finish =
+        t.db.apply_events(plan.plan_id, vec![finished(0, Status::Done, at)], None)
+            .wait();
+    assert!(matches!(finish, Err(DbError::Conflict(_))), "{finish:?}");
+    assert_eq!(t.db.plan_events(plan.plan_id).unwrap().len(), 1);
+}
+
 #[test]
 fn step_transitions_count_attempts_and_finished_steps_are_final() {
     let t = open();
