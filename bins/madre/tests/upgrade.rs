@@ -15,7 +15,7 @@ mod common;
 mod v4;
 
 use common::{free_port, get_json, post_json, spawn_madre, wait_listening};
-use v4::{make_v4, old_done_plan, old_plan, step};
+use v4::{make_v4, old_done_plan, old_error_plan, old_plan, old_waiting_plan, step};
 
 const TOKEN: &str = "upgrade-test-token";
 
@@ -25,18 +25,7 @@ async fn a_schema_4_file_is_served_as_it_was_and_its_open_plans_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let waiting = old_plan(
-        "WAITING",
-        None,
-        vec![
-            step(StepType::AwaitConfirmation, "WAITING", 0, None, None),
-            step(StepType::CallHermes, "PENDING", 0, None, None),
-        ],
-        vec![
-            ("plan_created", None, "PENDING"),
-            ("plan_waiting", Some(0), "WAITING"),
-        ],
-    );
+    let waiting = old_waiting_plan();
     let running = old_plan(
         "RUNNING",
         None,
@@ -47,23 +36,7 @@ async fn a_schema_4_file_is_served_as_it_was_and_its_open_plans_go_on() {
         ],
     );
     let done = old_done_plan();
-    let error = old_plan(
-        "ERROR",
-        Some("http_500"),
-        vec![step(
-            StepType::CallHermes,
-            "ERROR",
-            2,
-            None,
-            Some("hermes answered HTTP 500"),
-        )],
-        vec![
-            ("plan_created", None, "PENDING"),
-            ("step_started", Some(0), "RUNNING"),
-            ("step_finished", Some(0), "ERROR"),
-            ("plan_finished", None, "ERROR"),
-        ],
-    );
+    let error = old_error_plan();
     let confirm_token = "a-token-issued-before-the-upgrade";
     make_v4(
         &data.join("vx11.db"),

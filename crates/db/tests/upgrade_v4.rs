@@ -22,18 +22,7 @@ fn a_schema_4_file_upgrades_in_place_and_every_plan_answers_as_before() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v4.db");
     let gate = |status, attempts| step(StepType::AwaitConfirmation, status, attempts, None, None);
-    let waiting = old_plan(
-        "WAITING",
-        None,
-        vec![
-            gate("WAITING", 0),
-            step(StepType::CallHermes, "PENDING", 0, None, None),
-        ],
-        vec![
-            ("plan_created", None, "PENDING"),
-            ("plan_waiting", Some(0), "WAITING"),
-        ],
-    );
+    let waiting = old_waiting_plan();
     let running = old_plan(
         "RUNNING",
         None,
@@ -56,23 +45,7 @@ fn a_schema_4_file_upgrades_in_place_and_every_plan_answers_as_before() {
         ],
     );
     let done = old_done_plan();
-    let error = old_plan(
-        "ERROR",
-        Some("http_500"),
-        vec![step(
-            StepType::CallHermes,
-            "ERROR",
-            2,
-            None,
-            Some("hermes answered HTTP 500"),
-        )],
-        vec![
-            ("plan_created", None, "PENDING"),
-            ("step_started", Some(0), "RUNNING"),
-            ("step_finished", Some(0), "ERROR"),
-            ("plan_finished", None, "ERROR"),
-        ],
-    );
+    let error = old_error_plan();
     let cancelled = old_plan(
         "CANCELLED",
         Some("cancelled"),

@@ -89,6 +89,43 @@ pub(crate) fn old_done_plan() -> OldPlan {
     )
 }
 
+/// A plan waiting at its confirmation gate, with a Hermes step after it.
+pub(crate) fn old_waiting_plan() -> OldPlan {
+    old_plan(
+        "WAITING",
+        None,
+        vec![
+            step(StepType::AwaitConfirmation, "WAITING", 0, None, None),
+            step(StepType::CallHermes, "PENDING", 0, None, None),
+        ],
+        vec![
+            ("plan_created", None, "PENDING"),
+            ("plan_waiting", Some(0), "WAITING"),
+        ],
+    )
+}
+
+/// A plan whose one Hermes step failed twice with HTTP 500.
+pub(crate) fn old_error_plan() -> OldPlan {
+    old_plan(
+        "ERROR",
+        Some("http_500"),
+        vec![step(
+            StepType::CallHermes,
+            "ERROR",
+            2,
+            None,
+            Some("hermes answered HTTP 500"),
+        )],
+        vec![
+            ("plan_created", None, "PENDING"),
+            ("step_started", Some(0), "RUNNING"),
+            ("step_finished", Some(0), "ERROR"),
+            ("plan_finished", None, "ERROR"),
+        ],
+    )
+}
+
 pub(crate) fn write_v4(conn: &Connection, plan: &OldPlan) {
     conn.execute(
         "INSERT INTO tasks (uuid, name, module, action, status, created_at, updated_at, error,
