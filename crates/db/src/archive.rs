@@ -174,11 +174,24 @@ fn rows_as_json(conn: &Connection, sql: &str, args: &[&dyn ToSql]) -> Result<Vec
 /// The archive line of one plan: every row of it.
 fn plan_line(conn: &Connection, plan: &Candidate, at: DateTime<Utc>) -> Result<Value, DbError> {
     let one = |rows: Vec<Value>| rows.into_iter().next().unwrap_or(Value::Null);
+    let mut events = rows_as_json(
+        conn,
+        "SELECT * FROM plan_events WHERE plan = ?1 ORDER BY seq",
+        &[&plan.row],
+    )?;
+    // An archive line stands alone: a body stored by its shape is written
+    // out whole.
+    for event in &mut events {
+        if event["type"] == "plan_created" {
+            let payload = event["payload_json"].take();
+            event["payload_json"] = crate::shapes::expand(conn, payload)?;
+        }
+    }
     Ok(json!({
         "plan_id": plan.uuid,
         "archived_at": at,
         "plan": one(rows_as_json(conn, "SELECT * FROM plans WHERE id = ?1", &[&plan.row])?),
-        "events": rows_as_json(conn, "SELECT * FROM plan_events WHERE plan = ?1 ORDER BY seq", &[&plan.row])?,
+        "events": events,
         "intent": match &plan.intent_id {
             Some(id) => one(rows_as_json(conn, "SELECT * FROM intents_log WHERE id = ?1", &[id])?),
             None => Value::Null,

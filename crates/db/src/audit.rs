@@ -128,7 +128,7 @@ pub(crate) fn creation_entry(
             denied.to_owned()
         }
         _ => {
-            let body: serde_json::Value = serde_json::from_str(&body)?;
+            let body = crate::shapes::expand(conn, serde_json::from_str(&body)?)?;
             let steps = body["steps"].as_array().map_or(0, Vec::len);
             format!("planned {steps} step(s)")
         }

@@ -93,6 +93,12 @@ pub(crate) struct Body {
     /// that those refs go unwritten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     usual: Option<String>,
+    /// When the intent was made, in nanoseconds from the plan's creation
+    /// (to the microsecond, as its row keeps it): the one part of a chat's
+    /// body that differs from chat to chat, kept out of the intent so the
+    /// rest can be stored once as a shape ([`crate::shapes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) intent_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) state_through: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,6 +192,9 @@ impl Body {
             }
             None => Refs::new(),
         };
+        let intent_at = intent
+            .as_mut()
+            .and_then(|value| take_intent_time(value, created_at));
         let mut step_refs = Vec::with_capacity(steps.len());
         let steps: Vec<BodyStep> = steps
             .iter()
@@ -215,6 +224,7 @@ impl Body {
             intent,
             intent_refs: None,
             usual: None,
+            intent_at,
             state_through: None,
             plan_status: None,
         };
@@ -298,6 +308,9 @@ impl Body {
         if let Some(value) = &mut intent {
             put_back_defaults(value);
             restore(value, &intent_refs, &known)?;
+            if let Some(offset) = self.intent_at {
+                put_back_intent_time(value, offset, created_at)?;
+            }
         }
         let steps = self
             .steps
@@ -357,6 +370,47 @@ fn usual_refs(tag: &str) -> (Refs, Refs) {
             (tag, &["/prompt"]),
         ]),
     )
+}
+
+/// The plan's creation to the microsecond, in nanoseconds: what an
+/// intent's time is stored from.
+fn plan_nanos(created_at: DateTime<Utc>) -> i128 {
+    i128::from(created_at.timestamp_micros()) * 1_000
+}
+
+/// Takes the intent's `created_at` out of `intent`, answering it as
+/// nanoseconds from the plan's creation; leaves it when it is not a time
+/// that offset can carry exactly.
+fn take_intent_time(intent: &mut Value, created_at: DateTime<Utc>) -> Option<i64> {
+    let members = intent.as_object_mut()?;
+    let at: DateTime<Utc> = members.get("created_at")?.as_str()?.parse().ok()?;
+    let offset = i128::from(at.timestamp_nanos_opt()?) - plan_nanos(created_at);
+    let offset = i64::try_from(offset).ok()?;
+    // Kept only when reading it back gives the same text.
+    let back = serde_json::to_value(at).ok()?;
+    (members.get("created_at") == Some(&back)).then(|| {
+        members.remove("created_at");
+        offset
+    })
+}
+
+/// Puts back the intent's `created_at` that [`take_intent_time`] took out.
+fn put_back_intent_time(
+    intent: &mut Value,
+    offset: i64,
+    created_at: DateTime<Utc>,
+) -> Result<(), String> {
+    let nanos = plan_nanos(created_at) + i128::from(offset);
+    let at = i64::try_from(nanos)
+        .map(DateTime::from_timestamp_nanos)
+        .map_err(|_| format!("its intent's time is out of range ({offset} ns)"))?;
+    if let Value::Object(members) = intent {
+        members.insert(
+            "created_at".into(),
+            serde_json::to_value(at).map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(())
 }
 
 /// A member of a stored intent left out when it holds its usual value:

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::audit::{NewAction, insert_action};
 use crate::body::{Body, Known};
+use crate::shapes::{self, Payload};
 use crate::records::{NewPlanRecord, PlanKind, PlanMeta, StoredPlan};
 use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
@@ -184,15 +185,20 @@ fn rows_of(conn: &Connection, row: i64, plan_id: Uuid) -> Result<Vec<Row>, DbErr
     let mut out = Vec::new();
     for row in rows {
         let (seq, event_type, step, payload, principal, replica, at) = row?;
+        let event_type: EventType = event_type.parse().map_err(|_| {
+            DbError::InvalidData(format!(
+                "plan {plan_id}: journal event {seq} has an unknown type {event_type:?}"
+            ))
+        })?;
+        let mut payload = serde_json::from_str(&payload)?;
+        if event_type == EventType::PlanCreated {
+            payload = shapes::expand(conn, payload)?;
+        }
         out.push(Row {
             seq,
-            event_type: event_type.parse().map_err(|_| {
-                DbError::InvalidData(format!(
-                    "plan {plan_id}: journal event {seq} has an unknown type {event_type:?}"
-                ))
-            })?,
+            event_type,
             step: step.map(|s| s as usize),
-            payload: serde_json::from_str(&payload)?,
+            payload,
             principal,
             replica,
             at: at.0,
@@ -827,11 +833,15 @@ const MAX_ROWS_PER_INSERT: usize = 8;
 pub(crate) struct PreparedPlan {
     pub(crate) record: NewPlanRecord,
     pending: Vec<Step>,
-    created_payload: String,
+    created: Payload,
 }
 
-/// Makes the PENDING steps and the `plan_created` payload of `record`.
-pub(crate) fn prepare(record: NewPlanRecord) -> Result<PreparedPlan, DbError> {
+/// Makes the PENDING steps and the `plan_created` payload of `record`;
+/// `payload` writes its body (stored whole, or by its shape).
+pub(crate) fn prepare(
+    record: NewPlanRecord,
+    payload: impl FnOnce(Value) -> Result<Payload, DbError>,
+) -> Result<PreparedPlan, DbError> {
     let plan = &record.plan;
     let pending: Vec<Step> = plan
         .steps
@@ -857,7 +867,7 @@ pub(crate) fn prepare(record: NewPlanRecord) -> Result<PreparedPlan, DbError> {
     )?;
     // A new plan is PENDING: the event does not say so (issue 25).
     Ok(PreparedPlan {
-        created_payload: serde_json::to_string(&body)?,
+        created: payload(serde_json::to_value(&body)?)?,
         pending,
         record,
     })
@@ -893,7 +903,7 @@ pub(crate) fn create(
     let mut rows = vec![NewRow {
         event_type: Event::PlanCreated.name(),
         step: None,
-        payload: prepared.created_payload.clone(),
+        payload: prepared.created.text.clone(),
         principal: principal.clone(),
         at: plan.created_at,
     }];
@@ -953,6 +963,9 @@ pub(crate) fn create(
         ts(stored.plan.updated_at),
     ])?;
     let row = conn.last_insert_rowid();
+    if let Some(shape) = &prepared.created.new_shape {
+        shapes::store(conn, shape)?;
+    }
     let newest = insert_events(conn, row, &rows, replica)?;
     let status = stored.plan.status;
     if status.is_terminal() {
@@ -1121,7 +1134,8 @@ fn journal_after_in(
                     .query_row([plan_row], |r| r.get(0))
                     .optional()?
                     .unwrap_or_else(|| "{}".into());
-                e.insert(steps_of_body(&serde_json::from_str(&body)?, plan_id)?)
+                let body = shapes::expand(conn, serde_json::from_str(&body)?)?;
+                e.insert(steps_of_body(&body, plan_id)?)
             }
         };
         out.push(journal_event(&row, plan_id, &session_id, steps)?);

@@ -47,6 +47,7 @@ mod records;
 mod retention;
 mod schema;
 mod sessions;
+mod shapes;
 mod time;
 
 pub use archive::{ArchiveReport, archive_dir, archive_name, read_archive};
@@ -95,6 +96,8 @@ pub struct Db {
     path: PathBuf,
     /// Written in the journal's `replica` column (SPEC §16).
     replica: Arc<str>,
+    /// What this process knows of the plan shapes stored (issue 25).
+    shapes: Arc<shapes::Shapes>,
 }
 
 impl std::fmt::Debug for Db {
@@ -225,6 +228,7 @@ impl Db {
             _writer_thread: Arc::new(writer_thread),
             path: path.to_owned(),
             replica: default_replica().into(),
+            shapes: Arc::default(),
         })
     }
 

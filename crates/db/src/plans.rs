@@ -137,7 +137,7 @@ impl Db {
     /// session), optional confirmation and audit rows, atomically.
     pub fn insert_plan(&self, record: NewPlanRecord) -> Write<()> {
         let replica = self.replica.clone();
-        let prepared = journal::prepare(record);
+        let prepared = self.prepare_plan(record);
         self.write(move |conn| {
             let prepared = prepared.as_ref().map_err(DbError::duplicate)?;
             insert_record(conn, prepared, &replica, &[])
@@ -153,10 +153,20 @@ impl Db {
     /// fails the whole write.
     pub fn insert_plan_with(&self, record: NewPlanRecord, events: Vec<PlanEvent>) -> Write<()> {
         let replica = self.replica.clone();
-        let prepared = journal::prepare(record);
+        let prepared = self.prepare_plan(record);
         self.write(move |conn| {
             let prepared = prepared.as_ref().map_err(DbError::duplicate)?;
             insert_record(conn, prepared, &replica, &events)
+        })
+    }
+
+    /// A new plan made ready for its write, outside the writer: its body
+    /// stored by its shape when the shape repeats ([`crate::shapes`]).
+    fn prepare_plan(&self, record: NewPlanRecord) -> Result<journal::PreparedPlan, DbError> {
+        journal::prepare(record, |body| {
+            self.shapes.payload(body, |id| {
+                self.read(|conn| crate::shapes::is_stored(conn, id))
+            })
         })
     }
 

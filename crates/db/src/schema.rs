@@ -32,6 +32,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql(MIGRATION_12),
     Migration::Sql(MIGRATION_13),
     Migration::Sql(MIGRATION_14),
+    Migration::Sql(MIGRATION_15),
 ];
 
 /// The schema version this code creates and understands.
@@ -953,4 +954,20 @@ const MIGRATION_14: &str = r#"
 DROP INDEX plans_active;
 CREATE INDEX plans_active ON plans (status, id)
     WHERE status = 'PENDING' OR status = 'WAITING' OR status = 'RUNNING';
+"#;
+
+/// Version 15: plan bodies stored once per shape (issue 25). A chat's
+/// `plan_created` body is the same as the last chat's of its kind but for
+/// its intent's time; that common part is stored once here, keyed by a
+/// hash of its text, and the event names it (`crate::shapes`). A shape
+/// never changes and is never deleted.
+const MIGRATION_15: &str = r#"
+CREATE TABLE plan_shapes (
+    id   INTEGER PRIMARY KEY,
+    body TEXT    NOT NULL
+);
+CREATE TRIGGER plan_shapes_no_update BEFORE UPDATE ON plan_shapes
+BEGIN SELECT RAISE(ABORT, 'plan_shapes: a shape never changes (two bodies with one id)'); END;
+CREATE TRIGGER plan_shapes_no_delete BEFORE DELETE ON plan_shapes
+BEGIN SELECT RAISE(ABORT, 'plan_shapes: a shape is never deleted: plans refer to it'); END;
 "#;
