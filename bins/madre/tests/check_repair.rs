@@ -111,11 +111,11 @@ fn an_open_plan_with_a_refused_event_stops_the_start_naming_both() {
         store_plan(&db)
     };
     // A journal no state machine accepts: a step of a PENDING plan
-    // finishes without having started.
+    // finishes without having started (type 8, step_finished).
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute(
         "INSERT INTO plan_events (plan, type, step, payload_json, principal, replica, created_at)
-         SELECT id, 'step_finished', 0, '{\"status\":\"DONE\"}', NULL, 'hand', created_at
+         SELECT id, 8, 0, '{\"status\":\"DONE\"}', NULL, (SELECT min(id) FROM replicas), created_at
          FROM plans WHERE uuid = ?1",
         [open.to_string()],
     )

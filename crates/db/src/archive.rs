@@ -176,12 +176,20 @@ fn plan_line(conn: &Connection, plan: &Candidate, at: DateTime<Utc>) -> Result<V
     let one = |rows: Vec<Value>| rows.into_iter().next().unwrap_or(Value::Null);
     let mut events = rows_as_json(
         conn,
-        "SELECT * FROM plan_events WHERE plan = ?1 ORDER BY seq",
+        "SELECT e.seq, e.plan, e.type, e.step, e.payload_json, e.principal,
+                (SELECT r.name FROM replicas r WHERE r.id = e.replica) AS replica, e.created_at
+         FROM plan_events e WHERE e.plan = ?1 ORDER BY e.seq",
         &[&plan.row],
     )?;
-    // An archive line stands alone: a body stored by its shape is written
-    // out whole.
+    // An archive line stands alone: types and replicas by name, a body
+    // stored by its shape written out whole.
     for event in &mut events {
+        if let Some(name) = event["type"]
+            .as_i64()
+            .and_then(crate::event_codes::type_of_code)
+        {
+            event["type"] = json!(name.as_str());
+        }
         if event["type"] == "plan_created" {
             let payload = event["payload_json"].take();
             event["payload_json"] = crate::shapes::expand(conn, payload)?;

@@ -1,7 +1,7 @@
 //! The append-only audit trail of what Madre did and on whose behalf.
 
 use chrono::{DateTime, Utc};
-use madre_models::{AuditAction, EndReason};
+use madre_models::{AuditAction, EndReason, EventType};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
@@ -92,34 +92,40 @@ pub(crate) fn creation_entry(
             "SELECT p.module, p.action, p.risk, c.principal, c.created_at, c.payload_json,
                     n.type, n.payload_json
              FROM plans p
-             JOIN plan_events c ON c.plan = p.id AND c.type = 'plan_created'
+             JOIN plan_events c ON c.plan = p.id AND c.type = ?2
              LEFT JOIN plan_events n ON n.seq = (
                  SELECT min(seq) FROM plan_events WHERE plan = p.id AND seq > c.seq)
              WHERE p.uuid = ?1 AND c.seq >= (SELECT seq FROM creation_audited_from)",
         )?
-        .query_row([plan_id.to_string()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Ts>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                r.get::<_, Option<String>>(7)?,
-            ))
-        })
+        .query_row(
+            params![
+                plan_id.to_string(),
+                crate::event_codes::type_code(EventType::PlanCreated)
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Ts>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                ))
+            },
+        )
         .optional()?;
     let Some((module, action, risk, principal, at, body, next, next_payload)) = row else {
         return Ok(None);
     };
     let denied = EndReason::Denied.as_str();
-    let reason = match next.as_deref() {
-        Some("plan_waiting") => format!(
+    let reason = match next.and_then(crate::event_codes::type_of_code) {
+        Some(EventType::PlanWaiting) => format!(
             "waiting for confirmation ({} risk)",
             risk.as_deref().unwrap_or("unknown")
         ),
-        Some("plan_finished")
+        Some(EventType::PlanFinished)
             if next_payload
                 .as_deref()
                 .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())

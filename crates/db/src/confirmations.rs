@@ -9,6 +9,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::audit::{NewAction, insert_action};
+use crate::journal::Replica;
 use crate::journal::{self, PlanEvent};
 use crate::records::NewConfirmation;
 use crate::time::{Ts, ts};
@@ -105,7 +106,7 @@ fn spend(
     by: &str,
     comment: Option<String>,
     at: DateTime<Utc>,
-    replica: &str,
+    replica: &Replica,
 ) -> Result<bool, DbError> {
     let changed = conn
         .prepare_cached(
@@ -131,11 +132,14 @@ fn approvers(conn: &Connection, plan_id: Uuid) -> Result<Vec<String>, DbError> {
     let mut stmt = conn.prepare_cached(
         "SELECT e.principal FROM plan_events e
          WHERE e.plan = (SELECT id FROM plans WHERE uuid = ?1)
-           AND e.type = 'approval_recorded' AND e.principal IS NOT NULL
+           AND e.type = ?2 AND e.principal IS NOT NULL
          GROUP BY e.principal ORDER BY min(e.seq)",
     )?;
+    let recorded = crate::event_codes::type_code(madre_models::EventType::ApprovalRecorded);
     let names = stmt
-        .query_map([plan_id.to_string()], |r| r.get::<_, String>(0))?
+        .query_map(rusqlite::params![plan_id.to_string(), recorded], |r| {
+            r.get::<_, String>(0)
+        })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(names)
 }

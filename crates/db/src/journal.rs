@@ -17,8 +17,9 @@ use uuid::Uuid;
 
 use crate::audit::{NewAction, insert_action};
 use crate::body::{Body, Known};
-use crate::shapes::{self, Payload};
+use crate::event_codes::{type_code, type_of_code};
 use crate::records::{NewPlanRecord, PlanKind, PlanMeta, StoredPlan};
+use crate::shapes::{self, Payload};
 use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
 
@@ -133,6 +134,59 @@ fn parse_uuid(text: &str) -> Result<Uuid, DbError> {
     Uuid::parse_str(text).map_err(|_| DbError::InvalidData(format!("bad uuid {text:?}")))
 }
 
+/// This process as the journal names it: its name, and the row of
+/// `replicas` holding it, whose id its events store (schema 16).
+#[derive(Debug)]
+pub(crate) struct Replica {
+    name: String,
+    id: i64,
+}
+
+impl Replica {
+    /// Names this process `name` in the journal, adding the name to
+    /// `replicas` unless it is there.
+    pub(crate) fn register(conn: &Connection, name: &str) -> Result<Self, DbError> {
+        conn.prepare_cached(
+            "INSERT INTO replicas (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+        )?
+        .execute([name])?;
+        let id = conn
+            .prepare_cached("SELECT id FROM replicas WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))?;
+        Ok(Self {
+            name: name.to_owned(),
+            id,
+        })
+    }
+}
+
+/// A stored event type as read: its code, or what the column held
+/// instead of an integer (a hand-edited file).
+type StoredType = Result<i64, String>;
+
+fn read_type(value: rusqlite::types::ValueRef<'_>) -> StoredType {
+    match value {
+        rusqlite::types::ValueRef::Integer(code) => Ok(code),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Reads a stored event type, naming the plan and the event it is not one.
+fn stored_type(stored: StoredType, plan_id: Uuid, seq: i64) -> Result<EventType, DbError> {
+    stored.clone().ok().and_then(type_of_code).ok_or_else(|| {
+        let what = match stored {
+            Ok(code) => code.to_string(),
+            Err(other) => other,
+        };
+        DbError::InvalidData(format!(
+            "plan {plan_id}: journal event {seq} has an unknown type {what}"
+        ))
+    })
+}
+
+/// The replica names of the journal's rows: a replica's id for its name.
+const REPLICA_NAME: &str = "coalesce((SELECT r.name FROM replicas r WHERE r.id = e.replica), '')";
+
 /// One stored event, before it is read as a lifecycle event.
 struct Row {
     seq: i64,
@@ -167,14 +221,14 @@ const HEAD: &str = "SELECT id, kind, name, module, action, principal, mode, sess
                     FROM plans WHERE uuid = ?1";
 
 fn rows_of(conn: &Connection, row: i64, plan_id: Uuid) -> Result<Vec<Row>, DbError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, type, step, payload_json, principal, replica, created_at
-         FROM plan_events WHERE plan = ?1 ORDER BY seq",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT e.seq, e.type, e.step, e.payload_json, e.principal, {REPLICA_NAME}, e.created_at
+             FROM plan_events e WHERE e.plan = ?1 ORDER BY e.seq"
+    ))?;
     let rows = stmt.query_map([row], |r| {
         Ok((
             r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
+            read_type(r.get_ref(1)?),
             r.get::<_, Option<i64>>(2)?,
             r.get::<_, String>(3)?,
             r.get::<_, Option<String>>(4)?,
@@ -185,11 +239,7 @@ fn rows_of(conn: &Connection, row: i64, plan_id: Uuid) -> Result<Vec<Row>, DbErr
     let mut out = Vec::new();
     for row in rows {
         let (seq, event_type, step, payload, principal, replica, at) = row?;
-        let event_type: EventType = event_type.parse().map_err(|_| {
-            DbError::InvalidData(format!(
-                "plan {plan_id}: journal event {seq} has an unknown type {event_type:?}"
-            ))
-        })?;
+        let event_type = stored_type(event_type, plan_id, seq)?;
         let mut payload = serde_json::from_str(&payload)?;
         if event_type == EventType::PlanCreated {
             payload = shapes::expand(conn, payload)?;
@@ -488,7 +538,7 @@ pub(crate) fn append(
     conn: &Connection,
     plan_id: Uuid,
     events: &[PlanEvent],
-    replica: &str,
+    replica: &Replica,
 ) -> Result<Loaded, DbError> {
     let mut loaded = match folds::take(conn, plan_id)? {
         Some(folded) => folded,
@@ -613,7 +663,7 @@ fn count_finished(conn: &Connection, status: Status) -> Result<(), DbError> {
 
 /// An event row to insert.
 struct NewRow {
-    event_type: &'static str,
+    event_type: EventType,
     step: Option<usize>,
     payload: String,
     principal: Option<String>,
@@ -679,7 +729,7 @@ fn event_row(loaded: &Loaded, event: &PlanEvent) -> NewRow {
         payload["warnings"] = json!(event.warnings);
     }
     NewRow {
-        event_type: event.event.name(),
+        event_type: event.event.event_type(),
         step,
         payload: payload.to_string(),
         principal: event.principal.clone(),
@@ -737,10 +787,18 @@ pub(crate) fn result_by_reference(
     let end: Option<String> = conn
         .prepare_cached(
             "SELECT payload_json FROM plan_events
-             WHERE plan = ?1 AND type IN ('plan_finished', 'plan_rejected', 'plan_expired')
+             WHERE plan = ?1 AND type IN (?2, ?3, ?4)
              ORDER BY seq DESC LIMIT 1",
         )?
-        .query_row([plan_row], |r| r.get(0))
+        .query_row(
+            params![
+                plan_row,
+                type_code(EventType::PlanFinished),
+                type_code(EventType::PlanRejected),
+                type_code(EventType::PlanExpired)
+            ],
+            |r| r.get(0),
+        )
         .optional()?;
     let Some(place) = end
         .map(|e| serde_json::from_str::<Value>(&e))
@@ -759,10 +817,15 @@ pub(crate) fn result_by_reference(
     // The step's answer is the newest its events carried.
     let mut stmt = conn.prepare_cached(
         "SELECT payload_json FROM plan_events
-         WHERE plan = ?1 AND type IN ('step_started', 'step_finished') AND step = ?2
+         WHERE plan = ?1 AND type IN (?3, ?4) AND step = ?2
          ORDER BY seq DESC",
     )?;
-    let mut rows = stmt.query(params![plan_row, step as i64])?;
+    let mut rows = stmt.query(params![
+        plan_row,
+        step as i64,
+        type_code(EventType::StepStarted),
+        type_code(EventType::StepFinished)
+    ])?;
     while let Some(row) = rows.next()? {
         let payload: Value = serde_json::from_str(&row.get::<_, String>(0)?)?;
         if let Some(answer) = payload.get("result").filter(|r| !r.is_null()) {
@@ -786,7 +849,7 @@ fn insert_events(
     conn: &Connection,
     plan_row: i64,
     rows: &[NewRow],
-    replica: &str,
+    replica: &Replica,
 ) -> Result<i64, DbError> {
     for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
         let mut sql = String::from(
@@ -802,13 +865,14 @@ fn insert_events(
         let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 7);
         let times: Vec<Ts> = chunk.iter().map(|r| ts(r.at)).collect();
         let steps: Vec<Option<i64>> = chunk.iter().map(|r| r.step.map(|s| s as i64)).collect();
+        let types: Vec<i64> = chunk.iter().map(|r| type_code(r.event_type)).collect();
         for (i, row) in chunk.iter().enumerate() {
             args.push(&plan_row);
-            args.push(&row.event_type);
+            args.push(&types[i]);
             args.push(&steps[i]);
             args.push(&row.payload);
             args.push(&row.principal);
-            args.push(&replica);
+            args.push(&replica.id);
             args.push(&times[i]);
         }
         stmt.execute(args.as_slice())?;
@@ -843,15 +907,19 @@ pub(crate) fn prepare(
     payload: impl FnOnce(Value) -> Result<Payload, DbError>,
 ) -> Result<PreparedPlan, DbError> {
     let plan = &record.plan;
+    // A step answered before its plan was made is created DONE.
     let pending: Vec<Step> = plan
         .steps
         .iter()
-        .map(|s| Step {
-            status: Status::Pending,
-            attempts: 0,
-            result: None,
-            error: None,
-            ..s.clone()
+        .map(|s| match s.status {
+            Status::Done => s.clone(),
+            _ => Step {
+                status: Status::Pending,
+                attempts: 0,
+                result: None,
+                error: None,
+                ..s.clone()
+            },
         })
         .collect();
     let body = Body::new(
@@ -876,7 +944,7 @@ pub(crate) fn prepare(
 pub(crate) fn create(
     conn: &Connection,
     prepared: &PreparedPlan,
-    replica: &str,
+    replica: &Replica,
     starting: &[PlanEvent],
 ) -> Result<(), DbError> {
     let record = &prepared.record;
@@ -896,12 +964,12 @@ pub(crate) fn create(
             intent: record.intent.clone(),
             result: None,
         },
-        state: PlanState::created(&types),
+        state: PlanState::created_with(&prepared.pending),
         row_changed: false,
     };
     let principal = Some(record.meta.principal.clone());
     let mut rows = vec![NewRow {
-        event_type: Event::PlanCreated.name(),
+        event_type: EventType::PlanCreated,
         step: None,
         payload: prepared.created.text.clone(),
         principal: principal.clone(),
@@ -1076,11 +1144,11 @@ fn journal_after_in(
 ) -> Result<Vec<JournalEvent>, DbError> {
     // One statement per filter, each able to use its index: the plan's
     // events by (plan, seq), a session's plans by session.
-    let mut sql = String::from(
-        "SELECT e.seq, e.type, e.step, e.payload_json, e.principal, e.replica, e.created_at,
+    let mut sql = format!(
+        "SELECT e.seq, e.type, e.step, e.payload_json, e.principal, {REPLICA_NAME}, e.created_at,
                 e.plan, p.uuid, p.session_id
          FROM plan_events e JOIN plans p ON p.id = e.plan
-         WHERE e.seq > ?1",
+         WHERE e.seq > ?1"
     );
     let plan = filter.plan_id.map(|p| p.to_string());
     let mut args: Vec<&dyn rusqlite::ToSql> = vec![&after, &limit];
@@ -1106,17 +1174,13 @@ fn journal_after_in(
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let seq: i64 = r.get(0)?;
-        let event_type: String = r.get(1)?;
+        let event_type = read_type(r.get_ref(1)?);
         let plan_row: i64 = r.get(7)?;
         let plan_id = parse_uuid(&r.get::<_, String>(8)?)?;
         let session_id: Option<String> = r.get(9)?;
         let row = Row {
             seq,
-            event_type: event_type.parse().map_err(|_| {
-                DbError::InvalidData(format!(
-                    "plan {plan_id}: journal event {seq} has an unknown type {event_type:?}"
-                ))
-            })?,
+            event_type: stored_type(event_type, plan_id, seq)?,
             step: r.get::<_, Option<i64>>(2)?.map(|s| s as usize),
             payload: serde_json::from_str(&r.get::<_, String>(3)?)?,
             principal: r.get(4)?,
@@ -1129,9 +1193,11 @@ fn journal_after_in(
                 let body: String = conn
                     .prepare_cached(
                         "SELECT payload_json FROM plan_events
-                         WHERE plan = ?1 AND type = 'plan_created' ORDER BY seq LIMIT 1",
+                         WHERE plan = ?1 AND type = ?2 ORDER BY seq LIMIT 1",
                     )?
-                    .query_row([plan_row], |r| r.get(0))
+                    .query_row(params![plan_row, type_code(EventType::PlanCreated)], |r| {
+                        r.get(0)
+                    })
                     .optional()?
                     .unwrap_or_else(|| "{}".into());
                 let body = shapes::expand(conn, serde_json::from_str(&body)?)?;
@@ -1407,6 +1473,6 @@ impl Db {
 
     /// The name this process writes in the journal's `replica` column.
     pub fn replica(&self) -> &str {
-        &self.replica
+        &self.replica.name
     }
 }

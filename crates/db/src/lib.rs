@@ -38,6 +38,7 @@ mod audit;
 mod body;
 mod confirmations;
 mod engine;
+mod event_codes;
 mod idempotency;
 mod intents;
 mod journal;
@@ -95,7 +96,7 @@ pub struct Db {
     _writer_thread: Arc<engine::writer::WriterThread>,
     path: PathBuf,
     /// Written in the journal's `replica` column (SPEC §16).
-    replica: Arc<str>,
+    replica: Arc<journal::Replica>,
     /// What this process knows of the plan shapes stored (issue 25).
     shapes: Arc<shapes::Shapes>,
 }
@@ -195,6 +196,7 @@ impl Db {
         set_private_mode(path)?;
         configure(&conn, sync).map_err(|e| DbError::open(path, e))?;
         schema::migrate(&mut conn, path)?;
+        let replica = journal::Replica::register(&conn, &default_replica())?;
 
         let manager = SqliteConnectionManager::file(path)
             .with_init(move |c: &mut Connection| configure(c, sync));
@@ -227,16 +229,20 @@ impl Db {
             _checkpointer: Arc::new(checkpointer),
             _writer_thread: Arc::new(writer_thread),
             path: path.to_owned(),
-            replica: default_replica().into(),
+            replica: Arc::new(replica),
             shapes: Arc::default(),
         })
     }
 
     /// The same database, writing `replica` as this process's name in the
     /// journal (default `<hostname>-<pid>`).
-    pub fn with_replica(mut self, replica: &str) -> Self {
-        self.replica = replica.into();
-        self
+    pub fn with_replica(mut self, replica: &str) -> Result<Self, DbError> {
+        let name = replica.to_owned();
+        let registered = self
+            .write(move |conn| journal::Replica::register(conn, &name))
+            .wait()?;
+        self.replica = Arc::new(registered);
+        Ok(self)
     }
 
     /// Sets how many writes may wait for the writer thread (default

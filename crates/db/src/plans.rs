@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::audit::insert_action;
 use crate::confirmations::insert_confirmation;
 use crate::engine::writer::{AT_END, in_named_savepoint};
+use crate::journal::Replica;
 use crate::journal::{self, PlanEvent};
 use crate::records::{NewPlanRecord, PlanKind, StoredPlan};
 use crate::time::{Ts, ts};
@@ -44,7 +45,7 @@ fn parse_uuid(text: &str) -> Result<Uuid, DbError> {
 fn insert_record(
     conn: &Connection,
     prepared: &journal::PreparedPlan,
-    replica: &str,
+    replica: &Replica,
     then: &[journal::PlanEvent],
 ) -> Result<(), DbError> {
     journal::create(conn, prepared, replica, then)?;

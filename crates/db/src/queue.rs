@@ -7,6 +7,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::journal::Replica;
 use crate::journal::{self, PlanEvent};
 use crate::time::{Ts, ts};
 use crate::{Db, DbError, Write};
@@ -241,7 +242,7 @@ fn settle_plan(
     result: Option<Value>,
     error: Option<String>,
     at: DateTime<Utc>,
-    replica: &str,
+    replica: &Replica,
 ) -> Result<(), DbError> {
     let (Some(plan_id), Some(step_id)) = (task.plan_id, task.step_id) else {
         return Ok(());

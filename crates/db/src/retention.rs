@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::confirmations::expired;
 use crate::journal;
+use crate::journal::Replica;
 use crate::sessions::trim_session;
 use crate::time::ts;
 use crate::{Db, DbError, Write};
@@ -69,7 +70,7 @@ fn cleanup_in(
     conn: &Connection,
     policy: &RetentionPolicy,
     now: DateTime<Utc>,
-    replica: &str,
+    replica: &Replica,
 ) -> Result<CleanupReport, DbError> {
     // Every session's history is trimmed by its own turns (every eighth,
     // in `record_turn`: at most 14 messages over the cap, which no read

@@ -33,6 +33,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql(MIGRATION_13),
     Migration::Sql(MIGRATION_14),
     Migration::Sql(MIGRATION_15),
+    Migration::Sql(MIGRATION_16),
 ];
 
 /// The schema version this code creates and understands.
@@ -970,4 +971,50 @@ CREATE TRIGGER plan_shapes_no_update BEFORE UPDATE ON plan_shapes
 BEGIN SELECT RAISE(ABORT, 'plan_shapes: a shape never changes (two bodies with one id)'); END;
 CREATE TRIGGER plan_shapes_no_delete BEFORE DELETE ON plan_shapes
 BEGIN SELECT RAISE(ABORT, 'plan_shapes: a shape is never deleted: plans refer to it'); END;
+"#;
+
+/// Version 16: a journal event's type and the replica that wrote it are
+/// stored as small integers (issue 25: about 20 bytes an event). The types
+/// keep the codes `journal::type_code` gives them; replicas are named once
+/// in `replicas`. The journal is copied in its order, its `seq` kept.
+pub(crate) const MIGRATION_16: &str = r#"
+CREATE TABLE replicas (
+    id   INTEGER PRIMARY KEY,
+    name TEXT    NOT NULL UNIQUE
+);
+INSERT INTO replicas (name) SELECT DISTINCT replica FROM plan_events ORDER BY 1;
+CREATE TABLE plan_events_v16 (
+    seq          INTEGER PRIMARY KEY,
+    plan         INTEGER NOT NULL,
+    type         INTEGER NOT NULL,
+    step         INTEGER,
+    payload_json TEXT    NOT NULL,
+    principal    TEXT,
+    replica      INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL
+);
+INSERT INTO plan_events_v16 (seq, plan, type, step, payload_json, principal, replica, created_at)
+SELECT e.seq, e.plan,
+       CASE e.type
+           WHEN 'plan_created' THEN 1 WHEN 'plan_waiting' THEN 2
+           WHEN 'approval_recorded' THEN 3 WHEN 'plan_confirmed' THEN 4
+           WHEN 'plan_rejected' THEN 5 WHEN 'plan_expired' THEN 6
+           WHEN 'step_started' THEN 7 WHEN 'step_finished' THEN 8
+           WHEN 'plan_finished' THEN 9 WHEN 'plan_taken_over' THEN 10
+       END,
+       e.step, e.payload_json, e.principal,
+       (SELECT r.id FROM replicas r WHERE r.name = e.replica), e.created_at
+FROM plan_events e ORDER BY e.seq;
+DROP TABLE plan_events;
+ALTER TABLE plan_events_v16 RENAME TO plan_events;
+CREATE INDEX plan_events_by_plan ON plan_events (plan, seq);
+CREATE TRIGGER plan_events_no_update BEFORE UPDATE ON plan_events
+BEGIN SELECT RAISE(ABORT, 'plan_events is append-only: rows cannot be changed'); END;
+CREATE TRIGGER plan_events_no_delete BEFORE DELETE ON plan_events
+WHEN NOT EXISTS (SELECT 1 FROM archive_gate WHERE plan_row = OLD.plan)
+BEGIN SELECT RAISE(ABORT, 'plan_events is append-only: rows cannot be deleted'); END;
+CREATE TRIGGER replicas_no_update BEFORE UPDATE ON replicas
+BEGIN SELECT RAISE(ABORT, 'replicas: a replica keeps its name: the journal refers to it'); END;
+CREATE TRIGGER replicas_no_delete BEFORE DELETE ON replicas
+BEGIN SELECT RAISE(ABORT, 'replicas: a replica is never deleted: the journal refers to it'); END;
 "#;

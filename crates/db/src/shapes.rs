@@ -51,7 +51,9 @@ pub(crate) struct Shapes {
 }
 
 fn remember(set: &Mutex<HashSet<i64>>, id: i64) -> bool {
-    let mut set = set.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut set = set
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if set.len() >= REMEMBERED {
         set.clear();
     }

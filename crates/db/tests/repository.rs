@@ -2285,6 +2285,78 @@ fn a_plan_body_stores_the_text_once_and_reads_back_whole() {
     assert!(body.contains("0.3,"), "the confidence as written: {body}");
 }
 
+/// Issue 25: plans made alike store their common body once, as a shape,
+/// from the second such plan on; each reads back whole, its own intent
+/// time included, and an archive line carries the body whole. The
+/// database refuses to change or delete a shape.
+#[test]
+fn plans_made_alike_store_their_body_once_and_read_back_whole() {
+    let t = open();
+    let mut made = Vec::new();
+    for i in 0..4 {
+        let mut plan = plan_with(
+            &[
+                (StepType::CallSwitch, Status::Pending),
+                (StepType::CallHermes, Status::Pending),
+            ],
+            "s-shape",
+            t0(),
+        );
+        plan.plan_id = Uuid::now_v7();
+        for (n, step) in plan.steps.iter_mut().enumerate() {
+            step.step_id = Step::id_in_plan(plan.plan_id, n);
+        }
+        let intent = madre_models::Intent {
+            intent_id: plan.intent_id,
+            session_id: plan.session_id.clone(),
+            mode: Mode::Madre,
+            dsl: madre_models::Dsl {
+                domain: "general".into(),
+                action: "chat".into(),
+                parameters: Default::default(),
+                targets: vec![],
+                confidence: 0.3,
+                original_text: "hello".into(),
+                warnings: vec![],
+                source: Default::default(),
+                effect: Default::default(),
+            },
+            risk: RiskLevel::Low,
+            requires_confirmation: false,
+            targets: vec![],
+            // Each intent made at its own moment, to the nanosecond.
+            created_at: t0() - Duration::nanoseconds(1_000_123 * (i + 1)),
+            alternatives: vec![],
+        };
+        let mut rec = record(plan.clone());
+        rec.intent = Some(intent.clone());
+        t.db.insert_plan(rec).wait().unwrap();
+        made.push((plan, intent));
+    }
+    let conn = Connection::open(&t.path).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT count(*) FROM plan_shapes"), 1);
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM plan_events WHERE payload_json LIKE '{\"intent_at\":%,\"shape\":%}'"
+        ),
+        3,
+        "the first body whole, the next three by their shape"
+    );
+    for (plan, intent) in &made {
+        let stored = t.db.plan(plan.plan_id).unwrap().unwrap();
+        assert_eq!(stored.plan.steps, plan.steps);
+        assert_eq!(stored.intent.as_ref(), Some(intent));
+        let journal = t.db.plan_events(plan.plan_id).unwrap();
+        assert_eq!(journal[0].event_type.as_str(), "plan_created");
+    }
+    assert!(
+        conn.execute("UPDATE plan_shapes SET body = '{}'", [])
+            .is_err()
+    );
+    assert!(conn.execute("DELETE FROM plan_shapes", []).is_err());
+}
+
 /// Issue 25: a started step's event stores nothing the journal already
 /// says, and the journal still shows its step type and RUNNING.
 #[test]
@@ -2306,7 +2378,8 @@ fn a_started_step_event_is_stored_empty_and_shown_whole() {
     let conn = Connection::open(&t.path).unwrap();
     let payload: String = conn
         .query_row(
-            "SELECT payload_json FROM plan_events WHERE type = 'step_started'",
+            // Type 7 is step_started (schema 16 stores types as codes).
+            "SELECT payload_json FROM plan_events WHERE type = 7",
             [],
             |r| r.get(0),
         )

@@ -148,7 +148,7 @@ impl Madre {
         // The plan's creation needs no audit row of its own: its journal
         // records who made it, and its outcome (madre-db reads the audit
         // entry from there).
-        let record = NewPlanRecord {
+        let mut record = NewPlanRecord {
             plan: plan.clone(),
             meta,
             intent: Some(intent.clone()),
@@ -184,6 +184,8 @@ impl Madre {
             // starts in the creation commit, and the runner gets the plan
             // as stored.
             let place = self.runner.reserve()?;
+            madre_runner::settle_known_answers(&mut plan);
+            record.plan.steps.clone_from(&plan.steps);
             let opening = madre_runner::open(&mut plan, now);
             self.db.insert_plan_with(record, opening).await?;
             Some(place)

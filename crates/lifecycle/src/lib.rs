@@ -151,6 +151,23 @@ pub struct Conflict {
 }
 
 impl PlanState {
+    /// The state [`Event::PlanCreated`] makes of `steps` as the plan was
+    /// made: PENDING, each step as given (PENDING, or DONE when it was
+    /// answered before the plan was made).
+    pub fn created_with(steps: &[madre_models::Step]) -> Self {
+        Self {
+            status: Status::Pending,
+            steps: steps
+                .iter()
+                .map(|s| StepState {
+                    step_type: s.step_type,
+                    status: s.status,
+                    attempts: s.attempts,
+                })
+                .collect(),
+        }
+    }
+
     /// The state [`Event::PlanCreated`] makes: PENDING, steps PENDING.
     pub fn created(steps: &[StepType]) -> Self {
         Self {

@@ -502,17 +502,46 @@ impl Runner {
     }
 }
 
+/// Settles the leading steps of a new plan whose answers were known before
+/// it was made (a Switch step answered at intake): each is DONE with that
+/// answer, attempted once, when a step that needs a call follows them.
+/// Call it before storing the plan, which is then created with them done:
+/// they never start, so they have no journal events of their own (issue
+/// 25: two rows fewer a chat). A plan of such steps only is left as it is;
+/// [`open`] runs them.
+pub fn settle_known_answers(plan: &mut Plan) {
+    let leading = plan
+        .steps
+        .iter()
+        .take_while(|s| steps::answered_without_call(s).is_some())
+        .count();
+    if leading == plan.steps.len() {
+        return;
+    }
+    for step in &mut plan.steps[..leading] {
+        if let Some(result) = steps::answered_without_call(step) {
+            step.status = Status::Done;
+            step.attempts += 1;
+            step.result = Some(result);
+        }
+    }
+}
+
 /// Opens a plan that is about to be stored and run at once: answers the
 /// events to store with it (in its creation commit, see
-/// [`Db::insert_plan_with`]) and changes `plan` to match. Every leading
-/// step whose answer is already known (a Switch step answered at intake)
-/// starts and finishes; the first step that needs a call starts. So the
-/// plan's first call runs with no commit of its own before it, and the
-/// rule holds: each step is durably RUNNING before its call, each earlier
-/// step durably finished. Pass the changed plan to [`Runner::start_opened`].
+/// [`Db::insert_plan_with`]) and changes `plan` to match. Steps already
+/// DONE ([`settle_known_answers`]) are passed over; every leading step
+/// whose answer is already known starts and finishes; the first step that
+/// needs a call starts. So the plan's first call runs with no commit of
+/// its own before it, and the rule holds: each step is durably RUNNING
+/// before its call, each earlier step durably finished. Pass the changed
+/// plan to [`Runner::start_opened`].
 pub fn open(plan: &mut Plan, at: chrono::DateTime<Utc>) -> Vec<PlanEvent> {
     let mut events = Vec::new();
     for (idx, step) in plan.steps.iter_mut().enumerate() {
+        if step.status == Status::Done {
+            continue;
+        }
         events.push(PlanEvent::new(Event::StepStarted { step: idx }, at));
         step.status = Status::Running;
         step.attempts += 1;
