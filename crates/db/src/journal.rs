@@ -901,10 +901,11 @@ pub(crate) struct PreparedPlan {
 }
 
 /// Makes the PENDING steps and the `plan_created` payload of `record`;
-/// `payload` writes its body (stored whole, or by its shape).
+/// `payload` writes its body from its shape's text and its intent's time
+/// (stored whole, or by its shape).
 pub(crate) fn prepare(
     record: NewPlanRecord,
-    payload: impl FnOnce(Value) -> Result<Payload, DbError>,
+    payload: impl FnOnce(String, Option<i64>) -> Result<Payload, DbError>,
 ) -> Result<PreparedPlan, DbError> {
     let plan = &record.plan;
     // A step answered before its plan was made is created DONE.
@@ -933,9 +934,13 @@ pub(crate) fn prepare(
         ),
         plan.created_at,
     )?;
-    // A new plan is PENDING: the event does not say so (issue 25).
+    // A new plan is PENDING: the event does not say so (issue 25). What is
+    // the plan's own (its intent's time) stays out of its shape.
+    let mut body = body;
+    let intent_at = body.intent_at.take();
+    let shape = serde_json::to_string(&body)?;
     Ok(PreparedPlan {
-        created: payload(serde_json::to_value(&body)?)?,
+        created: payload(shape, intent_at)?,
         pending,
         record,
     })

@@ -164,8 +164,8 @@ impl Db {
     /// A new plan made ready for its write, outside the writer: its body
     /// stored by its shape when the shape repeats ([`crate::shapes`]).
     fn prepare_plan(&self, record: NewPlanRecord) -> Result<journal::PreparedPlan, DbError> {
-        journal::prepare(record, |body| {
-            self.shapes.payload(body, |id| {
+        journal::prepare(record, |shape, intent_at| {
+            self.shapes.payload(shape, intent_at, |id| {
                 self.read(|conn| crate::shapes::is_stored(conn, id))
             })
         })

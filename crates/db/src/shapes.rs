@@ -22,8 +22,9 @@ use crate::DbError;
 /// The member of a `plan_created` payload that names its shape.
 const SHAPE: &str = "shape";
 
-/// The members of a body that are the plan's own, never part of a shape.
-const OWN: [&str; 1] = ["intent_at"];
+/// The member of a body that is the plan's own, never part of a shape:
+/// when its intent was made ([`crate::body`]).
+const INTENT_AT: &str = "intent_at";
 
 /// Shape ids remembered per database, in each set; past it a set starts
 /// again (a forgotten shape costs one read, or one inline body).
@@ -76,50 +77,44 @@ fn id_of(text: &str) -> i64 {
 }
 
 impl Shapes {
-    /// The payload to write for `body` (a new plan's body as JSON).
+    /// The payload to write for a new plan's body: `shape`, the body's
+    /// JSON object without its intent's time, and `intent_at`, that time.
     /// `stored` answers whether a shape is committed, through a reader;
     /// it is asked only about a body seen before and not yet known stored,
     /// and an error there only means the body is written inline.
     pub(crate) fn payload(
         &self,
-        body: Value,
+        shape: String,
+        intent_at: Option<i64>,
         stored: impl FnOnce(i64) -> Result<bool, DbError>,
     ) -> Result<Payload, DbError> {
-        let Value::Object(mut members) = body else {
-            return Ok(inline(body));
-        };
-        let own: Map<String, Value> = OWN
-            .iter()
-            .filter_map(|key| members.remove_entry(*key))
-            .collect();
-        let shape = serde_json::to_string(&members)?;
+        let mut own = Map::new();
+        if let Some(at) = intent_at {
+            own.insert(INTENT_AT.into(), Value::from(at));
+        }
         let id = id_of(&shape);
         let new_shape = if knows(&self.stored, id) {
             None
         } else if remember(&self.seen, id) {
             // Seen for the first time: a body that never repeats stays
             // inline.
-            members.extend(own);
-            return Ok(inline(Value::Object(members)));
+            let mut body: Map<String, Value> = serde_json::from_str(&shape)?;
+            body.extend(own);
+            return Ok(Payload {
+                text: serde_json::to_string(&body)?,
+                new_shape: None,
+            });
         } else if stored(id).unwrap_or(false) {
             remember(&self.stored, id);
             None
         } else {
             Some(NewShape { id, body: shape })
         };
-        let mut payload = own;
-        payload.insert(SHAPE.into(), Value::from(id));
+        own.insert(SHAPE.into(), Value::from(id));
         Ok(Payload {
-            text: serde_json::to_string(&payload)?,
+            text: serde_json::to_string(&own)?,
             new_shape,
         })
-    }
-}
-
-fn inline(body: Value) -> Payload {
-    Payload {
-        text: body.to_string(),
-        new_shape: None,
     }
 }
 
@@ -186,20 +181,25 @@ mod tests {
     #[test]
     fn a_body_is_shaped_from_its_second_sighting_and_known_once_stored() {
         let shapes = Shapes::default();
-        let body = |at: i64| json!({"steps": [{"type": "CALL_HERMES"}], "intent_at": at});
-        let first = shapes.payload(body(1), |_| panic!("not asked")).unwrap();
-        assert_eq!(first.text, body(1).to_string());
+        let shape = || r#"{"steps":[{"type":"CALL_HERMES"}]}"#.to_owned();
+        let first = shapes
+            .payload(shape(), Some(1), |_| panic!("not asked"))
+            .unwrap();
+        let whole = json!({"steps": [{"type": "CALL_HERMES"}], "intent_at": 1});
+        assert_eq!(serde_json::from_str::<Value>(&first.text).unwrap(), whole);
         assert!(first.new_shape.is_none());
 
-        let second = shapes.payload(body(2), |_| Ok(false)).unwrap();
+        let second = shapes.payload(shape(), Some(2), |_| Ok(false)).unwrap();
         let new = second.new_shape.expect("stored with the second");
         assert_eq!(new.body, r#"{"steps":[{"type":"CALL_HERMES"}]}"#);
         let written: Value = serde_json::from_str(&second.text).unwrap();
         assert_eq!(written, json!({"shape": new.id, "intent_at": 2}));
 
-        let third = shapes.payload(body(3), |_| Ok(true)).unwrap();
+        let third = shapes.payload(shape(), Some(3), |_| Ok(true)).unwrap();
         assert!(third.new_shape.is_none());
-        let fourth = shapes.payload(body(4), |_| panic!("known")).unwrap();
+        let fourth = shapes
+            .payload(shape(), Some(4), |_| panic!("known"))
+            .unwrap();
         assert!(fourth.new_shape.is_none());
         assert!(fourth.text.contains(&new.id.to_string()));
     }
