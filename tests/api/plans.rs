@@ -54,6 +54,22 @@ async fn plans_page_without_duplicates_or_gaps_while_chats_arrive() {
 
 /// `GET /madre/plans/{id}` shows the plan's journal: every change, in order,
 /// with who caused it.
+/// SPEC §16: `MADRE_REPLICA_ID` names the process in the journal; every
+/// event of its plans says which replica wrote it.
+#[actix_rt::test]
+async fn the_journal_names_the_replica_set_by_madre_replica_id() {
+    let app = spawn_app_with(&[("MADRE_REPLICA_ID", "madre-a.1")]).await;
+    let chat = app.chat(OPERATOR, "hello replica").await;
+    let detail = app.plan_detail(s(&chat.body["plan_id"])).await;
+    let events = detail.body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 4, "{}", detail.body);
+    assert!(
+        events.iter().all(|e| e["replica"] == "madre-a.1"),
+        "{}",
+        detail.body
+    );
+}
+
 #[actix_rt::test]
 async fn a_plan_shows_its_journal_in_order() {
     let app = spawn_app().await;

@@ -263,7 +263,10 @@ impl Application {
     /// Opens storage, reads policy and principals, and binds the listener
     /// (`MADRE_BIND`; port 0 picks a free port).
     pub fn build(settings: Settings) -> Result<Self, StartError> {
-        let db = Db::open_with(&settings.db_path, settings.sqlite_sync)?;
+        let db = match &settings.replica_id {
+            Some(name) => Db::open_as(&settings.db_path, settings.sqlite_sync, name)?,
+            None => Db::open_with(&settings.db_path, settings.sqlite_sync)?,
+        };
         // An open plan whose journal the state machine refuses stops the
         // start here, named, before anything is resumed or written.
         db.check_open_plans()?;

@@ -21,6 +21,9 @@ pub struct Settings {
     /// How commits are synced (`MADRE_SQLITE_SYNC`: `normal`, the default,
     /// survives a process crash; `full` also a power loss).
     pub sqlite_sync: madre_flows::SyncMode,
+    /// This process's name in the journal (`MADRE_REPLICA_ID`; unset:
+    /// `<hostname>-<pid>`): 1 to 64 letters, digits, `.`, `_` or `-`.
+    pub replica_id: Option<String>,
     /// The API token (`VX11_TOKEN`, or generated into `$MADRE_DATA_DIR/token`).
     pub api_token: SecretString,
     /// Where a generated token was written, to tell the operator.
@@ -159,6 +162,7 @@ const KNOWN_KEYS: &[&str] = &[
     "MADRE_DATA_DIR",
     "MADRE_DB_PATH",
     "MADRE_SQLITE_SYNC",
+    "MADRE_REPLICA_ID",
     "VX11_TOKEN",
     "MADRE_TOKENS_FILE",
     "VX11_OUTBOUND_TOKEN",
@@ -292,6 +296,22 @@ impl Settings {
                 .parse()
                 .map_err(|why: String| bad("MADRE_SQLITE_SYNC", why))?,
         };
+        let replica_id = source
+            .get("MADRE_REPLICA_ID")
+            .map(|name| {
+                let fits = (1..=64).contains(&name.len())
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                match fits {
+                    true => Ok(name),
+                    false => Err(bad(
+                        "MADRE_REPLICA_ID",
+                        format!("{name:?} is not 1 to 64 letters, digits, '.', '_' or '-'"),
+                    )),
+                }
+            })
+            .transpose()?;
         let (api_token, generated_token_file) = match source.get("VX11_TOKEN") {
             Some(token) => (SecretString::from(token), None),
             None => {
@@ -351,6 +371,7 @@ impl Settings {
             bind,
             db_path,
             sqlite_sync,
+            replica_id,
             api_token,
             generated_token_file,
             tokens_file: source.get("MADRE_TOKENS_FILE").map(PathBuf::from),

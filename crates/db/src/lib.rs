@@ -187,6 +187,14 @@ impl Db {
 
     /// [`Db::open`], with commits synced as `sync` says.
     pub fn open_with(path: &Path, sync: SyncMode) -> Result<Self, DbError> {
+        Self::open_as(path, sync, &default_replica())
+    }
+
+    /// [`Db::open_with`], naming this process `replica` in the journal
+    /// (SPEC §16; the default is `<hostname>-<pid>`): the name is written
+    /// into `replicas` once, and each event this process appends refers
+    /// to it.
+    pub fn open_as(path: &Path, sync: SyncMode, replica: &str) -> Result<Self, DbError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             create_private_dir(dir)?;
         }
@@ -196,7 +204,7 @@ impl Db {
         set_private_mode(path)?;
         configure(&conn, sync).map_err(|e| DbError::open(path, e))?;
         schema::migrate(&mut conn, path)?;
-        let replica = journal::Replica::register(&conn, &default_replica())?;
+        let replica = journal::Replica::register(&conn, replica)?;
 
         let manager = SqliteConnectionManager::file(path)
             .with_init(move |c: &mut Connection| configure(c, sync));
@@ -232,17 +240,6 @@ impl Db {
             replica: Arc::new(replica),
             shapes: Arc::default(),
         })
-    }
-
-    /// The same database, writing `replica` as this process's name in the
-    /// journal (default `<hostname>-<pid>`).
-    pub fn with_replica(mut self, replica: &str) -> Result<Self, DbError> {
-        let name = replica.to_owned();
-        let registered = self
-            .write(move |conn| journal::Replica::register(conn, &name))
-            .wait()?;
-        self.replica = Arc::new(registered);
-        Ok(self)
     }
 
     /// Sets how many writes may wait for the writer thread (default
