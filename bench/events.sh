@@ -48,8 +48,8 @@ for round in $(seq 1 "$ROUNDS"); do
     n1=$(plan_count)
     wait_readers=$(jobs -p | grep -v -e "^$MADRE_PID\$" -e "^$STUBS_PID\$" || true)
     for pid in $wait_readers; do wait "$pid" 2>/dev/null || true; done
-    # A LOW chat is six journal events; each reader should have all of them.
-    expected=$(( (n1 - n0) * 6 ))
+    # A LOW chat is four journal events; each reader should have all of them.
+    expected=$(( (n1 - n0) * 4 ))
     fewest=$(for i in $(seq 1 "$READERS"); do grep -c '^id: ' "$WORK/reader.$i" || true; done | sort -n | head -1)
     echo "round $round: plans during the reader run $((n1 - n0)), events expected per reader $expected, fewest a reader received $fewest"
 done

@@ -167,7 +167,10 @@ type StoredType = Result<i64, String>;
 fn read_type(value: rusqlite::types::ValueRef<'_>) -> StoredType {
     match value {
         rusqlite::types::ValueRef::Integer(code) => Ok(code),
-        other => Err(format!("{other:?}")),
+        rusqlite::types::ValueRef::Text(text) => {
+            Err(format!("{:?}", String::from_utf8_lossy(text)))
+        }
+        other => Err(format!("{:?}", other.data_type())),
     }
 }
 
@@ -830,6 +833,29 @@ pub(crate) fn result_by_reference(
         let payload: Value = serde_json::from_str(&row.get::<_, String>(0)?)?;
         if let Some(answer) = payload.get("result").filter(|r| !r.is_null()) {
             let text = answer.get(key).and_then(Value::as_str).ok_or_else(bad)?;
+            return Ok(Some(json!({ "reply": text })));
+        }
+    }
+    // A step answered before its plan was made keeps its answer in the
+    // plan's body.
+    let body: Option<String> = conn
+        .prepare_cached(
+            "SELECT payload_json FROM plan_events WHERE plan = ?1 AND type = ?2
+             ORDER BY seq LIMIT 1",
+        )?
+        .query_row(params![plan_row, type_code(EventType::PlanCreated)], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if let Some(body) = body {
+        let body = shapes::expand(conn, serde_json::from_str(&body)?)?;
+        if let Some(text) = body
+            .pointer(&format!(
+                "/steps/{step}/result/{}",
+                key.replace('~', "~0").replace('/', "~1")
+            ))
+            .and_then(Value::as_str)
+        {
             return Ok(Some(json!({ "reply": text })));
         }
     }

@@ -163,11 +163,17 @@ impl Db {
 
     /// A new plan made ready for its write, outside the writer: its body
     /// stored by its shape when the shape repeats ([`crate::shapes`]).
+    /// This runs on the caller's thread, often an async one, so whether a
+    /// shape is stored is asked of a reader only when one is free at once
+    /// (a point read of a local file); else the write stores the shape
+    /// again, which changes nothing when it is there.
     fn prepare_plan(&self, record: NewPlanRecord) -> Result<journal::PreparedPlan, DbError> {
         journal::prepare(record, |shape, intent_at| {
-            self.shapes.payload(shape, intent_at, |id| {
-                self.read(|conn| crate::shapes::is_stored(conn, id))
-            })
+            self.shapes
+                .payload(shape, intent_at, |id| match self.readers.try_get() {
+                    Some(conn) => crate::shapes::is_stored(&conn, id),
+                    None => Ok(false),
+                })
         })
     }
 

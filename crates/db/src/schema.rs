@@ -1001,6 +1001,9 @@ SELECT e.seq, e.plan,
            WHEN 'plan_rejected' THEN 5 WHEN 'plan_expired' THEN 6
            WHEN 'step_started' THEN 7 WHEN 'step_finished' THEN 8
            WHEN 'plan_finished' THEN 9 WHEN 'plan_taken_over' THEN 10
+           -- A type no version wrote (a file edited by hand) stays as it
+           -- is: reading its plan names the plan and the event.
+           ELSE e.type
        END,
        e.step, e.payload_json, e.principal,
        (SELECT r.id FROM replicas r WHERE r.name = e.replica), e.created_at

@@ -81,7 +81,8 @@ impl Shapes {
     /// JSON object without its intent's time, and `intent_at`, that time.
     /// `stored` answers whether a shape is committed, through a reader;
     /// it is asked only about a body seen before and not yet known stored,
-    /// and an error there only means the body is written inline.
+    /// and a `false` or an error there only means the write stores the
+    /// shape again (a no-op when it is stored).
     pub(crate) fn payload(
         &self,
         shape: String,

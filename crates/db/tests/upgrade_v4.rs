@@ -388,3 +388,60 @@ fn a_schema_7_file_upgrades_to_8_keeping_every_row_and_the_rules() {
     );
     db.integrity_check().unwrap();
 }
+
+/// Schema 16 stores event types as codes: the upgrade converts every name
+/// a version wrote, and keeps a type no version wrote (a file edited by
+/// hand) as it was, so that reading its plan names the plan and the event
+/// instead of the upgrade failing or the row changing meaning.
+#[test]
+fn the_upgrade_to_16_converts_event_types_and_keeps_a_foreign_one_to_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vx11.db");
+    let plan_id = Uuid::now_v7();
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, &path, 15).unwrap();
+        conn.execute(
+            "INSERT INTO plans (uuid, kind, name, module, action, principal, mode, status,
+                                warnings_json, created_at, updated_at)
+             VALUES (?1, 'task', 'hand', 'hermes', 'run', 'admin', 'MADRE', 'PENDING', '[]', 1, 1)",
+            [plan_id.to_string()],
+        )
+        .unwrap();
+        for (seq, event_type) in [(1, "plan_created"), (2, "plan_frobbed")] {
+            conn.execute(
+                "INSERT INTO plan_events (seq, plan, type, payload_json, replica, created_at)
+                 VALUES (?1, 1, ?2, '{\"steps\":[]}', 'by-hand', 1)",
+                rusqlite::params![seq, event_type],
+            )
+            .unwrap();
+        }
+    }
+    let db = Db::open(&path).unwrap();
+    let refused = db.plan(plan_id).unwrap_err().to_string();
+    assert!(
+        refused.contains(&plan_id.to_string())
+            && refused.contains("journal event 2")
+            && refused.contains("plan_frobbed"),
+        "{refused}"
+    );
+    drop(db);
+    let conn = Connection::open(&path).unwrap();
+    let rows: Vec<(i64, String, String)> = conn
+        .prepare(
+            "SELECT e.seq, CAST(e.type AS TEXT), r.name
+             FROM plan_events e JOIN replicas r ON r.id = e.replica ORDER BY e.seq",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (1, "1".to_owned(), "by-hand".to_owned()),
+            (2, "plan_frobbed".to_owned(), "by-hand".to_owned())
+        ]
+    );
+}

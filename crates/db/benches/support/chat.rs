@@ -45,16 +45,8 @@ pub(crate) fn one_chat(db: &Db, commits: Commits) {
     .into_iter()
     .map(|ty| Step::new(Uuid::now_v7(), ty, json!({"prompt": "hello there"}), now))
     .collect();
-    let mut plan = chat_plan(intent_id, &session, steps, now);
+    let plan = chat_plan(intent_id, &session, steps, now);
     let plan_id = plan.plan_id;
-    // As Madre makes them: step ids derived from the plan's, and the
-    // Switch step answered at intake created DONE (no events of its own).
-    for (i, step) in plan.steps.iter_mut().enumerate() {
-        step.step_id = Step::id_in_plan(plan_id, i);
-    }
-    plan.steps[0].status = Status::Done;
-    plan.steps[0].attempts = 1;
-    plan.steps[0].result = Some(json!({"engine": "local", "answered_at_intake": true}));
     let intent = low_intent(intent_id, &session, "hello there", now);
     let action = |what: &str| NewAction {
         module: "madre".into(),
