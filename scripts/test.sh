@@ -15,12 +15,16 @@ fi
 PLAYWRIGHT_CORE_VERSION=1.65.2
 # Only what is missing: a Node.js from elsewhere (with its own npm) stays,
 # since Debian's npm would ask for Debian's nodejs in its place.
+# The PostgreSQL tests (crates/db/tests/pg_schema.rs) start a throw-away
+# cluster of Debian's postgresql server, as the `postgres` user when run
+# as root.
 missing=()
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]} (Debian) for the browser test" >&2
+    echo "installing ${missing[*]} (Debian) for the PostgreSQL and browser tests" >&2
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if ! grep -qs "\"version\": \"$PLAYWRIGHT_CORE_VERSION\"" \

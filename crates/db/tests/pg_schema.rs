@@ -1,0 +1,154 @@
+//! The PostgreSQL data model in docs/postgresql-schema.md is the contract
+//! the SQLite schema is held to (issue 22: one design for two backends)
+//! and where the PostgreSQL backend starts (issue 24). These tests load
+//! that DDL, as the document gives it, into a throw-away PostgreSQL
+//! cluster and check that it is the same model as the SQLite schema this
+//! code creates: the same tables and columns, the same version, and the
+//! same rules refusing what SQLite refuses.
+
+#[path = "support/pg.rs"]
+mod pg;
+
+use madre_db::{Db, SCHEMA_VERSION};
+use pg::PgCluster;
+use rusqlite::Connection;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The first `sql` block of docs/postgresql-schema.md: the DDL.
+fn documented_ddl() -> String {
+    let doc = include_str!("../../../docs/postgresql-schema.md");
+    let start = doc.find("```sql\n").expect("the document has an sql block") + "```sql\n".len();
+    let end = start + doc[start..].find("\n```").expect("the sql block ends");
+    doc[start..end].to_owned()
+}
+
+/// A cluster with the documented DDL loaded into database `madre`.
+fn loaded() -> PgCluster {
+    let pg = PgCluster::start();
+    pg.psql("postgres", "CREATE DATABASE madre").unwrap();
+    if let Err(e) = pg.psql("madre", &documented_ddl()) {
+        panic!("the documented DDL does not load: {e}");
+    }
+    pg
+}
+
+/// Table → its columns, as a fresh SQLite file of this code has them.
+fn sqlite_model() -> BTreeMap<String, BTreeSet<String>> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vx11.db");
+    drop(Db::open(&path).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    tables
+        .into_iter()
+        .map(|table| {
+            let columns = conn
+                .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            (table, columns)
+        })
+        .collect()
+}
+
+/// Table → its columns, as the documented DDL makes them.
+fn postgres_model(pg: &PgCluster) -> BTreeMap<String, BTreeSet<String>> {
+    let listed = pg
+        .psql(
+            "madre",
+            "SELECT table_name || ' ' || column_name FROM information_schema.columns
+             WHERE table_schema = 'public' ORDER BY 1",
+        )
+        .unwrap();
+    let mut model: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in listed.lines() {
+        let (table, column) = line.split_once(' ').unwrap();
+        model
+            .entry(table.to_owned())
+            .or_default()
+            .insert(column.to_owned());
+    }
+    model
+}
+
+#[test]
+fn the_documented_ddl_is_the_sqlite_model_at_this_version() {
+    let pg = loaded();
+    let version = pg
+        .psql(
+            "madre",
+            "SELECT application || ' ' || version FROM madre_schema",
+        )
+        .unwrap();
+    assert_eq!(version, format!("madre {SCHEMA_VERSION}"));
+
+    let mut sqlite = sqlite_model();
+    let mut postgres = postgres_model(&pg);
+    // The two documented differences: PostgreSQL keeps the version in a
+    // row (SQLite in its header), and lets the archive through its rules
+    // with a transaction setting (SQLite with the `archive_gate` table).
+    assert!(postgres.remove("madre_schema").is_some());
+    assert!(sqlite.remove("archive_gate").is_some());
+    assert_eq!(
+        sqlite.keys().collect::<Vec<_>>(),
+        postgres.keys().collect::<Vec<_>>(),
+        "the same tables"
+    );
+    for (table, columns) in &sqlite {
+        assert_eq!(columns, &postgres[table], "the columns of {table}");
+    }
+}
+
+#[test]
+fn the_documented_ddl_refuses_what_sqlite_refuses() {
+    let pg = loaded();
+    let run = |sql: &str| pg.psql("madre", sql);
+    run("INSERT INTO replicas (name) VALUES ('replica-a');
+         INSERT INTO plans (uuid, kind, name, module, action, principal, mode, status,
+                            created_at, updated_at)
+         VALUES ('01900000-0000-7000-8000-000000000001', 'chat', 'chat', 'madre', 'chat',
+                 'ada', 'MADRE', 'RUNNING', now(), now());
+         INSERT INTO plan_events (plan, type, payload_json, replica, created_at)
+         VALUES (1, 1, '{\"steps\":[]}', 1, now());")
+    .unwrap();
+
+    // The journal is append-only, but for the archive's transaction.
+    let changed = run("UPDATE plan_events SET step = 1").unwrap_err();
+    assert!(changed.contains("plan_events is append-only"), "{changed}");
+    let deleted = run("DELETE FROM plan_events").unwrap_err();
+    assert!(deleted.contains("plan_events is append-only"), "{deleted}");
+    run("BEGIN; SET LOCAL madre.archiving = 'on'; DELETE FROM plan_events; COMMIT;").unwrap();
+    assert_eq!(run("SELECT count(*) FROM plan_events").unwrap(), "0");
+
+    // A shape is stored once: the same text again writes nothing, another
+    // text under its id is refused, and no shape ever goes.
+    let upsert = |body: &str| {
+        run(&format!(
+            "INSERT INTO plan_shapes (id, body) VALUES (7, '{body}')
+             ON CONFLICT (id) DO UPDATE SET body = excluded.body
+             WHERE plan_shapes.body::text IS DISTINCT FROM excluded.body::text"
+        ))
+    };
+    upsert("{\"steps\":[]}").unwrap();
+    upsert("{\"steps\":[]}").unwrap();
+    let collision = upsert("{\"steps\":[1]}").unwrap_err();
+    assert!(collision.contains("a shape never changes"), "{collision}");
+    let gone = run("BEGIN; SET LOCAL madre.archiving = 'on'; DELETE FROM plan_shapes; COMMIT;")
+        .unwrap_err();
+    assert!(gone.contains("a shape is never deleted"), "{gone}");
+    let renamed = run("UPDATE replicas SET name = 'b'").unwrap_err();
+    assert!(renamed.contains("a replica keeps its name"), "{renamed}");
+    assert_eq!(
+        run("SELECT body FROM plan_shapes").unwrap(),
+        "{\"steps\":[]}"
+    );
+}
