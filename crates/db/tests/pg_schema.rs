@@ -9,7 +9,7 @@
 #[path = "support/pg.rs"]
 mod pg;
 
-use madre_db::{Db, SCHEMA_VERSION};
+use madre_db::{Db, DbError, POSTGRES_SCHEMA_VERSION, SCHEMA_VERSION, migrate_postgres};
 use pg::PgCluster;
 use rusqlite::Connection;
 use std::collections::{BTreeMap, BTreeSet};
@@ -151,4 +151,99 @@ fn the_documented_ddl_refuses_what_sqlite_refuses() {
         run("SELECT body FROM plan_shapes").unwrap(),
         "{\"steps\":[]}"
     );
+}
+
+/// A connection string for database `db` of `pg`.
+fn url(pg: &PgCluster, db: &str) -> String {
+    format!(
+        "host={} user=postgres dbname={db}",
+        pg.socket_dir().display()
+    )
+}
+
+/// The migrations madre-db runs on PostgreSQL are the document's DDL.
+#[test]
+fn the_documented_ddl_is_the_postgres_migration() {
+    let code = include_str!("../src/pg/schema_16.sql");
+    assert_eq!(documented_ddl().trim_end(), code.trim_end());
+    assert_eq!(POSTGRES_SCHEMA_VERSION, SCHEMA_VERSION);
+}
+
+/// A new PostgreSQL database is migrated in one go, a migrated one is
+/// left as it is, and a database that is someone else's, or newer, is
+/// refused untouched.
+#[test]
+fn migrate_postgres_makes_a_madre_database_and_refuses_others_untouched() {
+    let pg = PgCluster::start();
+    pg.psql(
+        "postgres",
+        "CREATE DATABASE fresh; CREATE DATABASE foreign_db; CREATE DATABASE newer;",
+    )
+    .unwrap();
+
+    assert_eq!(
+        migrate_postgres(&url(&pg, "fresh")).unwrap(),
+        SCHEMA_VERSION
+    );
+    assert_eq!(
+        migrate_postgres(&url(&pg, "fresh")).unwrap(),
+        SCHEMA_VERSION
+    );
+    assert_eq!(
+        pg.psql("fresh", "SELECT version FROM madre_schema")
+            .unwrap(),
+        SCHEMA_VERSION.to_string()
+    );
+    assert_eq!(
+        pg.psql("fresh", "SELECT count(*) FROM plan_events")
+            .unwrap(),
+        "0"
+    );
+
+    pg.psql(
+        "foreign_db",
+        "CREATE TABLE invoices (id int); INSERT INTO invoices VALUES (1);",
+    )
+    .unwrap();
+    match migrate_postgres(&url(&pg, "foreign_db")) {
+        Err(DbError::NotMadrePostgres { database, tables }) => {
+            assert_eq!(
+                (database.as_str(), tables.as_str()),
+                ("foreign_db", "invoices")
+            );
+        }
+        other => panic!("a foreign database was not refused: {other:?}"),
+    }
+    assert_eq!(
+        pg.psql(
+            "foreign_db",
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+        .unwrap(),
+        "1",
+        "nothing was created beside the foreign table"
+    );
+
+    pg.psql(
+        "newer",
+        "CREATE TABLE madre_schema (application text, version bigint);
+         INSERT INTO madre_schema VALUES ('madre', 99);",
+    )
+    .unwrap();
+    match migrate_postgres(&url(&pg, "newer")) {
+        Err(DbError::SchemaTooNew {
+            found, supported, ..
+        }) => {
+            assert_eq!((found, supported), (99, SCHEMA_VERSION));
+        }
+        other => panic!("a newer database was not refused: {other:?}"),
+    }
+
+    let unreachable = migrate_postgres(&format!(
+        "host={} user=postgres dbname=missing",
+        pg.socket_dir().display()
+    ))
+    .unwrap_err();
+    assert!(matches!(unreachable, DbError::Postgres(_)), "{unreachable}");
+    assert!(unreachable.to_string().contains("missing"), "{unreachable}");
 }

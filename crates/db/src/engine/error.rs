@@ -132,6 +132,20 @@ pub enum DbError {
         /// What went wrong.
         detail: String,
     },
+    /// PostgreSQL refused the operation or could not be reached.
+    #[error("postgresql: {0}")]
+    Postgres(String),
+    /// The PostgreSQL database holds tables that are not Madre's; it was
+    /// left untouched.
+    #[error(
+        "the PostgreSQL database {database} holds other tables ({tables}) and no Madre schema; refusing to touch it"
+    )]
+    NotMadrePostgres {
+        /// The database's name.
+        database: String,
+        /// Some of the tables found.
+        tables: String,
+    },
     /// `PRAGMA integrity_check` did not say ok.
     #[error("integrity check failed: {0}")]
     Corrupt(String),
@@ -195,6 +209,19 @@ impl From<rusqlite::Error> for DbError {
             },
             None => DbError::Sqlite(e),
         }
+    }
+}
+
+impl From<postgres::Error> for DbError {
+    fn from(e: postgres::Error) -> Self {
+        // The driver's own text is terse ("db error"): the server's
+        // message and code, or the cause, say what happened.
+        let detail = match (e.as_db_error(), std::error::Error::source(&e)) {
+            (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+            (None, Some(cause)) => format!("{e}: {cause}"),
+            (None, None) => e.to_string(),
+        };
+        DbError::Postgres(detail)
     }
 }
 

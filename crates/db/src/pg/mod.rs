@@ -1,0 +1,96 @@
+//! The PostgreSQL backend (SPEC §16, issue 24), as far as it goes: its
+//! numbered migrations. A PostgreSQL database holds the same data model as
+//! the SQLite file (docs/postgresql-schema.md is its DDL, and a test holds
+//! the two to each other), at the same version numbers: the migration to
+//! version `n` here is the twin of SQLite's migration `n`, so a database
+//! of either kind at version `n` holds the same tables and columns. A new
+//! PostgreSQL database starts at the version its first migration names;
+//! there are no older PostgreSQL databases to upgrade.
+//!
+//! The driver is the `postgres` crate, the blocking client: the repository
+//! is written for blocking connections behind one writer thread and a
+//! pool of readers (rusqlite and r2d2 today), and the same shape carries
+//! over with `r2d2_postgres`.
+
+use postgres::{Client, NoTls};
+
+use crate::{DbError, SCHEMA_VERSION};
+
+/// The PostgreSQL migrations, each with the version it brings the
+/// database to; a fresh database runs them all.
+const MIGRATIONS: &[(i64, &str)] = &[(16, include_str!("schema_16.sql"))];
+
+/// The version the newest migration brings a database to: SQLite's.
+pub const POSTGRES_SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Serializes migrations across replicas starting together (an advisory
+/// lock held for the migration's transaction): "madre" in ASCII.
+const MIGRATION_LOCK: i64 = 0x6d_61_64_72_65;
+
+/// Brings the PostgreSQL database at `url` (a `postgres://` URL or a
+/// `key=value` connection string) to [`POSTGRES_SCHEMA_VERSION`], in one
+/// transaction, and answers the version it is at. A database with other
+/// tables and no Madre schema, or one a newer Madre wrote, is refused and
+/// left as it was.
+pub fn migrate_postgres(url: &str) -> Result<i64, DbError> {
+    let mut client = Client::connect(url, NoTls)?;
+    migrate_client(&mut client)
+}
+
+fn migrate_client(client: &mut Client) -> Result<i64, DbError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    let ours: bool = tx
+        .query_one("SELECT to_regclass('madre_schema') IS NOT NULL", &[])?
+        .get(0);
+    let found = if ours {
+        let row = tx.query_one("SELECT application, version FROM madre_schema", &[])?;
+        let application: String = row.get(0);
+        let version: i64 = row.get(1);
+        if application != "madre" {
+            return Err(DbError::NotMadrePostgres {
+                database: database_name(&mut tx)?,
+                tables: "madre_schema".into(),
+            });
+        }
+        version
+    } else {
+        let others: Vec<String> = tx
+            .query(
+                "SELECT table_name::text FROM information_schema.tables
+                 WHERE table_schema = current_schema() ORDER BY 1 LIMIT 5",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !others.is_empty() {
+            return Err(DbError::NotMadrePostgres {
+                database: database_name(&mut tx)?,
+                tables: others.join(", "),
+            });
+        }
+        0
+    };
+    if found > POSTGRES_SCHEMA_VERSION {
+        return Err(DbError::SchemaTooNew {
+            path: database_name(&mut tx)?,
+            found,
+            supported: POSTGRES_SCHEMA_VERSION,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+        tx.batch_execute(sql)?;
+        tx.execute("UPDATE madre_schema SET version = $1", &[version])?;
+    }
+    tx.commit()?;
+    Ok(found.max(POSTGRES_SCHEMA_VERSION))
+}
+
+fn database_name(tx: &mut postgres::Transaction<'_>) -> Result<String, DbError> {
+    Ok(tx.query_one("SELECT current_database()::text", &[])?.get(0))
+}
+
+/// The PostgreSQL migrations reach the SQLite schema's version: a new
+/// SQLite migration needs its PostgreSQL twin.
+const _: () = assert!(POSTGRES_SCHEMA_VERSION == SCHEMA_VERSION);
