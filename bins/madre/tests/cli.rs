@@ -199,30 +199,26 @@ async fn the_binary_serves_and_the_cli_drives_a_confirmation_round_trip() {
 
 #[test]
 fn a_bad_setting_stops_the_start_naming_the_variable() {
-    let out = Command::new(BIN)
-        .env("MADRE_MAX_CONCURRENT_TASKS", "lots")
-        .env("VX11_TOKEN", "t")
-        .env(
-            "MADRE_DATA_DIR",
-            std::env::temp_dir().join("madre-bad-setting"),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("MADRE_MAX_CONCURRENT_TASKS"));
-
-    // A replica name that could not be told apart in logs or a journal.
-    let out = Command::new(BIN)
-        .env("MADRE_REPLICA_ID", "two words")
-        .env("VX11_TOKEN", "t")
-        .env(
-            "MADRE_DATA_DIR",
-            std::env::temp_dir().join("madre-bad-setting"),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("MADRE_REPLICA_ID"));
+    for (name, value) in [
+        ("MADRE_MAX_CONCURRENT_TASKS", "lots"),
+        // A replica name that could not be told apart in logs or a journal.
+        ("MADRE_REPLICA_ID", "two words"),
+    ] {
+        let out = Command::new(BIN)
+            .env(name, value)
+            .env("VX11_TOKEN", "t")
+            .env(
+                "MADRE_DATA_DIR",
+                std::env::temp_dir().join("madre-bad-setting"),
+            )
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(name),
+            "{name}"
+        );
+    }
 }
 
 /// Runs the CLI and answers its stdout, failing the test on a non-zero exit.

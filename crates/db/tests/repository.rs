@@ -2240,30 +2240,8 @@ fn a_plan_body_stores_the_text_once_and_reads_back_whole() {
     plan.steps[0].payload = json!({"prompt": text, "metadata": ids, "source": "madre"});
     plan.steps[1].payload = json!({"prompt": text, "metadata": ids, "list": [text]});
     plan.steps[1].optional = true;
-    let intent = madre_models::Intent {
-        intent_id: plan.intent_id,
-        session_id: plan.session_id.clone(),
-        mode: Mode::Madre,
-        dsl: madre_models::Dsl {
-            domain: "general".into(),
-            action: "chat".into(),
-            parameters: json!({"original_message": text})
-                .as_object()
-                .unwrap()
-                .clone(),
-            targets: vec![],
-            confidence: 0.3,
-            original_text: text.into(),
-            warnings: vec![],
-            source: Default::default(),
-            effect: Default::default(),
-        },
-        risk: RiskLevel::Low,
-        requires_confirmation: false,
-        targets: vec![],
-        created_at: t0(),
-        alternatives: vec![],
-    };
+    let parameters = json!({"original_message": text});
+    let intent = low_chat_intent(&plan, text, parameters, t0());
     let mut rec = record(plan.clone());
     rec.intent = Some(intent.clone());
     t.db.insert_plan(rec).wait().unwrap();
@@ -2283,6 +2261,36 @@ fn a_plan_body_stores_the_text_once_and_reads_back_whole() {
     assert_eq!(body.matches(text).count(), 2, "{body}");
     assert!(!body.contains(&plan.intent_id.to_string()), "{body}");
     assert!(body.contains("0.3,"), "the confidence as written: {body}");
+}
+
+/// The LOW intent of a general chat saying `text` for `plan`, made at `at`.
+fn low_chat_intent(
+    plan: &Plan,
+    text: &str,
+    parameters: Value,
+    at: DateTime<Utc>,
+) -> madre_models::Intent {
+    madre_models::Intent {
+        intent_id: plan.intent_id,
+        session_id: plan.session_id.clone(),
+        mode: Mode::Madre,
+        dsl: madre_models::Dsl {
+            domain: "general".into(),
+            action: "chat".into(),
+            parameters: parameters.as_object().cloned().unwrap_or_default(),
+            targets: vec![],
+            confidence: 0.3,
+            original_text: text.into(),
+            warnings: vec![],
+            source: Default::default(),
+            effect: Default::default(),
+        },
+        risk: RiskLevel::Low,
+        requires_confirmation: false,
+        targets: vec![],
+        created_at: at,
+        alternatives: vec![],
+    }
 }
 
 /// Issue 25: plans made alike store their common body once, as a shape,
@@ -2306,28 +2314,9 @@ fn plans_made_alike_store_their_body_once_and_read_back_whole() {
         for (n, step) in plan.steps.iter_mut().enumerate() {
             step.step_id = Step::id_in_plan(plan.plan_id, n);
         }
-        let intent = madre_models::Intent {
-            intent_id: plan.intent_id,
-            session_id: plan.session_id.clone(),
-            mode: Mode::Madre,
-            dsl: madre_models::Dsl {
-                domain: "general".into(),
-                action: "chat".into(),
-                parameters: Default::default(),
-                targets: vec![],
-                confidence: 0.3,
-                original_text: "hello".into(),
-                warnings: vec![],
-                source: Default::default(),
-                effect: Default::default(),
-            },
-            risk: RiskLevel::Low,
-            requires_confirmation: false,
-            targets: vec![],
-            // Each intent made at its own moment, to the nanosecond.
-            created_at: t0() - Duration::nanoseconds(1_000_123 * (i + 1)),
-            alternatives: vec![],
-        };
+        // Each intent made at its own moment, to the nanosecond.
+        let made_at = t0() - Duration::nanoseconds(1_000_123 * (i + 1));
+        let intent = low_chat_intent(&plan, "hello", json!({}), made_at);
         let mut rec = record(plan.clone());
         rec.intent = Some(intent.clone());
         t.db.insert_plan(rec).wait().unwrap();
