@@ -170,6 +170,7 @@ impl Body {
         known: Known,
         created_at: DateTime<Utc>,
     ) -> Result<Self, DbError> {
+        let intent_made = intent.map(|i| i.created_at);
         // Through text, not `to_value`: a value keeps an `f32` (the DSL's
         // confidence) as its widened `f64`, 0.3 as 0.30000001192092896.
         let mut intent = intent
@@ -192,9 +193,10 @@ impl Body {
             }
             None => Refs::new(),
         };
-        let intent_at = intent
-            .as_mut()
-            .and_then(|value| take_intent_time(value, created_at));
+        let intent_at = match (&mut intent, intent_made) {
+            (Some(value), Some(made)) => take_intent_time(value, made, created_at),
+            _ => None,
+        };
         let mut step_refs = Vec::with_capacity(steps.len());
         let steps: Vec<BodyStep> = steps
             .iter()
@@ -378,20 +380,22 @@ fn plan_nanos(created_at: DateTime<Utc>) -> i128 {
     i128::from(created_at.timestamp_micros()) * 1_000
 }
 
-/// Takes the intent's `created_at` out of `intent`, answering it as
-/// nanoseconds from the plan's creation; leaves it when it is not a time
-/// that offset can carry exactly.
-fn take_intent_time(intent: &mut Value, created_at: DateTime<Utc>) -> Option<i64> {
-    let members = intent.as_object_mut()?;
-    let at: DateTime<Utc> = members.get("created_at")?.as_str()?.parse().ok()?;
-    let offset = i128::from(at.timestamp_nanos_opt()?) - plan_nanos(created_at);
-    let offset = i64::try_from(offset).ok()?;
-    // Kept only when reading it back gives the same text.
-    let back = serde_json::to_value(at).ok()?;
-    (members.get("created_at") == Some(&back)).then(|| {
-        members.remove("created_at");
-        offset
-    })
+/// Takes the intent's `created_at` (its serialization of `made`) out of
+/// `intent`, answering it as nanoseconds from the plan's creation; leaves
+/// it when the offset cannot carry it exactly (a leap second, a time out
+/// of range).
+fn take_intent_time(
+    intent: &mut Value,
+    made: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+) -> Option<i64> {
+    let nanos = made.timestamp_nanos_opt()?;
+    let offset = i64::try_from(i128::from(nanos) - plan_nanos(created_at)).ok()?;
+    if DateTime::from_timestamp_nanos(nanos) != made {
+        return None;
+    }
+    intent.as_object_mut()?.remove("created_at")?;
+    Some(offset)
 }
 
 /// Puts back the intent's `created_at` that [`take_intent_time`] took out.

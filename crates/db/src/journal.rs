@@ -838,7 +838,22 @@ pub(crate) fn result_by_reference(
     }
     // A step answered before its plan was made keeps its answer in the
     // plan's body.
-    let body: Option<String> = conn
+    let pointer = format!(
+        "/steps/{step}/result/{}",
+        key.replace('~', "~0").replace('/', "~1")
+    );
+    if let Some(body) = created_body(conn, plan_row)?
+        && let Some(text) = body.pointer(&pointer).and_then(Value::as_str)
+    {
+        return Ok(Some(json!({ "reply": text })));
+    }
+    Err(bad())
+}
+
+/// The body plan row `plan_row` was created with (its `plan_created`
+/// payload, its shape put back); `None` when its journal has none.
+fn created_body(conn: &Connection, plan_row: i64) -> Result<Option<Value>, DbError> {
+    let payload: Option<String> = conn
         .prepare_cached(
             "SELECT payload_json FROM plan_events WHERE plan = ?1 AND type = ?2
              ORDER BY seq LIMIT 1",
@@ -847,19 +862,9 @@ pub(crate) fn result_by_reference(
             r.get(0)
         })
         .optional()?;
-    if let Some(body) = body {
-        let body = shapes::expand(conn, serde_json::from_str(&body)?)?;
-        if let Some(text) = body
-            .pointer(&format!(
-                "/steps/{step}/result/{}",
-                key.replace('~', "~0").replace('/', "~1")
-            ))
-            .and_then(Value::as_str)
-        {
-            return Ok(Some(json!({ "reply": text })));
-        }
-    }
-    Err(bad())
+    payload
+        .map(|p| shapes::expand(conn, serde_json::from_str(&p)?))
+        .transpose()
 }
 
 /// The result a [`reply_place`] names, read from the plan's steps.
@@ -1221,17 +1226,7 @@ fn journal_after_in(
         let steps = match steps_by_plan.entry(plan_row) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let body: String = conn
-                    .prepare_cached(
-                        "SELECT payload_json FROM plan_events
-                         WHERE plan = ?1 AND type = ?2 ORDER BY seq LIMIT 1",
-                    )?
-                    .query_row(params![plan_row, type_code(EventType::PlanCreated)], |r| {
-                        r.get(0)
-                    })
-                    .optional()?
-                    .unwrap_or_else(|| "{}".into());
-                let body = shapes::expand(conn, serde_json::from_str(&body)?)?;
+                let body = created_body(conn, plan_row)?.unwrap_or_else(|| json!({}));
                 e.insert(steps_of_body(&body, plan_id)?)
             }
         };
