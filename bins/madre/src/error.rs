@@ -288,6 +288,7 @@ mod tests {
             StorageFault::Io,
             StorageFault::Busy,
             StorageFault::Stopped,
+            StorageFault::Unreachable,
         ] {
             let error = ApiError::from(FlowError::from(DbError::Unavailable {
                 reason: fault,

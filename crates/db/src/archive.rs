@@ -22,9 +22,10 @@
 //! that can read it. Only the writer's commits hold the writer: the file is
 //! written between them.
 
+use crate::sql::Conn;
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, ToSql, params};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{ToSql, params};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -136,43 +137,39 @@ fn batch_lines(path: &Path, offset: Option<u64>) -> Result<HashSet<String>, DbEr
 
 /// The rows `sql` selects, each as a JSON object by column name; columns
 /// named `*_json` hold JSON and are kept as such.
-fn rows_as_json(conn: &Connection, sql: &str, args: &[&dyn ToSql]) -> Result<Vec<Value>, DbError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let names: Vec<String> = stmt.column_names().iter().map(|n| n.to_string()).collect();
-    let mut rows = stmt.query(args)?;
+fn rows_as_json(conn: &Conn<'_>, sql: &str, args: &[&dyn ToSql]) -> Result<Vec<Value>, DbError> {
     let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
+    conn.prepare_cached(sql)?.for_each_row(args, |row| {
         let mut object = Map::new();
-        for (i, name) in names.iter().enumerate() {
-            let value = match row.get_ref(i)? {
-                ValueRef::Null => Value::Null,
+        for i in 0..row.len() {
+            let name = row.name(i)?;
+            let value = match row.value(i)? {
+                SqlValue::Null => Value::Null,
                 // Times are written in the archive as the API shows them.
-                ValueRef::Integer(n) if name.ends_with("_at") => {
+                SqlValue::Integer(n) if name.ends_with("_at") => {
                     match crate::time::from_micros(n) {
                         Some(at) => json!(at.to_rfc3339_opts(SecondsFormat::Micros, true)),
                         None => json!(n),
                     }
                 }
-                ValueRef::Integer(n) => json!(n),
-                ValueRef::Real(x) => json!(x),
-                ValueRef::Text(bytes) => {
-                    let text = String::from_utf8_lossy(bytes);
-                    match name.ends_with("_json") {
-                        true => serde_json::from_str(&text).unwrap_or(Value::String(text.into())),
-                        false => Value::String(text.into()),
-                    }
-                }
-                ValueRef::Blob(bytes) => json!(bytes),
+                SqlValue::Integer(n) => json!(n),
+                SqlValue::Real(x) => json!(x),
+                SqlValue::Text(text) => match name.ends_with("_json") {
+                    true => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                    false => Value::String(text),
+                },
+                SqlValue::Blob(bytes) => json!(bytes),
             };
-            object.insert(name.clone(), value);
+            object.insert(name, value);
         }
         out.push(Value::Object(object));
-    }
+        Ok(true)
+    })?;
     Ok(out)
 }
 
 /// The archive line of one plan: every row of it.
-fn plan_line(conn: &Connection, plan: &Candidate, at: DateTime<Utc>) -> Result<Value, DbError> {
+fn plan_line(conn: &Conn<'_>, plan: &Candidate, at: DateTime<Utc>) -> Result<Value, DbError> {
     let one = |rows: Vec<Value>| rows.into_iter().next().unwrap_or(Value::Null);
     let mut events = rows_as_json(
         conn,
@@ -212,7 +209,7 @@ fn plan_line(conn: &Connection, plan: &Candidate, at: DateTime<Utc>) -> Result<V
 /// The audit trail of an archived plan as the plan detail showed it: its
 /// creation, read from its journal (id 0, for a plan made since schema
 /// 12), then its stored rows.
-fn actions_of(conn: &Connection, plan: &Candidate) -> Result<Vec<Value>, DbError> {
+fn actions_of(conn: &Conn<'_>, plan: &Candidate) -> Result<Vec<Value>, DbError> {
     let created = Uuid::parse_str(&plan.uuid)
         .ok()
         .map(|id| crate::audit::creation_entry(conn, id))
@@ -241,18 +238,18 @@ fn actions_of(conn: &Connection, plan: &Candidate) -> Result<Vec<Value>, DbError
 }
 
 /// The plans of `uuids` still in the database.
-fn still_stored(conn: &Connection, uuids: &[String]) -> Result<Vec<Candidate>, DbError> {
+fn still_stored(conn: &Conn<'_>, uuids: &[String]) -> Result<Vec<Candidate>, DbError> {
     let mut stmt = conn.prepare_cached("SELECT id, uuid, intent_id FROM plans WHERE uuid = ?1")?;
     let mut found = Vec::new();
     for uuid in uuids {
-        let mut rows = stmt.query([uuid])?;
-        if let Some(r) = rows.next()? {
+        stmt.for_each_row([uuid], |r| {
             found.push(Candidate {
                 row: r.get(0)?,
                 uuid: r.get(1)?,
                 intent_id: r.get(2)?,
             });
-        }
+            Ok(false)
+        })?;
     }
     Ok(found)
 }
@@ -265,7 +262,7 @@ fn still_stored(conn: &Connection, uuids: &[String]) -> Result<Vec<Candidate>, D
 pub(crate) const ARCHIVE_CANDIDATES: &str = "SELECT id, uuid, intent_id FROM plans
      WHERE uuid < ?1 AND status NOT IN ('PENDING', 'WAITING', 'RUNNING') AND updated_at < ?2
        AND NOT EXISTS (SELECT 1 FROM archived_plans a WHERE a.uuid = plans.uuid)
-       AND id IS NOT (SELECT plan FROM plan_events WHERE seq = (SELECT max(seq) FROM plan_events))
+       AND id IS DISTINCT FROM (SELECT plan FROM plan_events WHERE seq = (SELECT max(seq) FROM plan_events))
      ORDER BY uuid LIMIT ?3";
 
 /// Chooses up to `batch` finished plans last changed before `cutoff`, not
@@ -273,7 +270,7 @@ pub(crate) const ARCHIVE_CANDIDATES: &str = "SELECT id, uuid, intent_id FROM pla
 /// ids made before the cutoff are a range of the uuid index: the search
 /// never walks newer plans.
 fn mark_batch(
-    conn: &Connection,
+    conn: &Conn<'_>,
     cutoff: DateTime<Utc>,
     batch: usize,
     archive: &str,
@@ -309,13 +306,8 @@ fn mark_batch(
 
 /// Deletes the rows of `plans` (their lines are in their archive) through
 /// the archive gate, and marks them written.
-fn delete_archived(conn: &Connection, plans: &[Candidate]) -> Result<(), DbError> {
-    let mut open = conn.prepare_cached(
-        "INSERT INTO archive_gate (plan_row, plan_uuid, intent_id) VALUES (?1, ?2, ?3)",
-    )?;
-    for plan in plans {
-        open.execute(params![plan.row, plan.uuid, plan.intent_id])?;
-    }
+fn delete_archived(conn: &Conn<'_>, plans: &[Candidate]) -> Result<(), DbError> {
+    open_gate(conn, plans)?;
     for plan in plans {
         let status: String = conn
             .prepare_cached("SELECT status FROM plans WHERE id = ?1")?
@@ -339,8 +331,36 @@ fn delete_archived(conn: &Connection, plans: &[Candidate]) -> Result<(), DbError
         conn.prepare_cached("UPDATE archived_plans SET written = 1 WHERE uuid = ?1")?
             .execute([&plan.uuid])?;
     }
-    conn.prepare_cached("DELETE FROM archive_gate")?
-        .execute([])?;
+    close_gate(conn)
+}
+
+/// Lets the append-only tables' triggers take the deletes of `plans`: on
+/// SQLite by listing them in `archive_gate`, on PostgreSQL by the
+/// transaction-local setting `madre.archiving` its triggers read (set
+/// and reset inside this write, so no other write of the batch has it).
+fn open_gate(conn: &Conn<'_>, plans: &[Candidate]) -> Result<(), DbError> {
+    if conn.is_postgres() {
+        conn.prepare_cached("SELECT set_config('madre.archiving', 'on', true)")?
+            .execute(())?;
+        return Ok(());
+    }
+    let mut open = conn.prepare_cached(
+        "INSERT INTO archive_gate (plan_row, plan_uuid, intent_id) VALUES (?1, ?2, ?3)",
+    )?;
+    for plan in plans {
+        open.execute(params![plan.row, plan.uuid, plan.intent_id])?;
+    }
+    Ok(())
+}
+
+/// Closes what [`open_gate`] opened.
+fn close_gate(conn: &Conn<'_>) -> Result<(), DbError> {
+    let close = if conn.is_postgres() {
+        "SELECT set_config('madre.archiving', 'off', true)"
+    } else {
+        "DELETE FROM archive_gate"
+    };
+    conn.prepare_cached(close)?.execute(())?;
     Ok(())
 }
 
@@ -452,8 +472,8 @@ impl Db {
             let mut stmt = conn.prepare_cached(
                 "SELECT uuid, archive, at_offset FROM archived_plans WHERE written = 0",
             )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let rows = stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<Vec<_>, _>>()
         })?;
         let mut by_batch: BTreeMap<(String, Option<i64>), Vec<String>> = BTreeMap::new();
         for (uuid, archive, offset) in pending {
@@ -511,13 +531,12 @@ impl Db {
     /// The archive a plan was moved to, if it was.
     pub fn archived_plan(&self, plan_id: uuid::Uuid) -> Result<Option<String>, DbError> {
         self.read(|conn| {
-            use rusqlite::OptionalExtension;
-            Ok(conn
-                .prepare_cached(
-                    "SELECT archive FROM archived_plans WHERE uuid = ?1 AND written = 1",
-                )?
-                .query_row([plan_id.to_string()], |r| r.get(0))
-                .optional()?)
+            use crate::sql::OptionalExtension;
+            conn.prepare_cached(
+                "SELECT archive FROM archived_plans WHERE uuid = ?1 AND written = 1",
+            )?
+            .query_row([plan_id.to_string()], |r| r.get(0))
+            .optional()
         })
     }
 }

@@ -1,8 +1,9 @@
 //! The append-only audit trail of what Madre did and on whose behalf.
 
+use crate::sql::{Conn, OptionalExtension};
 use chrono::{DateTime, Utc};
 use madre_models::{AuditAction, EndReason, EventType};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::params;
 use uuid::Uuid;
 
 use crate::time::{Ts, ts};
@@ -25,7 +26,7 @@ pub struct NewAction {
     pub created_at: DateTime<Utc>,
 }
 
-pub(crate) fn insert_action(conn: &Connection, action: &NewAction) -> Result<i64, DbError> {
+pub(crate) fn insert_action(conn: &Conn<'_>, action: &NewAction) -> Result<i64, DbError> {
     conn.prepare_cached(
         "INSERT INTO madre_actions (module, action, reason, principal, plan_id, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -38,7 +39,7 @@ pub(crate) fn insert_action(conn: &Connection, action: &NewAction) -> Result<i64
         action.plan_id.map(|p| p.to_string()),
         ts(action.created_at),
     ])?;
-    Ok(conn.last_insert_rowid())
+    conn.last_insert_rowid()
 }
 
 impl Db {
@@ -84,7 +85,7 @@ impl Db {
 /// a `plan_finished` for `denied` for one the policy refused, else the
 /// steps it was planned with. Its id is 0: it is no row of `madre_actions`.
 pub(crate) fn creation_entry(
-    conn: &Connection,
+    conn: &Conn<'_>,
     plan_id: Uuid,
 ) -> Result<Option<AuditAction>, DbError> {
     let row = conn

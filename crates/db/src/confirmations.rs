@@ -2,9 +2,10 @@
 //! single conditional UPDATE, so two concurrent confirmations of one plan can
 //! never both succeed, even from two processes.
 
+use crate::sql::{Conn, OptionalExtension};
 use chrono::{DateTime, Utc};
 use madre_models::{EndReason, RiskLevel};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::params;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -77,7 +78,7 @@ pub enum ApprovalOutcome {
 /// True when the plan's confirmation is pending, with this token hash and
 /// unexpired at `at`.
 fn pending_with(
-    conn: &Connection,
+    conn: &Conn<'_>,
     plan_id: Uuid,
     token_sha256: &str,
     at: DateTime<Utc>,
@@ -100,7 +101,7 @@ fn pending_with(
 /// gate is DONE and the plan RUNNING (event `plan_confirmed`, carrying
 /// `comment`). False when nothing pending matched.
 fn spend(
-    conn: &Connection,
+    conn: &Conn<'_>,
     plan_id: Uuid,
     token_sha256: &str,
     by: &str,
@@ -128,7 +129,7 @@ fn spend(
 
 /// The principals whose approvals of the plan are recorded, each once,
 /// oldest first.
-fn approvers(conn: &Connection, plan_id: Uuid) -> Result<Vec<String>, DbError> {
+fn approvers(conn: &Conn<'_>, plan_id: Uuid) -> Result<Vec<String>, DbError> {
     let mut stmt = conn.prepare_cached(
         "SELECT e.principal FROM plan_events e
          WHERE e.plan = (SELECT id FROM plans WHERE uuid = ?1)
@@ -145,7 +146,7 @@ fn approvers(conn: &Connection, plan_id: Uuid) -> Result<Vec<String>, DbError> {
 }
 
 pub(crate) fn insert_confirmation(
-    conn: &Connection,
+    conn: &Conn<'_>,
     plan_id: Uuid,
     c: &NewConfirmation,
 ) -> Result<(), DbError> {

@@ -1,7 +1,8 @@
 //! Stored answers for `Idempotency-Key` replays, per principal and key.
 
+use crate::sql::{Conn, OptionalExtension};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -65,7 +66,7 @@ pub struct ModulePolicy {
 }
 
 fn lookup(
-    conn: &rusqlite::Connection,
+    conn: &Conn<'_>,
     principal: &str,
     key: &str,
     request_hash: &str,
@@ -182,12 +183,11 @@ impl Db {
         key: &str,
     ) -> Result<Option<String>, DbError> {
         self.read(|conn| {
-            Ok(conn
-                .prepare_cached(
-                    "SELECT request_hash FROM idempotency_keys WHERE principal = ?1 AND key = ?2",
-                )?
-                .query_row(params![principal, key], |r| r.get(0))
-                .optional()?)
+            conn.prepare_cached(
+                "SELECT request_hash FROM idempotency_keys WHERE principal = ?1 AND key = ?2",
+            )?
+            .query_row(params![principal, key], |r| r.get(0))
+            .optional()
         })
     }
 
@@ -245,7 +245,7 @@ impl Db {
         self.write(|conn| {
             let n = conn
                 .prepare_cached("DELETE FROM idempotency_keys WHERE response_json IS NULL")?
-                .execute([])?;
+                .execute(())?;
             Ok(n as u64)
         })
     }
@@ -270,10 +270,10 @@ impl Db {
             let mut stmt = conn.prepare_cached(
                 "SELECT module, error_threshold, idle_seconds, enable_autosuspend FROM madre_policies ORDER BY module",
             )?;
-            let rows = stmt.query_map([], |r| {
+            let rows = stmt.query_map((), |r| {
                 Ok(ModulePolicy { module: r.get(0)?, error_threshold: r.get(1)?, idle_seconds: r.get(2)?, enable_autosuspend: r.get(3)? })
             })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            rows.collect::<Result<_, _>>()
         })
     }
 }

@@ -1,9 +1,10 @@
 //! The append-only intent log: a row is written before anything is decided
 //! and closed once with the outcome.
 
+use crate::sql::{Conn, OptionalExtension};
 use chrono::{DateTime, Utc};
 use madre_models::IntentOutcome;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::params;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -46,7 +47,7 @@ pub struct IntentLogRow {
     pub notes: Option<String>,
 }
 
-fn insert_intent(conn: &Connection, entry: &NewIntentLog) -> Result<(), DbError> {
+fn insert_intent(conn: &Conn<'_>, entry: &NewIntentLog) -> Result<(), DbError> {
     conn.prepare_cached(
         "INSERT INTO intents_log (id, source, principal, payload_json, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -128,7 +129,7 @@ impl Db {
                 .prepare_cached(
                     "SELECT count(*) FROM intents_log WHERE processed_by_madre_at IS NULL",
                 )?
-                .query_row([], |r| r.get(0))?;
+                .query_row((), |r| r.get(0))?;
             Ok(n as u64)
         })
     }
@@ -175,7 +176,7 @@ impl Db {
     /// How many intents were ever logged.
     pub fn count_intents(&self) -> Result<u64, DbError> {
         self.read(|conn| {
-            let n: i64 = conn.query_row("SELECT count(*) FROM intents_log", [], |r| r.get(0))?;
+            let n: i64 = conn.query_row("SELECT count(*) FROM intents_log", (), |r| r.get(0))?;
             Ok(n as u64)
         })
     }

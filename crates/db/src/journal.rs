@@ -6,12 +6,13 @@
 //! transaction. Which change is legal is decided by the pure state machine
 //! of `madre-lifecycle`, never here.
 
+use crate::sql::{Conn, OptionalExtension};
 use chrono::{DateTime, Utc};
 use madre_lifecycle::{Change, Event, PlanState, StepState};
 use madre_models::{
     EndReason, EventType, JournalEvent, Mode, Plan, SessionId, Status, Step, StepType,
 };
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::params;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -145,7 +146,7 @@ pub(crate) struct Replica {
 impl Replica {
     /// Names this process `name` in the journal, adding the name to
     /// `replicas` unless it is there.
-    pub(crate) fn register(conn: &Connection, name: &str) -> Result<Self, DbError> {
+    pub(crate) fn register(conn: &Conn<'_>, name: &str) -> Result<Self, DbError> {
         conn.prepare_cached(
             "INSERT INTO replicas (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
         )?
@@ -164,12 +165,10 @@ impl Replica {
 /// instead of an integer (a hand-edited file).
 type StoredType = Result<i64, String>;
 
-fn read_type(value: rusqlite::types::ValueRef<'_>) -> StoredType {
+fn read_type(value: rusqlite::types::Value) -> StoredType {
     match value {
-        rusqlite::types::ValueRef::Integer(code) => Ok(code),
-        rusqlite::types::ValueRef::Text(text) => {
-            Err(format!("{:?}", String::from_utf8_lossy(text)))
-        }
+        rusqlite::types::Value::Integer(code) => Ok(code),
+        rusqlite::types::Value::Text(text) => Err(format!("{text:?}")),
         other => Err(format!("{:?}", other.data_type())),
     }
 }
@@ -223,7 +222,7 @@ const HEAD: &str = "SELECT id, kind, name, module, action, principal, mode, sess
                            status, error, result, warnings_json, created_at, updated_at
                     FROM plans WHERE uuid = ?1";
 
-fn rows_of(conn: &Connection, row: i64, plan_id: Uuid) -> Result<Vec<Row>, DbError> {
+fn rows_of(conn: &Conn<'_>, row: i64, plan_id: Uuid) -> Result<Vec<Row>, DbError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT e.seq, e.type, e.step, e.payload_json, e.principal, {REPLICA_NAME}, e.created_at
              FROM plan_events e WHERE e.plan = ?1 ORDER BY e.seq"
@@ -231,7 +230,7 @@ fn rows_of(conn: &Connection, row: i64, plan_id: Uuid) -> Result<Vec<Row>, DbErr
     let rows = stmt.query_map([row], |r| {
         Ok((
             r.get::<_, i64>(0)?,
-            read_type(r.get_ref(1)?),
+            read_type(r.value(1)?),
             r.get::<_, Option<i64>>(2)?,
             r.get::<_, String>(3)?,
             r.get::<_, Option<String>>(4)?,
@@ -325,10 +324,28 @@ fn base(plan_id: Uuid, rows: &[Row]) -> Result<(Body, i64, PlanState), DbError> 
 /// Reads the plan and folds its journal, on `conn`; `None` for an
 /// unknown plan. An event the state machine refuses fails with an error
 /// naming the plan and the event: the journal is never silently trusted.
-pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, DbError> {
+pub(crate) fn load(conn: &Conn<'_>, plan_id: Uuid) -> Result<Option<Loaded>, DbError> {
     let head: Option<Head> = conn
         .prepare_cached(HEAD)?
-        .query_row([plan_id.to_string()], |r| r.try_into())
+        .query_row([plan_id.to_string()], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+                r.get(11)?,
+                r.get(12)?,
+                r.get(13)?,
+                r.get(14)?,
+            ))
+        })
         .optional()?;
     let Some((
         row,
@@ -449,7 +466,7 @@ pub(crate) fn load(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, D
 
 /// The message the intent log holds for the intent of plan `plan_id`,
 /// which the plan's body refers to.
-fn logged_message(conn: &Connection, plan_id: Uuid, intent_id: Uuid) -> Result<String, DbError> {
+fn logged_message(conn: &Conn<'_>, plan_id: Uuid, intent_id: Uuid) -> Result<String, DbError> {
     let payload: Option<String> = conn
         .prepare_cached("SELECT payload_json FROM intents_log WHERE id = ?1")?
         .query_row([intent_id.to_string()], |r| r.get(0))
@@ -465,12 +482,12 @@ fn logged_message(conn: &Connection, plan_id: Uuid, intent_id: Uuid) -> Result<S
 }
 
 /// The plan with its steps, metadata and intent, read on `conn`.
-pub(crate) fn plan_in(conn: &Connection, plan_id: Uuid) -> Result<Option<StoredPlan>, DbError> {
+pub(crate) fn plan_in(conn: &Conn<'_>, plan_id: Uuid) -> Result<Option<StoredPlan>, DbError> {
     Ok(load(conn, plan_id)?.map(|l| l.stored))
 }
 
 /// The state machine's view of a plan, or not found.
-pub(crate) fn load_existing(conn: &Connection, plan_id: Uuid) -> Result<Loaded, DbError> {
+pub(crate) fn load_existing(conn: &Conn<'_>, plan_id: Uuid) -> Result<Loaded, DbError> {
     load(conn, plan_id)?.ok_or_else(|| DbError::not_found("plan", plan_id))
 }
 
@@ -538,7 +555,7 @@ fn fold_steps(loaded: &mut Loaded, event: &PlanEvent, changes: &[Change]) {
 /// (the caller's transaction rolls back, so nothing of it stays). Answers
 /// the plan as it is after them.
 pub(crate) fn append(
-    conn: &Connection,
+    conn: &Conn<'_>,
     plan_id: Uuid,
     events: &[PlanEvent],
     replica: &Replica,
@@ -599,7 +616,7 @@ pub(crate) fn append(
 /// passes the check is the journal's. Bounded; a finished plan's goes.
 mod folds {
     use super::{DbError, Loaded};
-    use rusqlite::Connection;
+    use crate::sql::Conn;
     use std::cell::RefCell;
     use std::collections::{HashMap, VecDeque};
     use uuid::Uuid;
@@ -621,7 +638,7 @@ mod folds {
 
     /// The kept fold of `plan_id`, taken out, when the journal still ends
     /// where it did.
-    pub(super) fn take(conn: &Connection, plan_id: Uuid) -> Result<Option<Loaded>, DbError> {
+    pub(super) fn take(conn: &Conn<'_>, plan_id: Uuid) -> Result<Option<Loaded>, DbError> {
         let Some((loaded, through)) = FOLDS.with(|f| f.borrow_mut().by_plan.remove(&plan_id))
         else {
             return Ok(None);
@@ -655,10 +672,10 @@ mod folds {
 
 /// Counts one more finished plan in `status` (`/metrics` reads these
 /// counters; open plans are counted through their own index).
-fn count_finished(conn: &Connection, status: Status) -> Result<(), DbError> {
+fn count_finished(conn: &Conn<'_>, status: Status) -> Result<(), DbError> {
     conn.prepare_cached(
         "INSERT INTO plan_status_counts (status, n) VALUES (?1, 1)
-         ON CONFLICT (status) DO UPDATE SET n = n + 1",
+         ON CONFLICT (status) DO UPDATE SET n = plan_status_counts.n + 1",
     )?
     .execute([status.as_str()])?;
     Ok(())
@@ -784,7 +801,7 @@ fn row_result(stored: &StoredPlan) -> Result<Option<String>, DbError> {
 /// plan: two reads through the journal's index. `None` when its end kept
 /// no reference (or it has not ended).
 pub(crate) fn result_by_reference(
-    conn: &Connection,
+    conn: &Conn<'_>,
     plan_row: i64,
 ) -> Result<Option<Value>, DbError> {
     let end: Option<String> = conn
@@ -823,18 +840,25 @@ pub(crate) fn result_by_reference(
          WHERE plan = ?1 AND type IN (?3, ?4) AND step = ?2
          ORDER BY seq DESC",
     )?;
-    let mut rows = stmt.query(params![
-        plan_row,
-        step as i64,
-        type_code(EventType::StepStarted),
-        type_code(EventType::StepFinished)
-    ])?;
-    while let Some(row) = rows.next()? {
-        let payload: Value = serde_json::from_str(&row.get::<_, String>(0)?)?;
-        if let Some(answer) = payload.get("result").filter(|r| !r.is_null()) {
-            let text = answer.get(key).and_then(Value::as_str).ok_or_else(bad)?;
-            return Ok(Some(json!({ "reply": text })));
-        }
+    let mut reply = None;
+    stmt.for_each_row(
+        params![
+            plan_row,
+            step as i64,
+            type_code(EventType::StepStarted),
+            type_code(EventType::StepFinished)
+        ],
+        |row| {
+            let payload: Value = serde_json::from_str(&row.get::<_, String>(0)?)?;
+            if let Some(answer) = payload.get("result").filter(|r| !r.is_null()) {
+                let text = answer.get(key).and_then(Value::as_str).ok_or_else(bad)?;
+                reply = Some(json!({ "reply": text }));
+            }
+            Ok(reply.is_none())
+        },
+    )?;
+    if reply.is_some() {
+        return Ok(reply);
     }
     // A step answered before its plan was made keeps its answer in the
     // plan's body.
@@ -852,7 +876,7 @@ pub(crate) fn result_by_reference(
 
 /// The body plan row `plan_row` was created with (its `plan_created`
 /// payload, its shape put back); `None` when its journal has none.
-fn created_body(conn: &Connection, plan_row: i64) -> Result<Option<Value>, DbError> {
+fn created_body(conn: &Conn<'_>, plan_row: i64) -> Result<Option<Value>, DbError> {
     let payload: Option<String> = conn
         .prepare_cached(
             "SELECT payload_json FROM plan_events WHERE plan = ?1 AND type = ?2
@@ -877,7 +901,7 @@ fn result_from(steps: &[Step], place: &Value) -> Option<Value> {
 
 /// Inserts the event rows; answers the seq of the last one.
 fn insert_events(
-    conn: &Connection,
+    conn: &Conn<'_>,
     plan_row: i64,
     rows: &[NewRow],
     replica: &Replica,
@@ -909,7 +933,7 @@ fn insert_events(
         stmt.execute(args.as_slice())?;
     }
     crate::engine::writer::announce_commit();
-    Ok(conn.last_insert_rowid())
+    conn.last_insert_rowid()
 }
 
 /// Event rows per INSERT statement: a plan's commit rarely has more, and
@@ -978,7 +1002,7 @@ pub(crate) fn prepare(
 }
 
 pub(crate) fn create(
-    conn: &Connection,
+    conn: &Conn<'_>,
     prepared: &PreparedPlan,
     replica: &Replica,
     starting: &[PlanEvent],
@@ -1066,7 +1090,7 @@ pub(crate) fn create(
         ts(plan.created_at),
         ts(stored.plan.updated_at),
     ])?;
-    let row = conn.last_insert_rowid();
+    let row = conn.last_insert_rowid()?;
     if let Some(shape) = &prepared.created.new_shape {
         shapes::store(conn, shape)?;
     }
@@ -1083,7 +1107,7 @@ pub(crate) fn create(
 }
 
 /// The journal of one plan, in order; empty for an unknown plan.
-pub(crate) fn events_of(conn: &Connection, plan_id: Uuid) -> Result<Vec<JournalEvent>, DbError> {
+pub(crate) fn events_of(conn: &Conn<'_>, plan_id: Uuid) -> Result<Vec<JournalEvent>, DbError> {
     let head: Option<(i64, Option<String>)> = conn
         .prepare_cached("SELECT id, session_id FROM plans WHERE uuid = ?1")?
         .query_row([plan_id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -1173,7 +1197,7 @@ pub struct JournalFilter {
 /// Up to `limit` events after `after` in journal order, of the plans
 /// `filter` names.
 fn journal_after_in(
-    conn: &Connection,
+    conn: &Conn<'_>,
     after: i64,
     filter: &JournalFilter,
     limit: u32,
@@ -1204,13 +1228,12 @@ fn journal_after_in(
     }
     sql.push_str(" ORDER BY e.seq LIMIT ?2");
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(args.as_slice())?;
     let mut steps_by_plan: std::collections::HashMap<i64, Vec<(Uuid, Option<StepType>)>> =
         std::collections::HashMap::new();
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
+    stmt.for_each_row(args.as_slice(), |r| {
         let seq: i64 = r.get(0)?;
-        let event_type = read_type(r.get_ref(1)?);
+        let event_type = read_type(r.value(1)?);
         let plan_row: i64 = r.get(7)?;
         let plan_id = parse_uuid(&r.get::<_, String>(8)?)?;
         let session_id: Option<String> = r.get(9)?;
@@ -1231,7 +1254,8 @@ fn journal_after_in(
             }
         };
         out.push(journal_event(&row, plan_id, &session_id, steps)?);
-    }
+        Ok(true)
+    })?;
     Ok(out)
 }
 
@@ -1253,7 +1277,7 @@ struct JournalVerdict {
     at: Option<DateTime<Utc>>,
 }
 
-fn journal_verdict(conn: &Connection, row: i64, plan_id: Uuid) -> Result<JournalVerdict, DbError> {
+fn journal_verdict(conn: &Conn<'_>, row: i64, plan_id: Uuid) -> Result<JournalVerdict, DbError> {
     let rows = rows_of(conn, row, plan_id)?;
     let (_, through, mut state) = base(plan_id, &rows)?;
     let mut verdict = JournalVerdict {
@@ -1290,11 +1314,11 @@ fn journal_verdict(conn: &Connection, row: i64, plan_id: Uuid) -> Result<Journal
 /// Every plan whose row disagrees with its journal, or whose journal
 /// cannot be folded, and finished-plan counters that disagree with the
 /// rows. Reads every plan: a maintenance command's work, not a request's.
-fn check_in(conn: &Connection) -> Result<Vec<PlanProblem>, DbError> {
+fn check_in(conn: &Conn<'_>) -> Result<Vec<PlanProblem>, DbError> {
     let mut problems = Vec::new();
     let mut stmt = conn.prepare("SELECT id, uuid, status FROM plans ORDER BY id")?;
     let heads = stmt
-        .query_map([], |r| {
+        .query_map((), |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -1329,7 +1353,7 @@ fn check_in(conn: &Connection) -> Result<Vec<PlanProblem>, DbError> {
                  AND status NOT IN (SELECT status FROM plan_status_counts)) s",
     )?;
     let counters = stmt
-        .query_map([], |r| {
+        .query_map((), |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
@@ -1351,7 +1375,7 @@ fn check_in(conn: &Connection) -> Result<Vec<PlanProblem>, DbError> {
 /// Rewrites every row that disagrees with its journal from the journal,
 /// and the finished-plan counters from the rows. A plan whose journal
 /// cannot be folded is left as it is and answered.
-fn repair_in(conn: &Connection) -> Result<(Vec<PlanProblem>, Vec<PlanProblem>), DbError> {
+fn repair_in(conn: &Conn<'_>) -> Result<(Vec<PlanProblem>, Vec<PlanProblem>), DbError> {
     let found = check_in(conn)?;
     let (mut repaired, mut left) = (Vec::new(), Vec::new());
     for problem in found {
@@ -1399,17 +1423,16 @@ pub(crate) const OPEN_PLANS: &str = "SELECT id, uuid FROM plans
 /// Folds the journal of every open plan (PENDING, WAITING, RUNNING: the
 /// ones a start resumes or confirms), and fails on the first that cannot
 /// be, naming the plan and the event. Writes nothing.
-fn check_open_in(conn: &Connection) -> Result<(), DbError> {
+fn check_open_in(conn: &Conn<'_>) -> Result<(), DbError> {
     let mut stmt = conn.prepare(OPEN_PLANS)?;
     // One plan at a time: a start with many plans waiting holds none of
     // them longer than its own fold.
-    let mut open = stmt.query([])?;
-    while let Some(r) = open.next()? {
+    stmt.for_each_row((), |r| {
         let row: i64 = r.get(0)?;
         let uuid = parse_uuid(&r.get::<_, String>(1)?)?;
         journal_verdict(conn, row, uuid)?;
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 impl Db {
@@ -1456,9 +1479,8 @@ impl Db {
     /// that wants only what comes next starts.
     pub fn journal_head(&self) -> Result<i64, DbError> {
         self.read(|conn| {
-            Ok(conn
-                .prepare_cached("SELECT coalesce(max(seq), 0) FROM plan_events")?
-                .query_row([], |r| r.get(0))?)
+            conn.prepare_cached("SELECT coalesce(max(seq), 0) FROM plan_events")?
+                .query_row((), |r| r.get(0))
         })
     }
 

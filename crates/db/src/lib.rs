@@ -50,6 +50,7 @@ mod retention;
 mod schema;
 mod sessions;
 mod shapes;
+mod sql;
 mod time;
 
 pub use archive::{ArchiveReport, archive_dir, archive_name, read_archive};
@@ -91,9 +92,10 @@ const READ_POOL_SIZE: u32 = 8;
 /// Handle to Madre's database; cheap to clone and share between threads.
 #[derive(Clone)]
 pub struct Db {
-    readers: Pool<SqliteConnectionManager>,
+    readers: Readers,
     writer: Arc<engine::writer::Writer>,
-    _checkpointer: Arc<engine::checkpoint::Checkpointer>,
+    /// SQLite's WAL checkpoints (none on PostgreSQL).
+    _checkpointer: Option<Arc<engine::checkpoint::Checkpointer>>,
     /// Commits awaited writes; stops with the last handle.
     _writer_thread: Arc<engine::writer::WriterThread>,
     path: PathBuf,
@@ -109,6 +111,13 @@ impl std::fmt::Debug for Db {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
+}
+
+/// The pool of read connections, of the backend the database is on.
+#[derive(Clone)]
+enum Readers {
+    Lite(Pool<SqliteConnectionManager>),
+    Pg(Pool<pg::PgManager>),
 }
 
 /// How hard a commit presses its data to the disk (`PRAGMA synchronous`
@@ -206,7 +215,7 @@ impl Db {
         set_private_mode(path)?;
         configure(&conn, sync).map_err(|e| DbError::open(path, e))?;
         schema::migrate(&mut conn, path)?;
-        let replica = journal::Replica::register(&conn, replica)?;
+        let replica = journal::Replica::register(&sql::Conn::Lite(&conn), replica)?;
 
         let manager = SqliteConnectionManager::file(path)
             .with_init(move |c: &mut Connection| configure(c, sync));
@@ -227,16 +236,64 @@ impl Db {
         engine::meter::install(&conn, WRITER_CHECKPOINT_FRAMES);
         let checkpoint_conn = Connection::open(path).map_err(|e| DbError::open(path, e))?;
         configure(&checkpoint_conn, sync).map_err(|e| DbError::open(path, e))?;
-        let writer = engine::writer::Writer::new(conn);
+        let writer = engine::writer::Writer::new(sql::Connection::Lite(conn));
         let writer_thread = writer
             .start_thread()
             .map_err(|e| DbError::Internal(format!("cannot start the writer thread: {e}")))?;
         let checkpointer = engine::checkpoint::Checkpointer::start(checkpoint_conn, writer.clone())
             .map_err(|e| DbError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Self {
-            readers,
+            readers: Readers::Lite(readers),
             writer,
-            _checkpointer: Arc::new(checkpointer),
+            _checkpointer: Some(Arc::new(checkpointer)),
+            _writer_thread: Arc::new(writer_thread),
+            path: path.to_owned(),
+            replica: Arc::new(replica),
+            shapes: Arc::default(),
+        })
+    }
+
+    /// Opens Madre's database on the PostgreSQL server at `url` (a
+    /// `postgres://` URL or a `key=value` string, SPEC §16) and brings it
+    /// to this code's schema, refusing a database with other tables or a
+    /// newer schema. Writes go through one session on the writer thread,
+    /// reads through a pool. `path` stands for the database's place on
+    /// this host: archives go beside it ([`archive_dir`]). `replica` names
+    /// this process in the journal, as in [`Db::open_as`].
+    pub fn open_postgres(url: &str, path: &Path, replica: &str) -> Result<Self, DbError> {
+        // The driver blocks on a runtime of its own, which Tokio refuses
+        // on an async task's thread: the opening runs on a thread of its own.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| Self::open_postgres_here(url, path, replica))
+                .join()
+                .unwrap_or_else(|_| Err(DbError::Internal("opening PostgreSQL panicked".into())))
+        })
+    }
+
+    fn open_postgres_here(url: &str, path: &Path, replica: &str) -> Result<Self, DbError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dir(dir)?;
+        }
+        let config = pg::config(url)?;
+        let session = sql::PgConn::connect(&config)?;
+        pg::migrate_client(&mut session.client())?;
+        let replica = journal::Replica::register(&sql::Conn::Pg(&session), replica)?;
+        let readers = Pool::builder()
+            .max_size(READ_POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(pg::CONNECT_TIMEOUT)
+            .test_on_check_out(false)
+            .build(pg::PgManager(config))
+            .map_err(pg::pool_error)?;
+        let writer = engine::writer::Writer::new(sql::Connection::Pg(Box::new(session)));
+        let writer_thread = writer
+            .start_thread()
+            .map_err(|e| DbError::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            readers: Readers::Pg(readers),
+            writer,
+            _checkpointer: None,
             _writer_thread: Arc::new(writer_thread),
             path: path.to_owned(),
             replica: Arc::new(replica),
@@ -285,12 +342,23 @@ impl Db {
         self.writer.take_statements()
     }
 
-    /// How commits are synced, as the database connection reports it.
+    /// How commits are synced, as the database connection reports it
+    /// (on PostgreSQL, `synchronous_commit`: `off` syncs no commit, any
+    /// other value each one).
     pub fn sync_mode(&self) -> Result<SyncMode, DbError> {
         self.read(|conn| {
-            let level: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-            // 1 = NORMAL, 2 = FULL, 3 = EXTRA (at least as hard as FULL)
-            Ok(if level >= 2 {
+            let full = if conn.is_postgres() {
+                let setting: String =
+                    conn.query_row("SELECT current_setting('synchronous_commit')", (), |r| {
+                        r.get(0)
+                    })?;
+                setting != "off"
+            } else {
+                // 1 = NORMAL, 2 = FULL, 3 = EXTRA (at least as hard as FULL)
+                let level: i64 = conn.query_row("PRAGMA synchronous", (), |r| r.get(0))?;
+                level >= 2
+            };
+            Ok(if full {
                 SyncMode::Full
             } else {
                 SyncMode::Normal
@@ -298,17 +366,30 @@ impl Db {
         })
     }
 
-    /// The database file.
+    /// The database file; on PostgreSQL, the path given to
+    /// [`Db::open_postgres`], whose directory holds the archives.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// True when the database is a PostgreSQL server's.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.readers, Readers::Pg(_))
     }
 
     /// The database's size in bytes, and how much of it is free pages
     /// that new rows reuse (three header values; no scan).
     pub fn size(&self) -> Result<(u64, u64), DbError> {
         self.read(|conn| {
-            let pragma = |name: &str| -> rusqlite::Result<i64> {
-                conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            if conn.is_postgres() {
+                let bytes: i64 =
+                    conn.query_row("SELECT pg_database_size(current_database())", (), |r| {
+                        r.get(0)
+                    })?;
+                return Ok((bytes.max(0) as u64, 0));
+            }
+            let pragma = |name: &str| -> Result<i64, DbError> {
+                conn.query_row(&format!("PRAGMA {name}"), (), |r| r.get(0))
             };
             let page = pragma("page_size")?.max(0) as u64;
             Ok((
@@ -319,8 +400,11 @@ impl Db {
     }
 
     /// Free and total bytes of the file system the database is on, or
-    /// `None` when it cannot be asked.
+    /// `None` when it cannot be asked (PostgreSQL's disk is the server's).
     pub fn disk_space(&self) -> Option<(u64, u64)> {
+        if self.is_postgres() {
+            return None;
+        }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let fs = rustix::fs::statvfs(dir).ok()?;
         let block = fs.f_frsize.max(1);
@@ -330,10 +414,18 @@ impl Db {
     /// Runs `f` on a read connection.
     pub(crate) fn read<T>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, DbError>,
+        f: impl FnOnce(&sql::Conn<'_>) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
-        let conn = self.readers.get().map_err(DbError::Pool)?;
-        let result = f(&conn);
+        let result = match &self.readers {
+            Readers::Lite(pool) => {
+                let conn = pool.get().map_err(DbError::Pool)?;
+                f(&sql::Conn::Lite(&conn))
+            }
+            Readers::Pg(pool) => {
+                let session = pool.get().map_err(pg::pool_error)?;
+                f(&sql::Conn::Pg(&session))
+            }
+        };
         // A read that fails for storage reasons (an I/O error) says as much
         // about storage as a write; a read that works says nothing of writes.
         if let Some(fault) = result.as_ref().err().and_then(DbError::storage_fault) {
@@ -347,7 +439,7 @@ impl Db {
     /// write as a function of what it finds.
     pub(crate) fn write<T: Send + 'static>(
         &self,
-        f: impl FnMut(&Connection) -> Result<T, DbError> + Send + 'static,
+        f: impl FnMut(&sql::Conn<'_>) -> Result<T, DbError> + Send + 'static,
     ) -> Write<T> {
         self.writer.submit(f)
     }
@@ -367,10 +459,15 @@ impl Db {
             .map_err(|e| DbError::Internal(format!("blocking task failed: {e}")))?
     }
 
-    /// `PRAGMA integrity_check`: `Ok(())` when SQLite reports `ok`.
+    /// `PRAGMA integrity_check`: `Ok(())` when SQLite reports `ok`. A
+    /// PostgreSQL server keeps its own pages whole: there, `Ok(())` when
+    /// it answers.
     pub fn integrity_check(&self) -> Result<(), DbError> {
         self.read(|conn| {
-            let verdict: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            if conn.is_postgres() {
+                return conn.execute_batch("SELECT 1");
+            }
+            let verdict: String = conn.query_row("PRAGMA integrity_check", (), |r| r.get(0))?;
             if verdict == "ok" {
                 Ok(())
             } else {
@@ -408,7 +505,13 @@ impl Db {
     pub fn set_max_size(&self, max_bytes: Option<u64>) -> Result<u64, DbError> {
         self.writer
             .with_connection(|conn| {
-                let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+                if conn.is_postgres() {
+                    return Err(DbError::Conflict(
+                        "a size cap is SQLite's: a PostgreSQL database is capped by its server"
+                            .into(),
+                    ));
+                }
+                let page_size: i64 = conn.query_row("PRAGMA page_size", (), |r| r.get(0))?;
                 let pages = match max_bytes {
                     // SQLite's own ceiling (2^32 - 2 pages) when there is no cap.
                     None => 0xFFFF_FFFE,
@@ -418,7 +521,7 @@ impl Db {
                         .max(1),
                 };
                 let pages: i64 =
-                    conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                    conn.query_row(&format!("PRAGMA max_page_count = {pages}"), (), |r| {
                         r.get(0)
                     })?;
                 Ok(u64::try_from(pages.saturating_mul(page_size)).unwrap_or(u64::MAX))
@@ -432,8 +535,12 @@ impl Db {
             })
     }
 
-    /// Size of the database file plus its WAL, in bytes.
+    /// Size of the database file plus its WAL, in bytes (0 on
+    /// PostgreSQL, whose files are the server's: see [`Db::size`]).
     pub fn size_bytes(&self) -> u64 {
+        if self.is_postgres() {
+            return 0;
+        }
         let wal = PathBuf::from(format!("{}-wal", self.path.display()));
         [&self.path, &wal]
             .iter()

@@ -2,9 +2,10 @@
 //! [`crate::journal`]) and keyset-paginated listing of their rows in
 //! `plans`.
 
+use crate::sql::{Conn, Row};
 use chrono::{DateTime, Utc};
 use madre_models::{PlanSummary, Status, TaskView};
-use rusqlite::{Connection, Row, ToSql};
+use rusqlite::ToSql;
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -43,7 +44,7 @@ fn parse_uuid(text: &str) -> Result<Uuid, DbError> {
 }
 
 fn insert_record(
-    conn: &Connection,
+    conn: &Conn<'_>,
     prepared: &journal::PreparedPlan,
     replica: &Replica,
     then: &[journal::PlanEvent],
@@ -82,28 +83,28 @@ struct SummaryRow {
 fn summary_from_row(
     r: &Row<'_>,
     with_result: bool,
-) -> rusqlite::Result<Result<SummaryRow, DbError>> {
-    let text = |i| r.get_ref(i).and_then(|v| Ok(v.as_str_or_null()?));
+) -> Result<Result<SummaryRow, DbError>, DbError> {
+    let text = |i| r.text(i);
     let (uuid, intent, status) = (text(1)?, text(2)?, text(7)?);
     let id: i64 = r.get(0)?;
     let session_id: Option<String> = r.get(3)?;
     let (name, module, action): (String, String, String) = (r.get(4)?, r.get(5)?, r.get(6)?);
     let error: Option<String> = r.get(8)?;
     let (created, updated): (Ts, Ts) = (r.get(9)?, r.get(10)?);
-    let risk = r.get_ref(11)?.as_str_or_null()?;
+    let risk = r.text(11)?;
     let result: Option<String> = if with_result { r.get(12)? } else { None };
     Ok((|| {
         Ok(SummaryRow {
             id,
             summary: PlanSummary {
-                plan_id: parse_uuid(uuid.unwrap_or_default())?,
-                intent_id: intent.map(parse_uuid).transpose()?,
+                plan_id: parse_uuid(uuid.as_deref().unwrap_or_default())?,
+                intent_id: intent.as_deref().map(parse_uuid).transpose()?,
                 session_id,
                 name,
                 module,
                 action,
-                status: parse_enum(status.unwrap_or_default(), "status")?,
-                risk: risk.map(|r| parse_enum(r, "risk")).transpose()?,
+                status: parse_enum(status.as_deref().unwrap_or_default(), "status")?,
+                risk: risk.as_deref().map(|r| parse_enum(r, "risk")).transpose()?,
                 error,
                 created_at: created.0,
                 updated_at: updated.0,
@@ -117,7 +118,7 @@ fn summary_from_row(
 /// reference to a step's answer (issue 25: the answer stored once), in the
 /// listing's own read. A plan whose journal cannot say is listed without
 /// its result, and logged: one bad plan does not fail the listing.
-fn resolve_results(conn: &Connection, rows: &mut [SummaryRow]) {
+fn resolve_results(conn: &Conn<'_>, rows: &mut [SummaryRow]) {
     for row in rows {
         if row.result.is_some() || !row.summary.status.is_terminal() {
             continue;
@@ -165,14 +166,19 @@ impl Db {
     /// stored by its shape when the shape repeats ([`crate::shapes`]).
     /// This runs on the caller's thread, often an async one, so whether a
     /// shape is stored is asked of a reader only when one is free at once
-    /// (a point read of a local file); else the write stores the shape
-    /// again, which changes nothing when it is there.
+    /// (a point read of a local file; never on PostgreSQL, where a read is
+    /// a network round trip the caller's thread must not wait for); else
+    /// the write stores the shape again, which changes nothing when it is
+    /// there.
     fn prepare_plan(&self, record: NewPlanRecord) -> Result<journal::PreparedPlan, DbError> {
         journal::prepare(record, |shape, intent_at| {
             self.shapes
-                .payload(shape, intent_at, |id| match self.readers.try_get() {
-                    Some(conn) => crate::shapes::is_stored(&conn, id),
-                    None => Ok(false),
+                .payload(shape, intent_at, |id| match &self.readers {
+                    crate::Readers::Lite(pool) => match pool.try_get() {
+                        Some(conn) => crate::shapes::is_stored(&Conn::Lite(&conn), id),
+                        None => Ok(false),
+                    },
+                    crate::Readers::Pg(_) => Ok(false),
                 })
         })
     }
@@ -327,7 +333,7 @@ impl Db {
     pub fn plan_counts(&self) -> Result<Vec<(Status, u64)>, DbError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(PLAN_COUNTS)?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let rows = stmt.query_map((), |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             rows.map(|row| {
                 let (status, n) = row?;
                 Ok((parse_enum(&status, "status")?, n as u64))

@@ -2,8 +2,9 @@
 //! one UPDATE … RETURNING inside the writer's IMMEDIATE transaction, so a
 //! task is never handed to two workers, even across processes.
 
+use crate::sql::{Conn, OptionalExtension, Row};
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::params;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -140,7 +141,7 @@ type RawTask = (
     Option<Ts>,
 );
 
-fn raw(r: &Row<'_>) -> rusqlite::Result<RawTask> {
+fn raw(r: &Row<'_>) -> Result<RawTask, DbError> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -210,7 +211,7 @@ fn cook(raw: RawTask) -> Result<DaughterTask, DbError> {
     })
 }
 
-fn task_in(conn: &Connection, id: i64) -> Result<DaughterTask, DbError> {
+fn task_in(conn: &Conn<'_>, id: i64) -> Result<DaughterTask, DbError> {
     let raw = conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM daughter_tasks WHERE id = ?1"
@@ -222,7 +223,7 @@ fn task_in(conn: &Connection, id: i64) -> Result<DaughterTask, DbError> {
 }
 
 /// The task, checked to be running and held by `worker`.
-fn held_task(conn: &Connection, id: i64, worker: &str) -> Result<DaughterTask, DbError> {
+fn held_task(conn: &Conn<'_>, id: i64, worker: &str) -> Result<DaughterTask, DbError> {
     let task = task_in(conn, id)?;
     if task.status != DaughterStatus::Running || task.claimed_by.as_deref() != Some(worker) {
         return Err(DbError::Conflict(format!(
@@ -236,7 +237,7 @@ fn held_task(conn: &Connection, id: i64, worker: &str) -> Result<DaughterTask, D
 /// it when no step is left open or the step failed. A plan that ended
 /// meanwhile (cancelled, say) is left as it is.
 fn settle_plan(
-    conn: &Connection,
+    conn: &Conn<'_>,
     task: &DaughterTask,
     status: Status,
     result: Option<Value>,
@@ -312,7 +313,7 @@ impl Db {
                 task.plan_id.map(|i| i.to_string()),
                 task.step_id.map(|i| i.to_string()),
             ])?;
-            Ok(conn.last_insert_rowid())
+            conn.last_insert_rowid()
         })
     }
 
@@ -435,7 +436,7 @@ impl Db {
                 "INSERT INTO madre_spawns (daughter_task_id, pid, status, created_at) VALUES (?1, ?2, 'running', ?3)",
             )?
             .execute(params![daughter_task_id, pid, ts(at)])?;
-            Ok(conn.last_insert_rowid())
+            conn.last_insert_rowid()
         })
     }
 
@@ -458,7 +459,7 @@ impl Db {
     pub fn count_spawns(&self) -> Result<u64, DbError> {
         self.read(|conn| {
             Ok(
-                conn.query_row("SELECT count(*) FROM madre_spawns", [], |r| {
+                conn.query_row("SELECT count(*) FROM madre_spawns", (), |r| {
                     r.get::<_, i64>(0)
                 })? as u64,
             )

@@ -2,9 +2,10 @@
 //! `madre_actions`, which are append-only by trigger; only the archive
 //! (`crate::archive`) moves a finished plan's rows out of them.
 
+use crate::sql::Conn;
 use chrono::{DateTime, Duration, Utc};
 use madre_models::EndReason;
-use rusqlite::{Connection, params};
+use rusqlite::params;
 use uuid::Uuid;
 
 use crate::confirmations::expired;
@@ -61,13 +62,13 @@ const DELETE_OLD_SPAWNS: &str =
 const LAPSED_CONFIRMATIONS: &str = "SELECT plan_id FROM confirmations WHERE outcome IS NULL AND used_at IS NULL AND expires_at <= ?1";
 const DELETE_OLD_IDEMPOTENCY_KEYS: &str = "DELETE FROM idempotency_keys WHERE created_at < ?1";
 
-pub(crate) fn expire_claims_in(conn: &Connection, before: DateTime<Utc>) -> Result<u64, DbError> {
+pub(crate) fn expire_claims_in(conn: &Conn<'_>, before: DateTime<Utc>) -> Result<u64, DbError> {
     let n = conn.prepare_cached(EXPIRE_CLAIMS)?.execute([ts(before)])?;
     Ok(n as u64)
 }
 
 fn cleanup_in(
-    conn: &Connection,
+    conn: &Conn<'_>,
     policy: &RetentionPolicy,
     now: DateTime<Utc>,
     replica: &Replica,
@@ -168,6 +169,9 @@ mod tests {
             crate::archive::ARCHIVE_CANDIDATES,
         ];
         db.read(|conn| {
+            let Conn::Lite(conn) = conn else {
+                unreachable!("a SQLite file was opened")
+            };
             for sql in statements {
                 let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
                 let params = stmt.parameter_count();

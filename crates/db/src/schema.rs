@@ -51,10 +51,10 @@ pub(crate) fn check_owner(conn: &Connection, path: &Path) -> Result<i64, DbError
     };
     // A file that is not SQLite at all fails on the first read.
     let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .query_row("PRAGMA user_version", (), |r| r.get(0))
         .map_err(|_| not_madre())?;
     let app_id: i64 = conn
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .query_row("PRAGMA application_id", (), |r| r.get(0))
         .map_err(|_| not_madre())?;
     if version == 0 {
         let objects: i64 = conn.query_row(
@@ -93,7 +93,7 @@ pub fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Result<(),
         // it runs (a pragma a transaction cannot change) and checked whole
         // before it commits.
         let rebuilds = matches!(sql, Migration::Code(_));
-        let enforced: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+        let enforced: bool = conn.query_row("PRAGMA foreign_keys", (), |r| r.get(0))?;
         if rebuilds {
             conn.execute_batch("PRAGMA foreign_keys = OFF")?;
         }
@@ -108,7 +108,7 @@ pub fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Result<(),
     if migrated {
         // Fold the migration into the file at once: pages it zeroed (old
         // rows that held secrets) replace their old versions on disk now.
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", (), |_| Ok(()))?;
     }
     Ok(())
 }
@@ -123,7 +123,7 @@ fn apply(conn: &mut Connection, migration: &Migration, number: i64) -> Result<()
             // hand may hold older ones, which `madre check` is for.
             let broken = || -> Result<i64, DbError> {
                 Ok(
-                    tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                    tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", (), |r| {
                         r.get(0)
                     })?,
                 )

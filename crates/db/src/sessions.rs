@@ -1,8 +1,9 @@
 //! Conversations: the session row (mode, activity) and its capped history.
 
+use crate::sql::{Conn, OptionalExtension};
 use chrono::{DateTime, Utc};
 use madre_models::Mode;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::params;
 use uuid::Uuid;
 
 use crate::time::{Ts, ts};
@@ -109,10 +110,11 @@ fn trim_due(turns: i64, keep: u32) -> bool {
 pub(crate) const TRIM_SESSION: &str = "DELETE FROM turns WHERE session_id = ?1 AND n < (
     SELECT coalesce(min(CASE WHEN newer - here < ?2 THEN n END), max(n)) FROM (
         SELECT n, here, sum(here) OVER (ORDER BY n DESC) AS newer FROM (
-            SELECT n, (asked IS NOT NULL OR kept & 1 <> 0) + (answered IS NOT NULL OR kept & 2 <> 0) AS here
-            FROM turns WHERE session_id = ?1)))";
+            SELECT n, CASE WHEN asked IS NOT NULL OR kept & 1 <> 0 THEN 1 ELSE 0 END
+                    + CASE WHEN answered IS NOT NULL OR kept & 2 <> 0 THEN 1 ELSE 0 END AS here
+            FROM turns WHERE session_id = ?1) sides) running)";
 
-pub(crate) fn trim_session(conn: &Connection, session_id: &str, keep: u32) -> Result<u64, DbError> {
+pub(crate) fn trim_session(conn: &Conn<'_>, session_id: &str, keep: u32) -> Result<u64, DbError> {
     let n = conn
         .prepare_cached(TRIM_SESSION)?
         .execute(params![session_id, keep])?;
@@ -120,10 +122,7 @@ pub(crate) fn trim_session(conn: &Connection, session_id: &str, keep: u32) -> Re
 }
 
 /// The session `session_id`, read on `conn`.
-pub(crate) fn session_in(
-    conn: &Connection,
-    session_id: &str,
-) -> Result<Option<SessionRow>, DbError> {
+pub(crate) fn session_in(conn: &Conn<'_>, session_id: &str) -> Result<Option<SessionRow>, DbError> {
     let row = conn
         .prepare_cached(
             "SELECT mode, created_at, last_activity_at, closed_at FROM sessions WHERE session_id = ?1",
@@ -309,7 +308,7 @@ fn logged_message(payload: Option<String>, intent: Option<Uuid>) -> Result<Strin
 
 /// The reply of plan row `plan_row`, for a turn that keeps it there: the
 /// plan's row holds it, or its end refers to a step's answer.
-fn plan_reply(conn: &Connection, plan_row: Option<i64>) -> Result<String, DbError> {
+fn plan_reply(conn: &Conn<'_>, plan_row: Option<i64>) -> Result<String, DbError> {
     let plan_row = plan_row.ok_or_else(|| {
         DbError::InvalidData("a turn keeps its reply in a plan that is not stored".into())
     })?;
@@ -344,7 +343,7 @@ pub(crate) const SETTLE_TURNS: &str =
 /// plan's intent or answer gets its text, and the plan's intent id is
 /// written in the turn. The history reads as before; only then are those
 /// texts stored in the turn.
-pub(crate) fn settle_turns_of(conn: &Connection, plan_row: i64) -> Result<(), DbError> {
+pub(crate) fn settle_turns_of(conn: &Conn<'_>, plan_row: i64) -> Result<(), DbError> {
     type Settled = (String, i64, i64, Option<String>, Option<String>);
     let turns: Vec<Settled> = conn
         .prepare_cached(SETTLE_TURNS)?

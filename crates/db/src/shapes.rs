@@ -11,7 +11,7 @@
 //! are never deleted (the database refuses both), so a shape a reader once
 //! saw committed is there for good, and archives carry bodies expanded.
 
-use rusqlite::{Connection, OptionalExtension};
+use crate::sql::{Conn, OptionalExtension};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -120,7 +120,7 @@ impl Shapes {
 }
 
 /// True when shape `id` is stored.
-pub(crate) fn is_stored(conn: &Connection, id: i64) -> Result<bool, DbError> {
+pub(crate) fn is_stored(conn: &Conn<'_>, id: i64) -> Result<bool, DbError> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM plan_shapes WHERE id = ?1")?
         .query_row([id], |_| Ok(()))
@@ -131,11 +131,11 @@ pub(crate) fn is_stored(conn: &Connection, id: i64) -> Result<bool, DbError> {
 /// Stores `shape` unless it is stored. Two different texts with one id
 /// would make the database refuse the write (the table's rows never
 /// change) rather than let a plan read another's body.
-pub(crate) fn store(conn: &Connection, shape: &NewShape) -> Result<(), DbError> {
+pub(crate) fn store(conn: &Conn<'_>, shape: &NewShape) -> Result<(), DbError> {
     conn.prepare_cached(
         "INSERT INTO plan_shapes (id, body) VALUES (?1, ?2)
          ON CONFLICT (id) DO UPDATE SET body = excluded.body
-         WHERE plan_shapes.body IS NOT excluded.body",
+         WHERE CAST(plan_shapes.body AS TEXT) IS DISTINCT FROM CAST(excluded.body AS TEXT)",
     )?
     .execute(rusqlite::params![shape.id, shape.body])?;
     Ok(())
@@ -143,7 +143,7 @@ pub(crate) fn store(conn: &Connection, shape: &NewShape) -> Result<(), DbError> 
 
 /// A stored `plan_created` payload with its shape put back: the body as
 /// it was made. A payload without a shape is the body itself.
-pub(crate) fn expand(conn: &Connection, payload: Value) -> Result<Value, DbError> {
+pub(crate) fn expand(conn: &Conn<'_>, payload: Value) -> Result<Value, DbError> {
     let Value::Object(mut own) = payload else {
         return Ok(payload);
     };

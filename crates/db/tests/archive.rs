@@ -10,6 +10,10 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
+#[path = "support/backend.rs"]
+mod backend;
+use backend::{TestDb, is_postgres};
+
 fn day(month: u32, d: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, month, d, 12, 0, 0).unwrap()
 }
@@ -24,10 +28,9 @@ fn id_at(at: DateTime<Utc>) -> Uuid {
 }
 
 struct Fixture {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    archives: PathBuf,
     db: Db,
+    archives: PathBuf,
+    t: TestDb,
 }
 
 impl Fixture {
@@ -48,15 +51,11 @@ impl Fixture {
 }
 
 fn open() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("vx11.db");
-    let db = Db::open(&path).unwrap();
-    let archives = archive_dir(&path);
+    let t = backend::open();
     Fixture {
-        _dir: dir,
-        path,
-        archives,
-        db,
+        db: t.db.clone(),
+        archives: archive_dir(&t.path),
+        t,
     }
 }
 
@@ -155,14 +154,6 @@ fn plan(db: &Db, at: DateTime<Utc>, end: Option<Status>) -> Uuid {
     plan_id
 }
 
-fn raw(path: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(path).unwrap()
-}
-
-fn count(path: &Path, sql: &str) -> i64 {
-    raw(path).query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
 fn archived_ids(path: &Path) -> Vec<String> {
     read_archive(path)
         .unwrap()
@@ -237,17 +228,16 @@ fn finished_plans_past_the_cutoff_move_to_the_archive_and_nothing_else_does() {
         assert_eq!(f.db.archived_plan(id).unwrap(), None);
     }
     // Theirs, and those of the newer plan `archive` adds.
-    assert_eq!(count(&f.path, "SELECT count(*) FROM intents_log"), 3);
-    assert_eq!(count(&f.path, "SELECT count(*) FROM madre_actions"), 3);
-    assert_eq!(count(&f.path, "SELECT count(*) FROM archive_gate"), 0);
+    assert_eq!(f.t.scalar("SELECT count(*) FROM intents_log"), 3);
+    assert_eq!(f.t.scalar("SELECT count(*) FROM madre_actions"), 3);
+    if !is_postgres() {
+        assert_eq!(f.t.scalar("SELECT count(*) FROM archive_gate"), 0);
+    }
     // The history stays: the archived plans' turns now hold the message
     // they read from the archived intent, and say their intent.
-    assert_eq!(count(&f.path, "SELECT count(*) FROM turns"), 5);
+    assert_eq!(f.t.scalar("SELECT count(*) FROM turns"), 5);
     assert_eq!(
-        count(
-            &f.path,
-            "SELECT count(*) FROM turns WHERE plan IS NULL AND asked = 'hello'"
-        ),
+        f.t.scalar("SELECT count(*) FROM turns WHERE plan IS NULL AND asked = 'hello'"),
         2
     );
     let history = f.db.history("s1", 100).unwrap();
@@ -277,36 +267,38 @@ fn the_append_only_tables_still_refuse_deletes_outside_the_archive() {
     let f = open();
     let kept = plan(&f.db, day(1, 10), Some(Status::Done));
     let other = plan(&f.db, day(1, 11), Some(Status::Done));
-    let conn = raw(&f.path);
     for sql in [
         "DELETE FROM plan_events",
         "DELETE FROM intents_log",
         "DELETE FROM madre_actions",
     ] {
-        let err = conn.execute(sql, []).unwrap_err().to_string();
+        let err = f.t.execute(sql).unwrap_err();
         assert!(err.contains("append-only"), "{sql}: {err}");
     }
-    // A gate naming one plan does not let another plan's rows go.
-    let row: i64 = conn
-        .query_row(
-            "SELECT id FROM plans WHERE uuid = ?1",
-            [other.to_string()],
-            |r| r.get(0),
+    if !is_postgres() {
+        // A gate naming one plan does not let another plan's rows go.
+        let conn = rusqlite::Connection::open(&f.t.path).unwrap();
+        let row: i64 = conn
+            .query_row(
+                "SELECT id FROM plans WHERE uuid = ?1",
+                [other.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        conn.execute(
+            "INSERT INTO archive_gate (plan_row, plan_uuid) VALUES (?1, ?2)",
+            rusqlite::params![row, other.to_string()],
         )
         .unwrap();
-    conn.execute(
-        "INSERT INTO archive_gate (plan_row, plan_uuid) VALUES (?1, ?2)",
-        rusqlite::params![row, other.to_string()],
-    )
-    .unwrap();
-    let err = conn
-        .execute(
-            "DELETE FROM madre_actions WHERE plan_id = ?1",
-            [kept.to_string()],
-        )
-        .unwrap_err();
-    assert!(err.to_string().contains("append-only"));
-    assert_eq!(count(&f.path, "SELECT count(*) FROM madre_actions"), 2);
+        let err = conn
+            .execute(
+                "DELETE FROM madre_actions WHERE plan_id = ?1",
+                [kept.to_string()],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("append-only"));
+    }
+    assert_eq!(f.t.scalar("SELECT count(*) FROM madre_actions"), 2);
 }
 
 /// A pass that fails after marking its plans (the archive cannot be
@@ -457,13 +449,23 @@ fn soon() -> std::time::Instant {
 /// refused (a trigger added for the moment), as a kill between the two
 /// would leave it.
 fn pass_interrupted_before_its_delete(f: &Fixture, now: DateTime<Utc>) {
-    let conn = raw(&f.path);
-    conn.execute_batch(
-        "CREATE TRIGGER test_crash BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'crash'); END;",
-    )
-    .unwrap();
+    let (refuse, allow) = if is_postgres() {
+        (
+            "CREATE FUNCTION test_crash() RETURNS trigger LANGUAGE plpgsql
+                 AS $$ BEGIN RAISE EXCEPTION 'crash'; END $$;
+             CREATE TRIGGER test_crash BEFORE DELETE ON plans
+                 FOR EACH ROW EXECUTE FUNCTION test_crash();",
+            "DROP TRIGGER test_crash ON plans; DROP FUNCTION test_crash();",
+        )
+    } else {
+        (
+            "CREATE TRIGGER test_crash BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'crash'); END;",
+            "DROP TRIGGER test_crash;",
+        )
+    };
+    f.t.batch(refuse);
     let interrupted = f.archive(day(6, 1), 10, soon(), now);
-    conn.execute_batch("DROP TRIGGER test_crash;").unwrap();
+    f.t.batch(allow);
     assert!(interrupted.is_err());
 }
 

@@ -75,6 +75,7 @@ impl From<DbError> for FlowError {
         match e {
             DbError::NotFound { what, id } => FlowError::NotFound(format!("{what} {id} not found")),
             DbError::Conflict(reason) => FlowError::Conflict(reason),
+            DbError::Unstorable(reason) => FlowError::InvalidField(reason),
             // SQLite's detail was logged where the write failed.
             DbError::Unavailable { reason, .. } => FlowError::StorageUnavailable(reason),
             other => FlowError::Storage(other),

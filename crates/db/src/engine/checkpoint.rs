@@ -19,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::engine::writer::Writer;
+use crate::sql::Conn;
 
 /// How often the WAL is looked at while writes come in. A page rewritten
 /// by many commits (the last leaf of a table every chat appends to) is
@@ -71,7 +72,12 @@ fn fold(conn: &Connection, writer: &Writer) -> i64 {
     let frames = checkpoint(conn);
     if frames >= REWIND_FRAMES {
         // This thread is never inside a write, so the turn is always had.
-        let _ = writer.with_connection(|writer_conn| Ok(checkpoint(writer_conn)));
+        let _ = writer.with_connection(|writer_conn| {
+            Ok(match writer_conn {
+                Conn::Lite(writer_conn) => checkpoint(writer_conn),
+                Conn::Pg(_) => 0,
+            })
+        });
     }
     frames
 }
@@ -99,5 +105,10 @@ fn run(conn: Connection, writer: &Writer, stop: &(Mutex<bool>, Condvar)) {
     drop(stopped);
     // A last fold on the way out keeps the WAL small for the next start.
     checkpoint(&conn);
-    let _ = writer.with_connection(|writer_conn| Ok(checkpoint(writer_conn)));
+    let _ = writer.with_connection(|writer_conn| {
+        Ok(match writer_conn {
+            Conn::Lite(writer_conn) => checkpoint(writer_conn),
+            Conn::Pg(_) => 0,
+        })
+    });
 }

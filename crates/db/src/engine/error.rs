@@ -28,6 +28,10 @@ pub enum StorageFault {
     /// The writer thread died (a panic outside any write): no write can
     /// commit until Madre restarts. `/health` calls storage down.
     Stopped,
+    /// The PostgreSQL server cannot be reached, or is shutting down or
+    /// starting (SQLSTATE classes 08 and 57P): the session is opened again
+    /// at the next write or storage check.
+    Unreachable,
 }
 
 impl StorageFault {
@@ -45,6 +49,26 @@ impl StorageFault {
         }
     }
 
+    /// The fault behind a PostgreSQL failure, or `None` when it is not
+    /// about the database being unavailable (a constraint, bad SQL, a bug).
+    pub fn of_postgres(e: &postgres::Error) -> Option<Self> {
+        let Some(db) = e.as_db_error() else {
+            // No answer from the server: the session or the network failed.
+            return Some(StorageFault::Unreachable);
+        };
+        let code = db.code().code();
+        match code {
+            "53100" => Some(StorageFault::Full),
+            "25006" => Some(StorageFault::ReadOnly),
+            "55P03" | "40P01" => Some(StorageFault::Locked),
+            "58030" => Some(StorageFault::Io),
+            _ if code.starts_with("08") || code.starts_with("57P") => {
+                Some(StorageFault::Unreachable)
+            }
+            _ => None,
+        }
+    }
+
     /// What the fault means, in words for people (an answer's `detail`).
     pub fn describe(self) -> &'static str {
         match self {
@@ -54,6 +78,7 @@ impl StorageFault {
             StorageFault::Io => "the disk reported an I/O error",
             StorageFault::Busy => "the database writer has more writes queued than it takes",
             StorageFault::Stopped => "the database writer stopped; Madre must be restarted",
+            StorageFault::Unreachable => "the database server cannot be reached",
         }
     }
 }
@@ -132,6 +157,11 @@ pub enum DbError {
         /// What went wrong.
         detail: String,
     },
+    /// A value the database cannot hold: on PostgreSQL, a text with a NUL
+    /// character (`\0`), which SQLite stores and PostgreSQL's text types
+    /// refuse. Nothing was written; it is the caller's input to fix.
+    #[error("{0}")]
+    Unstorable(String),
     /// PostgreSQL refused the operation or could not be reached.
     #[error("postgresql: {0}")]
     Postgres(String),
@@ -221,7 +251,16 @@ impl From<postgres::Error> for DbError {
             (None, Some(cause)) => format!("{e}: {cause}"),
             (None, None) => e.to_string(),
         };
-        DbError::Postgres(detail)
+        match StorageFault::of_postgres(&e) {
+            Some(reason) => DbError::Unavailable { reason, detail },
+            // character_not_in_repertoire, untranslatable_character: a NUL
+            None if matches!(e.code().map(|c| c.code()), Some("22021" | "22P05")) => {
+                DbError::Unstorable(
+                    "a text holds a NUL character (\\u0000), which PostgreSQL cannot store".into(),
+                )
+            }
+            None => DbError::Postgres(detail),
+        }
     }
 }
 

@@ -23,7 +23,7 @@
 //! connection is left outside any transaction, so the next turn starts
 //! clean once the cause is gone.
 
-use rusqlite::Connection;
+use crate::sql::{Conn, Connection};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -36,7 +36,7 @@ use crate::{DbError, StorageFault};
 trait Job: Send {
     /// Runs the write inside the open transaction. It may run again, in a
     /// new transaction, when another write of its batch failed.
-    fn run(&mut self, conn: &Connection);
+    fn run(&mut self, conn: &Conn<'_>);
     /// The write's own failure, once it ran (so a lone write's transaction
     /// rolls back, and a storage fault is recorded).
     fn error(&self) -> Option<&DbError>;
@@ -46,7 +46,7 @@ trait Job: Send {
 
 /// A write's work: a function of the writer connection that may run more
 /// than once (see [`Writer::submit`]).
-type Work<T> = Box<dyn FnMut(&Connection) -> Result<T, DbError> + Send>;
+type Work<T> = Box<dyn FnMut(&Conn<'_>) -> Result<T, DbError> + Send>;
 
 /// Where a queued write's answer comes.
 type Answer<T> = oneshot::Receiver<Result<T, DbError>>;
@@ -63,7 +63,7 @@ struct WriteJob<T> {
 }
 
 impl<T: Send> Job for WriteJob<T> {
-    fn run(&mut self, conn: &Connection) {
+    fn run(&mut self, conn: &Conn<'_>) {
         let _in_span = self.span.enter();
         let work = &mut self.work;
         self.outcome = Some(
@@ -165,6 +165,7 @@ impl StorageHealth {
             3 => Some(StorageFault::Locked),
             4 => Some(StorageFault::Io),
             5 => Some(StorageFault::Stopped),
+            6 => Some(StorageFault::Unreachable),
             _ => None,
         }
     }
@@ -177,6 +178,7 @@ impl StorageHealth {
             StorageFault::Locked => 3,
             StorageFault::Io => 4,
             StorageFault::Stopped => 5,
+            StorageFault::Unreachable => 6,
             // overload is not an outage: storage still takes writes
             StorageFault::Busy => return,
         };
@@ -339,7 +341,7 @@ impl Writer {
     pub(crate) fn submit<T, F>(self: &Arc<Self>, f: F) -> Write<T>
     where
         T: Send + 'static,
-        F: FnMut(&Connection) -> Result<T, DbError> + Send + 'static,
+        F: FnMut(&Conn<'_>) -> Result<T, DbError> + Send + 'static,
     {
         Write {
             writer: Arc::clone(self),
@@ -354,7 +356,7 @@ impl Writer {
     /// the turn that write holds.
     pub(crate) fn with_connection<T>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, DbError>,
+        f: impl FnOnce(&Conn<'_>) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
         if IN_TRANSACTION.with(std::cell::Cell::get) {
             return Err(inside_a_write());
@@ -371,7 +373,7 @@ impl Writer {
         state.busy = true;
         drop(state);
         let _turn = Turn(self);
-        f(&lock(&self.conn))
+        f(&lock(&self.conn).conn())
     }
 
     /// Checks, between transactions, that storage would take a write, and
@@ -386,12 +388,18 @@ impl Writer {
         let was_down = self.health.fault().is_some();
         let verdict = self.with_connection(|conn| {
             leave_transaction(conn);
-            control(conn, "BEGIN IMMEDIATE")?;
+            if let Conn::Pg(session) = conn {
+                // A PostgreSQL server proves itself by answering: the
+                // session is opened again when it was lost.
+                session.revive()?;
+                return conn.execute_batch("SELECT 1");
+            }
+            conn.begin()?;
             let probe = room_to_grow(conn).and_then(|()| {
                 if was_down {
-                    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+                    let version: i64 = conn.query_row("PRAGMA user_version", (), |r| r.get(0))?;
                     conn.execute_batch(&format!("PRAGMA user_version = {version}"))?;
-                    control(conn, "COMMIT")?;
+                    conn.end(true)?;
                 }
                 Ok(())
             });
@@ -493,7 +501,7 @@ impl Writer {
                 // close) and this thread lives on for the next writes.
                 let commit = AssertUnwindSafe(|| {
                     let conn = lock(&self.conn);
-                    commit_batch(&conn, batch, &self.health, &self.meter);
+                    commit_batch(&conn.conn(), batch, &self.health, &self.meter);
                     if ANNOUNCE.with(|a| a.replace(false)) {
                         self.journal_commits.send_modify(|n| *n += 1);
                     }
@@ -571,11 +579,6 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// Runs `sql` (a transaction-control statement) through the statement cache.
-fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(drop)
-}
-
 /// The statements of one savepoint, by name.
 pub(crate) struct Savepoint {
     begin: &'static str,
@@ -593,11 +596,11 @@ pub(crate) const AT_END: Savepoint = Savepoint {
 /// Runs `work` inside a savepoint, rolling back to it when `work` fails:
 /// for a write nested in a job that must stand without it.
 pub(crate) fn in_named_savepoint<T>(
-    conn: &Connection,
+    conn: &Conn<'_>,
     savepoint: &Savepoint,
     work: impl FnOnce() -> Result<T, DbError>,
 ) -> Result<T, DbError> {
-    control(conn, savepoint.begin)?;
+    conn.execute_batch(savepoint.begin)?;
     let result = work();
     if result.is_err() && conn.is_autocommit() {
         // SQLite rolled the whole transaction back (it may on a full disk,
@@ -605,9 +608,10 @@ pub(crate) fn in_named_savepoint<T>(
         return result;
     }
     let end = if result.is_ok() {
-        control(conn, savepoint.release)
+        conn.execute_batch(savepoint.release)
     } else {
-        control(conn, savepoint.rollback).and_then(|()| control(conn, savepoint.release))
+        conn.execute_batch(savepoint.rollback)
+            .and_then(|()| conn.execute_batch(savepoint.release))
     };
     if let Err(e) = end {
         // The savepoint could not be ended: what the work wrote cannot be
@@ -622,9 +626,9 @@ pub(crate) fn in_named_savepoint<T>(
 
 /// Rolls back a transaction a failure left open (SQLite leaves some open
 /// after a failed `COMMIT`), so the connection starts the next one clean.
-fn leave_transaction(conn: &Connection) {
+fn leave_transaction(conn: &Conn<'_>) {
     if !conn.is_autocommit()
-        && let Err(e) = conn.execute_batch("ROLLBACK")
+        && let Err(e) = conn.end(false)
     {
         tracing::warn!(error = %e, "rollback after a failed transaction failed");
     }
@@ -638,10 +642,9 @@ const ROOM_PAGES: i64 = 16;
 /// Fails with [`StorageFault::Full`] when the database has reached its
 /// size cap ([`crate::Db::set_max_size`]) with fewer than [`ROOM_PAGES`]
 /// free pages left. Reads three header values only.
-fn room_to_grow(conn: &Connection) -> Result<(), DbError> {
-    let pragma = |name: &str| -> rusqlite::Result<i64> {
-        conn.prepare_cached(&format!("PRAGMA {name}"))?
-            .query_row([], |r| r.get(0))
+fn room_to_grow(conn: &Conn<'_>) -> Result<(), DbError> {
+    let pragma = |name: &str| -> Result<i64, DbError> {
+        conn.query_row(&format!("PRAGMA {name}"), (), |r| r.get(0))
     };
     let pages = pragma("page_count")?;
     let free = pragma("freelist_count")?;
@@ -657,9 +660,10 @@ fn room_to_grow(conn: &Connection) -> Result<(), DbError> {
 
 /// A failed transaction-control statement, as every caller sees it: a
 /// storage fault keeps its classification.
-fn transaction_error(what: &str, e: rusqlite::Error) -> DbError {
-    match DbError::from(e) {
+fn transaction_error(what: &str, e: DbError) -> DbError {
+    match e {
         DbError::Sqlite(e) => DbError::Internal(format!("{what} failed: {e}")),
+        DbError::Postgres(e) => DbError::Internal(format!("{what} failed: {e}")),
         classified => classified,
     }
 }
@@ -677,8 +681,8 @@ enum Attempt {
 
 /// Runs every job of `batch` in one transaction and commits it, or stops
 /// at the first job that fails.
-fn attempt(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Attempt {
-    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+fn attempt(conn: &Conn<'_>, batch: &mut [Box<dyn Job>]) -> Attempt {
+    if let Err(e) = conn.begin() {
         return Attempt::Lost(transaction_error("begin", e));
     }
     for (index, job) in batch.iter_mut().enumerate() {
@@ -699,7 +703,7 @@ fn attempt(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Attempt {
             None => {}
         }
     }
-    match control(conn, "COMMIT") {
+    match conn.end(true) {
         Ok(()) => Attempt::Committed,
         Err(e) => {
             leave_transaction(conn);
@@ -716,13 +720,23 @@ fn attempt(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Attempt {
 /// job of the batch answers that failure. Records in `health` whether
 /// storage took the batch.
 fn commit_batch(
-    conn: &Connection,
+    conn: &Conn<'_>,
     mut batch: Vec<Box<dyn Job>>,
     health: &StorageHealth,
     meter: &Meter,
 ) {
     let _inside = InTransaction::enter();
     leave_transaction(conn);
+    if let Conn::Pg(session) = conn
+        && let Err(e) = session.revive()
+    {
+        // The server is unreachable: every write of the batch says so.
+        health.record_fault(e.storage_fault().unwrap_or(StorageFault::Unreachable));
+        for job in batch {
+            job.finish(Err(&e));
+        }
+        return;
+    }
     meter::begin_batch(meter);
     let started = Instant::now();
     let size = batch.len();
@@ -826,7 +840,7 @@ impl<T: Send + 'static> Write<T> {
     /// Runs this write's work directly, inside a job that is already
     /// running, and answers its outcome; it can run again in a later
     /// transaction, as its job can.
-    pub(crate) fn run_inline(&mut self, conn: &Connection) -> Result<T, DbError> {
+    pub(crate) fn run_inline(&mut self, conn: &Conn<'_>) -> Result<T, DbError> {
         let _in_span = self.span.enter();
         (self.work)(conn)
     }
@@ -891,7 +905,9 @@ mod tests {
     /// storage reads as down (issue 22, supervision).
     #[test]
     fn a_dead_writer_thread_answers_every_write() {
-        let writer = Writer::new(Connection::open_in_memory().unwrap());
+        let writer = Writer::new(Connection::Lite(
+            rusqlite::Connection::open_in_memory().unwrap(),
+        ));
         let (_, job, answer) = writer.submit(|_| Ok(1)).into_job();
         lock(&writer.state).queue.push(job);
         let dying = Arc::clone(&writer);
@@ -927,12 +943,13 @@ mod tests {
     /// not committed with the others (issue 22).
     #[test]
     fn a_failed_savepoint_end_loses_the_transaction() {
-        let conn = Connection::open_in_memory().unwrap();
+        let lite = rusqlite::Connection::open_in_memory().unwrap();
+        let conn = Conn::Lite(&lite);
         conn.execute_batch("CREATE TABLE t (x INTEGER); BEGIN IMMEDIATE;")
             .unwrap();
-        conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        conn.execute_batch("INSERT INTO t VALUES (1)").unwrap();
         let outcome = in_named_savepoint(&conn, &AT_END, || {
-            conn.execute("INSERT INTO t VALUES (2)", [])?;
+            conn.execute_batch("INSERT INTO t VALUES (2)")?;
             // the work ends the savepoint itself, so ROLLBACK TO fails
             conn.execute_batch("RELEASE at_end")?;
             Err::<(), _>(DbError::Internal("the write failed".into()))
@@ -940,7 +957,7 @@ mod tests {
         assert!(outcome.is_err());
         assert!(conn.is_autocommit(), "the transaction is gone");
         let rows: i64 = conn
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM t", (), |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 0, "neither write was committed");
     }

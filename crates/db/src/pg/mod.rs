@@ -1,5 +1,6 @@
-//! The PostgreSQL backend (SPEC §16, issue 24), as far as it goes: its
-//! numbered migrations. A PostgreSQL database holds the same data model as
+//! The PostgreSQL backend (SPEC §16): its numbered migrations and its
+//! pool of sessions. The statements themselves are the repository's,
+//! shared with SQLite through [`crate::sql`]. A PostgreSQL database holds the same data model as
 //! the SQLite file (docs/postgresql-schema.md is its DDL, and a test holds
 //! the two to each other), at the same version numbers: the migration to
 //! version `n` here is the twin of SQLite's migration `n`, so a database
@@ -13,8 +14,59 @@
 //! over with `r2d2_postgres`.
 
 use postgres::{Client, NoTls};
+use std::time::Duration;
 
-use crate::{DbError, SCHEMA_VERSION};
+use crate::sql::PgConn;
+use crate::{DbError, SCHEMA_VERSION, StorageFault};
+
+/// How long a reader waits for a session before the read answers that
+/// the server cannot be reached.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Opens the pool's sessions; a session the server or the network closed
+/// is dropped from the pool and a new one opened on demand.
+pub(crate) struct PgManager(pub(crate) postgres::Config);
+
+impl r2d2::ManageConnection for PgManager {
+    type Connection = PgConn;
+    type Error = DbError;
+
+    fn connect(&self) -> Result<PgConn, DbError> {
+        PgConn::connect(&self.0)
+    }
+
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), DbError> {
+        let _: () = drop(conn.client().simple_query("")?);
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        conn.is_closed()
+    }
+}
+
+/// A reader that could not be had: the server cannot be reached.
+pub(crate) fn pool_error(e: r2d2::Error) -> DbError {
+    DbError::Unavailable {
+        reason: StorageFault::Unreachable,
+        detail: e.to_string(),
+    }
+}
+
+/// The connection settings in `url` (a `postgres://` URL or a
+/// `key=value` string), with the timeout Madre uses.
+pub(crate) fn config(url: &str) -> Result<postgres::Config, DbError> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e: postgres::Error| DbError::Postgres(format!("bad connection string: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("madre");
+    }
+    Ok(config)
+}
 
 /// The PostgreSQL migrations, each with the version it brings the
 /// database to; a fresh database runs them all.
@@ -37,7 +89,7 @@ pub fn migrate_postgres(url: &str) -> Result<i64, DbError> {
     migrate_client(&mut client)
 }
 
-fn migrate_client(client: &mut Client) -> Result<i64, DbError> {
+pub(crate) fn migrate_client(client: &mut Client) -> Result<i64, DbError> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
     let ours: bool = tx

@@ -236,10 +236,10 @@ CREATE TABLE archived_plans (
     uuid        uuid        PRIMARY KEY,
     archive     text        NOT NULL,
     archived_at timestamptz NOT NULL,
-    written     boolean     NOT NULL DEFAULT false,
+    written     smallint    NOT NULL DEFAULT 0,
     at_offset   bigint
 );
-CREATE INDEX archived_plans_unwritten ON archived_plans (archive) WHERE NOT written;
+CREATE INDEX archived_plans_unwritten ON archived_plans (archive) WHERE written = 0;
 
 CREATE TABLE madre_policies (
     module             text    PRIMARY KEY,

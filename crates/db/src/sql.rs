@@ -1,0 +1,704 @@
+//! One SQL face over both backends (SPEC §16): the repository modules
+//! write their statements once, in the SQL SQLite and PostgreSQL share
+//! (`ON CONFLICT`, `RETURNING`, `IS DISTINCT FROM`, `CASE`), and run them
+//! through a [`Conn`], whichever database is behind it.
+//!
+//! Values keep rusqlite's types on both sides: a parameter is anything
+//! that is `rusqlite::ToSql`, a column is read as anything that is
+//! `rusqlite::types::FromSql`. On PostgreSQL a parameter is encoded for
+//! the type the server inferred for it (an integer for `smallint`,
+//! `bigint`, `boolean` or `timestamptz` — times are microseconds since
+//! the Unix epoch on both sides —, a text for `text`, `json` or `uuid`),
+//! and a column is decoded into the value SQLite would have given. So
+//! the modules stay unaware of the backend, and the statements are the
+//! only thing the two share.
+//!
+//! Placeholders are SQLite's `?1`, `?2`…; on PostgreSQL each statement is
+//! rewritten to `$1`, `$2`… once, when its connection first prepares it,
+//! and kept prepared for the connection's life, as rusqlite's statement
+//! cache does.
+
+use postgres::types::{IsNull, Type};
+use rusqlite::ToSql;
+use rusqlite::types::{FromSql, ToSqlOutput, Value, ValueRef};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::error::Error as StdError;
+
+use crate::DbError;
+
+/// Parameters of a statement: `params![…]`, an array or slice of one
+/// type, or `()` for none.
+pub(crate) trait Args {
+    /// The parameters, in order.
+    fn values(&self) -> Vec<&dyn ToSql>;
+}
+
+impl<T: ToSql> Args for &[T] {
+    fn values(&self) -> Vec<&dyn ToSql> {
+        self.iter().map(|v| v as &dyn ToSql).collect()
+    }
+}
+
+impl<T: ToSql, const N: usize> Args for [T; N] {
+    fn values(&self) -> Vec<&dyn ToSql> {
+        self.iter().map(|v| v as &dyn ToSql).collect()
+    }
+}
+
+impl<T: ToSql, const N: usize> Args for &[T; N] {
+    fn values(&self) -> Vec<&dyn ToSql> {
+        self.iter().map(|v| v as &dyn ToSql).collect()
+    }
+}
+
+impl Args for () {
+    fn values(&self) -> Vec<&dyn ToSql> {
+        Vec::new()
+    }
+}
+
+/// A connection of either backend, borrowed for one read or one write.
+#[derive(Clone, Copy)]
+pub(crate) enum Conn<'c> {
+    /// The SQLite file.
+    Lite(&'c rusqlite::Connection),
+    /// A PostgreSQL session.
+    Pg(&'c PgConn),
+}
+
+/// A connection the holder owns: the writer's, or a reader's.
+pub(crate) enum Connection {
+    /// A SQLite connection.
+    Lite(rusqlite::Connection),
+    /// A PostgreSQL session (boxed: it is the larger, and there is one).
+    Pg(Box<PgConn>),
+}
+
+impl Connection {
+    /// The connection, borrowed for one read or one write.
+    pub(crate) fn conn(&self) -> Conn<'_> {
+        match self {
+            Connection::Lite(conn) => Conn::Lite(conn),
+            Connection::Pg(conn) => Conn::Pg(conn),
+        }
+    }
+}
+
+/// A PostgreSQL session with its prepared statements, whether it is
+/// inside a transaction (the driver's own transactions borrow the client
+/// for their life; the writer's span many calls instead), and how to open
+/// it again once the server is back.
+pub(crate) struct PgConn {
+    /// `None` only while dropped.
+    client: RefCell<Option<postgres::Client>>,
+    config: postgres::Config,
+    prepared: RefCell<HashMap<String, postgres::Statement>>,
+    in_transaction: Cell<bool>,
+    /// Rows changed by this session's statements, as SQLite's
+    /// `total_changes`.
+    changes: Cell<u64>,
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // Closing a session blocks on the driver's own runtime, which Tokio
+        // refuses on an async task's thread (a handle dropped at the end of
+        // a request): the close goes to a thread of its own there.
+        if tokio::runtime::Handle::try_current().is_ok()
+            && let Some(client) = self.client.get_mut().take()
+        {
+            std::thread::spawn(move || drop(client));
+        }
+    }
+}
+
+impl PgConn {
+    /// Connects as `config` says.
+    pub(crate) fn connect(config: &postgres::Config) -> Result<Self, DbError> {
+        Ok(Self {
+            client: RefCell::new(Some(config.connect(postgres::NoTls)?)),
+            config: config.clone(),
+            prepared: RefCell::default(),
+            in_transaction: Cell::new(false),
+            changes: Cell::new(0),
+        })
+    }
+
+    /// Opens the session again when it was lost (the server restarted,
+    /// the network broke); its prepared statements go with the old one.
+    pub(crate) fn revive(&self) -> Result<(), DbError> {
+        if !self.is_closed() {
+            return Ok(());
+        }
+        let client = self.config.connect(postgres::NoTls)?;
+        *self.client.borrow_mut() = Some(client);
+        self.prepared.borrow_mut().clear();
+        self.in_transaction.set(false);
+        Ok(())
+    }
+
+    /// The client, for what the shared face does not cover (migrations,
+    /// health probes).
+    pub(crate) fn client(&self) -> std::cell::RefMut<'_, postgres::Client> {
+        std::cell::RefMut::map(self.client.borrow_mut(), |client| {
+            client
+                .as_mut()
+                .expect("a session has its client until dropped")
+        })
+    }
+
+    /// True when the session is gone (the server closed it, the network
+    /// broke): the pool replaces it.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.client
+            .borrow()
+            .as_ref()
+            .is_none_or(postgres::Client::is_closed)
+    }
+
+    fn statement(&self, sql: &str) -> Result<postgres::Statement, DbError> {
+        if let Some(prepared) = self.prepared.borrow().get(sql) {
+            return Ok(prepared.clone());
+        }
+        let prepared = self.client().prepare(&dollar_placeholders(sql))?;
+        self.prepared
+            .borrow_mut()
+            .insert(sql.to_owned(), prepared.clone());
+        Ok(prepared)
+    }
+}
+
+impl<'c> Conn<'c> {
+    /// [`Conn::prepare_cached`]: statements of one-off work (a check, a
+    /// repair) are few, and cached as any other.
+    pub(crate) fn prepare(&self, sql: &str) -> Result<Stmt<'c>, DbError> {
+        self.prepare_cached(sql)
+    }
+
+    /// Prepares `sql` (SQLite's dialect of the shared SQL), from the
+    /// connection's cache when it ran before.
+    pub(crate) fn prepare_cached(&self, sql: &str) -> Result<Stmt<'c>, DbError> {
+        Ok(match *self {
+            Conn::Lite(conn) => Stmt::Lite(conn.prepare_cached(sql)?),
+            Conn::Pg(conn) => Stmt::Pg {
+                conn,
+                statement: conn.statement(sql)?,
+            },
+        })
+    }
+
+    /// Runs one query and maps its first row; no row is
+    /// [`rusqlite::Error::QueryReturnedNoRows`] on both backends (see
+    /// [`OptionalExtension`]).
+    pub(crate) fn query_row<T>(
+        &self,
+        sql: &str,
+        args: impl Args,
+        f: impl FnOnce(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        self.prepare_cached(sql)?.query_row(args, f)
+    }
+
+    /// Runs statements with no parameters and no rows, separated by `;`
+    /// (transaction control, DDL).
+    pub(crate) fn execute_batch(&self, sql: &str) -> Result<(), DbError> {
+        match *self {
+            Conn::Lite(conn) => Ok(conn.execute_batch(sql)?),
+            Conn::Pg(conn) => Ok(conn.client().batch_execute(sql)?),
+        }
+    }
+
+    /// True when no transaction is open (SQLite may end one by itself
+    /// after a failure; a PostgreSQL session whose connection broke has
+    /// none either).
+    pub(crate) fn is_autocommit(&self) -> bool {
+        match *self {
+            Conn::Lite(conn) => conn.is_autocommit(),
+            Conn::Pg(conn) => !conn.in_transaction.get() || conn.is_closed(),
+        }
+    }
+
+    /// Begins the writer's transaction: `BEGIN IMMEDIATE` on SQLite (the
+    /// write lock at once), `BEGIN` on PostgreSQL (rows lock as written).
+    pub(crate) fn begin(&self) -> Result<(), DbError> {
+        match *self {
+            Conn::Lite(conn) => Ok(conn
+                .prepare_cached("BEGIN IMMEDIATE")?
+                .execute(())
+                .map(drop)?),
+            Conn::Pg(conn) => {
+                conn.client().batch_execute("BEGIN")?;
+                conn.in_transaction.set(true);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the open transaction with `COMMIT` or `ROLLBACK`.
+    pub(crate) fn end(&self, commit: bool) -> Result<(), DbError> {
+        let sql = if commit { "COMMIT" } else { "ROLLBACK" };
+        match *self {
+            Conn::Lite(conn) => Ok(conn.prepare_cached(sql)?.execute(()).map(drop)?),
+            Conn::Pg(conn) => {
+                // Whatever COMMIT answers, the transaction is over (a
+                // failed one is rolled back by the server).
+                let ended = conn.client().batch_execute(sql);
+                conn.in_transaction.set(false);
+                Ok(ended?)
+            }
+        }
+    }
+
+    /// The id the connection's last insert gave its (last) row: SQLite's
+    /// rowid, PostgreSQL's last identity value of the session.
+    pub(crate) fn last_insert_rowid(&self) -> Result<i64, DbError> {
+        match *self {
+            Conn::Lite(conn) => Ok(conn.last_insert_rowid()),
+            Conn::Pg(_) => self.query_row("SELECT lastval()", (), |r| r.get(0)),
+        }
+    }
+
+    /// Rows changed by the connection's statements since it opened.
+    pub(crate) fn total_changes(&self) -> u64 {
+        match *self {
+            Conn::Lite(conn) => conn.total_changes(),
+            Conn::Pg(conn) => conn.changes.get(),
+        }
+    }
+
+    /// Which backend this is, for the few statements that differ.
+    pub(crate) fn is_postgres(&self) -> bool {
+        matches!(self, Conn::Pg(_))
+    }
+}
+
+/// A prepared statement of either backend.
+pub(crate) enum Stmt<'c> {
+    /// rusqlite's, from its cache.
+    Lite(rusqlite::CachedStatement<'c>),
+    /// The server's, with its session.
+    Pg {
+        /// The session it was prepared on.
+        conn: &'c PgConn,
+        /// The prepared statement.
+        statement: postgres::Statement,
+    },
+}
+
+impl Stmt<'_> {
+    /// Runs the statement; answers the rows it changed.
+    pub(crate) fn execute(&mut self, args: impl Args) -> Result<usize, DbError> {
+        match self {
+            Stmt::Lite(stmt) => Ok(stmt.execute(args.values().as_slice())?),
+            Stmt::Pg { conn, statement } => {
+                let args = pg_args(args);
+                let changed = conn.client().execute(statement, &pg_refs(&args))?;
+                conn.changes.set(conn.changes.get().saturating_add(changed));
+                Ok(usize::try_from(changed).unwrap_or(usize::MAX))
+            }
+        }
+    }
+
+    /// Runs the query and maps its first row; no row is
+    /// [`rusqlite::Error::QueryReturnedNoRows`].
+    pub(crate) fn query_row<T>(
+        &mut self,
+        args: impl Args,
+        f: impl FnOnce(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let mut f = Some(f);
+        let mut found = None;
+        self.for_each_row(args, |row| {
+            if let Some(f) = f.take() {
+                found = Some(f(row)?);
+            }
+            Ok(false)
+        })?;
+        found.ok_or(DbError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// Runs the query and maps every row, in order.
+    pub(crate) fn query_map<T>(
+        &mut self,
+        args: impl Args,
+        mut f: impl FnMut(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<std::vec::IntoIter<Result<T, DbError>>, DbError> {
+        let mut mapped = Vec::new();
+        self.for_each_row(args, |row| {
+            mapped.push(f(row));
+            Ok(true)
+        })?;
+        Ok(mapped.into_iter())
+    }
+
+    /// True when the query has at least one row.
+    pub(crate) fn exists(&mut self, args: impl Args) -> Result<bool, DbError> {
+        let mut any = false;
+        self.for_each_row(args, |_| {
+            any = true;
+            Ok(false)
+        })?;
+        Ok(any)
+    }
+
+    /// Runs the query and hands `each` its rows in order while it answers
+    /// true.
+    pub(crate) fn for_each_row(
+        &mut self,
+        args: impl Args,
+        mut each: impl FnMut(&Row<'_>) -> Result<bool, DbError>,
+    ) -> Result<(), DbError> {
+        match self {
+            Stmt::Lite(stmt) => {
+                let mut rows = stmt.query(args.values().as_slice())?;
+                while let Some(row) = rows.next()? {
+                    if !each(&Row::Lite(row))? {
+                        break;
+                    }
+                }
+            }
+            Stmt::Pg { conn, statement } => {
+                let args = pg_args(args);
+                let rows = conn.client().query(statement, &pg_refs(&args))?;
+                for row in &rows {
+                    if !each(&Row::Pg(row))? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One row of a result, of either backend.
+pub(crate) enum Row<'r> {
+    /// rusqlite's.
+    Lite(&'r rusqlite::Row<'r>),
+    /// The server's.
+    Pg(&'r postgres::Row),
+}
+
+impl Row<'_> {
+    /// Column `idx` (from 0) as `T`, read as SQLite would give it.
+    pub(crate) fn get<I: Column, T: FromSql>(&self, idx: I) -> Result<T, DbError> {
+        let idx = idx.index();
+        match self {
+            Row::Lite(row) => Ok(row.get(idx)?),
+            Row::Pg(row) => {
+                let value = self.pg_value(row, idx)?;
+                T::column_result(ValueRef::from(&value)).map_err(|e| {
+                    DbError::InvalidData(format!(
+                        "column {} ({}): {e}",
+                        row.columns()[idx].name(),
+                        row.columns()[idx].type_()
+                    ))
+                })
+            }
+        }
+    }
+
+    /// Column `idx` as text, borrowed from SQLite's row where it can be;
+    /// `None` for NULL.
+    pub(crate) fn text(&self, idx: usize) -> Result<Option<std::borrow::Cow<'_, str>>, DbError> {
+        match self {
+            Row::Lite(row) => Ok(row
+                .get_ref(idx)?
+                .as_str_or_null()
+                .map_err(|e| DbError::Sqlite(e.into()))?
+                .map(std::borrow::Cow::Borrowed)),
+            Row::Pg(_) => Ok(self
+                .get::<_, Option<String>>(idx)?
+                .map(std::borrow::Cow::Owned)),
+        }
+    }
+
+    /// Column `idx` as an owned SQLite value (for rows copied whole).
+    pub(crate) fn value(&self, idx: usize) -> Result<Value, DbError> {
+        match self {
+            Row::Lite(row) => Ok(row.get_ref(idx)?.into()),
+            Row::Pg(row) => self.pg_value(row, idx),
+        }
+    }
+
+    /// The number of columns.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Row::Lite(row) => row.as_ref().column_count(),
+            Row::Pg(row) => row.len(),
+        }
+    }
+
+    /// The name of column `idx`.
+    pub(crate) fn name(&self, idx: usize) -> Result<String, DbError> {
+        match self {
+            Row::Lite(row) => Ok(row.as_ref().column_name(idx)?.to_owned()),
+            Row::Pg(row) => Ok(row.columns()[idx].name().to_owned()),
+        }
+    }
+
+    fn pg_value(&self, row: &postgres::Row, idx: usize) -> Result<Value, DbError> {
+        let Raw(ty, bytes) = row.try_get(idx)?;
+        decode(&ty, bytes).map_err(|e| {
+            DbError::InvalidData(format!("column {} ({ty}): {e}", row.columns()[idx].name()))
+        })
+    }
+}
+
+/// A column's position in a row (from 0), as [`Row::get`] takes it.
+pub(crate) trait Column {
+    /// The position.
+    fn index(self) -> usize;
+}
+
+impl Column for usize {
+    fn index(self) -> usize {
+        self
+    }
+}
+
+/// `Option` of a query's single row, as rusqlite's extension of the same
+/// name: the no-row error becomes `None`.
+pub(crate) trait OptionalExtension<T> {
+    /// `Ok(None)` for no row; other errors stay.
+    fn optional(self) -> Result<Option<T>, DbError>;
+}
+
+impl<T> OptionalExtension<T> for Result<T, DbError> {
+    fn optional(self) -> Result<Option<T>, DbError> {
+        match self {
+            Ok(value) => Ok(Some(value)),
+            Err(DbError::Sqlite(rusqlite::Error::QueryReturnedNoRows)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// A column as the server sent it: its type and its binary value.
+struct Raw(Type, Option<Vec<u8>>);
+
+impl<'a> postgres::types::FromSql<'a> for Raw {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        Ok(Raw(ty.clone(), Some(raw.to_vec())))
+    }
+
+    fn from_sql_null(ty: &Type) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        Ok(Raw(ty.clone(), None))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// A PostgreSQL value as the SQLite value the same column holds there.
+fn decode(ty: &Type, bytes: Option<Vec<u8>>) -> Result<Value, String> {
+    let Some(bytes) = bytes else {
+        return Ok(Value::Null);
+    };
+    let fixed = |n: usize| -> Result<&[u8], String> {
+        (bytes.len() == n)
+            .then_some(&bytes[..])
+            .ok_or_else(|| format!("{} bytes, expected {n}", bytes.len()))
+    };
+    Ok(match *ty {
+        Type::INT2 => {
+            Value::Integer(i16::from_be_bytes(fixed(2)?.try_into().unwrap_or_default()).into())
+        }
+        Type::INT4 => {
+            Value::Integer(i32::from_be_bytes(fixed(4)?.try_into().unwrap_or_default()).into())
+        }
+        Type::INT8 => Value::Integer(i64::from_be_bytes(fixed(8)?.try_into().unwrap_or_default())),
+        Type::BOOL => Value::Integer(i64::from(fixed(1)?[0] != 0)),
+        Type::FLOAT8 => Value::Real(f64::from_be_bytes(fixed(8)?.try_into().unwrap_or_default())),
+        Type::FLOAT4 => {
+            Value::Real(f32::from_be_bytes(fixed(4)?.try_into().unwrap_or_default()).into())
+        }
+        Type::TIMESTAMPTZ | Type::TIMESTAMP => {
+            let pg = i64::from_be_bytes(fixed(8)?.try_into().unwrap_or_default());
+            Value::Integer(pg.saturating_add(PG_EPOCH_MICROS))
+        }
+        Type::UUID => Value::Text(
+            uuid::Uuid::from_slice(&bytes)
+                .map_err(|e| e.to_string())?
+                .to_string(),
+        ),
+        Type::JSONB => Value::Text(text(bytes.get(1..).unwrap_or_default())?),
+        Type::BYTEA => Value::Blob(bytes),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::JSON | Type::UNKNOWN => {
+            Value::Text(text(&bytes)?)
+        }
+        ref other => return Err(format!("no SQLite value for PostgreSQL type {other}")),
+    })
+}
+
+fn text(bytes: &[u8]) -> Result<String, String> {
+    String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())
+}
+
+/// A parameter bound on PostgreSQL: the rusqlite value, encoded for the
+/// type the server inferred.
+#[derive(Debug)]
+struct PgArg(Value);
+
+fn pg_args(args: impl Args) -> Vec<PgArg> {
+    args.values()
+        .into_iter()
+        .map(|arg| {
+            PgArg(match arg.to_sql() {
+                Ok(ToSqlOutput::Borrowed(value)) => value.into(),
+                Ok(ToSqlOutput::Owned(value)) => value,
+                // rusqlite's other outputs (zero blobs, arrays) are not used
+                // by the repository; an unbindable value is refused by the
+                // server as a NULL where one is not allowed, never guessed.
+                Ok(_) | Err(_) => Value::Null,
+            })
+        })
+        .collect()
+}
+
+fn pg_refs(args: &[PgArg]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    args.iter()
+        .map(|a| a as &(dyn postgres::types::ToSql + Sync))
+        .collect()
+}
+
+impl postgres::types::ToSql for PgArg {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        use bytes::BufMut;
+        let refuse = || format!("cannot bind {:?} as PostgreSQL type {ty}", self.0);
+        match (&self.0, ty) {
+            (Value::Null, _) => return Ok(IsNull::Yes),
+            (Value::Integer(i), &Type::INT8) => out.put_i64(*i),
+            (Value::Integer(i), &Type::INT4) => {
+                out.put_i32(i32::try_from(*i).map_err(|_| refuse())?)
+            }
+            (Value::Integer(i), &Type::INT2) => {
+                out.put_i16(i16::try_from(*i).map_err(|_| refuse())?)
+            }
+            (Value::Integer(i), &Type::BOOL) => out.put_u8(u8::from(*i != 0)),
+            (Value::Integer(i), &Type::TIMESTAMPTZ | &Type::TIMESTAMP) => {
+                out.put_i64(i.checked_sub(PG_EPOCH_MICROS).ok_or_else(refuse)?)
+            }
+            (Value::Integer(i), &Type::FLOAT8) => out.put_f64(*i as f64),
+            (Value::Integer(i), &Type::TEXT | &Type::VARCHAR | &Type::UNKNOWN) => {
+                out.put_slice(i.to_string().as_bytes())
+            }
+            (Value::Real(f), &Type::FLOAT8) => out.put_f64(*f),
+            (Value::Real(f), &Type::FLOAT4) => out.put_f32(*f as f32),
+            (Value::Text(s), &Type::UUID) => {
+                out.put_slice(uuid::Uuid::parse_str(s).map_err(|_| refuse())?.as_bytes())
+            }
+            (Value::Text(s), &Type::JSONB) => {
+                out.put_u8(1);
+                out.put_slice(s.as_bytes());
+            }
+            (
+                Value::Text(s),
+                &Type::TEXT
+                | &Type::VARCHAR
+                | &Type::BPCHAR
+                | &Type::NAME
+                | &Type::JSON
+                | &Type::UNKNOWN,
+            ) => out.put_slice(s.as_bytes()),
+            (Value::Blob(b), &Type::BYTEA) => out.put_slice(b),
+            _ => return Err(refuse().into()),
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// `sql` with SQLite's placeholders (`?1`, or a bare `?` counting on from
+/// the last) as PostgreSQL's (`$1`); quoted text and identifiers are left
+/// as they are.
+fn dollar_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    let mut quote: Option<char> = None;
+    let mut last = 0u32;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '?') => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                    digits.push(d);
+                    chars.next();
+                }
+                last = digits.parse().unwrap_or(last + 1);
+                out.push('$');
+                out.push_str(&last.to_string());
+                continue;
+            }
+            (None, _) => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_numbered_dollars_outside_quotes() {
+        assert_eq!(
+            dollar_placeholders("SELECT ?1, ?12, ? FROM t WHERE a = '?1' AND \"b?\" = ?2"),
+            "SELECT $1, $12, $13 FROM t WHERE a = '?1' AND \"b?\" = $2"
+        );
+    }
+
+    #[test]
+    fn a_time_survives_the_trip_through_postgresql_s_epoch() {
+        let micros = 1_764_000_000_123_456_i64;
+        let mut out = bytes::BytesMut::new();
+        postgres::types::ToSql::to_sql(
+            &PgArg(Value::Integer(micros)),
+            &Type::TIMESTAMPTZ,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            decode(&Type::TIMESTAMPTZ, Some(out.to_vec())).unwrap(),
+            Value::Integer(micros)
+        );
+    }
+
+    #[test]
+    fn a_uuid_reads_back_as_the_text_sqlite_stores() {
+        let id = uuid::Uuid::new_v4();
+        let mut out = bytes::BytesMut::new();
+        postgres::types::ToSql::to_sql(&PgArg(Value::Text(id.to_string())), &Type::UUID, &mut out)
+            .unwrap();
+        assert_eq!(
+            decode(&Type::UUID, Some(out.to_vec())).unwrap(),
+            Value::Text(id.to_string())
+        );
+    }
+
+    #[test]
+    fn an_out_of_range_integer_is_refused_not_wrapped() {
+        let mut out = bytes::BytesMut::new();
+        let refused =
+            postgres::types::ToSql::to_sql(&PgArg(Value::Integer(70_000)), &Type::INT2, &mut out);
+        assert!(refused.is_err());
+    }
+}

@@ -1,0 +1,180 @@
+//! The database a repository test runs against: a SQLite file in a temp
+//! directory, or, when `MADRE_TEST_POSTGRES` holds a connection string to
+//! a PostgreSQL server (`scripts/test.sh` starts a throw-away one and runs
+//! the suite a second time with it), a fresh database of that server, made
+//! for the test and dropped after it.
+
+use madre_db::Db;
+use std::path::PathBuf;
+
+/// The variable naming the PostgreSQL server of the second run.
+pub(crate) const POSTGRES_VAR: &str = "MADRE_TEST_POSTGRES";
+
+/// The PostgreSQL server's connection string, when the run is against one.
+pub(crate) fn postgres() -> Option<String> {
+    std::env::var(POSTGRES_VAR)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// True when the run is against PostgreSQL: tests about SQLite's file
+/// itself (its modes, its pragmas, its upgrades) have nothing to test.
+pub(crate) fn is_postgres() -> bool {
+    postgres().is_some()
+}
+
+/// A database for one test, and where it lives.
+pub(crate) struct TestDb {
+    /// The repository under test.
+    pub(crate) db: Db,
+    /// The SQLite file, or on PostgreSQL the path archives go beside.
+    pub(crate) path: PathBuf,
+    _place: Place,
+}
+
+enum Place {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(PgDatabase),
+}
+
+impl TestDb {
+    /// The same database opened again, as a second process would.
+    #[allow(dead_code)]
+    pub(crate) fn reopen(&self) -> Db {
+        self.opener()()
+    }
+
+    /// The one integer `sql` selects, read with the backend's own client
+    /// (beside the repository, as an operator would).
+    #[allow(dead_code)]
+    pub(crate) fn scalar(&self, sql: &str) -> i64 {
+        match &self._place {
+            Place::Sqlite(_) => rusqlite::Connection::open(&self.path)
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Place::Postgres(pg) => off_runtime(|| {
+                let mut client = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+                client.query_one(sql, &[]).unwrap().get(0)
+            }),
+        }
+    }
+
+    /// Runs `sql` with the backend's own client; its error as text.
+    #[allow(dead_code)]
+    pub(crate) fn execute(&self, sql: &str) -> Result<u64, String> {
+        match &self._place {
+            Place::Sqlite(_) => rusqlite::Connection::open(&self.path)
+                .unwrap()
+                .execute(sql, [])
+                .map(|n| n as u64)
+                .map_err(|e| e.to_string()),
+            Place::Postgres(pg) => off_runtime(|| {
+                let mut client = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+                client.execute(sql, &[]).map_err(|e| match e.as_db_error() {
+                    Some(db) => db.message().to_owned(),
+                    None => e.to_string(),
+                })
+            }),
+        }
+    }
+
+    /// Runs statements separated by `;` with the backend's own client.
+    #[allow(dead_code)]
+    pub(crate) fn batch(&self, sql: &str) {
+        match &self._place {
+            Place::Sqlite(_) => rusqlite::Connection::open(&self.path)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+            Place::Postgres(pg) => off_runtime(|| {
+                let mut client = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+                client.batch_execute(sql).unwrap()
+            }),
+        }
+    }
+
+    /// What opens the same database again, kept apart from the test's
+    /// handle so that handle can be dropped first.
+    #[allow(dead_code)]
+    pub(crate) fn opener(&self) -> impl Fn() -> Db + use<> {
+        let path = self.path.clone();
+        let url = match &self._place {
+            Place::Sqlite(_) => None,
+            Place::Postgres(pg) => Some(pg.url.clone()),
+        };
+        move || match &url {
+            None => Db::open(&path).unwrap(),
+            Some(url) => Db::open_postgres(url, &path, "test-reopened").unwrap(),
+        }
+    }
+}
+
+/// Opens a new, empty database of the run's backend.
+pub(crate) fn open() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join("vx11.db");
+    match postgres() {
+        None => TestDb {
+            db: Db::open(&path).unwrap(),
+            path,
+            _place: Place::Sqlite(dir),
+        },
+        Some(admin) => {
+            let pg = PgDatabase::create(&admin, dir);
+            TestDb {
+                db: Db::open_postgres(&pg.url, &path, "test").unwrap(),
+                path,
+                _place: Place::Postgres(pg),
+            }
+        }
+    }
+}
+
+/// Runs `f` on a thread of its own: PostgreSQL's blocking client refuses
+/// to run on an async test's thread.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| scope.spawn(f).join().unwrap())
+}
+
+/// A database made on the server for one test; dropped with it.
+struct PgDatabase {
+    admin: String,
+    name: String,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PgDatabase {
+    fn create(admin: &str, dir: tempfile::TempDir) -> Self {
+        let name = format!("madre_test_{}", uuid::Uuid::new_v4().simple());
+        off_runtime(|| {
+            let mut client = postgres::Client::connect(admin, postgres::NoTls)
+                .unwrap_or_else(|e| panic!("{POSTGRES_VAR}={admin:?}: cannot connect: {e}"));
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .unwrap();
+        });
+        Self {
+            admin: admin.to_owned(),
+            url: format!("{admin} dbname={name}"),
+            name,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // The test's Db may still hold sessions (a clone kept by a thread):
+        // FORCE ends them.
+        off_runtime(|| {
+            if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+                let _ = client.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ));
+            }
+        });
+    }
+}
