@@ -37,11 +37,12 @@ fi
 
 cargo nextest run --workspace --no-fail-fast
 
-# madre-db's suite again, on PostgreSQL: a throw-away cluster for the run,
-# a fresh database per test (crates/db/tests/support/backend.rs).
+# madre-db's suite and the end-to-end tests again, on PostgreSQL: a
+# throw-away cluster for the run, a fresh database per test (see
+# crates/db/tests/support/backend.rs and tests/api/helpers.rs).
 pg_dir=$(mktemp -d /tmp/madre-pg-suite-XXXXXX)
 trap './scripts/pg-test-cluster.sh stop "$pg_dir"; rm -rf "$pg_dir"' EXIT
 MADRE_TEST_POSTGRES=$(./scripts/pg-test-cluster.sh start "$pg_dir") \
-    cargo nextest run -p madre-db --no-fail-fast
+    cargo nextest run -p madre-db -p madre-e2e --no-fail-fast
 cargo test --workspace --doc
 ./scripts/fuzz-api.sh

@@ -23,6 +23,95 @@ pub(crate) struct TestApp {
     pub(crate) vars: HashMap<String, String>,
     /// The server's Madre, to reach its storage as an embedding service can.
     pub(crate) madre: std::sync::Arc<madre_flows::Madre>,
+    /// The PostgreSQL database of a run against one; dropped with the app.
+    pub(crate) pg: Option<std::sync::Arc<PgDatabase>>,
+}
+
+/// The variable naming the PostgreSQL server of the suite's second run
+/// (`scripts/test.sh` starts a throw-away one): set, every app runs on a
+/// fresh database of it instead of a SQLite file.
+pub(crate) const POSTGRES_VAR: &str = "MADRE_TEST_POSTGRES";
+
+/// True when the run is against PostgreSQL: tests that read or break
+/// SQLite's file itself have nothing to test there.
+pub(crate) fn is_postgres() -> bool {
+    std::env::var(POSTGRES_VAR).is_ok_and(|s| !s.trim().is_empty())
+}
+
+/// A database made on the test server for one app; dropped with it.
+pub(crate) struct PgDatabase {
+    admin: String,
+    name: String,
+    /// Its connection string (`MADRE_DATABASE_URL`).
+    pub(crate) url: String,
+}
+
+/// Runs `f` on a thread of its own: PostgreSQL's blocking client refuses
+/// to run on an async test's thread.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| scope.spawn(f).join().unwrap())
+}
+
+impl PgDatabase {
+    fn create() -> Option<Self> {
+        let admin = std::env::var(POSTGRES_VAR)
+            .ok()
+            .filter(|s| !s.trim().is_empty())?;
+        let name = format!("madre_e2e_{}", uuid::Uuid::new_v4().simple());
+        off_runtime(|| {
+            let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+                .unwrap_or_else(|e| panic!("{POSTGRES_VAR}={admin:?}: cannot connect: {e}"));
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .unwrap();
+        });
+        Some(Self {
+            url: format!("{admin} dbname={name}"),
+            admin,
+            name,
+        })
+    }
+}
+
+impl PgDatabase {
+    /// Cuts Madre off its database, as an outage would: new sessions are
+    /// refused and every open one is ended by the server.
+    pub(crate) fn cut_off(&self) {
+        self.admin_do(&format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{name}' AND pid <> pg_backend_pid();",
+            name = self.name
+        ));
+    }
+
+    /// Ends [`PgDatabase::cut_off`]: the database takes sessions again.
+    pub(crate) fn restore(&self) {
+        self.admin_do(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.name
+        ));
+    }
+
+    fn admin_do(&self, sql: &str) {
+        off_runtime(|| {
+            let mut client = postgres::Client::connect(&self.admin, postgres::NoTls).unwrap();
+            client.batch_execute(sql).unwrap();
+        });
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        off_runtime(|| {
+            if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+                let _ = client.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ));
+            }
+        });
+    }
 }
 
 pub(crate) struct Reply {
@@ -81,6 +170,10 @@ pub(crate) async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     for module in Module::REMOTE {
         vars.insert(format!("VX11_{}_URL", module.env_name()), stubs.url(module));
     }
+    let pg = PgDatabase::create().map(std::sync::Arc::new);
+    if let Some(pg) = &pg {
+        vars.insert("MADRE_DATABASE_URL".into(), pg.url.clone());
+    }
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
     }
@@ -92,6 +185,7 @@ pub(crate) async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         handle,
         vars,
         madre,
+        pg,
     }
 }
 
@@ -100,6 +194,68 @@ pub(crate) async fn spawn_app() -> TestApp {
 }
 
 impl TestApp {
+    /// The SQLite file of the app (unused on PostgreSQL).
+    pub(crate) fn db_path(&self) -> PathBuf {
+        self.dir.path().join("data").join("vx11.db")
+    }
+
+    /// The one integer `sql` selects, read with the backend's own client
+    /// beside the server, as an operator would.
+    pub(crate) fn scalar(&self, sql: &str) -> i64 {
+        match &self.pg {
+            None => rusqlite::Connection::open(self.db_path())
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Some(pg) => off_runtime(|| {
+                let mut client = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+                client.query_one(sql, &[]).unwrap().get(0)
+            }),
+        }
+    }
+
+    /// Everything the database holds, as text: the SQLite file and its
+    /// WAL, bytes as they are on disk; on PostgreSQL every row of every
+    /// table. For asserting that a secret is stored nowhere.
+    pub(crate) fn stored_text(&self) -> String {
+        match &self.pg {
+            None => {
+                let db = self.db_path();
+                let wal = db.with_extension("db-wal");
+                let mut bytes = std::fs::read(&db).unwrap();
+                bytes.extend(std::fs::read(wal).unwrap_or_default());
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            Some(pg) => off_runtime(|| {
+                let mut client = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+                let tables: Vec<String> = client
+                    .query(
+                        "SELECT table_name::text FROM information_schema.tables
+                         WHERE table_schema = current_schema()",
+                        &[],
+                    )
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let mut all = String::new();
+                for table in tables {
+                    let rows = client
+                        .query_one(
+                            &format!(
+                                "SELECT coalesce(string_agg(t::text, ' '), '') FROM {table} t"
+                            ),
+                            &[],
+                        )
+                        .unwrap();
+                    all.push_str(rows.get::<_, &str>(0));
+                    all.push('\n');
+                }
+                all
+            }),
+        }
+    }
+
     pub(crate) async fn send(
         &self,
         method: &str,

@@ -178,8 +178,7 @@ pub fn read_archives(
                 .map_err(|_| StartError::Io(format!("{id:?} is not a plan id (a UUID)")))?;
             // The database says which archive holds it; without that
             // (another data dir's archives), every archive is searched.
-            let named =
-                Db::open_with(&settings.db_path, settings.sqlite_sync)?.archived_plan(plan_id)?;
+            let named = open_database(settings)?.archived_plan(plan_id)?;
             let candidates: Vec<&String> = match &named {
                 Some(name) => names.iter().filter(|n| *n == name).collect(),
                 None => names.iter().collect(),
@@ -216,15 +215,33 @@ pub fn read_archives(
     Ok(CheckReport { text, clean })
 }
 
+/// Opens the database `settings` name: the PostgreSQL database of
+/// `MADRE_DATABASE_URL` when it is set, else the SQLite file at
+/// `MADRE_DB_PATH`, named in the journal as `MADRE_REPLICA_ID` says.
+pub fn open_database(settings: &Settings) -> Result<Db, madre_db::DbError> {
+    use secrecy::ExposeSecret;
+    let replica = settings
+        .replica_id
+        .clone()
+        .unwrap_or_else(madre_db::default_replica);
+    match &settings.database_url {
+        Some(url) => Db::open_postgres(url.expose_secret(), &settings.db_path, &replica),
+        None => Db::open_as(&settings.db_path, settings.sqlite_sync, &replica),
+    }
+}
+
 /// Checks (or repairs, when `repair`) the database of `settings`: every
 /// plan's row against its journal, the counters against the rows, and
 /// SQLite's own integrity check.
 pub fn check_database(settings: &Settings, repair: bool) -> Result<CheckReport, StartError> {
     use std::fmt::Write as _;
-    let db = Db::open_with(&settings.db_path, settings.sqlite_sync)?;
+    let db = open_database(settings)?;
     db.integrity_check()?;
     let mut text = String::new();
-    let path = settings.db_path.display();
+    let path = match db.is_postgres() {
+        true => "the PostgreSQL database".to_owned(),
+        false => settings.db_path.display().to_string(),
+    };
     let clean = if repair {
         let (repaired, left) = db.repair_plans().wait()?;
         for p in &repaired {
@@ -263,10 +280,7 @@ impl Application {
     /// Opens storage, reads policy and principals, and binds the listener
     /// (`MADRE_BIND`; port 0 picks a free port).
     pub fn build(settings: Settings) -> Result<Self, StartError> {
-        let db = match &settings.replica_id {
-            Some(name) => Db::open_as(&settings.db_path, settings.sqlite_sync, name)?,
-            None => Db::open_with(&settings.db_path, settings.sqlite_sync)?,
-        };
+        let db = open_database(&settings)?;
         // An open plan whose journal the state machine refuses stops the
         // start here, named, before anything is resumed or written.
         db.check_open_plans()?;

@@ -21,6 +21,10 @@ pub struct Settings {
     /// How commits are synced (`MADRE_SQLITE_SYNC`: `normal`, the default,
     /// survives a process crash; `full` also a power loss).
     pub sqlite_sync: madre_flows::SyncMode,
+    /// The PostgreSQL database (`MADRE_DATABASE_URL`: a `postgres://` URL
+    /// or `key=value` string); unset, the SQLite file at `db_path`. A
+    /// secret: it may hold a password.
+    pub database_url: Option<SecretString>,
     /// This process's name in the journal (`MADRE_REPLICA_ID`; unset:
     /// `<hostname>-<pid>`): 1 to 64 letters, digits, `.`, `_` or `-`.
     pub replica_id: Option<String>,
@@ -162,6 +166,7 @@ const KNOWN_KEYS: &[&str] = &[
     "MADRE_DATA_DIR",
     "MADRE_DB_PATH",
     "MADRE_SQLITE_SYNC",
+    "MADRE_DATABASE_URL",
     "MADRE_REPLICA_ID",
     "VX11_TOKEN",
     "MADRE_TOKENS_FILE",
@@ -296,6 +301,15 @@ impl Settings {
                 .parse()
                 .map_err(|why: String| bad("MADRE_SQLITE_SYNC", why))?,
         };
+        let database_url = source
+            .get("MADRE_DATABASE_URL")
+            .filter(|url| !url.trim().is_empty())
+            .map(|url| {
+                madre_db::check_postgres_url(&url)
+                    .map(|()| SecretString::from(url))
+                    .map_err(|why| bad("MADRE_DATABASE_URL", why))
+            })
+            .transpose()?;
         let replica_id = source
             .get("MADRE_REPLICA_ID")
             .map(|name| {
@@ -371,6 +385,7 @@ impl Settings {
             bind,
             db_path,
             sqlite_sync,
+            database_url,
             replica_id,
             api_token,
             generated_token_file,
@@ -600,5 +615,28 @@ mod tests {
         let err = settings(&[("MADRE_SQLITE_SYNC", "always")]).unwrap_err();
         assert_eq!(err.variable, "MADRE_SQLITE_SYNC");
         assert!(err.to_string().contains("always"), "{err}");
+    }
+
+    #[test]
+    fn the_database_is_sqlite_unless_a_postgresql_url_is_given() {
+        use secrecy::ExposeSecret;
+        assert!(settings(&[]).unwrap().database_url.is_none());
+        for url in [
+            "postgres://madre:s3cret@db.internal:5432/vx11",
+            "postgresql://localhost/vx11",
+            "host=/run/postgresql user=madre dbname=vx11",
+        ] {
+            let s = settings(&[("MADRE_DATABASE_URL", url)]).unwrap();
+            assert_eq!(s.database_url.unwrap().expose_secret(), url);
+        }
+        for wrong in [
+            "mysql://root:s3cret@db/vx11",
+            "vx11.db",
+            "postgres://u:s3cret@db:port/x",
+        ] {
+            let err = settings(&[("MADRE_DATABASE_URL", wrong)]).unwrap_err();
+            assert_eq!(err.variable, "MADRE_DATABASE_URL", "{wrong}");
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
     }
 }

@@ -71,6 +71,10 @@ async fn serve() -> i32 {
         tracing::info!(path = %path.display(), "VX11_TOKEN unset: using the API token stored in this file (mode 0600)");
     }
     let sync = settings.sqlite_sync.as_str();
+    let backend = match settings.database_url {
+        Some(_) => "postgresql",
+        None => "sqlite",
+    };
     let app = match Application::build(settings) {
         Ok(app) => app,
         Err(e) => {
@@ -79,7 +83,12 @@ async fn serve() -> i32 {
             return 2;
         }
     };
-    tracing::info!(port = app.port(), sqlite_sync = sync, "madre listening");
+    tracing::info!(
+        port = app.port(),
+        database = backend,
+        sqlite_sync = sync,
+        "madre listening"
+    );
     match app.run_until_stopped().await {
         Ok(()) => 0,
         Err(e) => {

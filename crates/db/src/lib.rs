@@ -63,7 +63,7 @@ pub use idempotency::{ModulePolicy, Reservation, StoredResponse, TakeOver};
 pub use intents::{IntentLogRow, NewIntentLog};
 pub use journal::{JournalFilter, PlanEvent, PlanProblem};
 pub use madre_lifecycle::{Conflict, Event, PlanState, StepState};
-pub use pg::{POSTGRES_SCHEMA_VERSION, migrate_postgres};
+pub use pg::{POSTGRES_SCHEMA_VERSION, check_postgres_url, migrate_postgres};
 pub use plans::{AtEnd, PlanFilter};
 pub use queue::{DaughterStatus, DaughterTask, NewDaughterTask};
 pub use records::{NewConfirmation, NewPlanRecord, PlanKind, PlanMeta, StoredPlan};
@@ -286,6 +286,7 @@ impl Db {
             .test_on_check_out(false)
             .build(pg::PgManager(config))
             .map_err(pg::pool_error)?;
+        session.meter();
         let writer = engine::writer::Writer::new(sql::Connection::Pg(Box::new(session)));
         let writer_thread = writer
             .start_thread()
@@ -399,22 +400,24 @@ impl Db {
         })
     }
 
-    /// Free and total bytes of the file system the database is on, or
-    /// `None` when it cannot be asked (PostgreSQL's disk is the server's).
+    /// Free and total bytes of the file system the database is on (on
+    /// PostgreSQL, the one its archives go to: the server's disk is the
+    /// server's to watch), or `None` when it cannot be asked.
     pub fn disk_space(&self) -> Option<(u64, u64)> {
-        if self.is_postgres() {
-            return None;
-        }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let fs = rustix::fs::statvfs(dir).ok()?;
         let block = fs.f_frsize.max(1);
         Some((fs.f_bavail * block, fs.f_blocks * block))
     }
 
-    /// Runs `f` on a read connection.
-    pub(crate) fn read<T>(
+    /// Runs `f` on a read connection. On PostgreSQL, a read asked for on
+    /// an async task's thread runs on a thread of its own: the driver
+    /// blocks on a runtime of its own, which Tokio refuses there (reads
+    /// belong in [`Db::run_blocking`]; this keeps one that is not from
+    /// stopping the process).
+    pub(crate) fn read<T: Send>(
         &self,
-        f: impl FnOnce(&sql::Conn<'_>) -> Result<T, DbError>,
+        f: impl FnOnce(&sql::Conn<'_>) -> Result<T, DbError> + Send,
     ) -> Result<T, DbError> {
         let result = match &self.readers {
             Readers::Lite(pool) => {
@@ -422,8 +425,19 @@ impl Db {
                 f(&sql::Conn::Lite(&conn))
             }
             Readers::Pg(pool) => {
-                let session = pool.get().map_err(pg::pool_error)?;
-                f(&sql::Conn::Pg(&session))
+                let read = || {
+                    let session = pool.get().map_err(pg::pool_error)?;
+                    f(&sql::Conn::Pg(&session))
+                };
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    std::thread::scope(|scope| {
+                        scope.spawn(read).join().unwrap_or_else(|_| {
+                            Err(DbError::Internal("a database read panicked".into()))
+                        })
+                    })
+                } else {
+                    read()
+                }
             }
         };
         // A read that fails for storage reasons (an I/O error) says as much
@@ -551,7 +565,7 @@ impl Db {
 }
 
 /// `<hostname>-<pid>`, the default name of this process in the journal.
-fn default_replica() -> String {
+pub fn default_replica() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())

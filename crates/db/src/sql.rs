@@ -98,6 +98,9 @@ pub(crate) struct PgConn {
     /// Rows changed by this session's statements, as SQLite's
     /// `total_changes`.
     changes: Cell<u64>,
+    /// The writer's session: each statement it runs is counted, as the
+    /// trace hook counts SQLite's (see [`crate::engine::meter`]).
+    metered: Cell<bool>,
 }
 
 impl Drop for PgConn {
@@ -117,12 +120,18 @@ impl PgConn {
     /// Connects as `config` says.
     pub(crate) fn connect(config: &postgres::Config) -> Result<Self, DbError> {
         Ok(Self {
-            client: RefCell::new(Some(config.connect(postgres::NoTls)?)),
+            client: RefCell::new(Some(open_session(config)?)),
             config: config.clone(),
             prepared: RefCell::default(),
             in_transaction: Cell::new(false),
             changes: Cell::new(0),
+            metered: Cell::new(false),
         })
+    }
+
+    /// Counts the statements this session runs from now on (the writer's).
+    pub(crate) fn meter(&self) {
+        self.metered.set(true);
     }
 
     /// Opens the session again when it was lost (the server restarted,
@@ -131,7 +140,7 @@ impl PgConn {
         if !self.is_closed() {
             return Ok(());
         }
-        let client = self.config.connect(postgres::NoTls)?;
+        let client = open_session(&self.config)?;
         *self.client.borrow_mut() = Some(client);
         self.prepared.borrow_mut().clear();
         self.in_transaction.set(false);
@@ -169,6 +178,21 @@ impl PgConn {
     }
 }
 
+/// Opens a session. Any failure to is the server being out of reach for
+/// now (down, restarting, refusing connections to the database), whatever
+/// the server's code: 503 until it takes sessions again.
+fn open_session(config: &postgres::Config) -> Result<postgres::Client, DbError> {
+    config
+        .connect(postgres::NoTls)
+        .map_err(|e| match DbError::from(e) {
+            DbError::Postgres(detail) => DbError::Unavailable {
+                reason: crate::StorageFault::Unreachable,
+                detail,
+            },
+            classified => classified,
+        })
+}
+
 impl<'c> Conn<'c> {
     /// [`Conn::prepare_cached`]: statements of one-off work (a check, a
     /// repair) are few, and cached as any other.
@@ -184,6 +208,7 @@ impl<'c> Conn<'c> {
             Conn::Pg(conn) => Stmt::Pg {
                 conn,
                 statement: conn.statement(sql)?,
+                metered: conn.metered.get().then(|| sql.to_owned()),
             },
         })
     }
@@ -283,6 +308,8 @@ pub(crate) enum Stmt<'c> {
         conn: &'c PgConn,
         /// The prepared statement.
         statement: postgres::Statement,
+        /// Its text, when the session counts what it runs.
+        metered: Option<String>,
     },
 }
 
@@ -291,7 +318,14 @@ impl Stmt<'_> {
     pub(crate) fn execute(&mut self, args: impl Args) -> Result<usize, DbError> {
         match self {
             Stmt::Lite(stmt) => Ok(stmt.execute(args.values().as_slice())?),
-            Stmt::Pg { conn, statement } => {
+            Stmt::Pg {
+                conn,
+                statement,
+                metered,
+            } => {
+                if let Some(sql) = metered {
+                    crate::engine::meter::count_sql(sql);
+                }
                 let args = pg_args(args);
                 let changed = conn.client().execute(statement, &pg_refs(&args))?;
                 conn.changes.set(conn.changes.get().saturating_add(changed));
@@ -358,7 +392,14 @@ impl Stmt<'_> {
                     }
                 }
             }
-            Stmt::Pg { conn, statement } => {
+            Stmt::Pg {
+                conn,
+                statement,
+                metered,
+            } => {
+                if let Some(sql) = metered {
+                    crate::engine::meter::count_sql(sql);
+                }
                 let args = pg_args(args);
                 let rows = conn.client().query(statement, &pg_refs(&args))?;
                 for row in &rows {

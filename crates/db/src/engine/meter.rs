@@ -49,17 +49,25 @@ fn count_statement(event: TraceEvent<'_>) {
     // the statement that fired it, not one more the code ran.
     if let TraceEvent::Stmt(_, sql) = event
         && !sql.starts_with("--")
-        && !is_transaction_control(sql)
     {
-        STATEMENTS.with(|n| n.set(n.get() + 1));
-        SEEN.with(|seen| {
-            if let Some(seen) = seen.borrow_mut().as_mut()
-                && !seen.contains(sql)
-            {
-                seen.insert(sql.to_owned());
-            }
-        });
+        count_sql(sql);
     }
+}
+
+/// Counts one statement the writer ran (SQLite's trace hook, or the
+/// PostgreSQL session of the writer as it sends each one).
+pub(crate) fn count_sql(sql: &str) {
+    if is_transaction_control(sql) {
+        return;
+    }
+    STATEMENTS.with(|n| n.set(n.get() + 1));
+    SEEN.with(|seen| {
+        if let Some(seen) = seen.borrow_mut().as_mut()
+            && !seen.contains(sql)
+        {
+            seen.insert(sql.to_owned());
+        }
+    });
 }
 
 /// `BEGIN`, `COMMIT`, savepoints and rollbacks frame the work; they are

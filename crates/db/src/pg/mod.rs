@@ -53,6 +53,22 @@ pub(crate) fn pool_error(e: r2d2::Error) -> DbError {
     }
 }
 
+/// Checks that `url` is a PostgreSQL connection string (a `postgres://`
+/// or `postgresql://` URL, or `key=value` pairs) without connecting: for
+/// a setting checked at start. The error names what is wrong, never the
+/// string itself (it may hold a password).
+pub fn check_postgres_url(url: &str) -> Result<(), String> {
+    let url = url.trim();
+    let looks_like_one =
+        url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('=');
+    if !looks_like_one {
+        return Err("is not a postgres:// URL or key=value connection string".into());
+    }
+    url.parse::<postgres::Config>()
+        .map(drop)
+        .map_err(|e| format!("is not a PostgreSQL connection string: {e}"))
+}
+
 /// The connection settings in `url` (a `postgres://` URL or a
 /// `key=value` string), with the timeout Madre uses.
 pub(crate) fn config(url: &str) -> Result<postgres::Config, DbError> {
