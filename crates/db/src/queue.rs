@@ -326,13 +326,23 @@ impl Db {
     ) -> Write<Option<DaughterTask>> {
         let worker = worker.to_owned();
         self.write(move |conn| {
+            // One writer claims at a time on SQLite. Replicas' writers
+            // claim side by side on PostgreSQL: each passes over the rows
+            // another holds (SKIP LOCKED) instead of waiting for it and
+            // then taking the row it claimed.
+            let claim = if conn.is_postgres() {
+                "UPDATE daughter_tasks SET status = 'running', claimed_by = ?1, heartbeat_at = ?2, updated_at = ?2
+                 WHERE id = (SELECT id FROM daughter_tasks WHERE status = 'queued'
+                             ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING id"
+            } else {
+                "UPDATE daughter_tasks SET status = 'running', claimed_by = ?1, heartbeat_at = ?2, updated_at = ?2
+                 WHERE id = (SELECT id FROM daughter_tasks WHERE status = 'queued'
+                             ORDER BY priority DESC, id LIMIT 1)
+                 RETURNING id"
+            };
             let id: Option<i64> = conn
-                .prepare_cached(
-                    "UPDATE daughter_tasks SET status = 'running', claimed_by = ?1, heartbeat_at = ?2, updated_at = ?2
-                     WHERE id = (SELECT id FROM daughter_tasks WHERE status = 'queued'
-                                 ORDER BY priority DESC, id LIMIT 1)
-                     RETURNING id",
-                )?
+                .prepare_cached(claim)?
                 .query_row(params![worker, ts(at)], |r| r.get(0))
                 .optional()?;
             id.map(|id| task_in(conn, id)).transpose()

@@ -820,10 +820,11 @@ fn confirmations_are_consumed_once_even_under_concurrency() {
             .unwrap(),
         ConsumeOutcome::NotPending
     );
-    let db = Arc::new(t.db.clone());
+    // Eight confirmations at once, through two replicas' writers.
+    let replicas = [Arc::new(t.db.clone()), Arc::new(t.reopen())];
     let outcomes: Vec<ConsumeOutcome> = (0..8)
-        .map(|_| {
-            let (db, hash) = (db.clone(), hash.clone());
+        .map(|i| {
+            let (db, hash) = (replicas[i % 2].clone(), hash.clone());
             std::thread::spawn(move || {
                 db.consume_confirmation(plan.plan_id, hash, "bob".into(), None, t0())
                     .wait()
@@ -1091,8 +1092,10 @@ fn daughter(priority: i64) -> NewDaughterTask {
 }
 
 #[test]
-fn four_workers_claim_2000_tasks_each_exactly_once() {
+fn four_workers_of_two_replicas_claim_2000_tasks_each_exactly_once() {
     let t = open();
+    // Two handles of one database, as two replicas have: two writers.
+    let replicas = [Arc::new(t.db.clone()), Arc::new(t.reopen())];
     for i in 0..2000 {
         t.db.enqueue_daughter_task(daughter(i % 3), t0())
             .wait()
@@ -1101,10 +1104,9 @@ fn four_workers_claim_2000_tasks_each_exactly_once() {
     t.db.enqueue_daughter_task(daughter(-1), t0())
         .wait()
         .unwrap();
-    let db = Arc::new(t.db.clone());
     let handles: Vec<_> = (0..4)
         .map(|w| {
-            let db = db.clone();
+            let db = replicas[w % 2].clone();
             std::thread::spawn(move || {
                 let mut mine = Vec::new();
                 while let Some(task) = db
