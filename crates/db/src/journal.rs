@@ -139,9 +139,15 @@ fn parse_uuid(text: &str) -> Result<Uuid, DbError> {
 /// `replicas` holding it, whose id its events store (schema 16).
 #[derive(Debug)]
 pub(crate) struct Replica {
-    name: String,
-    id: i64,
+    pub(crate) name: String,
+    pub(crate) id: i64,
+    /// How long a plan this replica executes stays its own without a
+    /// renewal, in microseconds (SPEC §16).
+    lease_micros: std::sync::atomic::AtomicI64,
 }
+
+/// A plan lease's length unless set ([`crate::Db::set_plan_lease`]).
+pub(crate) const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Replica {
     /// Names this process `name` in the journal, adding the name to
@@ -157,7 +163,32 @@ impl Replica {
         Ok(Self {
             name: name.to_owned(),
             id,
+            lease_micros: std::sync::atomic::AtomicI64::new(DEFAULT_LEASE.as_micros() as i64),
         })
+    }
+
+    /// Sets the lease's length.
+    pub(crate) fn set_lease(&self, lease: std::time::Duration) {
+        let micros = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
+        self.lease_micros
+            .store(micros, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When a lease taken or renewed now ends, in microseconds since the
+    /// epoch. Leases go by the wall clock, whatever time the events carry.
+    pub(crate) fn lease_until(&self) -> i64 {
+        let lease = self.lease_micros.load(std::sync::atomic::Ordering::Relaxed);
+        Utc::now().timestamp_micros().saturating_add(lease)
+    }
+
+    /// Who holds a plan of `status` after this replica wrote it, and until
+    /// when: this replica while the plan is PENDING or RUNNING, nobody
+    /// while it waits for people or once it ended.
+    pub(crate) fn holder(&self, status: Status) -> (Option<i64>, Option<i64>) {
+        match status {
+            Status::Pending | Status::Running => (Some(self.id), Some(self.lease_until())),
+            _ => (None, None),
+        }
     }
 }
 
@@ -565,6 +596,9 @@ pub(crate) fn append(
         None => load_existing(conn, plan_id)?,
     };
     let status_before = loaded.state.status;
+    if conn.is_postgres() && events.iter().any(is_execution) {
+        crate::leases::fence(conn, plan_id, loaded.row, replica)?;
+    }
     let mut rows = Vec::with_capacity(events.len());
     for event in events {
         rows.push(step(plan_id, &mut loaded, event)?);
@@ -572,9 +606,10 @@ pub(crate) fn append(
     let newest = insert_events(conn, loaded.row, &rows, replica)?;
     if loaded.row_changed {
         let plan = &loaded.stored.plan;
+        let (owner, lease_until) = replica.holder(plan.status);
         conn.prepare_cached(
             "UPDATE plans SET status = ?2, error = ?3, result = ?4, warnings_json = ?5,
-                              updated_at = ?6
+                              updated_at = ?6, owner = ?7, lease_until = ?8
              WHERE id = ?1",
         )?
         .execute(params![
@@ -584,6 +619,8 @@ pub(crate) fn append(
             row_result(&loaded.stored)?,
             serde_json::to_string(&plan.warnings)?,
             ts(plan.updated_at),
+            owner,
+            lease_until,
         ])?;
     }
     let status = loaded.state.status;
@@ -604,6 +641,17 @@ pub(crate) fn append(
         folds::keep(plan_id, loaded.clone(), newest);
     }
     Ok(loaded)
+}
+
+/// True for an event of a plan's execution, which only the replica
+/// holding the plan may append (SPEC §16); people's decisions (a
+/// confirmation, a rejection, a cancel) are taken from any replica.
+fn is_execution(event: &PlanEvent) -> bool {
+    match &event.event {
+        Event::StepStarted { .. } | Event::StepFinished { .. } | Event::PlanWaiting { .. } => true,
+        Event::PlanFinished { status, .. } => *status != Status::Cancelled,
+        _ => false,
+    }
 }
 
 /// The folds of open plans the writer thread appended to, kept between its
@@ -1067,12 +1115,15 @@ pub(crate) fn create(
         }
     }
     let stored = &loaded.stored;
-    conn.prepare_cached(
+    let (owner, lease_until) = replica.holder(stored.plan.status);
+    let row: i64 = conn.prepare_cached(
         "INSERT INTO plans (uuid, kind, name, module, action, principal, mode, risk, session_id,
-                            intent_id, status, error, result, warnings_json, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                            intent_id, status, error, result, warnings_json, created_at, updated_at,
+                            owner, lease_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+         RETURNING id",
     )?
-    .execute(params![
+    .query_row(params![
         plan.plan_id.to_string(),
         record.meta.kind.as_str(),
         record.meta.name,
@@ -1089,8 +1140,9 @@ pub(crate) fn create(
         serde_json::to_string(&stored.plan.warnings)?,
         ts(plan.created_at),
         ts(stored.plan.updated_at),
-    ])?;
-    let row = conn.last_insert_rowid()?;
+        owner,
+        lease_until,
+    ], |r| r.get(0))?;
     if let Some(shape) = &prepared.created.new_shape {
         shapes::store(conn, shape)?;
     }

@@ -34,6 +34,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql(MIGRATION_14),
     Migration::Sql(MIGRATION_15),
     Migration::Sql(MIGRATION_16),
+    Migration::Sql(MIGRATION_17),
 ];
 
 /// The schema version this code creates and understands.
@@ -1020,4 +1021,14 @@ CREATE TRIGGER replicas_no_update BEFORE UPDATE ON replicas
 BEGIN SELECT RAISE(ABORT, 'replicas: a replica keeps its name: the journal refers to it'); END;
 CREATE TRIGGER replicas_no_delete BEFORE DELETE ON replicas
 BEGIN SELECT RAISE(ABORT, 'replicas: a replica is never deleted: the journal refers to it'); END;
+"#;
+
+/// Version 17: plan leases (SPEC §16, issue 24). A PENDING or RUNNING plan
+/// names the replica executing it and until when (microseconds) it holds
+/// it; the replica renews the lease while the plan runs, and another takes
+/// the plan over once it lapses. Plans open before the upgrade have no
+/// owner: the first replica to look takes them.
+pub(crate) const MIGRATION_17: &str = r#"
+ALTER TABLE plans ADD COLUMN owner INTEGER;
+ALTER TABLE plans ADD COLUMN lease_until INTEGER;
 "#;

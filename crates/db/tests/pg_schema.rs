@@ -164,7 +164,7 @@ fn url(pg: &PgCluster, db: &str) -> String {
 /// The migrations madre-db runs on PostgreSQL are the document's DDL.
 #[test]
 fn the_documented_ddl_is_the_postgres_migration() {
-    let code = include_str!("../src/pg/schema_16.sql");
+    let code = include_str!("../src/pg/schema_17.sql");
     assert_eq!(documented_ddl().trim_end(), code.trim_end());
     assert_eq!(POSTGRES_SCHEMA_VERSION, SCHEMA_VERSION);
 }

@@ -609,6 +609,9 @@ fn a_kept_fold_gives_way_to_events_appended_by_another_writer() {
         .wait()
         .unwrap();
     let other = t.reopen();
+    // The other replica takes the plan, as it would once t.db's lease
+    // lapsed, and finishes the step.
+    other.take_plan(plan.plan_id, true).wait().unwrap();
     other
         .apply_events(plan.plan_id, vec![finished(0, Status::Done, at)], None)
         .wait()
@@ -617,6 +620,7 @@ fn a_kept_fold_gives_way_to_events_appended_by_another_writer() {
         t.db.apply_events(plan.plan_id, vec![finished(0, Status::Error, at)], None)
             .wait();
     assert!(matches!(again, Err(DbError::Conflict(_))), "{again:?}");
+    t.db.take_plan(plan.plan_id, true).wait().unwrap();
     let state =
         t.db.apply_events(plan.plan_id, vec![started(1, at)], None)
             .wait()
@@ -2404,4 +2408,118 @@ fn said(
         keep,
         at,
     }
+}
+
+/// Plan leases (SPEC §16, issue 24): a running plan is its replica's while
+/// the lease runs and is renewed; once its replica stops renewing, another
+/// takes it over (event `plan_taken_over`), and on PostgreSQL the old
+/// holder can no longer append its execution. A waiting plan is nobody's
+/// until a confirmation makes it run where it was confirmed.
+#[test]
+fn a_plan_is_its_replicas_until_the_lease_lapses_then_another_takes_it_over() {
+    let t = open();
+    let (a, b) = (t.db.clone(), t.reopen());
+    a.set_plan_lease(std::time::Duration::from_millis(400));
+    let plan = chat_plan(&a, "s-lease");
+    a.apply_events(plan.plan_id, vec![started(0, t0())], None)
+        .wait()
+        .unwrap();
+    let held_by_a = Taken::HeldElsewhere {
+        by: a.replica().to_owned(),
+    };
+    assert_eq!(b.take_plan(plan.plan_id, false).wait().unwrap(), held_by_a);
+    assert!(a.renew_plan_leases().wait().unwrap() >= 1);
+    assert!(
+        !b.plans_with_lapsed_leases()
+            .unwrap()
+            .contains(&plan.plan_id)
+    );
+
+    // a stops renewing; the lease lapses.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !b
+        .plans_with_lapsed_leases()
+        .unwrap()
+        .contains(&plan.plan_id)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never lapsed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        b.take_plan(plan.plan_id, false).wait().unwrap(),
+        Taken::Taken {
+            from: Some(a.replica().to_owned())
+        }
+    );
+    let journal = b.plan_events(plan.plan_id).unwrap();
+    let last = journal.last().unwrap();
+    assert_eq!(last.event_type.as_str(), "plan_taken_over");
+    assert_eq!(last.replica, b.replica());
+    assert_eq!(
+        a.take_plan(plan.plan_id, false).wait().unwrap(),
+        Taken::HeldElsewhere {
+            by: b.replica().to_owned()
+        }
+    );
+    if is_postgres() {
+        let fenced = a
+            .apply_events(plan.plan_id, vec![finished(0, Status::Done, t0())], None)
+            .wait();
+        assert!(matches!(fenced, Err(DbError::Conflict(_))), "{fenced:?}");
+    }
+    b.apply_events(plan.plan_id, vec![finished(0, Status::Done, t0())], None)
+        .wait()
+        .unwrap();
+    b.apply_events(
+        plan.plan_id,
+        vec![
+            started(1, t0()),
+            finished(1, Status::Done, t0()),
+            PlanEvent::finished(Status::Done, None, t0()),
+        ],
+        None,
+    )
+    .wait()
+    .unwrap();
+    assert_eq!(
+        b.take_plan(plan.plan_id, false).wait().unwrap(),
+        Taken::NotOpen
+    );
+
+    // Waiting for a person, a plan is nobody's; confirmed on b, it is b's.
+    let gated = plan_with(
+        &[
+            (StepType::AwaitConfirmation, Status::Waiting),
+            (StepType::CallHermes, Status::Pending),
+        ],
+        "s-lease",
+        t0(),
+    );
+    let mut rec = record(gated.clone());
+    let hash = "ab".repeat(32);
+    rec.confirmation = Some(NewConfirmation {
+        token_sha256: hash.clone(),
+        risk: RiskLevel::Med,
+        expires_at: Utc::now() + Duration::minutes(10),
+        principal: "alice".into(),
+    });
+    a.insert_plan(rec).wait().unwrap();
+    assert_eq!(
+        b.take_plan(gated.plan_id, false).wait().unwrap(),
+        Taken::NotOpen
+    );
+    let consumed = b
+        .consume_confirmation(gated.plan_id, hash, "bob".into(), None, Utc::now())
+        .wait()
+        .unwrap();
+    assert_eq!(consumed, ConsumeOutcome::Consumed);
+    assert_eq!(
+        a.take_plan(gated.plan_id, false).wait().unwrap(),
+        Taken::HeldElsewhere {
+            by: b.replica().to_owned()
+        }
+    );
 }

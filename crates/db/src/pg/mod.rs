@@ -86,7 +86,7 @@ pub(crate) fn config(url: &str) -> Result<postgres::Config, DbError> {
 
 /// The PostgreSQL migrations, each with the version it brings the
 /// database to; a fresh database runs them all.
-const MIGRATIONS: &[(i64, &str)] = &[(16, include_str!("schema_16.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[(17, include_str!("schema_17.sql"))];
 
 /// The version the newest migration brings a database to: SQLite's.
 pub const POSTGRES_SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

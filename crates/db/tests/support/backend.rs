@@ -38,7 +38,8 @@ enum Place {
 }
 
 impl TestDb {
-    /// The same database opened again, as a second process would.
+    /// The same database opened again, as a second process (another
+    /// replica, named `test-reopened`; the first is `test`) would.
     #[allow(dead_code)]
     pub(crate) fn reopen(&self) -> Db {
         self.opener()()
@@ -104,7 +105,7 @@ impl TestDb {
             Place::Postgres(pg) => Some(pg.url.clone()),
         };
         move || match &url {
-            None => Db::open(&path).unwrap(),
+            None => Db::open_as(&path, madre_db::SyncMode::Normal, "test-reopened").unwrap(),
             Some(url) => Db::open_postgres(url, &path, "test-reopened").unwrap(),
         }
     }
@@ -116,7 +117,7 @@ pub(crate) fn open() -> TestDb {
     let path = dir.path().join("data").join("vx11.db");
     match postgres() {
         None => TestDb {
-            db: Db::open(&path).unwrap(),
+            db: Db::open_as(&path, madre_db::SyncMode::Normal, "test").unwrap(),
             path,
             _place: Place::Sqlite(dir),
         },

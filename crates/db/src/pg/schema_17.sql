@@ -2,7 +2,7 @@ CREATE TABLE madre_schema (
     application text   NOT NULL CHECK (application = 'madre'),
     version     bigint NOT NULL
 );
-INSERT INTO madre_schema VALUES ('madre', 16);
+INSERT INTO madre_schema VALUES ('madre', 17);
 
 -- Refuses a change to an append-only table, naming it, unless the
 -- transaction is the archive's (SET LOCAL madre.archiving = 'on', see
@@ -41,7 +41,12 @@ CREATE TABLE plans (
     result        json,
     warnings_json json        NOT NULL DEFAULT '[]',
     created_at    timestamptz NOT NULL,
-    updated_at    timestamptz NOT NULL
+    updated_at    timestamptz NOT NULL,
+    -- The replica executing the plan and until when it holds it (a lease,
+    -- renewed while it runs; schema 17): set while the plan is PENDING or
+    -- RUNNING, cleared when it waits or ends.
+    owner         bigint,
+    lease_until   timestamptz
 );
 CREATE INDEX plans_active ON plans (status, id) WHERE status IN ('PENDING', 'WAITING', 'RUNNING');
 CREATE INDEX plans_by_session ON plans (session_id, id);

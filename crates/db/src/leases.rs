@@ -1,0 +1,173 @@
+//! Plan leases (SPEC §16): a PENDING or RUNNING plan is held by the
+//! replica executing it (`plans.owner`) until `plans.lease_until`. The
+//! holder renews its leases while it runs; a plan whose lease lapsed (its
+//! replica died, or stalls) is taken over by another replica, which
+//! resumes it, each step again with its `Idempotency-Key`. The lease is
+//! written by the statements that write the plan anyway (its creation,
+//! and each change of its status): a chat pays no statement for it.
+//!
+//! On PostgreSQL an event of a plan's execution is appended only by the
+//! plan's holder: the append reads the plan's row with a share lock, so a
+//! takeover (which updates that row) and the old holder's appends come one
+//! after the other, never both. On SQLite one process writes the file, and
+//! the same code runs with one replica.
+
+use chrono::Utc;
+use rusqlite::params;
+use uuid::Uuid;
+
+use crate::journal::{self, PlanEvent, Replica};
+use crate::sql::{Conn, OptionalExtension};
+use crate::{Db, DbError, Event, Write};
+
+/// What [`Db::take_plan`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// This replica holds the plan now. `from` names the replica whose
+    /// lease lapsed when the plan was RUNNING under it (event
+    /// `plan_taken_over`), `None` when the plan was nobody's or already
+    /// this replica's.
+    Taken {
+        /// The replica the plan was taken from.
+        from: Option<String>,
+    },
+    /// Another replica holds the plan and its lease runs.
+    HeldElsewhere {
+        /// That replica.
+        by: String,
+    },
+    /// The plan is not PENDING or RUNNING (it waits, or ended), or is
+    /// unknown: there is nothing to execute.
+    NotOpen,
+}
+
+/// Refuses an execution event of a plan another replica holds under a
+/// running lease (PostgreSQL; see the module documentation).
+pub(crate) fn fence(
+    conn: &Conn<'_>,
+    plan_id: Uuid,
+    row: i64,
+    replica: &Replica,
+) -> Result<(), DbError> {
+    let holder: Option<(Option<i64>, Option<i64>)> = conn
+        .prepare_cached("SELECT owner, lease_until FROM plans WHERE id = ?1 FOR SHARE")?
+        .query_row([row], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((Some(owner), Some(until))) = holder
+        && owner != replica.id
+        && until >= Utc::now().timestamp_micros()
+    {
+        return Err(DbError::Conflict(format!(
+            "plan {plan_id} is executed by replica {} (its lease runs)",
+            replica_name(conn, owner)?
+        )));
+    }
+    Ok(())
+}
+
+fn replica_name(conn: &Conn<'_>, id: i64) -> Result<String, DbError> {
+    conn.prepare_cached("SELECT name FROM replicas WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+}
+
+/// The open plans (PENDING, RUNNING) whose lease lapsed, or that nobody
+/// holds, oldest first, through the index of open plans.
+const LAPSED: &str = "SELECT uuid FROM plans
+     WHERE (status = 'PENDING' OR status = 'RUNNING')
+       AND (owner IS NULL OR lease_until < ?1)
+     ORDER BY id";
+
+impl Db {
+    /// Sets how long a plan this replica executes stays its own without a
+    /// renewal (`MADRE_PLAN_LEASE_S`; 30 s unless set). Renew more often
+    /// than that ([`Db::renew_plan_leases`]): a third of it is the rule.
+    pub fn set_plan_lease(&self, lease: std::time::Duration) {
+        self.replica.set_lease(lease);
+    }
+
+    /// Renews the lease of every open plan this replica holds, in one
+    /// statement; answers how many it renewed.
+    pub fn renew_plan_leases(&self) -> Write<u64> {
+        let replica = self.replica.clone();
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE plans SET lease_until = ?2
+                     WHERE (status = 'PENDING' OR status = 'WAITING' OR status = 'RUNNING')
+                       AND owner = ?1",
+                )?
+                .execute(params![replica.id, replica.lease_until()])?;
+            Ok(n as u64)
+        })
+    }
+
+    /// The open plans no live replica holds: their lease lapsed, or they
+    /// have no holder (open before leases existed). Oldest first.
+    pub fn plans_with_lapsed_leases(&self) -> Result<Vec<Uuid>, DbError> {
+        self.read(|conn| {
+            let ids = conn
+                .prepare_cached(LAPSED)?
+                .query_map([Utc::now().timestamp_micros()], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            ids.iter()
+                .map(|id| {
+                    Uuid::parse_str(id)
+                        .map_err(|_| DbError::InvalidData(format!("bad uuid {id:?}")))
+                })
+                .collect()
+        })
+    }
+
+    /// Takes the lease of an open plan for this replica, before executing
+    /// it: when nobody holds it, this replica does, or its holder's lease
+    /// lapsed; or whoever holds it when `force` (a start on SQLite, where
+    /// no other process writes the file). A RUNNING plan taken from
+    /// another replica gets the event `plan_taken_over`.
+    pub fn take_plan(&self, plan_id: Uuid, force: bool) -> Write<Taken> {
+        let replica = self.replica.clone();
+        self.write(move |conn| {
+            // The row is locked until the commit on PostgreSQL: two replicas
+            // taking one plan come one after the other.
+            let lock = if conn.is_postgres() {
+                "SELECT id, status, owner, lease_until FROM plans WHERE uuid = ?1 FOR UPDATE"
+            } else {
+                "SELECT id, status, owner, lease_until FROM plans WHERE uuid = ?1"
+            };
+            let found: Option<(i64, String, Option<i64>, Option<i64>)> = conn
+                .prepare_cached(lock)?
+                .query_row([plan_id.to_string()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()?;
+            let Some((row, status, owner, until)) = found else {
+                return Ok(Taken::NotOpen);
+            };
+            if status != "PENDING" && status != "RUNNING" {
+                return Ok(Taken::NotOpen);
+            }
+            let other = owner.filter(|o| *o != replica.id);
+            let running = until.is_some_and(|u| u >= Utc::now().timestamp_micros());
+            if let Some(other) = other
+                && running
+                && !force
+            {
+                return Ok(Taken::HeldElsewhere {
+                    by: replica_name(conn, other)?,
+                });
+            }
+            conn.prepare_cached("UPDATE plans SET owner = ?2, lease_until = ?3 WHERE id = ?1")?
+                .execute(params![row, replica.id, replica.lease_until()])?;
+            let from = match other {
+                Some(other) if status == "RUNNING" => {
+                    let name = replica_name(conn, other)?;
+                    let taken = PlanEvent::new(Event::PlanTakenOver, Utc::now())
+                        .result(serde_json::json!({ "from": name, "by": replica.name }));
+                    journal::append(conn, plan_id, &[taken], &replica)?;
+                    Some(name)
+                }
+                _ => None,
+            };
+            Ok(Taken::Taken { from })
+        })
+    }
+}
