@@ -96,6 +96,7 @@ fn flow_config(settings: &Settings) -> MadreConfig {
         idempotency_ttl_s: settings.idempotency_ttl_s,
         probe_interval: settings.probe_interval,
         cleanup_interval: settings.cleanup_interval,
+        plan_lease: settings.plan_lease,
         policy_file: settings.policy_file.clone(),
         switch_intent: settings.switch_intent,
         public_url: settings.public_url.clone(),

@@ -64,6 +64,9 @@ pub struct Settings {
     pub probe_interval: Duration,
     /// Cleanup period (`MADRE_CLEANUP_INTERVAL_S`, default 60).
     pub cleanup_interval: Duration,
+    /// How long a plan this replica executes stays its own without a
+    /// renewal (`MADRE_PLAN_LEASE_S`, default 30; renewed every third).
+    pub plan_lease: Duration,
     /// Silence after which the event stream sends a keep-alive comment
     /// (`MADRE_EVENTS_KEEPALIVE_S`, default 15).
     pub events_keep_alive: Duration,
@@ -186,6 +189,7 @@ const KNOWN_KEYS: &[&str] = &[
     "MADRE_POLICY_FILE",
     "MADRE_PROBE_INTERVAL_S",
     "MADRE_CLEANUP_INTERVAL_S",
+    "MADRE_PLAN_LEASE_S",
     "MADRE_EVENTS_KEEPALIVE_S",
     "MADRE_RATE_LIMIT_PER_S",
     "MADRE_AUTH_FAILURES_PER_MIN",
@@ -305,7 +309,7 @@ impl Settings {
             .get("MADRE_DATABASE_URL")
             .filter(|url| !url.trim().is_empty())
             .map(|url| {
-                madre_db::check_postgres_url(&url)
+                madre_flows::check_postgres_url(&url)
                     .map(|()| SecretString::from(url))
                     .map_err(|why| bad("MADRE_DATABASE_URL", why))
             })
@@ -414,6 +418,7 @@ impl Settings {
                 1,
                 DAY_S,
             )?),
+            plan_lease: Duration::from_secs(source.number("MADRE_PLAN_LEASE_S", 30, 3, 3600)?),
             events_keep_alive: Duration::from_secs(source.number(
                 "MADRE_EVENTS_KEEPALIVE_S",
                 15,

@@ -491,6 +491,10 @@ pub async fn events(
         .headers()
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("?").to_owned());
+    // Where the journal ends when the reader connects, read before the
+    // answer starts: what commits after the reader has its answer is sent,
+    // also to a reader resuming from past the end (clamped to it here).
+    let head = state.madre.journal_head().await?;
     let after = match header.or(query.last_event_id) {
         Some(text) => text
             .trim()
@@ -502,8 +506,9 @@ pub async fn events(
                     "invalid last event id: the seq of an event (a whole number, 0 for the start)"
                         .into(),
                 )
-            })?,
-        None => state.madre.journal_head().await?,
+            })?
+            .min(head),
+        None => head,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(EVENTS_BUFFER);
     let pace = madre_flows::FollowPace {

@@ -22,7 +22,7 @@
 //! that can read it. Only the writer's commits hold the writer: the file is
 //! written between them.
 
-use crate::sql::Conn;
+use crate::engine::sql::Conn;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{ToSql, params};
@@ -531,7 +531,7 @@ impl Db {
     /// The archive a plan was moved to, if it was.
     pub fn archived_plan(&self, plan_id: uuid::Uuid) -> Result<Option<String>, DbError> {
         self.read(|conn| {
-            use crate::sql::OptionalExtension;
+            use crate::engine::sql::OptionalExtension;
             conn.prepare_cached(
                 "SELECT archive FROM archived_plans WHERE uuid = ?1 AND written = 1",
             )?

@@ -1,6 +1,6 @@
 //! The append-only audit trail of what Madre did and on whose behalf.
 
-use crate::sql::{Conn, OptionalExtension};
+use crate::engine::sql::{Conn, OptionalExtension};
 use chrono::{DateTime, Utc};
 use madre_models::{AuditAction, EndReason, EventType};
 use rusqlite::params;

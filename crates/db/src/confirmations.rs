@@ -2,7 +2,7 @@
 //! single conditional UPDATE, so two concurrent confirmations of one plan can
 //! never both succeed, even from two processes.
 
-use crate::sql::{Conn, OptionalExtension};
+use crate::engine::sql::{Conn, OptionalExtension};
 use chrono::{DateTime, Utc};
 use madre_models::{EndReason, RiskLevel};
 use rusqlite::params;

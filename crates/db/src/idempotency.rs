@@ -1,6 +1,6 @@
 //! Stored answers for `Idempotency-Key` replays, per principal and key.
 
-use crate::sql::{Conn, OptionalExtension};
+use crate::engine::sql::{Conn, OptionalExtension};
 use chrono::{DateTime, Utc};
 use rusqlite::params;
 use serde_json::Value;

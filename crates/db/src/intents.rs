@@ -1,7 +1,7 @@
 //! The append-only intent log: a row is written before anything is decided
 //! and closed once with the outcome.
 
-use crate::sql::{Conn, OptionalExtension};
+use crate::engine::sql::{Conn, OptionalExtension};
 use chrono::{DateTime, Utc};
 use madre_models::IntentOutcome;
 use rusqlite::params;

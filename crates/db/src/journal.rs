@@ -6,7 +6,7 @@
 //! transaction. Which change is legal is decided by the pure state machine
 //! of `madre-lifecycle`, never here.
 
-use crate::sql::{Conn, OptionalExtension};
+use crate::engine::sql::{Conn, OptionalExtension};
 use chrono::{DateTime, Utc};
 use madre_lifecycle::{Change, Event, PlanState, StepState};
 use madre_models::{
@@ -597,7 +597,7 @@ pub(crate) fn append(
     };
     let status_before = loaded.state.status;
     if conn.is_postgres() && events.iter().any(is_execution) {
-        crate::leases::fence(conn, plan_id, loaded.row, replica)?;
+        fence(conn, plan_id, loaded.row, replica)?;
     }
     let mut rows = Vec::with_capacity(events.len());
     for event in events {
@@ -643,6 +643,51 @@ pub(crate) fn append(
     Ok(loaded)
 }
 
+/// Refuses an execution event of a plan another replica holds under a
+/// running lease (PostgreSQL; see [`crate::leases`]).
+fn fence(conn: &Conn<'_>, plan_id: Uuid, row: i64, replica: &Replica) -> Result<(), DbError> {
+    let holder: Option<(Option<i64>, Option<i64>)> = conn
+        .prepare_cached("SELECT owner, lease_until FROM plans WHERE id = ?1 FOR SHARE")?
+        .query_row([row], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((Some(owner), Some(until))) = holder
+        && owner != replica.id
+        && until >= Utc::now().timestamp_micros()
+    {
+        return Err(DbError::Conflict(format!(
+            "plan {plan_id} is executed by replica {} (its lease runs)",
+            replica_name(conn, owner)?
+        )));
+    }
+    Ok(())
+}
+
+/// The name of the replica with id `id`.
+pub(crate) fn replica_name(conn: &Conn<'_>, id: i64) -> Result<String, DbError> {
+    conn.prepare_cached("SELECT name FROM replicas WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+}
+
+/// Renews the lease of every open plan `replica` holds (see
+/// [`crate::leases`]); answers how many.
+pub(crate) fn renew_leases(conn: &Conn<'_>, replica: &Replica) -> Result<u64, DbError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE plans SET lease_until = ?2
+             WHERE (status = 'PENDING' OR status = 'WAITING' OR status = 'RUNNING')
+               AND owner = ?1",
+        )?
+        .execute(params![replica.id, replica.lease_until()])?;
+    Ok(n as u64)
+}
+
+/// Makes `replica` the holder of the plan in row `row`, with a new lease.
+pub(crate) fn hold(conn: &Conn<'_>, row: i64, replica: &Replica) -> Result<(), DbError> {
+    conn.prepare_cached("UPDATE plans SET owner = ?2, lease_until = ?3 WHERE id = ?1")?
+        .execute(params![row, replica.id, replica.lease_until()])?;
+    Ok(())
+}
+
 /// True for an event of a plan's execution, which only the replica
 /// holding the plan may append (SPEC §16); people's decisions (a
 /// confirmation, a rejection, a cancel) are taken from any replica.
@@ -664,7 +709,7 @@ fn is_execution(event: &PlanEvent) -> bool {
 /// passes the check is the journal's. Bounded; a finished plan's goes.
 mod folds {
     use super::{DbError, Loaded};
-    use crate::sql::Conn;
+    use crate::engine::sql::Conn;
     use std::cell::RefCell;
     use std::collections::{HashMap, VecDeque};
     use uuid::Uuid;

@@ -13,11 +13,10 @@
 //! the same code runs with one replica.
 
 use chrono::Utc;
-use rusqlite::params;
 use uuid::Uuid;
 
-use crate::journal::{self, PlanEvent, Replica};
-use crate::sql::{Conn, OptionalExtension};
+use crate::engine::sql::{Conn, OptionalExtension};
+use crate::journal::{self, PlanEvent};
 use crate::{Db, DbError, Event, Write};
 
 /// What [`Db::take_plan`] found.
@@ -41,35 +40,6 @@ pub enum Taken {
     NotOpen,
 }
 
-/// Refuses an execution event of a plan another replica holds under a
-/// running lease (PostgreSQL; see the module documentation).
-pub(crate) fn fence(
-    conn: &Conn<'_>,
-    plan_id: Uuid,
-    row: i64,
-    replica: &Replica,
-) -> Result<(), DbError> {
-    let holder: Option<(Option<i64>, Option<i64>)> = conn
-        .prepare_cached("SELECT owner, lease_until FROM plans WHERE id = ?1 FOR SHARE")?
-        .query_row([row], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    if let Some((Some(owner), Some(until))) = holder
-        && owner != replica.id
-        && until >= Utc::now().timestamp_micros()
-    {
-        return Err(DbError::Conflict(format!(
-            "plan {plan_id} is executed by replica {} (its lease runs)",
-            replica_name(conn, owner)?
-        )));
-    }
-    Ok(())
-}
-
-fn replica_name(conn: &Conn<'_>, id: i64) -> Result<String, DbError> {
-    conn.prepare_cached("SELECT name FROM replicas WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-}
-
 /// The open plans (PENDING, RUNNING) whose lease lapsed, or that nobody
 /// holds, oldest first, through the index of open plans.
 const LAPSED: &str = "SELECT uuid FROM plans
@@ -77,7 +47,40 @@ const LAPSED: &str = "SELECT uuid FROM plans
        AND (owner IS NULL OR lease_until < ?1)
      ORDER BY id";
 
+/// The advisory lock whose holder runs the cleanup (PostgreSQL): "madre"
+/// and 1 in ASCII, beside the migration's.
+const CLEANUP_LOCK: i64 = 0x6d_61_64_72_65_31;
+
 impl Db {
+    /// Whether this replica runs the cleanup (SPEC §16: one replica at a
+    /// time). On SQLite, always. On PostgreSQL, the replica holding a
+    /// session-level advisory lock on a session of its own: the first to
+    /// ask keeps the turn while it lives, and when its session ends (the
+    /// replica died) the next to ask has it. Blocking.
+    pub fn hold_cleanup_turn(&self) -> Result<bool, DbError> {
+        let Some(config) = &self.postgres else {
+            return Ok(true);
+        };
+        let mut session = self
+            .cleanup_session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if session
+            .as_ref()
+            .is_none_or(crate::engine::sql::PgConn::is_closed)
+        {
+            *session = Some(crate::engine::sql::PgConn::connect(config)?);
+        }
+        let Some(session) = session.as_ref() else {
+            return Ok(false);
+        };
+        // Asked again by its holder, the lock is granted again (it counts
+        // up; all of it goes with the session).
+        Conn::Pg(session).query_row("SELECT pg_try_advisory_lock(?1)", [CLEANUP_LOCK], |r| {
+            r.get(0)
+        })
+    }
+
     /// Sets how long a plan this replica executes stays its own without a
     /// renewal (`MADRE_PLAN_LEASE_S`; 30 s unless set). Renew more often
     /// than that ([`Db::renew_plan_leases`]): a third of it is the rule.
@@ -89,16 +92,7 @@ impl Db {
     /// statement; answers how many it renewed.
     pub fn renew_plan_leases(&self) -> Write<u64> {
         let replica = self.replica.clone();
-        self.write(move |conn| {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE plans SET lease_until = ?2
-                     WHERE (status = 'PENDING' OR status = 'WAITING' OR status = 'RUNNING')
-                       AND owner = ?1",
-                )?
-                .execute(params![replica.id, replica.lease_until()])?;
-            Ok(n as u64)
-        })
+        self.write(move |conn| journal::renew_leases(conn, &replica))
     }
 
     /// The open plans no live replica holds: their lease lapsed, or they
@@ -152,14 +146,13 @@ impl Db {
                 && !force
             {
                 return Ok(Taken::HeldElsewhere {
-                    by: replica_name(conn, other)?,
+                    by: journal::replica_name(conn, other)?,
                 });
             }
-            conn.prepare_cached("UPDATE plans SET owner = ?2, lease_until = ?3 WHERE id = ?1")?
-                .execute(params![row, replica.id, replica.lease_until()])?;
+            journal::hold(conn, row, &replica)?;
             let from = match other {
                 Some(other) if status == "RUNNING" => {
-                    let name = replica_name(conn, other)?;
+                    let name = journal::replica_name(conn, other)?;
                     let taken = PlanEvent::new(Event::PlanTakenOver, Utc::now())
                         .result(serde_json::json!({ "from": name, "by": replica.name }));
                     journal::append(conn, plan_id, &[taken], &replica)?;

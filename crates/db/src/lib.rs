@@ -51,7 +51,7 @@ mod retention;
 mod schema;
 mod sessions;
 mod shapes;
-mod sql;
+
 mod time;
 
 pub use archive::{ArchiveReport, archive_dir, archive_name, read_archive};
@@ -81,6 +81,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::sql;
+
 /// How long a connection waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Page cache of the writer connection, in KiB (readers keep 256 KiB each:
@@ -105,6 +107,10 @@ pub struct Db {
     replica: Arc<journal::Replica>,
     /// What this process knows of the plan shapes stored (issue 25).
     shapes: Arc<shapes::Shapes>,
+    /// The PostgreSQL server's settings (`None` on SQLite).
+    postgres: Option<Arc<postgres::Config>>,
+    /// The session holding the cleanup's turn ([`Db::hold_cleanup_turn`]).
+    cleanup_session: Arc<std::sync::Mutex<Option<sql::PgConn>>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -252,6 +258,8 @@ impl Db {
             path: path.to_owned(),
             replica: Arc::new(replica),
             shapes: Arc::default(),
+            postgres: None,
+            cleanup_session: Arc::default(),
         })
     }
 
@@ -286,7 +294,7 @@ impl Db {
             .min_idle(Some(1))
             .connection_timeout(pg::CONNECT_TIMEOUT)
             .test_on_check_out(false)
-            .build(pg::PgManager(config))
+            .build(pg::PgManager(config.clone()))
             .map_err(pg::pool_error)?;
         session.meter();
         let writer = engine::writer::Writer::new(sql::Connection::Pg(Box::new(session)));
@@ -301,6 +309,8 @@ impl Db {
             path: path.to_owned(),
             replica: Arc::new(replica),
             shapes: Arc::default(),
+            postgres: Some(Arc::new(config)),
+            cleanup_session: Arc::default(),
         })
     }
 

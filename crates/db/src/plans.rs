@@ -2,7 +2,7 @@
 //! [`crate::journal`]) and keyset-paginated listing of their rows in
 //! `plans`.
 
-use crate::sql::{Conn, Row};
+use crate::engine::sql::{Conn, Row};
 use chrono::{DateTime, Utc};
 use madre_models::{PlanSummary, Status, TaskView};
 use rusqlite::ToSql;

@@ -2,7 +2,7 @@
 //! one UPDATE … RETURNING inside the writer's IMMEDIATE transaction, so a
 //! task is never handed to two workers, even across processes.
 
-use crate::sql::{Conn, OptionalExtension, Row};
+use crate::engine::sql::{Conn, OptionalExtension, Row};
 use chrono::{DateTime, Utc};
 use rusqlite::params;
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! `madre_actions`, which are append-only by trigger; only the archive
 //! (`crate::archive`) moves a finished plan's rows out of them.
 
-use crate::sql::Conn;
+use crate::engine::sql::Conn;
 use chrono::{DateTime, Duration, Utc};
 use madre_models::EndReason;
 use rusqlite::params;

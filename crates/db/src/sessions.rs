@@ -1,6 +1,6 @@
 //! Conversations: the session row (mode, activity) and its capped history.
 
-use crate::sql::{Conn, OptionalExtension};
+use crate::engine::sql::{Conn, OptionalExtension};
 use chrono::{DateTime, Utc};
 use madre_models::Mode;
 use rusqlite::params;

@@ -11,7 +11,7 @@
 //! are never deleted (the database refuses both), so a shape a reader once
 //! saw committed is there for good, and archives carry bodies expanded.
 
-use crate::sql::{Conn, OptionalExtension};
+use crate::engine::sql::{Conn, OptionalExtension};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;

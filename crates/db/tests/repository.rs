@@ -2523,3 +2523,24 @@ fn a_plan_is_its_replicas_until_the_lease_lapses_then_another_takes_it_over() {
         }
     );
 }
+
+/// The cleanup runs on one replica at a time (SPEC §16): on PostgreSQL the
+/// first replica to ask keeps the turn while it lives, and the next has it
+/// once the first is gone; on SQLite, one process, the turn is always its.
+#[test]
+fn one_replica_at_a_time_holds_the_cleanup_turn() {
+    let t = open();
+    let (a, b) = (t.reopen(), t.reopen());
+    assert!(a.hold_cleanup_turn().unwrap());
+    assert!(a.hold_cleanup_turn().unwrap(), "its holder keeps it");
+    assert_eq!(b.hold_cleanup_turn().unwrap(), !is_postgres());
+    drop(a);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !b.hold_cleanup_turn().unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the turn never passed on"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

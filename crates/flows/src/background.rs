@@ -98,13 +98,20 @@ impl Madre {
     /// Also runs again any plan an execution left RUNNING without ending it
     /// (storage refused a write mid-plan), once it has been still for
     /// 30 s, so it recovers with no restart.
+    ///
+    /// With several replicas on one PostgreSQL database, one of them runs
+    /// the retention and the archives ([`Db::hold_cleanup_turn`]); each
+    /// resumes its own stopped plans.
     pub async fn cleanup_once(&self) -> Result<madre_db::CleanupReport, FlowError> {
         let now = Utc::now();
-        let report = self.db.cleanup(self.retention(), now).await?;
-        for plan_id in &report.confirmations_expired {
-            self.publish_resolved(*plan_id, crate::bus::Resolution::Expired, None, None);
+        let mut report = madre_db::CleanupReport::default();
+        if self.db.run_blocking(Db::hold_cleanup_turn).await? {
+            report = self.db.cleanup(self.retention(), now).await?;
+            for plan_id in &report.confirmations_expired {
+                self.publish_resolved(*plan_id, crate::bus::Resolution::Expired, None, None);
+            }
+            self.archive_old_plans(now).await;
         }
-        self.archive_old_plans(now).await;
         let still = chrono::Duration::from_std(ORPHAN_AFTER).unwrap_or(chrono::Duration::MAX);
         let resumed = self.runner.resume_orphans(now - still).await?;
         if resumed > 0 {
@@ -114,6 +121,22 @@ impl Madre {
             );
         }
         Ok(report)
+    }
+
+    /// One round of the plan leases (SPEC §16): renews the leases of the
+    /// plans this replica holds, then takes over and runs the plans whose
+    /// replica let its lease lapse. A failure (the database out of reach)
+    /// is logged; the next round tries again.
+    pub async fn lease_once(&self) -> Result<usize, FlowError> {
+        self.db.renew_plan_leases().await?;
+        let taken = self.runner.take_over_lapsed().await?;
+        if taken > 0 {
+            tracing::warn!(
+                plans = taken,
+                "took over plans whose replica's lease lapsed"
+            );
+        }
+        Ok(taken)
     }
 
     /// Moves finished plans past `MADRE_PLAN_RETENTION_DAYS` to the
@@ -203,8 +226,21 @@ impl Madre {
                 }
             })
         };
+        let leases = {
+            let madre = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(madre.config().plan_lease / 3);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = madre.lease_once().await {
+                        tracing::warn!(error = %e, "plan lease round failed");
+                    }
+                }
+            })
+        };
         Background {
-            tasks: vec![probe, cleanup],
+            tasks: vec![probe, cleanup, leases],
         }
     }
 }

@@ -35,7 +35,9 @@ pub use idempotency::{Answer, IdempotencyKey};
 /// Storage types the HTTP face needs, so that it takes none from madre-db
 /// itself: the plan list's filter and kinds, the storage fault a 503
 /// names, and the commit sync mode of the settings.
-pub use madre_db::{JournalFilter, PlanFilter, PlanKind, StorageFault, SyncMode, WriterStats};
+pub use madre_db::{
+    JournalFilter, PlanFilter, PlanKind, StorageFault, SyncMode, WriterStats, check_postgres_url,
+};
 pub use own::Reload;
 pub use plans::{actions_of, reply_of};
 pub use reads::{Page, StorageSpace};
@@ -73,6 +75,10 @@ pub struct MadreConfig {
     pub probe_interval: Duration,
     /// Period of the cleanup pass.
     pub cleanup_interval: Duration,
+    /// How long a plan this replica executes stays its own without a
+    /// renewal (`MADRE_PLAN_LEASE_S`, SPEC §16): leases are renewed, and
+    /// lapsed ones taken over, every third of it.
+    pub plan_lease: Duration,
     /// The risk-table override to (re)load (`MADRE_POLICY_FILE`).
     pub policy_file: Option<PathBuf>,
     /// Ask Switch for the intent first (`MADRE_SWITCH_INTENT`, SPEC §4a).
@@ -98,6 +104,7 @@ impl Default for MadreConfig {
             idempotency_ttl_s: 86_400,
             probe_interval: Duration::from_secs(10),
             cleanup_interval: Duration::from_secs(60),
+            plan_lease: Duration::from_secs(30),
             policy_file: None,
             switch_intent: true,
             public_url: "http://127.0.0.1:8001".into(),
@@ -186,6 +193,7 @@ impl Madre {
     pub fn new(parts: Parts) -> Result<Arc<Self>, FlowError> {
         let health = HealthTable::new(parts.delegator.registry());
         let lexicon = lexicon_for(&parts.tables)?;
+        parts.db.set_plan_lease(parts.config.plan_lease);
         let madre = Arc::new(Self {
             db: parts.db,
             runner: parts.runner,

@@ -400,7 +400,7 @@ impl Runner {
             .await?;
         let mut admitted = 0;
         for plan_id in ids {
-            if self.inner.is_busy(plan_id) {
+            if self.inner.is_busy(plan_id) || !self.take(plan_id, false).await? {
                 continue;
             }
             tracing::warn!(%plan_id, "resuming a plan left RUNNING by a stopped execution");
@@ -417,6 +417,54 @@ impl Runner {
             admitted += 1;
         }
         Ok(admitted)
+    }
+
+    /// Takes over the open plans whose lease lapsed (their replica died or
+    /// stalls; SPEC §16) or that nobody holds, and runs them here, each
+    /// interrupted step again with its `Idempotency-Key`. Answers how many
+    /// were admitted. Madre calls it every third of a lease.
+    pub async fn take_over_lapsed(&self) -> Result<usize, RunnerError> {
+        let ids = self
+            .inner
+            .db
+            .run_blocking(|db| db.plans_with_lapsed_leases())
+            .await?;
+        let mut admitted = 0;
+        for plan_id in ids {
+            if self.inner.is_busy(plan_id) || !self.take(plan_id, false).await? {
+                continue;
+            }
+            let options = RunOptions {
+                request_id: "takeover".into(),
+                principal: "madre".into(),
+                resumed: true,
+            };
+            if let Err(e) = self.admit(plan_id, options) {
+                // Held here now, and renewed: the orphan pass runs it later.
+                tracing::warn!(%plan_id, error = %e, "no room to run a plan taken over yet");
+                break;
+            }
+            admitted += 1;
+        }
+        Ok(admitted)
+    }
+
+    /// Takes the plan's lease for this replica ([`Db::take_plan`]): true
+    /// when it is this replica's to execute now.
+    async fn take(&self, plan_id: Uuid, force: bool) -> Result<bool, RunnerError> {
+        let taken = self.inner.db.take_plan(plan_id, force).await?;
+        Ok(match taken {
+            madre_db::Taken::Taken { from: Some(from) } => {
+                tracing::warn!(%plan_id, %from, "took over a plan whose replica's lease lapsed");
+                true
+            }
+            madre_db::Taken::Taken { from: None } => true,
+            madre_db::Taken::HeldElsewhere { by } => {
+                tracing::debug!(%plan_id, %by, "plan held by another replica");
+                false
+            }
+            madre_db::Taken::NotOpen => false,
+        })
     }
 
     /// Plans deferred by [`Runner::admit`] and not started yet.
@@ -448,7 +496,16 @@ impl Runner {
             })
             .await?;
         let mut runs = Vec::new();
+        // On SQLite no other process writes the file: every open plan is
+        // this process's to resume at once. On PostgreSQL a plan another
+        // replica holds under a running lease stays with it; one this
+        // replica held before a restart (the same MADRE_REPLICA_ID) comes
+        // back at once, the others when their lease lapses.
+        let force = !self.inner.db.is_postgres();
         for plan_id in ids {
+            if !self.take(plan_id, force).await? {
+                continue;
+            }
             tracing::info!(%plan_id, "resuming interrupted plan");
             let options = RunOptions {
                 request_id: request_id.to_owned(),

@@ -18,8 +18,8 @@ use rusqlite::Connection;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use crate::engine::sql::Conn;
 use crate::engine::writer::Writer;
-use crate::sql::Conn;
 
 /// How often the WAL is looked at while writes come in. A page rewritten
 /// by many commits (the last leaf of a table every chat appends to) is

@@ -14,4 +14,5 @@
 pub(crate) mod checkpoint;
 pub(crate) mod error;
 pub(crate) mod meter;
+pub(crate) mod sql;
 pub(crate) mod writer;

@@ -23,7 +23,7 @@
 //! connection is left outside any transaction, so the next turn starts
 //! clean once the cause is gone.
 
-use crate::sql::{Conn, Connection};
+use crate::engine::sql::{Conn, Connection};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

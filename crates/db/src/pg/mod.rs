@@ -16,7 +16,7 @@
 use postgres::{Client, NoTls};
 use std::time::Duration;
 
-use crate::sql::PgConn;
+use crate::engine::sql::PgConn;
 use crate::{DbError, SCHEMA_VERSION, StorageFault};
 
 /// How long a reader waits for a session before the read answers that

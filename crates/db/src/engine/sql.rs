@@ -193,6 +193,10 @@ fn open_session(config: &postgres::Config) -> Result<postgres::Client, DbError> 
         })
 }
 
+/// The writer's `BEGIN` on PostgreSQL, with the write lock (see
+/// [`Conn::begin`]): "madre2" in ASCII, beside the migration's lock.
+const PG_BEGIN: &str = "BEGIN; SELECT pg_advisory_xact_lock(120265064473906)";
+
 impl<'c> Conn<'c> {
     /// [`Conn::prepare_cached`]: statements of one-off work (a check, a
     /// repair) are few, and cached as any other.
@@ -244,8 +248,14 @@ impl<'c> Conn<'c> {
         }
     }
 
-    /// Begins the writer's transaction: `BEGIN IMMEDIATE` on SQLite (the
-    /// write lock at once), `BEGIN` on PostgreSQL (rows lock as written).
+    /// Begins the writer's transaction with the database's write lock:
+    /// `BEGIN IMMEDIATE` on SQLite, and on PostgreSQL a transaction-level
+    /// advisory lock every replica's writer takes, in the same round trip.
+    /// So one writer commits at a time across replicas as on SQLite, the
+    /// journal's `seq` grows in commit order (a reader following it by
+    /// `seq` never passes over an event another replica commits later),
+    /// and writers never deadlock on each other's rows. Each writer still
+    /// commits everything queued at once.
     pub(crate) fn begin(&self) -> Result<(), DbError> {
         match *self {
             Conn::Lite(conn) => Ok(conn
@@ -253,9 +263,10 @@ impl<'c> Conn<'c> {
                 .execute(())
                 .map(drop)?),
             Conn::Pg(conn) => {
-                conn.client().batch_execute("BEGIN")?;
+                // Counted as begun even if the lock fails: the next turn
+                // then rolls back whatever the server kept open.
                 conn.in_transaction.set(true);
-                Ok(())
+                Ok(conn.client().batch_execute(PG_BEGIN)?)
             }
         }
     }
