@@ -42,7 +42,15 @@ cargo nextest run --workspace --no-fail-fast
 # crates/db/tests/support/backend.rs and tests/api/helpers.rs).
 pg_dir=$(mktemp -d /tmp/madre-pg-suite-XXXXXX)
 trap './scripts/pg-test-cluster.sh stop "$pg_dir"; rm -rf "$pg_dir"' EXIT
-MADRE_TEST_POSTGRES=$(./scripts/pg-test-cluster.sh start "$pg_dir") \
-    cargo nextest run -p madre-db -p madre-e2e --no-fail-fast
+MADRE_TEST_POSTGRES=$(./scripts/pg-test-cluster.sh start "$pg_dir")
+export MADRE_TEST_POSTGRES
+cargo nextest run -p madre-db -p madre-e2e --no-fail-fast
+# Two real replicas on one database, one killed mid-flight: three runs in
+# a row must pass (bins/madre/tests/replicas.rs).
+for run in 1 2 3; do
+    echo "two-replica test, run $run of 3" >&2
+    cargo nextest run -p madre --test replicas
+done
+unset MADRE_TEST_POSTGRES
 cargo test --workspace --doc
 ./scripts/fuzz-api.sh
