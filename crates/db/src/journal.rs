@@ -591,13 +591,18 @@ pub(crate) fn append(
     events: &[PlanEvent],
     replica: &Replica,
 ) -> Result<Loaded, DbError> {
-    let mut loaded = match folds::take(conn, plan_id)? {
+    let (folded, holder) = folds::take(conn, plan_id)?;
+    let mut loaded = match folded {
         Some(folded) => folded,
         None => load_existing(conn, plan_id)?,
     };
     let status_before = loaded.state.status;
     if conn.is_postgres() && events.iter().any(is_execution) {
-        fence(conn, plan_id, loaded.row, replica)?;
+        let holder = match holder {
+            Some(holder) => holder,
+            None => holder_of(conn, loaded.row)?,
+        };
+        fence(conn, plan_id, holder, replica)?;
     }
     let mut rows = Vec::with_capacity(events.len());
     for event in events {
@@ -643,14 +648,22 @@ pub(crate) fn append(
     Ok(loaded)
 }
 
-/// Refuses an execution event of a plan another replica holds under a
-/// running lease (PostgreSQL; see [`crate::leases`]).
-fn fence(conn: &Conn<'_>, plan_id: Uuid, row: i64, replica: &Replica) -> Result<(), DbError> {
-    let holder: Option<(Option<i64>, Option<i64>)> = conn
-        .prepare_cached("SELECT owner, lease_until FROM plans WHERE id = ?1 FOR SHARE")?
+/// Who holds a plan and until when (`plans.owner`, `plans.lease_until`).
+type Holder = (Option<i64>, Option<i64>);
+
+/// The holder of the plan in row `row`.
+fn holder_of(conn: &Conn<'_>, row: i64) -> Result<Holder, DbError> {
+    conn.prepare_cached("SELECT owner, lease_until FROM plans WHERE id = ?1")?
         .query_row([row], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    if let Some((Some(owner), Some(until))) = holder
+}
+
+/// Refuses an execution event of a plan another replica holds under a
+/// running lease (PostgreSQL; see [`crate::leases`]). The holder read in
+/// this transaction cannot change before it commits: every replica's
+/// writer holds the database's write lock for its whole transaction
+/// ([`crate::engine::sql::Conn::begin`]), a takeover's included.
+fn fence(conn: &Conn<'_>, plan_id: Uuid, holder: Holder, replica: &Replica) -> Result<(), DbError> {
+    if let (Some(owner), Some(until)) = holder
         && owner != replica.id
         && until >= Utc::now().timestamp_micros()
     {
@@ -708,7 +721,7 @@ fn is_execution(event: &PlanEvent) -> bool {
 /// new plan refreshes the fold after inserting its events, so a fold that
 /// passes the check is the journal's. Bounded; a finished plan's goes.
 mod folds {
-    use super::{DbError, Loaded};
+    use super::{DbError, Holder, Loaded};
     use crate::engine::sql::Conn;
     use std::cell::RefCell;
     use std::collections::{HashMap, VecDeque};
@@ -731,15 +744,26 @@ mod folds {
 
     /// The kept fold of `plan_id`, taken out, when the journal still ends
     /// where it did.
-    pub(super) fn take(conn: &Conn<'_>, plan_id: Uuid) -> Result<Option<Loaded>, DbError> {
+    /// The plan's holder comes with it, read by the same statement (the
+    /// append needs it on PostgreSQL), whenever a fold was kept.
+    pub(super) fn take(
+        conn: &Conn<'_>,
+        plan_id: Uuid,
+    ) -> Result<(Option<Loaded>, Option<Holder>), DbError> {
         let Some((loaded, through)) = FOLDS.with(|f| f.borrow_mut().by_plan.remove(&plan_id))
         else {
-            return Ok(None);
+            return Ok((None, None));
         };
-        let newest: Option<i64> = conn
-            .prepare_cached("SELECT max(seq) FROM plan_events WHERE plan = ?1")?
-            .query_row([loaded.row], |r| r.get(0))?;
-        Ok((newest == Some(through)).then_some(loaded))
+        let (newest, owner, until): (Option<i64>, Option<i64>, Option<i64>) = conn
+            .prepare_cached(
+                "SELECT (SELECT max(seq) FROM plan_events WHERE plan = ?1), owner, lease_until
+                 FROM plans WHERE id = ?1",
+            )?
+            .query_row([loaded.row], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok((
+            (newest == Some(through)).then_some(loaded),
+            Some((owner, until)),
+        ))
     }
 
     /// Keeps `loaded`, folded through event `through`.
@@ -999,6 +1023,7 @@ fn insert_events(
     rows: &[NewRow],
     replica: &Replica,
 ) -> Result<i64, DbError> {
+    let mut newest = 0;
     for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
         let mut sql = String::from(
             "INSERT INTO plan_events (plan, type, step, payload_json, principal, replica, created_at) VALUES ",
@@ -1008,6 +1033,9 @@ fn insert_events(
                 sql.push_str(", ");
             }
             sql.push_str("(?, ?, ?, ?, ?, ?, ?)");
+        }
+        if conn.is_postgres() {
+            sql.push_str(" RETURNING seq");
         }
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 7);
@@ -1023,10 +1051,19 @@ fn insert_events(
             args.push(&replica.id);
             args.push(&times[i]);
         }
-        stmt.execute(args.as_slice())?;
+        if conn.is_postgres() {
+            // The new `seq`s come back with the insert: no round trip more.
+            stmt.for_each_row(args.as_slice(), |r| {
+                newest = newest.max(r.get(0)?);
+                Ok(true)
+            })?;
+        } else {
+            stmt.execute(args.as_slice())?;
+            newest = conn.last_insert_rowid()?;
+        }
     }
     crate::engine::writer::announce_commit();
-    conn.last_insert_rowid()
+    Ok(newest)
 }
 
 /// Event rows per INSERT statement: a plan's commit rarely has more, and

@@ -77,11 +77,18 @@ use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 use rusqlite::config::DbConfig;
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use engine::sql;
+
+thread_local! {
+    /// Set on the threads [`Db::run_blocking`] runs work on: Tokio's
+    /// blocking pool, where a PostgreSQL read may block (see `Db::read`).
+    static BLOCKING: Cell<bool> = const { Cell::new(false) };
+}
 
 /// How long a connection waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -441,7 +448,7 @@ impl Db {
                     let session = pool.get().map_err(pg::pool_error)?;
                     f(&sql::Conn::Pg(&session))
                 };
-                if tokio::runtime::Handle::try_current().is_ok() {
+                if tokio::runtime::Handle::try_current().is_ok() && !BLOCKING.with(Cell::get) {
                     std::thread::scope(|scope| {
                         scope.spawn(read).join().unwrap_or_else(|_| {
                             Err(DbError::Internal("a database read panicked".into()))
@@ -480,9 +487,12 @@ impl Db {
     {
         let db = self.clone();
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| f(&db)))
-            .await
-            .map_err(|e| DbError::Internal(format!("blocking task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            BLOCKING.with(|b| b.set(true));
+            span.in_scope(|| f(&db))
+        })
+        .await
+        .map_err(|e| DbError::Internal(format!("blocking task failed: {e}")))?
     }
 
     /// `PRAGMA integrity_check`: `Ok(())` when SQLite reports `ok`. A
