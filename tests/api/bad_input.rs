@@ -292,3 +292,18 @@ async fn echoed_ids_and_inputs_are_cut_to_a_sane_length() {
     );
     app.stop().await;
 }
+
+/// A NUL character in a chat is stored and answered on both backends
+/// (PostgreSQL's text cannot hold one, but a chat's text is kept as JSON,
+/// which escapes it), and reads back as it was sent.
+#[actix_rt::test]
+async fn a_nul_character_in_a_chat_is_kept_on_both_backends() {
+    let app = spawn_app().await;
+    let r = app.chat(OPERATOR, "hello\u{0}there").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(s(&r.body["response"]).ends_with("hello\u{0}there"), "{}", r.body);
+    let plan = app.plan_detail(s(&r.body["plan_id"])).await;
+    assert_eq!(plan.status, 200, "{}", plan.body);
+    assert_eq!(s(&plan.body["intent"]["dsl"]["original_text"]), "hello\u{0}there", "{}", plan.body);
+    app.stop().await;
+}
