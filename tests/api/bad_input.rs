@@ -301,9 +301,18 @@ async fn a_nul_character_in_a_chat_is_kept_on_both_backends() {
     let app = spawn_app().await;
     let r = app.chat(OPERATOR, "hello\u{0}there").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(s(&r.body["response"]).ends_with("hello\u{0}there"), "{}", r.body);
+    assert!(
+        s(&r.body["response"]).ends_with("hello\u{0}there"),
+        "{}",
+        r.body
+    );
     let plan = app.plan_detail(s(&r.body["plan_id"])).await;
     assert_eq!(plan.status, 200, "{}", plan.body);
-    assert_eq!(s(&plan.body["intent"]["dsl"]["original_text"]), "hello\u{0}there", "{}", plan.body);
+    assert_eq!(
+        s(&plan.body["intent"]["dsl"]["original_text"]),
+        "hello\u{0}there",
+        "{}",
+        plan.body
+    );
     app.stop().await;
 }

@@ -321,3 +321,36 @@ async fn a_thousand_readers_that_come_and_go_leave_no_task_or_memory_behind() {
         "RSS grew from {before} to {after} KiB"
     );
 }
+
+/// Replicas (SPEC §16, issue 24): a reader of one replica's stream sees
+/// the events of a plan another replica runs, in order, each naming that
+/// replica. PostgreSQL only: a SQLite file has one process.
+#[actix_rt::test]
+async fn a_replicas_stream_shows_the_plans_another_replica_runs() {
+    if !is_postgres() {
+        return;
+    }
+    let a = spawn_app_with(&[("MADRE_REPLICA_ID", "replica-a")]).await;
+    let mut vars = a.vars.clone();
+    vars.insert("MADRE_REPLICA_ID".into(), "replica-b".into());
+    let (base, handle, madre) = start(&vars).await;
+    let b = TestApp {
+        base,
+        dir: tempfile::tempdir().unwrap(),
+        stubs: vx11_stubs::StubServer::start("127.0.0.1", |_| 0).unwrap(),
+        handle,
+        vars,
+        madre,
+        pg: a.pg.clone(),
+    };
+    let mut sse = Sse::open(&b, "", VIEWER, &[]).await;
+    let chat = a.chat(OPERATOR, "tell me about the weather").await;
+    assert_eq!(chat.status, 200, "{}", chat.body);
+    let events = sse.events(4).await;
+    let types: Vec<&str> = events.iter().map(|(_, t, _)| t.as_str()).collect();
+    assert_eq!(types, LOW_CHAT);
+    for (_, _, data) in &events {
+        assert_eq!(data["plan_id"], chat.body["plan_id"]);
+        assert_eq!(data["replica"], "replica-a", "{data}");
+    }
+}
