@@ -65,7 +65,7 @@ pub struct Settings {
     /// Cleanup period (`MADRE_CLEANUP_INTERVAL_S`, default 60).
     pub cleanup_interval: Duration,
     /// How long a plan this replica executes stays its own without a
-    /// renewal (`MADRE_PLAN_LEASE_S`, default 30; renewed every third).
+    /// renewal (`MADRE_PLAN_LEASE_S`, default 15; renewed every third).
     pub plan_lease: Duration,
     /// Silence after which the event stream sends a keep-alive comment
     /// (`MADRE_EVENTS_KEEPALIVE_S`, default 15).
@@ -418,7 +418,7 @@ impl Settings {
                 1,
                 DAY_S,
             )?),
-            plan_lease: Duration::from_secs(source.number("MADRE_PLAN_LEASE_S", 30, 3, 3600)?),
+            plan_lease: Duration::from_secs(source.number("MADRE_PLAN_LEASE_S", 15, 3, 3600)?),
             events_keep_alive: Duration::from_secs(source.number(
                 "MADRE_EVENTS_KEEPALIVE_S",
                 15,

@@ -147,7 +147,7 @@ pub(crate) struct Replica {
 }
 
 /// A plan lease's length unless set ([`crate::Db::set_plan_lease`]).
-pub(crate) const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Replica {
     /// Names this process `name` in the journal, adding the name to
@@ -176,7 +176,7 @@ impl Replica {
 
     /// When a lease taken or renewed now ends, in microseconds since the
     /// epoch. Leases go by the wall clock, whatever time the events carry.
-    pub(crate) fn lease_until(&self) -> i64 {
+    pub(crate) fn lease_expires_at(&self) -> i64 {
         let lease = self.lease_micros.load(std::sync::atomic::Ordering::Relaxed);
         Utc::now().timestamp_micros().saturating_add(lease)
     }
@@ -186,7 +186,7 @@ impl Replica {
     /// while it waits for people or once it ended.
     pub(crate) fn holder(&self, status: Status) -> (Option<i64>, Option<i64>) {
         match status {
-            Status::Pending | Status::Running => (Some(self.id), Some(self.lease_until())),
+            Status::Pending | Status::Running => (Some(self.id), Some(self.lease_expires_at())),
             _ => (None, None),
         }
     }
@@ -611,10 +611,10 @@ pub(crate) fn append(
     let newest = insert_events(conn, loaded.row, &rows, replica)?;
     if loaded.row_changed {
         let plan = &loaded.stored.plan;
-        let (owner, lease_until) = replica.holder(plan.status);
+        let (owner, lease_expires_at) = replica.holder(plan.status);
         conn.prepare_cached(
             "UPDATE plans SET status = ?2, error = ?3, result = ?4, warnings_json = ?5,
-                              updated_at = ?6, owner = ?7, lease_until = ?8
+                              updated_at = ?6, owner = ?7, lease_expires_at = ?8
              WHERE id = ?1",
         )?
         .execute(params![
@@ -625,7 +625,7 @@ pub(crate) fn append(
             serde_json::to_string(&plan.warnings)?,
             ts(plan.updated_at),
             owner,
-            lease_until,
+            lease_expires_at,
         ])?;
     }
     let status = loaded.state.status;
@@ -648,12 +648,12 @@ pub(crate) fn append(
     Ok(loaded)
 }
 
-/// Who holds a plan and until when (`plans.owner`, `plans.lease_until`).
+/// Who holds a plan and until when (`plans.owner`, `plans.lease_expires_at`).
 type Holder = (Option<i64>, Option<i64>);
 
 /// The holder of the plan in row `row`.
 fn holder_of(conn: &Conn<'_>, row: i64) -> Result<Holder, DbError> {
-    conn.prepare_cached("SELECT owner, lease_until FROM plans WHERE id = ?1")?
+    conn.prepare_cached("SELECT owner, lease_expires_at FROM plans WHERE id = ?1")?
         .query_row([row], |r| Ok((r.get(0)?, r.get(1)?)))
 }
 
@@ -686,18 +686,28 @@ pub(crate) fn replica_name(conn: &Conn<'_>, id: i64) -> Result<String, DbError> 
 pub(crate) fn renew_leases(conn: &Conn<'_>, replica: &Replica) -> Result<u64, DbError> {
     let n = conn
         .prepare_cached(
-            "UPDATE plans SET lease_until = ?2
+            "UPDATE plans SET lease_expires_at = ?2
              WHERE (status = 'PENDING' OR status = 'WAITING' OR status = 'RUNNING')
                AND owner = ?1",
         )?
-        .execute(params![replica.id, replica.lease_until()])?;
+        .execute(params![replica.id, replica.lease_expires_at()])?;
     Ok(n as u64)
+}
+
+/// Lets go of the plan `plan_id` when `replica` holds it (it could not run
+/// it here): the next lease round of any replica takes it.
+pub(crate) fn release(conn: &Conn<'_>, plan_id: Uuid, replica: &Replica) -> Result<(), DbError> {
+    conn.prepare_cached(
+        "UPDATE plans SET owner = NULL, lease_expires_at = NULL WHERE uuid = ?1 AND owner = ?2",
+    )?
+    .execute(params![plan_id.to_string(), replica.id])?;
+    Ok(())
 }
 
 /// Makes `replica` the holder of the plan in row `row`, with a new lease.
 pub(crate) fn hold(conn: &Conn<'_>, row: i64, replica: &Replica) -> Result<(), DbError> {
-    conn.prepare_cached("UPDATE plans SET owner = ?2, lease_until = ?3 WHERE id = ?1")?
-        .execute(params![row, replica.id, replica.lease_until()])?;
+    conn.prepare_cached("UPDATE plans SET owner = ?2, lease_expires_at = ?3 WHERE id = ?1")?
+        .execute(params![row, replica.id, replica.lease_expires_at()])?;
     Ok(())
 }
 
@@ -756,7 +766,7 @@ mod folds {
         };
         let (newest, owner, until): (Option<i64>, Option<i64>, Option<i64>) = conn
             .prepare_cached(
-                "SELECT (SELECT max(seq) FROM plan_events WHERE plan = ?1), owner, lease_until
+                "SELECT (SELECT max(seq) FROM plan_events WHERE plan = ?1), owner, lease_expires_at
                  FROM plans WHERE id = ?1",
             )?
             .query_row([loaded.row], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
@@ -1197,11 +1207,11 @@ pub(crate) fn create(
         }
     }
     let stored = &loaded.stored;
-    let (owner, lease_until) = replica.holder(stored.plan.status);
+    let (owner, lease_expires_at) = replica.holder(stored.plan.status);
     let row: i64 = conn.prepare_cached(
         "INSERT INTO plans (uuid, kind, name, module, action, principal, mode, risk, session_id,
                             intent_id, status, error, result, warnings_json, created_at, updated_at,
-                            owner, lease_until)
+                            owner, lease_expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
          RETURNING id",
     )?
@@ -1223,7 +1233,7 @@ pub(crate) fn create(
         ts(plan.created_at),
         ts(stored.plan.updated_at),
         owner,
-        lease_until,
+        lease_expires_at,
     ], |r| r.get(0))?;
     if let Some(shape) = &prepared.created.new_shape {
         shapes::store(conn, shape)?;

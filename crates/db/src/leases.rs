@@ -1,5 +1,5 @@
 //! Plan leases (SPEC §16): a PENDING or RUNNING plan is held by the
-//! replica executing it (`plans.owner`) until `plans.lease_until`. The
+//! replica executing it (`plans.owner`) until `plans.lease_expires_at`. The
 //! holder renews its leases while it runs; a plan whose lease lapsed (its
 //! replica died, or stalls) is taken over by another replica, which
 //! resumes it, each step again with its `Idempotency-Key`. The lease is
@@ -7,10 +7,19 @@
 //! and each change of its status): a chat pays no statement for it.
 //!
 //! On PostgreSQL an event of a plan's execution is appended only by the
-//! plan's holder: the append reads the plan's row with a share lock, so a
-//! takeover (which updates that row) and the old holder's appends come one
+//! plan's holder: the append reads the plan's holder in its transaction,
+//! and every replica's writer holds the database's write lock for its
+//! whole transaction, so a takeover and the old holder's appends come one
 //! after the other, never both. On SQLite one process writes the file, and
-//! the same code runs with one replica.
+//! the same code runs with one replica (whose name changes with each start
+//! unless `MADRE_REPLICA_ID` is set, so a restart takes its RUNNING plans
+//! over from the process before, with the event).
+//!
+//! Leases go by each replica's wall clock: replicas' clocks must agree to
+//! well within a lease (NTP does). A database unreachable for longer than
+//! a lease lets every lease lapse; the first replica back may then take
+//! over plans another still runs, whose next append is refused, so each
+//! step is called at most twice, both times with its `Idempotency-Key`.
 
 use chrono::Utc;
 use uuid::Uuid;
@@ -44,7 +53,7 @@ pub enum Taken {
 /// holds, oldest first, through the index of open plans.
 const LAPSED: &str = "SELECT uuid FROM plans
      WHERE (status = 'PENDING' OR status = 'RUNNING')
-       AND (owner IS NULL OR lease_until < ?1)
+       AND (owner IS NULL OR lease_expires_at < ?1)
      ORDER BY id";
 
 /// The advisory lock whose holder runs the cleanup (PostgreSQL): "madre"
@@ -82,7 +91,7 @@ impl Db {
     }
 
     /// Sets how long a plan this replica executes stays its own without a
-    /// renewal (`MADRE_PLAN_LEASE_S`; 30 s unless set). Renew more often
+    /// renewal (`MADRE_PLAN_LEASE_S`; 15 s unless set). Renew more often
     /// than that ([`Db::renew_plan_leases`]): a third of it is the rule.
     pub fn set_plan_lease(&self, lease: std::time::Duration) {
         self.replica.set_lease(lease);
@@ -112,6 +121,13 @@ impl Db {
         })
     }
 
+    /// Lets go of a plan this replica took but cannot run now (no room):
+    /// nobody holds it, and the next lease round of any replica takes it.
+    pub fn release_plan(&self, plan_id: Uuid) -> Write<()> {
+        let replica = self.replica.clone();
+        self.write(move |conn| journal::release(conn, plan_id, &replica))
+    }
+
     /// Takes the lease of an open plan for this replica, before executing
     /// it: when nobody holds it, this replica does, or its holder's lease
     /// lapsed; or whoever holds it when `force` (a start on SQLite, where
@@ -123,9 +139,9 @@ impl Db {
             // The row is locked until the commit on PostgreSQL: two replicas
             // taking one plan come one after the other.
             let lock = if conn.is_postgres() {
-                "SELECT id, status, owner, lease_until FROM plans WHERE uuid = ?1 FOR UPDATE"
+                "SELECT id, status, owner, lease_expires_at FROM plans WHERE uuid = ?1 FOR UPDATE"
             } else {
-                "SELECT id, status, owner, lease_until FROM plans WHERE uuid = ?1"
+                "SELECT id, status, owner, lease_expires_at FROM plans WHERE uuid = ?1"
             };
             let found: Option<(i64, String, Option<i64>, Option<i64>)> = conn
                 .prepare_cached(lock)?

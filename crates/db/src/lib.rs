@@ -1,7 +1,9 @@
-//! Madre's durable state in one SQLite file: the append-only intent log and
-//! audit trail, plans and their steps, confirmations, sessions and their
-//! history, module policies, and the daughter-task queue a spawner claims
-//! work from.
+//! Madre's durable state, in one SQLite file ([`Db::open`], the default)
+//! or a PostgreSQL database several replicas share ([`Db::open_postgres`],
+//! SPEC §16): the append-only intent log and audit trail, plans and their
+//! steps, confirmations, sessions and their history, module policies, and
+//! the daughter-task queue a spawner claims work from. The two backends run
+//! the same code and the same statements (`engine::sql`).
 //!
 //! Callers use typed methods only; all SQL stays inside this crate.
 //!
@@ -9,7 +11,8 @@
 //! Every write goes through one dedicated writer connection, owned by the
 //! writer thread. A write is queued (the queue is bounded: past its limit a
 //! write is refused at once as overloaded); the thread takes everything
-//! queued, runs it in one `BEGIN IMMEDIATE` transaction with no savepoint
+//! queued, runs it in one `BEGIN IMMEDIATE` transaction (on PostgreSQL,
+//! `BEGIN` with an advisory lock every replica's writer takes) with no savepoint
 //! per write, commits once, and only then answers each caller (group
 //! commit): concurrent writers share a commit instead of queueing on
 //! SQLite's lock. A write that fails rolls the batch back and the others
@@ -118,6 +121,8 @@ pub struct Db {
     postgres: Option<Arc<postgres::Config>>,
     /// The session holding the cleanup's turn ([`Db::hold_cleanup_turn`]).
     cleanup_session: Arc<std::sync::Mutex<Option<sql::PgConn>>>,
+    /// The PostgreSQL database's size as last measured ([`Db::size`]).
+    postgres_size: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Db {
@@ -267,6 +272,7 @@ impl Db {
             shapes: Arc::default(),
             postgres: None,
             cleanup_session: Arc::default(),
+            postgres_size: Arc::default(),
         })
     }
 
@@ -308,7 +314,7 @@ impl Db {
         let writer_thread = writer
             .start_thread()
             .map_err(|e| DbError::Internal(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self {
+        let db = Self {
             readers: Readers::Pg(readers),
             writer,
             _checkpointer: None,
@@ -318,7 +324,10 @@ impl Db {
             shapes: Arc::default(),
             postgres: Some(Arc::new(config)),
             cleanup_session: Arc::default(),
-        })
+            postgres_size: Arc::default(),
+        };
+        db.measure_postgres()?;
+        Ok(db)
     }
 
     /// Sets how many writes may wait for the writer thread (default
@@ -399,15 +408,18 @@ impl Db {
 
     /// The database's size in bytes, and how much of it is free pages
     /// that new rows reuse (three header values; no scan).
+    /// On PostgreSQL the size is the one [`Db::check_storage`] last read
+    /// (0 before the first check), so a health endpoint asking for it never
+    /// waits on the network.
     pub fn size(&self) -> Result<(u64, u64), DbError> {
+        if self.is_postgres() {
+            return Ok((
+                self.postgres_size
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                0,
+            ));
+        }
         self.read(|conn| {
-            if conn.is_postgres() {
-                let bytes: i64 =
-                    conn.query_row("SELECT pg_database_size(current_database())", (), |r| {
-                        r.get(0)
-                    })?;
-                return Ok((bytes.max(0) as u64, 0));
-            }
             let pragma = |name: &str| -> Result<i64, DbError> {
                 conn.query_row(&format!("PRAGMA {name}"), (), |r| r.get(0))
             };
@@ -528,7 +540,23 @@ impl Db {
     /// commits one page (the schema version, rewritten with its own value)
     /// to prove writes reach the disk again. Blocking.
     pub fn check_storage(&self) -> Result<(), DbError> {
-        self.writer.check()
+        self.writer.check()?;
+        if self.is_postgres() {
+            self.measure_postgres()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the PostgreSQL database's size for [`Db::size`].
+    fn measure_postgres(&self) -> Result<(), DbError> {
+        let bytes: i64 = self.read(|conn| {
+            conn.query_row("SELECT pg_database_size(current_database())", (), |r| {
+                r.get(0)
+            })
+        })?;
+        self.postgres_size
+            .store(bytes.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Caps the database at `max_bytes` (rounded down to whole pages, and

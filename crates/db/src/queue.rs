@@ -326,10 +326,11 @@ impl Db {
     ) -> Write<Option<DaughterTask>> {
         let worker = worker.to_owned();
         self.write(move |conn| {
-            // One writer claims at a time on SQLite. Replicas' writers
-            // claim side by side on PostgreSQL: each passes over the rows
-            // another holds (SKIP LOCKED) instead of waiting for it and
-            // then taking the row it claimed.
+            // One writer claims at a time on SQLite, and on PostgreSQL too
+            // while every writer takes the write lock (engine::sql::Conn::
+            // begin). The claim passes over rows another transaction holds
+            // (SKIP LOCKED) all the same, so it stays right without that
+            // lock: a claim waiting for a row would take it once claimed.
             let claim = if conn.is_postgres() {
                 "UPDATE daughter_tasks SET status = 'running', claimed_by = ?1, heartbeat_at = ?2, updated_at = ?2
                  WHERE id = (SELECT id FROM daughter_tasks WHERE status = 'queued'

@@ -1030,5 +1030,5 @@ BEGIN SELECT RAISE(ABORT, 'replicas: a replica is never deleted: the journal ref
 /// owner: the first replica to look takes them.
 pub(crate) const MIGRATION_17: &str = r#"
 ALTER TABLE plans ADD COLUMN owner INTEGER;
-ALTER TABLE plans ADD COLUMN lease_until INTEGER;
+ALTER TABLE plans ADD COLUMN lease_expires_at INTEGER;
 "#;

@@ -2419,7 +2419,6 @@ fn said(
 fn a_plan_is_its_replicas_until_the_lease_lapses_then_another_takes_it_over() {
     let t = open();
     let (a, b) = (t.db.clone(), t.reopen());
-    a.set_plan_lease(std::time::Duration::from_millis(400));
     let plan = chat_plan(&a, "s-lease");
     a.apply_events(plan.plan_id, vec![started(0, t0())], None)
         .wait()
@@ -2435,7 +2434,10 @@ fn a_plan_is_its_replicas_until_the_lease_lapses_then_another_takes_it_over() {
             .contains(&plan.plan_id)
     );
 
-    // a stops renewing; the lease lapses.
+    // a's last renewal gives it no time, as if it had stopped renewing a
+    // lease ago: the lease lapses.
+    a.set_plan_lease(std::time::Duration::ZERO);
+    a.renew_plan_leases().wait().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !b
         .plans_with_lapsed_leases()

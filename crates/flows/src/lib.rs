@@ -104,7 +104,7 @@ impl Default for MadreConfig {
             idempotency_ttl_s: 86_400,
             probe_interval: Duration::from_secs(10),
             cleanup_interval: Duration::from_secs(60),
-            plan_lease: Duration::from_secs(30),
+            plan_lease: Duration::from_secs(15),
             policy_file: None,
             switch_intent: true,
             public_url: "http://127.0.0.1:8001".into(),

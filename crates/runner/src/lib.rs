@@ -440,8 +440,10 @@ impl Runner {
                 resumed: true,
             };
             if let Err(e) = self.admit(plan_id, options) {
-                // Held here now, and renewed: the orphan pass runs it later.
+                // No room here: let go of it for the next round, here or on
+                // another replica.
                 tracing::warn!(%plan_id, error = %e, "no room to run a plan taken over yet");
+                self.inner.db.release_plan(plan_id).await?;
                 break;
             }
             admitted += 1;

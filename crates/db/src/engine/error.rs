@@ -53,8 +53,13 @@ impl StorageFault {
     /// about the database being unavailable (a constraint, bad SQL, a bug).
     pub fn of_postgres(e: &postgres::Error) -> Option<Self> {
         let Some(db) = e.as_db_error() else {
-            // No answer from the server: the session or the network failed.
-            return Some(StorageFault::Unreachable);
+            // No answer from the server: the session or the network failed
+            // (the session closed, an I/O error, a timeout). Anything else
+            // without a server code is this side's own (a value that does
+            // not bind, a bad column): a bug, not an outage.
+            let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+            let timeout = e.to_string().contains("timeout");
+            return (e.is_closed() || io || timeout).then_some(StorageFault::Unreachable);
         };
         let code = db.code().code();
         match code {

@@ -266,7 +266,18 @@ impl<'c> Conn<'c> {
                 // Counted as begun even if the lock fails: the next turn
                 // then rolls back whatever the server kept open.
                 conn.in_transaction.set(true);
-                Ok(conn.client().batch_execute(PG_BEGIN)?)
+                let begun = conn.client().batch_execute(PG_BEGIN);
+                match begun {
+                    // The server ended the session since its last use (a
+                    // restart, a failover): nothing ran yet, so open it
+                    // again and begin once more.
+                    Err(_) if conn.is_closed() => {
+                        conn.revive()?;
+                        conn.in_transaction.set(true);
+                        Ok(conn.client().batch_execute(PG_BEGIN)?)
+                    }
+                    begun => Ok(begun?),
+                }
             }
         }
     }
@@ -413,6 +424,12 @@ impl Stmt<'_> {
                 }
                 let args = pg_args(args);
                 let rows = conn.client().query(statement, &pg_refs(&args))?;
+                // A change that returns its rows (RETURNING) counts them as
+                // changed, as SQLite's `total_changes` does.
+                if metered.as_deref().is_some_and(changes_rows) {
+                    let n = u64::try_from(rows.len()).unwrap_or(u64::MAX);
+                    conn.changes.set(conn.changes.get().saturating_add(n));
+                }
                 for row in &rows {
                     if !each(&Row::Pg(row))? {
                         break;
@@ -673,6 +690,14 @@ impl postgres::types::ToSql for PgArg {
     }
 
     postgres::types::to_sql_checked!();
+}
+
+/// True for a statement that changes rows (the writer's `RETURNING` ones).
+fn changes_rows(sql: &str) -> bool {
+    let word = sql.split_whitespace().next().unwrap_or("");
+    ["INSERT", "UPDATE", "DELETE"]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w))
 }
 
 /// `sql` with SQLite's placeholders (`?1`, or a bare `?` counting on from

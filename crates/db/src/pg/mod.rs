@@ -1,6 +1,6 @@
 //! The PostgreSQL backend (SPEC §16): its numbered migrations and its
 //! pool of sessions. The statements themselves are the repository's,
-//! shared with SQLite through [`crate::sql`]. A PostgreSQL database holds the same data model as
+//! shared with SQLite through `crate::engine::sql`. A PostgreSQL database holds the same data model as
 //! the SQLite file (docs/postgresql-schema.md is its DDL, and a test holds
 //! the two to each other), at the same version numbers: the migration to
 //! version `n` here is the twin of SQLite's migration `n`, so a database
@@ -10,8 +10,7 @@
 //!
 //! The driver is the `postgres` crate, the blocking client: the repository
 //! is written for blocking connections behind one writer thread and a
-//! pool of readers (rusqlite and r2d2 today), and the same shape carries
-//! over with `r2d2_postgres`.
+//! pool of readers, r2d2's with [`PgManager`] here as rusqlite's for SQLite.
 
 use postgres::{Client, NoTls};
 use std::time::Duration;
@@ -45,10 +44,16 @@ impl r2d2::ManageConnection for PgManager {
     }
 }
 
-/// A reader that could not be had: the server cannot be reached.
+/// A reader that could not be had: the server cannot be reached (the
+/// pool's last attempt to open a session failed), or every session was in
+/// use for the whole wait (overload, not an outage).
 pub(crate) fn pool_error(e: r2d2::Error) -> DbError {
+    let reason = match e.to_string().contains("timed out waiting for connection:") {
+        true => StorageFault::Unreachable,
+        false => StorageFault::Busy,
+    };
     DbError::Unavailable {
-        reason: StorageFault::Unreachable,
+        reason,
         detail: e.to_string(),
     }
 }
@@ -64,9 +69,17 @@ pub fn check_postgres_url(url: &str) -> Result<(), String> {
     if !looks_like_one {
         return Err("is not a postgres:// URL or key=value connection string".into());
     }
-    url.parse::<postgres::Config>()
-        .map(drop)
-        .map_err(|e| format!("is not a PostgreSQL connection string: {e}"))
+    let config = url
+        .parse::<postgres::Config>()
+        .map_err(|e| format!("is not a PostgreSQL connection string: {e}"))?;
+    if config.get_ssl_mode() == postgres::config::SslMode::Require {
+        return Err(
+            "asks for TLS (sslmode=require), which Madre does not speak yet: \
+                    reach the database over a unix socket or a trusted network"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// The connection settings in `url` (a `postgres://` URL or a
@@ -81,8 +94,30 @@ pub(crate) fn config(url: &str) -> Result<postgres::Config, DbError> {
     if config.get_application_name().is_none() {
         config.application_name("madre");
     }
+    // A replica cut off from the database, or frozen, must not hold the
+    // writers' lock (or its rows) for ever: the kernel notices a dead peer
+    // within about half a minute, and the server ends a session idle
+    // inside a transaction after SESSION_IDLE_IN_TRANSACTION (a writer's
+    // transaction lasts milliseconds).
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .tcp_user_timeout(Duration::from_secs(20));
+    let idle = format!(
+        "-c idle_in_transaction_session_timeout={}",
+        SESSION_IDLE_IN_TRANSACTION.as_millis()
+    );
+    let options = match config.get_options() {
+        Some(theirs) => format!("{theirs} {idle}"),
+        None => idle,
+    };
+    config.options(&options);
     Ok(config)
 }
+
+/// How long the server lets a session sit idle inside a transaction before
+/// it ends the session (and its locks).
+const SESSION_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(15);
 
 /// The PostgreSQL migrations, each with the version it brings the
 /// database to; a fresh database runs them all.

@@ -46,7 +46,7 @@ CREATE TABLE plans (
     -- renewed while it runs; schema 17): set while the plan is PENDING or
     -- RUNNING, cleared when it waits or ends.
     owner         bigint,
-    lease_until   timestamptz
+    lease_expires_at   timestamptz
 );
 CREATE INDEX plans_active ON plans (status, id) WHERE status IN ('PENDING', 'WAITING', 'RUNNING');
 CREATE INDEX plans_by_session ON plans (session_id, id);
