@@ -27,92 +27,10 @@ pub(crate) struct TestApp {
     pub(crate) pg: Option<std::sync::Arc<PgDatabase>>,
 }
 
-/// The variable naming the PostgreSQL server of the suite's second run
-/// (`scripts/test.sh` starts a throw-away one): set, every app runs on a
-/// fresh database of it instead of a SQLite file.
-pub(crate) const POSTGRES_VAR: &str = "MADRE_TEST_POSTGRES";
-
-/// True when the run is against PostgreSQL: tests that read or break
-/// SQLite's file itself have nothing to test there.
-pub(crate) fn is_postgres() -> bool {
-    std::env::var(POSTGRES_VAR).is_ok_and(|s| !s.trim().is_empty())
-}
-
-/// A database made on the test server for one app; dropped with it.
-pub(crate) struct PgDatabase {
-    admin: String,
-    name: String,
-    /// Its connection string (`MADRE_DATABASE_URL`).
-    pub(crate) url: String,
-}
-
-/// Runs `f` on a thread of its own: PostgreSQL's blocking client refuses
-/// to run on an async test's thread.
-fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| scope.spawn(f).join().unwrap())
-}
-
-impl PgDatabase {
-    fn create() -> Option<Self> {
-        let admin = std::env::var(POSTGRES_VAR)
-            .ok()
-            .filter(|s| !s.trim().is_empty())?;
-        let name = format!("madre_e2e_{}", uuid::Uuid::new_v4().simple());
-        off_runtime(|| {
-            let mut client = postgres::Client::connect(&admin, postgres::NoTls)
-                .unwrap_or_else(|e| panic!("{POSTGRES_VAR}={admin:?}: cannot connect: {e}"));
-            client
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .unwrap();
-        });
-        Some(Self {
-            url: format!("{admin} dbname={name}"),
-            admin,
-            name,
-        })
-    }
-}
-
-impl PgDatabase {
-    /// Cuts Madre off its database, as an outage would: new sessions are
-    /// refused and every open one is ended by the server.
-    pub(crate) fn cut_off(&self) {
-        self.admin_do(&format!(
-            "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = '{name}' AND pid <> pg_backend_pid();",
-            name = self.name
-        ));
-    }
-
-    /// Ends [`PgDatabase::cut_off`]: the database takes sessions again.
-    pub(crate) fn restore(&self) {
-        self.admin_do(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            self.name
-        ));
-    }
-
-    fn admin_do(&self, sql: &str) {
-        off_runtime(|| {
-            let mut client = postgres::Client::connect(&self.admin, postgres::NoTls).unwrap();
-            client.batch_execute(sql).unwrap();
-        });
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        off_runtime(|| {
-            if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-                let _ = client.batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ));
-            }
-        });
-    }
-}
+#[path = "../../crates/db/tests/support/pg_database.rs"]
+mod pg_database;
+use pg_database::off_runtime;
+pub(crate) use pg_database::{PgDatabase, is_postgres, postgres_admin};
 
 pub(crate) struct Reply {
     pub(crate) status: u16,
@@ -170,7 +88,8 @@ pub(crate) async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     for module in Module::REMOTE {
         vars.insert(format!("VX11_{}_URL", module.env_name()), stubs.url(module));
     }
-    let pg = PgDatabase::create().map(std::sync::Arc::new);
+    let pg =
+        postgres_admin().map(|admin| std::sync::Arc::new(PgDatabase::create(&admin, "madre_e2e")));
     if let Some(pg) = &pg {
         vars.insert("MADRE_DATABASE_URL".into(), pg.url.clone());
     }

@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 use vx11_stubs::{Behaviour, StubServer};
 
 mod common;
+#[path = "../../../crates/db/tests/support/pg_database.rs"]
+mod pg_database;
 
 use common::{free_port, get_json, madre_command, post_json, wait_listening};
+use pg_database::{PgDatabase, postgres_admin};
 
 const TOKEN: &str = "replicas-test-token";
 
@@ -30,51 +33,6 @@ const LEASE_S: &str = "3";
 /// How slow Hermes is while a replica is killed: the plans are mid-call.
 const SLOW_HERMES_MS: u64 = 2_500;
 
-/// A fresh database on the test server, dropped at the end.
-struct Database {
-    admin: String,
-    name: String,
-}
-
-/// Runs `sql` as the server's administrator, on a thread of its own (the
-/// blocking client refuses to run on the async test's thread).
-fn admin_do(admin: &str, sql: &str) {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let mut client = postgres::Client::connect(admin, postgres::NoTls)?;
-                client.batch_execute(sql)
-            })
-            .join()
-            .unwrap()
-    })
-    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-impl Database {
-    fn create(admin: &str) -> Self {
-        let name = format!("madre_replicas_{}", uuid::Uuid::new_v4().simple());
-        admin_do(admin, &format!("CREATE DATABASE {name}"));
-        Self {
-            admin: admin.to_owned(),
-            name,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("{} dbname={}", self.admin, self.name)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        admin_do(
-            &self.admin,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
-
 /// One replica: its process and where it answers.
 struct Replica {
     child: Child,
@@ -83,11 +41,11 @@ struct Replica {
 }
 
 impl Replica {
-    async fn start(name: &str, db: &Database, stubs: &StubServer) -> Self {
+    async fn start(name: &str, db: &PgDatabase, stubs: &StubServer) -> Self {
         let data = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = madre_command(data.path(), port, stubs, Some(TOKEN))
-            .env("MADRE_DATABASE_URL", db.url())
+            .env("MADRE_DATABASE_URL", &db.url)
             .env("MADRE_REPLICA_ID", name)
             .env("MADRE_PLAN_LEASE_S", LEASE_S)
             .env("MADRE_PROBE_INTERVAL_S", "1")
@@ -121,14 +79,11 @@ impl Drop for Replica {
 
 #[actix_rt::test]
 async fn two_replicas_share_plans_and_one_takes_over_when_the_other_dies() {
-    let Some(admin) = std::env::var("MADRE_TEST_POSTGRES")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-    else {
+    let Some(admin) = postgres_admin() else {
         eprintln!("MADRE_TEST_POSTGRES is not set: no PostgreSQL server to run two replicas on");
         return;
     };
-    let db = Database::create(&admin);
+    let db = PgDatabase::create(&admin, "madre_replicas");
     let stubs = StubServer::start("127.0.0.1", |_| 0).unwrap();
     let a = Replica::start("replica-a", &db, &stubs).await;
     let b = Replica::start("replica-b", &db, &stubs).await;

@@ -345,10 +345,7 @@ impl Stmt<'_> {
                 statement,
                 metered,
             } => {
-                if let Some(sql) = metered {
-                    crate::engine::meter::count_sql(sql);
-                }
-                let args = pg_args(args);
+                let args = metered_args(metered, args);
                 let changed = conn.client().execute(statement, &pg_refs(&args))?;
                 conn.changes.set(conn.changes.get().saturating_add(changed));
                 Ok(usize::try_from(changed).unwrap_or(usize::MAX))
@@ -419,10 +416,7 @@ impl Stmt<'_> {
                 statement,
                 metered,
             } => {
-                if let Some(sql) = metered {
-                    crate::engine::meter::count_sql(sql);
-                }
-                let args = pg_args(args);
+                let args = metered_args(metered, args);
                 let rows = conn.client().query(statement, &pg_refs(&args))?;
                 // A change that returns its rows (RETURNING) counts them as
                 // changed, as SQLite's `total_changes` does.
@@ -628,6 +622,15 @@ fn pg_args(args: impl Args) -> Vec<PgArg> {
             })
         })
         .collect()
+}
+
+/// The parameters of a statement about to run on PostgreSQL, counting the
+/// statement first when its session is the writer's.
+fn metered_args(metered: &Option<String>, args: impl Args) -> Vec<PgArg> {
+    if let Some(sql) = metered {
+        crate::engine::meter::count_sql(sql);
+    }
+    pg_args(args)
 }
 
 fn pg_refs(args: &[PgArg]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {

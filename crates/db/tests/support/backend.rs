@@ -7,21 +7,12 @@
 use madre_db::Db;
 use std::path::PathBuf;
 
-/// The variable naming the PostgreSQL server of the second run.
-pub(crate) const POSTGRES_VAR: &str = "MADRE_TEST_POSTGRES";
-
-/// The PostgreSQL server's connection string, when the run is against one.
-pub(crate) fn postgres() -> Option<String> {
-    std::env::var(POSTGRES_VAR)
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-}
-
+#[path = "pg_database.rs"]
+mod pg_database;
 /// True when the run is against PostgreSQL: tests about SQLite's file
 /// itself (its modes, its pragmas, its upgrades) have nothing to test.
-pub(crate) fn is_postgres() -> bool {
-    postgres().is_some()
-}
+pub(crate) use pg_database::is_postgres;
+use pg_database::{PgDatabase, off_runtime, postgres_admin};
 
 /// A database for one test, and where it lives.
 pub(crate) struct TestDb {
@@ -34,7 +25,7 @@ pub(crate) struct TestDb {
 
 enum Place {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres(PgDatabase),
+    Postgres(PgDatabase, #[allow(dead_code)] tempfile::TempDir),
 }
 
 impl TestDb {
@@ -54,7 +45,7 @@ impl TestDb {
                 .unwrap()
                 .query_row(sql, [], |r| r.get(0))
                 .unwrap(),
-            Place::Postgres(pg) => off_runtime(|| {
+            Place::Postgres(pg, _) => off_runtime(|| {
                 let mut client = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
                 client.query_one(sql, &[]).unwrap().get(0)
             }),
@@ -70,7 +61,7 @@ impl TestDb {
                 .execute(sql, [])
                 .map(|n| n as u64)
                 .map_err(|e| e.to_string()),
-            Place::Postgres(pg) => off_runtime(|| {
+            Place::Postgres(pg, _) => off_runtime(|| {
                 let mut client = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
                 client.execute(sql, &[]).map_err(|e| match e.as_db_error() {
                     Some(db) => db.message().to_owned(),
@@ -88,7 +79,7 @@ impl TestDb {
                 .unwrap()
                 .execute_batch(sql)
                 .unwrap(),
-            Place::Postgres(pg) => off_runtime(|| {
+            Place::Postgres(pg, _) => off_runtime(|| {
                 let mut client = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
                 client.batch_execute(sql).unwrap()
             }),
@@ -102,7 +93,7 @@ impl TestDb {
         let path = self.path.clone();
         let url = match &self._place {
             Place::Sqlite(_) => None,
-            Place::Postgres(pg) => Some(pg.url.clone()),
+            Place::Postgres(pg, _) => Some(pg.url.clone()),
         };
         move || match &url {
             None => Db::open_as(&path, madre_db::SyncMode::Normal, "test-reopened").unwrap(),
@@ -115,67 +106,19 @@ impl TestDb {
 pub(crate) fn open() -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data").join("vx11.db");
-    match postgres() {
+    match postgres_admin() {
         None => TestDb {
             db: Db::open_as(&path, madre_db::SyncMode::Normal, "test").unwrap(),
             path,
             _place: Place::Sqlite(dir),
         },
         Some(admin) => {
-            let pg = PgDatabase::create(&admin, dir);
+            let pg = PgDatabase::create(&admin, "madre_test");
             TestDb {
                 db: Db::open_postgres(&pg.url, &path, "test").unwrap(),
                 path,
-                _place: Place::Postgres(pg),
+                _place: Place::Postgres(pg, dir),
             }
         }
-    }
-}
-
-/// Runs `f` on a thread of its own: PostgreSQL's blocking client refuses
-/// to run on an async test's thread.
-fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| scope.spawn(f).join().unwrap())
-}
-
-/// A database made on the server for one test; dropped with it.
-struct PgDatabase {
-    admin: String,
-    name: String,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl PgDatabase {
-    fn create(admin: &str, dir: tempfile::TempDir) -> Self {
-        let name = format!("madre_test_{}", uuid::Uuid::new_v4().simple());
-        off_runtime(|| {
-            let mut client = postgres::Client::connect(admin, postgres::NoTls)
-                .unwrap_or_else(|e| panic!("{POSTGRES_VAR}={admin:?}: cannot connect: {e}"));
-            client
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .unwrap();
-        });
-        Self {
-            admin: admin.to_owned(),
-            url: format!("{admin} dbname={name}"),
-            name,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        // The test's Db may still hold sessions (a clone kept by a thread):
-        // FORCE ends them.
-        off_runtime(|| {
-            if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-                let _ = client.batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ));
-            }
-        });
     }
 }
