@@ -445,3 +445,44 @@ fn the_upgrade_to_16_converts_event_types_and_keeps_a_foreign_one_to_report() {
         ]
     );
 }
+
+/// Schema 17 adds plan leases: a plan open at the upgrade has no holder,
+/// so the first lease round of any replica takes it, and it then is that
+/// replica's.
+#[test]
+fn a_plan_open_at_the_upgrade_to_17_is_nobodys_until_a_replica_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vx11.db");
+    let plan_id = Uuid::now_v7();
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, &path, 16).unwrap();
+        conn.execute(
+            "INSERT INTO plans (uuid, kind, name, module, action, principal, mode, status,
+                                warnings_json, created_at, updated_at)
+             VALUES (?1, 'task', 'old', 'hermes', 'run', 'admin', 'MADRE', 'PENDING', '[]', 1, 1)",
+            [plan_id.to_string()],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "INSERT INTO replicas (name) VALUES ('before');
+             INSERT INTO plan_events (plan, type, payload_json, replica, created_at)
+             VALUES (1, 1, '{\"steps\":[]}', 1, 1);",
+        )
+        .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.plans_with_lapsed_leases().unwrap(), [plan_id]);
+    assert_eq!(
+        db.take_plan(plan_id, false).wait().unwrap(),
+        Taken::Taken { from: None }
+    );
+    assert!(db.plans_with_lapsed_leases().unwrap().is_empty());
+    let other = Db::open_as(&path, SyncMode::Normal, "another").unwrap();
+    assert_eq!(
+        other.take_plan(plan_id, false).wait().unwrap(),
+        Taken::HeldElsewhere {
+            by: db.replica().to_owned()
+        }
+    );
+}
