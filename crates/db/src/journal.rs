@@ -1460,7 +1460,7 @@ fn journal_verdict(conn: &Conn<'_>, row: i64, plan_id: Uuid) -> Result<JournalVe
 /// rows. Reads every plan: a maintenance command's work, not a request's.
 fn check_in(conn: &Conn<'_>) -> Result<Vec<PlanProblem>, DbError> {
     let mut problems = Vec::new();
-    let mut stmt = conn.prepare("SELECT id, uuid, status FROM plans ORDER BY id")?;
+    let mut stmt = conn.prepare_cached("SELECT id, uuid, status FROM plans ORDER BY id")?;
     let heads = stmt
         .query_map((), |r| {
             Ok((
@@ -1489,7 +1489,7 @@ fn check_in(conn: &Conn<'_>) -> Result<Vec<PlanProblem>, DbError> {
             });
         }
     }
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT s.status, s.n, (SELECT count(*) FROM plans p WHERE p.status = s.status)
          FROM (SELECT status, n FROM plan_status_counts
                UNION SELECT status, 0 FROM plans
@@ -1568,7 +1568,7 @@ pub(crate) const OPEN_PLANS: &str = "SELECT id, uuid FROM plans
 /// ones a start resumes or confirms), and fails on the first that cannot
 /// be, naming the plan and the event. Writes nothing.
 fn check_open_in(conn: &Conn<'_>) -> Result<(), DbError> {
-    let mut stmt = conn.prepare(OPEN_PLANS)?;
+    let mut stmt = conn.prepare_cached(OPEN_PLANS)?;
     // One plan at a time: a start with many plans waiting holds none of
     // them longer than its own fold.
     stmt.for_each_row((), |r| {

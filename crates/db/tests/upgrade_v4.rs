@@ -401,13 +401,7 @@ fn the_upgrade_to_16_converts_event_types_and_keeps_a_foreign_one_to_report() {
     {
         let mut conn = Connection::open(&path).unwrap();
         migrate_to(&mut conn, &path, 15).unwrap();
-        conn.execute(
-            "INSERT INTO plans (uuid, kind, name, module, action, principal, mode, status,
-                                warnings_json, created_at, updated_at)
-             VALUES (?1, 'task', 'hand', 'hermes', 'run', 'admin', 'MADRE', 'PENDING', '[]', 1, 1)",
-            [plan_id.to_string()],
-        )
-        .unwrap();
+        pending_plan_row(&conn, plan_id);
         for (seq, event_type) in [(1, "plan_created"), (2, "plan_frobbed")] {
             conn.execute(
                 "INSERT INTO plan_events (seq, plan, type, payload_json, replica, created_at)
@@ -457,13 +451,7 @@ fn a_plan_open_at_the_upgrade_to_17_is_nobodys_until_a_replica_takes_it() {
     {
         let mut conn = Connection::open(&path).unwrap();
         migrate_to(&mut conn, &path, 16).unwrap();
-        conn.execute(
-            "INSERT INTO plans (uuid, kind, name, module, action, principal, mode, status,
-                                warnings_json, created_at, updated_at)
-             VALUES (?1, 'task', 'old', 'hermes', 'run', 'admin', 'MADRE', 'PENDING', '[]', 1, 1)",
-            [plan_id.to_string()],
-        )
-        .unwrap();
+        pending_plan_row(&conn, plan_id);
         conn.execute_batch(
             "INSERT INTO replicas (name) VALUES ('before');
              INSERT INTO plan_events (plan, type, payload_json, replica, created_at)
@@ -485,4 +473,15 @@ fn a_plan_open_at_the_upgrade_to_17_is_nobodys_until_a_replica_takes_it() {
             by: db.replica().to_owned()
         }
     );
+}
+
+/// A PENDING plan's row, written by hand as an older version would have.
+fn pending_plan_row(conn: &Connection, plan_id: Uuid) {
+    conn.execute(
+        "INSERT INTO plans (uuid, kind, name, module, action, principal, mode, status,
+                            warnings_json, created_at, updated_at)
+         VALUES (?1, 'task', 'hand', 'hermes', 'run', 'admin', 'MADRE', 'PENDING', '[]', 1, 1)",
+        [plan_id.to_string()],
+    )
+    .unwrap();
 }

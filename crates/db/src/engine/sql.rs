@@ -13,7 +13,7 @@
 //! the modules stay unaware of the backend, and the statements are the
 //! only thing the two share.
 //!
-//! Placeholders are SQLite's `?1`, `?2`…; on PostgreSQL each statement is
+//! Parameters are marked as SQLite marks them, `?1`, `?2`…; on PostgreSQL each statement is
 //! rewritten to `$1`, `$2`… once, when its connection first prepares it,
 //! and kept prepared for the connection's life, as rusqlite's statement
 //! cache does.
@@ -24,6 +24,7 @@ use rusqlite::types::{FromSql, ToSqlOutput, Value, ValueRef};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::sync::Arc;
 
 use crate::DbError;
 
@@ -93,7 +94,9 @@ pub(crate) struct PgConn {
     /// `None` only while dropped.
     client: RefCell<Option<postgres::Client>>,
     config: postgres::Config,
-    prepared: RefCell<HashMap<String, postgres::Statement>>,
+    /// Each statement's text (SQLite's dialect), with its prepared form
+    /// and its text shared with the statements that run it (for the meter).
+    prepared: RefCell<HashMap<String, (postgres::Statement, Arc<str>)>>,
     in_transaction: Cell<bool>,
     /// Rows changed by this session's statements, as SQLite's
     /// `total_changes`.
@@ -166,11 +169,14 @@ impl PgConn {
             .is_none_or(postgres::Client::is_closed)
     }
 
-    fn statement(&self, sql: &str) -> Result<postgres::Statement, DbError> {
+    fn statement(&self, sql: &str) -> Result<(postgres::Statement, Arc<str>), DbError> {
         if let Some(prepared) = self.prepared.borrow().get(sql) {
             return Ok(prepared.clone());
         }
-        let prepared = self.client().prepare(&dollar_placeholders(sql))?;
+        let prepared = (
+            self.client().prepare(&postgres_parameters(sql))?,
+            Arc::from(sql),
+        );
         self.prepared
             .borrow_mut()
             .insert(sql.to_owned(), prepared.clone());
@@ -198,22 +204,19 @@ fn open_session(config: &postgres::Config) -> Result<postgres::Client, DbError> 
 const PG_BEGIN: &str = "BEGIN; SELECT pg_advisory_xact_lock(120265064473906)";
 
 impl<'c> Conn<'c> {
-    /// [`Conn::prepare_cached`]: statements of one-off work (a check, a
-    /// repair) are few, and cached as any other.
-    pub(crate) fn prepare(&self, sql: &str) -> Result<Stmt<'c>, DbError> {
-        self.prepare_cached(sql)
-    }
-
     /// Prepares `sql` (SQLite's dialect of the shared SQL), from the
     /// connection's cache when it ran before.
     pub(crate) fn prepare_cached(&self, sql: &str) -> Result<Stmt<'c>, DbError> {
         Ok(match *self {
             Conn::Lite(conn) => Stmt::Lite(conn.prepare_cached(sql)?),
-            Conn::Pg(conn) => Stmt::Pg {
-                conn,
-                statement: conn.statement(sql)?,
-                metered: conn.metered.get().then(|| sql.to_owned()),
-            },
+            Conn::Pg(conn) => {
+                let (statement, text) = conn.statement(sql)?;
+                Stmt::Pg {
+                    conn,
+                    statement,
+                    metered: conn.metered.get().then_some(text),
+                }
+            }
         })
     }
 
@@ -331,7 +334,7 @@ pub(crate) enum Stmt<'c> {
         /// The prepared statement.
         statement: postgres::Statement,
         /// Its text, when the session counts what it runs.
-        metered: Option<String>,
+        metered: Option<Arc<str>>,
     },
 }
 
@@ -626,7 +629,7 @@ fn pg_args(args: impl Args) -> Vec<PgArg> {
 
 /// The parameters of a statement about to run on PostgreSQL, counting the
 /// statement first when its session is the writer's.
-fn metered_args(metered: &Option<String>, args: impl Args) -> Vec<PgArg> {
+fn metered_args(metered: &Option<Arc<str>>, args: impl Args) -> Vec<PgArg> {
     if let Some(sql) = metered {
         crate::engine::meter::count_sql(sql);
     }
@@ -703,14 +706,14 @@ fn changes_rows(sql: &str) -> bool {
         .any(|w| word.eq_ignore_ascii_case(w))
 }
 
-/// `sql` with SQLite's placeholders (`?1`, or a bare `?` counting on from
-/// the last) as PostgreSQL's (`$1`); quoted text and identifiers are left
-/// as they are.
-fn dollar_placeholders(sql: &str) -> String {
+/// `sql` with SQLite's parameter markers (`?1`, or a bare `?`, which SQLite
+/// numbers one past the highest so far) written as PostgreSQL's (`$1`);
+/// quoted text and identifiers are left as they are.
+fn postgres_parameters(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut chars = sql.chars().peekable();
     let mut quote: Option<char> = None;
-    let mut last = 0u32;
+    let mut highest = 0u32;
     while let Some(c) = chars.next() {
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
@@ -722,9 +725,10 @@ fn dollar_placeholders(sql: &str) -> String {
                     digits.push(d);
                     chars.next();
                 }
-                last = digits.parse().unwrap_or(last + 1);
+                let number = digits.parse().unwrap_or(highest + 1);
+                highest = highest.max(number);
                 out.push('$');
-                out.push_str(&last.to_string());
+                out.push_str(&number.to_string());
                 continue;
             }
             (None, _) => {}
@@ -739,11 +743,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn placeholders_become_numbered_dollars_outside_quotes() {
+    fn parameter_markers_become_numbered_dollars_outside_quotes() {
         assert_eq!(
-            dollar_placeholders("SELECT ?1, ?12, ? FROM t WHERE a = '?1' AND \"b?\" = ?2"),
+            postgres_parameters("SELECT ?1, ?12, ? FROM t WHERE a = '?1' AND \"b?\" = ?2"),
             "SELECT $1, $12, $13 FROM t WHERE a = '?1' AND \"b?\" = $2"
         );
+        // A bare marker after a lower numbered one still counts from the
+        // highest, as SQLite numbers it.
+        assert_eq!(postgres_parameters("?3, ?1, ?"), "$3, $1, $4");
     }
 
     #[test]
