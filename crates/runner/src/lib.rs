@@ -398,25 +398,7 @@ impl Runner {
             .db
             .run_blocking(move |db| db.plans_running_since_before(before))
             .await?;
-        let mut admitted = 0;
-        for plan_id in ids {
-            if self.inner.is_busy(plan_id) || !self.take(plan_id, false).await? {
-                continue;
-            }
-            tracing::warn!(%plan_id, "resuming a plan left RUNNING by a stopped execution");
-            let options = RunOptions {
-                request_id: "orphan".into(),
-                principal: "madre".into(),
-                resumed: true,
-            };
-            if let Err(e) = self.admit(plan_id, options) {
-                // Still RUNNING on disk: a later pass takes it.
-                tracing::warn!(%plan_id, error = %e, "no room to resume an orphaned plan yet");
-                break;
-            }
-            admitted += 1;
-        }
-        Ok(admitted)
+        self.take_and_run(ids, "orphan").await
     }
 
     /// Takes over the open plans whose lease lapsed (their replica died or
@@ -429,20 +411,28 @@ impl Runner {
             .db
             .run_blocking(|db| db.plans_with_lapsed_leases())
             .await?;
+        self.take_and_run(ids, "takeover").await
+    }
+
+    /// Takes each plan of `ids` that is neither running here nor held by
+    /// another replica, and runs it here as resumed (the interrupted step
+    /// again with its `Idempotency-Key`); answers how many were admitted.
+    /// One that finds no room is let go, and the rest wait, for a later
+    /// round here or on another replica.
+    async fn take_and_run(&self, ids: Vec<Uuid>, request_id: &str) -> Result<usize, RunnerError> {
         let mut admitted = 0;
         for plan_id in ids {
             if self.inner.is_busy(plan_id) || !self.take(plan_id, false).await? {
                 continue;
             }
+            tracing::warn!(%plan_id, request_id, "running a stopped plan again here");
             let options = RunOptions {
-                request_id: "takeover".into(),
+                request_id: request_id.to_owned(),
                 principal: "madre".into(),
                 resumed: true,
             };
             if let Err(e) = self.admit(plan_id, options) {
-                // No room here: let go of it for the next round, here or on
-                // another replica.
-                tracing::warn!(%plan_id, error = %e, "no room to run a plan taken over yet");
+                tracing::warn!(%plan_id, error = %e, "no room to run the plan here yet");
                 self.inner.db.release_plan(plan_id).await?;
                 break;
             }
