@@ -154,7 +154,7 @@ pub(crate) fn insert_confirmation(
         "INSERT INTO confirmations (plan_id, token_sha256, risk, expires_at, principal)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![
+    .run(params![
         plan_id.to_string(),
         c.token_sha256,
         c.risk.as_str(),

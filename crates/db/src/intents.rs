@@ -52,7 +52,7 @@ fn insert_intent(conn: &Conn<'_>, entry: &NewIntentLog) -> Result<(), DbError> {
         "INSERT INTO intents_log (id, source, principal, payload_json, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![
+    .run(params![
         entry.id.to_string(),
         entry.source,
         entry.principal,

@@ -617,7 +617,7 @@ pub(crate) fn append(
                               updated_at = ?6, owner = ?7, lease_expires_at = ?8
              WHERE id = ?1",
         )?
-        .execute(params![
+        .run(params![
             loaded.row,
             plan.status.as_str(),
             plan.error,
@@ -638,12 +638,13 @@ pub(crate) fn append(
             conn.prepare_cached(
                 "UPDATE confirmations SET outcome = ?2 WHERE plan_id = ?1 AND outcome IS NULL",
             )?
-            .execute(params![plan_id.to_string(), outcome])?;
+            .run(params![plan_id.to_string(), outcome])?;
         }
     }
     loaded.row_changed = false;
     if !status.is_terminal() {
-        folds::keep(plan_id, loaded.clone(), newest);
+        let kept = loaded.clone();
+        conn.after_sent(move || folds::keep(plan_id, kept, newest.get()));
     }
     Ok(loaded)
 }
@@ -804,7 +805,7 @@ fn count_finished(conn: &Conn<'_>, status: Status) -> Result<(), DbError> {
         "INSERT INTO plan_status_counts (status, n) VALUES (?1, 1)
          ON CONFLICT (status) DO UPDATE SET n = plan_status_counts.n + 1",
     )?
-    .execute([status.as_str()])?;
+    .run([status.as_str()])?;
     Ok(())
 }
 
@@ -1032,8 +1033,8 @@ fn insert_events(
     plan_row: i64,
     rows: &[NewRow],
     replica: &Replica,
-) -> Result<i64, DbError> {
-    let mut newest = 0;
+) -> Result<Newest, DbError> {
+    let newest = Newest::default();
     for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
         let mut sql = String::from(
             "INSERT INTO plan_events (plan, type, step, payload_json, principal, replica, created_at) VALUES ",
@@ -1062,18 +1063,35 @@ fn insert_events(
             args.push(&times[i]);
         }
         if conn.is_postgres() {
-            // The new `seq`s come back with the insert: no round trip more.
-            stmt.for_each_row(args.as_slice(), |r| {
-                newest = newest.max(r.get(0)?);
-                Ok(true)
+            // The new `seq`s come back with the insert, once it is sent
+            // (with the commit's other statements): no round trip more.
+            let newest = newest.clone();
+            stmt.run_returning(args.as_slice(), move |seqs| {
+                newest.raise(seqs.into_iter().max().unwrap_or(0));
             })?;
         } else {
             stmt.execute(args.as_slice())?;
-            newest = conn.last_insert_rowid()?;
+            newest.raise(conn.last_insert_rowid()?);
         }
     }
     crate::engine::writer::announce_commit();
     Ok(newest)
+}
+
+/// The `seq` of the newest event an insert wrote: known once the insert
+/// was sent (at once on SQLite; with the commit on PostgreSQL, see
+/// [`crate::engine::sql::PgConn`]). Zero until then.
+#[derive(Clone, Default)]
+struct Newest(std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+impl Newest {
+    fn raise(&self, seq: i64) {
+        self.0.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Event rows per INSERT statement: a plan's commit rarely has more, and
@@ -1245,7 +1263,8 @@ pub(crate) fn create(
     } else {
         loaded.row = row;
         loaded.row_changed = false;
-        folds::keep(plan.plan_id, loaded, newest);
+        let plan_id = plan.plan_id;
+        conn.after_sent(move || folds::keep(plan_id, loaded, newest.get()));
     }
     Ok(())
 }

@@ -118,7 +118,7 @@ pub struct Db {
     /// What this process knows of the plan shapes stored (issue 25).
     shapes: Arc<shapes::Shapes>,
     /// The PostgreSQL server's settings (`None` on SQLite).
-    postgres: Option<Arc<postgres::Config>>,
+    postgres: Option<Arc<tokio_postgres::Config>>,
     /// The session holding the cleanup's turn ([`Db::hold_cleanup_turn`]).
     cleanup_session: Arc<std::sync::Mutex<Option<sql::PgConn>>>,
     /// The PostgreSQL database's size as last measured ([`Db::size`]).
@@ -300,7 +300,9 @@ impl Db {
         }
         let config = pg::config(url)?;
         let session = sql::PgConn::connect(&config)?;
-        pg::migrate_client(&mut session.client())?;
+        let mut migrating = postgres::Config::from(config.clone()).connect(postgres::NoTls)?;
+        pg::migrate_client(&mut migrating)?;
+        drop(migrating);
         let replica = journal::Replica::register(&sql::Conn::Pg(&session), replica)?;
         let readers = Pool::builder()
             .max_size(READ_POOL_SIZE)

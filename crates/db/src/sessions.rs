@@ -200,10 +200,10 @@ impl Db {
                         mode = excluded.mode, last_activity_at = excluded.last_activity_at,
                         closed_at = NULL",
                 )?
-                .execute(params![turn.session_id, turn.mode.as_str(), ts(turn.at)])?;
+                .run(params![turn.session_id, turn.mode.as_str(), ts(turn.at)])?;
             } else if had_row {
                 conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
-                    .execute([&turn.session_id])?;
+                    .run([&turn.session_id])?;
             }
             // The intent is stored only when the plan's row does not say it.
             let intent = turn.intent_id.map(|i| i.to_string());
@@ -213,7 +213,7 @@ impl Db {
                 "INSERT INTO turns (session_id, n, plan, intent_id, asked, answered, kept, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
-            .execute(params![
+            .run(params![
                 turn.session_id,
                 turns,
                 plan_row,

@@ -137,7 +137,7 @@ pub(crate) fn store(conn: &Conn<'_>, shape: &NewShape) -> Result<(), DbError> {
          ON CONFLICT (id) DO UPDATE SET body = excluded.body
          WHERE CAST(plan_shapes.body AS TEXT) IS DISTINCT FROM CAST(excluded.body AS TEXT)",
     )?
-    .execute(rusqlite::params![shape.id, shape.body])?;
+    .run(rusqlite::params![shape.id, shape.body])?;
     Ok(())
 }
 

@@ -74,8 +74,12 @@ impl Madre {
             .unwrap_or_else(SessionId::generate);
         tracing::Span::current().record("session_id", session_id.as_str());
         // The session's mode is read on a reader while the intent log is
-        // written: the writer runs only the write.
-        let sid = session_id.as_str().to_owned();
+        // written: the writer runs only the write. A session named here,
+        // just now, has no row to read.
+        let sid = command
+            .session_id
+            .as_ref()
+            .map(|given| given.as_str().to_owned());
         let (logged, session) = tokio::join!(
             self.db.log_intent(NewIntentLog {
                 id: intent_id,
@@ -94,7 +98,12 @@ impl Madre {
                 },
                 created_at: now,
             }),
-            self.db.run_blocking(move |db| db.session(&sid)),
+            async {
+                match sid {
+                    Some(sid) => self.db.run_blocking(move |db| db.session(&sid)).await,
+                    None => Ok(None),
+                }
+            },
         );
         logged?;
         let outcome = self

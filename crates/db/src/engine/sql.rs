@@ -18,9 +18,10 @@
 //! and kept prepared for the connection's life, as rusqlite's statement
 //! cache does.
 
-use postgres::types::{IsNull, Type};
+use tokio_postgres::types::{IsNull, Type};
 use rusqlite::ToSql;
 use rusqlite::types::{FromSql, ToSqlOutput, Value, ValueRef};
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -87,116 +88,390 @@ impl Connection {
 }
 
 /// A PostgreSQL session with its prepared statements, whether it is
-/// inside a transaction (the driver's own transactions borrow the client
-/// for their life; the writer's span many calls instead), and how to open
-/// it again once the server is back.
+/// inside a transaction (the writer's spans many calls), how to open it
+/// again once the server is back, and, on the writer's session, the
+/// statements of the open transaction not sent yet.
+///
+/// **Sending together.** Inside the writer's transaction a statement whose
+/// answer nobody waits for (an insert, an update: [`Stmt::run`]) and the
+/// `BEGIN` itself are queued, and sent with the next statement that needs
+/// an answer, or with the `COMMIT`: the driver writes them one after the
+/// other without waiting for each answer (pipelining), so a transaction of
+/// writes costs one round trip to the server instead of one a statement.
+/// A queued statement that fails aborts the transaction on the server, as
+/// it would have at once; the call that sent it answers that failure and
+/// names the write (of the writer's batch) that queued it.
 pub(crate) struct PgConn {
     /// `None` only while dropped.
-    client: RefCell<Option<postgres::Client>>,
-    config: postgres::Config,
+    session: RefCell<Option<Session>>,
+    config: tokio_postgres::Config,
     /// Each statement's text (SQLite's dialect), with its prepared form
     /// and its text shared with the statements that run it (for the meter).
-    prepared: RefCell<HashMap<String, (postgres::Statement, Arc<str>)>>,
+    prepared: RefCell<HashMap<String, (tokio_postgres::Statement, Arc<str>)>>,
     in_transaction: Cell<bool>,
     /// Rows changed by this session's statements, as SQLite's
     /// `total_changes`.
     changes: Cell<u64>,
     /// The writer's session: each statement it runs is counted, as the
-    /// trace hook counts SQLite's (see [`crate::engine::meter`]).
+    /// trace hook counts SQLite's (see [`crate::engine::meter`]), and the
+    /// statements of its transactions are sent together.
     metered: Cell<bool>,
+    /// Requests of the open transaction not sent yet, in order.
+    queued: RefCell<Vec<Queued>>,
+    /// The write of the writer's batch running now (see [`Conn::set_write`]).
+    write: Cell<usize>,
+    /// The write whose queued statement failed when last sent.
+    failed_write: Cell<Option<usize>>,
+    /// Round trips to the server: each send of one or more requests
+    /// that waits for their answers.
+    round_trips: Cell<u64>,
+}
+
+/// A session's client and the runtime that drives its connection: the
+/// connection's task runs only while a call waits on that runtime, as in
+/// the blocking driver.
+struct Session {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+/// A request of the writer's transaction, waiting to be sent.
+struct Queued {
+    /// `None` for a callback alone (see [`Conn::after_sent`]).
+    request: Option<Request>,
+    /// The write of the writer's batch that queued it.
+    write: usize,
+    /// Handed the request's rows once everything sent with it succeeded.
+    then: Option<Then>,
+}
+
+/// What a queued request does with the rows it returned.
+type Then = Box<dyn FnOnce(&[tokio_postgres::Row]) + Send>;
+
+/// One request to the server.
+enum Request {
+    /// Statements with no parameters (transaction control).
+    Simple(Cow<'static, str>),
+    /// A prepared statement and its parameters. `sql` is its text in the
+    /// session's cache, for preparing it again on a new session.
+    Prepared {
+        sql: Arc<str>,
+        statement: tokio_postgres::Statement,
+        args: Vec<PgArg>,
+    },
+}
+
+/// What a request answered: its rows, and the rows it changed.
+struct Answer {
+    rows: Vec<tokio_postgres::Row>,
+    affected: u64,
 }
 
 impl Drop for PgConn {
     fn drop(&mut self) {
-        // Closing a session blocks on the driver's own runtime, which Tokio
-        // refuses on an async task's thread (a handle dropped at the end of
-        // a request): the close goes to a thread of its own there.
+        // A runtime cannot be dropped on an async task's thread (a handle
+        // dropped at the end of a request): the session closes on a
+        // thread of its own there.
         if tokio::runtime::Handle::try_current().is_ok()
-            && let Some(client) = self.client.get_mut().take()
+            && let Some(session) = self.session.get_mut().take()
         {
-            std::thread::spawn(move || drop(client));
+            std::thread::spawn(move || drop(session));
         }
     }
 }
 
 impl PgConn {
     /// Connects as `config` says.
-    pub(crate) fn connect(config: &postgres::Config) -> Result<Self, DbError> {
+    pub(crate) fn connect(config: &tokio_postgres::Config) -> Result<Self, DbError> {
         Ok(Self {
-            client: RefCell::new(Some(open_session(config)?)),
+            session: RefCell::new(Some(open_session(config)?)),
             config: config.clone(),
             prepared: RefCell::default(),
             in_transaction: Cell::new(false),
             changes: Cell::new(0),
             metered: Cell::new(false),
+            queued: RefCell::default(),
+            write: Cell::new(0),
+            failed_write: Cell::new(None),
+            round_trips: Cell::new(0),
         })
     }
 
-    /// Counts the statements this session runs from now on (the writer's).
+    /// Counts the statements this session runs from now on, and sends the
+    /// statements of its transactions together (the writer's session).
     pub(crate) fn meter(&self) {
         self.metered.set(true);
     }
 
+    /// Round trips this session made to the server since it was opened.
+    pub(crate) fn round_trips(&self) -> u64 {
+        self.round_trips.get()
+    }
+
     /// Opens the session again when it was lost (the server restarted,
-    /// the network broke); its prepared statements go with the old one.
+    /// the network broke); its prepared statements and anything queued go
+    /// with the old one.
     pub(crate) fn revive(&self) -> Result<(), DbError> {
         if !self.is_closed() {
             return Ok(());
         }
-        let client = open_session(&self.config)?;
-        *self.client.borrow_mut() = Some(client);
+        let session = open_session(&self.config)?;
+        *self.session.borrow_mut() = Some(session);
         self.prepared.borrow_mut().clear();
+        self.queued.borrow_mut().clear();
         self.in_transaction.set(false);
         Ok(())
     }
 
-    /// The client, for what the shared face does not cover (migrations,
-    /// health probes).
-    pub(crate) fn client(&self) -> std::cell::RefMut<'_, postgres::Client> {
-        std::cell::RefMut::map(self.client.borrow_mut(), |client| {
-            client
-                .as_mut()
-                .expect("a session has its client until dropped")
+    /// The session, for one round trip: its client, and the runtime to
+    /// wait on for the answer.
+    fn round_trip(&self) -> std::cell::Ref<'_, Session> {
+        self.round_trips.set(self.round_trips.get() + 1);
+        std::cell::Ref::map(self.session.borrow(), |s| {
+            s.as_ref().expect("a session has its client until dropped")
         })
+    }
+
+    /// Asks the server whether the session still works (the pool's check).
+    pub(crate) fn ping(&self) -> Result<(), DbError> {
+        let s = self.round_trip();
+        Ok(s.runtime.block_on(s.client.batch_execute(""))?)
     }
 
     /// True when the session is gone (the server closed it, the network
     /// broke): the pool replaces it.
     pub(crate) fn is_closed(&self) -> bool {
-        self.client
+        self.session
             .borrow()
             .as_ref()
-            .is_none_or(postgres::Client::is_closed)
+            .is_none_or(|s| s.client.is_closed())
     }
 
-    fn statement(&self, sql: &str) -> Result<(postgres::Statement, Arc<str>), DbError> {
+    fn statement(&self, sql: &str) -> Result<(tokio_postgres::Statement, Arc<str>), DbError> {
         if let Some(prepared) = self.prepared.borrow().get(sql) {
             return Ok(prepared.clone());
         }
-        let prepared = (
-            self.client().prepare(&postgres_parameters(sql))?,
-            Arc::from(sql),
-        );
+        let text = postgres_parameters(sql);
+        let statement = {
+            let s = self.round_trip();
+            s.runtime.block_on(s.client.prepare(&text))?
+        };
+        let prepared = (statement, Arc::from(sql));
         self.prepared
             .borrow_mut()
             .insert(sql.to_owned(), prepared.clone());
         Ok(prepared)
+    }
+
+    /// True while requests are queued instead of sent: inside the
+    /// writer's transaction.
+    fn queues(&self) -> bool {
+        self.metered.get() && self.in_transaction.get()
+    }
+
+    fn queue(&self, request: Option<Request>, then: Option<Then>) {
+        self.queued.borrow_mut().push(Queued {
+            request,
+            write: self.write.get(),
+            then,
+        });
+    }
+
+    /// Sends what is queued and then `last`, together, and answers
+    /// `last`. A queued request that fails fails the call, and
+    /// [`PgConn::failed_write`] names its write. When the session turns
+    /// out to have been closed before the transaction's `BEGIN` reached
+    /// the server, it is opened again and everything sent once more.
+    fn send(&self, last: Request) -> Result<Answer, DbError> {
+        let fresh = self.begins_unsent();
+        let queued = std::mem::take(&mut *self.queued.borrow_mut());
+        match self.send_once(queued, last) {
+            Err((e, Some((queued, last)))) if fresh && self.is_closed() => {
+                let _ = e;
+                self.revive()?;
+                self.in_transaction.set(true);
+                let queued = queued
+                    .into_iter()
+                    .map(|q| {
+                        Ok(Queued {
+                            request: q.request.map(|r| self.prepared_again(r)).transpose()?,
+                            ..q
+                        })
+                    })
+                    .collect::<Result<Vec<_>, DbError>>()?;
+                let last = self.prepared_again(last)?;
+                self.send_once(queued, last).map_err(|(e, _)| e)
+            }
+            sent => sent.map_err(|(e, _)| e),
+        }
+    }
+
+    /// True when the queue starts with the transaction's `BEGIN`: nothing
+    /// of the transaction reached the server yet.
+    fn begins_unsent(&self) -> bool {
+        matches!(
+            self.queued.borrow().first(),
+            Some(Queued { request: Some(Request::Simple(sql)), .. }) if sql == PG_BEGIN
+        )
+    }
+
+    /// `request`, prepared on the current session.
+    fn prepared_again(&self, request: Request) -> Result<Request, DbError> {
+        Ok(match request {
+            Request::Prepared { sql, args, .. } => {
+                let (statement, sql) = self.statement(&sql)?;
+                Request::Prepared {
+                    sql,
+                    statement,
+                    args,
+                }
+            }
+            simple => simple,
+        })
+    }
+
+    /// One send of `queued` and `last`; on failure, answers them back too
+    /// when nothing of theirs can have run (the session was closed).
+    #[allow(clippy::type_complexity)]
+    fn send_once(
+        &self,
+        queued: Vec<Queued>,
+        last: Request,
+    ) -> Result<Answer, (DbError, Option<(Vec<Queued>, Request)>)> {
+        let answers = {
+            let s = self.round_trip();
+            let requests = queued
+                .iter()
+                .filter_map(|q| q.request.as_ref())
+                .chain(std::iter::once(&last));
+            // join_all polls each future once, in order, before waiting on
+            // any: every request is handed to the connection before the
+            // first answer is awaited.
+            s.runtime.block_on(futures_util::future::join_all(
+                requests.map(|r| run_request(&s.client, r)),
+            ))
+        };
+        let mut answers = answers.into_iter();
+        let mut failed = None;
+        let mut thens = Vec::new();
+        for q in queued.iter() {
+            let Some(request) = &q.request else {
+                continue;
+            };
+            let answer = answers.next().expect("one answer a request");
+            match answer {
+                Ok(answer) => {
+                    self.count_changes(request, &answer);
+                    thens.push(answer.rows);
+                }
+                Err(e) if failed.is_none() => failed = Some((q.write, e)),
+                Err(_) => {}
+            }
+        }
+        let last_answer = answers.next().expect("one answer a request");
+        if let Some((write, e)) = failed {
+            self.failed_write.set(Some(write));
+            let closed = self.is_closed() && e.is_closed();
+            return Err((e.into(), closed.then_some((queued, last))));
+        }
+        let answer = match last_answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                let closed = self.is_closed() && e.is_closed();
+                return Err((e.into(), closed.then_some((queued, last))));
+            }
+        };
+        self.count_changes(&last, &answer);
+        let mut rows = thens.into_iter();
+        for q in queued {
+            let rows = match q.request {
+                Some(_) => rows.next().unwrap_or_default(),
+                None => Vec::new(),
+            };
+            if let Some(then) = q.then {
+                then(&rows);
+            }
+        }
+        Ok(answer)
+    }
+
+    /// A change that returns its rows (RETURNING) counts them as changed,
+    /// as SQLite's `total_changes` does, and so does any other change.
+    fn count_changes(&self, request: &Request, answer: &Answer) {
+        if let Request::Prepared { sql, .. } = request
+            && changes_rows(sql)
+        {
+            self.changes
+                .set(self.changes.get().saturating_add(answer.affected));
+        }
+    }
+
+    /// The write whose queued statement failed when last sent, taken.
+    pub(crate) fn take_failed_write(&self) -> Option<usize> {
+        self.failed_write.take()
+    }
+}
+
+/// Runs one request; its future hands the request to the connection when
+/// first polled.
+async fn run_request(
+    client: &tokio_postgres::Client,
+    request: &Request,
+) -> Result<Answer, tokio_postgres::Error> {
+    match request {
+        Request::Simple(sql) => {
+            client.batch_execute(sql).await?;
+            Ok(Answer {
+                rows: Vec::new(),
+                affected: 0,
+            })
+        }
+        Request::Prepared {
+            statement, args, ..
+        } => {
+            use futures_util::StreamExt;
+            let stream = client
+                .query_raw(
+                    statement,
+                    args.iter().map(|a| a as &dyn tokio_postgres::types::ToSql),
+                )
+                .await?;
+            futures_util::pin_mut!(stream);
+            let mut rows = Vec::new();
+            while let Some(row) = stream.next().await {
+                rows.push(row?);
+            }
+            Ok(Answer {
+                affected: stream.rows_affected().unwrap_or(0),
+                rows,
+            })
+        }
     }
 }
 
 /// Opens a session. Any failure to is the server being out of reach for
 /// now (down, restarting, refusing connections to the database), whatever
 /// the server's code: 503 until it takes sessions again.
-fn open_session(config: &postgres::Config) -> Result<postgres::Client, DbError> {
-    config
-        .connect(postgres::NoTls)
+fn open_session(config: &tokio_postgres::Config) -> Result<Session, DbError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DbError::Internal(format!("cannot start a session's runtime: {e}")))?;
+    let (client, connection) = runtime
+        .block_on(config.connect(tokio_postgres::NoTls))
         .map_err(|e| match DbError::from(e) {
             DbError::Postgres(detail) => DbError::Unavailable {
                 reason: crate::StorageFault::Unreachable,
                 detail,
             },
             classified => classified,
-        })
+        })?;
+    runtime.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "a PostgreSQL session ended");
+        }
+    });
+    Ok(Session { runtime, client })
 }
 
 /// The writer's `BEGIN` on PostgreSQL, with the write lock (see
@@ -237,7 +512,62 @@ impl<'c> Conn<'c> {
     pub(crate) fn execute_batch(&self, sql: &str) -> Result<(), DbError> {
         match *self {
             Conn::Lite(conn) => Ok(conn.execute_batch(sql)?),
-            Conn::Pg(conn) => Ok(conn.client().batch_execute(sql)?),
+            Conn::Pg(conn) => conn
+                .send(Request::Simple(Cow::Owned(sql.to_owned())))
+                .map(drop),
+        }
+    }
+
+    /// Runs transaction control with no answer needed (a savepoint's
+    /// `SAVEPOINT` or `RELEASE`): on PostgreSQL, inside the writer's
+    /// transaction, it is sent with the next statement (see [`PgConn`]).
+    pub(crate) fn execute_later(&self, sql: &'static str) -> Result<(), DbError> {
+        match *self {
+            Conn::Pg(conn) if conn.queues() => {
+                conn.queue(Some(Request::Simple(Cow::Borrowed(sql))), None);
+                Ok(())
+            }
+            _ => self.execute_batch(sql),
+        }
+    }
+
+    /// Sends whatever is queued (PostgreSQL, see [`PgConn`]) and waits for
+    /// it, so that a failure among it is known now; nothing on SQLite.
+    pub(crate) fn flush(&self) -> Result<(), DbError> {
+        match *self {
+            Conn::Pg(conn) if !conn.queued.borrow().is_empty() => {
+                conn.send(Request::Simple(Cow::Borrowed(""))).map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `f` once everything queued so far was sent and succeeded; at
+    /// once when nothing is queued (SQLite, or PostgreSQL outside the
+    /// writer's transaction). Never runs when the send failed.
+    pub(crate) fn after_sent(&self, f: impl FnOnce() + Send + 'static) {
+        match *self {
+            Conn::Pg(conn) if conn.queues() => {
+                conn.queue(None, Some(Box::new(move |_| f())));
+            }
+            _ => f(),
+        }
+    }
+
+    /// Tells the session which write of the writer's batch runs now, so a
+    /// failure of its queued statements can be laid at its door.
+    pub(crate) fn set_write(&self, index: usize) {
+        if let Conn::Pg(conn) = *self {
+            conn.write.set(index);
+        }
+    }
+
+    /// The write of the batch whose queued statement failed at the last
+    /// send, taken; always `None` on SQLite (nothing is queued there).
+    pub(crate) fn take_failed_write(&self) -> Option<usize> {
+        match *self {
+            Conn::Pg(conn) => conn.take_failed_write(),
+            Conn::Lite(_) => None,
         }
     }
 
@@ -253,7 +583,8 @@ impl<'c> Conn<'c> {
 
     /// Begins the writer's transaction with the database's write lock:
     /// `BEGIN IMMEDIATE` on SQLite, and on PostgreSQL a transaction-level
-    /// advisory lock every replica's writer takes, in the same round trip.
+    /// advisory lock every replica's writer takes, sent with the
+    /// transaction's first statement that needs an answer (or its commit).
     /// So one writer commits at a time across replicas as on SQLite, the
     /// journal's `seq` grows in commit order (a reader following it by
     /// `seq` never passes over an event another replica commits later),
@@ -267,19 +598,18 @@ impl<'c> Conn<'c> {
                 .map(drop)?),
             Conn::Pg(conn) => {
                 // Counted as begun even if the lock fails: the next turn
-                // then rolls back whatever the server kept open.
+                // then rolls back whatever the server kept open. Should the
+                // server have ended the session since its last use (a
+                // restart, a failover), the send opens it again and sends
+                // once more: nothing of the transaction ran.
+                conn.queued.borrow_mut().clear();
                 conn.in_transaction.set(true);
-                let begun = conn.client().batch_execute(PG_BEGIN);
-                match begun {
-                    // The server ended the session since its last use (a
-                    // restart, a failover): nothing ran yet, so open it
-                    // again and begin once more.
-                    Err(_) if conn.is_closed() => {
-                        conn.revive()?;
-                        conn.in_transaction.set(true);
-                        Ok(conn.client().batch_execute(PG_BEGIN)?)
-                    }
-                    begun => Ok(begun?),
+                if conn.metered.get() {
+                    conn.queue(Some(Request::Simple(Cow::Borrowed(PG_BEGIN))), None);
+                    Ok(())
+                } else {
+                    conn.send(Request::Simple(Cow::Borrowed(PG_BEGIN)))
+                        .map(drop)
                 }
             }
         }
@@ -291,11 +621,23 @@ impl<'c> Conn<'c> {
         match *self {
             Conn::Lite(conn) => Ok(conn.prepare_cached(sql)?.execute(()).map(drop)?),
             Conn::Pg(conn) => {
+                let begun_here = conn.begins_unsent();
+                if !commit && begun_here {
+                    // Nothing of the transaction reached the server.
+                    conn.queued.borrow_mut().clear();
+                    conn.in_transaction.set(false);
+                    return Ok(());
+                }
+                if !commit {
+                    conn.queued.borrow_mut().clear();
+                }
                 // Whatever COMMIT answers, the transaction is over (a
-                // failed one is rolled back by the server).
-                let ended = conn.client().batch_execute(sql);
+                // failed one is rolled back by the server): a queued
+                // statement that failed fails the commit, which the server
+                // then answers with a rollback.
+                let ended = conn.send(Request::Simple(Cow::Borrowed(sql)));
                 conn.in_transaction.set(false);
-                Ok(ended?)
+                ended.map(drop)
             }
         }
     }
@@ -332,7 +674,7 @@ pub(crate) enum Stmt<'c> {
         /// The session it was prepared on.
         conn: &'c PgConn,
         /// The prepared statement.
-        statement: postgres::Statement,
+        statement: tokio_postgres::Statement,
         /// Its text, when the session counts what it runs.
         metered: Option<Arc<str>>,
     },
@@ -343,16 +685,71 @@ impl Stmt<'_> {
     pub(crate) fn execute(&mut self, args: impl Args) -> Result<usize, DbError> {
         match self {
             Stmt::Lite(stmt) => Ok(stmt.execute(args.values().as_slice())?),
-            Stmt::Pg {
-                conn,
-                statement,
-                metered,
-            } => {
-                let args = metered_args(metered, args);
-                let changed = conn.client().execute(statement, &pg_refs(&args))?;
-                conn.changes.set(conn.changes.get().saturating_add(changed));
-                Ok(usize::try_from(changed).unwrap_or(usize::MAX))
+            Stmt::Pg { conn, .. } => {
+                let conn = *conn;
+                let answer = conn.send(self.request(args))?;
+                Ok(usize::try_from(answer.affected).unwrap_or(usize::MAX))
             }
+        }
+    }
+
+    /// Runs the statement for what it changes, when nobody needs its
+    /// answer now: on PostgreSQL, inside the writer's transaction, it is
+    /// sent with the next statement that needs an answer, or the commit,
+    /// whose call answers its failure (see [`PgConn`]).
+    pub(crate) fn run(&mut self, args: impl Args) -> Result<(), DbError> {
+        self.run_returning(args, |_| {})
+    }
+
+    /// As [`Stmt::run`], for a statement that returns one integer a row
+    /// (`RETURNING seq`): `then` is handed them once they are known, which
+    /// is at once on SQLite, and after the send on PostgreSQL; never when
+    /// the statement failed.
+    pub(crate) fn run_returning(
+        &mut self,
+        args: impl Args,
+        then: impl FnOnce(Vec<i64>) + Send + 'static,
+    ) -> Result<(), DbError> {
+        match self {
+            Stmt::Pg { conn, .. } if conn.queues() => {
+                let conn = *conn;
+                let request = self.request(args);
+                conn.queue(
+                    Some(request),
+                    Some(Box::new(move |rows| {
+                        then(rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+                    })),
+                );
+                Ok(())
+            }
+            _ => {
+                let mut ids = Vec::new();
+                self.for_each_row(args, |r| {
+                    if r.len() > 0 {
+                        ids.push(r.get(0)?);
+                    }
+                    Ok(true)
+                })?;
+                then(ids);
+                Ok(())
+            }
+        }
+    }
+
+    /// The PostgreSQL request running this statement with `args`, counted
+    /// when its session is the writer's.
+    fn request(&self, args: impl Args) -> Request {
+        let Stmt::Pg {
+            statement, metered, ..
+        } = self
+        else {
+            unreachable!("a request is made of a PostgreSQL statement")
+        };
+        let args = metered_args(metered, args);
+        Request::Prepared {
+            sql: metered.clone().unwrap_or_else(|| Arc::from("")),
+            statement: statement.clone(),
+            args,
         }
     }
 
@@ -414,19 +811,9 @@ impl Stmt<'_> {
                     }
                 }
             }
-            Stmt::Pg {
-                conn,
-                statement,
-                metered,
-            } => {
-                let args = metered_args(metered, args);
-                let rows = conn.client().query(statement, &pg_refs(&args))?;
-                // A change that returns its rows (RETURNING) counts them as
-                // changed, as SQLite's `total_changes` does.
-                if metered.as_deref().is_some_and(changes_rows) {
-                    let n = u64::try_from(rows.len()).unwrap_or(u64::MAX);
-                    conn.changes.set(conn.changes.get().saturating_add(n));
-                }
+            Stmt::Pg { conn, .. } => {
+                let conn = *conn;
+                let rows = conn.send(self.request(args))?.rows;
                 for row in &rows {
                     if !each(&Row::Pg(row))? {
                         break;
@@ -443,7 +830,7 @@ pub(crate) enum Row<'r> {
     /// rusqlite's.
     Lite(&'r rusqlite::Row<'r>),
     /// The server's.
-    Pg(&'r postgres::Row),
+    Pg(&'r tokio_postgres::Row),
 }
 
 impl Row<'_> {
@@ -504,7 +891,7 @@ impl Row<'_> {
         }
     }
 
-    fn pg_value(&self, row: &postgres::Row, idx: usize) -> Result<Value, DbError> {
+    fn pg_value(&self, row: &tokio_postgres::Row, idx: usize) -> Result<Value, DbError> {
         let Raw(ty, bytes) = row.try_get(idx)?;
         decode(&ty, bytes).map_err(|e| {
             DbError::InvalidData(format!("column {} ({ty}): {e}", row.columns()[idx].name()))
@@ -547,7 +934,7 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// A column as the server sent it: its type and its binary value.
 struct Raw(Type, Option<Vec<u8>>);
 
-impl<'a> postgres::types::FromSql<'a> for Raw {
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
     fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn StdError + Sync + Send>> {
         Ok(Raw(ty.clone(), Some(raw.to_vec())))
     }
@@ -636,13 +1023,7 @@ fn metered_args(metered: &Option<Arc<str>>, args: impl Args) -> Vec<PgArg> {
     pg_args(args)
 }
 
-fn pg_refs(args: &[PgArg]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
-    args.iter()
-        .map(|a| a as &(dyn postgres::types::ToSql + Sync))
-        .collect()
-}
-
-impl postgres::types::ToSql for PgArg {
+impl tokio_postgres::types::ToSql for PgArg {
     fn to_sql(
         &self,
         ty: &Type,
@@ -695,7 +1076,7 @@ impl postgres::types::ToSql for PgArg {
         true
     }
 
-    postgres::types::to_sql_checked!();
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// True for a statement that changes rows (the writer's `RETURNING` ones).
@@ -757,7 +1138,7 @@ mod tests {
     fn a_time_survives_the_trip_through_postgresql_s_epoch() {
         let micros = 1_764_000_000_123_456_i64;
         let mut out = bytes::BytesMut::new();
-        postgres::types::ToSql::to_sql(
+        tokio_postgres::types::ToSql::to_sql(
             &PgArg(Value::Integer(micros)),
             &Type::TIMESTAMPTZ,
             &mut out,
@@ -773,7 +1154,7 @@ mod tests {
     fn a_uuid_reads_back_as_the_text_sqlite_stores() {
         let id = uuid::Uuid::new_v4();
         let mut out = bytes::BytesMut::new();
-        postgres::types::ToSql::to_sql(&PgArg(Value::Text(id.to_string())), &Type::UUID, &mut out)
+        tokio_postgres::types::ToSql::to_sql(&PgArg(Value::Text(id.to_string())), &Type::UUID, &mut out)
             .unwrap();
         assert_eq!(
             decode(&Type::UUID, Some(out.to_vec())).unwrap(),
@@ -785,7 +1166,7 @@ mod tests {
     fn an_out_of_range_integer_is_refused_not_wrapped() {
         let mut out = bytes::BytesMut::new();
         let refused =
-            postgres::types::ToSql::to_sql(&PgArg(Value::Integer(70_000)), &Type::INT2, &mut out);
+            tokio_postgres::types::ToSql::to_sql(&PgArg(Value::Integer(70_000)), &Type::INT2, &mut out);
         assert!(refused.is_err());
     }
 }

@@ -40,6 +40,9 @@ trait Job: Send {
     /// The write's own failure, once it ran (so a lone write's transaction
     /// rolls back, and a storage fault is recorded).
     fn error(&self) -> Option<&DbError>;
+    /// Records the write's failure, found after it ran: a statement it
+    /// left to be sent later (see [`crate::engine::sql::PgConn`]) failed.
+    fn fail(&mut self, error: DbError);
     /// Sends the outcome, or the transaction's failure, to the caller.
     fn finish(self: Box<Self>, commit: Result<(), &DbError>);
 }
@@ -77,6 +80,10 @@ impl<T: Send> Job for WriteJob<T> {
             Some(Err(e)) => Some(e),
             _ => None,
         }
+    }
+
+    fn fail(&mut self, error: DbError) {
+        self.outcome = Some(Err(error));
     }
 
     fn finish(self: Box<Self>, commit: Result<(), &DbError>) {
@@ -600,18 +607,23 @@ pub(crate) fn in_named_savepoint<T>(
     savepoint: &Savepoint,
     work: impl FnOnce() -> Result<T, DbError>,
 ) -> Result<T, DbError> {
-    conn.execute_batch(savepoint.begin)?;
-    let result = work();
+    conn.execute_later(savepoint.begin)?;
+    // What the work left to be sent later (PostgreSQL) is sent before the
+    // savepoint ends, so that its failure is the work's and undoes only it.
+    let result = work().and_then(|t| conn.flush().map(|()| t));
     if result.is_err() && conn.is_autocommit() {
         // SQLite rolled the whole transaction back (it may on a full disk,
         // an I/O error or a lock): the savepoint is gone with it.
         return result;
     }
     let end = if result.is_ok() {
-        conn.execute_batch(savepoint.release)
+        conn.execute_later(savepoint.release)
     } else {
-        conn.execute_batch(savepoint.rollback)
-            .and_then(|()| conn.execute_batch(savepoint.release))
+        conn.execute_batch(savepoint.rollback).and_then(|()| {
+            // The failure is undone: it no longer fails the write it is in.
+            conn.take_failed_write();
+            conn.execute_later(savepoint.release)
+        })
     };
     if let Err(e) = end {
         // The savepoint could not be ended: what the work wrote cannot be
@@ -685,8 +697,20 @@ fn attempt(conn: &Conn<'_>, batch: &mut [Box<dyn Job>]) -> Attempt {
     if let Err(e) = conn.begin() {
         return Attempt::Lost(transaction_error("begin", e));
     }
-    for (index, job) in batch.iter_mut().enumerate() {
+    for index in 0..batch.len() {
+        conn.set_write(index);
+        let job = &mut batch[index];
         job.run(conn);
+        if let Some(failed) = conn.take_failed_write() {
+            // A statement a write queued failed when this one's were sent:
+            // that write failed, whichever call saw it.
+            let e = job.error().map_or_else(
+                || DbError::Internal("a queued statement failed".into()),
+                DbError::duplicate,
+            );
+            return queued_failure(conn, batch, failed, e);
+        }
+        let job = &mut batch[index];
         if conn.is_autocommit() {
             return Attempt::Lost(match job.error() {
                 Some(e) => e.duplicate(),
@@ -705,11 +729,32 @@ fn attempt(conn: &Conn<'_>, batch: &mut [Box<dyn Job>]) -> Attempt {
     }
     match conn.end(true) {
         Ok(()) => Attempt::Committed,
-        Err(e) => {
-            leave_transaction(conn);
-            Attempt::Lost(transaction_error("commit", e))
-        }
+        Err(e) => match conn.take_failed_write() {
+            Some(failed) => queued_failure(conn, batch, failed, e),
+            None => {
+                leave_transaction(conn);
+                Attempt::Lost(transaction_error("commit", e))
+            }
+        },
     }
+}
+
+/// A statement the write at `failed` queued failed with `e` when sent
+/// (PostgreSQL): that write failed, and the server aborted the
+/// transaction. A storage fault loses the whole batch, as it would have
+/// had the statement been sent at once.
+fn queued_failure(
+    conn: &Conn<'_>,
+    batch: &mut [Box<dyn Job>],
+    failed: usize,
+    e: DbError,
+) -> Attempt {
+    if e.storage_fault().is_some() || failed >= batch.len() {
+        leave_transaction(conn);
+        return Attempt::Lost(e);
+    }
+    batch[failed].fail(e);
+    Attempt::JobFailed(failed)
 }
 
 /// Runs `batch` in one transaction and answers every job once the commit is

@@ -8,9 +8,12 @@
 //! PostgreSQL database starts at the version its first migration names;
 //! there are no older PostgreSQL databases to upgrade.
 //!
-//! The driver is the `postgres` crate, the blocking client: the repository
-//! is written for blocking connections behind one writer thread and a
-//! pool of readers, r2d2's with [`PgManager`] here as rusqlite's for SQLite.
+//! The driver is `tokio-postgres`, each session driven by a small runtime
+//! of its own so that the repository keeps blocking connections behind one
+//! writer thread and a pool of readers (r2d2's, with [`PgManager`] here, as
+//! rusqlite's for SQLite); the writer sends a transaction's statements
+//! together (see `crate::engine::sql::PgConn`). Migrations run once, on
+//! the blocking `postgres` client.
 
 use postgres::{Client, NoTls};
 use std::time::Duration;
@@ -24,7 +27,7 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Opens the pool's sessions; a session the server or the network closed
 /// is dropped from the pool and a new one opened on demand.
-pub(crate) struct PgManager(pub(crate) postgres::Config);
+pub(crate) struct PgManager(pub(crate) tokio_postgres::Config);
 
 impl r2d2::ManageConnection for PgManager {
     type Connection = PgConn;
@@ -35,8 +38,7 @@ impl r2d2::ManageConnection for PgManager {
     }
 
     fn is_valid(&self, conn: &mut PgConn) -> Result<(), DbError> {
-        let _: () = drop(conn.client().simple_query("")?);
-        Ok(())
+        conn.ping()
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
@@ -84,8 +86,8 @@ pub fn check_postgres_url(url: &str) -> Result<(), String> {
 
 /// The connection settings in `url` (a `postgres://` URL or a
 /// `key=value` string), with the timeout Madre uses.
-pub(crate) fn config(url: &str) -> Result<postgres::Config, DbError> {
-    let mut config: postgres::Config = url
+pub(crate) fn config(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e: postgres::Error| DbError::Postgres(format!("bad connection string: {e}")))?;
     if config.get_connect_timeout().is_none() {

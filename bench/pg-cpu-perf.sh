@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Where a LOW chat's CPU goes on PostgreSQL (one replica): chat-low at C=64
+# for BENCH_SECONDS, then the CPU time of Madre, of the PostgreSQL server's
+# processes and of the stubs over the run (from /proc), per chat; and the
+# writer's statements and commits per chat (/metrics). Same throw-away
+# cluster as bench/postgres.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/stub-urls.sh
+. scripts/stub-urls.sh
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+OFFSET=${BENCH_PORT_OFFSET:-14000}
+MADRE_BIN=${MADRE_BIN:-target/release/madre}
+LOG_LEVEL=${BENCH_RUST_LOG:-warn}
+
+bench_prepare
+WORK=$(mktemp -d)
+PG_DIR=$(mktemp -d /tmp/madre-pg-bench-XXXXXX)
+export VX11_TOKEN=bench-$RANDOM-$RANDOM
+cleanup() {
+    stop "${MADRE_PID:-}"; stop "${STUBS_PID:-}"
+    ./scripts/pg-test-cluster.sh stop "$PG_DIR"; rm -rf "$WORK" "$PG_DIR"
+}
+trap cleanup EXIT
+ADMIN=$(./scripts/pg-test-cluster.sh start "$PG_DIR")
+PSQL=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)/psql
+if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- "$PSQL" "$ADMIN" -qc "CREATE DATABASE bench"
+else
+    "$PSQL" "$ADMIN" -qc "CREATE DATABASE bench"
+fi
+start_stubs
+start_madre "$MADRE_BIN" MADRE_DATABASE_URL="$ADMIN dbname=bench" MADRE_REPLICA_ID=bench-a
+
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+server_ticks() {
+    local t=0 p
+    for p in $(pgrep -u postgres); do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+    echo "$t"
+}
+metric() { curl -fsS -H "X-VX11-Token: $VX11_TOKEN" "$BASE/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+
+m0=$(ticks "$MADRE_PID"); s0=$(ticks "$STUBS_PID"); p0=$(server_ticks)
+st0=$(metric madre_db_statements_total); c0=$(metric madre_db_commits_total)
+perf record -a -g -o /tmp/perf.data -- sleep 8 2>/dev/null &
+line=$(wrk -t2 -c64 -d"${SECONDS_PER_RUN}s" --timeout 10s -s bench/chat_low.lua "$BASE/madre/chat" | grep '^RESULT')
+m1=$(ticks "$MADRE_PID"); s1=$(ticks "$STUBS_PID"); p1=$(server_ticks)
+st1=$(metric madre_db_statements_total); c1=$(metric madre_db_commits_total)
+chats=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+hz=$(getconf CLK_TCK)
+echo "$line"
+awk -v n="$chats" -v hz="$hz" -v m=$((m1 - m0)) -v p=$((p1 - p0)) -v s=$((s1 - s0)) \
+    -v st=$((st1 - st0)) -v c=$((c1 - c0)) 'BEGIN {
+    printf "CPU per chat: madre %.0f us, postgresql %.0f us, stubs %.0f us\n", 1e6 * m / hz / n, 1e6 * p / hz / n, 1e6 * s / hz / n
+    printf "per chat: %.1f writer statements, %.2f commits (batched under load)\n", st / n, c / n }'
