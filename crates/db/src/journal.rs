@@ -608,7 +608,7 @@ pub(crate) fn append(
     for event in events {
         rows.push(step(plan_id, &mut loaded, event)?);
     }
-    let newest = insert_events(conn, loaded.row, &rows, replica)?;
+    let newest = insert_events(conn, PlanRow::Known(loaded.row), &rows, replica)?;
     if loaded.row_changed {
         let plan = &loaded.stored.plan;
         let (owner, lease_expires_at) = replica.holder(plan.status);
@@ -1027,14 +1027,25 @@ fn result_from(steps: &[Step], place: &Value) -> Option<Value> {
     Some(json!({ "reply": text }))
 }
 
+/// The plan row events belong to.
+#[derive(Clone, Copy)]
+enum PlanRow {
+    /// A row whose id is known.
+    Known(i64),
+    /// The row the session inserted last into `plans`, in the same
+    /// transaction, whose id is not back yet (PostgreSQL, statements sent
+    /// together): the plans' identity sequence's current value.
+    JustInserted,
+}
+
 /// Inserts the event rows; answers the seq of the last one.
 fn insert_events(
     conn: &Conn<'_>,
-    plan_row: i64,
+    plan_row: PlanRow,
     rows: &[NewRow],
     replica: &Replica,
-) -> Result<Newest, DbError> {
-    let newest = Newest::default();
+) -> Result<LaterId, DbError> {
+    let newest = LaterId::default();
     for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
         let mut sql = String::from(
             "INSERT INTO plan_events (plan, type, step, payload_json, principal, replica, created_at) VALUES ",
@@ -1043,7 +1054,11 @@ fn insert_events(
             if i > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str("(?, ?, ?, ?, ?, ?, ?)");
+            sql.push_str(match plan_row {
+                PlanRow::Known(_) => "(?, ?, ?, ?, ?, ?, ?)",
+                // The identity sequence of `plans.id` (PostgreSQL's name for it).
+                PlanRow::JustInserted => "(currval('plans_id_seq'), ?, ?, ?, ?, ?, ?)",
+            });
         }
         if conn.is_postgres() {
             sql.push_str(" RETURNING seq");
@@ -1053,8 +1068,14 @@ fn insert_events(
         let times: Vec<Ts> = chunk.iter().map(|r| ts(r.at)).collect();
         let steps: Vec<Option<i64>> = chunk.iter().map(|r| r.step.map(|s| s as i64)).collect();
         let types: Vec<i64> = chunk.iter().map(|r| type_code(r.event_type)).collect();
+        let known = match plan_row {
+            PlanRow::Known(id) => Some(id),
+            PlanRow::JustInserted => None,
+        };
         for (i, row) in chunk.iter().enumerate() {
-            args.push(&plan_row);
+            if let Some(id) = &known {
+                args.push(id);
+            }
             args.push(&types[i]);
             args.push(&steps[i]);
             args.push(&row.payload);
@@ -1078,13 +1099,14 @@ fn insert_events(
     Ok(newest)
 }
 
-/// The `seq` of the newest event an insert wrote: known once the insert
-/// was sent (at once on SQLite; with the commit on PostgreSQL, see
+/// An id a statement returns (a new plan's row, the `seq` of the newest
+/// event an insert wrote): known once the statement was sent (at once on
+/// SQLite; with the commit on PostgreSQL, see
 /// [`crate::engine::sql::PgConn`]). Zero until then.
 #[derive(Clone, Default)]
-struct Newest(std::sync::Arc<std::sync::atomic::AtomicI64>);
+struct LaterId(std::sync::Arc<std::sync::atomic::AtomicI64>);
 
-impl Newest {
+impl LaterId {
     fn raise(&self, seq: i64) {
         self.0.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
     }
@@ -1226,14 +1248,14 @@ pub(crate) fn create(
     }
     let stored = &loaded.stored;
     let (owner, lease_expires_at) = replica.holder(stored.plan.status);
-    let row: i64 = conn.prepare_cached(
+    let mut insert = conn.prepare_cached(
         "INSERT INTO plans (uuid, kind, name, module, action, principal, mode, risk, session_id,
                             intent_id, status, error, result, warnings_json, created_at, updated_at,
                             owner, lease_expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
          RETURNING id",
-    )?
-    .query_row(params![
+    )?;
+    let args = params![
         plan.plan_id.to_string(),
         record.meta.kind.as_str(),
         record.meta.name,
@@ -1252,19 +1274,35 @@ pub(crate) fn create(
         ts(stored.plan.updated_at),
         owner,
         lease_expires_at,
-    ], |r| r.get(0))?;
+    ];
+    // Sent with the commit on PostgreSQL: its events name the row by the
+    // sequence's current value, and the fold learns the id once it is back.
+    let row = LaterId::default();
+    let plan_row = if conn.sends_later() {
+        let row = row.clone();
+        insert.run_returning(args, move |ids| {
+            row.raise(ids.into_iter().max().unwrap_or(0))
+        })?;
+        PlanRow::JustInserted
+    } else {
+        let id = insert.query_row(args, |r| r.get(0))?;
+        row.raise(id);
+        PlanRow::Known(id)
+    };
     if let Some(shape) = &prepared.created.new_shape {
         shapes::store(conn, shape)?;
     }
-    let newest = insert_events(conn, row, &rows, replica)?;
+    let newest = insert_events(conn, plan_row, &rows, replica)?;
     let status = stored.plan.status;
     if status.is_terminal() {
         count_finished(conn, status)?;
     } else {
-        loaded.row = row;
         loaded.row_changed = false;
         let plan_id = plan.plan_id;
-        conn.after_sent(move || folds::keep(plan_id, loaded, newest.get()));
+        conn.after_sent(move || {
+            loaded.row = row.get();
+            folds::keep(plan_id, loaded, newest.get());
+        });
     }
     Ok(())
 }

@@ -67,7 +67,7 @@ impl Db {
     /// ask keeps the turn while it lives, and when its session ends (the
     /// replica died) the next to ask has it. Blocking.
     pub fn hold_cleanup_turn(&self) -> Result<bool, DbError> {
-        let Some(config) = &self.postgres else {
+        let Some(server) = &self.postgres else {
             return Ok(true);
         };
         let mut session = self
@@ -78,7 +78,7 @@ impl Db {
             .as_ref()
             .is_none_or(crate::engine::sql::PgConn::is_closed)
         {
-            *session = Some(crate::engine::sql::PgConn::connect(config)?);
+            *session = Some(crate::engine::sql::PgConn::connect(server)?);
         }
         let Some(session) = session.as_ref() else {
             return Ok(false);

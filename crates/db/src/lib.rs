@@ -118,7 +118,7 @@ pub struct Db {
     /// What this process knows of the plan shapes stored (issue 25).
     shapes: Arc<shapes::Shapes>,
     /// The PostgreSQL server's settings (`None` on SQLite).
-    postgres: Option<Arc<tokio_postgres::Config>>,
+    postgres: Option<Arc<pg::Server>>,
     /// The session holding the cleanup's turn ([`Db::hold_cleanup_turn`]).
     cleanup_session: Arc<std::sync::Mutex<Option<sql::PgConn>>>,
     /// The PostgreSQL database's size as last measured ([`Db::size`]).
@@ -299,8 +299,9 @@ impl Db {
             create_private_dir(dir)?;
         }
         let config = pg::config(url)?;
-        let session = sql::PgConn::connect(&config)?;
-        let mut migrating = postgres::Config::from(config.clone()).connect(postgres::NoTls)?;
+        let server = pg::Server::new(config.clone());
+        let session = sql::PgConn::connect(&server)?;
+        let mut migrating = postgres::Config::from(config).connect(postgres::NoTls)?;
         pg::migrate_client(&mut migrating)?;
         drop(migrating);
         let replica = journal::Replica::register(&sql::Conn::Pg(&session), replica)?;
@@ -309,7 +310,7 @@ impl Db {
             .min_idle(Some(1))
             .connection_timeout(pg::CONNECT_TIMEOUT)
             .test_on_check_out(false)
-            .build(pg::PgManager(config.clone()))
+            .build(pg::PgManager(Arc::clone(&server)))
             .map_err(pg::pool_error)?;
         session.meter();
         let writer = engine::writer::Writer::new(sql::Connection::Pg(Box::new(session)));
@@ -324,7 +325,7 @@ impl Db {
             path: path.to_owned(),
             replica: Arc::new(replica),
             shapes: Arc::default(),
-            postgres: Some(Arc::new(config)),
+            postgres: Some(server),
             cleanup_session: Arc::default(),
             postgres_size: Arc::default(),
         };
@@ -356,7 +357,13 @@ impl Db {
     /// statements, WAL frames, commit time (for `/metrics`, and to count
     /// what a request costs).
     pub fn writer_stats(&self) -> WriterStats {
-        self.writer.stats()
+        let mut stats = self.writer.stats();
+        if let Some(server) = &self.postgres {
+            stats.round_trips = server
+                .round_trips
+                .load(std::sync::atomic::Ordering::Relaxed);
+        }
+        stats
     }
 
     /// Starts keeping the text of each distinct statement the writer runs,

@@ -188,6 +188,8 @@ impl Meter {
             commit_time: Duration::from_micros(get(&self.commit_micros)),
             largest_batch: get(&self.largest_batch),
             queue_depth: queue_depth as u64,
+            // Counted by the database's sessions (see `Db::writer_stats`).
+            round_trips: 0,
         }
     }
 }
@@ -214,6 +216,10 @@ pub struct WriterStats {
     pub largest_batch: u64,
     /// Writes waiting for the writer now.
     pub queue_depth: u64,
+    /// Round trips to the PostgreSQL server, by every session of the
+    /// database (the writer's and the readers'); 0 on SQLite, where there
+    /// is no server to go to.
+    pub round_trips: u64,
 }
 
 impl WriterStats {
@@ -224,6 +230,7 @@ impl WriterStats {
             commits: self.commits - earlier.commits,
             writes: self.writes - earlier.writes,
             statements: self.statements - earlier.statements,
+            round_trips: self.round_trips - earlier.round_trips,
             wal_frames: self.wal_frames - earlier.wal_frames,
             commit_time: self.commit_time.saturating_sub(earlier.commit_time),
             largest_batch: self.largest_batch,

@@ -18,7 +18,6 @@
 //! and kept prepared for the connection's life, as rusqlite's statement
 //! cache does.
 
-use tokio_postgres::types::{IsNull, Type};
 use rusqlite::ToSql;
 use rusqlite::types::{FromSql, ToSqlOutput, Value, ValueRef};
 use std::borrow::Cow;
@@ -26,6 +25,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::sync::Arc;
+use tokio_postgres::types::{IsNull, Type};
 
 use crate::DbError;
 
@@ -104,7 +104,6 @@ impl Connection {
 pub(crate) struct PgConn {
     /// `None` only while dropped.
     session: RefCell<Option<Session>>,
-    config: tokio_postgres::Config,
     /// Each statement's text (SQLite's dialect), with its prepared form
     /// and its text shared with the statements that run it (for the meter).
     prepared: RefCell<HashMap<String, (tokio_postgres::Statement, Arc<str>)>>,
@@ -122,9 +121,9 @@ pub(crate) struct PgConn {
     write: Cell<usize>,
     /// The write whose queued statement failed when last sent.
     failed_write: Cell<Option<usize>>,
-    /// Round trips to the server: each send of one or more requests
-    /// that waits for their answers.
-    round_trips: Cell<u64>,
+    /// The server, and the round trips its sessions made: each send of
+    /// one or more requests that waits for their answers counts one.
+    server: Arc<crate::pg::Server>,
 }
 
 /// A session's client and the runtime that drives its connection: the
@@ -182,10 +181,10 @@ impl Drop for PgConn {
 
 impl PgConn {
     /// Connects as `config` says.
-    pub(crate) fn connect(config: &tokio_postgres::Config) -> Result<Self, DbError> {
+    pub(crate) fn connect(server: &Arc<crate::pg::Server>) -> Result<Self, DbError> {
         Ok(Self {
-            session: RefCell::new(Some(open_session(config)?)),
-            config: config.clone(),
+            session: RefCell::new(Some(open_session(&server.config)?)),
+            server: Arc::clone(server),
             prepared: RefCell::default(),
             in_transaction: Cell::new(false),
             changes: Cell::new(0),
@@ -193,7 +192,6 @@ impl PgConn {
             queued: RefCell::default(),
             write: Cell::new(0),
             failed_write: Cell::new(None),
-            round_trips: Cell::new(0),
         })
     }
 
@@ -203,11 +201,6 @@ impl PgConn {
         self.metered.set(true);
     }
 
-    /// Round trips this session made to the server since it was opened.
-    pub(crate) fn round_trips(&self) -> u64 {
-        self.round_trips.get()
-    }
-
     /// Opens the session again when it was lost (the server restarted,
     /// the network broke); its prepared statements and anything queued go
     /// with the old one.
@@ -215,7 +208,7 @@ impl PgConn {
         if !self.is_closed() {
             return Ok(());
         }
-        let session = open_session(&self.config)?;
+        let session = open_session(&self.server.config)?;
         *self.session.borrow_mut() = Some(session);
         self.prepared.borrow_mut().clear();
         self.queued.borrow_mut().clear();
@@ -226,7 +219,9 @@ impl PgConn {
     /// The session, for one round trip: its client, and the runtime to
     /// wait on for the answer.
     fn round_trip(&self) -> std::cell::Ref<'_, Session> {
-        self.round_trips.set(self.round_trips.get() + 1);
+        self.server
+            .round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         std::cell::Ref::map(self.session.borrow(), |s| {
             s.as_ref().expect("a session has its client until dropped")
         })
@@ -657,6 +652,12 @@ impl<'c> Conn<'c> {
             Conn::Lite(conn) => conn.total_changes(),
             Conn::Pg(conn) => conn.changes.get(),
         }
+    }
+
+    /// True when statements nobody waits on are queued rather than run at
+    /// once: PostgreSQL, inside the writer's transaction (see [`PgConn`]).
+    pub(crate) fn sends_later(&self) -> bool {
+        matches!(self, Conn::Pg(conn) if conn.queues())
     }
 
     /// Which backend this is, for the few statements that differ.
@@ -1154,8 +1155,12 @@ mod tests {
     fn a_uuid_reads_back_as_the_text_sqlite_stores() {
         let id = uuid::Uuid::new_v4();
         let mut out = bytes::BytesMut::new();
-        tokio_postgres::types::ToSql::to_sql(&PgArg(Value::Text(id.to_string())), &Type::UUID, &mut out)
-            .unwrap();
+        tokio_postgres::types::ToSql::to_sql(
+            &PgArg(Value::Text(id.to_string())),
+            &Type::UUID,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(
             decode(&Type::UUID, Some(out.to_vec())).unwrap(),
             Value::Text(id.to_string())
@@ -1165,8 +1170,11 @@ mod tests {
     #[test]
     fn an_out_of_range_integer_is_refused_not_wrapped() {
         let mut out = bytes::BytesMut::new();
-        let refused =
-            tokio_postgres::types::ToSql::to_sql(&PgArg(Value::Integer(70_000)), &Type::INT2, &mut out);
+        let refused = tokio_postgres::types::ToSql::to_sql(
+            &PgArg(Value::Integer(70_000)),
+            &Type::INT2,
+            &mut out,
+        );
         assert!(refused.is_err());
     }
 }
