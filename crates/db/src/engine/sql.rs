@@ -144,6 +144,9 @@ struct Queued {
     then: Option<Then>,
 }
 
+/// Requests handed back by a send that could not have run any of them.
+type Unsent = (Vec<Queued>, Request);
+
 /// What a queued request does with the rows it returned.
 type Then = Box<dyn FnOnce(&[tokio_postgres::Row]) + Send>;
 
@@ -281,8 +284,8 @@ impl PgConn {
         let fresh = self.begins_unsent();
         let queued = std::mem::take(&mut *self.queued.borrow_mut());
         match self.send_once(queued, last) {
-            Err((e, Some((queued, last)))) if fresh && self.is_closed() => {
-                let _ = e;
+            Err((_, Some(unsent))) if fresh && self.is_closed() => {
+                let (queued, last) = *unsent;
                 self.revive()?;
                 self.in_transaction.set(true);
                 let queued = queued
@@ -332,7 +335,7 @@ impl PgConn {
         &self,
         queued: Vec<Queued>,
         last: Request,
-    ) -> Result<Answer, (DbError, Option<(Vec<Queued>, Request)>)> {
+    ) -> Result<Answer, (DbError, Option<Box<Unsent>>)> {
         let answers = {
             let s = self.round_trip();
             let requests = queued
@@ -367,13 +370,13 @@ impl PgConn {
         if let Some((write, e)) = failed {
             self.failed_write.set(Some(write));
             let closed = self.is_closed() && e.is_closed();
-            return Err((e.into(), closed.then_some((queued, last))));
+            return Err((e.into(), closed.then(|| Box::new((queued, last)))));
         }
         let answer = match last_answer {
             Ok(answer) => answer,
             Err(e) => {
                 let closed = self.is_closed() && e.is_closed();
-                return Err((e.into(), closed.then_some((queued, last))));
+                return Err((e.into(), closed.then(|| Box::new((queued, last)))));
             }
         };
         self.count_changes(&last, &answer);
