@@ -118,7 +118,7 @@ pub struct Db {
     /// What this process knows of the plan shapes stored (issue 25).
     shapes: Arc<shapes::Shapes>,
     /// The PostgreSQL server's settings (`None` on SQLite).
-    postgres: Option<Arc<pg::Server>>,
+    postgres: Option<Arc<sql::PgServer>>,
     /// The session holding the cleanup's turn ([`Db::hold_cleanup_turn`]).
     cleanup_session: Arc<std::sync::Mutex<Option<sql::PgConn>>>,
     /// The PostgreSQL database's size as last measured ([`Db::size`]).
@@ -299,7 +299,7 @@ impl Db {
             create_private_dir(dir)?;
         }
         let config = pg::config(url)?;
-        let server = pg::Server::new(config.clone());
+        let server = sql::PgServer::new(config.clone());
         let session = sql::PgConn::connect(&server)?;
         let mut migrating = postgres::Config::from(config).connect(postgres::NoTls)?;
         pg::migrate_client(&mut migrating)?;
@@ -467,6 +467,9 @@ impl Db {
             Readers::Pg(pool) => {
                 let read = || {
                     let session = pool.get().map_err(pg::pool_error)?;
+                    // A session the server ended since it was pooled (a
+                    // restart, a failover) is reopened, not used.
+                    session.revive()?;
                     f(&sql::Conn::Pg(&session))
                 };
                 if tokio::runtime::Handle::try_current().is_ok() && !BLOCKING.with(Cell::get) {

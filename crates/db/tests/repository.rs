@@ -2546,3 +2546,25 @@ fn one_replica_at_a_time_holds_the_cleanup_turn() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// PostgreSQL ended every session of the database (a restart, a failover,
+/// an operator): the next write and the next read reopen theirs and
+/// succeed, with no failure in between, and nothing is written twice.
+#[test]
+fn sessions_the_server_ended_are_reopened_by_the_next_write_and_read() {
+    if !is_postgres() {
+        return; // SQLite has no server to end them
+    }
+    let t = open();
+    t.db.log_intent(intent_row(60)).wait().unwrap();
+    assert!(t.db.intent_log(Uuid::from_u128(60)).unwrap().is_some());
+    // Waits (up to 10 s each) until every other session's process is gone.
+    t.execute(
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .unwrap();
+    t.db.log_intent(intent_row(61)).wait().unwrap();
+    assert!(t.db.intent_log(Uuid::from_u128(61)).unwrap().is_some());
+    assert_eq!(t.scalar("SELECT count(*) FROM intents_log"), 2);
+}

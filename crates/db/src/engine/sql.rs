@@ -60,6 +60,13 @@ impl Args for () {
     }
 }
 
+/// Where a session's queue stood (see [`Conn::queue_mark`]).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct QueueMark {
+    sends: u64,
+    queued: usize,
+}
+
 /// A connection of either backend, borrowed for one read or one write.
 #[derive(Clone, Copy)]
 pub(crate) enum Conn<'c> {
@@ -84,6 +91,23 @@ impl Connection {
             Connection::Lite(conn) => Conn::Lite(conn),
             Connection::Pg(conn) => Conn::Pg(conn),
         }
+    }
+}
+
+/// The PostgreSQL server a database handle uses: how to reach it, and the
+/// round trips all its sessions made to it (`/metrics`, and the test that
+/// counts a chat's).
+pub(crate) struct PgServer {
+    pub(crate) config: tokio_postgres::Config,
+    pub(crate) round_trips: std::sync::atomic::AtomicU64,
+}
+
+impl PgServer {
+    pub(crate) fn new(config: tokio_postgres::Config) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            config,
+            round_trips: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 }
 
@@ -121,9 +145,11 @@ pub(crate) struct PgConn {
     write: Cell<usize>,
     /// The write whose queued statement failed when last sent.
     failed_write: Cell<Option<usize>>,
+    /// Sends made, so a savepoint can tell whether it was sent.
+    sends: Cell<u64>,
     /// The server, and the round trips its sessions made: each send of
     /// one or more requests that waits for their answers counts one.
-    server: Arc<crate::pg::Server>,
+    server: Arc<PgServer>,
 }
 
 /// A session's client and the runtime that drives its connection: the
@@ -143,9 +169,6 @@ struct Queued {
     /// Handed the request's rows once everything sent with it succeeded.
     then: Option<Then>,
 }
-
-/// Requests handed back by a send that could not have run any of them.
-type Unsent = (Vec<Queued>, Request);
 
 /// What a queued request does with the rows it returned.
 type Then = Box<dyn FnOnce(&[tokio_postgres::Row]) + Send>;
@@ -184,7 +207,7 @@ impl Drop for PgConn {
 
 impl PgConn {
     /// Connects as `config` says.
-    pub(crate) fn connect(server: &Arc<crate::pg::Server>) -> Result<Self, DbError> {
+    pub(crate) fn connect(server: &Arc<PgServer>) -> Result<Self, DbError> {
         Ok(Self {
             session: RefCell::new(Some(open_session(&server.config)?)),
             server: Arc::clone(server),
@@ -195,6 +218,7 @@ impl PgConn {
             queued: RefCell::default(),
             write: Cell::new(0),
             failed_write: Cell::new(None),
+            sends: Cell::new(0),
         })
     }
 
@@ -208,6 +232,18 @@ impl PgConn {
     /// the network broke); its prepared statements and anything queued go
     /// with the old one.
     pub(crate) fn revive(&self) -> Result<(), DbError> {
+        // The connection's task runs only while a call waits: a few turns
+        // of it read what the server sent since (the end of the session, by
+        // a restart), so a session the server closed is not used again.
+        if let Some(session) = self.session.borrow().as_ref() {
+            session.runtime.block_on(async {
+                // Each yield lets the runtime poll for readiness and run
+                // the connection's task once.
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
         if !self.is_closed() {
             return Ok(());
         }
@@ -277,35 +313,18 @@ impl PgConn {
 
     /// Sends what is queued and then `last`, together, and answers
     /// `last`. A queued request that fails fails the call, and
-    /// [`PgConn::failed_write`] names its write. When the session turns
-    /// out to have been closed before the transaction's `BEGIN` reached
-    /// the server, it is opened again and everything sent once more.
+    /// [`PgConn::take_failed_write`] names its write. Nothing is sent
+    /// again: once a `COMMIT` went out, only the server knows whether it
+    /// took it (a closed session is reopened before the next transaction,
+    /// see [`PgConn::revive`]).
     fn send(&self, last: Request) -> Result<Answer, DbError> {
-        let fresh = self.begins_unsent();
         let queued = std::mem::take(&mut *self.queued.borrow_mut());
-        match self.send_once(queued, last) {
-            Err((_, Some(unsent))) if fresh && self.is_closed() => {
-                let (queued, last) = *unsent;
-                self.revive()?;
-                self.in_transaction.set(true);
-                let queued = queued
-                    .into_iter()
-                    .map(|q| {
-                        Ok(Queued {
-                            request: q.request.map(|r| self.prepared_again(r)).transpose()?,
-                            ..q
-                        })
-                    })
-                    .collect::<Result<Vec<_>, DbError>>()?;
-                let last = self.prepared_again(last)?;
-                self.send_once(queued, last).map_err(|(e, _)| e)
-            }
-            sent => sent.map_err(|(e, _)| e),
-        }
+        self.sends.set(self.sends.get() + 1);
+        self.send_once(queued, last)
     }
 
     /// True when the queue starts with the transaction's `BEGIN`: nothing
-    /// of the transaction reached the server yet.
+    /// of the transaction was sent yet.
     fn begins_unsent(&self) -> bool {
         matches!(
             self.queued.borrow().first(),
@@ -313,29 +332,8 @@ impl PgConn {
         )
     }
 
-    /// `request`, prepared on the current session.
-    fn prepared_again(&self, request: Request) -> Result<Request, DbError> {
-        Ok(match request {
-            Request::Prepared { sql, args, .. } => {
-                let (statement, sql) = self.statement(&sql)?;
-                Request::Prepared {
-                    sql,
-                    statement,
-                    args,
-                }
-            }
-            simple => simple,
-        })
-    }
-
-    /// One send of `queued` and `last`; on failure, answers them back too
-    /// when nothing of theirs can have run (the session was closed).
-    #[allow(clippy::type_complexity)]
-    fn send_once(
-        &self,
-        queued: Vec<Queued>,
-        last: Request,
-    ) -> Result<Answer, (DbError, Option<Box<Unsent>>)> {
+    /// One send of `queued` and `last`.
+    fn send_once(&self, queued: Vec<Queued>, last: Request) -> Result<Answer, DbError> {
         let answers = {
             let s = self.round_trip();
             let requests = queued
@@ -369,16 +367,9 @@ impl PgConn {
         let last_answer = answers.next().expect("one answer a request");
         if let Some((write, e)) = failed {
             self.failed_write.set(Some(write));
-            let closed = self.is_closed() && e.is_closed();
-            return Err((e.into(), closed.then(|| Box::new((queued, last)))));
+            return Err(e.into());
         }
-        let answer = match last_answer {
-            Ok(answer) => answer,
-            Err(e) => {
-                let closed = self.is_closed() && e.is_closed();
-                return Err((e.into(), closed.then(|| Box::new((queued, last)))));
-            }
-        };
+        let answer = last_answer?;
         self.count_changes(&last, &answer);
         let mut rows = thens.into_iter();
         for q in queued {
@@ -408,6 +399,28 @@ impl PgConn {
     pub(crate) fn take_failed_write(&self) -> Option<usize> {
         self.failed_write.take()
     }
+}
+
+/// Encodes `args` for `statement` once, before the statement is queued:
+/// a parameter the driver cannot encode never reaches the server, so the
+/// transaction would go on (and commit) without the statement. It fails
+/// now instead, as it would have run at once.
+fn check_encodable(statement: &tokio_postgres::Statement, args: &[PgArg]) -> Result<(), DbError> {
+    let types = statement.params();
+    if types.len() != args.len() {
+        return Err(DbError::Postgres(format!(
+            "{} parameters given for {} placeholders",
+            args.len(),
+            types.len()
+        )));
+    }
+    let mut scratch = bytes::BytesMut::new();
+    for (i, (arg, ty)) in args.iter().zip(types).enumerate() {
+        scratch.clear();
+        tokio_postgres::types::ToSql::to_sql_checked(arg, ty, &mut scratch)
+            .map_err(|e| DbError::Postgres(format!("parameter {}: {e}", i + 1)))?;
+    }
+    Ok(())
 }
 
 /// Runs one request; its future hands the request to the connection when
@@ -471,6 +484,10 @@ fn open_session(config: &tokio_postgres::Config) -> Result<Session, DbError> {
     });
     Ok(Session { runtime, client })
 }
+
+/// The write index of what the transaction queues itself (its `BEGIN`):
+/// past any batch's end, so its failure loses the whole batch.
+const TRANSACTION: usize = usize::MAX;
 
 /// The writer's `BEGIN` on PostgreSQL, with the write lock (see
 /// [`Conn::begin`]): "madre2" in ASCII, beside the migration's lock.
@@ -552,6 +569,36 @@ impl<'c> Conn<'c> {
         }
     }
 
+    /// Where the queue stands now (see [`Conn::drop_unsent_since`]).
+    pub(crate) fn queue_mark(&self) -> QueueMark {
+        match *self {
+            Conn::Pg(conn) => QueueMark {
+                sends: conn.sends.get(),
+                queued: conn.queued.borrow().len(),
+            },
+            Conn::Lite(_) => QueueMark::default(),
+        }
+    }
+
+    /// Drops what was queued since `mark` and not sent; answers true when
+    /// nothing queued since `mark` was sent (so none of it reached the
+    /// server). Always false on SQLite, where nothing waits.
+    pub(crate) fn drop_unsent_since(&self, mark: QueueMark) -> bool {
+        match *self {
+            Conn::Pg(conn) if conn.sends.get() == mark.sends => {
+                conn.queued.borrow_mut().truncate(mark.queued);
+                true
+            }
+            Conn::Pg(conn) => {
+                // A send since the mark took everything queued before it:
+                // all that waits now was queued since.
+                conn.queued.borrow_mut().clear();
+                false
+            }
+            Conn::Lite(_) => false,
+        }
+    }
+
     /// Tells the session which write of the writer's batch runs now, so a
     /// failure of its queued statements can be laid at its door.
     pub(crate) fn set_write(&self, index: usize) {
@@ -596,13 +643,16 @@ impl<'c> Conn<'c> {
                 .map(drop)?),
             Conn::Pg(conn) => {
                 // Counted as begun even if the lock fails: the next turn
-                // then rolls back whatever the server kept open. Should the
-                // server have ended the session since its last use (a
-                // restart, a failover), the send opens it again and sends
-                // once more: nothing of the transaction ran.
+                // then rolls back whatever the server kept open. A session
+                // the server ended since its last use (a restart, a
+                // failover) was reopened before the batch (see
+                // [`PgConn::revive`], which the writer calls first).
                 conn.queued.borrow_mut().clear();
+                conn.failed_write.set(None);
                 conn.in_transaction.set(true);
                 if conn.metered.get() {
+                    // The BEGIN is no write's: its failure loses the batch.
+                    conn.write.set(TRANSACTION);
                     conn.queue(Some(Request::Simple(Cow::Borrowed(PG_BEGIN))), None);
                     Ok(())
                 } else {
@@ -718,6 +768,12 @@ impl Stmt<'_> {
             Stmt::Pg { conn, .. } if conn.queues() => {
                 let conn = *conn;
                 let request = self.request(args);
+                if let Request::Prepared {
+                    statement, args, ..
+                } = &request
+                {
+                    check_encodable(statement, args)?;
+                }
                 conn.queue(
                     Some(request),
                     Some(Box::new(move |rows| {

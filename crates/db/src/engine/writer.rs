@@ -607,6 +607,7 @@ pub(crate) fn in_named_savepoint<T>(
     savepoint: &Savepoint,
     work: impl FnOnce() -> Result<T, DbError>,
 ) -> Result<T, DbError> {
+    let mark = conn.queue_mark();
     conn.execute_later(savepoint.begin)?;
     // What the work left to be sent later (PostgreSQL) is sent before the
     // savepoint ends, so that its failure is the work's and undoes only it.
@@ -618,6 +619,9 @@ pub(crate) fn in_named_savepoint<T>(
     }
     let end = if result.is_ok() {
         conn.execute_later(savepoint.release)
+    } else if conn.drop_unsent_since(mark) {
+        // Nothing of the savepoint reached the server: nothing to undo.
+        Ok(())
     } else {
         conn.execute_batch(savepoint.rollback).and_then(|()| {
             // The failure is undone: it no longer fails the write it is in.
@@ -631,7 +635,12 @@ pub(crate) fn in_named_savepoint<T>(
         // lost (its batch answers the failure) rather than committed with
         // a failed write's rows in it.
         leave_transaction(conn);
-        return Err(transaction_error("ending a savepoint", e));
+        // The work's own failure says more than the savepoint's (which may
+        // never have been made, when a statement before it failed).
+        return Err(match result {
+            Err(work) => work,
+            Ok(_) => transaction_error("ending a savepoint", e),
+        });
     }
     result
 }

@@ -18,33 +18,16 @@
 use postgres::{Client, NoTls};
 use std::time::Duration;
 
-use crate::engine::sql::PgConn;
+use crate::engine::sql::{PgConn, PgServer};
 use crate::{DbError, SCHEMA_VERSION, StorageFault};
 
 /// How long a reader waits for a session before the read answers that
 /// the server cannot be reached.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The PostgreSQL server a database handle uses: how to reach it, and the
-/// round trips all its sessions made to it (`/metrics`, and the test that
-/// counts a chat's).
-pub(crate) struct Server {
-    pub(crate) config: tokio_postgres::Config,
-    pub(crate) round_trips: std::sync::atomic::AtomicU64,
-}
-
-impl Server {
-    pub(crate) fn new(config: tokio_postgres::Config) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self {
-            config,
-            round_trips: std::sync::atomic::AtomicU64::new(0),
-        })
-    }
-}
-
 /// Opens the pool's sessions; a session the server or the network closed
 /// is dropped from the pool and a new one opened on demand.
-pub(crate) struct PgManager(pub(crate) std::sync::Arc<Server>);
+pub(crate) struct PgManager(pub(crate) std::sync::Arc<PgServer>);
 
 impl r2d2::ManageConnection for PgManager {
     type Connection = PgConn;
