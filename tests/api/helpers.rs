@@ -328,9 +328,11 @@ pub(crate) fn assert_no_panic(count: &std::sync::atomic::AtomicUsize) {
 /// A server whose `module` URL points at a port nothing listens on, with a
 /// 300 ms call timeout.
 pub(crate) async fn spawn_app_with_module_down(module: Module) -> TestApp {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    // Port 1 (tcpmux): nothing listens there, and no test server can be
+    // given it (ports asked of the system come from the ephemeral range).
+    // A port bound and released would do until another test's server took
+    // it, answering 404 for the module that is down.
+    let url = "http://127.0.0.1:1".to_owned();
     let var = format!("VX11_{}_URL", module.env_name());
     spawn_app_with(&[
         (var.as_str(), url.as_str()),

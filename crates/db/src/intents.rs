@@ -62,6 +62,33 @@ fn insert_intent(conn: &Conn<'_>, entry: &NewIntentLog) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Closes intent `id` as [`Db::close_intent`] does, in one statement
+/// that needs no answer (PostgreSQL, statements sent together): the server
+/// checks that it closed the row, and fails the transaction with the
+/// conflict or the row not found otherwise (see
+/// [`crate::engine::sql::EXPECT`]).
+fn close_checked_by_the_server(
+    conn: &Conn<'_>,
+    id: Uuid,
+    at: DateTime<Utc>,
+    result_status: &str,
+    notes: Option<&str>,
+) -> Result<(), DbError> {
+    use crate::engine::sql::{EXPECT, EXPECTED_CONFLICT, EXPECTED_MISSING};
+    conn.prepare_cached(&format!(
+        "WITH closed AS (
+             UPDATE intents_log SET processed_by_madre_at = ?2, result_status = ?3, notes = ?4
+             WHERE id = ?1 AND processed_by_madre_at IS NULL RETURNING 1)
+         SELECT CASE
+             WHEN EXISTS (SELECT 1 FROM closed) THEN true
+             WHEN EXISTS (SELECT 1 FROM intents_log WHERE id = ?1)
+                 THEN {EXPECT}(false, '{EXPECTED_CONFLICT}', 'intent ' || ?1 || ' is already closed')
+             ELSE {EXPECT}(false, '{EXPECTED_MISSING}', 'intent ' || ?1)
+         END"
+    ))?
+    .run(params![id.to_string(), ts(at), result_status, notes])
+}
+
 impl Db {
     /// Appends a row to the intent log.
     pub fn log_intent(&self, entry: NewIntentLog) -> Write<()> {
@@ -80,6 +107,9 @@ impl Db {
         let result_status = outcome.as_str();
         let notes = notes.map(str::to_owned);
         self.write(move |conn| {
+            if conn.sends_later() {
+                return close_checked_by_the_server(conn, id, at, result_status, notes.as_deref());
+            }
             let changed = conn
                 .prepare_cached(
                     "UPDATE intents_log SET processed_by_madre_at = ?2, result_status = ?3, notes = ?4

@@ -591,13 +591,27 @@ pub(crate) fn append(
     events: &[PlanEvent],
     replica: &Replica,
 ) -> Result<Loaded, DbError> {
-    let (folded, holder) = folds::take(conn, plan_id)?;
+    let fenced = events.iter().any(is_execution);
+    let (folded, holder, checked) = if conn.sends_later() {
+        // Statements sent together (PostgreSQL): the kept fold is used as
+        // it is, and the server checks it when the append is sent.
+        match folds::take_unread(plan_id) {
+            Some((folded, through)) => {
+                check_fold(conn, &folded, through, fenced, replica)?;
+                (Some(folded), None, true)
+            }
+            None => (None, None, false),
+        }
+    } else {
+        let (folded, holder) = folds::take(conn, plan_id)?;
+        (folded, holder, false)
+    };
     let mut loaded = match folded {
         Some(folded) => folded,
         None => load_existing(conn, plan_id)?,
     };
     let status_before = loaded.state.status;
-    if conn.is_postgres() && events.iter().any(is_execution) {
+    if conn.is_postgres() && fenced && !checked {
         let holder = match holder {
             Some(holder) => holder,
             None => holder_of(conn, loaded.row)?,
@@ -647,6 +661,37 @@ pub(crate) fn append(
         conn.after_sent(move || folds::keep(plan_id, kept, newest.get()));
     }
     Ok(loaded)
+}
+
+/// Has the server check, when the append is sent, what a kept fold of the
+/// plan rests on: the journal still ends at event `through`, and for an
+/// execution event (`fenced`) no other replica holds the plan under a
+/// running lease (as [`fence`] checks). Should either have changed, the
+/// transaction fails with [`crate::engine::sql::MOVED`] and its batch
+/// runs again, folding this plan from its journal.
+fn check_fold(
+    conn: &Conn<'_>,
+    folded: &Loaded,
+    through: i64,
+    fenced: bool,
+    replica: &Replica,
+) -> Result<(), DbError> {
+    conn.prepare_cached(&format!(
+        "SELECT {expect}(coalesce((
+             SELECT (SELECT max(seq) FROM plan_events WHERE plan = ?1) = ?2
+                AND (NOT ?3 OR owner IS NULL OR owner = ?4
+                     OR lease_expires_at IS NULL OR lease_expires_at < ?5)
+             FROM plans WHERE id = ?1), false), '{moved}', 'the plan changed since it was folded')",
+        expect = crate::engine::sql::EXPECT,
+        moved = crate::engine::sql::MOVED,
+    ))?
+    .run(params![
+        folded.row,
+        through,
+        fenced,
+        replica.id,
+        Utc::now().timestamp_micros()
+    ])
 }
 
 /// Who holds a plan and until when (`plans.owner`, `plans.lease_expires_at`).
@@ -775,6 +820,13 @@ mod folds {
             (newest == Some(through)).then_some(loaded),
             Some((owner, until)),
         ))
+    }
+
+    /// The kept fold of `plan_id`, taken out unchecked, with the event it
+    /// was folded through: for a caller that has the check made by the
+    /// server instead (see `check_fold`).
+    pub(super) fn take_unread(plan_id: Uuid) -> Option<(Loaded, i64)> {
+        FOLDS.with(|f| f.borrow_mut().by_plan.remove(&plan_id))
     }
 
     /// Keeps `loaded`, folded through event `through`.

@@ -114,6 +114,70 @@ pub(crate) const TRIM_SESSION: &str = "DELETE FROM turns WHERE session_id = ?1 A
                     + CASE WHEN answered IS NOT NULL OR kept & 2 <> 0 THEN 1 ELSE 0 END AS here
             FROM turns WHERE session_id = ?1) sides) running)";
 
+/// [`TRIM_SESSION`] when [`trim_due`] says so of the session's newest
+/// turn, decided by the statement itself (for a write that reads nothing
+/// first).
+const TRIM_SESSION_WHEN_DUE: &str = "DELETE FROM turns WHERE session_id = ?1
+    AND (SELECT max(n) FROM turns WHERE session_id = ?1) % 8 = 0
+    AND (SELECT max(n) FROM turns WHERE session_id = ?1) * 2 > ?2
+    AND n < (
+    SELECT coalesce(min(CASE WHEN newer - here < ?2 THEN n END), max(n)) FROM (
+        SELECT n, here, sum(here) OVER (ORDER BY n DESC) AS newer FROM (
+            SELECT n, CASE WHEN asked IS NOT NULL OR kept & 1 <> 0 THEN 1 ELSE 0 END
+                    + CASE WHEN answered IS NOT NULL OR kept & 2 <> 0 THEN 1 ELSE 0 END AS here
+            FROM turns WHERE session_id = ?1) sides) running)";
+
+/// Records `turn` as [`Db::record_turn`] does, reading nothing first
+/// (PostgreSQL, statements sent together): its statements look up what
+/// SQLite's read gives (the session's last turn, the plan's row and
+/// intent), a session in the default mode has its row removed whether or
+/// not it has one, the trim decides by itself whether it is due, and the
+/// server checks that a side kept by reference has its plan (see
+/// [`crate::engine::sql::EXPECT`]).
+fn record_turn_unread(
+    conn: &Conn<'_>,
+    turn: &NewTurn,
+    asked: Option<&str>,
+    answered: Option<&str>,
+    kept: i64,
+) -> Result<(), DbError> {
+    use crate::engine::sql::{EXPECT, EXPECTED_MISSING};
+    if turn.mode != Mode::Madre {
+        conn.prepare_cached(
+            "INSERT INTO sessions (session_id, mode, created_at, last_activity_at)
+             VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (session_id) DO UPDATE SET
+                mode = excluded.mode, last_activity_at = excluded.last_activity_at,
+                closed_at = NULL",
+        )?
+        .run(params![turn.session_id, turn.mode.as_str(), ts(turn.at)])?;
+    } else {
+        conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
+            .run([&turn.session_id])?;
+    }
+    conn.prepare_cached(&format!(
+        "INSERT INTO turns (session_id, n, plan, intent_id, asked, answered, kept, created_at)
+         SELECT CAST(?1 AS text), coalesce((SELECT max(n) FROM turns WHERE session_id = ?1), 0) + 1,
+                p.id, CASE WHEN p.intent_id IS DISTINCT FROM CAST(?3 AS uuid) THEN CAST(?3 AS uuid) END,
+                CAST(?4 AS text), CAST(?5 AS text), CAST(?6 AS smallint), CAST(?7 AS timestamptz)
+         FROM (SELECT 1) AS one LEFT JOIN plans p ON p.uuid = CAST(?2 AS uuid)
+         WHERE CASE WHEN CAST(?6 AS smallint) & 2 = 0 OR p.id IS NOT NULL THEN true
+                    ELSE {EXPECT}(false, '{EXPECTED_MISSING}', 'plan ' || coalesce(CAST(?2 AS text), ''))
+               END"
+    ))?
+    .run(params![
+        turn.session_id,
+        turn.plan_id.map(|p| p.to_string()),
+        turn.intent_id.map(|i| i.to_string()),
+        asked,
+        answered,
+        kept,
+        ts(turn.at),
+    ])?;
+    conn.prepare_cached(TRIM_SESSION_WHEN_DUE)?
+        .run(params![turn.session_id, turn.keep])
+}
+
 pub(crate) fn trim_session(conn: &Conn<'_>, session_id: &str, keep: u32) -> Result<u64, DbError> {
     let n = conn
         .prepare_cached(TRIM_SESSION)?
@@ -169,6 +233,15 @@ impl Db {
                 return Err(DbError::InvalidData(
                     "a turn keeps a side by reference without the intent or plan holding it".into(),
                 ));
+            }
+            if conn.sends_later() {
+                return record_turn_unread(
+                    conn,
+                    &turn,
+                    asked,
+                    answered,
+                    asked_kept | answered_kept,
+                );
             }
             // What the turn's writes depend on, in one read: whether the
             // session has a row, its last turn's number, and the plan's

@@ -259,6 +259,22 @@ impl From<postgres::Error> for DbError {
         match StorageFault::of_postgres(&e) {
             Some(reason) => DbError::Unavailable { reason, detail },
             // character_not_in_repertoire, untranslatable_character: a NUL
+            // A check the server made for a write (see `engine::sql::EXPECT`).
+            None if e.code().map(|c| c.code()) == Some(crate::engine::sql::EXPECTED_CONFLICT) => {
+                DbError::Conflict(e.as_db_error().map_or(detail, |db| db.message().to_owned()))
+            }
+            None if e.code().map(|c| c.code()) == Some(crate::engine::sql::EXPECTED_MISSING) => {
+                let message = e.as_db_error().map_or(detail, |db| db.message().to_owned());
+                let (what, id) = message.split_once(' ').unwrap_or(("row", &message));
+                DbError::NotFound {
+                    what: match what {
+                        "intent" => "intent",
+                        "plan" => "plan",
+                        _ => "row",
+                    },
+                    id: id.to_owned(),
+                }
+            }
             None if matches!(e.code().map(|c| c.code()), Some("22021" | "22P05")) => {
                 DbError::Unstorable(
                     "a text holds a NUL character (\\u0000), which PostgreSQL cannot store".into(),

@@ -143,8 +143,11 @@ pub(crate) struct PgConn {
     queued: RefCell<Vec<Queued>>,
     /// The write of the writer's batch running now (see [`Conn::set_write`]).
     write: Cell<usize>,
-    /// The write whose queued statement failed when last sent.
-    failed_write: Cell<Option<usize>>,
+    /// The failure of a queued statement at the last send.
+    failed: Cell<Option<QueuedFailure>>,
+    /// The savepoint whose work queues statements now (see
+    /// [`Conn::set_savepoint`]).
+    savepoint: Cell<Option<&'static str>>,
     /// Sends made, so a savepoint can tell whether it was sent.
     sends: Cell<u64>,
     /// The server, and the round trips its sessions made: each send of
@@ -160,12 +163,26 @@ struct Session {
     client: tokio_postgres::Client,
 }
 
+/// A queued statement's failure, as the writer needs to know it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueuedFailure {
+    /// The write (its place in the writer's batch) that queued it.
+    pub(crate) write: usize,
+    /// It was a kept fold's check ([`MOVED`]): nothing is wrong with the
+    /// write, whose batch runs again reading the journal.
+    pub(crate) moved: bool,
+    /// The savepoint it was queued in, if any.
+    pub(crate) savepoint: Option<&'static str>,
+}
+
 /// A request of the writer's transaction, waiting to be sent.
 struct Queued {
     /// `None` for a callback alone (see [`Conn::after_sent`]).
     request: Option<Request>,
     /// The write of the writer's batch that queued it.
     write: usize,
+    /// The savepoint it was queued in, if any.
+    savepoint: Option<&'static str>,
     /// Handed the request's rows once everything sent with it succeeded.
     then: Option<Then>,
 }
@@ -217,15 +234,24 @@ impl PgConn {
             metered: Cell::new(false),
             queued: RefCell::default(),
             write: Cell::new(0),
-            failed_write: Cell::new(None),
+            failed: Cell::new(None),
+            savepoint: Cell::new(None),
             sends: Cell::new(0),
         })
     }
 
     /// Counts the statements this session runs from now on, and sends the
     /// statements of its transactions together (the writer's session).
-    pub(crate) fn meter(&self) {
+    pub(crate) fn meter(&self) -> Result<(), DbError> {
         self.metered.set(true);
+        self.define_expect()
+    }
+
+    /// Defines `pg_temp.madre_expect` for this session (the writer's): see
+    /// [`EXPECT`].
+    fn define_expect(&self) -> Result<(), DbError> {
+        let s = self.round_trip();
+        Ok(s.runtime.block_on(s.client.batch_execute(DEFINE_EXPECT))?)
     }
 
     /// Opens the session again when it was lost (the server restarted,
@@ -252,6 +278,9 @@ impl PgConn {
         self.prepared.borrow_mut().clear();
         self.queued.borrow_mut().clear();
         self.in_transaction.set(false);
+        if self.metered.get() {
+            self.define_expect()?;
+        }
         Ok(())
     }
 
@@ -307,13 +336,14 @@ impl PgConn {
         self.queued.borrow_mut().push(Queued {
             request,
             write: self.write.get(),
+            savepoint: self.savepoint.get(),
             then,
         });
     }
 
     /// Sends what is queued and then `last`, together, and answers
     /// `last`. A queued request that fails fails the call, and
-    /// [`PgConn::take_failed_write`] names its write. Nothing is sent
+    /// [`Conn::take_failed_write`] names its write. Nothing is sent
     /// again: once a `COMMIT` went out, only the server knows whether it
     /// took it (a closed session is reopened before the next transaction,
     /// see [`PgConn::revive`]).
@@ -360,13 +390,21 @@ impl PgConn {
                     self.count_changes(request, &answer);
                     thens.push(answer.rows);
                 }
-                Err(e) if failed.is_none() => failed = Some((q.write, e)),
+                Err(e) if failed.is_none() => {
+                    let moved = e.code().is_some_and(|c| c.code() == MOVED);
+                    let failure = QueuedFailure {
+                        write: q.write,
+                        moved,
+                        savepoint: q.savepoint,
+                    };
+                    failed = Some((failure, e));
+                }
                 Err(_) => {}
             }
         }
         let last_answer = answers.next().expect("one answer a request");
-        if let Some((write, e)) = failed {
-            self.failed_write.set(Some(write));
+        if let Some((failure, e)) = failed {
+            self.failed.set(Some(failure));
             return Err(e.into());
         }
         let answer = last_answer?;
@@ -393,11 +431,6 @@ impl PgConn {
             self.changes
                 .set(self.changes.get().saturating_add(answer.affected));
         }
-    }
-
-    /// The write whose queued statement failed when last sent, taken.
-    pub(crate) fn take_failed_write(&self) -> Option<usize> {
-        self.failed_write.take()
     }
 }
 
@@ -485,6 +518,38 @@ fn open_session(config: &tokio_postgres::Config) -> Result<Session, DbError> {
     Ok(Session { runtime, client })
 }
 
+/// **Checks the server makes.** A statement sent together with others
+/// cannot have its answer looked at before the next one is sent, nor
+/// before the `COMMIT`. A condition a write rests on (a kept fold is still
+/// the journal's; an intent is still open) is therefore checked by the
+/// server inside a statement, with `pg_temp.madre_expect(ok, code,
+/// message)`, which fails the statement, and so the transaction, with the
+/// SQLSTATE `code` unless `ok`: [`MOVED`] runs the batch again (the
+/// write then reads what it assumed), [`EXPECTED_CONFLICT`] and
+/// [`EXPECTED_MISSING`] are the write's answer (a conflict, a row not
+/// found). The function lives in the writer's session only (`pg_temp`,
+/// defined when the session opens), so the schema does not change.
+pub(crate) const EXPECT: &str = "pg_temp.madre_expect";
+
+/// A kept fold's check failed: someone appended to the plan since.
+pub(crate) const MOVED: &str = "MA001";
+
+/// The expected row is there but not in the state the write needs.
+pub(crate) const EXPECTED_CONFLICT: &str = "MA409";
+
+/// The expected row is not there; the message is "<what> <id>".
+pub(crate) const EXPECTED_MISSING: &str = "MA404";
+
+const DEFINE_EXPECT: &str =
+    "CREATE OR REPLACE FUNCTION pg_temp.madre_expect(ok boolean, code text, message text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF ok IS NOT TRUE THEN
+        RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message;
+    END IF;
+    RETURN true;
+END $$";
+
 /// The write index of what the transaction queues itself (its `BEGIN`):
 /// past any batch's end, so its failure loses the whole batch.
 const TRANSACTION: usize = usize::MAX;
@@ -546,17 +611,6 @@ impl<'c> Conn<'c> {
         }
     }
 
-    /// Sends whatever is queued (PostgreSQL, see [`PgConn`]) and waits for
-    /// it, so that a failure among it is known now; nothing on SQLite.
-    pub(crate) fn flush(&self) -> Result<(), DbError> {
-        match *self {
-            Conn::Pg(conn) if !conn.queued.borrow().is_empty() => {
-                conn.send(Request::Simple(Cow::Borrowed(""))).map(drop)
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// Runs `f` once everything queued so far was sent and succeeded; at
     /// once when nothing is queued (SQLite, or PostgreSQL outside the
     /// writer's transaction). Never runs when the send failed.
@@ -607,12 +661,20 @@ impl<'c> Conn<'c> {
         }
     }
 
-    /// The write of the batch whose queued statement failed at the last
-    /// send, taken; always `None` on SQLite (nothing is queued there).
-    pub(crate) fn take_failed_write(&self) -> Option<usize> {
+    /// The failure of a statement queued by a write of the batch, at the
+    /// last send, taken; always `None` on SQLite (nothing is queued there).
+    pub(crate) fn take_failed_write(&self) -> Option<QueuedFailure> {
         match *self {
-            Conn::Pg(conn) => conn.take_failed_write(),
+            Conn::Pg(conn) => conn.failed.take(),
             Conn::Lite(_) => None,
+        }
+    }
+
+    /// Names the savepoint whose work queues statements from now on
+    /// (`None` once it ended), so their failure can be laid at its door.
+    pub(crate) fn set_savepoint(&self, name: Option<&'static str>) {
+        if let Conn::Pg(conn) = *self {
+            conn.savepoint.set(name);
         }
     }
 
@@ -648,7 +710,8 @@ impl<'c> Conn<'c> {
                 // failover) was reopened before the batch (see
                 // [`PgConn::revive`], which the writer calls first).
                 conn.queued.borrow_mut().clear();
-                conn.failed_write.set(None);
+                conn.failed.set(None);
+                conn.savepoint.set(None);
                 conn.in_transaction.set(true);
                 if conn.metered.get() {
                     // The BEGIN is no write's: its failure loses the batch.

@@ -23,7 +23,7 @@
 //! connection is left outside any transaction, so the next turn starts
 //! clean once the cause is gone.
 
-use crate::engine::sql::{Conn, Connection};
+use crate::engine::sql::{Conn, Connection, QueuedFailure};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -43,6 +43,10 @@ trait Job: Send {
     /// Records the write's failure, found after it ran: a statement it
     /// left to be sent later (see [`crate::engine::sql::PgConn`]) failed.
     fn fail(&mut self, error: DbError);
+    /// Records that the work of the write's savepoint `name` failed with
+    /// `error` once it was sent: when the write runs again, that work is
+    /// not done, and answers `error` (see [`in_named_savepoint`]).
+    fn fail_savepoint(&mut self, name: &'static str, error: DbError);
     /// Sends the outcome, or the transaction's failure, to the caller.
     fn finish(self: Box<Self>, commit: Result<(), &DbError>);
 }
@@ -63,16 +67,35 @@ struct WriteJob<T> {
     span: tracing::Span,
     outcome: Option<Result<T, DbError>>,
     reply: oneshot::Sender<Result<T, DbError>>,
+    /// Savepoints whose work failed when sent, with the failure.
+    failed_savepoints: Vec<(&'static str, DbError)>,
+}
+
+thread_local! {
+    /// The savepoints of the write running now whose work failed in an
+    /// earlier run of its batch (see [`Job::fail_savepoint`]).
+    static FAILED_SAVEPOINTS: std::cell::RefCell<Vec<(&'static str, DbError)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl<T: Send> Job for WriteJob<T> {
     fn run(&mut self, conn: &Conn<'_>) {
         let _in_span = self.span.enter();
         let work = &mut self.work;
+        FAILED_SAVEPOINTS.with(|f| {
+            *f.borrow_mut() = (self.failed_savepoints.iter())
+                .map(|(name, e)| (*name, e.duplicate()))
+                .collect();
+        });
         self.outcome = Some(
             catch_unwind(AssertUnwindSafe(|| work(conn)))
                 .unwrap_or_else(|_| Err(DbError::Internal("a database write panicked".into()))),
         );
+        FAILED_SAVEPOINTS.with(|f| f.borrow_mut().clear());
+    }
+
+    fn fail_savepoint(&mut self, name: &'static str, error: DbError) {
+        self.failed_savepoints.push((name, error));
     }
 
     fn error(&self) -> Option<&DbError> {
@@ -607,11 +630,24 @@ pub(crate) fn in_named_savepoint<T>(
     savepoint: &Savepoint,
     work: impl FnOnce() -> Result<T, DbError>,
 ) -> Result<T, DbError> {
+    let failed_before = FAILED_SAVEPOINTS.with(|f| {
+        (f.borrow().iter())
+            .find(|(name, _)| *name == savepoint.begin)
+            .map(|(_, e)| e.duplicate())
+    });
+    if let Some(e) = failed_before {
+        // Its work failed once sent, in an earlier run of this batch: the
+        // write runs again without it, as SQLite's savepoint would undo it.
+        return Err(e);
+    }
     let mark = conn.queue_mark();
     conn.execute_later(savepoint.begin)?;
-    // What the work left to be sent later (PostgreSQL) is sent before the
-    // savepoint ends, so that its failure is the work's and undoes only it.
-    let result = work().and_then(|t| conn.flush().map(|()| t));
+    // What the work leaves to be sent later (PostgreSQL) goes with the
+    // commit; should it fail there, the batch runs again without the work
+    // (see `attempt`).
+    conn.set_savepoint(Some(savepoint.begin));
+    let result = work();
+    conn.set_savepoint(None);
     if result.is_err() && conn.is_autocommit() {
         // SQLite rolled the whole transaction back (it may on a full disk,
         // an I/O error or a lock): the savepoint is gone with it.
@@ -625,7 +661,7 @@ pub(crate) fn in_named_savepoint<T>(
     } else {
         conn.execute_batch(savepoint.rollback).and_then(|()| {
             // The failure is undone: it no longer fails the write it is in.
-            conn.take_failed_write();
+            let _undone = conn.take_failed_write();
             conn.execute_later(savepoint.release)
         })
     };
@@ -698,6 +734,13 @@ enum Attempt {
     /// The transaction is gone (SQLite gave it up, or it could not begin
     /// or commit): every job of the batch answers this.
     Lost(DbError),
+    /// The transaction was rolled back for a reason that is no write's
+    /// failure, and the batch runs again: a kept fold a write assumed was
+    /// no longer the journal's (the server checked it, see
+    /// `engine::sql::EXPECT`; the write reads the journal then), or the
+    /// work of a write's savepoint failed once sent (the write runs again
+    /// without it).
+    Again,
 }
 
 /// Runs every job of `batch` in one transaction and commits it, or stops
@@ -755,15 +798,25 @@ fn attempt(conn: &Conn<'_>, batch: &mut [Box<dyn Job>]) -> Attempt {
 fn queued_failure(
     conn: &Conn<'_>,
     batch: &mut [Box<dyn Job>],
-    failed: usize,
+    failed: QueuedFailure,
     e: DbError,
 ) -> Attempt {
-    if e.storage_fault().is_some() || failed >= batch.len() {
-        leave_transaction(conn);
+    leave_transaction(conn);
+    let write = failed.write;
+    if e.storage_fault().is_some() || write >= batch.len() {
         return Attempt::Lost(e);
     }
-    batch[failed].fail(e);
-    Attempt::JobFailed(failed)
+    if failed.moved {
+        // A kept fold's check: nothing is wrong with the write.
+        return Attempt::Again;
+    }
+    if let Some(savepoint) = failed.savepoint {
+        // The work of a savepoint: the write stands without it.
+        batch[write].fail_savepoint(savepoint, e);
+        return Attempt::Again;
+    }
+    batch[write].fail(e);
+    Attempt::JobFailed(write)
 }
 
 /// Runs `batch` in one transaction and answers every job once the commit is
@@ -796,11 +849,19 @@ fn commit_batch(
     let size = batch.len();
     let changes_before = conn.total_changes();
     let mut failed: Vec<Box<dyn Job>> = Vec::new();
-    // Each failed run removes one job, so this ends within `size` runs.
+    // Each failed run removes one job, and each run again drops the kept
+    // folds it checked, so this ends within `2 * size + 1` runs.
+    let mut again = 0;
     let commit = loop {
         match attempt(conn, &mut batch) {
             Attempt::Committed => break Ok(!batch.is_empty()),
             Attempt::Lost(e) => break Err(e),
+            Attempt::Again if again > size => {
+                break Err(DbError::Internal(
+                    "a batch's kept folds kept failing their checks".into(),
+                ));
+            }
+            Attempt::Again => again += 1,
             Attempt::JobFailed(index) => {
                 leave_transaction(conn);
                 failed.push(batch.remove(index));
@@ -907,6 +968,7 @@ impl<T: Send + 'static> Write<T> {
             span: self.span,
             outcome: None,
             reply,
+            failed_savepoints: Vec::new(),
         });
         (self.writer, job, answer)
     }
