@@ -457,7 +457,7 @@ impl Db {
     /// stopping the process).
     pub(crate) fn read<T: Send>(
         &self,
-        f: impl FnOnce(&sql::Conn<'_>) -> Result<T, DbError> + Send,
+        f: impl Fn(&sql::Conn<'_>) -> Result<T, DbError> + Send + Sync,
     ) -> Result<T, DbError> {
         let result = match &self.readers {
             Readers::Lite(pool) => {
@@ -467,10 +467,16 @@ impl Db {
             Readers::Pg(pool) => {
                 let read = || {
                     let session = pool.get().map_err(pg::pool_error)?;
-                    // A session the server ended since it was pooled (a
-                    // restart, a failover) is reopened, not used.
-                    session.revive()?;
-                    f(&sql::Conn::Pg(&session))
+                    match f(&sql::Conn::Pg(&session)) {
+                        // The server ended the session since it was pooled
+                        // (a restart, a failover): it is reopened and the
+                        // read made again (a read changes nothing).
+                        Err(_) if session.is_closed() => {
+                            session.revive()?;
+                            f(&sql::Conn::Pg(&session))
+                        }
+                        read => read,
+                    }
                 };
                 if tokio::runtime::Handle::try_current().is_ok() && !BLOCKING.with(Cell::get) {
                     std::thread::scope(|scope| {
