@@ -620,7 +620,17 @@ pub(crate) fn append(
     }
     let mut rows = Vec::with_capacity(events.len());
     for event in events {
-        rows.push(step(plan_id, &mut loaded, event)?);
+        match step(plan_id, &mut loaded, event) {
+            Ok(row) => rows.push(row),
+            // The fold the event was refused against is not checked yet:
+            // the server checks it now. One that moved runs the batch
+            // again (the send fails); one that did not refuses the event.
+            Err(refused) if checked => {
+                conn.send_queued()?;
+                return Err(refused);
+            }
+            Err(refused) => return Err(refused),
+        }
     }
     let newest = insert_events(conn, PlanRow::Known(loaded.row), &rows, replica)?;
     if loaded.row_changed {

@@ -2568,3 +2568,47 @@ fn sessions_the_server_ended_are_reopened_by_the_next_write_and_read() {
     assert!(t.db.intent_log(Uuid::from_u128(61)).unwrap().is_some());
     assert_eq!(t.scalar("SELECT count(*) FROM intents_log"), 2);
 }
+
+/// A replica's kept fold of a plan another replica has since changed is
+/// never what decides an event: replica A made the plan waiting for a
+/// confirmation, B took the confirmation and let the plan go; A's start of
+/// the next step is then decided on the plan as it is (running), not as A
+/// kept it (waiting), on both backends (on PostgreSQL the server checks
+/// the fold when the append is sent, and the write runs again).
+#[test]
+fn an_outdated_kept_fold_does_not_decide_the_next_event() {
+    let t = open();
+    let (a, b) = (t.db.clone(), t.reopen());
+    let plan = plan_with(
+        &[
+            (StepType::AwaitConfirmation, Status::Waiting),
+            (StepType::CallHermes, Status::Pending),
+        ],
+        "s-fold",
+        t0(),
+    );
+    let hash = "ab".repeat(32);
+    let mut rec = record(plan.clone());
+    rec.confirmation = Some(NewConfirmation {
+        token_sha256: hash.clone(),
+        risk: RiskLevel::Med,
+        expires_at: t0() + Duration::minutes(10),
+        principal: "alice".into(),
+    });
+    a.insert_plan(rec).wait().unwrap();
+    assert_eq!(
+        b.consume_confirmation(plan.plan_id, hash, "bob".into(), None, t0())
+            .wait()
+            .unwrap(),
+        ConsumeOutcome::Consumed
+    );
+    b.release_plan(plan.plan_id).wait().unwrap();
+    a.apply_events(plan.plan_id, vec![started(1, t0())], None)
+        .wait()
+        .unwrap();
+    let stored = t.db.plan(plan.plan_id).unwrap().unwrap().plan;
+    assert_eq!(
+        (stored.status, stored.steps[1].status),
+        (Status::Running, Status::Running)
+    );
+}

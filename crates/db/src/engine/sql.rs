@@ -147,7 +147,7 @@ pub(crate) struct PgConn {
     failed: Cell<Option<QueuedFailure>>,
     /// The savepoint whose work queues statements now (see
     /// [`Conn::set_savepoint`]).
-    savepoint: Cell<Option<&'static str>>,
+    savepoint: Cell<Option<SavepointId>>,
     /// Sends made, so a savepoint can tell whether it was sent.
     sends: Cell<u64>,
     /// The server, and the round trips its sessions made: each send of
@@ -172,8 +172,13 @@ pub(crate) struct QueuedFailure {
     /// write, whose batch runs again reading the journal.
     pub(crate) moved: bool,
     /// The savepoint it was queued in, if any.
-    pub(crate) savepoint: Option<&'static str>,
+    pub(crate) savepoint: Option<SavepointId>,
 }
+
+/// A savepoint of a write: its `SAVEPOINT` statement, and which of the
+/// write's savepoints it is (the first, the second… in the order the write
+/// makes them), so two of one name are told apart.
+pub(crate) type SavepointId = (&'static str, u32);
 
 /// A request of the writer's transaction, waiting to be sent.
 struct Queued {
@@ -182,7 +187,7 @@ struct Queued {
     /// The write of the writer's batch that queued it.
     write: usize,
     /// The savepoint it was queued in, if any.
-    savepoint: Option<&'static str>,
+    savepoint: Option<SavepointId>,
     /// Handed the request's rows once everything sent with it succeeded.
     then: Option<Then>,
 }
@@ -274,13 +279,17 @@ impl PgConn {
             return Ok(());
         }
         let session = open_session(&self.server.config)?;
+        if self.metered.get() {
+            // Defined before the session is used: a session without it
+            // would fail every check it makes.
+            session
+                .runtime
+                .block_on(session.client.batch_execute(DEFINE_EXPECT))?;
+        }
         *self.session.borrow_mut() = Some(session);
         self.prepared.borrow_mut().clear();
         self.queued.borrow_mut().clear();
         self.in_transaction.set(false);
-        if self.metered.get() {
-            self.define_expect()?;
-        }
         Ok(())
     }
 
@@ -611,6 +620,18 @@ impl<'c> Conn<'c> {
         }
     }
 
+    /// Sends whatever is queued (PostgreSQL, see [`PgConn`]) and waits for
+    /// its answers, so that a failure among it is known now; nothing on
+    /// SQLite, where nothing waits.
+    pub(crate) fn send_queued(&self) -> Result<(), DbError> {
+        match *self {
+            Conn::Pg(conn) if !conn.queued.borrow().is_empty() => {
+                conn.send(Request::Simple(Cow::Borrowed(""))).map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Runs `f` once everything queued so far was sent and succeeded; at
     /// once when nothing is queued (SQLite, or PostgreSQL outside the
     /// writer's transaction). Never runs when the send failed.
@@ -670,11 +691,21 @@ impl<'c> Conn<'c> {
         }
     }
 
-    /// Names the savepoint whose work queues statements from now on
-    /// (`None` once it ended), so their failure can be laid at its door.
-    pub(crate) fn set_savepoint(&self, name: Option<&'static str>) {
-        if let Conn::Pg(conn) = *self {
-            conn.savepoint.set(name);
+    /// Names the savepoint whose work queues statements from now on, so
+    /// their failure can be laid at its door; answers the one named
+    /// before, to name again once this one ended.
+    pub(crate) fn set_savepoint(&self, id: Option<SavepointId>) -> Option<SavepointId> {
+        match *self {
+            Conn::Pg(conn) => conn.savepoint.replace(id),
+            Conn::Lite(_) => None,
+        }
+    }
+
+    /// The failure [`Conn::take_failed_write`] would take, left in place.
+    pub(crate) fn peek_failed_write(&self) -> Option<QueuedFailure> {
+        match *self {
+            Conn::Pg(conn) => conn.failed.get(),
+            Conn::Lite(_) => None,
         }
     }
 
@@ -1204,10 +1235,20 @@ impl tokio_postgres::types::ToSql for PgArg {
 
 /// True for a statement that changes rows (the writer's `RETURNING` ones).
 fn changes_rows(sql: &str) -> bool {
-    let word = sql.split_whitespace().next().unwrap_or("");
-    ["INSERT", "UPDATE", "DELETE"]
-        .iter()
-        .any(|w| word.eq_ignore_ascii_case(w))
+    let mut words = sql.split_whitespace();
+    let changes = |word: &str| {
+        ["INSERT", "UPDATE", "DELETE"]
+            .iter()
+            .any(|w| word.eq_ignore_ascii_case(w))
+    };
+    match words.next() {
+        // A data-modifying WITH: its branches change rows.
+        Some(first) if first.eq_ignore_ascii_case("WITH") => {
+            words.any(|w| changes(w.trim_start_matches('(')))
+        }
+        Some(first) => changes(first),
+        None => false,
+    }
 }
 
 /// `sql` with SQLite's parameter markers (`?1`, or a bare `?`, which SQLite

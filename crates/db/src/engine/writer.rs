@@ -23,7 +23,7 @@
 //! connection is left outside any transaction, so the next turn starts
 //! clean once the cause is gone.
 
-use crate::engine::sql::{Conn, Connection, QueuedFailure};
+use crate::engine::sql::{Conn, Connection, QueuedFailure, SavepointId};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -46,7 +46,7 @@ trait Job: Send {
     /// Records that the work of the write's savepoint `name` failed with
     /// `error` once it was sent: when the write runs again, that work is
     /// not done, and answers `error` (see [`in_named_savepoint`]).
-    fn fail_savepoint(&mut self, name: &'static str, error: DbError);
+    fn fail_savepoint(&mut self, savepoint: SavepointId, error: DbError);
     /// Sends the outcome, or the transaction's failure, to the caller.
     fn finish(self: Box<Self>, commit: Result<(), &DbError>);
 }
@@ -68,14 +68,16 @@ struct WriteJob<T> {
     outcome: Option<Result<T, DbError>>,
     reply: oneshot::Sender<Result<T, DbError>>,
     /// Savepoints whose work failed when sent, with the failure.
-    failed_savepoints: Vec<(&'static str, DbError)>,
+    failed_savepoints: Vec<(SavepointId, DbError)>,
 }
 
 thread_local! {
     /// The savepoints of the write running now whose work failed in an
     /// earlier run of its batch (see [`Job::fail_savepoint`]).
-    static FAILED_SAVEPOINTS: std::cell::RefCell<Vec<(&'static str, DbError)>> =
+    static FAILED_SAVEPOINTS: std::cell::RefCell<Vec<(SavepointId, DbError)>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// Savepoints the write running now has made so far.
+    static SAVEPOINTS_MADE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 impl<T: Send> Job for WriteJob<T> {
@@ -84,9 +86,10 @@ impl<T: Send> Job for WriteJob<T> {
         let work = &mut self.work;
         FAILED_SAVEPOINTS.with(|f| {
             *f.borrow_mut() = (self.failed_savepoints.iter())
-                .map(|(name, e)| (*name, e.duplicate()))
+                .map(|(id, e)| (*id, e.duplicate()))
                 .collect();
         });
+        SAVEPOINTS_MADE.with(|n| n.set(0));
         self.outcome = Some(
             catch_unwind(AssertUnwindSafe(|| work(conn)))
                 .unwrap_or_else(|_| Err(DbError::Internal("a database write panicked".into()))),
@@ -94,8 +97,8 @@ impl<T: Send> Job for WriteJob<T> {
         FAILED_SAVEPOINTS.with(|f| f.borrow_mut().clear());
     }
 
-    fn fail_savepoint(&mut self, name: &'static str, error: DbError) {
-        self.failed_savepoints.push((name, error));
+    fn fail_savepoint(&mut self, savepoint: SavepointId, error: DbError) {
+        self.failed_savepoints.push((savepoint, error));
     }
 
     fn error(&self) -> Option<&DbError> {
@@ -630,9 +633,13 @@ pub(crate) fn in_named_savepoint<T>(
     savepoint: &Savepoint,
     work: impl FnOnce() -> Result<T, DbError>,
 ) -> Result<T, DbError> {
+    let id: SavepointId = (
+        savepoint.begin,
+        SAVEPOINTS_MADE.with(|n| n.replace(n.get() + 1)),
+    );
     let failed_before = FAILED_SAVEPOINTS.with(|f| {
         (f.borrow().iter())
-            .find(|(name, _)| *name == savepoint.begin)
+            .find(|(failed, _)| *failed == id)
             .map(|(_, e)| e.duplicate())
     });
     if let Some(e) = failed_before {
@@ -645,9 +652,9 @@ pub(crate) fn in_named_savepoint<T>(
     // What the work leaves to be sent later (PostgreSQL) goes with the
     // commit; should it fail there, the batch runs again without the work
     // (see `attempt`).
-    conn.set_savepoint(Some(savepoint.begin));
+    let outer = conn.set_savepoint(Some(id));
     let result = work();
-    conn.set_savepoint(None);
+    conn.set_savepoint(outer);
     if result.is_err() && conn.is_autocommit() {
         // SQLite rolled the whole transaction back (it may on a full disk,
         // an I/O error or a lock): the savepoint is gone with it.
@@ -659,11 +666,19 @@ pub(crate) fn in_named_savepoint<T>(
         // Nothing of the savepoint reached the server: nothing to undo.
         Ok(())
     } else {
-        conn.execute_batch(savepoint.rollback).and_then(|()| {
-            // The failure is undone: it no longer fails the write it is in.
-            let _undone = conn.take_failed_write();
-            conn.execute_later(savepoint.release)
-        })
+        match conn.peek_failed_write() {
+            // A kept fold's check failed: the batch runs again whole, the
+            // work with it (see `attempt`).
+            Some(failed) if failed.moved => {
+                leave_transaction(conn);
+                return result;
+            }
+            _ => conn.execute_batch(savepoint.rollback).and_then(|()| {
+                // The failure is undone: it no longer fails the write it is in.
+                let _undone = conn.take_failed_write();
+                conn.execute_later(savepoint.release)
+            }),
+        }
     };
     if let Err(e) = end {
         // The savepoint could not be ended: what the work wrote cannot be
@@ -856,7 +871,7 @@ fn commit_batch(
         match attempt(conn, &mut batch) {
             Attempt::Committed => break Ok(!batch.is_empty()),
             Attempt::Lost(e) => break Err(e),
-            Attempt::Again if again > size => {
+            Attempt::Again if again > 2 * size => {
                 break Err(DbError::Internal(
                     "a batch's kept folds kept failing their checks".into(),
                 ));
