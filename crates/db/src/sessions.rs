@@ -127,6 +127,26 @@ const TRIM_SESSION_WHEN_DUE: &str = "DELETE FROM turns WHERE session_id = ?1
                     + CASE WHEN answered IS NOT NULL OR kept & 2 <> 0 THEN 1 ELSE 0 END AS here
             FROM turns WHERE session_id = ?1) sides) running)";
 
+/// Only a session whose mode is not the default has a row (it is what the
+/// row is for): a turn in another mode stores or reopens it, and one back
+/// in the default mode removes it, when the session may have one.
+fn keep_session_row(conn: &Conn<'_>, turn: &NewTurn, may_have_row: bool) -> Result<(), DbError> {
+    if turn.mode != Mode::Madre {
+        conn.prepare_cached(
+            "INSERT INTO sessions (session_id, mode, created_at, last_activity_at)
+             VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (session_id) DO UPDATE SET
+                mode = excluded.mode, last_activity_at = excluded.last_activity_at,
+                closed_at = NULL",
+        )?
+        .run(params![turn.session_id, turn.mode.as_str(), ts(turn.at)])?;
+    } else if may_have_row {
+        conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
+            .run([&turn.session_id])?;
+    }
+    Ok(())
+}
+
 /// Records `turn` as [`Db::record_turn`] does, reading nothing first
 /// (PostgreSQL, statements sent together): its statements look up what
 /// SQLite's read gives (the session's last turn, the plan's row and
@@ -142,19 +162,7 @@ fn record_turn_unread(
     kept: i64,
 ) -> Result<(), DbError> {
     use crate::engine::sql::{EXPECT, EXPECTED_MISSING};
-    if turn.mode != Mode::Madre {
-        conn.prepare_cached(
-            "INSERT INTO sessions (session_id, mode, created_at, last_activity_at)
-             VALUES (?1, ?2, ?3, ?3)
-             ON CONFLICT (session_id) DO UPDATE SET
-                mode = excluded.mode, last_activity_at = excluded.last_activity_at,
-                closed_at = NULL",
-        )?
-        .run(params![turn.session_id, turn.mode.as_str(), ts(turn.at)])?;
-    } else {
-        conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
-            .run([&turn.session_id])?;
-    }
+    keep_session_row(conn, turn, true)?;
     conn.prepare_cached(&format!(
         "INSERT INTO turns (session_id, n, plan, intent_id, asked, answered, kept, created_at)
          SELECT CAST(?1 AS text), coalesce((SELECT max(n) FROM turns WHERE session_id = ?1), 0) + 1,
@@ -262,22 +270,7 @@ impl Db {
             if answered_kept != 0 && plan_row.is_none() {
                 return Err(DbError::not_found("plan", turn.plan_id.unwrap_or_default()));
             }
-            // Only a session whose mode is not the default has a row (it
-            // is what the row is for): a turn in another mode stores or
-            // reopens it, and one back in the default mode removes it.
-            if turn.mode != Mode::Madre {
-                conn.prepare_cached(
-                    "INSERT INTO sessions (session_id, mode, created_at, last_activity_at)
-                     VALUES (?1, ?2, ?3, ?3)
-                     ON CONFLICT (session_id) DO UPDATE SET
-                        mode = excluded.mode, last_activity_at = excluded.last_activity_at,
-                        closed_at = NULL",
-                )?
-                .run(params![turn.session_id, turn.mode.as_str(), ts(turn.at)])?;
-            } else if had_row {
-                conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
-                    .run([&turn.session_id])?;
-            }
+            keep_session_row(conn, &turn, had_row)?;
             // The intent is stored only when the plan's row does not say it.
             let intent = turn.intent_id.map(|i| i.to_string());
             let intent = intent.filter(|i| plan_intent.as_deref() != Some(i.as_str()));

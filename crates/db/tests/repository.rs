@@ -587,6 +587,28 @@ fn plans_round_trip_with_context_confirmation_and_audit() {
     assert!(t.db.plan(Uuid::new_v4()).unwrap().is_none());
 }
 
+/// Stores a plan of session `session` waiting at its gate (step 0) for a
+/// confirmation whose token hashes to `hash`, with a Hermes call after it.
+fn insert_waiting_plan(db: &Db, session: &str, hash: &str) -> Plan {
+    let plan = plan_with(
+        &[
+            (StepType::AwaitConfirmation, Status::Waiting),
+            (StepType::CallHermes, Status::Pending),
+        ],
+        session,
+        t0(),
+    );
+    let mut rec = record(plan.clone());
+    rec.confirmation = Some(NewConfirmation {
+        token_sha256: hash.to_owned(),
+        risk: RiskLevel::Med,
+        expires_at: t0() + Duration::minutes(10),
+        principal: "alice".into(),
+    });
+    db.insert_plan(rec).wait().unwrap();
+    plan
+}
+
 fn started(step: usize, at: DateTime<Utc>) -> PlanEvent {
     PlanEvent::new(Event::StepStarted { step }, at)
 }
@@ -800,23 +822,8 @@ fn the_journal_refuses_update_and_delete() {
 #[test]
 fn confirmations_are_consumed_once_even_under_concurrency() {
     let t = open();
-    let plan = plan_with(
-        &[
-            (StepType::AwaitConfirmation, Status::Waiting),
-            (StepType::CallHermes, Status::Pending),
-        ],
-        "s",
-        t0(),
-    );
     let hash = "cd".repeat(32);
-    let mut rec = record(plan.clone());
-    rec.confirmation = Some(NewConfirmation {
-        token_sha256: hash.clone(),
-        risk: RiskLevel::Med,
-        expires_at: t0() + Duration::minutes(10),
-        principal: "alice".into(),
-    });
-    t.db.insert_plan(rec).wait().unwrap();
+    let plan = insert_waiting_plan(&t.db, "s", &hash);
 
     assert_eq!(
         t.db.consume_confirmation(plan.plan_id, "ee".repeat(32), "bob".into(), None, t0())
@@ -2579,23 +2586,8 @@ fn sessions_the_server_ended_are_reopened_by_the_next_write_and_read() {
 fn an_outdated_kept_fold_does_not_decide_the_next_event() {
     let t = open();
     let (a, b) = (t.db.clone(), t.reopen());
-    let plan = plan_with(
-        &[
-            (StepType::AwaitConfirmation, Status::Waiting),
-            (StepType::CallHermes, Status::Pending),
-        ],
-        "s-fold",
-        t0(),
-    );
     let hash = "ab".repeat(32);
-    let mut rec = record(plan.clone());
-    rec.confirmation = Some(NewConfirmation {
-        token_sha256: hash.clone(),
-        risk: RiskLevel::Med,
-        expires_at: t0() + Duration::minutes(10),
-        principal: "alice".into(),
-    });
-    a.insert_plan(rec).wait().unwrap();
+    let plan = insert_waiting_plan(&a, "s-fold", &hash);
     assert_eq!(
         b.consume_confirmation(plan.plan_id, hash, "bob".into(), None, t0())
             .wait()
