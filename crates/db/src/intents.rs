@@ -62,6 +62,20 @@ fn insert_intent(conn: &Conn<'_>, entry: &NewIntentLog) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The statement of [`close_checked_by_the_server`], written once.
+static CLOSE_CHECKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use crate::engine::sql::{EXPECT, EXPECTED_CONFLICT, EXPECTED_MISSING};
+    format!("WITH closed AS (
+             UPDATE intents_log SET processed_by_madre_at = ?2, result_status = ?3, notes = ?4
+             WHERE id = ?1 AND processed_by_madre_at IS NULL RETURNING 1)
+         SELECT CASE
+             WHEN EXISTS (SELECT 1 FROM closed) THEN true
+             WHEN EXISTS (SELECT 1 FROM intents_log WHERE id = ?1)
+                 THEN {EXPECT}(false, '{EXPECTED_CONFLICT}', 'intent ' || ?1 || ' is already closed')
+             ELSE {EXPECT}(false, '{EXPECTED_MISSING}', 'intent ' || ?1)
+         END")
+});
+
 /// Closes intent `id` as [`Db::close_intent`] does, in one statement
 /// that needs no answer (PostgreSQL, statements sent together): the server
 /// checks that it closed the row, and fails the transaction with the
@@ -74,19 +88,8 @@ fn close_checked_by_the_server(
     result_status: &str,
     notes: Option<&str>,
 ) -> Result<(), DbError> {
-    use crate::engine::sql::{EXPECT, EXPECTED_CONFLICT, EXPECTED_MISSING};
-    conn.prepare_cached(&format!(
-        "WITH closed AS (
-             UPDATE intents_log SET processed_by_madre_at = ?2, result_status = ?3, notes = ?4
-             WHERE id = ?1 AND processed_by_madre_at IS NULL RETURNING 1)
-         SELECT CASE
-             WHEN EXISTS (SELECT 1 FROM closed) THEN true
-             WHEN EXISTS (SELECT 1 FROM intents_log WHERE id = ?1)
-                 THEN {EXPECT}(false, '{EXPECTED_CONFLICT}', 'intent ' || ?1 || ' is already closed')
-             ELSE {EXPECT}(false, '{EXPECTED_MISSING}', 'intent ' || ?1)
-         END"
-    ))?
-    .run(params![id.to_string(), ts(at), result_status, notes])
+    conn.prepare_cached(&CLOSE_CHECKED)?
+        .run(params![id.to_string(), ts(at), result_status, notes])
 }
 
 impl Db {

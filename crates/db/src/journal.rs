@@ -673,6 +673,19 @@ pub(crate) fn append(
     Ok(loaded)
 }
 
+/// The statement of [`check_fold`], written once.
+static CHECK_FOLD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {expect}(coalesce((
+             SELECT (SELECT max(seq) FROM plan_events WHERE plan = ?1) = ?2
+                AND (NOT ?3 OR owner IS NULL OR owner = ?4
+                     OR lease_expires_at IS NULL OR lease_expires_at < ?5)
+             FROM plans WHERE id = ?1), false), '{moved}', 'the plan changed since it was folded')",
+        expect = crate::engine::sql::EXPECT,
+        moved = crate::engine::sql::MOVED,
+    )
+});
+
 /// Has the server check, when the append is sent, what a kept fold of the
 /// plan rests on: the journal still ends at event `through`, and for an
 /// execution event (`fenced`) no other replica holds the plan under a
@@ -686,16 +699,7 @@ fn check_fold(
     fenced: bool,
     replica: &Replica,
 ) -> Result<(), DbError> {
-    conn.prepare_cached(&format!(
-        "SELECT {expect}(coalesce((
-             SELECT (SELECT max(seq) FROM plan_events WHERE plan = ?1) = ?2
-                AND (NOT ?3 OR owner IS NULL OR owner = ?4
-                     OR lease_expires_at IS NULL OR lease_expires_at < ?5)
-             FROM plans WHERE id = ?1), false), '{moved}', 'the plan changed since it was folded')",
-        expect = crate::engine::sql::EXPECT,
-        moved = crate::engine::sql::MOVED,
-    ))?
-    .run(params![
+    conn.prepare_cached(&CHECK_FOLD)?.run(params![
         folded.row,
         through,
         fenced,

@@ -104,28 +104,36 @@ fn trim_due(turns: i64, keep: u32) -> bool {
     turns.saturating_mul(2) > i64::from(keep) && turns % TRIM_EVERY == 0
 }
 
+/// The turns of session `?1` older than those holding its newest `?2`
+/// messages (see [`TRIM_SESSION`]), as a condition on `n`.
+macro_rules! older_than_kept {
+    () => {
+        "n < (
+            SELECT coalesce(min(CASE WHEN newer - here < ?2 THEN n END), max(n)) FROM (
+                SELECT n, here, sum(here) OVER (ORDER BY n DESC) AS newer FROM (
+                    SELECT n, CASE WHEN asked IS NOT NULL OR kept & 1 <> 0 THEN 1 ELSE 0 END
+                            + CASE WHEN answered IS NOT NULL OR kept & 2 <> 0 THEN 1 ELSE 0 END AS here
+                    FROM turns WHERE session_id = ?1) sides) running)"
+    };
+}
+
 /// Drops the turns of session `?1` older than those holding its newest
 /// `?2` messages: a turn is kept whole, so a read of `?2` messages always
 /// finds them (one more may stay), and the newest turn always stays.
-pub(crate) const TRIM_SESSION: &str = "DELETE FROM turns WHERE session_id = ?1 AND n < (
-    SELECT coalesce(min(CASE WHEN newer - here < ?2 THEN n END), max(n)) FROM (
-        SELECT n, here, sum(here) OVER (ORDER BY n DESC) AS newer FROM (
-            SELECT n, CASE WHEN asked IS NOT NULL OR kept & 1 <> 0 THEN 1 ELSE 0 END
-                    + CASE WHEN answered IS NOT NULL OR kept & 2 <> 0 THEN 1 ELSE 0 END AS here
-            FROM turns WHERE session_id = ?1) sides) running)";
+pub(crate) const TRIM_SESSION: &str = concat!(
+    "DELETE FROM turns WHERE session_id = ?1 AND ",
+    older_than_kept!()
+);
 
 /// [`TRIM_SESSION`] when [`trim_due`] says so of the session's newest
 /// turn, decided by the statement itself (for a write that reads nothing
 /// first).
-const TRIM_SESSION_WHEN_DUE: &str = "DELETE FROM turns WHERE session_id = ?1
-    AND (SELECT max(n) FROM turns WHERE session_id = ?1) % 8 = 0
-    AND (SELECT max(n) FROM turns WHERE session_id = ?1) * 2 > ?2
-    AND n < (
-    SELECT coalesce(min(CASE WHEN newer - here < ?2 THEN n END), max(n)) FROM (
-        SELECT n, here, sum(here) OVER (ORDER BY n DESC) AS newer FROM (
-            SELECT n, CASE WHEN asked IS NOT NULL OR kept & 1 <> 0 THEN 1 ELSE 0 END
-                    + CASE WHEN answered IS NOT NULL OR kept & 2 <> 0 THEN 1 ELSE 0 END AS here
-            FROM turns WHERE session_id = ?1) sides) running)";
+const TRIM_SESSION_WHEN_DUE: &str = concat!(
+    "DELETE FROM turns WHERE session_id = ?1
+     AND (SELECT max(n) FROM turns WHERE session_id = ?1) % ?3 = 0
+     AND (SELECT max(n) FROM turns WHERE session_id = ?1) * 2 > ?2 AND ",
+    older_than_kept!()
+);
 
 /// Only a session whose mode is not the default has a row (it is what the
 /// row is for): a turn in another mode stores or reopens it, and one back
@@ -147,6 +155,19 @@ fn keep_session_row(conn: &Conn<'_>, turn: &NewTurn, may_have_row: bool) -> Resu
     Ok(())
 }
 
+/// The turn insert of [`record_turn_unread`], written once.
+static TURN_UNREAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use crate::engine::sql::{EXPECT, EXPECTED_MISSING};
+    format!("INSERT INTO turns (session_id, n, plan, intent_id, asked, answered, kept, created_at)
+         SELECT CAST(?1 AS text), coalesce((SELECT max(n) FROM turns WHERE session_id = ?1), 0) + 1,
+                p.id, CASE WHEN p.intent_id IS DISTINCT FROM CAST(?3 AS uuid) THEN CAST(?3 AS uuid) END,
+                CAST(?4 AS text), CAST(?5 AS text), CAST(?6 AS smallint), CAST(?7 AS timestamptz)
+         FROM (SELECT 1) AS one LEFT JOIN plans p ON p.uuid = CAST(?2 AS uuid)
+         WHERE CASE WHEN CAST(?6 AS smallint) & 2 = 0 OR p.id IS NOT NULL THEN true
+                    ELSE {EXPECT}(false, '{EXPECTED_MISSING}', 'plan ' || coalesce(CAST(?2 AS text), ''))
+               END")
+});
+
 /// Records `turn` as [`Db::record_turn`] does, reading nothing first
 /// (PostgreSQL, statements sent together): its statements look up what
 /// SQLite's read gives (the session's last turn, the plan's row and
@@ -161,19 +182,8 @@ fn record_turn_unread(
     answered: Option<&str>,
     kept: i64,
 ) -> Result<(), DbError> {
-    use crate::engine::sql::{EXPECT, EXPECTED_MISSING};
     keep_session_row(conn, turn, true)?;
-    conn.prepare_cached(&format!(
-        "INSERT INTO turns (session_id, n, plan, intent_id, asked, answered, kept, created_at)
-         SELECT CAST(?1 AS text), coalesce((SELECT max(n) FROM turns WHERE session_id = ?1), 0) + 1,
-                p.id, CASE WHEN p.intent_id IS DISTINCT FROM CAST(?3 AS uuid) THEN CAST(?3 AS uuid) END,
-                CAST(?4 AS text), CAST(?5 AS text), CAST(?6 AS smallint), CAST(?7 AS timestamptz)
-         FROM (SELECT 1) AS one LEFT JOIN plans p ON p.uuid = CAST(?2 AS uuid)
-         WHERE CASE WHEN CAST(?6 AS smallint) & 2 = 0 OR p.id IS NOT NULL THEN true
-                    ELSE {EXPECT}(false, '{EXPECTED_MISSING}', 'plan ' || coalesce(CAST(?2 AS text), ''))
-               END"
-    ))?
-    .run(params![
+    conn.prepare_cached(&TURN_UNREAD)?.run(params![
         turn.session_id,
         turn.plan_id.map(|p| p.to_string()),
         turn.intent_id.map(|i| i.to_string()),
@@ -183,7 +193,7 @@ fn record_turn_unread(
         ts(turn.at),
     ])?;
     conn.prepare_cached(TRIM_SESSION_WHEN_DUE)?
-        .run(params![turn.session_id, turn.keep])
+        .run(params![turn.session_id, turn.keep, TRIM_EVERY])
 }
 
 pub(crate) fn trim_session(conn: &Conn<'_>, session_id: &str, keep: u32) -> Result<u64, DbError> {

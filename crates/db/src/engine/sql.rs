@@ -199,10 +199,11 @@ type Then = Box<dyn FnOnce(&[tokio_postgres::Row]) + Send>;
 enum Request {
     /// Statements with no parameters (transaction control).
     Simple(Cow<'static, str>),
-    /// A prepared statement and its parameters. `sql` is its text in the
-    /// session's cache, for preparing it again on a new session.
+    /// A prepared statement and its parameters. `sql` is its text when
+    /// the session counts what it runs (the writer's): the rows it
+    /// changes are counted too.
     Prepared {
-        sql: Arc<str>,
+        sql: Option<Arc<str>>,
         statement: tokio_postgres::Statement,
         args: Vec<PgArg>,
     },
@@ -434,7 +435,7 @@ impl PgConn {
     /// A change that returns its rows (RETURNING) counts them as changed,
     /// as SQLite's `total_changes` does, and so does any other change.
     fn count_changes(&self, request: &Request, answer: &Answer) {
-        if let Request::Prepared { sql, .. } = request
+        if let Request::Prepared { sql: Some(sql), .. } = request
             && changes_rows(sql)
         {
             self.changes
@@ -451,9 +452,9 @@ fn check_encodable(statement: &tokio_postgres::Statement, args: &[PgArg]) -> Res
     let types = statement.params();
     if types.len() != args.len() {
         return Err(DbError::Postgres(format!(
-            "{} parameters given for {} placeholders",
-            args.len(),
-            types.len()
+            "the statement takes {} parameters; {} were given",
+            types.len(),
+            args.len()
         )));
     }
     let mut scratch = bytes::BytesMut::new();
@@ -901,7 +902,7 @@ impl Stmt<'_> {
         };
         let args = metered_args(metered, args);
         Request::Prepared {
-            sql: metered.clone().unwrap_or_else(|| Arc::from("")),
+            sql: metered.clone(),
             statement: statement.clone(),
             args,
         }
