@@ -2,7 +2,7 @@
 //! [`crate::journal`]) and keyset-paginated listing of their rows in
 //! `plans`.
 
-use crate::engine::sql::{Conn, Row};
+use crate::engine::sql::{Conn, OptionalExtension, Row};
 use chrono::{DateTime, Utc};
 use madre_models::{PlanSummary, Status, TaskView};
 use rusqlite::ToSql;
@@ -186,6 +186,20 @@ impl Db {
     /// The plan with its steps, metadata and intent.
     pub fn plan(&self, plan_id: Uuid) -> Result<Option<StoredPlan>, DbError> {
         self.read(|conn| journal::plan_in(conn, plan_id))
+    }
+
+    /// The plan's status as its projection row holds it, or `None` when no
+    /// such plan is stored: one small read, for a caller that holds the
+    /// plan already and only needs to know whether it changed hands or
+    /// ended meanwhile (a plan that waited for a runner slot).
+    pub fn plan_status(&self, plan_id: Uuid) -> Result<Option<Status>, DbError> {
+        self.read(|conn| {
+            let status: Option<String> = conn
+                .prepare_cached("SELECT status FROM plans WHERE uuid = ?1")?
+                .query_row([plan_id.to_string()], |r| r.get(0))
+                .optional()?;
+            status.map(|s| parse_enum(&s, "status")).transpose()
+        })
     }
 
     /// Appends `events` to the plan's journal, as [`Db::apply_events`] does,

@@ -321,9 +321,8 @@ impl Runner {
                 None => {
                     let permit = inner.slots.clone().acquire_owned().await;
                     inner.queued.fetch_sub(1, Ordering::AcqRel);
-                    // It waited: whatever changed meanwhile is read again.
                     if let Some(opened) = opened.as_mut() {
-                        opened.plan = None;
+                        still_as_handed_over(&inner.db, plan_id, opened).await;
                     }
                     match permit {
                         Ok(permit) => permit,
@@ -684,6 +683,22 @@ struct Opened {
     /// Its cancel signal, registered as it was handed over: a cancel from
     /// then on reaches it, before it even has a slot.
     signal: Arc<CancelSignal>,
+}
+
+/// Keeps the plan a queued execution was handed only while its stored
+/// status is still the one it was handed with; otherwise (another replica
+/// cancelled it meanwhile, say: a cancel here also signals) it is dropped,
+/// to be read again in full. One small read instead of the plan's: nothing
+/// else changes a plan while this replica holds it, and the journal
+/// refuses the next write of a plan folded from an outdated state anyway.
+async fn still_as_handed_over(db: &Db, plan_id: Uuid, opened: &mut Opened) {
+    let Some(handed) = opened.plan.as_ref().map(|p| p.status) else {
+        return;
+    };
+    let stored = db.run_blocking(move |db| db.plan_status(plan_id)).await;
+    if !matches!(stored, Ok(Some(status)) if status == handed) {
+        opened.plan = None;
+    }
 }
 
 /// Spawns a plan's execution on the current Tokio runtime, whichever kind.

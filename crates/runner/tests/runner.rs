@@ -864,6 +864,32 @@ async fn an_opened_plan_cancelled_while_queued_never_calls_its_module() {
     assert_eq!(h.calls(Module::Switch).await, 0);
 }
 
+/// A queued opened plan keeps the copy it was handed only while its stored
+/// status is unchanged: a cancel written to the journal by someone else
+/// (another replica: no signal reaches this runner) while it waits for a
+/// slot still wins, and its module is never called.
+#[tokio::test]
+async fn an_opened_plan_cancelled_elsewhere_while_queued_never_calls_its_module() {
+    let h = one_slot_and_a_slow_hermes().await;
+    let first = store_opened(&h, "one", "local").await;
+    let first = h.runner.start_opened(first, opts(), None).unwrap();
+    let queued = store_opened(&h, "two", "local").await;
+    let queued_id = queued.plan_id;
+    let second = h.runner.start_opened(queued, opts(), None).unwrap();
+    let cancel = PlanEvent::finished(Status::Cancelled, Some("cancelled"), Utc::now());
+    h.db.apply_events(queued_id, vec![cancel], None)
+        .await
+        .unwrap();
+    assert_eq!(first.finished().await.unwrap().plan.status, Status::Done);
+    let cancelled = second.finished().await.unwrap();
+    assert_eq!(cancelled.plan.status, Status::Cancelled);
+    assert_eq!(
+        h.calls(Module::Hermes).await,
+        1,
+        "only the first plan's call"
+    );
+}
+
 /// Every change of a LOW chat's plan is in its journal, in order.
 #[tokio::test]
 async fn the_journal_holds_every_change_in_order() {
