@@ -1362,6 +1362,7 @@ fn hostile_strings_and_large_payloads_are_stored_verbatim() {
         "\"quoted\" and 'single' and `back`",
         "nul\0inside",
         "Robert'); DELETE FROM intents_log;--",
+        "back\\slash \\' and $$dollar$$ and E'\\x41'",
         "🎉 ñ 中文 \u{202e}rtl",
     ];
     for (i, text) in nasty.iter().enumerate() {

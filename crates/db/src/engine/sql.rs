@@ -130,7 +130,10 @@ pub(crate) struct PgConn {
     session: RefCell<Option<Session>>,
     /// Each statement's text (SQLite's dialect), with its prepared form
     /// and its text shared with the statements that run it (for the meter).
-    prepared: RefCell<HashMap<String, (tokio_postgres::Statement, Arc<str>)>>,
+    prepared: RefCell<HashMap<String, Prepared>>,
+    /// Statements this session prepared by name for `EXECUTE` (see
+    /// [`PgConn::send_once`]), for the next name.
+    named: Cell<u64>,
     in_transaction: Cell<bool>,
     /// Rows changed by this session's statements, as SQLite's
     /// `total_changes`.
@@ -163,6 +166,16 @@ struct Session {
     client: tokio_postgres::Client,
 }
 
+/// A statement a session prepared: the driver's (its parameter types, and
+/// how it runs alone), its text for the meter, and on the writer's session
+/// the name it was also prepared under for `EXECUTE` in a batch.
+#[derive(Clone)]
+struct Prepared {
+    statement: tokio_postgres::Statement,
+    sql: Arc<str>,
+    name: Option<Arc<str>>,
+}
+
 /// A queued statement's failure, as the writer needs to know it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct QueuedFailure {
@@ -183,7 +196,7 @@ pub(crate) type SavepointId = (&'static str, u32);
 /// A request of the writer's transaction, waiting to be sent.
 struct Queued {
     /// `None` for a callback alone (see [`Conn::after_sent`]).
-    request: Option<Request>,
+    request: Option<Batched>,
     /// The write of the writer's batch that queued it.
     write: usize,
     /// The savepoint it was queued in, if any.
@@ -192,8 +205,9 @@ struct Queued {
     then: Option<Then>,
 }
 
-/// What a queued request does with the rows it returned.
-type Then = Box<dyn FnOnce(&[tokio_postgres::Row]) + Send>;
+/// What a queued request does with the rows it returned: handed the first
+/// column of each, as integers (`RETURNING seq`).
+type Then = Box<dyn FnOnce(Vec<i64>) + Send>;
 
 /// One request to the server.
 enum Request {
@@ -207,6 +221,34 @@ enum Request {
         statement: tokio_postgres::Statement,
         args: Vec<PgArg>,
     },
+}
+
+/// A statement of the writer's transaction waiting to be sent, as the text
+/// it is sent as (see [`PgConn::send_once`]).
+enum Batched {
+    /// Transaction control: its `;`-separated statements (constants).
+    Control(&'static str),
+    /// `EXECUTE` of a statement prepared by name, its parameters written as
+    /// literals when it was queued. `sql` is the statement's text, whose
+    /// changed rows are counted.
+    Execute { sql: Option<Arc<str>>, text: String },
+}
+
+impl Batched {
+    /// Adds the statements to `batch`; answers how many there are, which
+    /// is how many answers the server gives for them.
+    fn push_to(&self, batch: &mut String) -> usize {
+        let text = match self {
+            Batched::Control(sql) => *sql,
+            Batched::Execute { text, .. } => text.as_str(),
+        };
+        let statements = text.split(';').filter(|s| !s.trim().is_empty()).count();
+        if statements > 0 {
+            batch.push_str(text);
+            batch.push_str(";\n");
+        }
+        statements
+    }
 }
 
 /// What a request answered: its rows, and the rows it changed.
@@ -235,6 +277,7 @@ impl PgConn {
             session: RefCell::new(Some(open_session(&server.config)?)),
             server: Arc::clone(server),
             prepared: RefCell::default(),
+            named: Cell::new(0),
             in_transaction: Cell::new(false),
             changes: Cell::new(0),
             metered: Cell::new(false),
@@ -250,14 +293,13 @@ impl PgConn {
     /// statements of its transactions together (the writer's session).
     pub(crate) fn meter(&self) -> Result<(), DbError> {
         self.metered.set(true);
-        self.define_expect()
+        self.set_up_writer()
     }
 
-    /// Defines `pg_temp.madre_expect` for this session (the writer's): see
-    /// [`EXPECT`].
-    fn define_expect(&self) -> Result<(), DbError> {
+    /// Sets up this session as the writer's: see [`WRITER_SESSION`].
+    fn set_up_writer(&self) -> Result<(), DbError> {
         let s = self.round_trip();
-        Ok(s.runtime.block_on(s.client.batch_execute(DEFINE_EXPECT))?)
+        Ok(s.runtime.block_on(s.client.batch_execute(WRITER_SESSION))?)
     }
 
     /// Opens the session again when it was lost (the server restarted,
@@ -285,7 +327,7 @@ impl PgConn {
             // would fail every check it makes.
             session
                 .runtime
-                .block_on(session.client.batch_execute(DEFINE_EXPECT))?;
+                .block_on(session.client.batch_execute(WRITER_SESSION))?;
         }
         *self.session.borrow_mut() = Some(session);
         self.prepared.borrow_mut().clear();
@@ -320,7 +362,7 @@ impl PgConn {
             .is_none_or(|s| s.client.is_closed())
     }
 
-    fn statement(&self, sql: &str) -> Result<(tokio_postgres::Statement, Arc<str>), DbError> {
+    fn statement(&self, sql: &str) -> Result<Prepared, DbError> {
         if let Some(prepared) = self.prepared.borrow().get(sql) {
             return Ok(prepared.clone());
         }
@@ -329,7 +371,26 @@ impl PgConn {
             let s = self.round_trip();
             s.runtime.block_on(s.client.prepare(&text))?
         };
-        let prepared = (statement, Arc::from(sql));
+        // The writer's statements are also prepared by a name of their own
+        // (the driver's names are its own), for a batch to `EXECUTE`. A
+        // prepared statement is the session's: a rollback keeps it.
+        let name = match self.metered.get() {
+            true => {
+                let n = self.named.get() + 1;
+                self.named.set(n);
+                let name = format!("madre_{n}");
+                let s = self.round_trip();
+                s.runtime
+                    .block_on(s.client.batch_execute(&format!("PREPARE {name} AS {text}")))?;
+                Some(Arc::from(name))
+            }
+            false => None,
+        };
+        let prepared = Prepared {
+            statement,
+            sql: Arc::from(sql),
+            name,
+        };
         self.prepared
             .borrow_mut()
             .insert(sql.to_owned(), prepared.clone());
@@ -342,7 +403,7 @@ impl PgConn {
         self.metered.get() && self.in_transaction.get()
     }
 
-    fn queue(&self, request: Option<Request>, then: Option<Then>) {
+    fn queue(&self, request: Option<Batched>, then: Option<Then>) {
         self.queued.borrow_mut().push(Queued {
             request,
             write: self.write.get(),
@@ -368,65 +429,75 @@ impl PgConn {
     fn begins_unsent(&self) -> bool {
         matches!(
             self.queued.borrow().first(),
-            Some(Queued { request: Some(Request::Simple(sql)), .. }) if sql == PG_BEGIN
+            Some(Queued { request: Some(Batched::Control(sql)), .. }) if *sql == PG_BEGIN
         )
     }
 
-    /// One send of `queued` and `last`.
-    fn send_once(&self, queued: Vec<Queued>, last: Request) -> Result<Answer, DbError> {
-        let answers = {
+    /// One send of `queued` and `last`. The queued statements go as one
+    /// text of statements (the simple query protocol; each an `EXECUTE` of
+    /// a statement prepared by name, its parameters written as literals):
+    /// the server runs them in order and answers them together, one flush
+    /// for the batch and one wake-up of this session, where each statement
+    /// sent on its own (the extended protocol) is answered, flushed and
+    /// read by itself. `request` goes right behind it. The server stops at the
+    /// first statement of the batch that fails; the answers before it say
+    /// which one that was.
+    fn send_once(&self, queued: Vec<Queued>, request: Request) -> Result<Answer, DbError> {
+        let mut batch = String::new();
+        let counts: Vec<usize> = queued
+            .iter()
+            .map(|q| q.request.as_ref().map_or(0, |r| r.push_to(&mut batch)))
+            .collect();
+        let (sent, last) = {
             let s = self.round_trip();
-            let requests = queued
-                .iter()
-                .filter_map(|q| q.request.as_ref())
-                .chain(std::iter::once(&last));
-            // join_all polls each future once, in order, before waiting on
-            // any: every request is handed to the connection before the
-            // first answer is awaited.
-            s.runtime.block_on(futures_util::future::join_all(
-                requests.map(|r| run_request(&s.client, r)),
+            // Both handed to the connection before either answer is
+            // awaited (join polls them in order). `request` is a request of
+            // its own even when it is the `COMMIT`: after a failure in the
+            // batch, which skips the rest of its text, it still ends the
+            // transaction (a `COMMIT` of a failed one rolls it back).
+            s.runtime.block_on(futures_util::future::join(
+                run_batch(&s.client, &batch),
+                run_request(&s.client, &request),
             ))
         };
-        let mut answers = answers.into_iter();
-        let mut failed = None;
-        let mut thens = Vec::new();
-        for q in queued.iter() {
-            let Some(request) = &q.request else {
-                continue;
-            };
-            let answer = answers.next().expect("one answer a request");
-            match answer {
-                Ok(answer) => {
-                    self.count_changes(request, &answer);
-                    thens.push(answer.rows);
-                }
-                Err(e) if failed.is_none() => {
-                    let moved = e.code().is_some_and(|c| c.code() == MOVED);
-                    let failure = QueuedFailure {
+        let Sent { done, error } = sent;
+        if let Some(e) = error {
+            // The statement that failed is the first one not answered.
+            let failed_at = done.len();
+            let mut first = 0;
+            for (q, &n) in queued.iter().zip(&counts) {
+                if (first..first + n).contains(&failed_at) {
+                    self.failed.set(Some(QueuedFailure {
                         write: q.write,
-                        moved,
+                        moved: e.code().is_some_and(|c| c.code() == MOVED),
                         savepoint: q.savepoint,
-                    };
-                    failed = Some((failure, e));
+                    }));
+                    break;
                 }
-                Err(_) => {}
+                first += n;
             }
-        }
-        let last_answer = answers.next().expect("one answer a request");
-        if let Some((failure, e)) = failed {
-            self.failed.set(Some(failure));
+            // A send that failed as a whole (the session closed) stops
+            // before the first statement: laid at that one's write.
             return Err(e.into());
         }
-        let answer = last_answer?;
-        self.count_changes(&last, &answer);
-        let mut rows = thens.into_iter();
-        for q in queued {
-            let rows = match q.request {
-                Some(_) => rows.next().unwrap_or_default(),
-                None => Vec::new(),
-            };
+        let answer = last?;
+        self.count_changes(&request, &answer);
+        let mut done = done.into_iter();
+        for (q, n) in queued.into_iter().zip(counts) {
+            let mut ids = Vec::new();
+            let mut affected = 0;
+            for statement in done.by_ref().take(n) {
+                affected += statement.affected;
+                ids.extend(statement.ids);
+            }
+            if let Some(Batched::Execute { sql: Some(sql), .. }) = &q.request
+                && changes_rows(sql)
+            {
+                self.changes
+                    .set(self.changes.get().saturating_add(affected));
+            }
             if let Some(then) = q.then {
-                then(&rows);
+                then(ids);
             }
         }
         Ok(answer)
@@ -444,12 +515,11 @@ impl PgConn {
     }
 }
 
-/// Encodes `args` for `statement` once, before the statement is queued:
-/// a parameter the driver cannot encode never reaches the server, so the
-/// transaction would go on (and commit) without the statement. It fails
-/// now instead, as it would have run at once.
-fn check_encodable(statement: &tokio_postgres::Statement, args: &[PgArg]) -> Result<(), DbError> {
-    let types = statement.params();
+/// `EXECUTE name(…)` with `args` written as literals of `types`, the
+/// statement's parameter types. Each literal is quoted text, which the
+/// server reads with the parameter type's own input (`standard_conforming_strings`
+/// is on in the writer's session, so a quote doubled is the only escape).
+fn execute_text(name: &str, types: &[Type], args: &[PgArg]) -> Result<String, DbError> {
     if types.len() != args.len() {
         return Err(DbError::Postgres(format!(
             "the statement takes {} parameters; {} were given",
@@ -457,13 +527,164 @@ fn check_encodable(statement: &tokio_postgres::Statement, args: &[PgArg]) -> Res
             args.len()
         )));
     }
-    let mut scratch = bytes::BytesMut::new();
+    let mut text = String::with_capacity(16 + name.len() + 24 * args.len());
+    text.push_str("EXECUTE ");
+    text.push_str(name);
     for (i, (arg, ty)) in args.iter().zip(types).enumerate() {
-        scratch.clear();
-        tokio_postgres::types::ToSql::to_sql_checked(arg, ty, &mut scratch)
-            .map_err(|e| DbError::Postgres(format!("parameter {}: {e}", i + 1)))?;
+        text.push_str(if i == 0 { "(" } else { ", " });
+        write_literal(&arg.0, ty, &mut text).map_err(|e| match e.as_str() {
+            NUL_IN_TEXT => DbError::Unstorable(format!("parameter {}: {e}", i + 1)),
+            _ => DbError::Postgres(format!("parameter {}: {e}", i + 1)),
+        })?;
+    }
+    if !args.is_empty() {
+        text.push(')');
+    }
+    Ok(text)
+}
+
+/// Writes `value` as a literal of PostgreSQL type `ty`, as [`PgArg`]'s
+/// binary encoding would bind it: the same values are accepted and
+/// refused.
+fn write_literal(value: &Value, ty: &Type, out: &mut String) -> Result<(), String> {
+    use std::fmt::Write;
+    let refuse = || format!("cannot bind {value:?} as PostgreSQL type {ty}");
+    match (value, ty) {
+        (Value::Null, _) => out.push_str("NULL"),
+        (Value::Integer(i), &Type::INT8 | &Type::FLOAT8) => {
+            let _ = write!(out, "'{i}'");
+        }
+        (Value::Integer(i), &Type::INT4) => {
+            let i = i32::try_from(*i).map_err(|_| refuse())?;
+            let _ = write!(out, "'{i}'");
+        }
+        (Value::Integer(i), &Type::INT2) => {
+            let i = i16::try_from(*i).map_err(|_| refuse())?;
+            let _ = write!(out, "'{i}'");
+        }
+        (Value::Integer(i), &Type::BOOL) => out.push_str(if *i != 0 { "true" } else { "false" }),
+        (Value::Integer(i), &Type::TIMESTAMPTZ | &Type::TIMESTAMP) => {
+            use chrono::Datelike;
+            let at = chrono::DateTime::from_timestamp_micros(*i)
+                .filter(|at| (1..=9999).contains(&at.year()))
+                .ok_or_else(refuse)?;
+            let zone = if *ty == Type::TIMESTAMPTZ { "+00" } else { "" };
+            let _ = write!(out, "'{}{zone}'", at.format("%Y-%m-%d %H:%M:%S%.6f"));
+        }
+        (Value::Integer(i), &Type::TEXT | &Type::VARCHAR | &Type::UNKNOWN) => {
+            let _ = write!(out, "'{i}'");
+        }
+        (Value::Real(f), &Type::FLOAT8 | &Type::FLOAT4) => {
+            let _ = match f {
+                f if f.is_nan() => write!(out, "'NaN'"),
+                f if f.is_infinite() && *f > 0.0 => write!(out, "'Infinity'"),
+                f if f.is_infinite() => write!(out, "'-Infinity'"),
+                f if *ty == Type::FLOAT4 => write!(out, "'{:?}'", *f as f32),
+                f => write!(out, "'{f:?}'"),
+            };
+        }
+        (Value::Text(s), &Type::UUID) => {
+            let id = uuid::Uuid::parse_str(s).map_err(|_| refuse())?;
+            let _ = write!(out, "'{id}'");
+        }
+        (
+            Value::Text(s),
+            &Type::TEXT
+            | &Type::VARCHAR
+            | &Type::BPCHAR
+            | &Type::NAME
+            | &Type::JSON
+            | &Type::JSONB
+            | &Type::UNKNOWN,
+        ) => quote(s, out)?,
+        (Value::Blob(b), &Type::BYTEA) => {
+            out.push_str("'\\x");
+            for byte in b {
+                let _ = write!(out, "{byte:02x}");
+            }
+            out.push('\'');
+        }
+        _ => return Err(refuse()),
     }
     Ok(())
+}
+
+/// Why a text with a NUL is refused (PostgreSQL's own refusal of such a
+/// value is the caller's input: [`DbError::Unstorable`]).
+const NUL_IN_TEXT: &str = "a text with a NUL character cannot be stored";
+
+/// Writes `text` as a quoted literal: each quote doubled. A NUL cannot be
+/// in a PostgreSQL text (nor in a statement's text): refused.
+fn quote(text: &str, out: &mut String) -> Result<(), String> {
+    if text.contains('\0') {
+        return Err(NUL_IN_TEXT.into());
+    }
+    out.reserve(text.len() + 2);
+    out.push('\'');
+    for part in text.split_inclusive('\'') {
+        out.push_str(part);
+        if part.ends_with('\'') {
+            out.push('\'');
+        }
+    }
+    out.push('\'');
+    Ok(())
+}
+
+/// What the server answered to a batch of statements (see
+/// [`PgConn::send_once`]): each statement that succeeded, in order, and the
+/// failure that stopped it, if one did.
+#[derive(Default)]
+struct Sent {
+    done: Vec<Done>,
+    error: Option<tokio_postgres::Error>,
+}
+
+/// A statement of a batch that succeeded: the rows it changed, and the
+/// first column of the rows it returned, as integers.
+struct Done {
+    affected: u64,
+    ids: Vec<i64>,
+}
+
+/// Sends `batch` as one simple query and reads its answers; an empty batch
+/// sends nothing.
+async fn run_batch(client: &tokio_postgres::Client, batch: &str) -> Sent {
+    use futures_util::StreamExt;
+    use tokio_postgres::SimpleQueryMessage;
+    let mut sent = Sent::default();
+    if batch.is_empty() {
+        return sent;
+    }
+    let stream = match client.simple_query_raw(batch).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            sent.error = Some(e);
+            return sent;
+        }
+    };
+    futures_util::pin_mut!(stream);
+    let mut ids = Vec::new();
+    while let Some(message) = stream.next().await {
+        match message {
+            Ok(SimpleQueryMessage::Row(row)) => ids.extend(
+                row.try_get(0)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.parse::<i64>().ok()),
+            ),
+            Ok(SimpleQueryMessage::CommandComplete(affected)) => sent.done.push(Done {
+                affected,
+                ids: std::mem::take(&mut ids),
+            }),
+            Ok(_) => {}
+            Err(e) => {
+                sent.error = Some(e);
+                break;
+            }
+        }
+    }
+    sent
 }
 
 /// Runs one request; its future hands the request to the connection when
@@ -550,8 +771,12 @@ pub(crate) const EXPECTED_CONFLICT: &str = "MA409";
 /// The expected row is not there; the message is "<what> <id>".
 pub(crate) const EXPECTED_MISSING: &str = "MA404";
 
-const DEFINE_EXPECT: &str =
-    "CREATE OR REPLACE FUNCTION pg_temp.madre_expect(ok boolean, code text, message text)
+/// What the writer's session sets up when it opens: quotes doubled are the
+/// only escape in a literal (the batches write their parameters so, see
+/// [`PgConn::send_once`]; the server's default, made sure of), and
+/// [`EXPECT`].
+const WRITER_SESSION: &str = "SET standard_conforming_strings = on;
+CREATE OR REPLACE FUNCTION pg_temp.madre_expect(ok boolean, code text, message text)
 RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
     IF ok IS NOT TRUE THEN
@@ -575,11 +800,12 @@ impl<'c> Conn<'c> {
         Ok(match *self {
             Conn::Lite(conn) => Stmt::Lite(conn.prepare_cached(sql)?),
             Conn::Pg(conn) => {
-                let (statement, text) = conn.statement(sql)?;
+                let prepared = conn.statement(sql)?;
                 Stmt::Pg {
                     conn,
-                    statement,
-                    metered: conn.metered.get().then_some(text),
+                    statement: prepared.statement,
+                    metered: conn.metered.get().then_some(prepared.sql),
+                    name: prepared.name,
                 }
             }
         })
@@ -614,7 +840,7 @@ impl<'c> Conn<'c> {
     pub(crate) fn execute_later(&self, sql: &'static str) -> Result<(), DbError> {
         match *self {
             Conn::Pg(conn) if conn.queues() => {
-                conn.queue(Some(Request::Simple(Cow::Borrowed(sql))), None);
+                conn.queue(Some(Batched::Control(sql)), None);
                 Ok(())
             }
             _ => self.execute_batch(sql),
@@ -748,7 +974,7 @@ impl<'c> Conn<'c> {
                 if conn.metered.get() {
                     // The BEGIN is no write's: its failure loses the batch.
                     conn.write.set(TRANSACTION);
-                    conn.queue(Some(Request::Simple(Cow::Borrowed(PG_BEGIN))), None);
+                    conn.queue(Some(Batched::Control(PG_BEGIN)), None);
                     Ok(())
                 } else {
                     conn.send(Request::Simple(Cow::Borrowed(PG_BEGIN)))
@@ -826,6 +1052,9 @@ pub(crate) enum Stmt<'c> {
         statement: tokio_postgres::Statement,
         /// Its text, when the session counts what it runs.
         metered: Option<Arc<str>>,
+        /// The name it was prepared under for `EXECUTE` (the writer's
+        /// session).
+        name: Option<Arc<str>>,
     },
 }
 
@@ -862,19 +1091,8 @@ impl Stmt<'_> {
         match self {
             Stmt::Pg { conn, .. } if conn.queues() => {
                 let conn = *conn;
-                let request = self.request(args);
-                if let Request::Prepared {
-                    statement, args, ..
-                } = &request
-                {
-                    check_encodable(statement, args)?;
-                }
-                conn.queue(
-                    Some(request),
-                    Some(Box::new(move |rows| {
-                        then(rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
-                    })),
-                );
+                let request = self.execute_request(args)?;
+                conn.queue(Some(request), Some(Box::new(then)));
                 Ok(())
             }
             _ => {
@@ -889,6 +1107,29 @@ impl Stmt<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// The request of the writer's transaction running this statement
+    /// with `args`, as text to send in a batch (see [`PgConn::send_once`]),
+    /// counted. Its parameters are written now: one that cannot be
+    /// written as the statement's type never reaches the server, so the
+    /// transaction would go on (and commit) without the statement; it fails
+    /// now instead, as it would have run at once.
+    fn execute_request(&self, args: impl Args) -> Result<Batched, DbError> {
+        let Stmt::Pg {
+            statement,
+            metered,
+            name: Some(name),
+            ..
+        } = self
+        else {
+            unreachable!("only the writer's statements are queued, each prepared by name")
+        };
+        let args = metered_args(metered, args);
+        Ok(Batched::Execute {
+            sql: metered.clone(),
+            text: execute_text(name, statement.params(), &args)?,
+        })
     }
 
     /// The PostgreSQL request running this statement with `args`, counted
@@ -1329,6 +1570,73 @@ mod tests {
             decode(&Type::UUID, Some(out.to_vec())).unwrap(),
             Value::Text(id.to_string())
         );
+    }
+
+    fn literal(value: Value, ty: Type) -> Result<String, String> {
+        let mut out = String::new();
+        write_literal(&value, &ty, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn a_text_literal_doubles_its_quotes_and_nothing_else() {
+        assert_eq!(
+            literal(Value::Text(r"it's \' $$ ; --".into()), Type::TEXT).unwrap(),
+            r"'it''s \'' $$ ; --'"
+        );
+        assert_eq!(
+            literal(Value::Text("''".into()), Type::JSON).unwrap(),
+            "''''''"
+        );
+        assert!(literal(Value::Text("nul\0inside".into()), Type::TEXT).is_err());
+    }
+
+    #[test]
+    fn literals_say_what_the_binary_encoding_binds() {
+        assert_eq!(literal(Value::Null, Type::UUID).unwrap(), "NULL");
+        assert_eq!(literal(Value::Integer(-7), Type::INT8).unwrap(), "'-7'");
+        assert_eq!(literal(Value::Integer(1), Type::BOOL).unwrap(), "true");
+        assert_eq!(
+            literal(Value::Integer(1_764_000_000_123_456), Type::TIMESTAMPTZ).unwrap(),
+            "'2025-11-24 16:00:00.123456+00'"
+        );
+        assert_eq!(
+            literal(Value::Blob(vec![0, 0xab]), Type::BYTEA).unwrap(),
+            r"'\x00ab'"
+        );
+        assert_eq!(literal(Value::Real(0.1), Type::FLOAT8).unwrap(), "'0.1'");
+        assert_eq!(
+            literal(Value::Real(f64::NEG_INFINITY), Type::FLOAT8).unwrap(),
+            "'-Infinity'"
+        );
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(
+            literal(Value::Text(id.simple().to_string()), Type::UUID).unwrap(),
+            format!("'{id}'")
+        );
+        // Refused as the binary encoding refuses them.
+        assert!(literal(Value::Integer(70_000), Type::INT2).is_err());
+        assert!(literal(Value::Text("not a uuid".into()), Type::UUID).is_err());
+        assert!(literal(Value::Text("1".into()), Type::INT8).is_err());
+        assert!(literal(Value::Integer(i64::MAX), Type::TIMESTAMPTZ).is_err());
+    }
+
+    #[test]
+    fn an_execute_names_its_statement_and_takes_exactly_its_parameters() {
+        let args = [PgArg(Value::Integer(1)), PgArg(Value::Text("a'b".into()))];
+        assert_eq!(
+            execute_text("madre_3", &[Type::INT8, Type::TEXT], &args).unwrap(),
+            "EXECUTE madre_3('1', 'a''b')"
+        );
+        assert_eq!(
+            execute_text("madre_4", &[], &[]).unwrap(),
+            "EXECUTE madre_4"
+        );
+        assert!(execute_text("madre_3", &[Type::INT8], &args).is_err());
+        let nul = [PgArg(Value::Text("\0".into()))];
+        assert!(matches!(
+            execute_text("madre_5", &[Type::TEXT], &nul),
+            Err(DbError::Unstorable(_))
+        ));
     }
 
     #[test]
