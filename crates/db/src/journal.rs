@@ -594,24 +594,29 @@ pub(crate) fn append(
     let fenced = events.iter().any(is_execution);
     let (folded, holder, checked) = if conn.sends_later() {
         // Statements sent together (PostgreSQL): the kept fold is used as
-        // it is, and the server checks it when the append is sent.
+        // it is, and the server checks it when the append is sent, in the
+        // statement that changes the plan's row, or else in one of its own.
         match folds::take_unread(plan_id) {
             Some((folded, through)) => {
-                check_fold(conn, &folded, through, fenced, replica)?;
-                (Some(folded), None, true)
+                let check = FoldCheck {
+                    row: folded.row,
+                    through,
+                    fenced,
+                };
+                (Some(folded), None, Some(check))
             }
-            None => (None, None, false),
+            None => (None, None, None),
         }
     } else {
         let (folded, holder) = folds::take(conn, plan_id)?;
-        (folded, holder, false)
+        (folded, holder, None)
     };
     let mut loaded = match folded {
         Some(folded) => folded,
         None => load_existing(conn, plan_id)?,
     };
     let status_before = loaded.state.status;
-    if conn.is_postgres() && fenced && !checked {
+    if conn.is_postgres() && fenced && checked.is_none() {
         let holder = match holder {
             Some(holder) => holder,
             None => holder_of(conn, loaded.row)?,
@@ -625,12 +630,28 @@ pub(crate) fn append(
             // The fold the event was refused against is not checked yet:
             // the server checks it now. One that moved runs the batch
             // again (the send fails); one that did not refuses the event.
-            Err(refused) if checked => {
+            Err(refused) if checked.is_some() => {
+                if let Some(check) = checked {
+                    check_fold(conn, check, replica)?;
+                }
                 conn.send_queued()?;
                 return Err(refused);
             }
             Err(refused) => return Err(refused),
         }
+    }
+    let status = loaded.state.status;
+    let newly_ended = status != status_before && status.is_terminal();
+    let mut counted = false;
+    if conn.sends_later() && loaded.row_changed {
+        // PostgreSQL: the row first, in one statement with the check and
+        // the count, before the events (the check reads the journal's end
+        // as it was folded).
+        update_row_checked(conn, &loaded, replica, checked, newly_ended)?;
+        loaded.row_changed = false;
+        counted = newly_ended;
+    } else if let Some(check) = checked {
+        check_fold(conn, check, replica)?;
     }
     let newest = insert_events(conn, PlanRow::Known(loaded.row), &rows, replica)?;
     if loaded.row_changed {
@@ -652,9 +673,10 @@ pub(crate) fn append(
             lease_expires_at,
         ])?;
     }
-    let status = loaded.state.status;
-    if status != status_before && status.is_terminal() {
-        count_finished(conn, status)?;
+    if newly_ended {
+        if !counted {
+            count_finished(conn, status)?;
+        }
         if has_gate(&loaded.state) {
             // A pending confirmation ends with its plan.
             let outcome =
@@ -673,18 +695,36 @@ pub(crate) fn append(
     Ok(loaded)
 }
 
-/// The statement of [`check_fold`], written once.
-static CHECK_FOLD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// What a kept fold rests on, for the server to check (see [`check_fold`]).
+#[derive(Clone, Copy)]
+struct FoldCheck {
+    /// The plan's row.
+    row: i64,
+    /// The journal's last event when it was folded.
+    through: i64,
+    /// An execution event is appended: no other replica may hold the plan.
+    fenced: bool,
+}
+
+/// The condition [`FoldCheck`] states, as a call of the session's
+/// `madre_expect`, with the plan's row at `?1` and the check's values from
+/// `?{first}` on (through, fenced, this replica, now).
+fn fold_condition(first: u32) -> String {
+    let (through, fenced, replica, now) = (first, first + 1, first + 2, first + 3);
     format!(
-        "SELECT {expect}(coalesce((
-             SELECT (SELECT max(seq) FROM plan_events WHERE plan = ?1) = ?2
-                AND (NOT ?3 OR owner IS NULL OR owner = ?4
-                     OR lease_expires_at IS NULL OR lease_expires_at < ?5)
+        "{expect}(coalesce((
+             SELECT (SELECT max(seq) FROM plan_events WHERE plan = ?1) = ?{through}
+                AND (NOT ?{fenced} OR owner IS NULL OR owner = ?{replica}
+                     OR lease_expires_at IS NULL OR lease_expires_at < ?{now})
              FROM plans WHERE id = ?1), false), '{moved}', 'the plan changed since it was folded')",
         expect = crate::engine::sql::EXPECT,
         moved = crate::engine::sql::MOVED,
     )
-});
+}
+
+/// The statement of [`check_fold`], written once.
+static CHECK_FOLD: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {}", fold_condition(2)));
 
 /// Has the server check, when the append is sent, what a kept fold of the
 /// plan rests on: the journal still ends at event `through`, and for an
@@ -692,20 +732,83 @@ static CHECK_FOLD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// running lease (as [`fence`] checks). Should either have changed, the
 /// transaction fails with [`crate::engine::sql::MOVED`] and its batch
 /// runs again, folding this plan from its journal.
-fn check_fold(
-    conn: &Conn<'_>,
-    folded: &Loaded,
-    through: i64,
-    fenced: bool,
-    replica: &Replica,
-) -> Result<(), DbError> {
+fn check_fold(conn: &Conn<'_>, check: FoldCheck, replica: &Replica) -> Result<(), DbError> {
     conn.prepare_cached(&CHECK_FOLD)?.run(params![
-        folded.row,
-        through,
-        fenced,
+        check.row,
+        check.through,
+        check.fenced,
         replica.id,
         Utc::now().timestamp_micros()
     ])
+}
+
+/// The plan's row changed as the fold says, counted among the finished
+/// plans when `?9`: one statement.
+const UPDATE_ROW_COUNTED: &str = "WITH plan AS (
+         UPDATE plans SET status = ?2, error = ?3, result = ?4, warnings_json = ?5,
+                          updated_at = ?6, owner = ?7, lease_expires_at = ?8
+         WHERE id = ?1 RETURNING status)
+     INSERT INTO plan_status_counts (status, n) SELECT status, 1 FROM plan WHERE ?9
+     ON CONFLICT (status) DO UPDATE SET n = plan_status_counts.n + 1";
+
+/// As [`UPDATE_ROW_COUNTED`], checking a kept fold first (values from `?10`).
+static UPDATE_ROW_CHECKED_COUNTED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    UPDATE_ROW_COUNTED
+        .replacen(
+            "WITH plan AS (",
+            &format!(
+                "WITH fold AS (SELECT {} AS ok),\n     plan AS (",
+                fold_condition(10)
+            ),
+            1,
+        )
+        .replacen(
+            "WHERE id = ?1 RETURNING",
+            "WHERE id = ?1 AND (SELECT ok FROM fold) RETURNING",
+            1,
+        )
+});
+
+/// PostgreSQL, statements sent together: the plan's row as the fold says,
+/// with the kept fold's check (`check`) and the count of a plan that
+/// ended (`counted`) in the same statement.
+fn update_row_checked(
+    conn: &Conn<'_>,
+    loaded: &Loaded,
+    replica: &Replica,
+    check: Option<FoldCheck>,
+    counted: bool,
+) -> Result<(), DbError> {
+    let plan = &loaded.stored.plan;
+    let (owner, lease_expires_at) = replica.holder(plan.status);
+    let result = row_result(&loaded.stored)?;
+    let warnings = serde_json::to_string(&plan.warnings)?;
+    let row = params![
+        loaded.row,
+        plan.status.as_str(),
+        plan.error,
+        result,
+        warnings,
+        ts(plan.updated_at),
+        owner,
+        lease_expires_at,
+        counted,
+    ];
+    match check {
+        None => conn.prepare_cached(UPDATE_ROW_COUNTED)?.run(row),
+        Some(check) => {
+            let now = Utc::now().timestamp_micros();
+            let mut args: Vec<&dyn rusqlite::ToSql> = row.to_vec();
+            args.extend([
+                &check.through as &dyn rusqlite::ToSql,
+                &check.fenced,
+                &replica.id,
+                &now,
+            ]);
+            conn.prepare_cached(&UPDATE_ROW_CHECKED_COUNTED)?
+                .run(args.as_slice())
+        }
+    }
 }
 
 /// Who holds a plan and until when (`plans.owner`, `plans.lease_expires_at`).

@@ -168,6 +168,15 @@ static TURN_UNREAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                END")
 });
 
+/// As [`TURN_UNREAD`], removing the session's row in the same statement
+/// (a turn in the default mode, whose session keeps no row).
+static TURN_UNREAD_NO_ROW: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH no_row AS (DELETE FROM sessions WHERE session_id = CAST(?1 AS text))\n{}",
+        *TURN_UNREAD
+    )
+});
+
 /// Records `turn` as [`Db::record_turn`] does, reading nothing first
 /// (PostgreSQL, statements sent together): its statements look up what
 /// SQLite's read gives (the session's last turn, the plan's row and
@@ -182,8 +191,13 @@ fn record_turn_unread(
     answered: Option<&str>,
     kept: i64,
 ) -> Result<(), DbError> {
-    keep_session_row(conn, turn, true)?;
-    conn.prepare_cached(&TURN_UNREAD)?.run(params![
+    let insert: &str = if turn.mode == Mode::Madre {
+        &TURN_UNREAD_NO_ROW
+    } else {
+        keep_session_row(conn, turn, true)?;
+        &TURN_UNREAD
+    };
+    conn.prepare_cached(insert)?.run(params![
         turn.session_id,
         turn.plan_id.map(|p| p.to_string()),
         turn.intent_id.map(|i| i.to_string()),
