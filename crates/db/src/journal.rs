@@ -1304,6 +1304,13 @@ pub(crate) struct PreparedPlan {
     created: Payload,
 }
 
+impl PreparedPlan {
+    /// The id of the shape its write stores, when it stores one.
+    pub(crate) fn new_shape(&self) -> Option<i64> {
+        self.created.new_shape.as_ref().map(|shape| shape.id())
+    }
+}
+
 /// Makes the PENDING steps and the `plan_created` payload of `record`;
 /// `payload` writes its body from its shape's text and its intent's time
 /// (stored whole, or by its shape).

@@ -138,12 +138,7 @@ impl Db {
     /// Stores a new plan with its steps, context rows (intent, mode,
     /// session), optional confirmation and audit rows, atomically.
     pub fn insert_plan(&self, record: NewPlanRecord) -> Write<()> {
-        let replica = self.replica.clone();
-        let prepared = self.prepare_plan(record);
-        self.write(move |conn| {
-            let prepared = prepared.as_ref().map_err(DbError::duplicate)?;
-            insert_record(conn, prepared, &replica, &[])
-        })
+        self.insert_prepared(record, Vec::new())
     }
 
     /// Stores a new plan that runs at once, with `events` appended to its
@@ -154,11 +149,23 @@ impl Db {
     /// and `events` are not applied. An event the state machine refuses
     /// fails the whole write.
     pub fn insert_plan_with(&self, record: NewPlanRecord, events: Vec<PlanEvent>) -> Write<()> {
+        self.insert_prepared(record, events)
+    }
+
+    /// The write of [`Db::insert_plan_with`]; a shape it stores is known
+    /// stored once it committed.
+    fn insert_prepared(&self, record: NewPlanRecord, events: Vec<PlanEvent>) -> Write<()> {
         let replica = self.replica.clone();
         let prepared = self.prepare_plan(record);
+        let shapes = self.shapes.clone();
         self.write(move |conn| {
             let prepared = prepared.as_ref().map_err(DbError::duplicate)?;
-            insert_record(conn, prepared, &replica, &events)
+            insert_record(conn, prepared, &replica, &events)?;
+            if let Some(id) = prepared.new_shape() {
+                let shapes = shapes.clone();
+                crate::engine::writer::after_commit(move || shapes.stored(id));
+            }
+            Ok(())
         })
     }
 

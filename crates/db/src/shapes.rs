@@ -119,6 +119,21 @@ impl Shapes {
     }
 }
 
+impl NewShape {
+    /// The shape's id.
+    pub(crate) fn id(&self) -> i64 {
+        self.id
+    }
+}
+
+impl Shapes {
+    /// Shape `id` is committed: the next plan of its shape refers to it
+    /// with no write (the writer calls it after the commit that stored it).
+    pub(crate) fn stored(&self, id: i64) {
+        remember(&self.stored, id);
+    }
+}
+
 /// True when shape `id` is stored.
 pub(crate) fn is_stored(conn: &Conn<'_>, id: i64) -> Result<bool, DbError> {
     Ok(conn

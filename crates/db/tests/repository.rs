@@ -2364,6 +2364,53 @@ fn plans_made_alike_store_their_body_once_and_read_back_whole() {
     assert!(t.execute("DELETE FROM plan_shapes").is_err());
 }
 
+/// A shape is believed stored only once the write that stored it
+/// committed: a plan whose commit was rolled back (it shared its write
+/// with one that failed) leaves the next plan of its shape to store it
+/// again, and every plan reads back whole.
+#[test]
+fn a_shape_whose_commit_was_rolled_back_is_stored_by_the_next_plan() {
+    let t = open();
+    let alike = || {
+        let mut plan = plan_with(
+            &[
+                (StepType::CallSwitch, Status::Pending),
+                (StepType::CallHermes, Status::Pending),
+            ],
+            "s-rolled",
+            t0(),
+        );
+        plan.plan_id = Uuid::now_v7();
+        for (n, step) in plan.steps.iter_mut().enumerate() {
+            step.step_id = Step::id_in_plan(plan.plan_id, n);
+        }
+        plan
+    };
+    // Seen once: stored whole, no shape yet.
+    let first = alike();
+    t.db.insert_plan(record(first.clone())).wait().unwrap();
+    t.db.log_intent(intent_row(70)).wait().unwrap();
+    // The second stores the shape, in a write that fails as a whole.
+    let rolled_back = alike();
+    let failed =
+        t.db.insert_plan(record(rolled_back.clone()))
+            .and(t.db.log_intent(intent_row(70)))
+            .wait();
+    assert!(failed.is_err(), "intent 70 is logged already");
+    assert!(t.db.plan(rolled_back.plan_id).unwrap().is_none());
+    assert_eq!(t.scalar("SELECT count(*) FROM plan_shapes"), 0);
+    // The next plans of the shape store it, and read back whole.
+    for _ in 0..2 {
+        let plan = alike();
+        t.db.insert_plan(record(plan.clone())).wait().unwrap();
+        let stored = t.db.plan(plan.plan_id).unwrap().expect("readable");
+        assert_eq!(stored.plan.steps, plan.steps);
+    }
+    assert_eq!(t.scalar("SELECT count(*) FROM plan_shapes"), 1);
+    let first = t.db.plan(first.plan_id).unwrap().unwrap();
+    assert_eq!(first.plan.steps.len(), 2);
+}
+
 /// Issue 25: a started step's event stores nothing the journal already
 /// says, and the journal still shows its step type and RUNNING.
 #[test]

@@ -167,6 +167,21 @@ pub(crate) struct Writer {
 }
 
 thread_local! {
+    /// What the writes of this thread's batch do once it committed (see
+    /// [`after_commit`]).
+    static AFTER_COMMIT: std::cell::RefCell<Vec<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Called inside a write: runs `f` once the write's batch committed, never
+/// when it did not (a run of the batch that is rolled back forgets it; the
+/// write makes it again should it run again). For what a write may only
+/// believe once its rows are committed.
+pub(crate) fn after_commit(f: impl FnOnce() + 'static) {
+    AFTER_COMMIT.with(|after| after.borrow_mut().push(Box::new(f)));
+}
+
+thread_local! {
     /// A write of this thread's batch asked for the commit to be announced
     /// (see [`announce_commit`]).
     static ANNOUNCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -761,6 +776,7 @@ enum Attempt {
 /// Runs every job of `batch` in one transaction and commits it, or stops
 /// at the first job that fails.
 fn attempt(conn: &Conn<'_>, batch: &mut [Box<dyn Job>]) -> Attempt {
+    AFTER_COMMIT.with(|after| after.borrow_mut().clear());
     if let Err(e) = conn.begin() {
         return Attempt::Lost(transaction_error("begin", e));
     }
@@ -886,6 +902,13 @@ fn commit_batch(
             }
         }
     };
+    let after = AFTER_COMMIT.with(|after| std::mem::take(&mut *after.borrow_mut()));
+    // `Ok(false)`: every write failed, nothing committed.
+    if matches!(commit, Ok(true)) {
+        for f in after {
+            f();
+        }
+    }
     meter.record_batch(size, started.elapsed(), matches!(commit, Ok(true)));
     let fault = match &commit {
         Err(e) => e.storage_fault(),
