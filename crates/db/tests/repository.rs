@@ -2141,7 +2141,7 @@ fn a_failed_write_in_a_batch_is_retried_without_and_the_rest_commit_once() {
             "batch".into(),
             Mode::Madre,
             None,
-            "once".into(),
+            "once; a ; in the text".into(),
             100,
             t0(),
         ))

@@ -238,11 +238,15 @@ impl Batched {
     /// Adds the statements to `batch`; answers how many there are, which
     /// is how many answers the server gives for them.
     fn push_to(&self, batch: &mut String) -> usize {
-        let text = match self {
-            Batched::Control(sql) => *sql,
-            Batched::Execute { text, .. } => text.as_str(),
+        let (text, statements) = match self {
+            // Constants: no literal in them holds a `;`.
+            Batched::Control(sql) => (
+                *sql,
+                sql.split(';').filter(|s| !s.trim().is_empty()).count(),
+            ),
+            // One statement, whatever its literals hold.
+            Batched::Execute { text, .. } => (text.as_str(), 1),
         };
-        let statements = text.split(';').filter(|s| !s.trim().is_empty()).count();
         if statements > 0 {
             batch.push_str(text);
             batch.push_str(";\n");
@@ -564,10 +568,7 @@ fn write_literal(value: &Value, ty: &Type, out: &mut String) -> Result<(), Strin
         }
         (Value::Integer(i), &Type::BOOL) => out.push_str(if *i != 0 { "true" } else { "false" }),
         (Value::Integer(i), &Type::TIMESTAMPTZ | &Type::TIMESTAMP) => {
-            use chrono::Datelike;
-            let at = chrono::DateTime::from_timestamp_micros(*i)
-                .filter(|at| (1..=9999).contains(&at.year()))
-                .ok_or_else(refuse)?;
+            let at = bindable_time(*i).ok_or_else(refuse)?;
             let zone = if *ty == Type::TIMESTAMPTZ { "+00" } else { "" };
             let _ = write!(out, "'{}{zone}'", at.format("%Y-%m-%d %H:%M:%S%.6f"));
         }
@@ -607,6 +608,15 @@ fn write_literal(value: &Value, ty: &Type, out: &mut String) -> Result<(), Strin
         _ => return Err(refuse()),
     }
     Ok(())
+}
+
+/// A time in microseconds since 1970 as a date, when it falls in the
+/// years 1 to 9999: the times both encodings bind (a literal writes the
+/// year in four digits), so a statement takes the same values whether it
+/// is queued or sent at once.
+fn bindable_time(micros: i64) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::Datelike;
+    chrono::DateTime::from_timestamp_micros(micros).filter(|at| (1..=9999).contains(&at.year()))
 }
 
 /// Why a text with a NUL is refused (PostgreSQL's own refusal of such a
@@ -1438,6 +1448,7 @@ impl tokio_postgres::types::ToSql for PgArg {
             }
             (Value::Integer(i), &Type::BOOL) => out.put_u8(u8::from(*i != 0)),
             (Value::Integer(i), &Type::TIMESTAMPTZ | &Type::TIMESTAMP) => {
+                bindable_time(*i).ok_or_else(refuse)?;
                 out.put_i64(i.checked_sub(PG_EPOCH_MICROS).ok_or_else(refuse)?)
             }
             (Value::Integer(i), &Type::FLOAT8) => out.put_f64(*i as f64),
@@ -1575,6 +1586,18 @@ mod tests {
     fn literal(value: Value, ty: Type) -> Result<String, String> {
         let mut out = String::new();
         write_literal(&value, &ty, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn a_batched_statement_counts_as_many_answers_as_the_server_gives() {
+        let mut batch = String::new();
+        let execute = Batched::Execute {
+            sql: None,
+            text: "EXECUTE madre_1('a;b; c;')".into(),
+        };
+        assert_eq!(execute.push_to(&mut batch), 1, "a ; in a literal");
+        assert_eq!(Batched::Control(PG_BEGIN).push_to(&mut batch), 2);
+        assert_eq!(Batched::Control("SAVEPOINT at_end").push_to(&mut batch), 1);
     }
 
     #[test]

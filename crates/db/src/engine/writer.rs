@@ -668,8 +668,13 @@ pub(crate) fn in_named_savepoint<T>(
     // commit; should it fail there, the batch runs again without the work
     // (see `attempt`).
     let outer = conn.set_savepoint(Some(id));
+    let hooks = AFTER_COMMIT.with(|after| after.borrow().len());
     let result = work();
     conn.set_savepoint(outer);
+    if result.is_err() {
+        // The work is undone: what it meant to do after the commit too.
+        AFTER_COMMIT.with(|after| after.borrow_mut().truncate(hooks));
+    }
     if result.is_err() && conn.is_autocommit() {
         // SQLite rolled the whole transaction back (it may on a full disk,
         // an I/O error or a lock): the savepoint is gone with it.
