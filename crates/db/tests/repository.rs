@@ -2314,6 +2314,24 @@ fn low_chat_intent(
     }
 }
 
+/// A new chat plan of `session`, with ids of its own: plans made by it
+/// share their shape.
+fn plan_alike(session: &str) -> Plan {
+    let mut plan = plan_with(
+        &[
+            (StepType::CallSwitch, Status::Pending),
+            (StepType::CallHermes, Status::Pending),
+        ],
+        session,
+        t0(),
+    );
+    plan.plan_id = Uuid::now_v7();
+    for (n, step) in plan.steps.iter_mut().enumerate() {
+        step.step_id = Step::id_in_plan(plan.plan_id, n);
+    }
+    plan
+}
+
 /// Issue 25: plans made alike store their common body once, as a shape,
 /// from the second such plan on; each reads back whole, its own intent
 /// time included, and an archive line carries the body whole. The
@@ -2323,18 +2341,7 @@ fn plans_made_alike_store_their_body_once_and_read_back_whole() {
     let t = open();
     let mut made = Vec::new();
     for i in 0..4 {
-        let mut plan = plan_with(
-            &[
-                (StepType::CallSwitch, Status::Pending),
-                (StepType::CallHermes, Status::Pending),
-            ],
-            "s-shape",
-            t0(),
-        );
-        plan.plan_id = Uuid::now_v7();
-        for (n, step) in plan.steps.iter_mut().enumerate() {
-            step.step_id = Step::id_in_plan(plan.plan_id, n);
-        }
+        let plan = plan_alike("s-shape");
         // Each intent made at its own moment, to the nanosecond.
         let made_at = t0() - Duration::nanoseconds(1_000_123 * (i + 1));
         let intent = low_chat_intent(&plan, "hello", json!({}), made_at);
@@ -2371,21 +2378,7 @@ fn plans_made_alike_store_their_body_once_and_read_back_whole() {
 #[test]
 fn a_shape_whose_commit_was_rolled_back_is_stored_by_the_next_plan() {
     let t = open();
-    let alike = || {
-        let mut plan = plan_with(
-            &[
-                (StepType::CallSwitch, Status::Pending),
-                (StepType::CallHermes, Status::Pending),
-            ],
-            "s-rolled",
-            t0(),
-        );
-        plan.plan_id = Uuid::now_v7();
-        for (n, step) in plan.steps.iter_mut().enumerate() {
-            step.step_id = Step::id_in_plan(plan.plan_id, n);
-        }
-        plan
-    };
+    let alike = || plan_alike("s-rolled");
     // Seen once: stored whole, no shape yet.
     let first = alike();
     t.db.insert_plan(record(first.clone())).wait().unwrap();
