@@ -838,21 +838,20 @@ async fn store_opened(h: &Harness, text: &str, engine: &str) -> madre_models::Pl
     plan
 }
 
-/// An opened plan runs from the copy it was handed, with no read before
-/// its first call; a cancel that lands while it waits for a slot still
-/// wins: its module is never called.
-#[tokio::test]
-async fn an_opened_plan_cancelled_while_queued_never_calls_its_module() {
-    let h = one_slot_and_a_slow_hermes().await;
-    let first = store_opened(&h, "one", "local").await;
+/// Two opened plans handed to a one-slot runner: the first runs, the
+/// second (its id given) waits for the slot.
+async fn opened_and_one_queued(h: &Harness) -> (PlanRun, Uuid, PlanRun) {
+    let first = store_opened(h, "one", "local").await;
     let first = h.runner.start_opened(first, opts(), None).unwrap();
-    let queued = store_opened(&h, "two", "local").await;
+    let queued = store_opened(h, "two", "local").await;
     let queued_id = queued.plan_id;
     let second = h.runner.start_opened(queued, opts(), None).unwrap();
-    h.runner
-        .cancel(queued_id, EndReason::Cancelled, "tester")
-        .await
-        .unwrap();
+    (first, queued_id, second)
+}
+
+/// The first plan ran to DONE, the queued one ended CANCELLED, and only
+/// the first called Hermes.
+async fn only_the_first_called_its_module(h: &Harness, first: PlanRun, second: PlanRun) {
     assert_eq!(first.finished().await.unwrap().plan.status, Status::Done);
     let cancelled = second.finished().await.unwrap();
     assert_eq!(cancelled.plan.status, Status::Cancelled);
@@ -861,6 +860,20 @@ async fn an_opened_plan_cancelled_while_queued_never_calls_its_module() {
         1,
         "only the first plan's call"
     );
+}
+
+/// An opened plan runs from the copy it was handed, with no read before
+/// its first call; a cancel that lands while it waits for a slot still
+/// wins: its module is never called.
+#[tokio::test]
+async fn an_opened_plan_cancelled_while_queued_never_calls_its_module() {
+    let h = one_slot_and_a_slow_hermes().await;
+    let (first, queued_id, second) = opened_and_one_queued(&h).await;
+    h.runner
+        .cancel(queued_id, EndReason::Cancelled, "tester")
+        .await
+        .unwrap();
+    only_the_first_called_its_module(&h, first, second).await;
     assert_eq!(h.calls(Module::Switch).await, 0);
 }
 
@@ -871,23 +884,12 @@ async fn an_opened_plan_cancelled_while_queued_never_calls_its_module() {
 #[tokio::test]
 async fn an_opened_plan_cancelled_elsewhere_while_queued_never_calls_its_module() {
     let h = one_slot_and_a_slow_hermes().await;
-    let first = store_opened(&h, "one", "local").await;
-    let first = h.runner.start_opened(first, opts(), None).unwrap();
-    let queued = store_opened(&h, "two", "local").await;
-    let queued_id = queued.plan_id;
-    let second = h.runner.start_opened(queued, opts(), None).unwrap();
+    let (first, queued_id, second) = opened_and_one_queued(&h).await;
     let cancel = PlanEvent::finished(Status::Cancelled, Some("cancelled"), Utc::now());
     h.db.apply_events(queued_id, vec![cancel], None)
         .await
         .unwrap();
-    assert_eq!(first.finished().await.unwrap().plan.status, Status::Done);
-    let cancelled = second.finished().await.unwrap();
-    assert_eq!(cancelled.plan.status, Status::Cancelled);
-    assert_eq!(
-        h.calls(Module::Hermes).await,
-        1,
-        "only the first plan's call"
-    );
+    only_the_first_called_its_module(&h, first, second).await;
 }
 
 /// Every change of a LOW chat's plan is in its journal, in order.

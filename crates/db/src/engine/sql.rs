@@ -588,16 +588,7 @@ fn write_literal(value: &Value, ty: &Type, out: &mut String) -> Result<(), Strin
             let id = uuid::Uuid::parse_str(s).map_err(|_| refuse())?;
             let _ = write!(out, "'{id}'");
         }
-        (
-            Value::Text(s),
-            &Type::TEXT
-            | &Type::VARCHAR
-            | &Type::BPCHAR
-            | &Type::NAME
-            | &Type::JSON
-            | &Type::JSONB
-            | &Type::UNKNOWN,
-        ) => quote(s, out)?,
+        (Value::Text(s), ty) if *ty == Type::JSONB || takes_text(ty) => quote(s, out)?,
         (Value::Blob(b), &Type::BYTEA) => {
             out.push_str("'\\x");
             for byte in b {
@@ -608,6 +599,19 @@ fn write_literal(value: &Value, ty: &Type, out: &mut String) -> Result<(), Strin
         _ => return Err(refuse()),
     }
     Ok(())
+}
+
+/// The types a text binds to as its bytes (and as a quoted literal).
+fn takes_text(ty: &Type) -> bool {
+    [
+        Type::TEXT,
+        Type::VARCHAR,
+        Type::BPCHAR,
+        Type::NAME,
+        Type::JSON,
+        Type::UNKNOWN,
+    ]
+    .contains(ty)
 }
 
 /// A time in microseconds since 1970 as a date, when it falls in the
@@ -1464,15 +1468,7 @@ impl tokio_postgres::types::ToSql for PgArg {
                 out.put_u8(1);
                 out.put_slice(s.as_bytes());
             }
-            (
-                Value::Text(s),
-                &Type::TEXT
-                | &Type::VARCHAR
-                | &Type::BPCHAR
-                | &Type::NAME
-                | &Type::JSON
-                | &Type::UNKNOWN,
-            ) => out.put_slice(s.as_bytes()),
+            (Value::Text(s), ty) if takes_text(ty) => out.put_slice(s.as_bytes()),
             (Value::Blob(b), &Type::BYTEA) => out.put_slice(b),
             _ => return Err(refuse().into()),
         }
