@@ -2176,6 +2176,79 @@ fn a_failed_write_in_a_batch_is_retried_without_and_the_rest_commit_once() {
     t.db.integrity_check().unwrap();
 }
 
+/// PostgreSQL: the writer sends a transaction whole and the next one while
+/// the server still runs it. When the first fails, the next, already sent,
+/// must not commit before the first's other writes have run again: the
+/// commits keep the order in which the batches were taken (each
+/// transaction checks on the server that the one sent before committed).
+#[test]
+fn a_batch_sent_behind_a_failed_one_commits_after_it_runs_again() {
+    if !is_postgres() {
+        return; // SQLite commits one transaction at a time
+    }
+    let t = open();
+    t.db.log_intent(intent_row(80)).wait().unwrap();
+    let plans: Vec<Uuid> = ["p0", "p1", "p2", "p3"]
+        .iter()
+        .map(|s| chat_plan(&t.db, s).plan_id)
+        .collect();
+    let cancel = |db: &Db, plan: Uuid| {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            let events = vec![PlanEvent::finished(Status::Cancelled, Some("stop"), t0())];
+            db.apply_events(plan, events, None).wait().map(drop)
+        })
+    };
+    // Batch 0 waits on the server for the first lock, batch 1 for the
+    // second; batch 2 (a failing write and a good one) is taken while the
+    // writer waits for batch 0's answer, batch 3 while it waits for 1's.
+    let first = t.lock_plan_row(plans[0]);
+    let second = t.lock_plan_row(plans[3]);
+    let batch0 = cancel(&t.db, plans[0]);
+    t.wait_for_lock_waiters(1);
+    let batch1 = cancel(&t.db, plans[3]);
+    wait_for_queued_below(&t.db, 1);
+    let db = t.db.clone();
+    let failing = std::thread::spawn(move || db.log_intent(intent_row(80)).wait());
+    let good = cancel(&t.db, plans[1]);
+    wait_for_queued(&t.db, 2);
+    first.release();
+    wait_for_queued_below(&t.db, 1);
+    let after = cancel(&t.db, plans[2]);
+    wait_for_queued(&t.db, 1);
+    second.release();
+    for write in [batch0, batch1, good, after] {
+        write.join().unwrap().unwrap();
+    }
+    assert!(failing.join().unwrap().is_err(), "the duplicate fails");
+    let last_seq = |plan: Uuid| {
+        t.scalar(&format!(
+            "SELECT max(e.seq) FROM plan_events e JOIN plans p ON p.id = e.plan WHERE p.uuid = '{plan}'"
+        ))
+    };
+    assert!(
+        last_seq(plans[1]) < last_seq(plans[2]),
+        "the batch sent after the failed one committed before that one's good write"
+    );
+    for plan in &plans {
+        assert_eq!(t.db.plan_status(*plan).unwrap(), Some(Status::Cancelled));
+    }
+    t.db.integrity_check().unwrap();
+}
+
+/// Waits (bounded) until fewer than `n` writes are queued: the writer took
+/// them.
+fn wait_for_queued_below(db: &Db, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while db.write_queue_depth() >= n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never took the writes"
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// A new intent-log row with a known id, for writes that only need to land.
 fn intent_row(n: u128) -> NewIntentLog {
     NewIntentLog {

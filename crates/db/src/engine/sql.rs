@@ -153,6 +153,11 @@ pub(crate) struct PgConn {
     savepoint: Cell<Option<SavepointId>>,
     /// Sends made, so a savepoint can tell whether it was sent.
     sends: Cell<u64>,
+    /// Transactions sent whole whose answers are not read yet, oldest
+    /// first (see [`PgConn::send_commit`]).
+    in_flight: RefCell<std::collections::VecDeque<InFlight>>,
+    /// The last transaction [`PgConn::send_commit`] numbered.
+    commits_sent: Cell<u64>,
     /// The server, and the round trips its sessions made: each send of
     /// one or more requests that waits for their answers counts one.
     server: Arc<PgServer>,
@@ -163,7 +168,9 @@ pub(crate) struct PgConn {
 /// the blocking driver.
 struct Session {
     runtime: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
+    /// Shared with the answers of a transaction in flight (see
+    /// [`PgConn::send_commit`]).
+    client: Arc<tokio_postgres::Client>,
 }
 
 /// A statement a session prepared: the driver's (its parameter types, and
@@ -181,8 +188,10 @@ struct Prepared {
 pub(crate) struct QueuedFailure {
     /// The write (its place in the writer's batch) that queued it.
     pub(crate) write: usize,
-    /// It was a kept fold's check ([`MOVED`]): nothing is wrong with the
-    /// write, whose batch runs again reading the journal.
+    /// It was a kept fold's check ([`MOVED`]), or the check that the
+    /// transaction sent before committed ([`BEHIND_A_FAILURE`]): nothing
+    /// is wrong with the write, whose batch runs again (reading the
+    /// journal).
     pub(crate) moved: bool,
     /// The savepoint it was queued in, if any.
     pub(crate) savepoint: Option<SavepointId>,
@@ -290,6 +299,8 @@ impl PgConn {
             failed: Cell::new(None),
             savepoint: Cell::new(None),
             sends: Cell::new(0),
+            in_flight: RefCell::default(),
+            commits_sent: Cell::new(0),
         })
     }
 
@@ -334,6 +345,7 @@ impl PgConn {
                 .block_on(session.client.batch_execute(WRITER_SESSION))?;
         }
         *self.session.borrow_mut() = Some(session);
+        self.in_flight.borrow_mut().clear();
         self.prepared.borrow_mut().clear();
         self.queued.borrow_mut().clear();
         self.in_transaction.set(false);
@@ -343,6 +355,8 @@ impl PgConn {
     /// The session, for one round trip: its client, and the runtime to
     /// wait on for the answer.
     fn round_trip(&self) -> std::cell::Ref<'_, Session> {
+        // The answers of transactions in flight come first.
+        self.land();
         self.server
             .round_trips
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -447,33 +461,75 @@ impl PgConn {
     /// first statement of the batch that fails; the answers before it say
     /// which one that was.
     fn send_once(&self, queued: Vec<Queued>, request: Request) -> Result<Answer, DbError> {
+        let counted = changes_counted(&request);
+        let InFlight {
+            answers,
+            queued,
+            counts,
+            ..
+        } = self.dispatch(queued, request);
+        let answers = {
+            let s = self.round_trip();
+            s.runtime
+                .block_on(answers.expect("a dispatch has its answers to wait for"))
+        };
+        self.read_answers(queued, &counts, answers, counted)
+    }
+
+    /// Writes `queued` as one text of statements and makes the future of
+    /// its answers and of `request`'s, which hands both to the connection
+    /// when first polled (`request` is a request of its own even when it
+    /// is the `COMMIT`: after a failure in the batch, which skips the rest
+    /// of its text, it still ends the transaction, as a `COMMIT` of a
+    /// failed transaction rolls it back).
+    fn dispatch(&self, queued: Vec<Queued>, request: Request) -> InFlight {
         let mut batch = String::new();
         let counts: Vec<usize> = queued
             .iter()
             .map(|q| q.request.as_ref().map_or(0, |r| r.push_to(&mut batch)))
             .collect();
-        let (sent, last) = {
-            let s = self.round_trip();
-            // Both handed to the connection before either answer is
-            // awaited (join polls them in order). `request` is a request of
-            // its own even when it is the `COMMIT`: after a failure in the
-            // batch, which skips the rest of its text, it still ends the
-            // transaction (a `COMMIT` of a failed one rolls it back).
-            s.runtime.block_on(futures_util::future::join(
-                run_batch(&s.client, &batch),
-                run_request(&s.client, &request),
-            ))
-        };
+        let client = Arc::clone(
+            &self
+                .session
+                .borrow()
+                .as_ref()
+                .expect("a session has its client until dropped")
+                .client,
+        );
+        // join polls the two in order: the batch goes first.
+        let answers = Box::pin(async move {
+            futures_util::future::join(run_batch(&client, &batch), run_request(&client, &request))
+                .await
+        });
+        InFlight {
+            answers: Some(answers),
+            landed: None,
+            queued,
+            counts,
+        }
+    }
+
+    /// Reads the answers of a send: hands each queued request its rows,
+    /// counts the rows changed, and names the write whose statement
+    /// failed, if one did (see [`Conn::take_failed_write`]).
+    fn read_answers(
+        &self,
+        queued: Vec<Queued>,
+        counts: &[usize],
+        (sent, last): Answers,
+        counted: bool,
+    ) -> Result<Answer, DbError> {
         let Sent { done, error } = sent;
         if let Some(e) = error {
             // The statement that failed is the first one not answered.
             let failed_at = done.len();
             let mut first = 0;
-            for (q, &n) in queued.iter().zip(&counts) {
+            for (q, &n) in queued.iter().zip(counts) {
                 if (first..first + n).contains(&failed_at) {
+                    let code = e.code().map(tokio_postgres::error::SqlState::code);
                     self.failed.set(Some(QueuedFailure {
                         write: q.write,
-                        moved: e.code().is_some_and(|c| c.code() == MOVED),
+                        moved: code.is_some_and(|c| c == MOVED || c == BEHIND_A_FAILURE),
                         savepoint: q.savepoint,
                     }));
                     break;
@@ -485,9 +541,12 @@ impl PgConn {
             return Err(e.into());
         }
         let answer = last?;
-        self.count_changes(&request, &answer);
+        if counted {
+            self.changes
+                .set(self.changes.get().saturating_add(answer.affected));
+        }
         let mut done = done.into_iter();
-        for (q, n) in queued.into_iter().zip(counts) {
+        for (q, &n) in queued.into_iter().zip(counts) {
             let mut ids = Vec::new();
             let mut affected = 0;
             for statement in done.by_ref().take(n) {
@@ -507,16 +566,149 @@ impl PgConn {
         Ok(answer)
     }
 
-    /// A change that returns its rows (RETURNING) counts them as changed,
-    /// as SQLite's `total_changes` does, and so does any other change.
-    fn count_changes(&self, request: &Request, answer: &Answer) {
-        if let Request::Prepared { sql: Some(sql), .. } = request
-            && changes_rows(sql)
+    /// Sends the open transaction whole, its `COMMIT` included, without
+    /// waiting for the answers: the writer prepares its next transaction
+    /// while the server runs this one, and reads the answers with
+    /// [`PgConn::settle_commit`]. The transaction also tells the session
+    /// its number once it committed, for the next one sent before its
+    /// answers are read to check first (see [`PgConn::follow`]): one that
+    /// failed is rolled back, and the next one with it.
+    fn send_commit(&self) -> Result<u64, DbError> {
+        let number = self.commits_sent.get() + 1;
+        self.commits_sent.set(number);
+        self.write.set(TRANSACTION);
+        self.savepoint.set(None);
+        self.queue(
+            Some(Batched::Execute {
+                sql: None,
+                text: format!("SELECT set_config('{COMMITTED_SETTING}', '{number}', false)"),
+            }),
+            None,
+        );
+        let queued = std::mem::take(&mut *self.queued.borrow_mut());
+        self.sends.set(self.sends.get() + 1);
+        self.in_transaction.set(false);
+        let mut flight = self.dispatch(queued, Request::Simple(Cow::Borrowed("COMMIT")));
+        self.server
+            .round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
-            self.changes
-                .set(self.changes.get().saturating_add(answer.affected));
+            let s = self.session.borrow();
+            let s = s.as_ref().expect("a session has its client until dropped");
+            let answers = flight.answers.as_mut().expect("just dispatched");
+            s.runtime.block_on(async {
+                // The first poll hands the requests to the connection; its
+                // task then writes them while this one yields.
+                std::future::poll_fn(|cx| {
+                    let _ = answers.as_mut().poll(cx);
+                    std::task::Poll::Ready(())
+                })
+                .await;
+                tokio::task::yield_now().await;
+            });
+        }
+        self.in_flight.borrow_mut().push_back(flight);
+        Ok(number)
+    }
+
+    /// Queues, right after the `BEGIN`, the check that the transaction
+    /// numbered `number` committed: when it did not, this transaction
+    /// fails with [`BEHIND_A_FAILURE`] before it wrote anything, and its
+    /// batch runs again once that one's did.
+    fn follow(&self, number: u64) {
+        self.queue(
+            Some(Batched::Execute {
+                sql: None,
+                text: format!(
+                    "SELECT {EXPECT}(current_setting('{COMMITTED_SETTING}', true) = '{number}', \
+                     '{BEHIND_A_FAILURE}', 'the transaction sent before this one did not commit')"
+                ),
+            }),
+            None,
+        );
+    }
+
+    /// Reads the answers of the oldest transaction in flight, as
+    /// [`Conn::end`] would have: `Ok` once it committed.
+    fn settle_commit(&self) -> Result<(), DbError> {
+        let flight = self.in_flight.borrow_mut().pop_front();
+        let Some(InFlight {
+            answers,
+            landed,
+            queued,
+            counts,
+        }) = flight
+        else {
+            return Err(DbError::Internal("no transaction is in flight".into()));
+        };
+        let answers = match (landed, answers) {
+            (Some(landed), _) => landed,
+            (None, Some(answers)) => {
+                let s = self.session.borrow();
+                let s = s.as_ref().expect("a session has its client until dropped");
+                s.runtime.block_on(answers)
+            }
+            (None, None) => unreachable!("a flight has its answers or awaits them"),
+        };
+        // What is left from an earlier send was taken by then.
+        self.failed.set(None);
+        self.read_answers(queued, &counts, answers, false).map(drop)
+    }
+
+    /// Waits for the answers of the oldest transaction in flight or for
+    /// `wake`, whichever comes first; answers true when the answers came
+    /// (they are kept for [`PgConn::settle_commit`]).
+    fn answers_or(&self, wake: impl std::future::Future<Output = ()>) -> bool {
+        let mut flights = self.in_flight.borrow_mut();
+        let Some(flight) = flights.front_mut() else {
+            return true;
+        };
+        let Some(answers) = flight.answers.as_mut() else {
+            return true;
+        };
+        let s = self.session.borrow();
+        let Some(s) = s.as_ref() else { return true };
+        let landed = s.runtime.block_on(async {
+            let wake = std::pin::pin!(wake);
+            match futures_util::future::select(answers.as_mut(), wake).await {
+                futures_util::future::Either::Left((answers, _)) => Some(answers),
+                futures_util::future::Either::Right(_) => None,
+            }
+        });
+        match landed {
+            Some(answers) => {
+                flight.answers = None;
+                flight.landed = Some(answers);
+                true
+            }
+            None => false,
         }
     }
+
+    /// Waits for the answers of every transaction in flight, oldest first,
+    /// and keeps them for [`PgConn::settle_commit`]: a request sent now is
+    /// answered after them.
+    fn land(&self) {
+        let mut flights = self.in_flight.borrow_mut();
+        if flights.iter().all(|f| f.answers.is_none()) {
+            return;
+        }
+        let s = self.session.borrow();
+        let Some(s) = s.as_ref() else { return };
+        for flight in flights.iter_mut() {
+            if let Some(answers) = flight.answers.take() {
+                flight.landed = Some(s.runtime.block_on(answers));
+            }
+        }
+    }
+}
+
+/// Whether the rows `request` changes are counted (see
+/// [`PgConn::read_answers`]): a change that returns its rows (RETURNING)
+/// counts them as changed, as SQLite's `total_changes` does, and so does
+/// any other change.
+fn changes_counted(request: &Request) -> bool {
+    matches!(request, Request::Prepared { sql: Some(sql), .. } if changes_rows(sql))
 }
 
 /// `EXECUTE name(…)` with `args` written as literals of `types`, the
@@ -661,6 +853,19 @@ struct Done {
     ids: Vec<i64>,
 }
 
+/// What the server answered to a send: the batch's answers and the last
+/// request's.
+type Answers = (Sent, Result<Answer, tokio_postgres::Error>);
+
+/// A send whose answers are awaited: the future of its answers until they
+/// came (`landed`), and what its queued requests do with them.
+struct InFlight {
+    answers: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Answers> + Send>>>,
+    landed: Option<Answers>,
+    queued: Vec<Queued>,
+    counts: Vec<usize>,
+}
+
 /// Sends `batch` as one simple query and reads its answers; an empty batch
 /// sends nothing.
 async fn run_batch(client: &tokio_postgres::Client, batch: &str) -> Sent {
@@ -760,7 +965,10 @@ fn open_session(config: &tokio_postgres::Config) -> Result<Session, DbError> {
             tracing::debug!(error = %e, "a PostgreSQL session ended");
         }
     });
-    Ok(Session { runtime, client })
+    Ok(Session {
+        runtime,
+        client: Arc::new(client),
+    })
 }
 
 /// **Checks the server makes.** A statement sent together with others
@@ -778,6 +986,14 @@ pub(crate) const EXPECT: &str = "pg_temp.madre_expect";
 
 /// A kept fold's check failed: someone appended to the plan since.
 pub(crate) const MOVED: &str = "MA001";
+
+/// The transaction sent before this one did not commit (see
+/// [`PgConn::follow`]): the batch runs again once that one's did.
+pub(crate) const BEHIND_A_FAILURE: &str = "MA002";
+
+/// The session setting a transaction sent whole sets to its number as it
+/// commits (see [`PgConn::send_commit`]).
+const COMMITTED_SETTING: &str = "madre.committed";
 
 /// The expected row is there but not in the state the write needs.
 pub(crate) const EXPECTED_CONFLICT: &str = "MA409";
@@ -995,6 +1211,54 @@ impl<'c> Conn<'c> {
                         .map(drop)
                 }
             }
+        }
+    }
+
+    /// True when the writer may send a transaction whole and prepare the
+    /// next while the server runs it: PostgreSQL's writer session (see
+    /// [`Conn::send_commit`]).
+    pub(crate) fn pipelines(&self) -> bool {
+        matches!(self, Conn::Pg(conn) if conn.metered.get())
+    }
+
+    /// Commits the open transaction as [`Conn::end`] does, without waiting
+    /// for the answer (see [`PgConn::send_commit`]); answers the number
+    /// the next transaction [`Conn::follow`]s, and [`Conn::settle_commit`]
+    /// tells the outcome.
+    pub(crate) fn send_commit(&self) -> Result<u64, DbError> {
+        match *self {
+            Conn::Pg(conn) if conn.queues() => conn.send_commit(),
+            _ => Err(DbError::Internal(
+                "only the writer's PostgreSQL transaction is sent unanswered".into(),
+            )),
+        }
+    }
+
+    /// Makes the transaction just begun depend on the one numbered
+    /// `number` having committed (see [`PgConn::follow`]).
+    pub(crate) fn follow(&self, number: u64) {
+        if let Conn::Pg(conn) = *self {
+            conn.follow(number);
+        }
+    }
+
+    /// Waits for the answers of the oldest transaction sent by
+    /// [`Conn::send_commit`] or for `wake`, whichever comes first; answers
+    /// true when the answers came (and at once when none is in flight).
+    pub(crate) fn answers_or(&self, wake: impl std::future::Future<Output = ()>) -> bool {
+        match *self {
+            Conn::Pg(conn) => conn.answers_or(wake),
+            Conn::Lite(_) => true,
+        }
+    }
+
+    /// The outcome of the oldest transaction sent by
+    /// [`Conn::send_commit`]: `Ok` once it committed; a failure names the
+    /// write that failed as [`Conn::end`]'s would.
+    pub(crate) fn settle_commit(&self) -> Result<(), DbError> {
+        match *self {
+            Conn::Pg(conn) => conn.settle_commit(),
+            Conn::Lite(_) => Err(DbError::Internal("SQLite sends nothing unanswered".into())),
         }
     }
 

@@ -164,6 +164,10 @@ pub(crate) struct Writer {
     /// Counts commits that appended to the plan journal, for readers that
     /// follow it (SPEC §14): they wait for a change, then read what is new.
     journal_commits: tokio::sync::watch::Sender<u64>,
+    /// Told of each write queued: the writer thread, waiting for the
+    /// answers of a transaction in flight, sends the next one meanwhile
+    /// (see [`Writer::pipeline`]).
+    queued_note: tokio::sync::Notify,
 }
 
 thread_local! {
@@ -309,6 +313,7 @@ impl Writer {
             health: StorageHealth::new(),
             meter: Meter::default(),
             journal_commits: tokio::sync::watch::Sender::new(0),
+            queued_note: tokio::sync::Notify::new(),
         })
     }
 
@@ -515,6 +520,8 @@ impl Writer {
         drop(state);
         if wake {
             self.work_ready.notify_one();
+        } else {
+            self.queued_note.notify_one();
         }
     }
 
@@ -549,10 +556,7 @@ impl Writer {
                 // close) and this thread lives on for the next writes.
                 let commit = AssertUnwindSafe(|| {
                     let conn = lock(&self.conn);
-                    commit_batch(&conn.conn(), batch, &self.health, &self.meter);
-                    if ANNOUNCE.with(|a| a.replace(false)) {
-                        self.journal_commits.send_modify(|n| *n += 1);
-                    }
+                    self.commit(&conn.conn(), batch);
                 });
                 if catch_unwind(commit).is_err() {
                     tracing::error!(
@@ -774,16 +778,37 @@ enum Attempt {
     /// no longer the journal's (the server checked it, see
     /// `engine::sql::EXPECT`; the write reads the journal then), or the
     /// work of a write's savepoint failed once sent (the write runs again
-    /// without it).
+    /// without it), or the transaction sent before this one failed.
     Again,
+    /// Every job ran and the transaction went whole, its `COMMIT`
+    /// included, numbered so (see [`Conn::send_commit`]); its answers are
+    /// read later.
+    Sent(u64),
 }
 
-/// Runs every job of `batch` in one transaction and commits it, or stops
-/// at the first job that fails.
-fn attempt(conn: &Conn<'_>, batch: &mut [Box<dyn Job>]) -> Attempt {
-    AFTER_COMMIT.with(|after| after.borrow_mut().clear());
+/// How a run of a batch ends once its jobs ran.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// It commits and waits for the answer.
+    Wait,
+    /// It is sent whole without waiting (see [`Conn::send_commit`]),
+    /// checking first that the transaction numbered so committed, when
+    /// one is still in flight.
+    Send { after: Option<u64> },
+}
+
+/// Runs every job of `batch` in one transaction and commits it (or sends
+/// it whole, as `ending` says), or stops at the first job that fails.
+fn attempt(conn: &Conn<'_>, batch: &mut [Box<dyn Job>], ending: Ending) -> Attempt {
+    Effects::forget();
     if let Err(e) = conn.begin() {
         return Attempt::Lost(transaction_error("begin", e));
+    }
+    if let Ending::Send {
+        after: Some(number),
+    } = ending
+    {
+        conn.follow(number);
     }
     for index in 0..batch.len() {
         conn.set_write(index);
@@ -815,7 +840,21 @@ fn attempt(conn: &Conn<'_>, batch: &mut [Box<dyn Job>]) -> Attempt {
             None => {}
         }
     }
-    match conn.end(true) {
+    match ending {
+        Ending::Wait => {
+            let ended = conn.end(true);
+            committed(conn, batch, ended)
+        }
+        Ending::Send { .. } => match conn.send_commit() {
+            Ok(number) => Attempt::Sent(number),
+            Err(e) => committed(conn, batch, Err(e)),
+        },
+    }
+}
+
+/// How a batch's run ended, from its commit's answer.
+fn committed(conn: &Conn<'_>, batch: &mut [Box<dyn Job>], answer: Result<(), DbError>) -> Attempt {
+    match answer {
         Ok(()) => Attempt::Committed,
         Err(e) => match conn.take_failed_write() {
             Some(failed) => queued_failure(conn, batch, failed, e),
@@ -839,12 +878,16 @@ fn queued_failure(
 ) -> Attempt {
     leave_transaction(conn);
     let write = failed.write;
-    if e.storage_fault().is_some() || write >= batch.len() {
+    if e.storage_fault().is_some() {
         return Attempt::Lost(e);
     }
     if failed.moved {
-        // A kept fold's check: nothing is wrong with the write.
+        // A kept fold's check, or the check that the transaction sent
+        // before committed: nothing is wrong with the write.
         return Attempt::Again;
+    }
+    if write >= batch.len() {
+        return Attempt::Lost(e);
     }
     if let Some(savepoint) = failed.savepoint {
         // The work of a savepoint: the write stands without it.
@@ -855,92 +898,266 @@ fn queued_failure(
     Attempt::JobFailed(write)
 }
 
-/// Runs `batch` in one transaction and answers every job once the commit is
-/// known. No job has a savepoint: when one fails, the transaction is
-/// rolled back, that job answers its own failure (none of its rows stay),
-/// and the others run again, in a new transaction, without it. When the
-/// transaction itself is lost (storage refused, SQLite gave it up), every
-/// job of the batch answers that failure. Records in `health` whether
-/// storage took the batch.
-fn commit_batch(
-    conn: &Conn<'_>,
-    mut batch: Vec<Box<dyn Job>>,
-    health: &StorageHealth,
-    meter: &Meter,
-) {
-    let _inside = InTransaction::enter();
-    leave_transaction(conn);
-    if let Conn::Pg(session) = conn
-        && let Err(e) = session.revive()
-    {
-        // The server is unreachable: every write of the batch says so.
-        health.record_fault(e.storage_fault().unwrap_or(StorageFault::Unreachable));
-        for job in batch {
-            job.finish(Err(&e));
+/// What the writes of a batch asked to be done once it committed (see
+/// [`after_commit`] and [`announce_commit`]), taken from the thread that
+/// ran them.
+struct Effects {
+    after: Vec<Box<dyn FnOnce()>>,
+    announce: bool,
+}
+
+impl Effects {
+    /// Takes what the last run of the batch asked for.
+    fn take() -> Self {
+        Effects {
+            after: AFTER_COMMIT.with(|after| std::mem::take(&mut *after.borrow_mut())),
+            announce: ANNOUNCE.with(|a| a.replace(false)),
         }
-        return;
     }
-    meter::begin_batch(meter);
-    let started = Instant::now();
-    let size = batch.len();
-    let changes_before = conn.total_changes();
-    let mut failed: Vec<Box<dyn Job>> = Vec::new();
-    // Each failed run removes one job, and each run again drops the kept
-    // folds it checked, so this ends within `2 * size + 1` runs.
-    let mut again = 0;
-    let commit = loop {
-        match attempt(conn, &mut batch) {
-            Attempt::Committed => break Ok(!batch.is_empty()),
-            Attempt::Lost(e) => break Err(e),
-            Attempt::Again if again > 2 * size => {
-                break Err(DbError::Internal(
-                    "a batch's kept folds kept failing their checks".into(),
-                ));
+
+    /// Forgets what a run rolled back asked for.
+    fn forget() {
+        drop(Self::take());
+    }
+}
+
+/// A batch sent whole (see [`Ending::Send`]) whose answers are not read
+/// yet.
+struct SentBatch {
+    batch: Vec<Box<dyn Job>>,
+    effects: Effects,
+    number: u64,
+    started: Instant,
+}
+
+impl Writer {
+    /// Runs `batch` in one transaction and answers every job once the
+    /// commit is known. On PostgreSQL the writer then keeps the turn while
+    /// writes are queued: it sends each transaction whole and prepares
+    /// the next while the server runs it, so the server never waits for
+    /// this thread between two transactions (see [`Writer::pipeline`]).
+    fn commit(&self, conn: &Conn<'_>, batch: Vec<Box<dyn Job>>) {
+        let _inside = InTransaction::enter();
+        leave_transaction(conn);
+        if let Conn::Pg(session) = conn
+            && let Err(e) = session.revive()
+        {
+            // The server is unreachable: every write of the batch says so.
+            self.health
+                .record_fault(e.storage_fault().unwrap_or(StorageFault::Unreachable));
+            for job in batch {
+                job.finish(Err(&e));
             }
-            Attempt::Again => again += 1,
-            Attempt::JobFailed(index) => {
+            return;
+        }
+        meter::begin_batch(&self.meter);
+        if conn.pipelines() {
+            self.pipeline(conn, batch);
+        } else {
+            self.commit_now(conn, batch);
+        }
+    }
+
+    /// Commits `batch` and waits for the answer (see [`Writer::conclude`]).
+    fn commit_now(&self, conn: &Conn<'_>, mut batch: Vec<Box<dyn Job>>) {
+        let started = Instant::now();
+        let changes_before = conn.total_changes();
+        let first = attempt(conn, &mut batch, Ending::Wait);
+        self.conclude(conn, batch, first, Effects::take(), started, changes_before);
+    }
+
+    /// PostgreSQL: sends `batch`'s transaction whole, then, while its
+    /// answers are on their way, the next batch queued meanwhile, checking
+    /// on the server that the one before committed; reads each batch's
+    /// answers once the next one is sent, or once they came while nothing
+    /// more was queued. A batch that failed runs again, before the one
+    /// sent after it, which failed its check and runs again too: the
+    /// commits keep the order of the batches. Stops when nothing is queued
+    /// or in flight, someone else waits for the connection, or the
+    /// session closed.
+    fn pipeline(&self, conn: &Conn<'_>, batch: Vec<Box<dyn Job>>) {
+        let mut in_flight: Option<SentBatch> = None;
+        let mut next = Some(batch);
+        loop {
+            if let Some(batch) = next.take() {
+                in_flight = self.send(conn, batch, in_flight);
+            }
+            next = self.more_to_send(conn);
+            if next.is_some() {
+                continue;
+            }
+            let Some(sent) = in_flight.take() else { break };
+            // Its answers, or a write queued meanwhile to send first.
+            if conn.answers_or(self.queued_note.notified()) {
+                self.settle(conn, sent);
+            } else {
+                in_flight = Some(sent);
+            }
+        }
+    }
+
+    /// Sends `batch` whole, checking first that the batch `in_flight`
+    /// committed, then reads `in_flight`'s answers while the server runs
+    /// `batch`; answers what is in flight now. A batch that cannot go
+    /// whole (a write failed, or needed an answer while the one in flight
+    /// failed) is committed once `in_flight` was answered, waiting for
+    /// its own answer.
+    fn send(
+        &self,
+        conn: &Conn<'_>,
+        mut batch: Vec<Box<dyn Job>>,
+        in_flight: Option<SentBatch>,
+    ) -> Option<SentBatch> {
+        let started = Instant::now();
+        let changes_before = conn.total_changes();
+        let after = in_flight.as_ref().map(|sent| sent.number);
+        let first = attempt(conn, &mut batch, Ending::Send { after });
+        let effects = Effects::take();
+        let sent = match first {
+            Attempt::Sent(number) => Some(SentBatch {
+                batch,
+                effects,
+                number,
+                started,
+            }),
+            first => {
                 leave_transaction(conn);
-                failed.push(batch.remove(index));
-                if batch.is_empty() {
-                    break Ok(false);
+                if let Some(earlier) = in_flight {
+                    self.settle(conn, earlier);
+                }
+                self.conclude(conn, batch, first, effects, started, changes_before);
+                return None;
+            }
+        };
+        if let Some(earlier) = in_flight {
+            self.settle(conn, earlier);
+        }
+        sent
+    }
+
+    /// The writes queued since the batch in hand was taken, while the
+    /// writer may keep its turn: none when nobody queued, someone else
+    /// waits for the connection, or the session closed (the next turn
+    /// opens it again).
+    fn more_to_send(&self, conn: &Conn<'_>) -> Option<Vec<Box<dyn Job>>> {
+        if let Conn::Pg(session) = conn
+            && session.is_closed()
+        {
+            return None;
+        }
+        let mut state = lock(&self.state);
+        if state.queue.is_empty() || state.outsiders > 0 {
+            return None;
+        }
+        Some(std::mem::take(&mut state.queue))
+    }
+
+    /// Reads the answers of a batch sent whole and answers its jobs, or
+    /// runs it again as a failure says (see [`Writer::conclude`]).
+    fn settle(&self, conn: &Conn<'_>, sent: SentBatch) {
+        let SentBatch {
+            mut batch,
+            effects,
+            started,
+            ..
+        } = sent;
+        let changes_before = conn.total_changes();
+        let answer = conn.settle_commit();
+        let first = committed(conn, &mut batch, answer);
+        self.conclude(conn, batch, first, effects, started, changes_before);
+    }
+
+    /// Takes `batch` from its first run's end (`first`, with what that run
+    /// asked for once committed) to its commit: when a job fails, the
+    /// transaction is rolled back, that job answers its own failure (none
+    /// of its rows stay), and the others run again, in a new transaction,
+    /// without it. When the transaction itself is lost (storage refused,
+    /// SQLite gave it up), every job of the batch answers that failure.
+    /// Records in `health` whether storage took the batch, and answers
+    /// every job.
+    fn conclude(
+        &self,
+        conn: &Conn<'_>,
+        mut batch: Vec<Box<dyn Job>>,
+        first: Attempt,
+        first_effects: Effects,
+        started: Instant,
+        changes_before: u64,
+    ) {
+        let size = batch.len();
+        let mut failed: Vec<Box<dyn Job>> = Vec::new();
+        // Each failed run removes one job, and each run again drops the
+        // kept folds it checked, so this ends within `2 * size + 1` runs.
+        let mut again = 0;
+        let mut effects = Some(first_effects);
+        let mut outcome = first;
+        let commit = loop {
+            match outcome {
+                Attempt::Committed => break Ok(!batch.is_empty()),
+                Attempt::Lost(e) => break Err(e),
+                Attempt::Again if again > 2 * size => {
+                    break Err(DbError::Internal(
+                        "a batch's kept folds kept failing their checks".into(),
+                    ));
+                }
+                Attempt::Again => again += 1,
+                Attempt::JobFailed(index) => {
+                    leave_transaction(conn);
+                    failed.push(batch.remove(index));
+                    if batch.is_empty() {
+                        break Ok(false);
+                    }
+                }
+                Attempt::Sent(_) => {
+                    break Err(DbError::Internal(
+                        "a batch run again was sent unanswered".into(),
+                    ));
                 }
             }
+            outcome = attempt(conn, &mut batch, Ending::Wait);
+            effects = None;
+        };
+        let effects = effects.unwrap_or_else(Effects::take);
+        // `Ok(false)`: every write failed, nothing committed.
+        if matches!(commit, Ok(true)) {
+            for f in effects.after {
+                f();
+            }
         }
-    };
-    let after = AFTER_COMMIT.with(|after| std::mem::take(&mut *after.borrow_mut()));
-    // `Ok(false)`: every write failed, nothing committed.
-    if matches!(commit, Ok(true)) {
-        for f in after {
-            f();
+        if effects.announce {
+            self.journal_commits.send_modify(|n| *n += 1);
         }
-    }
-    meter.record_batch(size, started.elapsed(), matches!(commit, Ok(true)));
-    let fault = match &commit {
-        Err(e) => e.storage_fault(),
-        Ok(_) => failed
-            .iter()
-            .find_map(|job| job.error().and_then(DbError::storage_fault)),
-    };
-    match (fault, &commit) {
-        (Some(fault), _) => health.record_fault(fault),
-        // Rows reached the WAL: storage takes writes. A commit that
-        // changed nothing wrote nothing, and proves nothing.
-        (None, Ok(true)) if conn.total_changes() > changes_before => health.record_written(),
-        _ => {}
-    }
-    match &commit {
-        Err(e) if fault.is_some() => {
-            tracing::warn!(error = %e, writes = size, "database write refused by storage");
+        self.meter
+            .record_batch(size, started.elapsed(), matches!(commit, Ok(true)));
+        let fault = match &commit {
+            Err(e) => e.storage_fault(),
+            Ok(_) => failed
+                .iter()
+                .find_map(|job| job.error().and_then(DbError::storage_fault)),
+        };
+        match (fault, &commit) {
+            (Some(fault), _) => self.health.record_fault(fault),
+            // Rows reached the WAL: storage takes writes. A commit that
+            // changed nothing wrote nothing, and proves nothing.
+            (None, Ok(true)) if conn.total_changes() > changes_before => {
+                self.health.record_written();
+            }
+            _ => {}
         }
-        Err(e) => tracing::error!(error = %e, writes = size, "database commit failed"),
-        Ok(_) => {}
-    }
-    // A failed job answers its own error, whatever became of the others.
-    for job in failed {
-        job.finish(Ok(()));
-    }
-    for job in batch {
-        job.finish(commit.as_ref().map(drop));
+        match &commit {
+            Err(e) if fault.is_some() => {
+                tracing::warn!(error = %e, writes = size, "database write refused by storage");
+            }
+            Err(e) => tracing::error!(error = %e, writes = size, "database commit failed"),
+            Ok(_) => {}
+        }
+        // A failed job answers its own error, whatever became of the others.
+        for job in failed {
+            job.finish(Ok(()));
+        }
+        for job in batch {
+            job.finish(commit.as_ref().map(drop));
+        }
     }
 }
 

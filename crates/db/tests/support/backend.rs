@@ -86,6 +86,57 @@ impl TestDb {
         }
     }
 
+    /// Locks the row of plan `plan_id` (`SELECT … FOR UPDATE`) from a
+    /// PostgreSQL session of the test's own, as another replica's
+    /// transaction would, until the returned lock is released or dropped:
+    /// a write that changes that plan waits on the server meanwhile.
+    #[allow(dead_code)]
+    pub(crate) fn lock_plan_row(&self, plan_id: uuid::Uuid) -> RowLock {
+        let Place::Postgres(pg, _) = &self._place else {
+            panic!("row locks are PostgreSQL's");
+        };
+        let url = pg.url.clone();
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut tx = client.transaction().unwrap();
+            tx.execute(
+                "SELECT 1 FROM plans WHERE uuid = CAST($1 AS text)::uuid FOR UPDATE",
+                &[&plan_id.to_string()],
+            )
+            .unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(std::time::Duration::from_secs(20));
+            tx.commit().unwrap();
+        });
+        locked
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        RowLock {
+            release: Some(release),
+            holder: Some(holder),
+        }
+    }
+
+    /// Waits (bounded) until `n` sessions of the test's database wait on
+    /// a lock (PostgreSQL).
+    #[allow(dead_code)]
+    pub(crate) fn wait_for_lock_waiters(&self, n: i64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        ) < n
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no write came to wait on the lock"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// What opens the same database again, kept apart from the test's
     /// handle so that handle can be dropped first.
     #[allow(dead_code)]
@@ -120,5 +171,32 @@ pub(crate) fn open() -> TestDb {
                 _place: Place::Postgres(pg, dir),
             }
         }
+    }
+}
+
+/// A row locked by [`TestDb::lock_plan_row`]; released when dropped.
+pub(crate) struct RowLock {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    holder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RowLock {
+    /// Ends the locking transaction and waits until it did.
+    #[allow(dead_code)]
+    pub(crate) fn release(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        drop(self.release.take());
+        if let Some(holder) = self.holder.take() {
+            holder.join().unwrap();
+        }
+    }
+}
+
+impl Drop for RowLock {
+    fn drop(&mut self) {
+        self.end();
     }
 }
