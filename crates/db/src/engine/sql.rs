@@ -447,7 +447,8 @@ impl PgConn {
     fn begins_unsent(&self) -> bool {
         matches!(
             self.queued.borrow().first(),
-            Some(Queued { request: Some(Batched::Control(sql)), .. }) if *sql == PG_BEGIN
+            Some(Queued { request: Some(Batched::Control(sql)), .. })
+                if *sql == PG_BEGIN || *sql == PG_BEGIN_NUMBERED
         )
     }
 
@@ -566,25 +567,39 @@ impl PgConn {
         Ok(answer)
     }
 
-    /// Sends the open transaction whole, its `COMMIT` included, without
-    /// waiting for the answers: the writer prepares its next transaction
-    /// while the server runs this one, and reads the answers with
-    /// [`PgConn::settle_commit`]. The transaction also tells the session
-    /// its number once it committed, for the next one sent before its
-    /// answers are read to check first (see [`PgConn::follow`]): one that
-    /// failed is rolled back, and the next one with it.
-    fn send_commit(&self) -> Result<u64, DbError> {
+    /// Begins a transaction to be sent whole (see [`PgConn::send_commit`]),
+    /// numbered: its first statement takes the write lock, checks that the
+    /// transaction numbered `after` committed, when one was sent before
+    /// this one and not answered yet (should it not have, this one fails
+    /// with [`BEHIND_A_FAILURE`] before it wrote anything, and its batch
+    /// runs again once that one's did), and tells the session this one's
+    /// number, which its rollback undoes.
+    fn begin_numbered(&self, after: Option<u64>) {
         let number = self.commits_sent.get() + 1;
         self.commits_sent.set(number);
-        self.write.set(TRANSACTION);
+        self.queued.borrow_mut().clear();
+        self.failed.set(None);
         self.savepoint.set(None);
+        self.in_transaction.set(true);
+        // The BEGIN is no write's: its failure loses the batch.
+        self.write.set(TRANSACTION);
+        self.queue(Some(Batched::Control(PG_BEGIN_NUMBERED)), None);
+        let after = after.map_or_else(|| "NULL".to_owned(), |n| format!("'{n}'"));
         self.queue(
             Some(Batched::Execute {
                 sql: None,
-                text: format!("SELECT set_config('{COMMITTED_SETTING}', '{number}', false)"),
+                text: format!("SELECT pg_temp.madre_begin({WRITE_LOCK}, {after}, '{number}')"),
             }),
             None,
         );
+    }
+
+    /// Sends the open transaction whole, its `COMMIT` included, without
+    /// waiting for the answers: the writer prepares its next transaction
+    /// while the server runs this one, and reads the answers with
+    /// [`PgConn::settle_commit`]. Answers the transaction's number (see
+    /// [`PgConn::begin_numbered`], which began it).
+    fn send_commit(&self) -> Result<u64, DbError> {
         let queued = std::mem::take(&mut *self.queued.borrow_mut());
         self.sends.set(self.sends.get() + 1);
         self.in_transaction.set(false);
@@ -608,24 +623,7 @@ impl PgConn {
             });
         }
         self.in_flight.borrow_mut().push_back(flight);
-        Ok(number)
-    }
-
-    /// Queues, right after the `BEGIN`, the check that the transaction
-    /// numbered `number` committed: when it did not, this transaction
-    /// fails with [`BEHIND_A_FAILURE`] before it wrote anything, and its
-    /// batch runs again once that one's did.
-    fn follow(&self, number: u64) {
-        self.queue(
-            Some(Batched::Execute {
-                sql: None,
-                text: format!(
-                    "SELECT {EXPECT}(current_setting('{COMMITTED_SETTING}', true) = '{number}', \
-                     '{BEHIND_A_FAILURE}', 'the transaction sent before this one did not commit')"
-                ),
-            }),
-            None,
-        );
+        Ok(self.commits_sent.get())
     }
 
     /// Reads the answers of the oldest transaction in flight, as
@@ -991,9 +989,9 @@ pub(crate) const MOVED: &str = "MA001";
 /// [`PgConn::follow`]): the batch runs again once that one's did.
 pub(crate) const BEHIND_A_FAILURE: &str = "MA002";
 
-/// The session setting a transaction sent whole sets to its number as it
-/// commits (see [`PgConn::send_commit`]).
-const COMMITTED_SETTING: &str = "madre.committed";
+/// The advisory lock every replica's writer holds for its transaction:
+/// "madre2" in ASCII (see [`Conn::begin`]).
+const WRITE_LOCK: i64 = 120_265_064_473_906;
 
 /// The expected row is there but not in the state the write needs.
 pub(crate) const EXPECTED_CONFLICT: &str = "MA409";
@@ -1003,8 +1001,12 @@ pub(crate) const EXPECTED_MISSING: &str = "MA404";
 
 /// What the writer's session sets up when it opens: quotes doubled are the
 /// only escape in a literal (the batches write their parameters so, see
-/// [`PgConn::send_once`]; the server's default, made sure of), and
-/// [`EXPECT`].
+/// [`PgConn::send_once`]; the server's default, made sure of), [`EXPECT`],
+/// and `pg_temp.madre_begin(write_lock, after, this)`, the start of a
+/// transaction sent whole (see [`PgConn::begin_numbered`]): takes the
+/// write lock, fails with [`BEHIND_A_FAILURE`] unless the transaction
+/// numbered `after` committed (when given), and sets the session's
+/// `madre.committed` to `this`, which the transaction's rollback undoes.
 const WRITER_SESSION: &str = "SET standard_conforming_strings = on;
 CREATE OR REPLACE FUNCTION pg_temp.madre_expect(ok boolean, code text, message text)
 RETURNS boolean LANGUAGE plpgsql AS $$
@@ -1013,6 +1015,17 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message;
     END IF;
     RETURN true;
+END $$;
+CREATE OR REPLACE FUNCTION pg_temp.madre_begin(write_lock bigint, after text, this text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(write_lock);
+    IF after IS NOT NULL
+       AND current_setting('madre.committed', true) IS DISTINCT FROM after THEN
+        RAISE EXCEPTION USING ERRCODE = 'MA002',
+            MESSAGE = 'the transaction sent before this one did not commit';
+    END IF;
+    PERFORM set_config('madre.committed', this, false);
 END $$";
 
 /// The write index of what the transaction queues itself (its `BEGIN`):
@@ -1022,6 +1035,10 @@ const TRANSACTION: usize = usize::MAX;
 /// The writer's `BEGIN` on PostgreSQL, with the write lock (see
 /// [`Conn::begin`]): "madre2" in ASCII, beside the migration's lock.
 const PG_BEGIN: &str = "BEGIN; SELECT pg_advisory_xact_lock(120265064473906)";
+
+/// The `BEGIN` of a transaction sent whole, whose next statement takes
+/// the write lock with `pg_temp.madre_begin` (see [`PgConn::begin_numbered`]).
+const PG_BEGIN_NUMBERED: &str = "BEGIN";
 
 impl<'c> Conn<'c> {
     /// Prepares `sql` (SQLite's dialect of the shared SQL), from the
@@ -1131,6 +1148,25 @@ impl<'c> Conn<'c> {
         }
     }
 
+    /// Takes back the request queued first since `mark` when nothing was
+    /// sent since (a savepoint's `SAVEPOINT`, once its work is known to
+    /// need no answer before the commit); answers whether it did. Always
+    /// false on SQLite, where nothing waits.
+    pub(crate) fn unqueue_unsent_at(&self, mark: QueueMark) -> bool {
+        match *self {
+            Conn::Pg(conn) if conn.sends.get() == mark.sends => {
+                let mut queued = conn.queued.borrow_mut();
+                if queued.len() > mark.queued {
+                    queued.remove(mark.queued);
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+
     /// Tells the session which write of the writer's batch runs now, so a
     /// failure of its queued statements can be laid at its door.
     pub(crate) fn set_write(&self, index: usize) {
@@ -1234,11 +1270,17 @@ impl<'c> Conn<'c> {
         }
     }
 
-    /// Makes the transaction just begun depend on the one numbered
-    /// `number` having committed (see [`PgConn::follow`]).
-    pub(crate) fn follow(&self, number: u64) {
-        if let Conn::Pg(conn) = *self {
-            conn.follow(number);
+    /// Begins the writer's transaction as [`Conn::begin`] does, to be sent
+    /// whole by [`Conn::send_commit`] and checked on the server to come
+    /// after the transaction numbered `after` committed (see
+    /// [`PgConn::begin_numbered`]); SQLite's begins as ever.
+    pub(crate) fn begin_numbered(&self, after: Option<u64>) -> Result<(), DbError> {
+        match *self {
+            Conn::Pg(conn) if conn.metered.get() => {
+                conn.begin_numbered(after);
+                Ok(())
+            }
+            _ => self.begin(),
         }
     }
 
@@ -1846,6 +1888,13 @@ mod tests {
     fn literal(value: Value, ty: Type) -> Result<String, String> {
         let mut out = String::new();
         write_literal(&value, &ty, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn the_writer_session_raises_the_codes_the_writer_reads() {
+        assert!(WRITER_SESSION.contains(&format!("ERRCODE = '{BEHIND_A_FAILURE}'")));
+        assert!(WRITER_SESSION.contains("madre.committed"));
+        assert!(PG_BEGIN.contains(&WRITE_LOCK.to_string()));
     }
 
     #[test]

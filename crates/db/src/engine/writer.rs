@@ -685,7 +685,15 @@ pub(crate) fn in_named_savepoint<T>(
         return result;
     }
     let end = if result.is_ok() {
-        conn.execute_later(savepoint.release)
+        if conn.unqueue_unsent_at(mark) {
+            // Nothing of the work was sent yet (PostgreSQL): its statements
+            // go with the commit without the savepoint, whose only use is
+            // undoing work sent mid-way. Should one fail there, the batch
+            // runs again without the work (see `attempt`).
+            Ok(())
+        } else {
+            conn.execute_later(savepoint.release)
+        }
     } else if conn.drop_unsent_since(mark) {
         // Nothing of the savepoint reached the server: nothing to undo.
         Ok(())
@@ -801,14 +809,12 @@ enum Ending {
 /// it whole, as `ending` says), or stops at the first job that fails.
 fn attempt(conn: &Conn<'_>, batch: &mut [Box<dyn Job>], ending: Ending) -> Attempt {
     Effects::forget();
-    if let Err(e) = conn.begin() {
+    let begun = match ending {
+        Ending::Wait => conn.begin(),
+        Ending::Send { after } => conn.begin_numbered(after),
+    };
+    if let Err(e) = begun {
         return Attempt::Lost(transaction_error("begin", e));
-    }
-    if let Ending::Send {
-        after: Some(number),
-    } = ending
-    {
-        conn.follow(number);
     }
     for index in 0..batch.len() {
         conn.set_write(index);
