@@ -321,6 +321,13 @@ impl PgConn {
     /// the network broke); its prepared statements and anything queued go
     /// with the old one.
     pub(crate) fn revive(&self) -> Result<(), DbError> {
+        if !self.in_flight.borrow().is_empty() {
+            // Left by a writer's turn that panicked (its writes were
+            // answered with an error): read and forgotten, so the next
+            // transaction's answers are not taken for them.
+            self.land();
+            self.in_flight.borrow_mut().clear();
+        }
         // The connection's task runs only while a call waits: a few turns
         // of it read what the server sent since (the end of the session, by
         // a restart), so a session the server closed is not used again.
