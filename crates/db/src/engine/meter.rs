@@ -106,6 +106,13 @@ fn count_frames(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
 pub(crate) fn begin_batch(meter: &Meter) {
     STATEMENTS.with(|n| n.set(0));
     FRAMES.with(|n| n.set(0));
+    keep_recording_as(meter);
+}
+
+/// Keeps this thread's statements' texts from now on when the database
+/// records them, and stops when it no longer does: at each batch, also
+/// those a turn of the writer sends one after the other.
+pub(crate) fn keep_recording_as(meter: &Meter) {
     let recording = meter.recording.load(Ordering::Relaxed);
     SEEN.with(|seen| {
         let mut seen = seen.borrow_mut();

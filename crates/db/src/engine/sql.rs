@@ -96,7 +96,9 @@ impl Connection {
 
 /// The PostgreSQL server a database handle uses: how to reach it, and the
 /// round trips all its sessions made to it (`/metrics`, and the test that
-/// counts a chat's).
+/// counts a chat's): each send whose answers are read, once, whether the
+/// session waits for them at once or reads them later (a transaction the
+/// writer sent whole, see [`PgConn::send_commit`]).
 pub(crate) struct PgServer {
     pub(crate) config: tokio_postgres::Config,
     pub(crate) round_trips: std::sync::atomic::AtomicU64,
@@ -319,7 +321,8 @@ impl PgConn {
 
     /// Opens the session again when it was lost (the server restarted,
     /// the network broke); its prepared statements and anything queued go
-    /// with the old one.
+    /// with the old one. Answers of transactions still in flight (left by
+    /// a writer's turn that panicked) are read and forgotten first.
     pub(crate) fn revive(&self) -> Result<(), DbError> {
         if !self.in_flight.borrow().is_empty() {
             // Left by a writer's turn that panicked (its writes were
@@ -618,16 +621,24 @@ impl PgConn {
             let s = self.session.borrow();
             let s = s.as_ref().expect("a session has its client until dropped");
             let answers = flight.answers.as_mut().expect("just dispatched");
-            s.runtime.block_on(async {
-                // The first poll hands the requests to the connection; its
-                // task then writes them while this one yields.
-                std::future::poll_fn(|cx| {
-                    let _ = answers.as_mut().poll(cx);
-                    std::task::Poll::Ready(())
-                })
-                .await;
-                tokio::task::yield_now().await;
+            // The first poll hands the requests to the connection; its task
+            // then writes them while this one yields. The answers are kept
+            // should they be complete at once (a session already closed
+            // fails both sends there): a finished future is never polled
+            // again.
+            let landed = s.runtime.block_on(async {
+                let first =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(answers.as_mut().poll(cx)))
+                        .await;
+                if first.is_pending() {
+                    tokio::task::yield_now().await;
+                }
+                first
             });
+            if let std::task::Poll::Ready(answers) = landed {
+                flight.answers = None;
+                flight.landed = Some(answers);
+            }
         }
         self.in_flight.borrow_mut().push_back(flight);
         Ok(self.commits_sent.get())
@@ -1115,7 +1126,11 @@ impl<'c> Conn<'c> {
 
     /// Runs `f` once everything queued so far was sent and succeeded; at
     /// once when nothing is queued (SQLite, or PostgreSQL outside the
-    /// writer's transaction). Never runs when the send failed.
+    /// writer's transaction). Never runs when the send failed. For a
+    /// transaction sent whole, that is when its answers are read: after the
+    /// writer sent the next transaction, whose writes may still rest on
+    /// what was known before (what they rest on is checked by the server,
+    /// see [`EXPECT`]).
     pub(crate) fn after_sent(&self, f: impl FnOnce() + Send + 'static) {
         match *self {
             Conn::Pg(conn) if conn.queues() => {

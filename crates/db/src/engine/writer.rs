@@ -5,8 +5,9 @@
 //! transaction is rolled back and the batch runs again without it (a job
 //! is a function that can run again), so a failed job's rows never commit
 //! and nobody pays for a savepoint when nothing fails. Each batch is what
-//! was queued when the last commit ended, so concurrent writes share
-//! commits under load and a lone write costs one commit.
+//! was queued when the last commit ended (on PostgreSQL, when the last
+//! transaction was sent: see [`Writer::pipeline`]), so concurrent writes
+//! share commits under load and a lone write costs one commit.
 //!
 //! An awaited write parks no thread: its task sleeps until the answer
 //! comes; a blocking caller (`Write::wait`) queues the same way and waits
@@ -933,7 +934,8 @@ struct SentBatch {
     batch: Vec<Box<dyn Job>>,
     effects: Effects,
     number: u64,
-    started: Instant,
+    /// The writer's time on it so far: its run, up to its sending.
+    spent: std::time::Duration,
 }
 
 impl Writer {
@@ -969,7 +971,15 @@ impl Writer {
         let started = Instant::now();
         let changes_before = conn.total_changes();
         let first = attempt(conn, &mut batch, Ending::Wait);
-        self.conclude(conn, batch, first, Effects::take(), started, changes_before);
+        let effects = Effects::take();
+        self.conclude(
+            conn,
+            batch,
+            first,
+            effects,
+            started.elapsed(),
+            changes_before,
+        );
     }
 
     /// PostgreSQL: sends `batch`'s transaction whole, then, while its
@@ -995,7 +1005,7 @@ impl Writer {
             let Some(sent) = in_flight.take() else { break };
             // Its answers, or a write queued meanwhile to send first.
             if conn.answers_or(self.queued_note.notified()) {
-                self.settle(conn, sent);
+                let _ = self.settle(conn, sent);
             } else {
                 in_flight = Some(sent);
             }
@@ -1007,38 +1017,44 @@ impl Writer {
     /// `batch`; answers what is in flight now. A batch that cannot go
     /// whole (a write failed, or needed an answer while the one in flight
     /// failed) is committed once `in_flight` was answered, waiting for
-    /// its own answer.
+    /// its own answer. So is one sent behind a batch that failed (it
+    /// failed its check): the next batch then goes unchecked, instead of
+    /// behind a transaction known to have failed.
     fn send(
         &self,
         conn: &Conn<'_>,
         mut batch: Vec<Box<dyn Job>>,
         in_flight: Option<SentBatch>,
     ) -> Option<SentBatch> {
+        meter::keep_recording_as(&self.meter);
         let started = Instant::now();
         let changes_before = conn.total_changes();
         let after = in_flight.as_ref().map(|sent| sent.number);
         let first = attempt(conn, &mut batch, Ending::Send { after });
         let effects = Effects::take();
         let sent = match first {
-            Attempt::Sent(number) => Some(SentBatch {
+            Attempt::Sent(number) => SentBatch {
                 batch,
                 effects,
                 number,
-                started,
-            }),
+                spent: started.elapsed(),
+            },
             first => {
                 leave_transaction(conn);
+                let spent = started.elapsed();
                 if let Some(earlier) = in_flight {
                     self.settle(conn, earlier);
                 }
-                self.conclude(conn, batch, first, effects, started, changes_before);
+                self.conclude(conn, batch, first, effects, spent, changes_before);
                 return None;
             }
         };
-        if let Some(earlier) = in_flight {
-            self.settle(conn, earlier);
+        let behind_a_failure = in_flight.is_some_and(|earlier| !self.settle(conn, earlier));
+        if behind_a_failure {
+            let _ = self.settle(conn, sent);
+            return None;
         }
-        sent
+        Some(sent)
     }
 
     /// The writes queued since the batch in hand was taken, while the
@@ -1059,18 +1075,23 @@ impl Writer {
     }
 
     /// Reads the answers of a batch sent whole and answers its jobs, or
-    /// runs it again as a failure says (see [`Writer::conclude`]).
-    fn settle(&self, conn: &Conn<'_>, sent: SentBatch) {
+    /// runs it again as a failure says (see [`Writer::conclude`]); answers
+    /// whether it committed as sent.
+    fn settle(&self, conn: &Conn<'_>, sent: SentBatch) -> bool {
         let SentBatch {
             mut batch,
             effects,
-            started,
+            spent,
             ..
         } = sent;
+        let started = Instant::now();
         let changes_before = conn.total_changes();
         let answer = conn.settle_commit();
         let first = committed(conn, &mut batch, answer);
-        self.conclude(conn, batch, first, effects, started, changes_before);
+        let as_sent = matches!(first, Attempt::Committed);
+        let spent = spent + started.elapsed();
+        self.conclude(conn, batch, first, effects, spent, changes_before);
+        as_sent
     }
 
     /// Takes `batch` from its first run's end (`first`, with what that run
@@ -1080,16 +1101,19 @@ impl Writer {
     /// without it. When the transaction itself is lost (storage refused,
     /// SQLite gave it up), every job of the batch answers that failure.
     /// Records in `health` whether storage took the batch, and answers
-    /// every job.
+    /// every job. `spent` is the writer's time on the batch before (its
+    /// first run, and for a batch sent whole its reading; not the time it
+    /// was in flight, which overlaps the next batch's).
     fn conclude(
         &self,
         conn: &Conn<'_>,
         mut batch: Vec<Box<dyn Job>>,
         first: Attempt,
         first_effects: Effects,
-        started: Instant,
+        spent: std::time::Duration,
         changes_before: u64,
     ) {
+        let started = Instant::now();
         let size = batch.len();
         let mut failed: Vec<Box<dyn Job>> = Vec::new();
         // Each failed run removes one job, and each run again drops the
@@ -1134,7 +1158,7 @@ impl Writer {
             self.journal_commits.send_modify(|n| *n += 1);
         }
         self.meter
-            .record_batch(size, started.elapsed(), matches!(commit, Ok(true)));
+            .record_batch(size, spent + started.elapsed(), matches!(commit, Ok(true)));
         let fault = match &commit {
             Err(e) => e.storage_fault(),
             Ok(_) => failed
