@@ -47,3 +47,31 @@ start_madre() {
 
 # Stops a process this script started, if it still runs.
 stop() { [ -n "${1:-}" ] && kill "$1" 2>/dev/null && wait "$1" 2>/dev/null || true; }
+
+# Starts a throw-away PostgreSQL cluster (scripts/pg-test-cluster.sh) in
+# a new directory, PG_DIR, and sets ADMIN to its administrator's
+# connection string; pg_cluster_stop stops and removes it.
+pg_cluster_start() {
+    PG_DIR=$(mktemp -d /tmp/madre-pg-bench-XXXXXX)
+    ADMIN=$(./scripts/pg-test-cluster.sh start "$PG_DIR")
+}
+
+pg_cluster_stop() {
+    if [ -n "${PG_DIR:-}" ]; then
+        ./scripts/pg-test-cluster.sh stop "$PG_DIR"
+        rm -rf "$PG_DIR"
+    fi
+}
+
+# Runs the cluster's psql with these arguments, as the postgres user when
+# run as root (the server refuses root).
+psql_as_server() {
+    local psql
+    psql=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)/psql
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$psql" "$@"; else "$psql" "$@"; fi
+}
+
+# Creates database $1 in the cluster.
+pg_create_database() {
+    psql_as_server "$ADMIN" -qc "CREATE DATABASE $1" >/dev/null
+}

@@ -25,18 +25,13 @@ LOG_LEVEL=${BENCH_RUST_LOG:-warn}
 
 bench_prepare
 WORK=$(mktemp -d)
-PG_DIR=$(mktemp -d /tmp/madre-pg-ab-XXXXXX)
 export VX11_TOKEN=bench-$RANDOM-$RANDOM
 cleanup() {
     stop "${MADRE_PID:-}"; stop "${STUBS_PID:-}"
-    ./scripts/pg-test-cluster.sh stop "$PG_DIR"; rm -rf "$WORK" "$PG_DIR"
+    pg_cluster_stop; rm -rf "$WORK"
 }
 trap cleanup EXIT
-ADMIN=$(./scripts/pg-test-cluster.sh start "$PG_DIR")
-PSQL=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)/psql
-psql_admin() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$PSQL" "$ADMIN" -qc "$1"; else "$PSQL" "$ADMIN" -qc "$1"; fi
-}
+pg_cluster_start
 start_stubs
 
 results="$WORK/results"
@@ -46,7 +41,7 @@ for round in $(seq 1 "$ROUNDS"); do
         bin=$BEFORE
         [ "$side" = after ] && bin=$AFTER
         n=$((n + 1))
-        psql_admin "CREATE DATABASE ab$n"
+        pg_create_database "ab$n"
         start_madre "$bin" MADRE_DATABASE_URL="$ADMIN dbname=ab$n" MADRE_REPLICA_ID=ab
         wrk -t2 -c16 -d2s --timeout 10s -s bench/chat_low.lua "$BASE/madre/chat" >/dev/null
         for c in 16 64; do

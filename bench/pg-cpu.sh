@@ -18,20 +18,14 @@ LOG_LEVEL=${BENCH_RUST_LOG:-warn}
 
 bench_prepare
 WORK=$(mktemp -d)
-PG_DIR=$(mktemp -d /tmp/madre-pg-bench-XXXXXX)
 export VX11_TOKEN=bench-$RANDOM-$RANDOM
 cleanup() {
     stop "${MADRE_PID:-}"; stop "${STUBS_PID:-}"
-    ./scripts/pg-test-cluster.sh stop "$PG_DIR"; rm -rf "$WORK" "$PG_DIR"
+    pg_cluster_stop; rm -rf "$WORK"
 }
 trap cleanup EXIT
-ADMIN=$(./scripts/pg-test-cluster.sh start "$PG_DIR")
-PSQL=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)/psql
-if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- "$PSQL" "$ADMIN" -qc "CREATE DATABASE bench"
-else
-    "$PSQL" "$ADMIN" -qc "CREATE DATABASE bench"
-fi
+pg_cluster_start
+pg_create_database bench
 start_stubs
 start_madre "$MADRE_BIN" MADRE_DATABASE_URL="$ADMIN dbname=bench" MADRE_REPLICA_ID=bench-a
 

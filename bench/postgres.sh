@@ -30,7 +30,6 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || {
 
 OUT=bench/out
 WORK=$(mktemp -d)
-PG_DIR=$(mktemp -d /tmp/madre-pg-bench-XXXXXX)
 mkdir -p "$OUT"
 : >"$OUT/postgres.tsv"
 export VX11_TOKEN=bench-$RANDOM-$RANDOM
@@ -38,16 +37,12 @@ SECOND_PID=
 
 cleanup() {
     stop "${MADRE_PID:-}"; stop "${SECOND_PID:-}"; stop "${STUBS_PID:-}"
-    ./scripts/pg-test-cluster.sh stop "$PG_DIR"; rm -rf "$WORK" "$PG_DIR"
+    pg_cluster_stop; rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-ADMIN=$(./scripts/pg-test-cluster.sh start "$PG_DIR")
-PSQL=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)/psql
-psql_as_server() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$PSQL" "$@"; else "$PSQL" "$@"; fi
-}
-psql_as_server "$ADMIN" -qc "CREATE DATABASE bench" >/dev/null
+pg_cluster_start
+pg_create_database bench
 DB_URL="$ADMIN dbname=bench"
 start_stubs
 
