@@ -2206,8 +2206,9 @@ fn a_batch_sent_behind_a_failed_one_commits_after_it_runs_again() {
     let second = t.lock_plan_row(plans[3]);
     let batch0 = cancel(&t.db, plans[0]);
     t.wait_for_lock_waiters(1);
+    let sent_before = t.db.writer_stats().round_trips;
     let batch1 = cancel(&t.db, plans[3]);
-    wait_for_queued_below(&t.db, 1);
+    wait_for_round_trips(&t.db, sent_before + 1);
     let db = t.db.clone();
     let failing = std::thread::spawn(move || db.log_intent(intent_row(80)).wait());
     let good = cancel(&t.db, plans[1]);
@@ -2234,6 +2235,19 @@ fn a_batch_sent_behind_a_failed_one_commits_after_it_runs_again() {
         assert_eq!(t.db.plan_status(*plan).unwrap(), Some(Status::Cancelled));
     }
     t.db.integrity_check().unwrap();
+}
+
+/// Waits (bounded) until the database's sessions made `n` round trips in
+/// all (a transaction the writer sent counts once it is sent).
+fn wait_for_round_trips(db: &Db, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while db.writer_stats().round_trips < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never sent the batch"
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// Waits (bounded) until fewer than `n` writes are queued: the writer took
