@@ -48,6 +48,21 @@ start_madre() {
 # Stops a process this script started, if it still runs.
 stop() { [ -n "${1:-}" ] && kill "$1" 2>/dev/null && wait "$1" 2>/dev/null || true; }
 
+# Makes the run's work directory (WORK) and token, and a throw-away
+# PostgreSQL cluster (pg_cluster_start); on exit, stops whatever the script
+# started (MADRE_PID, SECOND_PID, STUBS_PID) and removes them all.
+bench_pg_setup() {
+    WORK=$(mktemp -d)
+    export VX11_TOKEN=bench-$RANDOM-$RANDOM
+    trap bench_pg_cleanup EXIT
+    pg_cluster_start
+}
+
+bench_pg_cleanup() {
+    stop "${MADRE_PID:-}"; stop "${SECOND_PID:-}"; stop "${STUBS_PID:-}"
+    pg_cluster_stop; rm -rf "$WORK"
+}
+
 # Starts a throw-away PostgreSQL cluster (scripts/pg-test-cluster.sh) in
 # a new directory, PG_DIR, and sets ADMIN to its administrator's
 # connection string; pg_cluster_stop stops and removes it.

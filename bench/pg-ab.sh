@@ -24,14 +24,7 @@ OFFSET=${BENCH_PORT_OFFSET:-15200}
 LOG_LEVEL=${BENCH_RUST_LOG:-warn}
 
 bench_prepare
-WORK=$(mktemp -d)
-export VX11_TOKEN=bench-$RANDOM-$RANDOM
-cleanup() {
-    stop "${MADRE_PID:-}"; stop "${STUBS_PID:-}"
-    pg_cluster_stop; rm -rf "$WORK"
-}
-trap cleanup EXIT
-pg_cluster_start
+bench_pg_setup
 start_stubs
 
 results="$WORK/results"

@@ -17,14 +17,7 @@ MADRE_BIN=${MADRE_BIN:-target/release/madre}
 LOG_LEVEL=${BENCH_RUST_LOG:-warn}
 
 bench_prepare
-WORK=$(mktemp -d)
-export VX11_TOKEN=bench-$RANDOM-$RANDOM
-cleanup() {
-    stop "${MADRE_PID:-}"; stop "${STUBS_PID:-}"
-    pg_cluster_stop; rm -rf "$WORK"
-}
-trap cleanup EXIT
-pg_cluster_start
+bench_pg_setup
 pg_create_database bench
 start_stubs
 start_madre "$MADRE_BIN" MADRE_DATABASE_URL="$ADMIN dbname=bench" MADRE_REPLICA_ID=bench-a

@@ -29,19 +29,10 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || {
 }
 
 OUT=bench/out
-WORK=$(mktemp -d)
 mkdir -p "$OUT"
 : >"$OUT/postgres.tsv"
-export VX11_TOKEN=bench-$RANDOM-$RANDOM
 SECOND_PID=
-
-cleanup() {
-    stop "${MADRE_PID:-}"; stop "${SECOND_PID:-}"; stop "${STUBS_PID:-}"
-    pg_cluster_stop; rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-pg_cluster_start
+bench_pg_setup
 pg_create_database bench
 DB_URL="$ADMIN dbname=bench"
 start_stubs

@@ -370,6 +370,11 @@ impl PgConn {
         self.server
             .round_trips
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.session()
+    }
+
+    /// The session, its client and runtime, counting no round trip.
+    fn session(&self) -> std::cell::Ref<'_, Session> {
         std::cell::Ref::map(self.session.borrow(), |s| {
             s.as_ref().expect("a session has its client until dropped")
         })
@@ -499,14 +504,7 @@ impl PgConn {
             .iter()
             .map(|q| q.request.as_ref().map_or(0, |r| r.push_to(&mut batch)))
             .collect();
-        let client = Arc::clone(
-            &self
-                .session
-                .borrow()
-                .as_ref()
-                .expect("a session has its client until dropped")
-                .client,
-        );
+        let client = Arc::clone(&self.session().client);
         // join polls the two in order: the batch goes first.
         let answers = Box::pin(async move {
             futures_util::future::join(run_batch(&client, &batch), run_request(&client, &request))
@@ -618,8 +616,7 @@ impl PgConn {
             .round_trips
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
-            let s = self.session.borrow();
-            let s = s.as_ref().expect("a session has its client until dropped");
+            let s = self.session();
             let answers = flight.answers.as_mut().expect("just dispatched");
             // The first poll hands the requests to the connection; its task
             // then writes them while this one yields. The answers are kept
@@ -659,11 +656,7 @@ impl PgConn {
         };
         let answers = match (landed, answers) {
             (Some(landed), _) => landed,
-            (None, Some(answers)) => {
-                let s = self.session.borrow();
-                let s = s.as_ref().expect("a session has its client until dropped");
-                s.runtime.block_on(answers)
-            }
+            (None, Some(answers)) => self.session().runtime.block_on(answers),
             (None, None) => unreachable!("a flight has its answers or awaits them"),
         };
         // What is left from an earlier send was taken by then.
@@ -682,9 +675,7 @@ impl PgConn {
         let Some(answers) = flight.answers.as_mut() else {
             return true;
         };
-        let s = self.session.borrow();
-        let Some(s) = s.as_ref() else { return true };
-        let landed = s.runtime.block_on(async {
+        let landed = self.session().runtime.block_on(async {
             let wake = std::pin::pin!(wake);
             match futures_util::future::select(answers.as_mut(), wake).await {
                 futures_util::future::Either::Left((answers, _)) => Some(answers),
@@ -709,8 +700,7 @@ impl PgConn {
         if flights.iter().all(|f| f.answers.is_none()) {
             return;
         }
-        let s = self.session.borrow();
-        let Some(s) = s.as_ref() else { return };
+        let s = self.session();
         for flight in flights.iter_mut() {
             if let Some(answers) = flight.answers.take() {
                 flight.landed = Some(s.runtime.block_on(answers));
