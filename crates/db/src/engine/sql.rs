@@ -575,6 +575,24 @@ impl PgConn {
         Ok(answer)
     }
 
+    /// Counts a transaction as begun, with nothing queued, failed or in a
+    /// savepoint yet.
+    fn start_transaction(&self) {
+        self.queued.borrow_mut().clear();
+        self.failed.set(None);
+        self.savepoint.set(None);
+        self.in_transaction.set(true);
+    }
+
+    /// Begins the writer's transaction with `begin` queued, to go with
+    /// the transaction's first send. The `BEGIN` is no write's: its
+    /// failure loses the batch.
+    fn begin_queued(&self, begin: &'static str) {
+        self.start_transaction();
+        self.write.set(TRANSACTION);
+        self.queue(Some(Batched::Control(begin)), None);
+    }
+
     /// Begins a transaction to be sent whole (see [`PgConn::send_commit`]),
     /// numbered: its first statement takes the write lock, checks that the
     /// transaction numbered `after` committed, when one was sent before
@@ -585,13 +603,7 @@ impl PgConn {
     fn begin_numbered(&self, after: Option<u64>) {
         let number = self.commits_sent.get() + 1;
         self.commits_sent.set(number);
-        self.queued.borrow_mut().clear();
-        self.failed.set(None);
-        self.savepoint.set(None);
-        self.in_transaction.set(true);
-        // The BEGIN is no write's: its failure loses the batch.
-        self.write.set(TRANSACTION);
-        self.queue(Some(Batched::Control(PG_BEGIN_NUMBERED)), None);
+        self.begin_queued(PG_BEGIN_NUMBERED);
         let after = after.map_or_else(|| "NULL".to_owned(), |n| format!("'{n}'"));
         self.queue(
             Some(Batched::Execute {
@@ -633,8 +645,7 @@ impl PgConn {
                 first
             });
             if let std::task::Poll::Ready(answers) = landed {
-                flight.answers = None;
-                flight.landed = Some(answers);
+                flight.land(answers);
             }
         }
         self.in_flight.borrow_mut().push_back(flight);
@@ -684,8 +695,7 @@ impl PgConn {
         });
         match landed {
             Some(answers) => {
-                flight.answers = None;
-                flight.landed = Some(answers);
+                flight.land(answers);
                 true
             }
             None => false,
@@ -703,7 +713,7 @@ impl PgConn {
         let s = self.session();
         for flight in flights.iter_mut() {
             if let Some(answers) = flight.answers.take() {
-                flight.landed = Some(s.runtime.block_on(answers));
+                flight.land(s.runtime.block_on(answers));
             }
         }
     }
@@ -870,6 +880,14 @@ struct InFlight {
     landed: Option<Answers>,
     queued: Vec<Queued>,
     counts: Vec<usize>,
+}
+
+impl InFlight {
+    /// Keeps the answers that came: the future is done with.
+    fn land(&mut self, answers: Answers) {
+        self.answers = None;
+        self.landed = Some(answers);
+    }
 }
 
 /// Sends `batch` as one simple query and reads its answers; an empty batch
@@ -1245,16 +1263,11 @@ impl<'c> Conn<'c> {
                 // the server ended since its last use (a restart, a
                 // failover) was reopened before the batch (see
                 // [`PgConn::revive`], which the writer calls first).
-                conn.queued.borrow_mut().clear();
-                conn.failed.set(None);
-                conn.savepoint.set(None);
-                conn.in_transaction.set(true);
                 if conn.metered.get() {
-                    // The BEGIN is no write's: its failure loses the batch.
-                    conn.write.set(TRANSACTION);
-                    conn.queue(Some(Batched::Control(PG_BEGIN)), None);
+                    conn.begin_queued(PG_BEGIN);
                     Ok(())
                 } else {
+                    conn.start_transaction();
                     conn.send(Request::Simple(Cow::Borrowed(PG_BEGIN)))
                         .map(drop)
                 }
