@@ -35,6 +35,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql(MIGRATION_15),
     Migration::Sql(MIGRATION_16),
     Migration::Sql(MIGRATION_17),
+    Migration::Sql(MIGRATION_18),
 ];
 
 /// The schema version this code creates and understands.
@@ -1031,4 +1032,19 @@ BEGIN SELECT RAISE(ABORT, 'replicas: a replica is never deleted: the journal ref
 pub(crate) const MIGRATION_17: &str = r#"
 ALTER TABLE plans ADD COLUMN owner INTEGER;
 ALTER TABLE plans ADD COLUMN lease_expires_at INTEGER;
+"#;
+
+/// An intent's close is guarded by the columns an UPDATE names, as on
+/// PostgreSQL, where comparing each row's payload cost the writer's session
+/// two json texts a close: a row is closed once, and nothing else of it is
+/// ever set, not even to the value it has. (PostgreSQL's schema 18 also
+/// drops the foreign keys SQLite's journal never had.)
+pub(crate) const MIGRATION_18: &str = r#"
+DROP TRIGGER intents_log_close_once;
+CREATE TRIGGER intents_log_close_once BEFORE UPDATE ON intents_log
+WHEN OLD.processed_by_madre_at IS NOT NULL OR NEW.processed_by_madre_at IS NULL
+BEGIN SELECT RAISE(ABORT, 'intents_log is append-only: a row can only be closed, once'); END;
+CREATE TRIGGER intents_log_fixed
+BEFORE UPDATE OF id, source, principal, payload_json, created_at ON intents_log
+BEGIN SELECT RAISE(ABORT, 'intents_log is append-only: a row can only be closed, once'); END;
 "#;

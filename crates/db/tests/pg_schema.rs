@@ -147,6 +147,23 @@ fn the_documented_ddl_refuses_what_sqlite_refuses() {
     assert!(gone.contains("a shape is never deleted"), "{gone}");
     let renamed = run("UPDATE replicas SET name = 'b'").unwrap_err();
     assert!(renamed.contains("a replica keeps its name"), "{renamed}");
+
+    // An intent is closed once, and nothing else of it is ever set.
+    run(
+        "INSERT INTO intents_log (id, source, principal, payload_json, created_at)
+         VALUES ('01900000-0000-7000-8000-0000000000a1', 'chat', 'ada', '{}', now())",
+    )
+    .unwrap();
+    let rewritten =
+        run("UPDATE intents_log SET payload_json = '{}', processed_by_madre_at = now()")
+            .unwrap_err();
+    assert!(
+        rewritten.contains("a row can only be closed, once"),
+        "{rewritten}"
+    );
+    run("UPDATE intents_log SET processed_by_madre_at = now(), result_status = 'DONE'").unwrap();
+    let again = run("UPDATE intents_log SET processed_by_madre_at = now()").unwrap_err();
+    assert!(again.contains("a row can only be closed, once"), "{again}");
     assert_eq!(
         run("SELECT body FROM plan_shapes").unwrap(),
         "{\"steps\":[]}"
@@ -161,12 +178,83 @@ fn url(pg: &PgCluster, db: &str) -> String {
     )
 }
 
-/// The migrations madre-db runs on PostgreSQL are the document's DDL.
+/// The schema madre-db creates on PostgreSQL is the document's DDL.
 #[test]
 fn the_documented_ddl_is_the_postgres_migration() {
-    let code = include_str!("../src/pg/schema_17.sql");
+    let code = include_str!("../src/pg/schema_18.sql");
     assert_eq!(documented_ddl().trim_end(), code.trim_end());
     assert_eq!(POSTGRES_SCHEMA_VERSION, SCHEMA_VERSION);
+}
+
+/// Tables, columns, constraints, indexes and triggers of database `db`, one
+/// line each, in a stable order.
+fn catalog(pg: &PgCluster, db: &str) -> String {
+    pg.psql(
+        db,
+        "SELECT * FROM (
+             SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type
+                    || ' ' || is_nullable || ' ' || coalesce(column_default, '')
+             FROM information_schema.columns WHERE table_schema = 'public'
+             UNION ALL
+             SELECT 'constraint ' || conrelid::regclass || ' ' || pg_get_constraintdef(oid)
+             FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+             UNION ALL
+             SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'public'
+             UNION ALL
+             SELECT 'trigger ' || pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal
+         ) lines(line) ORDER BY 1",
+    )
+    .unwrap()
+}
+
+/// A database made by the first PostgreSQL schema (17) is upgraded to the
+/// schema a fresh database gets, its rows kept.
+#[test]
+fn a_database_made_at_schema_17_upgrades_to_the_fresh_schema() {
+    let pg = PgCluster::start();
+    pg.psql("postgres", "CREATE DATABASE old; CREATE DATABASE fresh;")
+        .unwrap();
+    pg.psql("old", include_str!("fixtures/pg_schema_17.sql"))
+        .unwrap();
+    pg.psql(
+        "old",
+        "INSERT INTO replicas (name) VALUES ('replica-a');
+         INSERT INTO plans (uuid, kind, name, module, action, principal, mode, status,
+                            created_at, updated_at)
+         VALUES ('01900000-0000-7000-8000-000000000001', 'chat', 'chat', 'madre', 'chat',
+                 'ada', 'MADRE', 'DONE', now(), now());
+         INSERT INTO plan_events (plan, type, payload_json, replica, created_at)
+         VALUES (1, 1, '{\"steps\":[]}', 1, now());",
+    )
+    .unwrap();
+
+    assert_eq!(migrate_postgres(&url(&pg, "old")).unwrap(), SCHEMA_VERSION);
+    assert_eq!(
+        migrate_postgres(&url(&pg, "fresh")).unwrap(),
+        SCHEMA_VERSION
+    );
+    let (upgraded, fresh) = (catalog(&pg, "old"), catalog(&pg, "fresh"));
+    let only_in = |a: &str, b: &str| -> Vec<String> {
+        let b: BTreeSet<&str> = b.lines().collect();
+        a.lines()
+            .filter(|l| !b.contains(l))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        (only_in(&upgraded, &fresh), only_in(&fresh, &upgraded)),
+        (vec![], vec![]),
+        "(only after the upgrade, only when fresh)"
+    );
+    assert_eq!(
+        pg.psql("old", "SELECT version FROM madre_schema").unwrap(),
+        SCHEMA_VERSION.to_string()
+    );
+    assert_eq!(
+        pg.psql("old", "SELECT count(*) FROM plan_events WHERE plan = 1")
+            .unwrap(),
+        "1"
+    );
 }
 
 /// A new PostgreSQL database is migrated in one go, a migrated one is

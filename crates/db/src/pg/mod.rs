@@ -121,12 +121,17 @@ pub(crate) fn config(url: &str) -> Result<tokio_postgres::Config, DbError> {
 /// it ends the session (and its locks).
 const SESSION_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(15);
 
-/// The PostgreSQL migrations, each with the version it brings the
-/// database to; a fresh database runs them all.
-const MIGRATIONS: &[(i64, &str)] = &[(17, include_str!("schema_17.sql"))];
+/// The schema a fresh database is created with, whole, and its version
+/// (docs/postgresql-schema.md holds its text).
+const CREATE: (i64, &str) = (18, include_str!("schema_18.sql"));
 
-/// The version the newest migration brings a database to: SQLite's.
-pub const POSTGRES_SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+/// The upgrades of a database made by an earlier version, each with the
+/// version it brings the database to, in order; the first PostgreSQL
+/// schema was 17.
+const UPGRADES: &[(i64, &str)] = &[(18, include_str!("upgrade_18.sql"))];
+
+/// The version this code creates and understands: SQLite's.
+pub const POSTGRES_SCHEMA_VERSION: i64 = CREATE.0;
 
 /// Serializes migrations across replicas starting together (an advisory
 /// lock held for the migration's transaction): "madre" in ASCII.
@@ -184,9 +189,13 @@ pub(crate) fn migrate_client(client: &mut Client) -> Result<i64, DbError> {
             supported: POSTGRES_SCHEMA_VERSION,
         });
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
-        tx.batch_execute(sql)?;
-        tx.execute("UPDATE madre_schema SET version = $1", &[version])?;
+    if found == 0 {
+        tx.batch_execute(CREATE.1)?;
+    } else {
+        for (version, sql) in UPGRADES.iter().filter(|(v, _)| *v > found) {
+            tx.batch_execute(sql)?;
+            tx.execute("UPDATE madre_schema SET version = $1", &[version])?;
+        }
     }
     tx.commit()?;
     Ok(found.max(POSTGRES_SCHEMA_VERSION))
@@ -199,3 +208,6 @@ fn database_name(tx: &mut postgres::Transaction<'_>) -> Result<String, DbError> 
 /// The PostgreSQL migrations reach the SQLite schema's version: a new
 /// SQLite migration needs its PostgreSQL twin.
 const _: () = assert!(POSTGRES_SCHEMA_VERSION == SCHEMA_VERSION);
+
+/// The newest upgrade reaches the version a fresh database is created at.
+const _: () = assert!(UPGRADES[UPGRADES.len() - 1].0 == CREATE.0);
