@@ -11,6 +11,10 @@ use uuid::Uuid;
 
 use crate::{FlowError, Madre};
 
+/// How long a plan that runs at once waits for a runner slot before it is
+/// stored (see [`Madre::make_plan`]): about what a few short plans take.
+const SLOT_BEFORE_STORING: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A plan made and stored, as stored (opened by `madre_runner::open` when
 /// it runs at once), with the token to confirm it when it waits.
 pub(crate) struct Planned {
@@ -183,7 +187,14 @@ impl Madre {
             // it after its client was told 503. Its first call's step
             // starts in the creation commit, and the runner gets the plan
             // as stored.
-            let place = self.runner.reserve()?;
+            let mut place = self.runner.reserve()?;
+            // A place in the queue waits for its slot before the plan is
+            // stored, for a while: stored on a slot, the plan starts as
+            // stored, where one stored first and queued reads its status
+            // again when its slot comes (a cancel from another replica may
+            // have ended it meanwhile). Past the while, it is stored
+            // and waits in the queue, listed like any plan.
+            let _ = tokio::time::timeout(SLOT_BEFORE_STORING, place.ready()).await;
             madre_runner::settle_known_answers(&mut plan);
             record.plan.steps.clone_from(&plan.steps);
             let opening = madre_runner::open(&mut plan, now);

@@ -1171,3 +1171,57 @@ async fn a_follower_is_woken_by_each_commit_to_the_journal() {
     }
     assert_eq!(types.last(), Some(&"plan_finished"));
 }
+
+/// A chat that finds every slot busy waits for one before its plan is
+/// stored, so it starts as stored; a wait past a second stores it (its
+/// first step started, as any chat's) in the queue, listed like any plan,
+/// and it runs when its slot comes.
+#[tokio::test]
+async fn a_chat_waiting_for_a_slot_is_stored_once_it_has_one_or_after_a_second() {
+    let h = harness(
+        RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 4,
+            ..RunnerConfig::default()
+        },
+        MadreConfig::default(),
+    );
+    let busy = h.occupy_the_only_slot(1_800).await;
+    let madre = h.madre.clone();
+    let waiting = tokio::spawn(async move {
+        madre
+            .chat(&admin(), chat_command("hello too"), "chat", "t")
+            .await
+            .unwrap()
+    });
+    let stored = || h.madre.db().plan_ids_with_status(Status::Running).unwrap();
+    let asked = tokio::time::Instant::now();
+    let deadline = asked + Duration::from_secs(10);
+    while h.madre.runner().queued() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never queued");
+        tokio::task::yield_now().await;
+    }
+    // Absence takes a while to show: a plan stored at once would be after
+    // this, and the second is far off.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let so_far = stored().len();
+    if asked.elapsed() < Duration::from_millis(900) {
+        assert_eq!(so_far, 1, "only the busy chat's plan is stored");
+    }
+    while stored().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never stored while the slot stayed busy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        h.madre.runner().queued(),
+        1,
+        "stored, it waits in the queue"
+    );
+    let second = waiting.await.unwrap();
+    assert_eq!(second.status, Status::Done);
+    assert_eq!(busy.await.unwrap().status, Status::Done);
+    assert_eq!(h.calls(Module::Hermes).await, 2);
+}

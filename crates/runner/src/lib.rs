@@ -638,6 +638,21 @@ impl Place {
             hold: Some(hold),
         }
     }
+
+    /// Waits until a place in the queue becomes a slot, in turn with the
+    /// plans already queued; a slot, or a deferred place, is left as it is.
+    /// Dropped while waiting, the place stays in the queue. A plan whose
+    /// place is a slot when it is stored starts as stored: it needs no
+    /// read of its status after a wait (see [`Runner::start_reserved`]).
+    pub async fn ready(&mut self) {
+        if !matches!(self.hold, Some(Hold::Queue)) {
+            return;
+        }
+        if let Ok(permit) = self.inner.slots.clone().acquire_owned().await {
+            self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+            self.hold = Some(Hold::Slot(permit));
+        }
+    }
 }
 
 impl std::fmt::Debug for Place {
