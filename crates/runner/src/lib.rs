@@ -334,12 +334,15 @@ impl Runner {
                     }
                 }
             };
-            let outcome = execute(&inner, plan_id, opened, &options).await;
+            let mut slot = Slot::held(&inner, permit);
+            let outcome = execute(&inner, plan_id, opened, &options, &mut slot).await;
             // Busy until it is no longer executing: no moment between the
             // queue and the execution when the orphan pass could take it.
             lock(&inner.waiting).remove(&plan_id);
             let _ = tx.send(outcome);
-            run_deferred(&inner, permit).await;
+            if let Some(permit) = slot.take() {
+                run_deferred(&inner, permit).await;
+            }
         });
         PlanRun { plan_id, done }
     }
@@ -721,16 +724,53 @@ fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(future: F) {
     tokio::spawn(future);
 }
 
+/// The slot a plan executes on, while it holds it.
+struct Slot {
+    inner: Arc<Inner>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    fn held(inner: &Arc<Inner>, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            inner: inner.clone(),
+            permit: Some(permit),
+        }
+    }
+
+    /// Gives the slot to the next plan (deferred first, then queued) once
+    /// this one has nothing left to call, only its end to commit: a slot
+    /// bounds the plans calling modules at once, and on PostgreSQL a
+    /// commit takes as long as a short plan's calls.
+    fn hand_on(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            let inner = self.inner.clone();
+            spawn(async move { run_deferred(&inner, permit).await });
+        }
+    }
+
+    /// The permit, unless it was handed on.
+    fn take(&mut self) -> Option<OwnedSemaphorePermit> {
+        self.permit.take()
+    }
+}
+
 /// Runs plans deferred by [`Runner::admit`] on a slot that just freed, and
 /// frees it when none is left.
-async fn run_deferred(inner: &Arc<Inner>, mut permit: OwnedSemaphorePermit) {
+async fn run_deferred(inner: &Arc<Inner>, permit: OwnedSemaphorePermit) {
+    let mut permit = Some(permit);
     loop {
+        // Handed on by the plan before (see [`Slot::hand_on`]): the task
+        // it spawned runs the deferred plans from here.
+        let Some(held) = permit.take() else {
+            return;
+        };
         let next = lock(&inner.deferred).pop_front();
         if next.is_some() {
             inner.deferred_places.fetch_sub(1, Ordering::AcqRel);
         }
         let Some((plan_id, options)) = next else {
-            drop(permit);
+            drop(held);
             // A plan deferred between the look above and the drop found
             // this slot still taken when it tried for one itself
             // ([`Runner::admit`] defers, then tries): unless it is looked
@@ -741,7 +781,7 @@ async fn run_deferred(inner: &Arc<Inner>, mut permit: OwnedSemaphorePermit) {
             }
             match inner.slots.clone().try_acquire_owned() {
                 Ok(again) => {
-                    permit = again;
+                    permit = Some(again);
                     continue;
                 }
                 // Taken meanwhile: its holder runs the deferred plans
@@ -749,9 +789,11 @@ async fn run_deferred(inner: &Arc<Inner>, mut permit: OwnedSemaphorePermit) {
                 Err(_) => return,
             }
         };
-        if let Err(e) = execute(inner, plan_id, None, &options).await {
+        let mut slot = Slot::held(inner, held);
+        if let Err(e) = execute(inner, plan_id, None, &options, &mut slot).await {
             tracing::error!(%plan_id, error = %e, "deferred plan failed to run");
         }
+        permit = slot.take();
     }
 }
 
@@ -809,12 +851,13 @@ impl Inner {
 }
 
 /// Runs the plan under its deadline and answers its stored end state.
-#[tracing::instrument(skip(inner, opened, options), fields(request_id = %options.request_id))]
+#[tracing::instrument(skip(inner, opened, options, slot), fields(request_id = %options.request_id))]
 async fn execute(
     inner: &Arc<Inner>,
     plan_id: Uuid,
     opened: Option<Opened>,
     options: &RunOptions,
+    slot: &mut Slot,
 ) -> Result<StoredPlan, RunnerError> {
     let signal = match opened.as_ref().map(|o| o.signal.clone()) {
         // Registered when it was handed over (see `Runner::start_opened`).
@@ -827,8 +870,11 @@ async fn execute(
     };
 
     let deadline = inner.config.task_timeout;
-    let outcome =
-        tokio::time::timeout(deadline, drive(inner, plan_id, opened, options, &signal)).await;
+    let outcome = tokio::time::timeout(
+        deadline,
+        drive(inner, plan_id, opened, options, &signal, slot),
+    )
+    .await;
     let result = match outcome {
         Ok(Ok(ended)) => Ok(ended),
         // Someone else finished or cancelled the plan meanwhile.
@@ -909,6 +955,7 @@ async fn drive(
     opened: Option<Opened>,
     options: &RunOptions,
     signal: &CancelSignal,
+    slot: &mut Slot,
 ) -> Result<Option<StoredPlan>, RunnerError> {
     let (plan, at_end) = match opened {
         Some(Opened {
@@ -1080,9 +1127,9 @@ async fn drive(
             .warnings(warnings),
     );
     // The plan's end and the answer the run returns: one trip to the writer.
-    let ended = inner
-        .db
-        .apply_events_and_read(plan_id, carry, at_end)
-        .await?;
-    Ok(Some(ended))
+    let ended = inner.db.apply_events_and_read(plan_id, carry, at_end);
+    // Nothing is left to call: the slot goes to the next plan while the
+    // end commits.
+    slot.hand_on();
+    Ok(Some(ended.await?))
 }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use vx11_stubs::{Behaviour, StubServer};
 
 struct Harness {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     db: Db,
     stubs: StubServer,
     runner: Runner,
@@ -72,7 +72,7 @@ impl Harness {
             setup.config,
         );
         Self {
-            _dir: dir,
+            dir,
             db,
             stubs,
             runner,
@@ -1045,4 +1045,46 @@ async fn with_no_queue_every_plan_that_must_run_runs() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// A plan with nothing left to call gives its slot to the next plan while
+/// its end commits: with the only slot's plan ending behind another
+/// process's lock on the database, the queued plan still calls its module.
+#[tokio::test]
+async fn a_plan_hands_its_slot_on_while_its_end_commits() {
+    let h = Harness::new(Setup {
+        config: RunnerConfig {
+            max_concurrent: 1,
+            ..RunnerConfig::default()
+        },
+        ..Default::default()
+    });
+    h.behave(
+        Module::Hermes,
+        Behaviour {
+            latency_ms: 300,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (first, _, second) = opened_and_one_queued(&h).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while h.calls(Module::Hermes).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never called");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The first plan is in its call: its end will wait for this lock (up
+    // to the database's 5 s busy timeout).
+    let other = rusqlite::Connection::open(h.dir.path().join("madre.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    while h.calls(Module::Hermes).await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queued plan waited for the first one's end to commit"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    other.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(first.finished().await.unwrap().plan.status, Status::Done);
+    assert_eq!(second.finished().await.unwrap().plan.status, Status::Done);
 }
