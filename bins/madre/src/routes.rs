@@ -793,7 +793,7 @@ pub async fn metrics(state: Data, caller: Caller) -> Result<HttpResponse, ApiErr
     );
     let _ = writeln!(
         out,
-        "# HELP madre_plans_executing Plans executing now.\n# TYPE madre_plans_executing gauge\nmadre_plans_executing {}",
+        "# HELP madre_plans_executing Plans holding a runner slot now (calling modules; a plan whose end is committing has given its slot on).\n# TYPE madre_plans_executing gauge\nmadre_plans_executing {}",
         madre.runner().running()
     );
     crate::metrics::render_writer(&mut out, madre.writer_stats());

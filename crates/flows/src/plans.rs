@@ -111,6 +111,7 @@ impl Madre {
             logged_message,
         } = order;
         let now = Utc::now();
+        let chat = meta.kind == madre_db::PlanKind::Chat;
         let request = PlanRequest {
             intent,
             origin,
@@ -188,13 +189,17 @@ impl Madre {
             // starts in the creation commit, and the runner gets the plan
             // as stored.
             let mut place = self.runner.reserve()?;
-            // A place in the queue waits for its slot before the plan is
-            // stored, for a while: stored on a slot, the plan starts as
-            // stored, where one stored first and queued reads its status
-            // again when its slot comes (a cancel from another replica may
-            // have ended it meanwhile). Past the while, it is stored
-            // and waits in the queue, listed like any plan.
-            let _ = tokio::time::timeout(SLOT_BEFORE_STORING, place.ready()).await;
+            // A chat's place in the queue waits for its slot before the
+            // plan is stored, for a while (its client waits for the plan's
+            // end anyway; a task is answered at once): stored on a slot,
+            // the plan starts as stored, where one stored first and queued
+            // reads its status again when its slot comes (a cancel from
+            // another replica may have ended it meanwhile). Past the
+            // while, it is stored and waits on in the queue, in its turn,
+            // listed like any plan.
+            if chat {
+                let _ = tokio::time::timeout(SLOT_BEFORE_STORING, place.ready()).await;
+            }
             madre_runner::settle_known_answers(&mut plan);
             record.plan.steps.clone_from(&plan.steps);
             let opening = madre_runner::open(&mut plan, now);

@@ -1225,3 +1225,45 @@ async fn a_chat_waiting_for_a_slot_is_stored_once_it_has_one_or_after_a_second()
     assert_eq!(busy.await.unwrap().status, Status::Done);
     assert_eq!(h.calls(Module::Hermes).await, 2);
 }
+
+/// A chat stored after waiting a second for its slot keeps its turn: a
+/// chat that came after it, while it waited, runs after it.
+#[tokio::test]
+async fn a_chat_stored_after_its_wait_keeps_its_turn_for_a_slot() {
+    let h = harness(
+        RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 4,
+            ..RunnerConfig::default()
+        },
+        MadreConfig::default(),
+    );
+    let busy = h.occupy_the_only_slot(1_300).await;
+    let chat = |message: &'static str| {
+        let madre = h.madre.clone();
+        tokio::spawn(async move {
+            madre
+                .chat(&admin(), chat_command(message), "chat", "t")
+                .await
+                .unwrap()
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let earlier = chat("hello early");
+    while h.madre.runner().queued() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never queued");
+        tokio::task::yield_now().await;
+    }
+    let later = chat("hello late");
+    while h.madre.runner().queued() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never queued");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(busy.await.unwrap().status, Status::Done);
+    assert_eq!(earlier.await.unwrap().status, Status::Done);
+    assert!(
+        !later.is_finished(),
+        "the later chat ran first: the earlier one lost its turn when it was stored"
+    );
+    assert_eq!(later.await.unwrap().status, Status::Done);
+}

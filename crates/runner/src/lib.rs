@@ -128,6 +128,9 @@ struct Inner {
     delegator: Delegator,
     config: RunnerConfig,
     slots: Arc<Semaphore>,
+    /// As many as `slots`: the plans that handed their slot on while their
+    /// end commits (see [`Slot::hand_on`]).
+    ending: Arc<Semaphore>,
     queued: AtomicUsize,
     active: Mutex<HashMap<Uuid, Arc<CancelSignal>>>,
     /// Stored plans that must run but found every place taken (resumed or
@@ -172,6 +175,7 @@ impl Runner {
                 db,
                 delegator,
                 slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+                ending: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
                 config,
                 queued: AtomicUsize::new(0),
                 active: Mutex::new(HashMap::new()),
@@ -194,7 +198,8 @@ impl Runner {
         self.inner.queued.load(Ordering::Relaxed)
     }
 
-    /// Plans executing now.
+    /// Plans holding a slot now: executing, not counting those whose end is
+    /// committing (they hand their slot on, `Slot::hand_on`).
     pub fn running(&self) -> usize {
         self.inner.config.max_concurrent.max(1) - self.inner.slots.available_permits()
     }
@@ -222,7 +227,7 @@ impl Runner {
                     inner.queued.fetch_sub(1, Ordering::AcqRel);
                     return Err(RunnerError::QueueFull { queued });
                 }
-                Ok(Place::new(inner, Hold::Queue))
+                Ok(Place::new(inner, Hold::Queue(None)))
             }
         }
     }
@@ -297,10 +302,11 @@ impl Runner {
         // The place is used now: a queue place is given back when the plan
         // gets its slot, not when `place` is dropped.
         let permit = match place.hold.take() {
-            Some(Hold::Slot(permit)) => Some(permit),
-            Some(Hold::Queue) => {
+            Some(Hold::Slot(permit)) => Ok(permit),
+            // In line since `Place::ready`, when it waited: it keeps its turn.
+            Some(Hold::Queue(in_line)) => {
                 lock(&inner.waiting).insert(plan_id);
-                None
+                Err(in_line)
             }
             // Deferred places go through `admit_reserved`, never here; as
             // a waiter it still gets the next slot.
@@ -308,18 +314,21 @@ impl Runner {
                 inner.deferred_places.fetch_sub(1, Ordering::AcqRel);
                 inner.queued.fetch_add(1, Ordering::AcqRel);
                 lock(&inner.waiting).insert(plan_id);
-                None
+                Err(None)
             }
-            None => None,
+            None => Err(None),
         };
         drop(place);
         let (tx, done) = oneshot::channel();
         spawn(async move {
             let mut opened = opened;
             let permit = match permit {
-                Some(permit) => permit,
-                None => {
-                    let permit = inner.slots.clone().acquire_owned().await;
+                Ok(permit) => permit,
+                Err(in_line) => {
+                    let permit = match in_line {
+                        Some(in_line) => in_line.await,
+                        None => inner.slots.clone().acquire_owned().await,
+                    };
                     inner.queued.fetch_sub(1, Ordering::AcqRel);
                     if let Some(opened) = opened.as_mut() {
                         still_as_handed_over(&inner.db, plan_id, opened).await;
@@ -624,12 +633,21 @@ pub struct Place {
     hold: Option<Hold>,
 }
 
+/// A wait for a slot, kept with its place in line.
+type InLine = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>>
+            + Send,
+    >,
+>;
+
 /// What a [`Place`] holds.
 enum Hold {
     /// A free slot.
     Slot(OwnedSemaphorePermit),
-    /// One of the `max_queued` places.
-    Queue,
+    /// One of the `max_queued` places, and its turn for a slot once
+    /// [`Place::ready`] waited for one.
+    Queue(Option<InLine>),
     /// One of the `max_deferred` places.
     Deferred,
 }
@@ -644,16 +662,23 @@ impl Place {
 
     /// Waits until a place in the queue becomes a slot, in turn with the
     /// plans already queued; a slot, or a deferred place, is left as it is.
-    /// Dropped while waiting, the place stays in the queue. A plan whose
-    /// place is a slot when it is stored starts as stored: it needs no
-    /// read of its status after a wait (see [`Runner::start_reserved`]).
+    /// Dropped while waiting, the place stays in the queue and keeps its
+    /// turn (a plan started on it waits on from there). A plan whose place
+    /// is a slot when it is stored starts as stored: it needs no read of
+    /// its status after a wait (see [`Runner::start_reserved`]).
     pub async fn ready(&mut self) {
-        if !matches!(self.hold, Some(Hold::Queue)) {
+        let Self { inner, hold } = self;
+        let Some(Hold::Queue(in_line)) = hold else {
             return;
-        }
-        if let Ok(permit) = self.inner.slots.clone().acquire_owned().await {
-            self.inner.queued.fetch_sub(1, Ordering::AcqRel);
-            self.hold = Some(Hold::Slot(permit));
+        };
+        let turn = in_line.get_or_insert_with(|| Box::pin(inner.slots.clone().acquire_owned()));
+        match turn.as_mut().await {
+            Ok(permit) => {
+                inner.queued.fetch_sub(1, Ordering::AcqRel);
+                *hold = Some(Hold::Slot(permit));
+            }
+            // The runner is closing: no slot will come.
+            Err(_) => *in_line = None,
         }
     }
 }
@@ -662,7 +687,7 @@ impl std::fmt::Debug for Place {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let hold = match self.hold {
             Some(Hold::Slot(_)) => "slot",
-            Some(Hold::Queue) => "queue",
+            Some(Hold::Queue(_)) => "queue",
             Some(Hold::Deferred) => "deferred",
             None => "used",
         };
@@ -681,7 +706,7 @@ impl Drop for Place {
                     runtime.spawn(async move { run_deferred(&inner, permit).await });
                 }
             }
-            Some(Hold::Queue) => {
+            Some(Hold::Queue(_)) => {
                 self.inner.queued.fetch_sub(1, Ordering::AcqRel);
             }
             Some(Hold::Deferred) => {
@@ -741,12 +766,17 @@ impl Slot {
     /// Gives the slot to the next plan (deferred first, then queued) once
     /// this one has nothing left to call, only its end to commit: a slot
     /// bounds the plans calling modules at once, and on PostgreSQL a
-    /// commit takes as long as a short plan's calls.
-    fn hand_on(&mut self) {
+    /// commit takes as long as a short plan's calls. The plan then holds
+    /// one of as many places among the plans ending, answered here; with
+    /// none free (the database is slow or down) it keeps its slot, so no
+    /// more than twice `max_concurrent` plans have called and not ended.
+    fn hand_on(&mut self) -> Option<OwnedSemaphorePermit> {
+        let ending = self.inner.ending.clone().try_acquire_owned().ok()?;
         if let Some(permit) = self.permit.take() {
             let inner = self.inner.clone();
             spawn(async move { run_deferred(&inner, permit).await });
         }
+        Some(ending)
     }
 
     /// The permit, unless it was handed on.
@@ -1126,10 +1156,13 @@ async fn drive(
             .result(json!({ "reply": text }))
             .warnings(warnings),
     );
-    // The plan's end and the answer the run returns: one trip to the writer.
-    let ended = inner.db.apply_events_and_read(plan_id, carry, at_end);
     // Nothing is left to call: the slot goes to the next plan while the
-    // end commits.
-    slot.hand_on();
-    Ok(Some(ended.await?))
+    // end commits, held meanwhile by a place among those ending.
+    let _ending = slot.hand_on();
+    // The plan's end and the answer the run returns: one trip to the writer.
+    let ended = inner
+        .db
+        .apply_events_and_read(plan_id, carry, at_end)
+        .await?;
+    Ok(Some(ended))
 }

@@ -1048,8 +1048,10 @@ async fn with_no_queue_every_plan_that_must_run_runs() {
 }
 
 /// A plan with nothing left to call gives its slot to the next plan while
-/// its end commits: with the only slot's plan ending behind another
-/// process's lock on the database, the queued plan still calls its module.
+/// its end commits, up to as many plans ending as there are slots: with
+/// the only slot's plan ending behind another process's lock on the
+/// database, the plan queued next still calls its module, and the one
+/// after it waits until an end commits.
 #[tokio::test]
 async fn a_plan_hands_its_slot_on_while_its_end_commits() {
     let h = Harness::new(Setup {
@@ -1068,6 +1070,8 @@ async fn a_plan_hands_its_slot_on_while_its_end_commits() {
     )
     .await;
     let (first, _, second) = opened_and_one_queued(&h).await;
+    let third = store_opened(&h, "three", "local").await;
+    let third = h.runner.start_opened(third, opts(), None).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
     while h.calls(Module::Hermes).await == 0 {
         assert!(tokio::time::Instant::now() < deadline, "never called");
@@ -1084,7 +1088,17 @@ async fn a_plan_hands_its_slot_on_while_its_end_commits() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The second plan's call ends (300 ms) and finds no place among the
+    // plans ending: it keeps the slot, and the third is not called.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        h.calls(Module::Hermes).await,
+        2,
+        "more plans called than slots and places to end in"
+    );
     other.execute_batch("ROLLBACK").unwrap();
-    assert_eq!(first.finished().await.unwrap().plan.status, Status::Done);
-    assert_eq!(second.finished().await.unwrap().plan.status, Status::Done);
+    for run in [first, second, third] {
+        assert_eq!(run.finished().await.unwrap().plan.status, Status::Done);
+    }
+    assert_eq!(h.calls(Module::Hermes).await, 3);
 }

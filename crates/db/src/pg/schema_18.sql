@@ -75,9 +75,9 @@ CREATE TRIGGER plan_shapes_no_delete BEFORE DELETE ON plan_shapes FOR EACH ROW
 
 -- The journal: the truth about every plan. `seq` orders all events.
 -- `plan` and `replica` name rows of plans and replicas without a foreign
--- key, as in SQLite (schema 18): the writer inserts a plan and its replica
--- before any event of theirs, and neither row is ever deleted but with the
--- plan's events, by the archive.
+-- key, as in SQLite (schema 18): a replica's writer inserts a plan and its
+-- replica before any event of theirs; a replica is never deleted, and a
+-- plan only by the archive, after its events.
 CREATE TABLE plan_events (
     seq          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     plan         bigint      NOT NULL,
