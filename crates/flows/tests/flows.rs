@@ -38,6 +38,18 @@ fn chat_command(message: &str) -> ChatCommand {
     .unwrap()
 }
 
+/// One plan slot and four places in the queue.
+fn one_slot_and_a_short_queue() -> Harness {
+    harness(
+        RunnerConfig {
+            max_concurrent: 1,
+            max_queued: 4,
+            ..RunnerConfig::default()
+        },
+        MadreConfig::default(),
+    )
+}
+
 /// One plan slot and no queue: the second plan to run finds it full.
 fn one_slot_no_queue() -> Harness {
     harness(
@@ -156,6 +168,20 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         busy
+    }
+
+    /// A chat of `message` on a task of its own, answered DONE or not.
+    fn spawn_chat(
+        &self,
+        message: &'static str,
+    ) -> tokio::task::JoinHandle<madre_models::ChatResponse> {
+        let madre = self.madre.clone();
+        tokio::spawn(async move {
+            madre
+                .chat(&admin(), chat_command(message), "chat", "t")
+                .await
+                .unwrap()
+        })
     }
 
     async fn calls(&self, module: Module) -> u64 {
@@ -1178,22 +1204,9 @@ async fn a_follower_is_woken_by_each_commit_to_the_journal() {
 /// and it runs when its slot comes.
 #[tokio::test]
 async fn a_chat_waiting_for_a_slot_is_stored_once_it_has_one_or_after_a_second() {
-    let h = harness(
-        RunnerConfig {
-            max_concurrent: 1,
-            max_queued: 4,
-            ..RunnerConfig::default()
-        },
-        MadreConfig::default(),
-    );
+    let h = one_slot_and_a_short_queue();
     let busy = h.occupy_the_only_slot(1_800).await;
-    let madre = h.madre.clone();
-    let waiting = tokio::spawn(async move {
-        madre
-            .chat(&admin(), chat_command("hello too"), "chat", "t")
-            .await
-            .unwrap()
-    });
+    let waiting = h.spawn_chat("hello too");
     let stored = || h.madre.db().plan_ids_with_status(Status::Running).unwrap();
     let asked = tokio::time::Instant::now();
     let deadline = asked + Duration::from_secs(10);
@@ -1230,31 +1243,15 @@ async fn a_chat_waiting_for_a_slot_is_stored_once_it_has_one_or_after_a_second()
 /// chat that came after it, while it waited, runs after it.
 #[tokio::test]
 async fn a_chat_stored_after_its_wait_keeps_its_turn_for_a_slot() {
-    let h = harness(
-        RunnerConfig {
-            max_concurrent: 1,
-            max_queued: 4,
-            ..RunnerConfig::default()
-        },
-        MadreConfig::default(),
-    );
+    let h = one_slot_and_a_short_queue();
     let busy = h.occupy_the_only_slot(1_300).await;
-    let chat = |message: &'static str| {
-        let madre = h.madre.clone();
-        tokio::spawn(async move {
-            madre
-                .chat(&admin(), chat_command(message), "chat", "t")
-                .await
-                .unwrap()
-        })
-    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let earlier = chat("hello early");
+    let earlier = h.spawn_chat("hello early");
     while h.madre.runner().queued() < 1 {
         assert!(tokio::time::Instant::now() < deadline, "never queued");
         tokio::task::yield_now().await;
     }
-    let later = chat("hello late");
+    let later = h.spawn_chat("hello late");
     while h.madre.runner().queued() < 2 {
         assert!(tokio::time::Instant::now() < deadline, "never queued");
         tokio::task::yield_now().await;

@@ -760,6 +760,11 @@ async fn a_resumed_spawner_step_queues_its_task_once() {
 /// A runner with one slot, and a Hermes that answers after 400 ms: a
 /// second plan waits for the slot while the first one's call is in flight.
 async fn one_slot_and_a_slow_hermes() -> Harness {
+    one_slot_and_hermes_taking(400).await
+}
+
+/// One plan slot, and Hermes answering after `latency_ms`.
+async fn one_slot_and_hermes_taking(latency_ms: u64) -> Harness {
     let h = Harness::new(Setup {
         config: RunnerConfig {
             max_concurrent: 1,
@@ -770,7 +775,7 @@ async fn one_slot_and_a_slow_hermes() -> Harness {
     h.behave(
         Module::Hermes,
         Behaviour {
-            latency_ms: 400,
+            latency_ms,
             ..Default::default()
         },
     )
@@ -1054,21 +1059,7 @@ async fn with_no_queue_every_plan_that_must_run_runs() {
 /// after it waits until an end commits.
 #[tokio::test]
 async fn a_plan_hands_its_slot_on_while_its_end_commits() {
-    let h = Harness::new(Setup {
-        config: RunnerConfig {
-            max_concurrent: 1,
-            ..RunnerConfig::default()
-        },
-        ..Default::default()
-    });
-    h.behave(
-        Module::Hermes,
-        Behaviour {
-            latency_ms: 300,
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = one_slot_and_hermes_taking(300).await;
     let (first, _, second) = opened_and_one_queued(&h).await;
     let third = store_opened(&h, "three", "local").await;
     let third = h.runner.start_opened(third, opts(), None).unwrap();
