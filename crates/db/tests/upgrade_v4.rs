@@ -8,7 +8,7 @@
 //! file newer than this code is refused.
 
 use madre_db::*;
-use madre_models::{EventType, Status, StepType};
+use madre_models::{EventType, IntentOutcome, Status, StepType};
 use rusqlite::Connection;
 use serde_json::json;
 use uuid::Uuid;
@@ -484,4 +484,58 @@ fn pending_plan_row(conn: &Connection, plan_id: Uuid) {
         [plan_id.to_string()],
     )
     .unwrap();
+}
+
+/// Schema 18 guards an intent's close by the columns an UPDATE names: an
+/// intent open at the upgrade keeps its row and closes once; closing it
+/// again, or rewriting what it asked, is refused.
+#[test]
+fn an_intent_open_at_the_upgrade_to_18_closes_once_and_keeps_what_it_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vx11.db");
+    let intent = Uuid::now_v7();
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, &path, 17).unwrap();
+        conn.execute(
+            "INSERT INTO intents_log (id, source, principal, payload_json, created_at)
+             VALUES (?1, 'chat', 'admin', '{\"message\":\"hello\"}', 1)",
+            [intent.to_string()],
+        )
+        .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.count_open_intents().unwrap(), 1);
+    // A close that also sets what it asked, even to what it was: refused
+    // from 18 on (17 compared the values and let it through).
+    let conn = Connection::open(&path).unwrap();
+    let err = conn
+        .execute(
+            "UPDATE intents_log SET processed_by_madre_at = 2, payload_json = payload_json",
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a row can only be closed, once"), "{err}");
+    let at = chrono::Utc::now();
+    db.close_intent(intent, IntentOutcome::Plan(Status::Done), None, at)
+        .wait()
+        .unwrap();
+    assert!(matches!(
+        db.close_intent(intent, IntentOutcome::Plan(Status::Error), None, at)
+            .wait(),
+        Err(DbError::Conflict(_))
+    ));
+    let row = db.intent_log(intent).unwrap().unwrap();
+    assert_eq!(row.result_status.as_deref(), Some("DONE"));
+    for sql in [
+        "UPDATE intents_log SET payload_json = '{\"message\":\"hello\"}'",
+        "UPDATE intents_log SET principal = 'mallory'",
+    ] {
+        let err = conn.execute(sql, []).unwrap_err().to_string();
+        assert!(
+            err.contains("a row can only be closed, once"),
+            "{sql}: {err}"
+        );
+    }
 }

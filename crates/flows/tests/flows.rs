@@ -40,10 +40,15 @@ fn chat_command(message: &str) -> ChatCommand {
 
 /// One plan slot and four places in the queue.
 fn one_slot_and_a_short_queue() -> Harness {
+    one_slot_and_a_queue_of(4)
+}
+
+/// One plan slot and `max_queued` places in the queue.
+fn one_slot_and_a_queue_of(max_queued: usize) -> Harness {
     harness(
         RunnerConfig {
             max_concurrent: 1,
-            max_queued: 4,
+            max_queued,
             ..RunnerConfig::default()
         },
         MadreConfig::default(),
@@ -52,14 +57,7 @@ fn one_slot_and_a_short_queue() -> Harness {
 
 /// One plan slot and no queue: the second plan to run finds it full.
 fn one_slot_no_queue() -> Harness {
-    harness(
-        RunnerConfig {
-            max_concurrent: 1,
-            max_queued: 0,
-            ..RunnerConfig::default()
-        },
-        MadreConfig::default(),
-    )
+    one_slot_and_a_queue_of(0)
 }
 
 fn harness(runner: RunnerConfig, config: MadreConfig) -> Harness {
