@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Where a LOW chat's CPU goes on PostgreSQL (one replica): chat-low at C=64
+# (BENCH_CONCURRENCY)
 # for BENCH_SECONDS, then the CPU time of Madre, of the PostgreSQL server's
 # processes and of the stubs over the run (from /proc), per chat; and the
 # writer's statements and commits per chat (/metrics). Same throw-away
@@ -32,7 +33,7 @@ metric() { curl -fsS -H "X-VX11-Token: $VX11_TOKEN" "$BASE/metrics" | awk -v m="
 
 m0=$(ticks "$MADRE_PID"); s0=$(ticks "$STUBS_PID"); p0=$(server_ticks)
 st0=$(metric madre_db_statements_total); c0=$(metric madre_db_commits_total)
-line=$(wrk -t2 -c64 -d"${SECONDS_PER_RUN}s" --timeout 10s -s bench/chat_low.lua "$BASE/madre/chat" | grep '^RESULT')
+line=$(wrk -t2 -c"${BENCH_CONCURRENCY:-64}" -d"${SECONDS_PER_RUN}s" --timeout 10s -s bench/chat_low.lua "$BASE/madre/chat" | grep '^RESULT')
 m1=$(ticks "$MADRE_PID"); s1=$(ticks "$STUBS_PID"); p1=$(server_ticks)
 st1=$(metric madre_db_statements_total); c1=$(metric madre_db_commits_total)
 chats=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")

@@ -3,10 +3,17 @@
 # PostgreSQL with two replicas (the load split evenly between them, as a
 # proxy would), in one run, with the ceiling (/health) of the same run.
 # Release binaries against vx11-stubs (zero added latency), wrk, 127.0.0.1
-# only, every run bounded by BENCH_SECONDS. PostgreSQL is a throw-away
+# only, every load bounded by BENCH_SECONDS. PostgreSQL is a throw-away
 # cluster of Debian's server (scripts/pg-test-cluster.sh: a unix socket,
 # fsync off, so a commit survives a crash of the processes but not of the
 # machine: the durability of SQLite's default MADRE_SQLITE_SYNC=normal).
+#
+# The host's speed drifts over minutes, so the backends run side by side
+# (each idle while another is loaded) and are measured in BENCH_ROUNDS
+# rounds (default 3), each round loading every backend in turn, in an
+# order that alternates between rounds. A ratio is taken within each
+# round (a backend against SQLite or the ceiling measured a few seconds
+# apart), and the tables give the median over the rounds, and the lowest.
 # Writes bench/out/postgres.tsv and prints Markdown tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +23,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
 CONCURRENCIES=${BENCH_CONCURRENCY:-"16 64"}
 SEED_PLANS=${BENCH_SEED_PLANS:-20000}
 OFFSET=${BENCH_PORT_OFFSET:-14000}
@@ -31,14 +39,43 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || {
 OUT=bench/out
 mkdir -p "$OUT"
 : >"$OUT/postgres.tsv"
-SECOND_PID=
 bench_pg_setup
-pg_create_database bench
-DB_URL="$ADMIN dbname=bench"
+pg_create_database bench1
+pg_create_database bench2
 start_stubs
 
+# The Madre processes of every backend, stopped on exit with the rest.
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do stop "$p"; done; bench_pg_cleanup' EXIT
+
+# Starts madre on port 8001 + OFFSET + $1 with its data in $WORK/$2 and
+# the settings given as NAME=value after them, and waits until it answers
+# /health.
+start_instance() {
+    local port=$((8001 + OFFSET + $1)) dir=$2
+    shift 2
+    env MADRE_BIND="127.0.0.1:$port" MADRE_DATA_DIR="$WORK/$dir" RUST_LOG="$LOG_LEVEL" "$@" \
+        $(vx11_stub_urls "$OFFSET") "$MADRE_BIN" serve >>"$WORK/$dir.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 300); do
+        curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "bench: madre ($dir) did not start" >&2; cat "$WORK/$dir.log" >&2; exit 1
+}
+
+# The backends, side by side: SQLite; PostgreSQL with one replica on
+# database bench1; two replicas (bench-a, bench-b) on database bench2.
+url() { echo "http://127.0.0.1:$((8001 + OFFSET + $1))"; }
+start_instance 0 sqlite
+start_instance 100 pg-1 MADRE_DATABASE_URL="$ADMIN dbname=bench1" MADRE_REPLICA_ID=bench-a
+start_instance 200 pg-2a MADRE_DATABASE_URL="$ADMIN dbname=bench2" MADRE_REPLICA_ID=bench-a
+start_instance 300 pg-2b MADRE_DATABASE_URL="$ADMIN dbname=bench2" MADRE_REPLICA_ID=bench-b
+declare -A BASES=([sqlite]="$(url 0)" [pg-1]="$(url 100)" [pg-2]="$(url 200) $(url 300)")
+BACKENDS=(sqlite pg-1 pg-2)
+
 # One wrk run of `script` on `path` at concurrency $2, split over the
-# replicas' base URLs given after it; prints the RESULT line (summed).
+# base URLs given after it; prints the RESULT line (summed).
 load() {
     local script=$1 c=$2 path=$3
     shift 3
@@ -66,86 +103,96 @@ wait_loads() {
     done
 }
 
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" | tee -a "$OUT/postgres.tsv"; }
+# Records figure $2 at concurrency $3 of round $1.
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" | tee -a "$OUT/postgres.tsv"; }
 
 # Plans in the database of backend $1.
 plans_of() {
     case $1 in
-    sqlite) plan_count ;;
-    *) psql_as_server "$DB_URL" -tAc "SELECT count(*) FROM plans" ;;
+    sqlite) sqlite3 "$WORK/sqlite/vx11.db" "SELECT count(*) FROM plans" ;;
+    pg-1) psql_as_server "$ADMIN dbname=bench1" -tAc "SELECT count(*) FROM plans" ;;
+    pg-2) psql_as_server "$ADMIN dbname=bench2" -tAc "SELECT count(*) FROM plans" ;;
     esac
 }
 
-# Starts backend $1 (sqlite, pg-1 or pg-2): sets BASES to its URLs.
-start_backend() {
-    case $1 in
-    sqlite)
-        rm -rf "$WORK/data"
-        start_madre "$MADRE_BIN"
-        BASES=("$BASE")
-        ;;
-    pg-1)
-        start_madre "$MADRE_BIN" MADRE_DATABASE_URL="$DB_URL" MADRE_REPLICA_ID=bench-a
-        BASES=("$BASE")
-        ;;
-    pg-2)
-        start_madre "$MADRE_BIN" MADRE_DATABASE_URL="$DB_URL" MADRE_REPLICA_ID=bench-a
-        start_second
-        BASES=("$BASE" "$SECOND_BASE")
-        ;;
-    esac
+# The backends in round $1's order: as listed, then reversed, and so on.
+order() {
+    if [ $(($1 % 2)) = 1 ]; then echo "${BACKENDS[@]}"; else printf '%s\n' "${BACKENDS[@]}" | tac | xargs; fi
 }
 
-# Starts a second replica (bench-b) on the next port, its own data dir,
-# the same stubs and database. Sets SECOND_PID and SECOND_BASE.
-start_second() {
-    local port=$((8001 + OFFSET + 100))
-    SECOND_BASE="http://127.0.0.1:$port"
-    env MADRE_BIND="127.0.0.1:$port" MADRE_DATA_DIR="$WORK/data-b" RUST_LOG="$LOG_LEVEL" \
-        MADRE_DATABASE_URL="$DB_URL" MADRE_REPLICA_ID=bench-b $(vx11_stub_urls "$OFFSET") \
-        "$MADRE_BIN" serve >>"$WORK/madre-b.log" 2>&1 &
-    SECOND_PID=$!
-    for _ in $(seq 1 300); do
-        curl -fsS "$SECOND_BASE/health" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "bench: the second replica did not start" >&2; cat "$WORK/madre-b.log" >&2; exit 1
-}
-
-stop_backend() { stop "$MADRE_PID"; stop "$SECOND_PID"; MADRE_PID= SECOND_PID=; }
-
-start_backend sqlite
-for c in $CONCURRENCIES; do record ceiling "$c" "$(load bench/ceiling.lua "$c" /health "$BASE")"; done
-stop_backend
-
-for backend in sqlite pg-1 pg-2; do
-    start_backend "$backend"
-    for c in $CONCURRENCIES; do
-        record "chat-low $backend" "$c" "$(load bench/chat_low.lua "$c" /madre/chat "${BASES[@]}")"
-    done
-    # plans-read reads the newest page of a table of SEED_PLANS plans.
-    have=$(plans_of "$backend")
-    while [ "$have" -lt "$SEED_PLANS" ]; do
-        wrk -t2 -c64 -d10s --timeout 10s -s bench/seed.lua "${BASES[0]}/madre/chat" >/dev/null
-        have=$(plans_of "$backend")
-    done
-    for c in $CONCURRENCIES; do
-        record "plans-read $backend" "$c" "$(load bench/plans_read.lua "$c" "/madre/plans?limit=20" "${BASES[@]}")"
-    done
-    stop_backend
-done
-
-rate() { awk -F'\t' -v n="$1" -v c="$2" '$1 == n && $2 == c { sub(/.*rps=/, "", $3); sub(/ .*/, "", $3); print $3 }' "$OUT/postgres.tsv"; }
-p99() { awk -F'\t' -v n="$1" -v c="$2" '$1 == n && $2 == c { sub(/.*p99_ms=/, "", $3); sub(/ .*/, "", $3); print $3 }' "$OUT/postgres.tsv"; }
-echo
-echo "| scenario | backend | concurrency | requests/s | p99 ms | / ceiling | / SQLite |"
-echo "|---|---|---|---|---|---|---|"
-for scenario in chat-low plans-read; do
-    for backend in sqlite pg-1 pg-2; do
+# Every round of `scenario` ($1, also the name of its script) on `path`.
+rounds() {
+    local scenario=$1 script=$2 path=$3 round c backend
+    for round in $(seq 1 "$ROUNDS"); do
         for c in $CONCURRENCIES; do
-            r=$(rate "$scenario $backend" "$c"); top=$(rate ceiling "$c"); lite=$(rate "$scenario sqlite" "$c")
-            awk -v s="$scenario" -v b="$backend" -v c="$c" -v r="$r" -v t="$top" -v l="$lite" -v p="$(p99 "$scenario $backend" "$c")" 'BEGIN {
-                printf "| %s | %s | %s | %.0f | %s | %.1f %% | %.0f %% |\n", s, b, c, r, p, 100 * r / t, 100 * r / l }'
+            record "$round" ceiling "$c" "$(load bench/ceiling.lua "$c" /health "${BASES[sqlite]}")"
+            for backend in $(order "$round"); do
+                # shellcheck disable=SC2086 # BASES holds one or two URLs.
+                record "$round" "$scenario $backend" "$c" "$(load "$script" "$c" "$path" ${BASES[$backend]})"
+            done
         done
     done
+}
+
+# A short warm-up of each backend, then the rounds of chat-low.
+for backend in "${BACKENDS[@]}"; do
+    for base in ${BASES[$backend]}; do
+        wrk -t1 -c8 -d2s --timeout 10s -s bench/chat_low.lua "$base/madre/chat" >/dev/null
+    done
 done
+rounds chat-low bench/chat_low.lua /madre/chat
+
+# plans-read reads the newest page of a table of at least SEED_PLANS plans.
+for backend in "${BACKENDS[@]}"; do
+    read -r first _ <<<"${BASES[$backend]}"
+    while [ "$(plans_of "$backend")" -lt "$SEED_PLANS" ]; do
+        wrk -t2 -c64 -d10s --timeout 10s -s bench/seed.lua "$first/madre/chat" >/dev/null
+    done
+done
+rounds plans-read bench/plans_read.lua "/madre/plans?limit=20"
+
+# The tables: per scenario, backend and concurrency, the median over the
+# rounds of requests/s, of p99, and of the ratios to the same round's
+# ceiling and SQLite figure, with the lowest ratio to SQLite of a round.
+echo
+echo "| scenario | backend | concurrency | requests/s | p99 ms | / ceiling | / SQLite | / SQLite, lowest round |"
+echo "|---|---|---|---|---|---|---|---|"
+awk -F'\t' -v concurrencies="$CONCURRENCIES" '
+function field(line, key,    v) { v = line; sub(".*" key "=", "", v); sub(/ .*/, "", v); return v + 0 }
+function median(list,    a, n, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+function lowest(list,    a, n, i, m) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] < m) m = a[i]; return m }
+{ rps[$1, $2, $3] = field($4, "rps"); p99[$1, $2, $3] = field($4, "p99_ms"); rounds[$1] = 1 }
+END {
+    nc = split(concurrencies, cs, " ")
+    split("chat-low plans-read", scenarios, " "); split("sqlite pg-1 pg-2", backends, " ")
+    for (s = 1; s <= 2; s++) for (b = 1; b <= 3; b++) for (k = 1; k <= nc; k++) {
+        name = scenarios[s] " " backends[b]; c = cs[k]; r = ""; p = ""; top = ""; lite = ""
+        for (round in rounds) {
+            if (!((round, name, c) in rps)) continue
+            r = r " " rps[round, name, c]; p = p " " p99[round, name, c]
+            top = top " " 100 * rps[round, name, c] / rps[round, "ceiling", c]
+            lite = lite " " 100 * rps[round, name, c] / rps[round, scenarios[s] " sqlite", c]
+        }
+        if (r == "") continue
+        printf "| %s | %s | %s | %.0f | %.1f | %.1f %% | %.0f %% | %.0f %% |\n", scenarios[s], backends[b], c,
+            median(r), median(p), median(top), median(lite), lowest(lite)
+    }
+}' "$OUT/postgres.tsv"
+echo
+echo "Every round (requests/s; PostgreSQL / SQLite of the same round):"
+echo
+echo "| round | scenario | concurrency | sqlite | pg-1 | pg-2 | pg-1 / SQLite | pg-2 / SQLite |"
+echo "|---|---|---|---|---|---|---|---|"
+awk -F'\t' '
+function field(line, key,    v) { v = line; sub(".*" key "=", "", v); sub(/ .*/, "", v); return v + 0 }
+$2 != "ceiling" { split($2, nb, " "); rps[$1, nb[1], $3, nb[2]] = field($4, "rps"); if (!(($1, nb[1], $3) in seen)) { seen[$1, nb[1], $3] = 1; keys[++n] = $1 SUBSEP nb[1] SUBSEP $3 } }
+END {
+    for (i = 1; i <= n; i++) {
+        split(keys[i], k, SUBSEP); l = rps[k[1], k[2], k[3], "sqlite"]; a = rps[k[1], k[2], k[3], "pg-1"]; b = rps[k[1], k[2], k[3], "pg-2"]
+        printf "| %s | %s | %s | %.0f | %.0f | %.0f | %.0f %% | %.0f %% |\n", k[1], k[2], k[3], l, a, b, 100 * a / l, 100 * b / l
+    }
+}' "$OUT/postgres.tsv"

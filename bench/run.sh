@@ -111,3 +111,14 @@ for c in $CONCURRENCIES; do
     awk -v c="$c" -v l="$low" -v t="${top:-0}" -v p="${pass:-0}" 'BEGIN {
         printf "| %s | %s | %s |\n", c, (t > 0 ? sprintf("%.2f %%", 100 * l / t) : "-"), (p > 0 ? sprintf("%.1f %%", 100 * l / p) : "-") }'
 done
+
+# The same scenarios on PostgreSQL, with one and two replicas, against
+# SQLite in the same run (issue 24): with the whole set of scenarios, or
+# with BENCH_POSTGRES=1; BENCH_POSTGRES=0 leaves it out.
+with_postgres=1
+[ -n "${BENCH_SCENARIOS:-}" ] && with_postgres=0
+if [ "${BENCH_POSTGRES:-$with_postgres}" = 1 ]; then
+    cleanup; MADRE_PID= STUBS_PID=
+    echo
+    ./bench/postgres.sh
+fi
