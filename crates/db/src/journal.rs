@@ -706,17 +706,20 @@ struct FoldCheck {
     fenced: bool,
 }
 
-/// The condition [`FoldCheck`] states, as a call of the session's
-/// `madre_expect`, with the plan's row at `?1` and the check's values from
-/// `?{first}` on (through, fenced, this replica, now).
+/// The condition [`FoldCheck`] states, true or else failing the statement
+/// through the session's `madre_expect` (called only then: a function call
+/// of its own costs the server more than the check), with the plan's row
+/// at `?1` and the check's values from `?{first}` on (through, fenced,
+/// this replica, now).
 fn fold_condition(first: u32) -> String {
     let (through, fenced, replica, now) = (first, first + 1, first + 2, first + 3);
     format!(
-        "{expect}(coalesce((
+        "CASE WHEN coalesce((
              SELECT (SELECT max(seq) FROM plan_events WHERE plan = ?1) = ?{through}
                 AND (NOT ?{fenced} OR owner IS NULL OR owner = ?{replica}
                      OR lease_expires_at IS NULL OR lease_expires_at < ?{now})
-             FROM plans WHERE id = ?1), false), '{moved}', 'the plan changed since it was folded')",
+             FROM plans WHERE id = ?1), false) THEN true
+         ELSE {expect}(false, '{moved}', 'the plan changed since it was folded') END",
         expect = crate::engine::sql::EXPECT,
         moved = crate::engine::sql::MOVED,
     )
