@@ -127,13 +127,26 @@ pub(crate) const TRIM_SESSION: &str = concat!(
 
 /// [`TRIM_SESSION`] when [`trim_due`] says so of the session's newest
 /// turn, decided by the statement itself (for a write that reads nothing
-/// first).
-const TRIM_SESSION_WHEN_DUE: &str = concat!(
-    "DELETE FROM turns WHERE session_id = ?1
-     AND (SELECT max(n) FROM turns WHERE session_id = ?1) % ?3 = 0
-     AND (SELECT max(n) FROM turns WHERE session_id = ?1) * 2 > ?2 AND ",
-    older_than_kept!()
-);
+/// first, on PostgreSQL): the trim is the writer session's
+/// `pg_temp.madre_trim` ([`TRIM_FUNCTION`]), called only when due, so the
+/// turns that are not (seven of eight, and every first turn) cost the
+/// server one look at the session's newest turn instead of starting the
+/// trim's whole statement.
+const TRIM_SESSION_WHEN_DUE: &str =
+    "SELECT pg_temp.madre_trim(CAST(?1 AS text), CAST(?2 AS bigint))
+     FROM (SELECT max(n) AS newest FROM turns WHERE session_id = ?1) AS last
+     WHERE newest % ?3 = 0 AND newest * 2 > ?2";
+
+/// The definition of `pg_temp.madre_trim(session, keep)`, [`TRIM_SESSION`]
+/// as a function of the PostgreSQL writer's session (defined when the
+/// session opens, with the rest of what it sets up).
+pub(crate) static TRIM_FUNCTION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "CREATE OR REPLACE FUNCTION pg_temp.madre_trim(text, bigint) RETURNS void
+         LANGUAGE plpgsql AS $$ BEGIN {}; END $$",
+        crate::engine::sql::postgres_parameters(TRIM_SESSION)
+    )
+});
 
 /// Only a session whose mode is not the default has a row (it is what the
 /// row is for): a turn in another mode stores or reopens it, and one back

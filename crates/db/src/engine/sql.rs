@@ -313,10 +313,11 @@ impl PgConn {
         self.set_up_writer()
     }
 
-    /// Sets up this session as the writer's: see [`WRITER_SESSION`].
+    /// Sets up this session as the writer's: see [`WRITER_SESSION_WHOLE`].
     fn set_up_writer(&self) -> Result<(), DbError> {
         let s = self.round_trip();
-        Ok(s.runtime.block_on(s.client.batch_execute(WRITER_SESSION))?)
+        Ok(s.runtime
+            .block_on(s.client.batch_execute(&WRITER_SESSION_WHOLE))?)
     }
 
     /// Opens the session again when it was lost (the server restarted,
@@ -352,7 +353,7 @@ impl PgConn {
             // would fail every check it makes.
             session
                 .runtime
-                .block_on(session.client.batch_execute(WRITER_SESSION))?;
+                .block_on(session.client.batch_execute(&WRITER_SESSION_WHOLE))?;
         }
         *self.session.borrow_mut() = Some(session);
         self.in_flight.borrow_mut().clear();
@@ -1062,6 +1063,12 @@ SELECT pg_advisory_xact_lock(",
                  'the transaction sent before this one did not commit') AS text)
        END"
 );
+
+/// What the writer's session sets up: [`WRITER_SESSION`], and the
+/// functions of the writes that use one (the trim of a session's history,
+/// [`crate::sessions::TRIM_FUNCTION`]).
+static WRITER_SESSION_WHOLE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{WRITER_SESSION};\n{}", *crate::sessions::TRIM_FUNCTION));
 
 /// The write index of what the transaction queues itself (its `BEGIN`):
 /// past any batch's end, so its failure loses the whole batch.
@@ -1843,7 +1850,7 @@ fn changes_rows(sql: &str) -> bool {
 /// `sql` with SQLite's parameter markers (`?1`, or a bare `?`, which SQLite
 /// numbers one past the highest so far) written as PostgreSQL's (`$1`);
 /// quoted text and identifiers are left as they are.
-fn postgres_parameters(sql: &str) -> String {
+pub(crate) fn postgres_parameters(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut chars = sql.chars().peekable();
     let mut quote: Option<char> = None;
