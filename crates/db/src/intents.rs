@@ -65,9 +65,13 @@ fn insert_intent(conn: &Conn<'_>, entry: &NewIntentLog) -> Result<(), DbError> {
 /// The statement of [`close_checked_by_the_server`], written once.
 static CLOSE_CHECKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     use crate::engine::sql::{EXPECT, EXPECTED_CONFLICT, EXPECTED_MISSING};
+    // The row is found by its key: said `IS NULL`, the condition lets
+    // PostgreSQL's planner take the index of open intents instead, and
+    // step through every open intent, and every closed one vacuum has not
+    // cleared from it yet, to find this one.
     format!("WITH closed AS (
              UPDATE intents_log SET processed_by_madre_at = ?2, result_status = ?3, notes = ?4
-             WHERE id = ?1 AND processed_by_madre_at IS NULL RETURNING 1)
+             WHERE id = ?1 AND num_nulls(processed_by_madre_at) = 1 RETURNING 1)
          SELECT CASE
              WHEN EXISTS (SELECT 1 FROM closed) THEN true
              WHEN EXISTS (SELECT 1 FROM intents_log WHERE id = ?1)
