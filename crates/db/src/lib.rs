@@ -312,7 +312,7 @@ impl Db {
             .test_on_check_out(false)
             .build(pg::PgManager(Arc::clone(&server)))
             .map_err(pg::pool_error)?;
-        session.meter()?;
+        session.meter(sessions::TRIM_FUNCTION.as_str())?;
         let writer = engine::writer::Writer::new(sql::Connection::Pg(Box::new(session)));
         let writer_thread = writer
             .start_thread()

@@ -138,8 +138,9 @@ const TRIM_SESSION_WHEN_DUE: &str =
      WHERE newest % ?3 = 0 AND newest * 2 > ?2";
 
 /// The definition of `pg_temp.madre_trim(session, keep)`, [`TRIM_SESSION`]
-/// as a function of the PostgreSQL writer's session (defined when the
-/// session opens, with the rest of what it sets up).
+/// as a function of the PostgreSQL writer's session (defined whenever the
+/// session opens, with the rest of what it sets up: see
+/// [`Db::open_postgres`]).
 pub(crate) static TRIM_FUNCTION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "CREATE OR REPLACE FUNCTION pg_temp.madre_trim(text, bigint) RETURNS void

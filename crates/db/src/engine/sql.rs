@@ -144,6 +144,8 @@ pub(crate) struct PgConn {
     /// trace hook counts SQLite's (see [`crate::engine::meter`]), and the
     /// statements of its transactions are sent together.
     metered: Cell<bool>,
+    /// The writer session's functions (see [`PgConn::meter`]).
+    writer_functions: Cell<&'static str>,
     /// Requests of the open transaction not sent yet, in order.
     queued: RefCell<Vec<Queued>>,
     /// The write of the writer's batch running now (see [`Conn::set_write`]).
@@ -296,6 +298,7 @@ impl PgConn {
             in_transaction: Cell::new(false),
             changes: Cell::new(0),
             metered: Cell::new(false),
+            writer_functions: Cell::new(""),
             queued: RefCell::default(),
             write: Cell::new(0),
             failed: Cell::new(None),
@@ -307,17 +310,27 @@ impl PgConn {
     }
 
     /// Counts the statements this session runs from now on, and sends the
-    /// statements of its transactions together (the writer's session).
-    pub(crate) fn meter(&self) -> Result<(), DbError> {
+    /// statements of its transactions together (the writer's session),
+    /// with `functions` (the definitions of the writer session's functions
+    /// some writes call, such as the trim of a session's history) defined
+    /// in it, whenever it opens.
+    pub(crate) fn meter(&self, functions: &'static str) -> Result<(), DbError> {
         self.metered.set(true);
+        self.writer_functions.set(functions);
         self.set_up_writer()
     }
 
-    /// Sets up this session as the writer's: see [`WRITER_SESSION_WHOLE`].
+    /// What the writer's session sets up when it opens: [`WRITER_SESSION`]
+    /// and the functions [`PgConn::meter`] was given.
+    fn writer_setup(&self) -> String {
+        format!("{WRITER_SESSION};\n{}", self.writer_functions.get())
+    }
+
+    /// Sets up this session as the writer's: see [`PgConn::writer_setup`].
     fn set_up_writer(&self) -> Result<(), DbError> {
+        let setup = self.writer_setup();
         let s = self.round_trip();
-        Ok(s.runtime
-            .block_on(s.client.batch_execute(&WRITER_SESSION_WHOLE))?)
+        Ok(s.runtime.block_on(s.client.batch_execute(&setup))?)
     }
 
     /// Opens the session again when it was lost (the server restarted,
@@ -353,7 +366,7 @@ impl PgConn {
             // would fail every check it makes.
             session
                 .runtime
-                .block_on(session.client.batch_execute(&WRITER_SESSION_WHOLE))?;
+                .block_on(session.client.batch_execute(&self.writer_setup()))?;
         }
         *self.session.borrow_mut() = Some(session);
         self.in_flight.borrow_mut().clear();
@@ -1063,12 +1076,6 @@ SELECT pg_advisory_xact_lock(",
                  'the transaction sent before this one did not commit') AS text)
        END"
 );
-
-/// What the writer's session sets up: [`WRITER_SESSION`], and the
-/// functions of the writes that use one (the trim of a session's history,
-/// [`crate::sessions::TRIM_FUNCTION`]).
-static WRITER_SESSION_WHOLE: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("{WRITER_SESSION};\n{}", *crate::sessions::TRIM_FUNCTION));
 
 /// The write index of what the transaction queues itself (its `BEGIN`):
 /// past any batch's end, so its failure loses the whole batch.
