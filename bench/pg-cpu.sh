@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Where a LOW chat's CPU goes on PostgreSQL (one replica): chat-low at C=64
-# (BENCH_CONCURRENCY)
-# for BENCH_SECONDS, then the CPU time of Madre, of the PostgreSQL server's
+# Where a LOW chat's CPU goes on PostgreSQL (one replica): chat-low at one
+# concurrency (BENCH_CONCURRENCY, a single number, default 64) for
+# BENCH_SECONDS, then the CPU time of Madre, of the PostgreSQL server's
 # processes and of the stubs over the run (from /proc), per chat; and the
 # writer's statements and commits per chat (/metrics). Same throw-away
 # cluster as bench/postgres.sh.
@@ -16,6 +16,10 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 OFFSET=${BENCH_PORT_OFFSET:-14000}
 MADRE_BIN=${MADRE_BIN:-target/release/madre}
 LOG_LEVEL=${BENCH_RUST_LOG:-warn}
+CONCURRENCY=${BENCH_CONCURRENCY:-64}
+[[ $CONCURRENCY =~ ^[0-9]+$ ]] && [ "$CONCURRENCY" -ge 2 ] || {
+    echo "bench: BENCH_CONCURRENCY is one number of connections, at least 2 (wrk's two threads)" >&2; exit 2
+}
 
 bench_prepare
 bench_pg_setup
@@ -33,7 +37,7 @@ metric() { curl -fsS -H "X-VX11-Token: $VX11_TOKEN" "$BASE/metrics" | awk -v m="
 
 m0=$(ticks "$MADRE_PID"); s0=$(ticks "$STUBS_PID"); p0=$(server_ticks)
 st0=$(metric madre_db_statements_total); c0=$(metric madre_db_commits_total)
-line=$(wrk -t2 -c"${BENCH_CONCURRENCY:-64}" -d"${SECONDS_PER_RUN}s" --timeout 10s -s bench/chat_low.lua "$BASE/madre/chat" | grep '^RESULT')
+line=$(wrk -t2 -c"$CONCURRENCY" -d"${SECONDS_PER_RUN}s" --timeout 10s -s bench/chat_low.lua "$BASE/madre/chat" | grep '^RESULT')
 m1=$(ticks "$MADRE_PID"); s1=$(ticks "$STUBS_PID"); p1=$(server_ticks)
 st1=$(metric madre_db_statements_total); c1=$(metric madre_db_commits_total)
 chats=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")

@@ -54,6 +54,7 @@ trap 'for p in "${PIDS[@]}"; do stop "$p"; done; bench_pg_cleanup' EXIT
 start_instance() {
     local port=$((8001 + OFFSET + $1)) dir=$2
     shift 2
+    # shellcheck disable=SC2046 # the stub URLs are separate NAME=value words.
     env MADRE_BIND="127.0.0.1:$port" MADRE_DATA_DIR="$WORK/$dir" RUST_LOG="$LOG_LEVEL" "$@" \
         $(vx11_stub_urls "$OFFSET") "$MADRE_BIN" serve >>"$WORK/$dir.log" 2>&1 &
     PIDS+=($!)
@@ -75,13 +76,18 @@ declare -A BASES=([sqlite]="$(url 0)" [pg-1]="$(url 100)" [pg-2]="$(url 200) $(u
 BACKENDS=(sqlite pg-1 pg-2)
 
 # One wrk run of `script` on `path` at concurrency $2, split over the
-# base URLs given after it; prints the RESULT line (summed).
+# base URLs given after it (at least one connection each); prints the
+# RESULT line (summed).
 load() {
     local script=$1 c=$2 path=$3
     shift 3
     local n=$# share=$(( c / $# )) i=0
-    # Two wrk threads in all, whichever the number of replicas.
+    [ "$share" -ge 1 ] || share=1
+    # Two wrk threads in all, whichever the number of replicas, and no
+    # more threads than connections (wrk refuses that).
     local threads=$(( 2 / $# ))
+    [ "$threads" -ge 1 ] || threads=1
+    [ "$threads" -le "$share" ] || threads=$share
     for base in "$@"; do
         wrk -t"$threads" -c"$share" -d"${SECONDS_PER_RUN}s" --timeout 10s -s "$script" "$base$path" \
             | grep '^RESULT' >"$WORK/load.$i" &
@@ -125,7 +131,7 @@ rounds() {
     local scenario=$1 script=$2 path=$3 round c backend
     for round in $(seq 1 "$ROUNDS"); do
         for c in $CONCURRENCIES; do
-            record "$round" ceiling "$c" "$(load bench/ceiling.lua "$c" /health "${BASES[sqlite]}")"
+            record "$round" "$scenario ceiling" "$c" "$(load bench/ceiling.lua "$c" /health "${BASES[sqlite]}")"
             for backend in $(order "$round"); do
                 # shellcheck disable=SC2086 # BASES holds one or two URLs.
                 record "$round" "$scenario $backend" "$c" "$(load "$script" "$c" "$path" ${BASES[$backend]})"
@@ -142,10 +148,15 @@ for backend in "${BACKENDS[@]}"; do
 done
 rounds chat-low bench/chat_low.lua /madre/chat
 
-# plans-read reads the newest page of a table of at least SEED_PLANS plans.
+# plans-read reads the newest page of a table of at least SEED_PLANS plans,
+# seeded 10 s at a time, at most 60 times a backend.
 for backend in "${BACKENDS[@]}"; do
     read -r first _ <<<"${BASES[$backend]}"
-    while [ "$(plans_of "$backend")" -lt "$SEED_PLANS" ]; do
+    for seeding in $(seq 0 60); do
+        plans=$(plans_of "$backend")
+        [[ $plans =~ ^[0-9]+$ ]] || { echo "bench: cannot count the plans of $backend" >&2; exit 1; }
+        [ "$plans" -lt "$SEED_PLANS" ] || break
+        [ "$seeding" -lt 60 ] || { echo "bench: $backend has $plans plans after 60 seedings" >&2; exit 1; }
         wrk -t2 -c64 -d10s --timeout 10s -s bench/seed.lua "$first/madre/chat" >/dev/null
     done
 done
@@ -168,16 +179,20 @@ function lowest(list,    a, n, i, m) { n = split(list, a, " "); m = a[1]; for (i
 { rps[$1, $2, $3] = field($4, "rps"); p99[$1, $2, $3] = field($4, "p99_ms"); rounds[$1] = 1 }
 END {
     nc = split(concurrencies, cs, " ")
-    split("chat-low plans-read", scenarios, " "); split("sqlite pg-1 pg-2", backends, " ")
-    for (s = 1; s <= 2; s++) for (b = 1; b <= 3; b++) for (k = 1; k <= nc; k++) {
+    split("chat-low plans-read", scenarios, " "); split("ceiling sqlite pg-1 pg-2", backends, " ")
+    for (s = 1; s <= 2; s++) for (b = 1; b <= 4; b++) for (k = 1; k <= nc; k++) {
         name = scenarios[s] " " backends[b]; c = cs[k]; r = ""; p = ""; top = ""; lite = ""
         for (round in rounds) {
             if (!((round, name, c) in rps)) continue
             r = r " " rps[round, name, c]; p = p " " p99[round, name, c]
-            top = top " " 100 * rps[round, name, c] / rps[round, "ceiling", c]
+            top = top " " 100 * rps[round, name, c] / rps[round, scenarios[s] " ceiling", c]
             lite = lite " " 100 * rps[round, name, c] / rps[round, scenarios[s] " sqlite", c]
         }
         if (r == "") continue
+        if (backends[b] == "ceiling") {
+            printf "| %s | ceiling (/health) | %s | %.0f | %.1f | 100 %% | - | - |\n", scenarios[s], c, median(r), median(p)
+            continue
+        }
         printf "| %s | %s | %s | %.0f | %.1f | %.1f %% | %.0f %% | %.0f %% |\n", scenarios[s], backends[b], c,
             median(r), median(p), median(top), median(lite), lowest(lite)
     }
@@ -189,7 +204,7 @@ echo "| round | scenario | concurrency | sqlite | pg-1 | pg-2 | pg-1 / SQLite | 
 echo "|---|---|---|---|---|---|---|---|"
 awk -F'\t' '
 function field(line, key,    v) { v = line; sub(".*" key "=", "", v); sub(/ .*/, "", v); return v + 0 }
-$2 != "ceiling" { split($2, nb, " "); rps[$1, nb[1], $3, nb[2]] = field($4, "rps"); if (!(($1, nb[1], $3) in seen)) { seen[$1, nb[1], $3] = 1; keys[++n] = $1 SUBSEP nb[1] SUBSEP $3 } }
+$2 !~ / ceiling$/ { split($2, nb, " "); rps[$1, nb[1], $3, nb[2]] = field($4, "rps"); if (!(($1, nb[1], $3) in seen)) { seen[$1, nb[1], $3] = 1; keys[++n] = $1 SUBSEP nb[1] SUBSEP $3 } }
 END {
     for (i = 1; i <= n; i++) {
         split(keys[i], k, SUBSEP); l = rps[k[1], k[2], k[3], "sqlite"]; a = rps[k[1], k[2], k[3], "pg-1"]; b = rps[k[1], k[2], k[3], "pg-2"]

@@ -131,7 +131,10 @@ pub(crate) const TRIM_SESSION: &str = concat!(
 /// `pg_temp.madre_trim` ([`TRIM_FUNCTION`]), called only when due, so the
 /// turns that are not (seven of eight, and every first turn) cost the
 /// server one look at the session's newest turn instead of starting the
-/// trim's whole statement.
+/// trim's whole statement. Being a `SELECT`, it adds nothing to the
+/// writer's counts of statements and changed rows, where SQLite's trim
+/// counts as a statement and its deleted turns as changes; what a session
+/// keeps is the same on both.
 const TRIM_SESSION_WHEN_DUE: &str =
     "SELECT pg_temp.madre_trim(CAST(?1 AS text), CAST(?2 AS bigint))
      FROM (SELECT max(n) AS newest FROM turns WHERE session_id = ?1) AS last

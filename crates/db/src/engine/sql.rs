@@ -1052,8 +1052,10 @@ pub(crate) const EXPECTED_MISSING: &str = "MA404";
 /// write lock, fails with [`BEHIND_A_FAILURE`] unless the transaction
 /// numbered `after` committed (when given), and sets the session's
 /// `madre.committed` to `this`, which the transaction's rollback undoes.
-/// It is one prepared statement, its expressions evaluated in order, and
-/// calls a function only to fail: planned once and with no function call
+/// It is one prepared statement, and calls a function only to fail (the
+/// check reads only the session's setting, so which of the two
+/// expressions the server evaluates first does not matter): planned once
+/// and with no function call
 /// of its own, it costs the server a fraction of a function doing the same
 /// in PL/pgSQL, and it runs once a transaction.
 const WRITER_SESSION: &str = concat!(
